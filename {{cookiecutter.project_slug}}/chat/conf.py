@@ -1,0 +1,19 @@
+"""The chat app's settings, each overridable in the host project's settings.
+
+Read at call time (not import time) so `override_settings` in tests takes effect.
+"""
+
+from django.conf import settings
+
+DEFAULTS = {
+    "CHAT_PAGE_SIZE": 50,
+    "CHAT_INBOX_PAGE_SIZE": 50,
+    "CHAT_MAX_MESSAGE_LENGTH": 4000,
+    "CHAT_GROUP_NAME_MAX_LENGTH": 100,
+    "CHAT_GROUP_MAX_MEMBERS": 256,
+    "CHAT_MAX_MEMBERS_PER_REQUEST": 50,
+}
+
+
+def chat_setting(name: str) -> int:
+    return getattr(settings, name, DEFAULTS[name])

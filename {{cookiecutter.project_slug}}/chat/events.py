@@ -1,0 +1,91 @@
+"""The one place that names and sends channel-layer events.
+
+Services call these from `transaction.on_commit`. Frames are hints: each carries the
+chat and message ids a client needs to notice a gap and catch up over HTTP
+(`messages/?after=<id>`), because a channel layer delivers at most once.
+
+Event vocabulary (the consumer method that handles each is named after it):
+
+room group ``chat.room.<chat_id>``
+    chat.message   a new message: ids, previous id in the chat, sender, rendered bubble
+    chat.revoked   these users lost access (removed, left) or the group was deleted
+    chat.presence  recount who is online in the room
+user group ``chat.user.<user_id>`` (the inbox socket of every tab)
+    inbox.message  a new message in one of their chats, with unread counts
+    inbox.unread   their unread count of one chat changed (read elsewhere)
+    inbox.changed  a chat was added, removed or renamed: refresh the list
+"""
+
+from __future__ import annotations
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.template.loader import render_to_string
+
+from chat import selectors
+
+
+def room_group(chat_id: int) -> str:
+    return f"chat.room.{chat_id}"
+
+
+def user_group(user_id: int) -> str:
+    return f"chat.user.{user_id}"
+
+
+def send(group: str, event: dict) -> None:
+    layer = get_channel_layer()
+    if layer is not None:
+        async_to_sync(layer.group_send)(group, event)
+
+
+def message_created(*, message, prev_id: int) -> None:
+    """Tell the room (the bubble) and every member's inbox (the counts)."""
+    sender_name = selectors.display_name(message.sender)
+    html = render_to_string("chat/partials/message_bubble.html", {"message": message, "sender_name": sender_name})
+    send(
+        room_group(message.chat_id),
+        {
+            "type": "chat.message",
+            "chat_id": message.chat_id,
+            "message_id": message.pk,
+            "prev_id": prev_id,
+            "sender_id": message.sender_id,
+            "html": html,
+        },
+    )
+    preview = message.body[:120]
+    for user_id, (unread, total) in selectors.unread_by_member(chat_id=message.chat_id).items():
+        send(
+            user_group(user_id),
+            {
+                "type": "inbox.message",
+                "chat_id": message.chat_id,
+                "message_id": message.pk,
+                "sender_id": message.sender_id,
+                "sender_name": sender_name,
+                "preview": preview,
+                "unread": unread,
+                "total_unread": total,
+            },
+        )
+
+
+def unread_changed(*, user_id: int, chat_id: int, unread: int) -> None:
+    total = selectors.total_unread_for_user_id(user_id=user_id)
+    send(user_group(user_id), {"type": "inbox.unread", "chat_id": chat_id, "unread": unread, "total_unread": total})
+
+
+def chat_list_changed(*, user_ids, chat_id: int) -> None:
+    for user_id in user_ids:
+        send(user_group(user_id), {"type": "inbox.changed", "chat_id": chat_id})
+
+
+def access_revoked(*, chat_id: int, user_ids, deleted: bool = False) -> None:
+    """Close the rooms of people who lost access, and drop the chat from their lists."""
+    send(room_group(chat_id), {"type": "chat.revoked", "chat_id": chat_id, "user_ids": list(user_ids), "deleted": deleted})
+    chat_list_changed(user_ids=user_ids, chat_id=chat_id)
+
+
+def presence_changed(*, chat_id: int) -> None:
+    send(room_group(chat_id), {"type": "chat.presence", "chat_id": chat_id})

@@ -1,0 +1,100 @@
+"""Chats, memberships and messages: fields, constraints and indexes only.
+
+Business rules live in `services.py` (writes) and `selectors.py` (reads).
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Chat(models.Model):
+    class Kind(models.TextChoices):
+        DIRECT = "direct", "Direct"
+        GROUP = "group", "Group"
+
+    kind = models.CharField(max_length=6, choices=Kind.choices)
+    name = models.CharField(max_length=100, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    # "smaller_id:larger_id" for direct chats; the unique constraint makes a second
+    # direct chat between the same two people impossible, even under a race.
+    direct_key = models.CharField(max_length=64, null=True, blank=True, editable=False)
+    # Denormalised so the inbox orders and previews without a query per chat.
+    last_message = models.ForeignKey(
+        "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+    last_activity_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["direct_key"], name="chat_one_direct_chat_per_pair"),
+            models.CheckConstraint(
+                condition=Q(kind="direct", direct_key__isnull=False) | Q(kind="group", direct_key__isnull=True),
+                name="chat_direct_key_only_for_direct",
+            ),
+        ]
+
+    def __str__(self):
+        return self.name or f"{self.get_kind_display()} chat {self.pk}"
+
+    @property
+    def is_group(self) -> bool:
+        return self.kind == self.Kind.GROUP
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        ADMIN = "admin", "Admin"
+        MEMBER = "member", "Member"
+
+    chat = models.ForeignKey(Chat, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_memberships")
+    role = models.CharField(max_length=6, choices=Role.choices, default=Role.MEMBER)
+    joined_at = models.DateTimeField(default=timezone.now)
+    # Ids rather than foreign keys: plain integers, no join or cascade when messages go.
+    last_read_message_id = models.BigIntegerField(default=0)
+    # Messages up to this id are hidden for this member (set by "delete for me").
+    cleared_message_id = models.BigIntegerField(default=0)
+    # Messages after last_read from other people; kept exact by services.send_message and
+    # services.mark_read so the inbox and badges never count rows.
+    unread_count = models.PositiveIntegerField(default=0)
+    is_hidden = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["chat", "user"], name="membership_one_per_user_per_chat"),
+        ]
+        indexes = [
+            # Inbox: a user's visible chats; totals: a user's chats with unread messages.
+            models.Index(fields=["user", "is_hidden"], name="membership_user_visible"),
+            models.Index(fields=["user", "unread_count"], name="membership_user_unread"),
+        ]
+
+    def __str__(self):
+        return f"{self.user} in {self.chat}"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == self.Role.ADMIN
+
+
+class Message(models.Model):
+    chat = models.ForeignKey(Chat, on_delete=models.CASCADE, related_name="messages", db_index=False)
+    sender = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="chat_messages"
+    )
+    body = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            # History pages ("before id Y", "after id Y") and unread counts of chat X.
+            models.Index(fields=["chat", "id"], name="message_chat_id"),
+        ]
+
+    def __str__(self):
+        return f"{self.sender}: {self.body[:40]}"

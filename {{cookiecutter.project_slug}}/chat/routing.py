@@ -1,0 +1,8 @@
+from django.urls import path
+
+from chat import consumers
+
+websocket_urlpatterns = [
+    path("ws/chat/inbox/", consumers.InboxConsumer.as_asgi()),
+    path("ws/chat/<int:chat_id>/", consumers.RoomConsumer.as_asgi()),
+]

@@ -1,0 +1,152 @@
+"""Every read the chat app makes. Each runs a fixed number of queries, whatever the
+number of chats, members or messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.contrib.auth import get_user_model
+from django.db.models import QuerySet, Sum
+from django.http import Http404
+
+from chat.conf import chat_setting
+from chat.models import Chat, Membership, Message
+
+
+@dataclass(frozen=True)
+class InboxRow:
+    membership: Membership
+    chat: Chat
+    title: str
+    other_user: object | None
+    last_message: Message | None
+
+    @property
+    def unread(self) -> int:
+        return self.membership.unread_count
+
+
+@dataclass(frozen=True)
+class MessagePage:
+    messages: list[Message]
+    has_older: bool
+    has_newer: bool = False
+
+    @property
+    def oldest_id(self) -> int | None:
+        return self.messages[0].pk if self.messages else None
+
+    @property
+    def newest_id(self) -> int | None:
+        return self.messages[-1].pk if self.messages else None
+
+
+def display_name(user) -> str:
+    if user is None:
+        return "Deleted user"
+    full_name = user.get_full_name() if hasattr(user, "get_full_name") else ""
+    return full_name or user.get_username()
+
+
+def visible_memberships(*, user) -> QuerySet[Membership]:
+    return Membership.objects.filter(user=user, is_hidden=False)
+
+
+def inbox_rows(*, user, offset: int = 0, limit: int | None = None) -> tuple[list[InboxRow], bool]:
+    """One page of the inbox, most recently active first, and whether more follow.
+
+    Three queries: memberships with chat and last message, then the other person of
+    each direct chat on the page.
+    """
+    limit = limit or chat_setting("CHAT_INBOX_PAGE_SIZE")
+    memberships = list(
+        visible_memberships(user=user)
+        .select_related("chat", "chat__last_message", "chat__last_message__sender")
+        .order_by("-chat__last_activity_at", "-chat_id")[offset : offset + limit + 1]
+    )
+    has_more = len(memberships) > limit
+    memberships = memberships[:limit]
+    direct_ids = [m.chat_id for m in memberships if not m.chat.is_group]
+    others = {
+        m.chat_id: m.user
+        for m in Membership.objects.filter(chat_id__in=direct_ids).exclude(user=user).select_related("user")
+    }
+    rows = []
+    for membership in memberships:
+        chat = membership.chat
+        other = others.get(chat.pk)
+        title = chat.name if chat.is_group else display_name(other)
+        last = chat.last_message if chat.last_message_id and chat.last_message_id > membership.cleared_message_id else None
+        rows.append(InboxRow(membership=membership, chat=chat, title=title, other_user=other, last_message=last))
+    return rows, has_more
+
+
+def total_unread(*, user) -> int:
+    return total_unread_for_user_id(user_id=user.pk)
+
+
+def total_unread_for_user_id(*, user_id: int) -> int:
+    memberships = Membership.objects.filter(user_id=user_id, is_hidden=False, unread_count__gt=0)
+    return memberships.aggregate(total=Sum("unread_count"))["total"] or 0
+
+
+def membership_or_404(*, user, chat_id) -> Membership:
+    """The user's membership of a chat, with the chat. A chat they are not in is a 404,
+    so its existence is never revealed."""
+    try:
+        return Membership.objects.select_related("chat").get(user=user, chat_id=chat_id)
+    except (Membership.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such chat.") from None
+
+
+def chat_title(*, chat: Chat, user) -> str:
+    if chat.is_group:
+        return chat.name
+    other = Membership.objects.filter(chat=chat).exclude(user=user).select_related("user").first()
+    return display_name(other.user if other else None)
+
+
+def messages_page(
+    *, membership: Membership, before: int | None = None, after: int | None = None, limit: int | None = None
+) -> MessagePage:
+    """A page of a chat's history as this member may see it, oldest first.
+
+    With `before`: the page just before that id (or the newest page). With `after`: the
+    messages just after that id, for catching up after a reconnect.
+    """
+    limit = limit or chat_setting("CHAT_PAGE_SIZE")
+    history = Message.objects.filter(chat_id=membership.chat_id, pk__gt=membership.cleared_message_id).select_related(
+        "sender"
+    )
+    if after is not None:
+        messages = list(history.filter(pk__gt=after).order_by("pk")[: limit + 1])
+        return MessagePage(messages=messages[:limit], has_older=False, has_newer=len(messages) > limit)
+    if before is not None:
+        history = history.filter(pk__lt=before)
+    messages = list(history.order_by("-pk")[: limit + 1])
+    has_older = len(messages) > limit
+    return MessagePage(messages=messages[:limit][::-1], has_older=has_older)
+
+
+def chat_members(*, chat: Chat) -> list[Membership]:
+    return list(Membership.objects.filter(chat=chat).select_related("user").order_by("role", "joined_at", "pk")  # "admin" sorts first)
+
+
+def find_user_by_email(*, email: str):
+    """The active user with this e-mail (case-insensitive), or None."""
+    email = (email or "").strip()
+    if not email:
+        return None
+    return get_user_model()._default_manager.filter(email__iexact=email, is_active=True).order_by("pk").first()
+
+
+def unread_by_member(*, chat_id: int) -> dict[int, tuple[int, int]]:
+    """For each member of a chat: (unread in this chat, total unread). Two queries."""
+    per_chat = dict(Membership.objects.filter(chat_id=chat_id).values_list("user_id", "unread_count"))
+    totals = dict(
+        Membership.objects.filter(user_id__in=per_chat, unread_count__gt=0, is_hidden=False)
+        .values("user_id")
+        .annotate(total=Sum("unread_count"))
+        .values_list("user_id", "total")
+    )
+    return {user_id: (unread, totals.get(user_id, 0)) for user_id, unread in per_chat.items()}

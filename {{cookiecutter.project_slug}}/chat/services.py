@@ -1,0 +1,245 @@
+"""Every write the chat app makes. Views and consumers call these; nothing else saves.
+
+Each service runs in one transaction and schedules its channel-layer events with
+`transaction.on_commit`, so a socket never hears about a row that was rolled back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from chat import events
+from chat.conf import chat_setting
+from chat.models import Chat, Membership, Message
+
+
+def direct_key_for(user_a, user_b) -> str:
+    low, high = sorted([user_a.pk, user_b.pk])
+    return f"{low}:{high}"
+
+
+def get_or_create_direct_chat(*, user, other) -> tuple[Chat, bool]:
+    """Open the one direct chat between two people, creating it if needed.
+
+    A concurrent creation by the other person loses on the unique `direct_key` and
+    reads the winner's chat instead. A chat one of them deleted for themselves shows
+    up again in their list (still without the deleted history).
+    """
+    if user.pk == other.pk:
+        raise ValidationError("You cannot start a chat with yourself.")
+    key = direct_key_for(user, other)
+    try:
+        with transaction.atomic():
+            chat = Chat.objects.create(kind=Chat.Kind.DIRECT, direct_key=key, created_by=user)
+            Membership.objects.bulk_create(
+                [Membership(chat=chat, user=user), Membership(chat=chat, user=other)]
+            )
+    except IntegrityError:
+        chat = Chat.objects.get(direct_key=key)
+        Membership.objects.filter(chat=chat, user=user, is_hidden=True).update(is_hidden=False)
+        return chat, False
+    transaction.on_commit(lambda: events.chat_list_changed(user_ids=[user.pk, other.pk], chat_id=chat.pk))
+    return chat, True
+
+
+def create_group_chat(*, creator, name: str, members: Iterable) -> Chat:
+    """A named group; the creator is its first admin."""
+    name = clean_group_name(name)
+    others = {member.pk: member for member in members if member.pk != creator.pk}
+    check_group_size(len(others) + 1)
+    with transaction.atomic():
+        chat = Chat.objects.create(kind=Chat.Kind.GROUP, name=name, created_by=creator)
+        Membership.objects.bulk_create(
+            [Membership(chat=chat, user=creator, role=Membership.Role.ADMIN)]
+            + [Membership(chat=chat, user=member) for member in others.values()]
+        )
+        user_ids = [creator.pk, *others]
+        transaction.on_commit(lambda: events.chat_list_changed(user_ids=user_ids, chat_id=chat.pk))
+    return chat
+
+
+def clean_group_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError("Give the group a name.")
+    limit = chat_setting("CHAT_GROUP_NAME_MAX_LENGTH")
+    if len(name) > limit:
+        raise ValidationError(f"Group names are at most {limit} characters.")
+    return name
+
+
+def check_group_size(size: int) -> None:
+    limit = chat_setting("CHAT_GROUP_MAX_MEMBERS")
+    if size > limit:
+        raise ValidationError(f"A group has at most {limit} members.")
+
+
+def clean_message_body(body: str) -> str:
+    body = (body or "").strip()
+    if not body:
+        raise ValidationError("Write a message before sending.")
+    limit = chat_setting("CHAT_MAX_MESSAGE_LENGTH")
+    if len(body) > limit:
+        raise ValidationError(f"Messages are at most {limit} characters ({len(body)} given).")
+    return body
+
+
+def send_message(*, chat: Chat, sender, body: str) -> Message:
+    """Save a message, bump the chat in every inbox and count it unread for the others.
+
+    The chat row is locked first so messages of one chat get their ids, `last_message`
+    and previous-message links in one order; a client uses `prev_id` to notice a gap.
+    """
+    body = clean_message_body(body)
+    with transaction.atomic():
+        locked = Chat.objects.select_for_update().only("id", "last_message_id").get(pk=chat.pk)
+        prev_id = locked.last_message_id or 0
+        message = Message.objects.create(chat_id=chat.pk, sender=sender, body=body)
+        Chat.objects.filter(pk=chat.pk).update(last_message=message, last_activity_at=message.created_at)
+        Membership.objects.filter(chat_id=chat.pk).exclude(user=sender).update(
+            unread_count=F("unread_count") + 1, is_hidden=False
+        )
+        Membership.objects.filter(chat_id=chat.pk, user=sender).update(
+            last_read_message_id=message.pk, unread_count=0, is_hidden=False
+        )
+        transaction.on_commit(lambda: events.message_created(message=message, prev_id=prev_id))
+    chat.last_message = message
+    return message
+
+
+def mark_read(*, chat: Chat, user, up_to_id: int | None = None) -> int:
+    """Mark the chat read up to a message (default: the latest) and return its unread count.
+
+    The membership row is locked before counting, so a message sent at the same moment
+    is either counted here or added afterwards by `send_message`, never lost.
+    """
+    with transaction.atomic():
+        membership = Membership.objects.select_for_update().get(chat_id=chat.pk, user=user)
+        latest = Chat.objects.filter(pk=chat.pk).values_list("last_message_id", flat=True).get() or 0
+        target = latest if up_to_id is None else min(up_to_id, latest)
+        last_read = max(membership.last_read_message_id, target)
+        unread = 0
+        if last_read < latest:
+            unread = Message.objects.filter(chat_id=chat.pk, pk__gt=last_read).exclude(sender=user).count()
+        if (last_read, unread) != (membership.last_read_message_id, membership.unread_count):
+            Membership.objects.filter(pk=membership.pk).update(last_read_message_id=last_read, unread_count=unread)
+            transaction.on_commit(lambda: events.unread_changed(user_id=user.pk, chat_id=chat.pk, unread=unread))
+    return unread
+
+
+def rename_group(*, chat: Chat, actor, name: str) -> Chat:
+    require_group_admin(chat=chat, user=actor)
+    name = clean_group_name(name)
+    if name != chat.name:
+        chat.name = name
+        chat.save(update_fields=["name"])
+        user_ids = member_ids(chat)
+        transaction.on_commit(lambda: events.chat_list_changed(user_ids=user_ids, chat_id=chat.pk))
+    return chat
+
+
+def add_members(*, chat: Chat, actor, users: Iterable) -> list:
+    """Add people to a group; people already in it are left as they are."""
+    require_group_admin(chat=chat, user=actor)
+    users = list(users)
+    if len(users) > chat_setting("CHAT_MAX_MEMBERS_PER_REQUEST"):
+        raise ValidationError(f"Add at most {chat_setting('CHAT_MAX_MEMBERS_PER_REQUEST')} people at a time.")
+    with transaction.atomic():
+        existing = set(member_ids(chat))
+        new = [user for user in {user.pk: user for user in users}.values() if user.pk not in existing]
+        check_group_size(len(existing) + len(new))
+        # New members start with everything read: the history is theirs to scroll, not unread.
+        last_id = chat.last_message_id or 0
+        Membership.objects.bulk_create(
+            [Membership(chat=chat, user=user, last_read_message_id=last_id) for user in new],
+            ignore_conflicts=True,
+        )
+        new_ids = [user.pk for user in new]
+        transaction.on_commit(lambda: events.chat_list_changed(user_ids=new_ids, chat_id=chat.pk))
+    return new
+
+
+def remove_member(*, chat: Chat, actor, user) -> None:
+    """An admin removes someone; their open room closes and the chat leaves their list."""
+    require_group_admin(chat=chat, user=actor)
+    if user.pk == actor.pk:
+        raise ValidationError("Use “Leave group” to leave.")
+    with transaction.atomic():
+        deleted, _ = Membership.objects.filter(chat=chat, user=user).delete()
+        if deleted:
+            transaction.on_commit(lambda: events.access_revoked(chat_id=chat.pk, user_ids=[user.pk]))
+
+
+def leave_group(*, chat: Chat, user) -> bool:
+    """Leave a group. Returns True when the group was deleted because nobody was left.
+
+    When the last admin leaves, the longest-standing member becomes admin, so a group
+    always has one.
+    """
+    if not chat.is_group:
+        raise ValidationError("Only groups can be left; delete a direct chat instead.")
+    with transaction.atomic():
+        Chat.objects.select_for_update().only("id").get(pk=chat.pk)  # one leaver at a time
+        Membership.objects.filter(chat=chat, user=user).delete()
+        transaction.on_commit(lambda: events.access_revoked(chat_id=chat.pk, user_ids=[user.pk]))
+        remaining = Membership.objects.filter(chat=chat)
+        if not remaining.exists():
+            chat.delete()
+            return True
+        if not remaining.filter(role=Membership.Role.ADMIN).exists():
+            successor = remaining.order_by("joined_at", "pk").first()
+            Membership.objects.filter(pk=successor.pk).update(role=Membership.Role.ADMIN)
+    return False
+
+
+def soft_delete_chat(*, chat: Chat, user) -> None:
+    """Hide the chat and its history for this user only; a later message brings it back."""
+    with transaction.atomic():
+        last_id = Chat.objects.filter(pk=chat.pk).values_list("last_message_id", flat=True).get() or 0
+        Membership.objects.filter(chat=chat, user=user).update(
+            is_hidden=True, cleared_message_id=last_id, last_read_message_id=last_id, unread_count=0
+        )
+        transaction.on_commit(lambda: events.chat_list_changed(user_ids=[user.pk], chat_id=chat.pk))
+
+
+def delete_group(*, chat: Chat, actor) -> None:
+    """Delete a group and its messages for everyone (admins only)."""
+    require_group_admin(chat=chat, user=actor)
+    with transaction.atomic():
+        user_ids = member_ids(chat)
+        chat_id = chat.pk
+        chat.delete()
+        transaction.on_commit(lambda: events.access_revoked(chat_id=chat_id, user_ids=user_ids, deleted=True))
+
+
+def purge_deleted_chats(*, older_than_days: int = 0, dry_run: bool = False) -> list[int]:
+    """Hard-delete chats that every member has deleted for themselves.
+
+    `older_than_days` keeps chats whose latest activity is more recent than that.
+    Returns the ids of the chats deleted (or that would be, with `dry_run`).
+    """
+    cutoff = timezone.now() - timezone.timedelta(days=older_than_days)
+    chats = Chat.objects.annotate(
+        members=Count("memberships"),
+        visible=Count("memberships", filter=Q(memberships__is_hidden=False)),
+    ).filter(members__gt=0, visible=0, last_activity_at__lte=cutoff)
+    ids = list(chats.values_list("pk", flat=True))
+    if ids and not dry_run:
+        Chat.objects.filter(pk__in=ids).delete()
+    return ids
+
+
+def require_group_admin(*, chat: Chat, user) -> None:
+    if not chat.is_group:
+        raise PermissionDenied("Only groups have admins.")
+    if not Membership.objects.filter(chat=chat, user=user, role=Membership.Role.ADMIN).exists():
+        raise PermissionDenied("Only group admins can do this.")
+
+
+def member_ids(chat: Chat) -> list[int]:
+    return list(Membership.objects.filter(chat=chat).values_list("user_id", flat=True))

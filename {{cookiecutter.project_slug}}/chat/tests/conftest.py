@@ -1,0 +1,42 @@
+"""Fixtures for the chat tests; kept inside chat/ so the app's tests travel with it."""
+
+import itertools
+
+import pytest
+from django.contrib.auth import get_user_model
+
+_emails = itertools.count(1)
+
+
+@pytest.fixture
+def make_user(db):
+    """Create a user with a unique username and e-mail; password is 'password'."""
+
+    def make(username=None, email=None, **extra):
+        number = next(_emails)
+        username = username or f"user{number}"
+        email = email or f"{username}@example.com"
+        return get_user_model().objects.create_user(username=username, email=email, password="password", **extra)
+
+    return make
+
+
+@pytest.fixture
+def alice(make_user):
+    return make_user("alice", first_name="Alice")
+
+
+@pytest.fixture
+def bob(make_user):
+    return make_user("bob", first_name="Bob")
+
+
+@pytest.fixture
+def carol(make_user):
+    return make_user("carol", first_name="Carol")
+
+
+@pytest.fixture
+def alice_client(client, alice):
+    client.force_login(alice)
+    return client
