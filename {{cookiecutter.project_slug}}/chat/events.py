@@ -83,9 +83,13 @@ def chat_list_changed(*, user_ids, chat_id: int) -> None:
 
 def access_revoked(*, chat_id: int, user_ids, deleted: bool = False) -> None:
     """Close the rooms of people who lost access, and drop the chat from their lists."""
-    send(room_group(chat_id), {"type": "chat.revoked", "chat_id": chat_id, "user_ids": list(user_ids), "deleted": deleted})
+    send(
+        room_group(chat_id),
+        {"type": "chat.revoked", "chat_id": chat_id, "user_ids": list(user_ids), "deleted": deleted},
+    )
     chat_list_changed(user_ids=user_ids, chat_id=chat_id)
 
 
-def presence_changed(*, chat_id: int) -> None:
-    send(room_group(chat_id), {"type": "chat.presence", "chat_id": chat_id})
+async def presence_changed(*, chat_id: int) -> None:
+    """Ask every socket in the room to recount who is online (sent from consumers)."""
+    await get_channel_layer().group_send(room_group(chat_id), {"type": "chat.presence", "chat_id": chat_id})

@@ -21,8 +21,9 @@ class Chat(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
     # "smaller_id:larger_id" for direct chats; the unique constraint makes a second
-    # direct chat between the same two people impossible, even under a race.
-    direct_key = models.CharField(max_length=64, null=True, blank=True, editable=False)
+    # direct chat between the same two people impossible, even under a race. NULL (not
+    # "") for groups, so that groups never collide on it.
+    direct_key = models.CharField(max_length=64, null=True, blank=True, editable=False)  # noqa: DJ001
     # Denormalised so the inbox orders and previews without a query per chat.
     last_message = models.ForeignKey(
         "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
@@ -98,3 +99,19 @@ class Message(models.Model):
 
     def __str__(self):
         return f"{self.sender}: {self.body[:40]}"
+
+
+class RoomPresence(models.Model):
+    """One open room socket. Kept in the database so every server process counts the
+    same people online; rows of a crashed process expire after `chat.presence.STALE_AFTER`."""
+
+    channel_name = models.CharField(max_length=255, unique=True)
+    chat = models.ForeignKey(Chat, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    seen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["chat", "seen_at"], name="presence_chat_seen")]
+
+    def __str__(self):
+        return f"{self.user} in {self.chat}"

@@ -76,7 +76,8 @@ def inbox_rows(*, user, offset: int = 0, limit: int | None = None) -> tuple[list
         chat = membership.chat
         other = others.get(chat.pk)
         title = chat.name if chat.is_group else display_name(other)
-        last = chat.last_message if chat.last_message_id and chat.last_message_id > membership.cleared_message_id else None
+        visible_last = (chat.last_message_id or 0) > membership.cleared_message_id
+        last = chat.last_message if visible_last else None
         rows.append(InboxRow(membership=membership, chat=chat, title=title, other_user=other, last_message=last))
     return rows, has_more
 
@@ -129,7 +130,8 @@ def messages_page(
 
 
 def chat_members(*, chat: Chat) -> list[Membership]:
-    return list(Membership.objects.filter(chat=chat).select_related("user").order_by("role", "joined_at", "pk")  # "admin" sorts first)
+    # "admin" sorts before "member", so admins come first.
+    return list(Membership.objects.filter(chat=chat).select_related("user").order_by("role", "joined_at", "pk"))
 
 
 def find_user_by_email(*, email: str):

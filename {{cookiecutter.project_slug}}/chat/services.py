@@ -36,9 +36,7 @@ def get_or_create_direct_chat(*, user, other) -> tuple[Chat, bool]:
     try:
         with transaction.atomic():
             chat = Chat.objects.create(kind=Chat.Kind.DIRECT, direct_key=key, created_by=user)
-            Membership.objects.bulk_create(
-                [Membership(chat=chat, user=user), Membership(chat=chat, user=other)]
-            )
+            Membership.objects.bulk_create([Membership(chat=chat, user=user), Membership(chat=chat, user=other)])
     except IntegrityError:
         chat = Chat.objects.get(direct_key=key)
         Membership.objects.filter(chat=chat, user=user, is_hidden=True).update(is_hidden=False)

@@ -6,6 +6,4 @@ from users.models import User
 
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
-    add_fieldsets = (
-        (None, {"classes": ("wide",), "fields": ("username", "email", "password1", "password2")}),
-    )
+    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("username", "email", "password1", "password2")}),)

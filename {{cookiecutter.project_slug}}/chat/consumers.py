@@ -1,0 +1,183 @@
+"""Websocket consumers: authorize, join groups, relay events. No business logic here.
+
+Close codes (the socket is accepted first so browsers can read them):
+    4401  not logged in
+    4403  not a member of this chat, or no longer one (removed, left, group deleted)
+
+Frames the server sends are JSON objects with a "type": see `chat.events` for the
+vocabulary. Frames a client may send to a room: {"type": "read", "message_id": N},
+{"type": "visibility", "visible": bool} and {"type": "ping"}; anything else, malformed
+JSON or a frame over CHAT_WS_MAX_FRAME_BYTES gets {"type": "error", ...} back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from chat import events, presence, selectors, services
+from chat.conf import chat_setting
+from chat.models import Membership
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+READ_DEBOUNCE_SECONDS = 0.5
+# A burst of joins (a page of people opening the room) becomes one recount per socket.
+PRESENCE_DEBOUNCE_SECONDS = 0.2
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    """Shared parsing of client frames; subclasses handle the frame types they accept."""
+
+    groups_joined: tuple[str, ...] = ()
+
+    async def reject(self, code: int) -> None:
+        await self.accept()
+        await self.close(code=code)
+
+    async def join(self, *groups: str) -> None:
+        self.groups_joined = groups
+        for group in groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+
+    async def disconnect(self, code):
+        for group in self.groups_joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def send_json(self, content: dict) -> None:
+        await self.send(text_data=json.dumps(content))
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if text_data is None:
+            return await self.send_error("binary_frame", "Send JSON text frames.")
+        if len(text_data.encode()) > chat_setting("CHAT_WS_MAX_FRAME_BYTES"):
+            return await self.send_error("frame_too_large", "Frame too large.")
+        try:
+            frame = json.loads(text_data)
+        except ValueError:
+            return await self.send_error("malformed", "Frames must be JSON objects.")
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            return await self.send_error("malformed", "Frames must be JSON objects with a type.")
+        handler = getattr(self, "client_" + frame["type"].replace(".", "_"), None)
+        if handler is None:
+            return await self.send_error("unknown_type", f"Unknown frame type {frame['type'][:40]!r}.")
+        await handler(frame)
+
+    async def send_error(self, code: str, message: str) -> None:
+        await self.send_json({"type": "error", "code": code, "error": message})
+
+    async def client_ping(self, frame: dict) -> None:
+        await self.send_json({"type": "pong"})
+
+
+class InboxConsumer(ChatConsumer):
+    """One per tab of a logged-in user: list changes, unread counts, the total."""
+
+    async def connect(self):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            return await self.reject(CLOSE_UNAUTHENTICATED)
+        self.user_id = user.pk
+        await self.join(events.user_group(user.pk))
+        await self.accept()
+        total = await database_sync_to_async(selectors.total_unread_for_user_id)(user_id=user.pk)
+        await self.send_json({"type": "inbox.sync", "total_unread": total})
+
+    async def inbox_message(self, event):
+        await self.send_json(event)
+
+    async def inbox_unread(self, event):
+        await self.send_json(event)
+
+    async def inbox_changed(self, event):
+        await self.send_json(event)
+
+
+class RoomConsumer(ChatConsumer):
+    """One per open room (full page or widget): messages, presence, read marking."""
+
+    async def connect(self):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            return await self.reject(CLOSE_UNAUTHENTICATED)
+        self.user = user
+        self.chat_id = self.scope["url_route"]["kwargs"]["chat_id"]
+        self.membership = await database_sync_to_async(self.get_membership)()
+        if self.membership is None:
+            return await self.reject(CLOSE_FORBIDDEN)
+        self.viewing = True
+        self.read_up_to = 0
+        self.read_task: asyncio.Task | None = None
+        self.presence_task: asyncio.Task | None = None
+        await self.join(events.room_group(self.chat_id))
+        await self.accept()
+        await presence.track(self.channel_name)
+        await database_sync_to_async(presence.join)(
+            chat_id=self.chat_id, user_id=user.pk, channel_name=self.channel_name
+        )
+        await events.presence_changed(chat_id=self.chat_id)
+
+    def get_membership(self) -> Membership | None:
+        return Membership.objects.select_related("chat").filter(chat_id=self.chat_id, user=self.user).first()
+
+    async def disconnect(self, code):
+        await super().disconnect(code)
+        if getattr(self, "membership", None) is None:
+            return
+        presence.untrack(self.channel_name)
+        for task in (self.read_task, self.presence_task):
+            if task:
+                task.cancel()
+        await database_sync_to_async(presence.leave)(channel_name=self.channel_name)
+        await events.presence_changed(chat_id=self.chat_id)
+
+    # Events from the channel layer
+
+    async def chat_message(self, event):
+        await self.send_json({**event, "type": "chat.message"})
+        if event["sender_id"] != self.user.pk and self.viewing:
+            self.schedule_read(event["message_id"])
+
+    async def chat_presence(self, event):
+        if self.presence_task is None or self.presence_task.done():
+            self.presence_task = asyncio.get_running_loop().create_task(self.send_presence())
+
+    async def send_presence(self) -> None:
+        await asyncio.sleep(PRESENCE_DEBOUNCE_SECONDS)
+        online = await database_sync_to_async(presence.online_count)(chat_id=self.chat_id)
+        await self.send_json({"type": "chat.presence", "chat_id": self.chat_id, "online": online})
+
+    async def chat_revoked(self, event):
+        if event["deleted"] or self.user.pk in event["user_ids"]:
+            await self.send_json({"type": "chat.revoked", "chat_id": self.chat_id, "deleted": event["deleted"]})
+            await self.close(code=CLOSE_FORBIDDEN)
+
+    # Frames from the client
+
+    async def client_read(self, frame: dict) -> None:
+        message_id = frame.get("message_id")
+        if not isinstance(message_id, int) or isinstance(message_id, bool) or message_id < 0:
+            return await self.send_error("malformed", "read needs an integer message_id.")
+        self.schedule_read(message_id)
+
+    async def client_visibility(self, frame: dict) -> None:
+        self.viewing = bool(frame.get("visible"))
+
+    # Read marking, at most one write per READ_DEBOUNCE_SECONDS per socket
+
+    def schedule_read(self, message_id: int) -> None:
+        self.read_up_to = max(self.read_up_to, message_id)
+        if self.read_task is None or self.read_task.done():
+            self.read_task = asyncio.get_running_loop().create_task(self.flush_read())
+
+    async def flush_read(self) -> None:
+        await asyncio.sleep(READ_DEBOUNCE_SECONDS)
+        try:
+            await database_sync_to_async(services.mark_read)(
+                chat=self.membership.chat, user=self.user, up_to_id=self.read_up_to
+            )
+        except Membership.DoesNotExist:
+            await self.close(code=CLOSE_FORBIDDEN)

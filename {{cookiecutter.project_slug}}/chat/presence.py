@@ -1,0 +1,68 @@
+"""Who is online in a room, counted the same way by every server process.
+
+Each open room socket is a `RoomPresence` row. A process refreshes the rows of its own
+sockets in one UPDATE every `HEARTBEAT_SECONDS`; rows not refreshed within
+`STALE_AFTER` (a process that crashed) stop counting and are deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from channels.db import database_sync_to_async
+from django.utils import timezone
+
+from chat.models import RoomPresence
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 30
+STALE_AFTER = timedelta(seconds=HEARTBEAT_SECONDS * 3)
+
+_local_channels: set[str] = set()
+_heartbeat_task: asyncio.Task | None = None
+
+
+def online_count(*, chat_id: int) -> int:
+    """Distinct people with at least one live socket in the room (tabs count once)."""
+    fresh = RoomPresence.objects.filter(chat_id=chat_id, seen_at__gte=timezone.now() - STALE_AFTER)
+    return fresh.values("user_id").distinct().count()
+
+
+def join(*, chat_id: int, user_id: int, channel_name: str) -> None:
+    RoomPresence.objects.update_or_create(
+        channel_name=channel_name, defaults={"chat_id": chat_id, "user_id": user_id, "seen_at": timezone.now()}
+    )
+
+
+def leave(*, channel_name: str) -> None:
+    RoomPresence.objects.filter(channel_name=channel_name).delete()
+
+
+def refresh(channel_names: list[str]) -> None:
+    now = timezone.now()
+    RoomPresence.objects.filter(channel_name__in=channel_names).update(seen_at=now)
+    RoomPresence.objects.filter(seen_at__lt=now - STALE_AFTER).delete()
+
+
+async def track(channel_name: str) -> None:
+    """Start refreshing this socket's row (and start the process's heartbeat once)."""
+    global _heartbeat_task
+    _local_channels.add(channel_name)
+    if _heartbeat_task is None or _heartbeat_task.done():
+        _heartbeat_task = asyncio.get_running_loop().create_task(_heartbeat())
+
+
+def untrack(channel_name: str) -> None:
+    _local_channels.discard(channel_name)
+
+
+async def _heartbeat() -> None:
+    while _local_channels:
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+        try:
+            await database_sync_to_async(refresh)(sorted(_local_channels))
+        except Exception:  # a failed beat (database restarting) is retried at the next one
+            logger.exception("Room presence heartbeat failed")

@@ -1,0 +1,274 @@
+"""The websocket consumers, tested over the wire with Channels' WebsocketCommunicator.
+
+Every test runs on the in-memory layer and, when REDIS_URL is set and channels_redis is
+installed, again on Redis.
+"""
+
+import asyncio
+import json
+import os
+import uuid
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import channel_layers
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+
+from chat import consumers, services
+from chat.models import Membership
+from chat.routing import websocket_urlpatterns
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TIMEOUT = 3
+
+
+def redis_layer_available() -> bool:
+    try:
+        import channels_redis  # noqa: F401
+    except ImportError:
+        return False
+    return bool(os.environ.get("REDIS_URL"))
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param(
+            "redis",
+            marks=pytest.mark.skipif(
+                not redis_layer_available(), reason="set REDIS_URL (and install channels_redis) to test on Redis"
+            ),
+        ),
+    ]
+)
+def channel_layer(request, settings):
+    if request.param == "redis":
+        settings.CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {"hosts": [os.environ["REDIS_URL"]], "prefix": f"test-{uuid.uuid4().hex[:8]}"},
+            }
+        }
+    else:
+        settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    channel_layers.backends.clear()
+    yield request.param
+    channel_layers.backends.clear()
+
+
+@pytest.fixture(autouse=True)
+def fast_debounce(monkeypatch):
+    monkeypatch.setattr(consumers, "READ_DEBOUNCE_SECONDS", 0.01)
+    monkeypatch.setattr(consumers, "PRESENCE_DEBOUNCE_SECONDS", 0.01)
+
+
+@pytest.fixture
+async def connect(channel_layer):
+    """Open a socket as a user; stops every socket the test opened at the end."""
+    opened = []
+
+    async def open_socket(user, path):
+        communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), path)
+        communicator.scope["user"] = user
+        connected, code = await communicator.connect(timeout=TIMEOUT)
+        opened.append(communicator)
+        return communicator, connected, code
+
+    yield open_socket
+    for communicator in opened:
+        await communicator.wait(timeout=0) if communicator.future.done() else communicator.future.cancel()
+
+
+async def receive_until(communicator, frame_type, timeout=TIMEOUT):
+    """The next frame of this type, skipping others (presence, sync...)."""
+    while True:
+        frame = json.loads(await communicator.receive_from(timeout=timeout))
+        if frame["type"] == frame_type:
+            return frame
+
+
+async def expect_close(communicator, code):
+    while True:
+        output = await communicator.receive_output(timeout=TIMEOUT)
+        if output["type"] == "websocket.close":
+            assert output["code"] == code
+            return
+
+
+@pytest.fixture
+def group(alice, bob, carol):
+    return services.create_group_chat(creator=alice, name="Team", members=[bob, carol])
+
+
+@pytest.fixture
+def anonymous():
+    from django.contrib.auth.models import AnonymousUser
+
+    return AnonymousUser()
+
+
+async def test_anonymous_sockets_are_closed_with_4401(connect, anonymous, group):
+    for path in ["/ws/chat/inbox/", f"/ws/chat/{group.pk}/"]:
+        communicator, connected, _ = await connect(anonymous, path)
+        assert connected
+        await expect_close(communicator, consumers.CLOSE_UNAUTHENTICATED)
+
+
+async def test_non_members_and_unknown_chats_are_closed_with_4403(connect, make_user, group):
+    outsider = await database_sync_to_async(make_user)("outsider")
+    for chat_id in [group.pk, 999_999]:
+        communicator, connected, _ = await connect(outsider, f"/ws/chat/{chat_id}/")
+        assert connected
+        await expect_close(communicator, consumers.CLOSE_FORBIDDEN)
+
+
+async def test_member_joins_room_and_sees_presence(connect, alice, group):
+    room, connected, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    assert connected
+    frame = await receive_until(room, "chat.presence")
+    assert frame["online"] == 1
+    await room.disconnect()
+
+
+async def test_inbox_greets_with_total_unread(connect, alice, bob, group):
+    await database_sync_to_async(services.send_message)(chat=group, sender=bob, body="hi")
+    inbox, connected, _ = await connect(alice, "/ws/chat/inbox/")
+    assert connected
+    frame = await receive_until(inbox, "inbox.sync")
+    assert frame["total_unread"] == 1
+    await inbox.disconnect()
+
+
+async def test_message_fans_out_to_room_and_every_inbox(connect, alice, bob, carol, group):
+    rooms = [(await connect(user, f"/ws/chat/{group.pk}/"))[0] for user in (alice, bob)]
+    inboxes = {user.username: (await connect(user, "/ws/chat/inbox/"))[0] for user in (alice, bob, carol)}
+
+    message = await database_sync_to_async(services.send_message)(chat=group, sender=alice, body="<b>hello</b>")
+
+    for room in rooms:
+        frame = await receive_until(room, "chat.message")
+        assert frame["message_id"] == message.pk
+        assert frame["prev_id"] == 0
+        assert frame["chat_id"] == group.pk
+        assert "&lt;b&gt;hello&lt;/b&gt;" in frame["html"]
+    unread = {}
+    for username, inbox in inboxes.items():
+        frame = await receive_until(inbox, "inbox.message")
+        assert frame["message_id"] == message.pk
+        unread[username] = (frame["unread"], frame["total_unread"])
+    assert unread["alice"] == (0, 0)
+    assert unread["carol"] == (1, 1)
+    for communicator in [*rooms, *inboxes.values()]:
+        await communicator.disconnect()
+
+
+async def test_prev_id_chains_consecutive_messages(connect, alice, bob, group):
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    first = await database_sync_to_async(services.send_message)(chat=group, sender=alice, body="one")
+    second = await database_sync_to_async(services.send_message)(chat=group, sender=alice, body="two")
+    frames = [await receive_until(room, "chat.message") for _ in range(2)]
+    assert [(f["message_id"], f["prev_id"]) for f in frames] == [(first.pk, 0), (second.pk, first.pk)]
+    await room.disconnect()
+
+
+async def test_presence_counts_people_not_tabs(connect, alice, bob, group):
+    path = f"/ws/chat/{group.pk}/"
+    alice_tab1, _, _ = await connect(alice, path)
+    alice_tab2, _, _ = await connect(alice, path)
+    bob_tab, _, _ = await connect(bob, path)
+    assert (await receive_until(bob_tab, "chat.presence"))["online"] == 2
+
+    await alice_tab1.disconnect()
+    assert (await receive_until(bob_tab, "chat.presence"))["online"] == 2
+    await alice_tab2.disconnect()
+    assert (await receive_until(bob_tab, "chat.presence"))["online"] == 1
+    await bob_tab.disconnect()
+
+
+async def test_viewer_receiving_a_message_has_it_marked_read(connect, alice, bob, group):
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    inbox, _, _ = await connect(bob, "/ws/chat/inbox/")
+    await database_sync_to_async(services.send_message)(chat=group, sender=alice, body="read me")
+
+    frame = await receive_until(inbox, "inbox.unread")
+    assert (frame["unread"], frame["total_unread"]) == (0, 0)
+    membership = await database_sync_to_async(Membership.objects.get)(chat=group, user=bob)
+    assert membership.unread_count == 0
+    await room.disconnect()
+    await inbox.disconnect()
+
+
+async def test_hidden_tab_does_not_mark_read(connect, alice, bob, group):
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    await room.send_to(text_data=json.dumps({"type": "visibility", "visible": False}))
+    await room.send_to(text_data=json.dumps({"type": "ping"}))
+    await receive_until(room, "pong")
+    await database_sync_to_async(services.send_message)(chat=group, sender=alice, body="later")
+    await receive_until(room, "chat.message")
+    await asyncio.sleep(0.1)
+    membership = await database_sync_to_async(Membership.objects.select_related("chat").get)(chat=group, user=bob)
+    assert membership.unread_count == 1
+
+    await room.send_to(text_data=json.dumps({"type": "read", "message_id": membership.chat.last_message_id}))
+    await asyncio.sleep(0.1)
+    await database_sync_to_async(membership.refresh_from_db)()
+    assert membership.unread_count == 0
+    await room.disconnect()
+
+
+async def test_removed_member_has_room_closed_and_list_refreshed(connect, alice, bob, group):
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    inbox, _, _ = await connect(bob, "/ws/chat/inbox/")
+    await database_sync_to_async(services.remove_member)(chat=group, actor=alice, user=bob)
+
+    frame = await receive_until(room, "chat.revoked")
+    assert frame["deleted"] is False
+    await expect_close(room, consumers.CLOSE_FORBIDDEN)
+    assert (await receive_until(inbox, "inbox.changed"))["chat_id"] == group.pk
+    await inbox.disconnect()
+
+
+async def test_deleting_a_group_closes_every_room(connect, alice, bob, group):
+    rooms = [(await connect(user, f"/ws/chat/{group.pk}/"))[0] for user in (alice, bob)]
+    await database_sync_to_async(services.delete_group)(chat=group, actor=alice)
+    for room in rooms:
+        assert (await receive_until(room, "chat.revoked"))["deleted"] is True
+        await expect_close(room, consumers.CLOSE_FORBIDDEN)
+
+
+async def test_new_group_appears_in_every_members_list(connect, alice, bob, carol):
+    inbox, _, _ = await connect(bob, "/ws/chat/inbox/")
+    chat = await database_sync_to_async(services.create_group_chat)(creator=alice, name="New", members=[bob, carol])
+    assert (await receive_until(inbox, "inbox.changed"))["chat_id"] == chat.pk
+    await inbox.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "malformed"),
+        ("[1, 2]", "malformed"),
+        ('{"no": "type"}', "malformed"),
+        ('{"type": "explode"}', "unknown_type"),
+        ('{"type": "read", "message_id": "12"}', "malformed"),
+        ('{"type": "read", "message_id": true}', "malformed"),
+        ('{"type": "ping", "pad": "' + "x" * 5000 + '"}', "frame_too_large"),
+    ],
+)
+async def test_bad_frames_get_an_error_and_the_socket_stays_open(connect, alice, group, frame, code):
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await room.send_to(text_data=frame)
+    error = await receive_until(room, "error")
+    assert error["code"] == code
+    await room.send_to(text_data='{"type": "ping"}')
+    await receive_until(room, "pong")
+    await room.disconnect()
+
+
+async def test_binary_frames_get_an_error(connect, alice):
+    inbox, _, _ = await connect(alice, "/ws/chat/inbox/")
+    await inbox.send_to(bytes_data=b"\x00\x01")
+    assert (await receive_until(inbox, "error"))["code"] == "binary_frame"
+    await inbox.disconnect()
