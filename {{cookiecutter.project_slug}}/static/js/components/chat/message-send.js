@@ -1,0 +1,238 @@
+// A chat room on the page (full page or inside the widget): live messages over the room
+// socket, catch-up over HTTP after a gap or a reconnect, presence, and the send form.
+//
+// The database is the truth: each frame names the message before it in the chat
+// (prev_id). While frames chain onto the newest message we know we have everything
+// (`contiguousId`); on a gap or a reconnect we fetch `messages/?after=<contiguousId>`.
+// Bubbles are inserted in id order and never twice, whichever of the POST response and
+// the socket frame arrives first.
+
+import { ReconnectingSocket } from "./chat-websocket.js";
+
+const NEAR_BOTTOM_PX = 120;
+const MAX_CATCH_UP_PAGES = 40;
+const activeRooms = new Set();
+
+function currentUserId() {
+  return document.body.dataset.userId || "";
+}
+
+function bubbleId(bubble) {
+  return Number(bubble.dataset.messageId);
+}
+
+function parseBubbles(html) {
+  const template = document.createElement("template");
+  template.innerHTML = html;
+  return [...template.content.querySelectorAll("[data-message-id]")];
+}
+
+class ChatRoom {
+  constructor(element) {
+    this.element = element;
+    this.chatId = element.dataset.chatId;
+    this.messagesUrl = element.dataset.messagesUrl;
+    this.list = element.querySelector("[data-message-list]");
+    this.form = element.querySelector("[data-message-form]");
+    this.input = element.querySelector("[data-message-input]");
+    this.errorSlot = element.querySelector("[data-send-error]");
+    this.contiguousId = this.newestShownId();
+    this.catchingUp = null;
+    this.bubbles().forEach((bubble) => this.decorate(bubble));
+    this.scrollToBottom();
+    this.bindForm();
+    this.onVisibility = () => this.reportVisibility();
+    document.addEventListener("visibilitychange", this.onVisibility);
+    this.socket = new ReconnectingSocket(`/ws/chat/${this.chatId}/`, {
+      onMessage: (frame) => this.onFrame(frame),
+      onOpen: ({ reconnected }) => {
+        this.reportVisibility();
+        if (reconnected) this.catchUp();
+      },
+      onFinalClose: () => this.showRevoked(false),
+    });
+  }
+
+  destroy() {
+    this.socket.stop();
+    document.removeEventListener("visibilitychange", this.onVisibility);
+    activeRooms.delete(this);
+  }
+
+  bubbles() {
+    return [...this.list.querySelectorAll("[data-message-id]")];
+  }
+
+  newestShownId() {
+    const ids = this.bubbles().map(bubbleId);
+    return ids.length ? Math.max(...ids) : 0;
+  }
+
+  // Frames from the room socket
+
+  onFrame(frame) {
+    if (frame.type === "chat.message") this.onMessageFrame(frame);
+    else if (frame.type === "chat.presence") this.showPresence(frame.online);
+    else if (frame.type === "chat.revoked") this.showRevoked(frame.deleted);
+  }
+
+  onMessageFrame(frame) {
+    if (frame.message_id <= this.contiguousId) return;
+    if (frame.prev_id === this.contiguousId) {
+      this.insert(parseBubbles(frame.html));
+      this.contiguousId = frame.message_id;
+    } else {
+      this.catchUp();
+    }
+  }
+
+  async catchUp() {
+    if (this.catchingUp) {
+      this.catchUpAgain = true;
+      return this.catchingUp;
+    }
+    this.catchingUp = this.fetchMissing().finally(() => {
+      this.catchingUp = null;
+      if (this.catchUpAgain) {
+        this.catchUpAgain = false;
+        this.catchUp();
+      }
+    });
+    return this.catchingUp;
+  }
+
+  async fetchMissing() {
+    const before = this.contiguousId;
+    await this.fetchPages();
+    if (this.contiguousId > before) this.reportVisibility(); // marks what we caught up on read
+  }
+
+  async fetchPages() {
+    for (let page = 0; page < MAX_CATCH_UP_PAGES; page += 1) {
+      const response = await fetch(`${this.messagesUrl}?after=${this.contiguousId}`, {
+        headers: { "HX-Request": "true" },
+        credentials: "same-origin",
+      });
+      if (response.status === 404) return this.showRevoked(false);
+      if (!response.ok) return; // the next frame or reconnect tries again
+      const bubbles = parseBubbles(await response.text());
+      if (!bubbles.length) return;
+      this.insert(bubbles);
+      this.contiguousId = Math.max(this.contiguousId, ...bubbles.map(bubbleId));
+    }
+  }
+
+  // Showing messages
+
+  insert(newBubbles) {
+    const stickToBottom = this.isNearBottom();
+    for (const bubble of newBubbles) {
+      const id = bubbleId(bubble);
+      const existing = this.bubbles();
+      if (existing.some((shown) => bubbleId(shown) === id)) continue;
+      const next = existing.find((shown) => bubbleId(shown) > id);
+      if (next) next.before(bubble);
+      else this.list.append(bubble);
+      this.decorate(bubble);
+      window.htmx?.process(bubble);
+    }
+    this.list.querySelector("[data-empty-state]")?.remove();
+    if (stickToBottom) this.scrollToBottom();
+  }
+
+  decorate(bubble) {
+    if (bubble.dataset.senderId && bubble.dataset.senderId === currentUserId()) {
+      bubble.classList.add("bubble--mine");
+    }
+    const previous = bubble.previousElementSibling;
+    const sameSender = previous?.dataset.senderId === bubble.dataset.senderId;
+    bubble.classList.toggle("bubble--continued", Boolean(previous?.dataset.messageId && sameSender));
+  }
+
+  isNearBottom() {
+    const scroller = this.list;
+    return scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < NEAR_BOTTOM_PX;
+  }
+
+  scrollToBottom() {
+    this.list.scrollTop = this.list.scrollHeight;
+  }
+
+  showPresence(online) {
+    this.element.querySelectorAll("[data-presence-count]").forEach((element) => {
+      element.textContent = String(online);
+    });
+  }
+
+  showRevoked(deleted) {
+    this.socket?.stop();
+    const notice = this.element.querySelector("[data-revoked-notice]");
+    if (notice) {
+      notice.textContent = deleted ? "This group was deleted." : "You are no longer a member of this chat.";
+      notice.hidden = false;
+    }
+    this.form?.querySelectorAll("textarea, button").forEach((control) => {
+      control.disabled = true;
+    });
+  }
+
+  reportVisibility() {
+    const visible = !document.hidden;
+    this.socket?.send({ type: "visibility", visible });
+    if (visible) this.socket?.send({ type: "read", message_id: this.newestShownId() });
+  }
+
+  // The send form (HTMX posts it; we place the returned bubble ourselves)
+
+  bindForm() {
+    if (!this.form || !this.input) return;
+    this.input.addEventListener("keydown", (event) => {
+      if (event.key !== "Enter" || event.shiftKey || event.isComposing) return;
+      event.preventDefault();
+      if (this.input.value.trim()) this.form.requestSubmit();
+    });
+    this.form.addEventListener("htmx:beforeSwap", (event) => {
+      event.detail.shouldSwap = false;
+      const status = event.detail.xhr.status;
+      if (status >= 200 && status < 300) {
+        this.insert(parseBubbles(event.detail.serverResponse));
+        this.input.value = "";
+        this.showError("");
+      } else if (status === 400 || status === 429) {
+        this.showError(event.detail.serverResponse); // the server's error fragment
+      } else {
+        this.showError(`<p>The message could not be sent (error ${status}). Try again.</p>`);
+      }
+    });
+    this.form.addEventListener("htmx:sendError", () => {
+      this.showError("<p>Could not reach the server. Your message is still here; try again.</p>");
+    });
+    this.form.addEventListener("htmx:afterRequest", () => this.input.focus());
+  }
+
+  showError(html) {
+    if (!this.errorSlot) return;
+    this.errorSlot.innerHTML = html;
+    this.errorSlot.hidden = !html;
+  }
+}
+
+export function initRooms(root = document) {
+  const candidates = root.matches?.("[data-chat-room]") ? [root] : [];
+  candidates.push(...root.querySelectorAll("[data-chat-room]"));
+  for (const element of candidates) {
+    if (element.chatRoom) continue;
+    element.chatRoom = new ChatRoom(element);
+    activeRooms.add(element.chatRoom);
+  }
+}
+
+// Rooms removed from the page (widget navigation) close their sockets.
+new MutationObserver(() => {
+  for (const room of activeRooms) {
+    if (!room.element.isConnected) room.destroy();
+  }
+}).observe(document.body, { childList: true, subtree: true });
+
+document.addEventListener("htmx:load", (event) => initRooms(event.detail.elt));
+initRooms();
