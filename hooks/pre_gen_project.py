@@ -53,9 +53,14 @@ def check_slug(slug: str) -> str | None:
             f"ERROR: project_slug '{slug}' is not a valid Python package name. "
             "Use lowercase letters, digits and underscores, starting with a letter (e.g. my_chat)."
         )
-    if slug in PROJECT_MODULES or slug in sys.stdlib_module_names:
+    if slug in PROJECT_MODULES:
         return (
             f"ERROR: project_slug '{slug}' would shadow the '{slug}' module the project imports. "
+            f"Pick another name (e.g. my_{slug})."
+        )
+    if slug in sys.stdlib_module_names:
+        return (
+            f"ERROR: project_slug '{slug}' would shadow the standard library's '{slug}' module. "
             f"Pick another name (e.g. my_{slug})."
         )
     return None

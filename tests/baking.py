@@ -1,0 +1,58 @@
+"""How the suite runs the template and what it hands to a baked project.
+
+Kept out of conftest.py so test modules can import it by name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent
+
+# Variables of this process that must not leak into a baked project: its settings read
+# DATABASE_URL/REDIS_URL/SECRET_KEY/DEBUG from the environment before .env, and pytest's
+# own variables would confuse the inner pytest run.
+LEAKY_PREFIXES = ("PYTEST_", "DJANGO_", "VIRTUAL_ENV")
+LEAKY_NAMES = {"DATABASE_URL", "TEST_DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG", "ALLOWED_HOSTS"}
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """This process's environment without what would leak into a baked project."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in LEAKY_NAMES and not name.startswith(LEAKY_PREFIXES)
+    }
+    env.update(overrides)
+    return env
+
+
+def run_cookiecutter(*args: str, output_dir: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the cookiecutter CLI on this template as a user would, isolated from ~/.cookiecutterrc."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config = output_dir.parent / f"{output_dir.name}-cookiecutterrc.yaml"
+    config.write_text(
+        f"cookiecutters_dir: {output_dir.parent / 'cookiecutters'}\nreplay_dir: {output_dir.parent / 'replay'}\n"
+    )
+    command = [sys.executable, "-m", "cookiecutter", "--no-input", "--config-file", str(config)]
+    command += ["--output-dir", str(output_dir), str(TEMPLATE_DIR), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=clean_env(), check=False)
+
+
+def load_hook(name: str) -> ModuleType:
+    """Import hooks/<name>.py as a module; its Jinja markup sits only inside a string."""
+    spec = importlib.util.spec_from_file_location(f"template_hooks_{name}", TEMPLATE_DIR / "hooks" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tail(text: str, lines: int = 60) -> str:
+    """The end of a long command output, for assertion messages."""
+    return "\n".join(text.splitlines()[-lines:])

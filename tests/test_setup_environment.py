@@ -1,0 +1,169 @@
+"""setup_environment end to end: the hook installs, migrates and seeds; daphne then serves it.
+
+This is the one test that lets the post-generation hook reach PyPI, as a user's first
+`cookiecutter` run does.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import re
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from baking import clean_env, run_cookiecutter, tail
+
+pytestmark = pytest.mark.slow
+
+TESTER = ("e2e_tester", "e2e-tester@example.com", "An0ther-long-passw0rd")
+
+
+@pytest.fixture(scope="module")
+def set_up_project(tmp_path_factory) -> tuple[Path, str]:
+    output = tmp_path_factory.mktemp("setup") / "out"
+    result = run_cookiecutter("setup_environment=true", output_dir=output, timeout=1200)
+    printed = result.stdout + result.stderr
+    assert result.returncode == 0, tail(printed)
+    assert "WARNING: setup step failed" not in result.stderr, tail(printed)
+    return output / "chat_project", result.stdout
+
+
+def test_hook_creates_venv_with_the_project_installed(set_up_project):
+    project, _ = set_up_project
+    python = project / ".venv" / "bin" / "python"
+    assert python.is_file()
+    assert (project / ".venv" / "bin" / "daphne").is_file()
+    result = subprocess.run([str(python), "-c", "import django, channels, django_htmx"], check=False)
+    assert result.returncode == 0
+
+
+def manage(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(project / ".venv" / "bin" / "python"), "manage.py", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+        check=False,
+    )
+
+
+def test_hook_migrates_and_seeds(set_up_project):
+    project, _ = set_up_project
+    assert (project / "db.sqlite3").is_file()
+    assert "[ ]" not in manage(project, "showmigrations").stdout
+    result = manage(project, "shell", "-c", "from django.contrib.auth import get_user_model as m; print(m().objects.count())")
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip()) > 0
+
+
+def test_hook_prints_next_steps_and_demo_logins(set_up_project):
+    _, printed = set_up_project
+    assert "make run" in printed
+    assert re.search(r"password", printed, re.IGNORECASE), tail(printed)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(set_up_project, tmp_path_factory):
+    """daphne from the project's own .venv, as `make run` would serve it in production."""
+    project, _ = set_up_project
+    port = free_port()
+    log = tmp_path_factory.mktemp("daphne") / "daphne.log"
+    with log.open("w") as log_file:
+        process = subprocess.Popen(
+            [str(project / ".venv" / "bin" / "daphne"), "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+            cwd=project,
+            env=clean_env(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(base_url, process, log)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until_serving(base_url: str, process: subprocess.Popen, log: Path, deadline: float = 60) -> None:
+    stop = time.monotonic() + deadline
+    while time.monotonic() < stop:
+        if process.poll() is not None:
+            pytest.fail(f"daphne exited with {process.returncode}:\n{tail(log.read_text())}")
+        try:
+            with socket.create_connection(("127.0.0.1", int(base_url.rsplit(":", 1)[1])), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"daphne did not listen within {deadline}s:\n{tail(log.read_text())}")
+
+
+class Browser:
+    """Just enough of a browser: cookies, CSRF token from the form, redirects followed."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+    def get(self, path: str) -> tuple[int, str, str]:
+        return self._open(urllib.request.Request(self.base_url + path))
+
+    def post_form(self, path: str, fields: dict[str, str]) -> tuple[int, str, str]:
+        status, _, page = self.get(path)
+        assert status == 200, page
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+        assert token, "no CSRF token in the form"
+        body = urllib.parse.urlencode({**fields, "csrfmiddlewaretoken": token.group(1)}).encode()
+        headers = {"Referer": self.base_url + path}
+        return self._open(urllib.request.Request(self.base_url + path, data=body, headers=headers))
+
+    def _open(self, request: urllib.request.Request) -> tuple[int, str, str]:
+        try:
+            with self.opener.open(request, timeout=30) as response:
+                return response.status, response.url, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.url, error.read().decode(errors="replace")
+
+
+def test_daphne_serves_the_login_page(server):
+    status, _, page = Browser(server).get("/accounts/login/")
+    assert status == 200
+    assert "csrfmiddlewaretoken" in page
+
+
+def test_logged_in_user_gets_the_chat_page(server, set_up_project):
+    project, _ = set_up_project
+    username, email, password = TESTER
+    created = manage(
+        project,
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model as m; "
+        f"m().objects.create_user(username={username!r}, email={email!r}, password={password!r})",
+    )
+    assert created.returncode == 0, created.stderr
+    browser = Browser(server)
+    status, url, page = browser.post_form("/accounts/login/", {"username": username, "password": password})
+    assert status == 200, page
+    assert not url.endswith("/accounts/login/"), "the login was refused"
+    status, url, _ = browser.get("/chat/")
+    assert status == 200
+    assert urllib.parse.urlsplit(url).path == "/chat/"
