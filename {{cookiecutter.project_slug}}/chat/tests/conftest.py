@@ -5,6 +5,8 @@ import itertools
 import pytest
 from django.contrib.auth import get_user_model
 
+from chat import services
+
 _emails = itertools.count(1)
 
 
@@ -40,3 +42,20 @@ def carol(make_user):
 def alice_client(client, alice):
     client.force_login(alice)
     return client
+
+
+@pytest.fixture
+def dave(make_user):
+    return make_user("dave", first_name="Dave")
+
+
+@pytest.fixture
+def direct_chat(alice, bob):
+    """The direct chat between alice and bob."""
+    return services.get_or_create_direct_chat(user=alice, other=bob)[0]
+
+
+@pytest.fixture
+def group_chat(alice, bob, carol):
+    """The group "Book club": alice (its creator and admin), then bob, then carol."""
+    return services.create_group_chat(creator=alice, name="Book club", members=[bob, carol])
