@@ -15,3 +15,4 @@ SECURE_HSTS_SECONDS = 0
 ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
 STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"  # noqa: F405
 WHITENOISE_USE_FINDERS = True
+STATIC_ROOT = None  # tests serve static files through the finders; no collectstatic output
