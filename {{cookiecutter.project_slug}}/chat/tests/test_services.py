@@ -370,9 +370,7 @@ def test_a_message_of_exactly_the_maximum_length_is_accepted(settings, direct_ch
     ],
     ids=["send", "mark-read", "rename", "add", "remove", "leave", "soft-delete", "delete", "direct", "group"],
 )
-def test_each_write_sends_its_events_on_commit(
-    django_capture_on_commit_callbacks, group_chat, alice, bob, dave, write
-):
+def test_each_write_sends_its_events_on_commit(django_capture_on_commit_callbacks, group_chat, alice, bob, dave, write):
     services.send_message(chat=group_chat, sender=bob, body="unread for alice")
 
     with django_capture_on_commit_callbacks(execute=True) as callbacks:

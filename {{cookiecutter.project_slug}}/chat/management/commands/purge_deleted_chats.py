@@ -1,6 +1,6 @@
 """Hard-delete chats that every member has deleted for themselves.
 
-    python manage.py purge_deleted_chats --dry-run --older-than 30
+python manage.py purge_deleted_chats --dry-run --older-than 30
 """
 
 from django.core.management.base import BaseCommand, CommandError

@@ -97,7 +97,7 @@ class Command(BaseCommand):
         if users_wanted < 2 or chats_wanted < 0 or messages_wanted < 0:
             raise CommandError("Use --users 2 or more, and --chats / --messages of 0 or more.")
         started = time.perf_counter()
-        rng = random.Random(options["seed"])
+        rng = random.Random(options["seed"])  # noqa: S311 - demo data, not secrets
         usernames = demo_usernames(users_wanted)
         focus = options["benchmark_user"]
         if focus is not None and focus not in usernames:
@@ -142,7 +142,9 @@ def ensure_users(usernames: list[str]) -> tuple[list, int]:
         password = make_password(DEMO_PASSWORD)
         User._default_manager.bulk_create(
             [
-                User(username=name, email=f"{name}@{DEMO_EMAIL_DOMAIN}", first_name=name.capitalize(), password=password)
+                User(
+                    username=name, email=f"{name}@{DEMO_EMAIL_DOMAIN}", first_name=name.capitalize(), password=password
+                )
                 for name in missing
             ],
             batch_size=BATCH_SIZE,
@@ -151,7 +153,9 @@ def ensure_users(usernames: list[str]) -> tuple[list, int]:
     return [existing[name] for name in usernames], len(missing)
 
 
-def plan_chats(rng: random.Random, users: list, chat_count: int, message_count: int, *, focus=None) -> list[PlannedChat]:
+def plan_chats(
+    rng: random.Random, users: list, chat_count: int, message_count: int, *, focus=None
+) -> list[PlannedChat]:
     """The demo chats for these flags: about a third groups, the rest direct chats.
 
     With `focus`, every chat includes that user (their direct chats are with each of the
@@ -169,7 +173,9 @@ def plan_chats(rng: random.Random, users: list, chat_count: int, message_count: 
     group_count = max(chat_count // 3, chat_count - len(pairs)) if chat_count > 1 else 0
     direct_count = chat_count - group_count
     plan = [
-        PlannedChat(kind=Chat.Kind.DIRECT, name="", members=list(pair), message_count=0, direct_key=direct_key_for(*pair))
+        PlannedChat(
+            kind=Chat.Kind.DIRECT, name="", members=list(pair), message_count=0, direct_key=direct_key_for(*pair)
+        )
         for pair in pairs[:direct_count]
     ]
     for number in range(group_count):
@@ -263,7 +269,9 @@ def create_chats(rng: random.Random, plan: list[PlannedChat]) -> int:
     memberships = []
     for planned, chat in zip(plan, chats, strict=True):
         for position, member in enumerate(planned.members):
-            role = Membership.Role.ADMIN if planned.kind == Chat.Kind.GROUP and position == 0 else Membership.Role.MEMBER
+            role = (
+                Membership.Role.ADMIN if planned.kind == Chat.Kind.GROUP and position == 0 else Membership.Role.MEMBER
+            )
             joined_at = chat.created_at + timedelta(seconds=position)
             memberships.append(Membership(chat=chat, user=member, role=role, joined_at=joined_at))
     Membership.objects.bulk_create(memberships, batch_size=BATCH_SIZE)
