@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
-from django.db.models import QuerySet, Sum
+from django.db.models import Q, QuerySet, Sum
 from django.http import Http404
 
 from chat.conf import chat_setting
@@ -152,3 +152,18 @@ def unread_by_member(*, chat_id: int) -> dict[int, tuple[int, int]]:
         .values_list("user_id", "total")
     )
     return {user_id: (unread, totals.get(user_id, 0)) for user_id, unread in per_chat.items()}
+
+
+def find_users_by_emails(*, emails) -> dict[str, object]:
+    """Active users by lower-cased e-mail, for the given addresses. One query."""
+    wanted = {email.strip().lower() for email in emails if email and email.strip()}
+    if not wanted:
+        return {}
+    query = Q()
+    for email in wanted:
+        query |= Q(email__iexact=email)
+    users = get_user_model()._default_manager.filter(query, is_active=True).order_by("pk")
+    found: dict[str, object] = {}
+    for user in users:
+        found.setdefault(user.email.lower(), user)
+    return found

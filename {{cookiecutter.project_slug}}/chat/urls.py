@@ -1,0 +1,23 @@
+from django.urls import path
+
+from chat import views
+
+app_name = "chat"
+
+urlpatterns = [
+    path("", views.chat_list, name="list"),
+    path("list-partial/", views.chat_list_partial, name="list_partial"),
+    path("new/", views.new_chat, name="new"),
+    path("new-group/", views.new_group, name="new_group"),
+    path("check-user/", views.check_user, name="check_user"),
+    path("widget/", views.widget, name="widget"),
+    path("widget/<int:pk>/", views.widget_room, name="widget_room"),
+    path("<int:pk>/", views.room, name="room"),
+    path("<int:pk>/info/", views.info, name="info"),
+    path("<int:pk>/leave/", views.leave, name="leave"),
+    path("<int:pk>/delete/", views.delete, name="delete"),
+    path("<int:pk>/delete-group/", views.delete_group, name="delete_group"),
+    path("<int:pk>/edit/", views.edit, name="edit"),
+    path("<int:pk>/messages/", views.messages_fragment, name="messages"),
+    path("<int:pk>/send/", views.send, name="send"),
+]

@@ -1,0 +1,364 @@
+"""Chat pages and HTMX fragments.
+
+Thin by design: each view parses its input, calls a service (writes) or a selector
+(reads), and renders a page or the partial that HTMX swaps. `chat_view` adds what every
+route needs: login, allowed methods, and turning bad input into 400 and forbidden
+actions into 403 instead of a 500.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from django.contrib import messages
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
+from django.http import HttpResponse, HttpResponseNotAllowed
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.cache import patch_vary_headers
+from django_htmx.http import HttpResponseClientRedirect, reswap, retarget
+
+from chat import selectors, services
+from chat.conf import chat_setting
+from chat.forms import (
+    AddMemberForm,
+    CheckUserForm,
+    MessageForm,
+    NewChatForm,
+    NewGroupForm,
+    RemoveMemberForm,
+    RenameGroupForm,
+)
+
+WIDGET_PANEL_ID = "chat-widget-panel"
+# Ids and offsets beyond this are nonsense, and too big for SQLite integers.
+LARGEST_ID = 2**62
+
+
+# --- plumbing shared by every view ---------------------------------------------------
+
+
+def chat_view(*methods: str):
+    """Login required, only `methods`, and bad input or forbidden actions answered cleanly.
+
+    Anonymous HTMX requests get a 401 with `HX-Redirect` to the login page, so htmx
+    navigates instead of swapping a login form into a fragment.
+    """
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if not request.user.is_authenticated:
+                return login_redirect(request)
+            if request.method not in methods:
+                return HttpResponseNotAllowed(methods)
+            try:
+                response = view(request, *args, **kwargs)
+            except (BadRequest, ValidationError) as exc:
+                response = error_response(request, error_text(exc), status=400)
+            except PermissionDenied as exc:
+                response = error_response(request, str(exc) or "You are not allowed to do this.", status=403)
+            patch_vary_headers(response, ["HX-Request", "HX-Target"])
+            return response
+
+        return wrapper
+
+    return decorator
+
+
+def login_redirect(request) -> HttpResponse:
+    if not request.htmx:
+        return redirect_to_login(request.get_full_path())
+    next_path = request.htmx.current_url_abs_path or request.get_full_path()
+    response = HttpResponse("Log in to continue.", status=401)
+    response["HX-Redirect"] = redirect_to_login(next_path).url
+    return response
+
+
+def error_text(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return " ".join(exc.messages)
+    return str(exc) or "That request was not understood."
+
+
+def error_response(request, error: str, *, status: int) -> HttpResponse:
+    template = "chat/partials/error.html" if request.htmx else "chat/error.html"
+    return render(request, template, {"error": error, "status": status}, status=status)
+
+
+def int_param(request, name: str) -> int | None:
+    """A non-negative integer query parameter, None when absent; anything else is a 400."""
+    raw = request.GET.get(name, "")
+    if raw == "":
+        return None
+    if not raw.isdigit() or int(raw) > LARGEST_ID:
+        raise BadRequest(f"“{name}” must be a whole number.")
+    return int(raw)
+
+
+def in_widget(request) -> bool:
+    return bool(request.htmx) and request.htmx.target == WIDGET_PANEL_ID
+
+
+def go_to(request, url: str) -> HttpResponse:
+    """Redirect; for HTMX, a client-side redirect so the whole page changes."""
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+def inbox_context(request, *, offset: int = 0, widget: bool = False) -> dict:
+    rows, has_more = selectors.inbox_rows(user=request.user, offset=offset)
+    return {"rows": rows, "has_more": has_more, "offset": offset, "next_offset": offset + len(rows), "in_widget": widget}
+
+
+def room_context(request, membership, *, widget: bool = False) -> dict:
+    chat = membership.chat
+    return {
+        "chat": chat,
+        "membership": membership,
+        "title": selectors.chat_title(chat=chat, user=request.user),
+        "page": selectors.messages_page(membership=membership),
+        "message_form": MessageForm(),
+        "max_length": chat_setting("CHAT_MAX_MESSAGE_LENGTH"),
+        "viewer_id": request.user.pk,
+        "in_widget": widget,
+    }
+
+
+def widget_list_response(request) -> HttpResponse:
+    return render(request, "chat/partials/widget_response_list.html", inbox_context(request, widget=True))
+
+
+# --- inbox ---------------------------------------------------------------------------
+
+
+@chat_view("GET")
+def chat_list(request):
+    context = inbox_context(request)
+    context["new_chat_form"] = NewChatForm(user=request.user)
+    context["new_group_form"] = NewGroupForm(user=request.user)
+    return render(request, "chat/chat_list.html", context)
+
+
+@chat_view("GET")
+def chat_list_partial(request):
+    """The list rows for a live refresh (offset 0) or the "Show more" page at `offset`."""
+    offset = int_param(request, "offset") or 0
+    widget = request.GET.get("widget") == "1"
+    return render(request, "chat/partials/chat_list_fragment.html", inbox_context(request, offset=offset, widget=widget))
+
+
+# --- starting chats ------------------------------------------------------------------
+
+
+@chat_view("GET", "POST")
+def new_chat(request):
+    form = NewChatForm(request.POST if request.method == "POST" else None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        chat, created = services.get_or_create_direct_chat(user=request.user, other=form.cleaned_data["other"])
+        if not created:
+            messages.info(request, "You already had a chat with this person; here it is.")
+        return go_to(request, reverse("chat:room", args=[chat.pk]))
+    status = 400 if form.is_bound else 200
+    if request.htmx:
+        return render(request, "chat/partials/new_chat_form.html", {"new_chat_form": form}, status=status)
+    return render(request, "chat/new_chat.html", {"new_chat_form": form}, status=status)
+
+
+@chat_view("GET", "POST")
+def new_group(request):
+    form = NewGroupForm(request.POST if request.method == "POST" else None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        try:
+            chat = services.create_group_chat(
+                creator=request.user, name=form.cleaned_data["name"], members=form.cleaned_data["members"]
+            )
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, f"Group “{chat.name}” created.")
+            return go_to(request, reverse("chat:room", args=[chat.pk]))
+    status = 400 if form.is_bound else 200
+    if request.htmx:
+        return render(request, "chat/partials/new_group_chat_form.html", {"new_group_form": form}, status=status)
+    return render(request, "chat/new_chat.html", {"new_group_form": form}, status=status)
+
+
+@chat_view("GET")
+def check_user(request):
+    """Live answer while someone types an e-mail: found (with the name), not found, or you."""
+    form = CheckUserForm(request.GET)
+    context = {"state": "invalid"}
+    if form.is_valid():
+        found = selectors.find_user_by_email(email=form.cleaned_data["email"])
+        if found is None:
+            context = {"state": "not_found"}
+        elif found.pk == request.user.pk:
+            context = {"state": "self"}
+        else:
+            context = {"state": "found", "name": selectors.display_name(found)}
+    elif not request.GET.get("email", "").strip():
+        context = {"state": "empty"}
+    return render(request, "chat/partials/check_user_result.html", context)
+
+
+# --- widget --------------------------------------------------------------------------
+
+
+@chat_view("GET")
+def widget(request):
+    if request.htmx:
+        return widget_list_response(request)
+    return render(request, "chat/chat_widget.html", inbox_context(request, widget=True))
+
+
+@chat_view("GET")
+def widget_room(request, pk):
+    membership = selectors.membership_or_404(user=request.user, chat_id=pk)
+    services.mark_read(chat=membership.chat, user=request.user)
+    context = room_context(request, membership, widget=True)
+    template = "chat/partials/widget_response_room.html" if request.htmx else "chat/chat_widget.html"
+    return render(request, template, context)
+
+
+# --- a chat --------------------------------------------------------------------------
+
+
+@chat_view("GET")
+def room(request, pk):
+    """The newest page of the chat; opening it marks everything read."""
+    membership = selectors.membership_or_404(user=request.user, chat_id=pk)
+    services.mark_read(chat=membership.chat, user=request.user)
+    return render(request, "chat/room.html", room_context(request, membership))
+
+
+@chat_view("GET")
+def messages_fragment(request, pk):
+    """Older messages (`?before=<id>`) with the next trigger, or newer ones (`?after=<id>`)."""
+    membership = selectors.membership_or_404(user=request.user, chat_id=pk)
+    before, after = int_param(request, "before"), int_param(request, "after")
+    if before is not None and after is not None:
+        raise BadRequest("Ask for messages before or after an id, not both.")
+    page = selectors.messages_page(membership=membership, before=before, after=after)
+    context = {"chat": membership.chat, "page": page, "viewer_id": request.user.pk}
+    return render(request, "chat/partials/message_list_fragment.html", context)
+
+
+@chat_view("POST")
+def send(request, pk):
+    membership = selectors.membership_or_404(user=request.user, chat_id=pk)
+    form = MessageForm(request.POST)
+    body = form.cleaned_data["body"] if form.is_valid() else ""
+    try:
+        message = services.send_message(chat=membership.chat, sender=request.user, body=body)
+    except ValidationError as exc:
+        return send_error(request, pk, error_text(exc))
+    if not request.htmx:
+        return redirect("chat:room", pk)
+    context = {"message": message, "chat": membership.chat, "viewer_id": request.user.pk, "clear_send_error": True}
+    return render(request, "chat/partials/message_bubble.html", context)
+
+
+def send_error(request, pk: int, error: str) -> HttpResponse:
+    """400 with the reason, swapped into the form's error slot rather than the message list."""
+    if not request.htmx:
+        return error_response(request, error, status=400)
+    response = render(request, "chat/partials/send_error.html", {"error": error}, status=400)
+    return reswap(retarget(response, f"#send-error-{pk}"), "innerHTML")
+
+
+@chat_view("GET")
+def info(request, pk):
+    membership = selectors.membership_or_404(user=request.user, chat_id=pk)
+    chat = membership.chat
+    context = {
+        "chat": chat,
+        "membership": membership,
+        "title": selectors.chat_title(chat=chat, user=request.user),
+        "members": selectors.chat_members(chat=chat),
+        "in_widget": in_widget(request),
+    }
+    template = "chat/partials/widget_info.html" if context["in_widget"] else "chat/chat_info.html"
+    return render(request, template, context)
+
+
+@chat_view("POST")
+def leave(request, pk):
+    membership = selectors.membership_or_404(user=request.user, chat_id=pk)
+    title = membership.chat.name
+    services.leave_group(chat=membership.chat, user=request.user)
+    messages.success(request, f"You left “{title}”.")
+    return after_removal(request)
+
+
+@chat_view("POST")
+def delete(request, pk):
+    """Delete for me: hidden from my list until someone writes again."""
+    membership = selectors.membership_or_404(user=request.user, chat_id=pk)
+    services.soft_delete_chat(chat=membership.chat, user=request.user)
+    messages.success(request, "Chat deleted from your list.")
+    return after_removal(request)
+
+
+@chat_view("POST")
+def delete_group(request, pk):
+    membership = selectors.membership_or_404(user=request.user, chat_id=pk)
+    title = membership.chat.name
+    services.delete_group(chat=membership.chat, actor=request.user)
+    messages.success(request, f"Group “{title}” deleted for everyone.")
+    return after_removal(request)
+
+
+def after_removal(request) -> HttpResponse:
+    if in_widget(request):
+        return widget_list_response(request)
+    return go_to(request, reverse("chat:list"))
+
+
+@chat_view("GET", "POST")
+def edit(request, pk):
+    """Admins rename the group and add or remove members; each action is its own form."""
+    membership = selectors.membership_or_404(user=request.user, chat_id=pk)
+    chat = membership.chat
+    if not (chat.is_group and membership.is_admin):
+        raise PermissionDenied("Only group admins can edit the group.")
+    rename_form, add_form = RenameGroupForm(initial={"name": chat.name}), AddMemberForm()
+    if request.method == "POST":
+        action = request.POST.get("action")
+        if action == "rename":
+            rename_form = RenameGroupForm(request.POST)
+            if rename_form.is_valid():
+                services.rename_group(chat=chat, actor=request.user, name=rename_form.cleaned_data["name"])
+                messages.success(request, "Group renamed.")
+                return redirect("chat:edit", pk)
+        elif action == "add":
+            add_form = AddMemberForm(request.POST)
+            if add_form.is_valid():
+                added = services.add_members(chat=chat, actor=request.user, users=[add_form.cleaned_data["user"]])
+                messages.success(request, "Member added." if added else "They are already in the group.")
+                return redirect("chat:edit", pk)
+        elif action == "remove":
+            remove_form = RemoveMemberForm(request.POST)
+            if not remove_form.is_valid():
+                raise BadRequest("Say whom to remove.")
+            removed = remove_member(chat=chat, actor=request.user, user_id=remove_form.cleaned_data["user_id"])
+            messages.success(request, f"{removed} was removed from the group.")
+            return redirect("chat:edit", pk)
+        else:
+            raise BadRequest("Unknown action.")
+    context = {
+        "chat": chat,
+        "rename_form": rename_form,
+        "add_form": add_form,
+        "members": selectors.chat_members(chat=chat),
+        "viewer_id": request.user.pk,
+    }
+    return render(request, "chat/edit_group.html", context, status=400 if request.method == "POST" else 200)
+
+
+def remove_member(*, chat, actor, user_id: int) -> str:
+    member = next((m.user for m in selectors.chat_members(chat=chat) if m.user_id == user_id), None)
+    if member is None:
+        raise BadRequest("They are not in this group.")
+    services.remove_member(chat=chat, actor=actor, user=member)
+    return selectors.display_name(member)
