@@ -1,11 +1,12 @@
 """Every write of the chat app, through chat.services."""
 
+import sqlite3
 import threading
 from datetime import timedelta
 
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.utils import timezone
 
 from chat import selectors, services
@@ -59,31 +60,72 @@ def test_reopening_a_deleted_direct_chat_shows_it_again_without_the_old_history(
     assert selectors.messages_page(membership=membership(chat, alice)).messages == []
 
 
-@pytest.mark.django_db(transaction=True)
-def test_two_people_starting_their_direct_chat_at_the_same_moment_get_one_chat(alice, bob):
-    barrier = threading.Barrier(2, timeout=10)
-    results, errors = [], []
+@pytest.fixture
+def database_for_threads(transactional_db, tmp_path):
+    """Call it to give threads started afterwards an on-disk copy of the test database.
 
-    def start(user, other):
+    SQLite's in-memory test database runs in shared-cache mode, where a writer that meets
+    another gets "database table is locked" at once instead of waiting out the busy timeout
+    as it does in an on-disk database (development, production). Other databases: no-op.
+    """
+
+    def copy_to_disk():
+        if connection.vendor != "sqlite" or not connection.is_in_memory_db():
+            return lambda: None
+        path = tmp_path / "threads.sqlite3"
+        connection.ensure_connection()
+        target = sqlite3.connect(path)
+        connection.connection.backup(target)
+        target.close()
+
+        def use_in_this_thread():
+            this_thread = connections[DEFAULT_DB_ALIAS]
+            this_thread.settings_dict = {**this_thread.settings_dict, "NAME": str(path)}
+
+        return use_in_this_thread
+
+    return copy_to_disk
+
+
+def in_threads(*calls, setup=lambda: None) -> list:
+    """Run each call in its own thread, all starting together; their results (or errors) in order."""
+    barrier = threading.Barrier(len(calls), timeout=10)
+    results = [None] * len(calls)
+
+    def run(index, call):
+        setup()
         try:
             barrier.wait()
-            results.append(services.get_or_create_direct_chat(user=user, other=other))
-        except Exception as error:  # noqa: BLE001 - reported by the assertion below
-            errors.append(error)
+            results[index] = call()
+        except Exception as error:  # noqa: BLE001 - returned to the test, which asserts on it
+            results[index] = error
         finally:
-            connection.close()
+            connections.close_all()
 
-    threads = [threading.Thread(target=start, args=pair) for pair in [(alice, bob), (bob, alice)]]
+    threads = [threading.Thread(target=run, args=item) for item in enumerate(calls)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
+    return results
 
-    assert errors == []
-    assert Chat.objects.count() == 1
-    assert Membership.objects.count() == 2
-    chats = {chat.pk for chat, _ in results}
-    assert chats == {Chat.objects.get().pk}
+
+def test_two_people_starting_their_direct_chat_at_the_same_moment_get_one_chat(database_for_threads, alice, bob):
+    use_database = database_for_threads()
+
+    results = in_threads(
+        lambda: services.get_or_create_direct_chat(user=alice, other=bob),
+        lambda: services.get_or_create_direct_chat(user=bob, other=alice),
+        setup=use_database,
+    )
+
+    assert not [result for result in results if isinstance(result, Exception)]
+    (chat_ids, members), *_ = in_threads(
+        lambda: (list(Chat.objects.values_list("pk", flat=True)), Membership.objects.count()), setup=use_database
+    )
+    assert len(chat_ids) == 1
+    assert members == 2
+    assert [chat.pk for chat, _ in results] == chat_ids * 2
     assert sorted(created for _, created in results) == [False, True]
 
 
