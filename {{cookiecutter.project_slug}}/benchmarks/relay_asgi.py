@@ -1,0 +1,57 @@
+"""The benchmark server: the project's application plus a reference relay consumer.
+
+`RelayConsumer` is the Channels tutorial's chat: receive a frame, `group_send` it to the
+room, send each group event back out. It authorizes nothing and stores nothing, which
+makes it the floor our consumers are measured against. Both share the middleware stack,
+the channel layer and the process, so the comparison is like for like.
+
+    daphne -b 127.0.0.1 -p 8001 benchmarks.relay_asgi:application
+"""
+
+import json
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
+
+# Initialise Django (apps, models) before importing anything that touches the ORM.
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import path  # noqa: E402
+
+import chat.routing  # noqa: E402
+
+
+class RelayConsumer(AsyncWebsocketConsumer):
+    async def connect(self):
+        self.room_group_name = f"bench.relay.{self.scope['url_route']['kwargs']['room']}"
+        await self.channel_layer.group_add(self.room_group_name, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        await self.channel_layer.group_discard(self.room_group_name, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        message = json.loads(text_data)["message"]
+        await self.channel_layer.group_send(self.room_group_name, {"type": "relay.message", "message": message})
+
+    async def relay_message(self, event):
+        await self.send(text_data=json.dumps({"message": event["message"]}))
+
+
+websocket_urlpatterns = [
+    path("ws/bench/relay/<slug:room>/", RelayConsumer.as_asgi()),
+    *chat.routing.websocket_urlpatterns,
+]
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    }
+)
