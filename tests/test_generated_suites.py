@@ -59,7 +59,7 @@ def project(request, cookies_session) -> BakedProject:
 
 
 def test_generated_test_suite_passes(project):
-    result = project.run("-m", "pytest", "-q", "-p", "no:cacheprovider")
+    result = project.run("-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider")
     output = result.stdout + result.stderr
     assert result.returncode == 0, tail(output)
     assert " passed" in output

@@ -59,7 +59,8 @@ def test_hook_migrates_and_seeds(set_up_project):
     project, _ = set_up_project
     assert (project / "db.sqlite3").is_file()
     assert "[ ]" not in manage(project, "showmigrations").stdout
-    result = manage(project, "shell", "-c", "from django.contrib.auth import get_user_model as m; print(m().objects.count())")
+    count_users = "from django.contrib.auth import get_user_model as m; print(m().objects.count())"
+    result = manage(project, "shell", "--verbosity", "0", "-c", count_users)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout.strip()) > 0
 
@@ -155,6 +156,8 @@ def test_logged_in_user_gets_the_chat_page(server, set_up_project):
     created = manage(
         project,
         "shell",
+        "--verbosity",
+        "0",
         "-c",
         "from django.contrib.auth import get_user_model as m; "
         f"m().objects.create_user(username={username!r}, email={email!r}, password={password!r})",
