@@ -1,5 +1,6 @@
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import UserCreationForm
+from django.core.exceptions import ValidationError
 
 
 class SignupForm(UserCreationForm):
@@ -19,5 +20,5 @@ class SignupForm(UserCreationForm):
     def clean_email(self):
         email = self.cleaned_data["email"].strip()
         if get_user_model()._default_manager.filter(email__iexact=email).exists():
-            raise self.error_class(["An account with this e-mail already exists."])
+            raise ValidationError("An account with this e-mail already exists.")
         return email

@@ -108,7 +108,13 @@ def go_to(request, url: str) -> HttpResponse:
 
 def inbox_context(request, *, offset: int = 0, widget: bool = False) -> dict:
     rows, has_more = selectors.inbox_rows(user=request.user, offset=offset)
-    return {"rows": rows, "has_more": has_more, "offset": offset, "next_offset": offset + len(rows), "in_widget": widget}
+    return {
+        "rows": rows,
+        "has_more": has_more,
+        "offset": offset,
+        "next_offset": offset + len(rows),
+        "in_widget": widget,
+    }
 
 
 def room_context(request, membership, *, widget: bool = False) -> dict:
@@ -145,7 +151,9 @@ def chat_list_partial(request):
     """The list rows for a live refresh (offset 0) or the "Show more" page at `offset`."""
     offset = int_param(request, "offset") or 0
     widget = request.GET.get("widget") == "1"
-    return render(request, "chat/partials/chat_list_fragment.html", inbox_context(request, offset=offset, widget=widget))
+    return render(
+        request, "chat/partials/chat_list_fragment.html", inbox_context(request, offset=offset, widget=widget)
+    )
 
 
 # --- starting chats ------------------------------------------------------------------

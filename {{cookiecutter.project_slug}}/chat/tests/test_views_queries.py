@@ -1,0 +1,108 @@
+"""The inbox, widget list, room and load-older run a fixed number of queries: the same for
+5 chats as for 50 chats with many messages each."""
+
+import itertools
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from chat.models import Chat, Membership, Message
+
+HTMX = {"HX-Request": "true"}
+MESSAGES_PER_CHAT = 60
+_names = itertools.count(1)
+
+
+def add_chats(user, count: int, messages_per_chat: int = MESSAGES_PER_CHAT) -> list[Chat]:
+    """Direct and group chats for `user` (alternating), each with history and unread messages,
+    built with bulk inserts."""
+    User = get_user_model()
+    numbers = [next(_names) for _ in range(count)]
+    others = User.objects.bulk_create(
+        [User(username=f"peer{n}", email=f"peer{n}@example.com", first_name=f"Peer {n}") for n in numbers]
+    )
+    if not others[0].pk:  # backends without RETURNING
+        others = list(User.objects.filter(username__in=[f"peer{n}" for n in numbers]).order_by("pk"))
+    chats = Chat.objects.bulk_create(
+        [
+            Chat(kind="direct", direct_key=f"{min(user.pk, o.pk)}:{max(user.pk, o.pk)}")
+            if i % 2 == 0
+            else Chat(kind="group", name=f"Group {o.pk}", created_by=user)
+            for i, o in enumerate(others)
+        ]
+    )
+    Membership.objects.bulk_create(
+        [Membership(chat=chat, user=user, role="admin", unread_count=3) for chat in chats]
+        + [Membership(chat=chat, user=other) for chat, other in zip(chats, others, strict=True)]
+    )
+    Message.objects.bulk_create(
+        [
+            Message(chat=chat, sender=user if n % 2 else other, body=f"message {n} in {chat.pk}")
+            for chat, other in zip(chats, others, strict=True)
+            for n in range(messages_per_chat)
+        ]
+    )
+    for chat in chats:
+        chat.last_message = Message.objects.filter(chat=chat).order_by("-pk").first()
+    Chat.objects.bulk_update(chats, ["last_message"])
+    return chats
+
+
+def count_queries(client, url, **extra) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url, **extra)
+    assert response.status_code == 200
+    return len(queries)
+
+
+@pytest.fixture
+def alice_chats(alice):
+    """alice in 5 chats; the tests add 45 more."""
+    return add_chats(alice, 5, messages_per_chat=10)
+
+
+@pytest.mark.parametrize(
+    ("url_name", "headers"),
+    [("chat:list", {}), ("chat:list_partial", HTMX), ("chat:widget", HTMX), ("chat:widget", {})],
+)
+def test_inbox_and_widget_list_queries_do_not_grow_with_chats(
+    alice_client, alice, alice_chats, url_name, headers, django_assert_max_num_queries
+):
+    url = reverse(url_name)
+    with_5 = count_queries(alice_client, url, headers=headers)
+
+    add_chats(alice, 45)
+
+    with django_assert_max_num_queries(with_5):
+        response = alice_client.get(url, headers=headers)
+    assert response.content.decode().count("data-chat-row") == 50
+
+
+@pytest.mark.parametrize("kind_index", [0, 1], ids=["direct", "group"])
+@pytest.mark.parametrize("url_name", ["chat:room", "chat:widget_room"])
+def test_room_queries_do_not_grow_with_chats_or_history(
+    alice_client, alice, alice_chats, url_name, kind_index, django_assert_num_queries
+):
+    few = count_queries(alice_client, reverse(url_name, args=[alice_chats[kind_index].pk]), headers=HTMX)
+
+    long_chat = add_chats(alice, 45, messages_per_chat=150)[kind_index]
+
+    with django_assert_num_queries(few):
+        response = alice_client.get(reverse(url_name, args=[long_chat.pk]), headers=HTMX)
+    assert response.content.decode().count("data-message-id=") == 50
+
+
+def test_load_older_queries_do_not_grow_with_history(alice_client, alice, alice_chats, django_assert_num_queries):
+    short = alice_chats[0]
+    oldest_but_one = Message.objects.filter(chat=short).order_by("pk")[1]
+    few = count_queries(alice_client, reverse("chat:messages", args=[short.pk]) + f"?before={oldest_but_one.pk}")
+
+    long_chat = add_chats(alice, 45, messages_per_chat=150)[0]
+    middle = Message.objects.filter(chat=long_chat).order_by("pk")[100]
+
+    with django_assert_num_queries(few):
+        response = alice_client.get(reverse("chat:messages", args=[long_chat.pk]) + f"?before={middle.pk}")
+    assert response.content.decode().count("data-message-id=") == 50
