@@ -52,9 +52,10 @@ class EmailListField(forms.CharField):
 
     def to_python(self, value):
         text = super().to_python(value)
-        emails = []
+        emails, seen = [], set()
         for email in EMAIL_SEPARATORS.split(text):
-            if email and email.lower() not in {known.lower() for known in emails}:
+            if email and email.lower() not in seen:
+                seen.add(email.lower())
                 emails.append(email)
         return emails
 

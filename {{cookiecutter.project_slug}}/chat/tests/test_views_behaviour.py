@@ -356,7 +356,7 @@ def test_room_page_carries_the_data_attributes_the_scripts_use(alice_client, dir
     room = alice_client.get(reverse("chat:room", args=[direct_chat.pk])).content.decode()
     pk = direct_chat.pk
 
-    assert f'data-chat-room\n         data-chat-id="{pk}"' in room
+    assert re.search(rf'data-chat-room\s+data-chat-id="{pk}"\s+data-messages-url="/chat/{pk}/messages/"', room)
     assert f'id="message-list-{pk}"' in room
     assert "data-presence-count" in room
     assert f'hx-post="{reverse("chat:send", args=[pk])}"' in room
