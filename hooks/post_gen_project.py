@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 
-
 def as_bool(value: object) -> bool:
     return str(value).strip().lower() in {"true", "yes", "y", "1", "on"}
 

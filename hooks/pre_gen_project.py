@@ -82,7 +82,10 @@ def check_timezone(name: str) -> str | None:
 
 def check_domain(domain: str) -> str | None:
     if not DOMAIN_PATTERN.match(domain.lower()):
-        return f"ERROR: domain_name '{domain}' is not a host name. Use a bare host such as example.com (no scheme or path)."
+        return (
+            f"ERROR: domain_name '{domain}' is not a host name. "
+            "Use a bare host such as example.com (no scheme or path)."
+        )
     return None
 
 
@@ -90,7 +93,6 @@ def check_version(version: str) -> str | None:
     if not VERSION_PATTERN.match(version):
         return f"ERROR: version '{version}' is not a PEP 440 version. Use a version such as 0.1.0."
     return None
-
 
 
 def first_error(answers: dict[str, str]) -> str | None:

@@ -90,3 +90,9 @@ def test_refuses_to_start_without_secret_key_when_debug_is_off(project, tmp_path
     result = project.run("manage.py", "check", cwd=copy, DEBUG="false")
     assert result.returncode != 0
     assert "Set SECRET_KEY" in result.stderr
+
+
+def test_migrations_match_the_models(project):
+    """The shipped migrations (chat's and, with the option, users') cover every model change."""
+    result = project.run("manage.py", "makemigrations", "--check", "--dry-run")
+    assert result.returncode == 0, tail(result.stdout + result.stderr)

@@ -1,0 +1,19 @@
+"""The template's own Python (hooks and this suite) passes ruff with the top-level config."""
+
+import subprocess
+import sys
+
+import pytest
+from baking import TEMPLATE_DIR
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["check", "format"])
+def test_hooks_and_tests_pass_ruff(command):
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", *command, "--no-cache", "hooks", "tests"],
+        cwd=TEMPLATE_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
