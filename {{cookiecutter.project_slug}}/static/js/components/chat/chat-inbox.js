@@ -1,6 +1,7 @@
 // The inbox socket (one per page of a logged-in user): keeps every unread badge, the
 // chat list rows and their order live. Loaded by base.html on every authenticated page.
 
+import "./htmx-fragment-errors.js";
 import { ReconnectingSocket } from "./chat-websocket.js";
 
 const REFRESH_DEBOUNCE_MS = 250;

@@ -7,6 +7,7 @@
 // Bubbles are inserted in id order and never twice, whichever of the POST response and
 // the socket frame arrives first.
 
+import "./htmx-fragment-errors.js";
 import { ReconnectingSocket } from "./chat-websocket.js";
 
 const NEAR_BOTTOM_PX = 120;
@@ -191,8 +192,12 @@ class ChatRoom {
       event.preventDefault();
       if (this.input.value.trim()) this.form.requestSubmit();
     });
-    this.form.addEventListener("htmx:beforeSwap", (event) => {
+    // htmx fires beforeSwap on the swap target (the list, or the error slot on a 400), so
+    // listen on the room and pick out the send form's responses.
+    this.element.addEventListener("htmx:beforeSwap", (event) => {
+      if (event.detail.requestConfig?.elt !== this.form) return;
       event.detail.shouldSwap = false;
+      event.detail.isError = false; // handled here, not an htmx error
       const status = event.detail.xhr.status;
       if (status >= 200 && status < 300) {
         this.insert(parseBubbles(event.detail.serverResponse));

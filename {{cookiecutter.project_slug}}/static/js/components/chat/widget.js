@@ -2,6 +2,7 @@
 // the chat list and rooms (loaded with HTMX from widget/ and widget/<pk>/). Opens and
 // closes with the keyboard (Escape closes); open state and view survive page loads.
 
+import "./htmx-fragment-errors.js";
 import "./message-send.js";
 
 const STORAGE_KEY = "chat-widget-state";
