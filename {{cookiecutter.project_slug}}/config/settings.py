@@ -77,6 +77,9 @@ ASGI_APPLICATION = "config.asgi.application"
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # .env says sqlite:///db.sqlite3: keep it next to manage.py whatever the working directory.
+    if DATABASES["default"]["NAME"] != ":memory:":
+        DATABASES["default"]["NAME"] = BASE_DIR / DATABASES["default"]["NAME"]
     # IMMEDIATE transactions and a busy timeout let concurrent writers queue instead of
     # failing with "database is locked"; WAL lets readers run beside the writer.
     DATABASES["default"]["OPTIONS"] = {
