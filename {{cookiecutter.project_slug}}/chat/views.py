@@ -30,6 +30,7 @@ from chat.forms import (
     RemoveMemberForm,
     RenameGroupForm,
 )
+from chat.ratelimit import RateLimited, check_rate
 
 WIDGET_PANEL_ID = "chat-widget-panel"
 # Ids and offsets beyond this are nonsense, and too big for SQLite integers.
@@ -59,6 +60,9 @@ def chat_view(*methods: str):
                 response = error_response(request, error_text(exc), status=400)
             except PermissionDenied as exc:
                 response = error_response(request, str(exc) or "You are not allowed to do this.", status=403)
+            except RateLimited as exc:
+                response = error_response(request, str(exc), status=429)
+                response["Retry-After"] = str(exc.retry_after)
             patch_vary_headers(response, ["HX-Request", "HX-Target"])
             return response
 
@@ -163,6 +167,7 @@ def chat_list_partial(request):
 def new_chat(request):
     form = NewChatForm(request.POST if request.method == "POST" else None, user=request.user)
     if request.method == "POST" and form.is_valid():
+        check_rate(action="new_chat", user_id=request.user.pk)
         chat, created = services.get_or_create_direct_chat(user=request.user, other=form.cleaned_data["other"])
         if not created:
             messages.info(request, "You already had a chat with this person; here it is.")
@@ -177,6 +182,7 @@ def new_chat(request):
 def new_group(request):
     form = NewGroupForm(request.POST if request.method == "POST" else None, user=request.user)
     if request.method == "POST" and form.is_valid():
+        check_rate(action="new_group", user_id=request.user.pk)
         try:
             chat = services.create_group_chat(
                 creator=request.user, name=form.cleaned_data["name"], members=form.cleaned_data["members"]
@@ -198,6 +204,7 @@ def check_user(request):
     form = CheckUserForm(request.GET)
     context = {"state": "invalid"}
     if form.is_valid():
+        check_rate(action="check_user", user_id=request.user.pk)
         found = selectors.find_user_by_email(email=form.cleaned_data["email"])
         if found is None:
             context = {"state": "not_found"}
@@ -258,20 +265,25 @@ def send(request, pk):
     form = MessageForm(request.POST)
     body = form.cleaned_data["body"] if form.is_valid() else ""
     try:
+        check_rate(action="send", user_id=request.user.pk)
         message = services.send_message(chat=membership.chat, sender=request.user, body=body)
     except ValidationError as exc:
         return send_error(request, pk, error_text(exc))
+    except RateLimited as exc:
+        response = send_error(request, pk, str(exc), status=429)
+        response["Retry-After"] = str(exc.retry_after)
+        return response
     if not request.htmx:
         return redirect("chat:room", pk)
     context = {"message": message, "chat": membership.chat, "viewer_id": request.user.pk, "clear_send_error": True}
     return render(request, "chat/partials/message_bubble.html", context)
 
 
-def send_error(request, pk: int, error: str) -> HttpResponse:
-    """400 with the reason, swapped into the form's error slot rather than the message list."""
+def send_error(request, pk: int, error: str, *, status: int = 400) -> HttpResponse:
+    """The reason, swapped into the form's error slot rather than the message list."""
     if not request.htmx:
-        return error_response(request, error, status=400)
-    response = render(request, "chat/partials/send_error.html", {"error": error}, status=400)
+        return error_response(request, error, status=status)
+    response = render(request, "chat/partials/send_error.html", {"error": error}, status=status)
     return reswap(retarget(response, f"#send-error-{pk}"), "innerHTML")
 
 

@@ -101,6 +101,8 @@ CHANNEL_LAYERS = {
         "CONFIG": {"hosts": [REDIS_URL]},
     },
 }
+# Rate-limit counters and other cache users, shared by every process.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 {%- else -%}
 # One server process: the in-memory layer. Use Redis (channels_redis) for several.
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -155,3 +157,5 @@ LOGGING = {
 # Chat settings (see chat/conf.py for every setting and its default).
 CHAT_PAGE_SIZE = env.int("CHAT_PAGE_SIZE", default=50)
 CHAT_MAX_MESSAGE_LENGTH = env.int("CHAT_MAX_MESSAGE_LENGTH", default=4000)
+# Per-user limits, e.g. CHAT_RATE_LIMITS=send=60/m,check_user=30/m,new_chat=30/m,new_group=20/h
+CHAT_RATE_LIMITS = env.dict("CHAT_RATE_LIMITS", default={})

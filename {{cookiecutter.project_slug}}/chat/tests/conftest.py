@@ -4,10 +4,17 @@ import itertools
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 
 from chat import services
 
 _emails = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_limits():
+    """Each test starts with no rate-limit counts from earlier tests."""
+    cache.clear()
 
 
 @pytest.fixture

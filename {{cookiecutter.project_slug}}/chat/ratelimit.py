@@ -1,0 +1,69 @@
+"""Per-user rate limits for the chat's costly or revealing actions.
+
+Fixed windows counted in Django's cache (`CHAT_RATE_LIMIT_CACHE`, default "default":
+Redis when the project uses Redis, so every server process shares the counts). Rates are
+"<count>/<period>" with period s, m, h or d, set per action in `CHAT_RATE_LIMITS`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.cache import caches
+from django.core.exceptions import ImproperlyConfigured
+
+DEFAULT_RATES = {
+    "send": "60/m",  # messages per user
+    "check_user": "30/m",  # e-mail lookups reveal who has an account
+    "new_chat": "30/m",  # direct chats started
+    "new_group": "20/h",  # groups created
+}
+PERIOD_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class RateLimited(Exception):
+    def __init__(self, action: str, retry_after: int):
+        self.action = action
+        self.retry_after = retry_after
+        super().__init__(f"Too many requests; try again in {retry_after} s.")
+
+
+@dataclass(frozen=True)
+class Rate:
+    count: int
+    seconds: int
+
+
+def parse_rate(rate: str) -> Rate:
+    try:
+        count, period = rate.split("/")
+        return Rate(count=int(count), seconds=PERIOD_SECONDS[period])
+    except (ValueError, KeyError):
+        raise ImproperlyConfigured(f"Rate {rate!r} must look like '60/m' (period s, m, h or d).") from None
+
+
+def rate_for(action: str) -> Rate | None:
+    rates = {**DEFAULT_RATES, **getattr(settings, "CHAT_RATE_LIMITS", {})}
+    rate = rates.get(action)
+    return parse_rate(rate) if rate else None
+
+
+def check_rate(*, action: str, user_id: int) -> None:
+    """Count one use of `action` by this user; raise RateLimited once over the rate."""
+    rate = rate_for(action)
+    if rate is None:
+        return
+    cache = caches[getattr(settings, "CHAT_RATE_LIMIT_CACHE", "default")]
+    now = int(time.time())
+    window = now // rate.seconds
+    key = f"chat:rate:{action}:{user_id}:{window}"
+    cache.add(key, 0, timeout=rate.seconds + 1)
+    try:
+        used = cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, timeout=rate.seconds + 1)
+        used = 1
+    if used > rate.count:
+        raise RateLimited(action, retry_after=(window + 1) * rate.seconds - now)
