@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -21,6 +22,11 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from chat import events, presence, selectors, services
 from chat.conf import chat_setting
 from chat.models import Membership
+
+# A socket may send this many frames per window; past it frames are dropped with one
+# "rate_limited" error per window (a client needs a handful: read, visibility, ping).
+FRAME_BUDGET = 30
+FRAME_WINDOW_SECONDS = 10
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
@@ -51,6 +57,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps(content))
 
     async def receive(self, text_data=None, bytes_data=None):
+        if not self.within_frame_budget():
+            if self.frames_in_window == FRAME_BUDGET + 1:
+                await self.send_error("rate_limited", "Too many frames; slow down.")
+            return
         if text_data is None:
             return await self.send_error("binary_frame", "Send JSON text frames.")
         if len(text_data.encode()) > chat_setting("CHAT_WS_MAX_FRAME_BYTES"):
@@ -65,6 +75,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if handler is None:
             return await self.send_error("unknown_type", f"Unknown frame type {frame['type'][:40]!r}.")
         await handler(frame)
+
+    def within_frame_budget(self) -> bool:
+        now = time.monotonic()
+        if now - getattr(self, "window_started", -FRAME_WINDOW_SECONDS) >= FRAME_WINDOW_SECONDS:
+            self.window_started, self.frames_in_window = now, 0
+        self.frames_in_window += 1
+        return self.frames_in_window <= FRAME_BUDGET
 
     async def send_error(self, code: str, message: str) -> None:
         await self.send_json({"type": "error", "code": code, "error": message})

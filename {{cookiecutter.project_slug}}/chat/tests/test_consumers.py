@@ -272,3 +272,16 @@ async def test_binary_frames_get_an_error(connect, alice):
     await inbox.send_to(bytes_data=b"\x00\x01")
     assert (await receive_until(inbox, "error"))["code"] == "binary_frame"
     await inbox.disconnect()
+
+
+async def test_frame_floods_are_dropped_with_one_error(connect, alice, group, monkeypatch):
+    monkeypatch.setattr(consumers, "FRAME_BUDGET", 3)
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    for _ in range(6):
+        await room.send_to(text_data='{"type": "ping"}')
+    frames = []
+    while not await room.receive_nothing(timeout=0.2):
+        frames.append(json.loads(await room.receive_from()))
+    replies = [(frame["type"], frame.get("code")) for frame in frames if frame["type"] != "chat.presence"]
+    assert replies == [("pong", None)] * 3 + [("error", "rate_limited")]
+    await room.disconnect()
