@@ -96,7 +96,8 @@ def int_param(request, name: str) -> int | None:
     raw = request.GET.get(name, "")
     if raw == "":
         return None
-    if not raw.isdigit() or int(raw) > LARGEST_ID:
+    # isascii: str.isdigit() is also true for "²" and other digits int() rejects.
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > LARGEST_ID:
         raise BadRequest(f"“{name}” must be a whole number.")
     return int(raw)
 
