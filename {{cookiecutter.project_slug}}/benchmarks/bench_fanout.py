@@ -54,6 +54,9 @@ HOST = "127.0.0.1"
 MESSAGE_ID = re.compile(r'data-message-id="(\d+)"')
 CONNECT_CONCURRENCY = 25
 ASGI_APPLICATION = "benchmarks.relay_asgi:application"
+# As static/js/components/chat/message-send.js: frames can overtake each other (two sends
+# committed in order, their events sent out of order), so a gap gets a moment to close.
+REORDER_GRACE_SECONDS = 0.5
 
 
 # --- the throwaway project state ----------------------------------------------------
@@ -244,6 +247,8 @@ class Result:
     recovered: int = 0
     lost_after_catch_up: int | None = None
     catch_up_requests: int = 0
+    send_p50_ms: float | None = None  # chat: the POST's response time
+    send_p99_ms: float | None = None
     p50_ms: float | None = None
     p99_ms: float | None = None
     max_ms: float | None = None
@@ -349,6 +354,8 @@ class Receiver:
         self.contiguous_id = run.start_id
         self.framed: set[int] = set()
         self.recovered: set[int] = set()
+        self.ahead: dict[int, int] = {}  # prev_id -> message_id of frames that came early
+        self.gap_timer: asyncio.TimerHandle | None = None
         self.catching_up: asyncio.Task | None = None
         self.again = False
         self.last_presence = 0.0
@@ -363,9 +370,26 @@ class Receiver:
         self.run.receipts.append((message_id, at))
         if message_id <= self.contiguous_id:
             return
-        if frame["prev_id"] == self.contiguous_id:
-            self.contiguous_id = message_id
-        else:
+        if frame["prev_id"] != self.contiguous_id:
+            self.ahead[frame["prev_id"]] = message_id
+            return self.gap_seen()
+        self.contiguous_id = message_id
+        while self.contiguous_id in self.ahead:  # the late frame closed the gap
+            self.contiguous_id = self.ahead.pop(self.contiguous_id)
+        if not self.ahead and self.gap_timer:
+            self.gap_timer.cancel()
+            self.gap_timer = None
+
+    def gap_seen(self) -> None:
+        """Catch up at once, or after the grace period if the missing frame is just late."""
+        if self.run.reorder_grace <= 0:
+            return self.catch_up()
+        if self.gap_timer is None:
+            self.gap_timer = asyncio.get_running_loop().call_later(self.run.reorder_grace, self.grace_over)
+
+    def grace_over(self) -> None:
+        self.gap_timer = None
+        if self.ahead:
             self.catch_up()
 
     def catch_up(self) -> None:
@@ -383,13 +407,16 @@ class Receiver:
                     break
                 self.recovered.update(ids)
                 self.contiguous_id = max(self.contiguous_id, *ids)
+            self.ahead = {prev: later for prev, later in self.ahead.items() if later > self.contiguous_id}
             if not self.again:
                 return
 
 
 class ChatRun:
-    def __init__(self, server: Server, http: httpx.AsyncClient, chat_id: int, start_id: int):
-        self.server, self.http, self.chat_id, self.start_id = server, http, chat_id, start_id
+    def __init__(self, server: Server, http: httpx.AsyncClient, chat_id: int, *, reorder_grace: float):
+        self.server, self.http, self.chat_id = server, http, chat_id
+        self.start_id = 0  # a fresh room
+        self.reorder_grace = reorder_grace
         self.receipts: list[tuple[int, float]] = []
         self.catch_up_requests = 0
 
@@ -413,23 +440,35 @@ class ChatRun:
 
 
 async def run_chat(
-    server: Server, http: httpx.AsyncClient, seed: Seed, result: Result, *, chat_id: int, timeout: float
+    server: Server,
+    http: httpx.AsyncClient,
+    seed: Seed,
+    result: Result,
+    *,
+    chat_id: int,
+    timeout: float,
+    hidden: bool = False,
+    reorder_grace: float = 0.0,
 ) -> Result:
     members = seed.members[: result.members]
-    run = ChatRun(server, http, chat_id, start_id=0)
+    run = ChatRun(server, http, chat_id, reorder_grace=reorder_grace)
     receivers = [Receiver(member, run) for member in members]
     sockets = await open_sockets(
         server, [f"/ws/chat/{chat_id}/"] * len(members), [m.cookie for m in members], timeout=timeout
     )
     readers = [asyncio.create_task(read_frames(ws, r.on_frame)) for ws, r in zip(sockets, receivers, strict=True)]
+    if hidden:  # as a background tab says: the server then marks nothing read for it
+        await asyncio.gather(*(ws.send(json.dumps({"type": "visibility", "visible": False})) for ws in sockets))
     await settle_presence(receivers, timeout=timeout)
     send_times: dict[int, float] = {}
+    response_times: list[float] = []
 
     async def send(seq: int, scheduled_at: float) -> None:
         try:
             message_id = await run.post(members[seq % result.senders], f"bench {seq}")
         except httpx.HTTPError:
             message_id = None
+        response_times.append((asyncio.get_running_loop().time() - scheduled_at) * 1000)
         if message_id is None:
             result.send_errors += 1
         else:
@@ -448,6 +487,9 @@ async def run_chat(
     result.recovered = sum(len((r.recovered - r.framed) & send_times.keys()) for r in receivers)
     result.lost_after_catch_up = result.expected - have
     result.catch_up_requests = run.catch_up_requests
+    if response_times:
+        response_times.sort()
+        result.send_p50_ms, result.send_p99_ms = percentile(response_times, 50), percentile(response_times, 99)
     return result
 
 
@@ -511,7 +553,16 @@ async def bench_layer(args, layer: str, redis_url: str | None, seed_state: Seed,
                     if target == "relay":
                         run = run_relay(server, seed_state, result, room=f"r{chat_id}", timeout=timeout)
                     else:
-                        run = run_chat(server, http, seed_state, result, chat_id=chat_id, timeout=timeout)
+                        run = run_chat(
+                            server,
+                            http,
+                            seed_state,
+                            result,
+                            chat_id=chat_id,
+                            timeout=timeout,
+                            hidden=args.hidden,
+                            reorder_grace=args.reorder_grace,
+                        )
                     results.append(await asyncio.wait_for(run, args.duration + 4 * args.phase_timeout))
     finally:
         server.stop()
@@ -526,7 +577,21 @@ def fmt(value, unit: str = "") -> str:
 
 
 def print_table(results: list[Result], memory: list[dict]) -> None:
-    header = ("layer", "rate/s", "target", "sent", "p50 ms", "p99 ms", "max ms", "deliv/s", "lost", "recov", "lost*")
+    header = (
+        "layer",
+        "rate/s",
+        "target",
+        "sent",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "deliv/s",
+        "lost",
+        "recov",
+        "lost*",
+        "GETs",
+        "POST p50/p99",
+    )
     rows = [
         (
             r.layer,
@@ -540,6 +605,8 @@ def print_table(results: list[Result], memory: list[dict]) -> None:
             str(r.lost),
             str(r.recovered) if r.target == "chat" else "-",
             fmt(r.lost_after_catch_up),
+            str(r.catch_up_requests) if r.target == "chat" else "-",
+            f"{fmt(r.send_p50_ms)}/{fmt(r.send_p99_ms)}" if r.target == "chat" else "-",
         )
         for r in results
     ]
@@ -547,7 +614,8 @@ def print_table(results: list[Result], memory: list[dict]) -> None:
     print()
     for row in [header, *rows]:
         print("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)))
-    print("lost: deliveries that never arrived as frames; recov: fetched by catch-up GETs; lost*: after catch-up")
+    print("lost: deliveries that never arrived as frames; recov: fetched by catch-up GETs; lost*: after catch-up;")
+    print("GETs: catch-up requests (gaps seen, plus one per receiver at the end); POST: the send's response time")
     print()
     for relay, ours in pairs(results):
         throughput = ours.delivered_per_s / relay.delivered_per_s if relay.delivered_per_s else 0
@@ -581,6 +649,8 @@ def report(args, results: list[Result], memory: list[dict]) -> dict:
             "members": args.members,
             "senders": args.senders,
             "idle_sockets": args.idle_sockets,
+            "reorder_grace_s": args.reorder_grace,
+            "chat_receivers": "hidden tabs (no read marking)" if args.hidden else "viewing (read marking on)",
             "database": "DATABASE_URL" if args.database_url else "sqlite (throwaway)",
         },
         "environment": {
@@ -606,6 +676,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-memory-layer", action="store_true", help="skip the in-memory layer")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"), help="default: throwaway SQLite")
     parser.add_argument("--phase-timeout", type=float, default=60.0, help="bound on connecting, draining, catch-up")
+    parser.add_argument("--hidden", action="store_true", help="chat receivers report a hidden tab (no read marking)")
+    parser.add_argument(
+        "--reorder-grace",
+        type=float,
+        default=REORDER_GRACE_SECONDS,
+        help="seconds a chat receiver waits for a late frame before catching up (the room JS's value)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.redis is None and os.environ.get("REDIS_URL"):
