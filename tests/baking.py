@@ -5,10 +5,13 @@ Kept out of conftest.py so test modules can import it by name.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -56,3 +59,15 @@ def load_hook(name: str) -> ModuleType:
 def tail(text: str, lines: int = 60) -> str:
     """The end of a long command output, for assertion messages."""
     return "\n".join(text.splitlines()[-lines:])
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path`, so concurrent xdist workers build shared state once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

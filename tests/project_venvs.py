@@ -9,16 +9,14 @@ Remove build/venvs/ to pick up new releases within the ranges.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import shutil
 import subprocess
 import sys
 import tomllib
-from contextlib import contextmanager
 from pathlib import Path
 
-from baking import TEMPLATE_DIR, clean_env, tail
+from baking import TEMPLATE_DIR, clean_env, exclusive_lock, tail
 
 VENVS_DIR = TEMPLATE_DIR / "build" / "venvs"
 COMPLETE_MARKER = "requirements.txt"
@@ -32,17 +30,6 @@ def requirements(pyproject: Path) -> list[str]:
 def requirements_key(pyproject: Path) -> str:
     text = "\n".join(requirements(pyproject)) + f"\npython {sys.version_info[:2]}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@contextmanager
-def exclusive_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def venv_for(project: Path) -> Path:

@@ -17,19 +17,25 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from baking import clean_env, run_cookiecutter, tail
+from baking import clean_env, exclusive_lock, run_cookiecutter, tail
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def set_up_project(tmp_path_factory) -> tuple[Path, str]:
-    output = tmp_path_factory.mktemp("setup") / "out"
-    result = run_cookiecutter("setup_environment=true", output_dir=output, timeout=1200)
-    printed = result.stdout + result.stderr
-    assert result.returncode == 0, tail(printed)
-    assert "WARNING: setup step failed" not in result.stderr, tail(printed)
-    return output / "chat_project", result.stdout
+def set_up_project(tmp_path_factory, worker_id) -> tuple[Path, str]:
+    """The bake with setup_environment=true, done once per run and shared by the xdist workers."""
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent  # the workers' basetemps sit side by side in one run folder
+    output, printed = shared / "setup-environment", shared / "setup-environment.out"
+    with exclusive_lock(shared / "setup-environment.lock"):
+        if not printed.is_file():
+            result = run_cookiecutter("setup_environment=true", output_dir=output, timeout=1200)
+            assert result.returncode == 0, tail(result.stdout + result.stderr)
+            assert "WARNING: setup step failed" not in result.stderr, tail(result.stdout + result.stderr)
+            printed.write_text(result.stdout)
+    return output / "chat_project", printed.read_text()
 
 
 def test_hook_creates_venv_with_the_project_installed(set_up_project):
