@@ -33,6 +33,8 @@ pytestmark = pytest.mark.slow
 ANSWERS = {"channel_layer": "redis", "database": "postgresql", "use_custom_user_model": True}
 HOST = "127.0.0.1"
 TIMEOUT = 15
+# Longer than channels_redis's 5 s blocking receive: idle sockets must outlive it.
+IDLE_SECONDS = 7
 MESSAGE_ID = re.compile(r'data-message-id="(\d+)"')
 
 # Run in the baked project (its venv): three members of one group, a session and a CSRF
@@ -231,6 +233,7 @@ async def across_servers(servers: tuple[Server, Server], seeded: dict) -> None:
     b_room, b_inbox = await open_socket(two, room, b), await open_socket(two, "/ws/chat/inbox/", b)
     try:
         await next_frame(b_room, "chat.presence", online=2)
+        await asyncio.sleep(IDLE_SECONDS)
 
         first = await asyncio.to_thread(post_message, one, chat_id, c, "hello+from+server+one")
         await next_frame(b_room, "chat.message", chat_id=chat_id, message_id=first, prev_id=0)
@@ -248,7 +251,7 @@ async def across_servers(servers: tuple[Server, Server], seeded: dict) -> None:
 
 
 def test_message_and_presence_cross_server_processes(websocket_client, servers, seeded):
-    """Sent to server 1, seen by B's room and inbox on server 2; B's count follows A."""
+    """After an idle spell, sent to server 1, seen by B's room and inbox on server 2; presence follows A."""
     try:
         asyncio.run(across_servers(servers, seeded))
     except BaseException:

@@ -14,7 +14,8 @@ if os.environ.get("BENCH_REDIS_URL"):
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             # A prefix per benchmark run keeps its groups apart from anything else on that Redis.
             "CONFIG": {
-                "hosts": [os.environ["BENCH_REDIS_URL"]],
+                # As config/settings.py: longer than channels_redis's 5 s blocking receive.
+                "hosts": [{"address": os.environ["BENCH_REDIS_URL"], "socket_timeout": 30}],
                 "prefix": os.environ.get("BENCH_LAYER_PREFIX", "bench"),
             },
         }

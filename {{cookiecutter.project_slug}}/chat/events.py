@@ -18,6 +18,8 @@ user group ``chat.user.<user_id>`` (the inbox socket of every tab)
 
 from __future__ import annotations
 
+import asyncio
+
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.template.loader import render_to_string
@@ -34,9 +36,23 @@ def user_group(user_id: int) -> str:
 
 
 def send(group: str, event: dict) -> None:
+    send_many([(group, event)])
+
+
+def send_many(group_events: list[tuple[str, dict]]) -> None:
+    """Send events to groups in one trip to the event loop.
+
+    Called from a worker thread, each `async_to_sync` waits for the loop (and the GIL):
+    one trip per message instead of one per member keeps a busy room's sends cheap.
+    """
     layer = get_channel_layer()
-    if layer is not None:
-        async_to_sync(layer.group_send)(group, event)
+    if layer is not None and group_events:
+        async_to_sync(group_send_all)(layer, group_events)
+
+
+async def group_send_all(layer, group_events: list[tuple[str, dict]]) -> None:
+    # Concurrently: on Redis each group_send is a few round trips, and the groups are distinct.
+    await asyncio.gather(*(layer.group_send(group, event) for group, event in group_events))
 
 
 def message_created(*, message, prev_id: int) -> None:
@@ -55,20 +71,24 @@ def message_created(*, message, prev_id: int) -> None:
         },
     )
     preview = message.body[:120]
-    for user_id, (unread, total) in selectors.unread_by_member(chat_id=message.chat_id).items():
-        send(
-            user_group(user_id),
-            {
-                "type": "inbox.message",
-                "chat_id": message.chat_id,
-                "message_id": message.pk,
-                "sender_id": message.sender_id,
-                "sender_name": sender_name,
-                "preview": preview,
-                "unread": unread,
-                "total_unread": total,
-            },
-        )
+    send_many(
+        [
+            (
+                user_group(user_id),
+                {
+                    "type": "inbox.message",
+                    "chat_id": message.chat_id,
+                    "message_id": message.pk,
+                    "sender_id": message.sender_id,
+                    "sender_name": sender_name,
+                    "preview": preview,
+                    "unread": unread,
+                    "total_unread": total,
+                },
+            )
+            for user_id, (unread, total) in selectors.unread_by_member(chat_id=message.chat_id).items()
+        ]
+    )
 
 
 def unread_changed(*, user_id: int, chat_id: int, unread: int) -> None:
@@ -77,8 +97,7 @@ def unread_changed(*, user_id: int, chat_id: int, unread: int) -> None:
 
 
 def chat_list_changed(*, user_ids, chat_id: int) -> None:
-    for user_id in user_ids:
-        send(user_group(user_id), {"type": "inbox.changed", "chat_id": chat_id})
+    send_many([(user_group(user_id), {"type": "inbox.changed", "chat_id": chat_id}) for user_id in user_ids])
 
 
 def access_revoked(*, chat_id: int, user_ids, deleted: bool = False) -> None:

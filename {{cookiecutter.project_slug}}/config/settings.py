@@ -98,7 +98,9 @@ REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        # redis-py 8 times reads out after 5 s by default, which cuts channels_redis's
+        # 5 s blocking receive (BZPOPMIN) short and closes idle sockets with 1011.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
     },
 }
 # Rate-limit counters and other cache users, shared by every process.
