@@ -2,6 +2,7 @@
 // chat list rows and their order live. Loaded by base.html on every authenticated page.
 
 import "./htmx-fragment-errors.js";
+import "./relative-time.js";
 import { ReconnectingSocket } from "./chat-websocket.js";
 
 const REFRESH_DEBOUNCE_MS = 250;

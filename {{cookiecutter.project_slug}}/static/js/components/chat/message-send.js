@@ -42,6 +42,7 @@ class ChatRoom {
     this.bubbles().forEach((bubble) => this.decorate(bubble));
     this.scrollToBottom();
     this.bindForm();
+    this.bindLoadOlder();
     this.onVisibility = () => this.reportVisibility();
     document.addEventListener("visibilitychange", this.onVisibility);
     this.socket = new ReconnectingSocket(`/ws/chat/${this.chatId}/`, {
@@ -181,6 +182,25 @@ class ChatRoom {
     const visible = !document.hidden;
     this.socket?.send({ type: "visibility", visible });
     if (visible) this.socket?.send({ type: "read", message_id: this.newestShownId() });
+  }
+
+  // "Load older" (HTMX swaps the page in place of its button at the top of the list)
+
+  bindLoadOlder() {
+    // Keep what is on screen where it was: browsers' scroll anchoring does not apply at
+    // scrollTop 0, where the button is clicked, so measure from the bottom instead.
+    let fromBottom = null;
+    this.list.addEventListener("htmx:beforeSwap", (event) => {
+      if (!event.detail.requestConfig?.elt?.matches?.("[data-load-older]")) return;
+      fromBottom = this.list.scrollHeight - this.list.scrollTop;
+    });
+    // htmx fires afterSwap on each inserted element, once the whole page is in.
+    this.list.addEventListener("htmx:afterSwap", () => {
+      if (fromBottom === null) return;
+      this.bubbles().forEach((bubble) => this.decorate(bubble)); // regroup across the seam
+      this.list.scrollTop = this.list.scrollHeight - fromBottom;
+      fromBottom = null;
+    });
   }
 
   // The send form (HTMX posts it; we place the returned bubble ourselves)
