@@ -18,8 +18,6 @@ user group ``chat.user.<user_id>`` (the inbox socket of every tab)
 
 from __future__ import annotations
 
-import asyncio
-
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.template.loader import render_to_string
@@ -51,8 +49,10 @@ def send_many(group_events: list[tuple[str, dict]]) -> None:
 
 
 async def group_send_all(layer, group_events: list[tuple[str, dict]]) -> None:
-    # Concurrently: on Redis each group_send is a few round trips, and the groups are distinct.
-    await asyncio.gather(*(layer.group_send(group, event) for group, event in group_events))
+    # One after the other: concurrent sends would each take a connection from the Redis
+    # pool, and a busy room exhausts it ("Too many connections").
+    for group, event in group_events:
+        await layer.group_send(group, event)
 
 
 def message_created(*, message, prev_id: int) -> None:
