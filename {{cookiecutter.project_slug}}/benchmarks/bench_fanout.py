@@ -255,6 +255,7 @@ class Result:
     max_ms: float | None = None
     delivered_per_s: float = 0.0
     window_s: float = 0.0
+    error: str | None = None  # a run the server broke off (e.g. a handshake answered 500)
     latencies: list[float] = field(default_factory=list, repr=False)
 
     def finish(self, send_times: dict, receipts: list[tuple[object, float]], first_send: float) -> None:
@@ -541,6 +542,7 @@ async def bench_layer(args, layer: str, redis_url: str | None, seed_state: Seed,
     try:
         server.wait_ready(timeout=30)
         memory = await idle_memory(server, seed_state, count=args.idle_sockets, timeout=args.phase_timeout)
+        await asyncio.sleep(2)
         limits = httpx.Limits(max_connections=args.senders * 4, max_keepalive_connections=args.senders * 4)
         no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))  # identities go in headers
         async with httpx.AsyncClient(
@@ -564,7 +566,13 @@ async def bench_layer(args, layer: str, redis_url: str | None, seed_state: Seed,
                             hidden=args.hidden,
                             reorder_grace=args.reorder_grace,
                         )
-                    results.append(await asyncio.wait_for(run, args.duration + 4 * args.phase_timeout))
+                    try:
+                        await asyncio.wait_for(run, args.duration + 4 * args.phase_timeout)
+                    except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+                        result.error = f"{type(exc).__name__}: {exc}"[:300]
+                        print(f"    failed: {result.error} (server log: {server.log_path})", flush=True)
+                    results.append(result)
+                    await asyncio.sleep(2)  # let the server finish closing the run's sockets
     finally:
         server.stop()
     return results, {"layer": layer, **memory}
@@ -608,6 +616,7 @@ def print_table(results: list[Result], memory: list[dict]) -> None:
             fmt(r.lost_after_catch_up),
             str(r.catch_up_requests) if r.target == "chat" else "-",
             f"{fmt(r.send_p50_ms)}/{fmt(r.send_p99_ms)}" if r.target == "chat" else "-",
+            "FAILED" if r.error else "",
         )
         for r in results
     ]
