@@ -283,6 +283,7 @@ def test_widget_badge_keyboard_list_room_send_and_receive(server, open_as):
     expect(walt.locator("main .bubble-body").last).to_have_text("Here now!")
     send(walt, "Great, call you in 5")
     expect(panel.locator(".bubble-body").last).to_have_text("Great, call you in 5")
+    expect(fab.locator("[data-total-unread]")).to_be_hidden()  # read where it was shown
     shoot(wendy, "widget-room")
 
 
@@ -348,7 +349,9 @@ def test_screenshots_of_inbox_room_and_phone_room(server, open_as):
     """The pictures a person would judge the product by (the README shows two of them)."""
     longest = server.longest_chat("alice")
     room = room_path(longest["chat_id"])
+    server.send(sender="carol", receiver="alice", bodies=["Are we still on for Friday?", "I booked the table 🎉"])
     alice = open_as("alice")
+    expect(alice.locator(".navbar [data-total-unread]")).to_have_text("2")
     expect(alice.locator("[data-chat-row]").first).to_be_visible()
     shoot(alice, "inbox")
     goto_with_socket(alice, room, f"/ws/chat/{longest['chat_id']}/")

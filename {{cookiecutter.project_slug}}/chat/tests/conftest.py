@@ -12,6 +12,12 @@ _emails = itertools.count(1)
 
 
 @pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Users are made with a password in many tests; the host's slow hasher is not under test."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def fresh_rate_limits():
     """Each test starts with no rate-limit counts from earlier tests."""
     cache.clear()
