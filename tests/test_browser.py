@@ -349,7 +349,9 @@ def test_screenshots_of_inbox_room_and_phone_room(server, open_as):
     """The pictures a person would judge the product by (the README shows two of them)."""
     longest = server.longest_chat("alice")
     room = room_path(longest["chat_id"])
-    server.send(sender="carol", receiver="alice", bodies=["Are we still on for Friday?", "I booked the table for eight."])
+    server.send(
+        sender="carol", receiver="alice", bodies=["Are we still on for Friday?", "I booked the table for eight."]
+    )
     alice = open_as("alice")
     expect(alice.locator(".navbar [data-total-unread]")).to_have_text("2")
     expect(alice.locator("[data-chat-row]").first).to_be_visible()
