@@ -7,12 +7,15 @@ Redis when the project uses Redis, so every server process shares the counts). R
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import caches
 from django.core.exceptions import ImproperlyConfigured
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_RATES = {
     "send": "60/m",  # messages per user
@@ -50,20 +53,27 @@ def rate_for(action: str) -> Rate | None:
     return parse_rate(rate) if rate else None
 
 
+def count_use(key: str, *, timeout: int) -> int:
+    cache = caches[getattr(settings, "CHAT_RATE_LIMIT_CACHE", "default")]
+    cache.add(key, 0, timeout=timeout)
+    try:
+        return cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, timeout=timeout)
+        return 1
+
+
 def check_rate(*, action: str, user_id: int) -> None:
     """Count one use of `action` by this user; raise RateLimited once over the rate."""
     rate = rate_for(action)
     if rate is None:
         return
-    cache = caches[getattr(settings, "CHAT_RATE_LIMIT_CACHE", "default")]
     now = int(time.time())
     window = now // rate.seconds
-    key = f"chat:rate:{action}:{user_id}:{window}"
-    cache.add(key, 0, timeout=rate.seconds + 1)
     try:
-        used = cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.set(key, 1, timeout=rate.seconds + 1)
-        used = 1
+        used = count_use(f"chat:rate:{action}:{user_id}:{window}", timeout=rate.seconds + 1)
+    except Exception:  # the cache (Redis) is down: let people chat rather than fail
+        logger.warning("Rate-limit cache unavailable; not limiting %s", action, exc_info=True)
+        return
     if used > rate.count:
         raise RateLimited(action, retry_after=(window + 1) * rate.seconds - now)

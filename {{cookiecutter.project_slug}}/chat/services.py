@@ -18,6 +18,13 @@ from chat.conf import chat_setting
 from chat.models import Chat, Membership, Message
 
 
+def after_commit(send_events) -> None:
+    """Send events once the transaction commits. A channel layer that is down (Redis
+    restarting) is logged, never turned into an error for a write that succeeded:
+    clients catch up from the database when they reconnect."""
+    transaction.on_commit(send_events, robust=True)
+
+
 def direct_key_for(user_a, user_b) -> str:
     low, high = sorted([user_a.pk, user_b.pk])
     return f"{low}:{high}"
@@ -41,7 +48,7 @@ def get_or_create_direct_chat(*, user, other) -> tuple[Chat, bool]:
         chat = Chat.objects.get(direct_key=key)
         Membership.objects.filter(chat=chat, user=user, is_hidden=True).update(is_hidden=False)
         return chat, False
-    transaction.on_commit(lambda: events.chat_list_changed(user_ids=[user.pk, other.pk], chat_id=chat.pk))
+    after_commit(lambda: events.chat_list_changed(user_ids=[user.pk, other.pk], chat_id=chat.pk))
     return chat, True
 
 
@@ -57,7 +64,7 @@ def create_group_chat(*, creator, name: str, members: Iterable) -> Chat:
             + [Membership(chat=chat, user=member) for member in others.values()]
         )
         user_ids = [creator.pk, *others]
-        transaction.on_commit(lambda: events.chat_list_changed(user_ids=user_ids, chat_id=chat.pk))
+        after_commit(lambda: events.chat_list_changed(user_ids=user_ids, chat_id=chat.pk))
     return chat
 
 
@@ -105,7 +112,7 @@ def send_message(*, chat: Chat, sender, body: str) -> Message:
         Membership.objects.filter(chat_id=chat.pk, user=sender).update(
             last_read_message_id=message.pk, unread_count=0, is_hidden=False
         )
-        transaction.on_commit(lambda: events.message_created(message=message, prev_id=prev_id))
+        after_commit(lambda: events.message_created(message=message, prev_id=prev_id))
     chat.last_message = message
     return message
 
@@ -126,7 +133,7 @@ def mark_read(*, chat: Chat, user, up_to_id: int | None = None) -> int:
             unread = Message.objects.filter(chat_id=chat.pk, pk__gt=last_read).exclude(sender=user).count()
         if (last_read, unread) != (membership.last_read_message_id, membership.unread_count):
             Membership.objects.filter(pk=membership.pk).update(last_read_message_id=last_read, unread_count=unread)
-            transaction.on_commit(lambda: events.unread_changed(user_id=user.pk, chat_id=chat.pk, unread=unread))
+            after_commit(lambda: events.unread_changed(user_id=user.pk, chat_id=chat.pk, unread=unread))
     return unread
 
 
@@ -137,7 +144,7 @@ def rename_group(*, chat: Chat, actor, name: str) -> Chat:
         chat.name = name
         chat.save(update_fields=["name"])
         user_ids = member_ids(chat)
-        transaction.on_commit(lambda: events.chat_list_changed(user_ids=user_ids, chat_id=chat.pk))
+        after_commit(lambda: events.chat_list_changed(user_ids=user_ids, chat_id=chat.pk))
     return chat
 
 
@@ -158,7 +165,7 @@ def add_members(*, chat: Chat, actor, users: Iterable) -> list:
             ignore_conflicts=True,
         )
         new_ids = [user.pk for user in new]
-        transaction.on_commit(lambda: events.chat_list_changed(user_ids=new_ids, chat_id=chat.pk))
+        after_commit(lambda: events.chat_list_changed(user_ids=new_ids, chat_id=chat.pk))
     return new
 
 
@@ -170,7 +177,7 @@ def remove_member(*, chat: Chat, actor, user) -> None:
     with transaction.atomic():
         deleted, _ = Membership.objects.filter(chat=chat, user=user).delete()
         if deleted:
-            transaction.on_commit(lambda: events.access_revoked(chat_id=chat.pk, user_ids=[user.pk]))
+            after_commit(lambda: events.access_revoked(chat_id=chat.pk, user_ids=[user.pk]))
 
 
 def leave_group(*, chat: Chat, user) -> bool:
@@ -184,7 +191,7 @@ def leave_group(*, chat: Chat, user) -> bool:
     with transaction.atomic():
         Chat.objects.select_for_update().only("id").get(pk=chat.pk)  # one leaver at a time
         Membership.objects.filter(chat=chat, user=user).delete()
-        transaction.on_commit(lambda: events.access_revoked(chat_id=chat.pk, user_ids=[user.pk]))
+        after_commit(lambda: events.access_revoked(chat_id=chat.pk, user_ids=[user.pk]))
         remaining = Membership.objects.filter(chat=chat)
         if not remaining.exists():
             chat.delete()
@@ -202,7 +209,7 @@ def soft_delete_chat(*, chat: Chat, user) -> None:
         Membership.objects.filter(chat=chat, user=user).update(
             is_hidden=True, cleared_message_id=last_id, last_read_message_id=last_id, unread_count=0
         )
-        transaction.on_commit(lambda: events.chat_list_changed(user_ids=[user.pk], chat_id=chat.pk))
+        after_commit(lambda: events.chat_list_changed(user_ids=[user.pk], chat_id=chat.pk))
 
 
 def delete_group(*, chat: Chat, actor) -> None:
@@ -212,7 +219,7 @@ def delete_group(*, chat: Chat, actor) -> None:
         user_ids = member_ids(chat)
         chat_id = chat.pk
         chat.delete()
-        transaction.on_commit(lambda: events.access_revoked(chat_id=chat_id, user_ids=user_ids, deleted=True))
+        after_commit(lambda: events.access_revoked(chat_id=chat_id, user_ids=user_ids, deleted=True))
 
 
 def purge_deleted_chats(*, older_than_days: int = 0, dry_run: bool = False) -> list[int]:

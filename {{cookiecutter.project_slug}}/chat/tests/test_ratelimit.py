@@ -94,3 +94,13 @@ def test_a_rate_of_none_disables_the_limit(alice_client, direct, settings):
 def test_malformed_rates_are_a_configuration_error(rate):
     with pytest.raises(ImproperlyConfigured):
         ratelimit.parse_rate(rate)
+
+
+def test_a_broken_cache_lets_people_chat(alice_client, direct, tight_limits, monkeypatch):
+    def down(*args, **kwargs):
+        raise ConnectionError("cache is down")
+
+    monkeypatch.setattr(ratelimit, "count_use", down)
+    url = reverse("chat:send", args=[direct.pk])
+    statuses = {alice_client.post(url, {"body": "x"}, headers={"HX-Request": "true"}).status_code for _ in range(5)}
+    assert statuses == {200}

@@ -456,3 +456,22 @@ def test_purge_keeps_chats_active_more_recently_than_older_than(deleted_by_every
 
     assert (ids == [deleted_by_everyone.pk]) is purged
     assert Chat.objects.filter(pk=deleted_by_everyone.pk).exists() is not purged
+
+
+class BrokenLayer:
+    async def group_send(self, group, event):
+        raise ConnectionError("Redis is restarting")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_channel_layer_never_fails_a_saved_message(monkeypatch, alice, bob, caplog):
+    from chat import events
+
+    chat, _ = services.get_or_create_direct_chat(user=alice, other=bob)
+    monkeypatch.setattr(events, "get_channel_layer", BrokenLayer)
+
+    message = services.send_message(chat=chat, sender=alice, body="still saved")
+
+    assert Message.objects.get(pk=message.pk).body == "still saved"
+    assert Membership.objects.get(chat=chat, user=bob).unread_count == 1
+    assert "Redis is restarting" in caplog.text
