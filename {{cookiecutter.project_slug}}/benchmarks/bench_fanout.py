@@ -600,6 +600,7 @@ def print_table(results: list[Result], memory: list[dict]) -> None:
         "lost*",
         "GETs",
         "POST p50/p99",
+        "",
     )
     rows = [
         (
@@ -731,9 +732,10 @@ def main(argv: list[str] | None = None) -> None:
         seed_state = seed(run_id=secrets.token_hex(3), members=args.members, rooms=rooms)
         print(f"{args.members} members, {args.senders} senders, {args.duration:g} s per run", flush=True)
         results, memory = asyncio.run(bench(args, seed_state, workdir))
-    print_table(results, memory)
     if args.json:
         args.json.write_text(json.dumps(report(args, results, memory), indent=2) + "\n")
+    print_table(results, memory)
+    if args.json:
         print(f"wrote {args.json}")
 
 
