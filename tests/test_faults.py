@@ -41,8 +41,11 @@ from room_client import RoomClient
 pytestmark = pytest.mark.slow
 
 ARTIFACT = TEMPLATE_DIR / "test-artifacts" / "faults.json"
+SERVER_LOGS = TEMPLATE_DIR / "test-artifacts" / "faults"  # one folder per scenario, kept after the run
 LOAD_USERS = 50
 LOAD_SECONDS = 30  # the issue's figure
+THINK_SECONDS = (2, 6)  # between one send of a user and the next
+GROUP_EVERY = 3  # every third message goes to the 50-member group, the others to a direct chat
 SETTLE_TIMEOUT = 20  # for every client to show the last message once sending stops
 
 # Users (no password: they get session cookies), one group of all of them and, with
@@ -254,12 +257,12 @@ def assert_exactly_once(clients: list[RoomClient], sends: Sends, state: dict) ->
     assert not state["unread_wrong"], state["unread_wrong"][:10]
 
 
-def log_servers_on_failure(servers: list[Server]):
-    def dump():
-        for number, server in enumerate(servers, start=1):
-            print(f"--- server {number} log ---\n{server.output()}")
-
-    return dump
+def serve(project: Project, scenario: str, request) -> list[Server]:
+    """Two daphne processes; their logs stay in test-artifacts/faults/<scenario>/."""
+    logs = SERVER_LOGS / scenario
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    return start_servers(project, logs, 2, request)
 
 
 # 1. Redis stops while clients are connected, and comes back
@@ -301,17 +304,13 @@ async def redis_outage(servers: list[Server], seeded: dict, redis: RedisProcess)
     return {"clients": clients, "sends": sends, "dropped": dropped, "extra": extra}
 
 
-def test_redis_outage_keeps_sends_saving_and_clients_catch_up(project, redis_server, tmp_path, request):
+def test_redis_outage_keeps_sends_saving_and_clients_catch_up(project, redis_server, request):
     """Sends answer 200 while Redis is down; sockets drop, reconnect when it is back, and catch up."""
     redis_server.ensure_running()
-    servers = start_servers(project, tmp_path, 2, request)
+    servers = serve(project, "redis_outage", request)
     request.addfinalizer(redis_server.ensure_running)
     seeded = seed(project, prefix="outage", users=4)
-    try:
-        result = asyncio.run(with_threads(redis_outage(servers, seeded, redis_server)))
-    except BaseException:
-        log_servers_on_failure(servers)()
-        raise
+    result = asyncio.run(with_threads(redis_outage(servers, seeded, redis_server)))
     clients, sends = result["clients"], result["sends"]
     state = database_state(project, [seeded["group_id"]])
     tally("redis_outage", clients, sends, state, **result["extra"])
@@ -360,16 +359,12 @@ async def server_killed(servers: list[Server], seeded: dict) -> dict:
     return {"clients": clients, "sends": sends, "moved": moved}
 
 
-def test_killed_server_clients_move_to_the_other_and_miss_nothing(project, redis_server, tmp_path, request):
+def test_killed_server_clients_move_to_the_other_and_miss_nothing(project, redis_server, request):
     """SIGKILL one of two servers mid-conversation: its clients reconnect to the other and catch up."""
     redis_server.ensure_running()
-    servers = start_servers(project, tmp_path, 2, request)
+    servers = serve(project, "server_killed", request)
     seeded = seed(project, prefix="killed", users=6)
-    try:
-        result = asyncio.run(with_threads(server_killed(servers, seeded)))
-    except BaseException:
-        log_servers_on_failure(servers)()
-        raise
+    result = asyncio.run(with_threads(server_killed(servers, seeded)))
     clients, sends = result["clients"], result["sends"]
     state = database_state(project, [seeded["group_id"]])
     tally("server_killed", clients, sends, state, moved_to_survivor=result["moved"])
@@ -395,10 +390,10 @@ async def load(servers: list[Server], seeded: dict) -> dict:
         sent = 0
         await asyncio.sleep(random.uniform(0, 1))
         while time.monotonic() < until:
-            chat_id = group_id if sent % 2 == 0 else direct_id
+            chat_id = group_id if sent % GROUP_EVERY == 0 else direct_id
             await sends.send(servers[(number + sent) % 2], chat_id, member, f"from+{number}+no+{sent}")
             sent += 1
-            await asyncio.sleep(random.uniform(0.5, 1.5))
+            await asyncio.sleep(random.uniform(*THINK_SECONDS))
 
     try:
         await all_connected(clients, timeout=60)
@@ -412,17 +407,13 @@ async def load(servers: list[Server], seeded: dict) -> dict:
     return {"clients": clients, "sends": sends, "sending_seconds": sending_seconds}
 
 
-def test_fifty_users_for_thirty_seconds_lose_nothing_and_count_unread_exactly(project, redis_server, tmp_path, request):
+def test_fifty_users_for_thirty_seconds_lose_nothing_and_count_unread_exactly(project, redis_server, request):
     """50 users, 100 open rooms on two servers, no rate limits: every message once, unread counts exact."""
     redis_server.ensure_running()
     unlimited = project.with_env(CHAT_RATE_LIMITS="send=,check_user=,new_chat=,new_group=")
-    servers = start_servers(unlimited, tmp_path, 2, request)
+    servers = serve(unlimited, "load", request)
     seeded = seed(project, prefix="load", users=LOAD_USERS, directs=True)
-    try:
-        result = asyncio.run(with_threads(load(servers, seeded)))
-    except BaseException:
-        log_servers_on_failure(servers)()
-        raise
+    result = asyncio.run(with_threads(load(servers, seeded)))
     clients, sends = result["clients"], result["sends"]
     state = database_state(project, [seeded["group_id"], *seeded["direct_ids"]])
     seconds = result["sending_seconds"]
