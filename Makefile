@@ -1,7 +1,8 @@
-# The template's two everyday commands (see README.md):
+# The template's everyday commands (see README.md):
 #   make demo   bake the defaults into ./demo/, set it up (venv, install, migrate, seed) and serve it
 #   make test   run the template's whole test suite in parallel
-.PHONY: demo test venv clean
+#   make bench  bake, serve and measure (docs/performance.md); e.g. make bench ARGS="--quick"
+.PHONY: demo test bench venv clean
 
 PYTHON ?= python3
 VENV := .venv
@@ -26,6 +27,9 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -n auto
+
+bench: venv
+	$(BIN)/python benchmarks/run.py $(ARGS)
 
 clean:
 	rm -rf build $(DEMO_DIR)

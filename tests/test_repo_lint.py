@@ -1,4 +1,4 @@
-"""The template's own Python (hooks and this suite) passes ruff with the top-level config."""
+"""The template's own Python (hooks, this suite and benchmarks/) passes ruff with the top-level config."""
 
 import subprocess
 import sys
@@ -8,9 +8,9 @@ from baking import TEMPLATE_DIR
 
 
 @pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["check", "format"])
-def test_hooks_and_tests_pass_ruff(command):
+def test_hooks_tests_and_benchmarks_pass_ruff(command):
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", *command, "--no-cache", "hooks", "tests"],
+        [sys.executable, "-m", "ruff", *command, "--no-cache", "hooks", "tests", "benchmarks"],
         cwd=TEMPLATE_DIR,
         capture_output=True,
         text=True,

@@ -1,0 +1,103 @@
+"""Open thousands of idle websockets to one server process; report errors and its RSS per socket.
+
+    python idle_sockets.py --url ws://127.0.0.1:8000/ws/chat/inbox/ --count 5000 --server-pid 1234 \\
+        --greeting < sessions.json
+
+Runs in a baked project's venv (websockets). Sessions (a JSON list of {"cookie": ...}) are
+used round robin. With --greeting each socket counts as open once its first frame (the
+inbox's sync) arrived. The sockets then stay idle for --hold seconds; the server's RSS is
+read from /proc before opening and after the hold. Errors: handshakes that failed or timed
+out, and sockets the server closed during the hold. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import time
+from contextlib import suppress
+from pathlib import Path
+
+from websockets.asyncio.client import connect
+from websockets.protocol import State
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc")
+
+
+async def open_all(args: argparse.Namespace, cookies: list[str]) -> tuple[list, list[str]]:
+    gate = asyncio.Semaphore(args.concurrency)
+    origin = args.url.replace("ws://", "http://", 1).split("/ws/")[0].rstrip("/")
+    errors: list[str] = []
+
+    async def open_one(number: int):
+        async with gate:
+            try:
+                websocket = await connect(
+                    args.url,
+                    origin=origin,
+                    additional_headers={"Cookie": cookies[number % len(cookies)]} if cookies else None,
+                    compression=None,
+                    ping_interval=None,
+                    open_timeout=args.timeout,
+                )
+                if args.greeting:
+                    await asyncio.wait_for(websocket.recv(), args.timeout)
+                return websocket
+            except Exception as exc:  # every failure is a figure, not a crash
+                errors.append(type(exc).__name__)
+                return None
+
+    opened = await asyncio.gather(*(open_one(number) for number in range(args.count)))
+    return [websocket for websocket in opened if websocket is not None], errors
+
+
+async def main(args: argparse.Namespace) -> dict:
+    cookies = [session["cookie"] for session in json.load(sys.stdin)] if args.sessions else []
+    await asyncio.sleep(1)
+    before = rss_kib(args.server_pid)
+    started = time.perf_counter()
+    sockets, errors = await open_all(args, cookies)
+    connect_seconds = time.perf_counter() - started
+    await asyncio.sleep(args.hold)
+    after = rss_kib(args.server_pid)
+    closed = sum(1 for websocket in sockets if websocket.state is not State.OPEN)
+    with suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True), 60)
+    held = len(sockets) - closed
+    return {
+        "sockets": args.count,
+        "held": held,
+        "errors": len(errors) + closed,
+        "error_kinds": sorted(set(errors))[:5] + (["closed during hold"] if closed else []),
+        "connect_s": round(connect_seconds, 1),
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "kib_per_socket": round((after - before) / held, 1) if held else None,
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--count", type=int, default=5000)
+    parser.add_argument("--server-pid", type=int, required=True)
+    parser.add_argument("--sessions", action="store_true", help="read a JSON list of sessions on stdin")
+    parser.add_argument("--greeting", action="store_true", help="a socket is open once its first frame arrived")
+    parser.add_argument("--hold", type=float, default=5.0, help="idle seconds before measuring")
+    parser.add_argument("--concurrency", type=int, default=25, help="handshakes in flight (small listen backlogs)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="bound on one handshake")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    print(json.dumps(asyncio.run(main(parse_args()))))

@@ -1,0 +1,143 @@
+"""Baked projects for the benchmarks: bake, shared venv, migrate, seed, and daphne processes.
+
+Bakes go to build/bench/ with setup_environment=false and run from the template suite's
+shared venvs (tests/project_venvs.py), so a second run installs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+TEMPLATE_DIR = BENCH_DIR.parent
+sys.path.insert(0, str(TEMPLATE_DIR / "tests"))
+
+from baking import clean_env, run_cookiecutter, tail  # noqa: E402
+from project_venvs import requirements, venv_for  # noqa: E402, F401 - run.py takes requirements from here
+from services import HOST, free_port, wait_for_port  # noqa: E402
+
+BUILD_DIR = TEMPLATE_DIR / "build" / "bench"
+BENCHMARK_USER = "alice"
+
+
+def raise_fd_limit() -> None:
+    """Soft open-files limit up to the hard one: thousands of sockets need thousands of descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Project:
+    """One bake, run with its shared venv and an environment of its own (database, Redis)."""
+
+    def __init__(self, name: str, answers: dict[str, str], *, database_url: str, redis_url: str | None):
+        self.name = name
+        output = BUILD_DIR / name
+        shutil.rmtree(output, ignore_errors=True)
+        started = time.perf_counter()
+        context = [f"{key}={value}" for key, value in {"setup_environment": "false", **answers}.items()]
+        result = run_cookiecutter(*context, output_dir=output)
+        if result.returncode != 0:
+            raise RuntimeError(f"bake {name} failed:\n{tail(result.stdout + result.stderr)}")
+        self.bake_seconds = time.perf_counter() - started
+        self.path = output / "chat_project"
+        self.venv = venv_for(self.path)
+        self.python = str(self.venv / "bin" / "python")
+        self.env = clean_env(
+            DJANGO_SETTINGS_MODULE="config.settings",
+            DATABASE_URL=database_url,
+            SECRET_KEY=secrets.token_urlsafe(50),
+            DEBUG="false",
+            ALLOWED_HOSTS=HOST,
+            SECURE_SSL_REDIRECT="false",
+            SESSION_COOKIE_SECURE="false",
+            CSRF_COOKIE_SECURE="false",
+            SECURE_HSTS_SECONDS="0",
+            LOG_LEVEL="WARNING",
+            PYTHONDONTWRITEBYTECODE="1",
+        )
+        if redis_url:
+            self.env["REDIS_URL"] = redis_url
+
+    def run(self, *args: str, timeout: float = 600, env: dict[str, str] | None = None) -> str:
+        result = subprocess.run(
+            [self.python, *args],
+            cwd=self.path,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{self.name}: {' '.join(args[:3])} failed:\n{tail(result.stdout + result.stderr)}")
+        return result.stdout
+
+    def run_json(self, *args: str, timeout: float = 600) -> dict:
+        """Run a script whose last line of output is JSON."""
+        return json.loads(self.run(*args, timeout=timeout).strip().splitlines()[-1])
+
+    def prepare(self, *, users: int, chats: int, messages: int) -> float:
+        """Migrate, collect static files (DEBUG off serves hashed names) and seed; returns the seed time."""
+        self.run("manage.py", "migrate", "--no-input")
+        self.run("manage.py", "collectstatic", "--no-input")
+        started = time.perf_counter()
+        self.run(
+            "manage.py",
+            "seed_chat_data",
+            "--users",
+            str(users),
+            "--chats",
+            str(chats),
+            "--messages",
+            str(messages),
+            "--benchmark-user",
+            BENCHMARK_USER,
+            "--force",
+            "--quiet",
+        )
+        return time.perf_counter() - started
+
+
+class Daphne:
+    """One daphne process on a free port of 127.0.0.1, with a high open-files limit."""
+
+    def __init__(self, project: Project, log_path: Path, application: str = "config.asgi:application"):
+        self.port = free_port()
+        self.log_path = log_path
+        self.log = log_path.open("wb")
+        command = [project.python, "-m", "daphne", "-b", HOST, "-p", str(self.port), application]
+        self.process = subprocess.Popen(
+            command,
+            cwd=project.path,
+            env=project.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=raise_fd_limit,  # noqa: PLW1509 - only sets an rlimit
+        )
+        try:
+            wait_for_port(self.port)
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError(f"daphne did not start:\n{tail(log_path.read_text(errors='replace'))}") from None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.log.close()

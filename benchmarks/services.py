@@ -1,0 +1,113 @@
+"""Redis and PostgreSQL on free ports of 127.0.0.1 for one benchmark run, as .ci/run starts them.
+
+Each service lives in a temporary directory and is stopped (and the directory removed) when
+its context exits, whatever happened. Nothing else on the machine is touched.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {HOST}:{port} after {timeout:g} s")
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A throwaway redis-server (no persistence); yields its URL."""
+    state = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+    port = free_port()
+    command = ["redis-server", "--bind", HOST, "--port", str(port), "--save", "", "--appendonly", "no"]
+    command += ["--dir", str(state), "--logfile", str(state / "redis.log")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port)
+        yield f"redis://{HOST}:{port}/0"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def postgres_bin() -> Path:
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda path: int(path.parent.name))
+    if not candidates:
+        raise RuntimeError("no PostgreSQL under /usr/lib/postgresql (apt-get install postgresql)")
+    return candidates[-1]
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster (fsync off, as in CI), run as the postgres user; yields an
+    admin URL of a role that may create databases."""
+    pg_bin = postgres_bin()
+    state = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    shutil.chown(state, "postgres")
+    data, port, password = state / "data", free_port(), secrets.token_hex(16)
+
+    def as_postgres(*command: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True, timeout=120)
+
+    options = f"-c listen_addresses={HOST} -c port={port} -k {state} -c fsync=off -c full_page_writes=off"
+    try:
+        as_postgres(
+            str(pg_bin / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-sync",
+        )
+        as_postgres(
+            str(pg_bin / "pg_ctl"), "-D", str(data), "-l", str(state / "postgres.log"), "-w", "-o", options, "start"
+        )
+        as_postgres(
+            str(pg_bin / "psql"),
+            "-h",
+            str(state),
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            f"CREATE ROLE bench LOGIN CREATEDB PASSWORD '{password}'",
+            "-c",
+            "CREATE DATABASE bench OWNER bench",
+        )
+        yield f"postgres://bench:{password}@{HOST}:{port}/bench"
+    finally:
+        if (data / "postmaster.pid").is_file():
+            with suppress(subprocess.SubprocessError):
+                as_postgres(str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(state, ignore_errors=True)
