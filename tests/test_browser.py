@@ -314,6 +314,21 @@ def test_messages_sent_while_the_server_restarts_appear_once_in_order(server, op
     expect(sam.locator("main .bubble-body")).to_have_text(["Before the restart", *missed, "And one after it"])
 
 
+def test_message_sent_between_page_load_and_socket_open_appears(server, open_as):
+    """The room socket joins after the page rendered: what was sent in between is fetched on open."""
+    ids = server.set_up(users=["tess", "umar"], chats=[("tess", "umar", ["Rendered with the page"])])
+    chat_id = ids["chats"]["tess:umar"]
+    umar = open_as("umar")
+
+    def send_then_connect(ws) -> None:  # the message lands after the render, before the join
+        server.send(sender="tess", receiver="umar", bodies=["Sent before the socket opened"])
+        ws.connect_to_server()
+
+    umar.route_web_socket(re.compile(rf"/ws/chat/{chat_id}/$"), send_then_connect)
+    umar.goto(room_path(chat_id))
+    expect(umar.locator("main .bubble-body")).to_have_text(["Rendered with the page", "Sent before the socket opened"])
+
+
 # --- XSS -----------------------------------------------------------------------------
 
 

@@ -3,7 +3,7 @@
 //
 // The database is the truth: each frame names the message before it in the chat
 // (prev_id). While frames chain onto the newest message we know we have everything
-// (`contiguousId`); on a gap or a reconnect we fetch `messages/?after=<contiguousId>`.
+// (`contiguousId`); on a gap or when the socket (re)opens we fetch `messages/?after=<contiguousId>`.
 // Bubbles are inserted in id order and never twice, whichever of the POST response and
 // the socket frame arrives first.
 
@@ -47,9 +47,11 @@ class ChatRoom {
     document.addEventListener("visibilitychange", this.onVisibility);
     this.socket = new ReconnectingSocket(`/ws/chat/${this.chatId}/`, {
       onMessage: (frame) => this.onFrame(frame),
-      onOpen: ({ reconnected }) => {
+      // Every open catches up, the first one too: a message sent after the page rendered
+      // and before the socket joined the room has no frame for this socket.
+      onOpen: () => {
         this.reportVisibility();
-        if (reconnected) this.catchUp();
+        this.catchUp();
       },
       onFinalClose: () => this.showRevoked(false),
     });
