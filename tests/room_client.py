@@ -1,8 +1,8 @@
 """A room page without the browser: the protocol of static/js/components/chat/message-send.js.
 
 Frames are hints: each names the message before it (`prev_id`). While frames chain onto
-the newest message shown (`contiguous_id`) they are shown; on a gap, or after a
-reconnect, the client fetches `messages/?after=<contiguous_id>` (HTMX headers) and shows
+the newest message shown (`contiguous_id`) they are shown; on a gap, or when the socket
+(re)opens, the client fetches `messages/?after=<contiguous_id>` (HTMX headers) and shows
 the `[data-message-id]` bubbles it gets, never one twice. The socket reconnects with
 exponential backoff and full jitter (chat-websocket.js), to the same server or, with
 `failover`, to the next one when a connection is refused. Everything shown is recorded,
@@ -81,8 +81,7 @@ class RoomClient:
             self.counts["open"] += 1
             self.connected.set()
             self.report_visibility()
-            if self.counts["open"] > 1:
-                self.catch_up()
+            self.catch_up()  # every open, the first too: the page rendered before the socket joined
             try:
                 async for text in ws:
                     self.on_frame(json.loads(text))
@@ -153,7 +152,7 @@ class RoomClient:
         path = f"/chat/{self.chat_id}/messages/"
         for _ in range(MAX_CATCH_UP_PAGES):
             status, text = await asyncio.to_thread(
-                http_request, self.server.port, "GET", f"{path}?after={self.contiguous_id}", self.member
+                http_request, self.server.port, "GET", f"{path}?after={self.contiguous_id}", self.member, None, 60
             )
             self.counts["catch_up_request"] += 1
             if status != 200:
