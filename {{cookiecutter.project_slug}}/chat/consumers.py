@@ -19,7 +19,7 @@ import time
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from chat import events, presence, selectors, services
+from chat import events, presence, read_marks, selectors
 from chat.conf import chat_setting
 from chat.models import Membership
 
@@ -30,7 +30,6 @@ FRAME_WINDOW_SECONDS = 10
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
-READ_DEBOUNCE_SECONDS = 0.5
 # A burst of joins (a page of people opening the room) becomes one recount per socket.
 PRESENCE_DEBOUNCE_SECONDS = 0.2
 
@@ -126,8 +125,6 @@ class RoomConsumer(ChatConsumer):
         if self.membership is None:
             return await self.reject(CLOSE_FORBIDDEN)
         self.viewing = True
-        self.read_up_to = 0
-        self.read_task: asyncio.Task | None = None
         self.presence_task: asyncio.Task | None = None
         await self.join(events.room_group(self.chat_id))
         await self.accept()
@@ -145,9 +142,8 @@ class RoomConsumer(ChatConsumer):
         if getattr(self, "membership", None) is None:
             return
         presence.untrack(self.channel_name)
-        for task in (self.read_task, self.presence_task):
-            if task:
-                task.cancel()
+        if self.presence_task:
+            self.presence_task.cancel()
         await database_sync_to_async(presence.leave)(channel_name=self.channel_name)
         await events.presence_changed(chat_id=self.chat_id)
 
@@ -183,18 +179,5 @@ class RoomConsumer(ChatConsumer):
     async def client_visibility(self, frame: dict) -> None:
         self.viewing = bool(frame.get("visible"))
 
-    # Read marking, at most one write per READ_DEBOUNCE_SECONDS per socket
-
     def schedule_read(self, message_id: int) -> None:
-        self.read_up_to = max(self.read_up_to, message_id)
-        if self.read_task is None or self.read_task.done():
-            self.read_task = asyncio.get_running_loop().create_task(self.flush_read())
-
-    async def flush_read(self) -> None:
-        await asyncio.sleep(READ_DEBOUNCE_SECONDS)
-        try:
-            await database_sync_to_async(services.mark_read)(
-                chat=self.membership.chat, user=self.user, up_to_id=self.read_up_to
-            )
-        except Membership.DoesNotExist:
-            await self.close(code=CLOSE_FORBIDDEN)
+        read_marks.mark(chat_id=self.chat_id, user_id=self.user.pk, up_to_id=message_id)

@@ -18,6 +18,8 @@ user group ``chat.user.<user_id>`` (the inbox socket of every tab)
 
 from __future__ import annotations
 
+import asyncio
+
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.template.loader import render_to_string
@@ -48,11 +50,16 @@ def send_many(group_events: list[tuple[str, dict]]) -> None:
         async_to_sync(group_send_all)(layer, group_events)
 
 
+# Group sends in flight at once. On Redis each is a few round trips, so one after the
+# other a 100-member room waits 100 x those; all at once would each take a connection
+# and exhaust the pool ("Too many connections").
+CONCURRENT_GROUP_SENDS = 16
+
+
 async def group_send_all(layer, group_events: list[tuple[str, dict]]) -> None:
-    # One after the other: concurrent sends would each take a connection from the Redis
-    # pool, and a busy room exhausts it ("Too many connections").
-    for group, event in group_events:
-        await layer.group_send(group, event)
+    for start in range(0, len(group_events), CONCURRENT_GROUP_SENDS):
+        chunk = group_events[start : start + CONCURRENT_GROUP_SENDS]
+        await asyncio.gather(*(layer.group_send(group, event) for group, event in chunk))
 
 
 def message_created(*, message, prev_id: int) -> None:
@@ -91,9 +98,23 @@ def message_created(*, message, prev_id: int) -> None:
     )
 
 
-def unread_changed(*, user_id: int, chat_id: int, unread: int) -> None:
-    total = selectors.total_unread_for_user_id(user_id=user_id)
-    send(user_group(user_id), {"type": "inbox.unread", "chat_id": chat_id, "unread": unread, "total_unread": total})
+def unread_changed(*, memberships) -> None:
+    """Tell each member whose read position moved their new counts (one totals query)."""
+    totals = selectors.total_unread_by_user(user_ids={m.user_id for m in memberships})
+    send_many(
+        [
+            (
+                user_group(m.user_id),
+                {
+                    "type": "inbox.unread",
+                    "chat_id": m.chat_id,
+                    "unread": m.unread_count,
+                    "total_unread": totals.get(m.user_id, 0),
+                },
+            )
+            for m in memberships
+        ]
+    )
 
 
 def chat_list_changed(*, user_ids, chat_id: int) -> None:

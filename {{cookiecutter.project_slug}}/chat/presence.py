@@ -51,8 +51,9 @@ async def track(channel_name: str) -> None:
     """Start refreshing this socket's row (and start the process's heartbeat once)."""
     global _heartbeat_task
     _local_channels.add(channel_name)
-    if _heartbeat_task is None or _heartbeat_task.done():
-        _heartbeat_task = asyncio.get_running_loop().create_task(_heartbeat())
+    loop = asyncio.get_running_loop()
+    if _heartbeat_task is None or _heartbeat_task.done() or _heartbeat_task.get_loop() is not loop:
+        _heartbeat_task = loop.create_task(_heartbeat())
 
 
 def untrack(channel_name: str) -> None:

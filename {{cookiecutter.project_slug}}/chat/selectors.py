@@ -86,6 +86,17 @@ def total_unread(*, user) -> int:
     return total_unread_for_user_id(user_id=user.pk)
 
 
+def total_unread_by_user(*, user_ids) -> dict[int, int]:
+    """Total unread per user (users with none are absent). One query."""
+    rows = (
+        Membership.objects.filter(user_id__in=user_ids, unread_count__gt=0, is_hidden=False)
+        .values("user_id")
+        .annotate(total=Sum("unread_count"))
+        .values_list("user_id", "total")
+    )
+    return dict(rows)
+
+
 def total_unread_for_user_id(*, user_id: int) -> int:
     memberships = Membership.objects.filter(user_id=user_id, is_hidden=False, unread_count__gt=0)
     return memberships.aggregate(total=Sum("unread_count"))["total"] or 0
@@ -145,12 +156,7 @@ def find_user_by_email(*, email: str):
 def unread_by_member(*, chat_id: int) -> dict[int, tuple[int, int]]:
     """For each member of a chat: (unread in this chat, total unread). Two queries."""
     per_chat = dict(Membership.objects.filter(chat_id=chat_id).values_list("user_id", "unread_count"))
-    totals = dict(
-        Membership.objects.filter(user_id__in=per_chat, unread_count__gt=0, is_hidden=False)
-        .values("user_id")
-        .annotate(total=Sum("unread_count"))
-        .values_list("user_id", "total")
-    )
+    totals = total_unread_by_user(user_ids=per_chat)
     return {user_id: (unread, totals.get(user_id, 0)) for user_id, unread in per_chat.items()}
 
 

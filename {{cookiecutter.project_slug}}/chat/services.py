@@ -118,23 +118,70 @@ def send_message(*, chat: Chat, sender, body: str) -> Message:
 
 
 def mark_read(*, chat: Chat, user, up_to_id: int | None = None) -> int:
-    """Mark the chat read up to a message (default: the latest) and return its unread count.
+    """Mark the chat read up to a message (default: the latest) and return its unread count."""
+    key = (chat.pk, user.pk)
+    unread = mark_read_many(marks={key: LATEST if up_to_id is None else up_to_id})
+    if key not in unread:
+        raise Membership.DoesNotExist("Not a member of this chat.")
+    return unread[key]
 
-    The membership row is locked before counting, so a message sent at the same moment
-    is either counted here or added afterwards by `send_message`, never lost.
+
+# Larger than any message id: "read up to the latest message".
+LATEST = 2**62
+# Unread counts come from the messages after the lowest new read position; past this many
+# rows a member far behind is counted by the database instead.
+READ_TAIL_LIMIT = 2000
+
+
+def mark_read_many(*, marks: dict[tuple[int, int], int]) -> dict[tuple[int, int], int]:
+    """Mark many (chat id, user id) pairs read up to message ids, in one transaction.
+
+    Room sockets of a process batch their read marks through this (a busy room has many
+    viewers). Memberships are locked before the messages are counted, so a message sent
+    at the same moment is either counted here or added afterwards by `send_message`,
+    never lost. Returns the unread count of each pair that is a membership.
     """
+    by_chat: dict[int, dict[int, int]] = {}
+    for (chat_id, user_id), up_to in marks.items():
+        by_chat.setdefault(chat_id, {})[user_id] = up_to
+    unread_by_key, changed = {}, []
     with transaction.atomic():
-        membership = Membership.objects.select_for_update().get(chat_id=chat.pk, user=user)
-        latest = Chat.objects.filter(pk=chat.pk).values_list("last_message_id", flat=True).get() or 0
-        target = latest if up_to_id is None else min(up_to_id, latest)
-        last_read = max(membership.last_read_message_id, target)
-        unread = 0
-        if last_read < latest:
-            unread = Message.objects.filter(chat_id=chat.pk, pk__gt=last_read).exclude(sender=user).count()
-        if (last_read, unread) != (membership.last_read_message_id, membership.unread_count):
-            Membership.objects.filter(pk=membership.pk).update(last_read_message_id=last_read, unread_count=unread)
-            after_commit(lambda: events.unread_changed(user_id=user.pk, chat_id=chat.pk, unread=unread))
-    return unread
+        for chat_id, up_to_by_user in by_chat.items():
+            for membership, unread in read_positions(chat_id=chat_id, up_to_by_user=up_to_by_user):
+                unread_by_key[(chat_id, membership.user_id)] = unread
+                if (membership.new_read_id, unread) != (membership.last_read_message_id, membership.unread_count):
+                    membership.last_read_message_id, membership.unread_count = membership.new_read_id, unread
+                    changed.append(membership)
+        if changed:
+            Membership.objects.bulk_update(changed, ["last_read_message_id", "unread_count"])
+            after_commit(lambda: events.unread_changed(memberships=changed))
+    return unread_by_key
+
+
+def read_positions(*, chat_id: int, up_to_by_user: dict[int, int]):
+    """(locked membership with `new_read_id`, its unread count) for these members of a chat."""
+    memberships = list(Membership.objects.select_for_update().filter(chat_id=chat_id, user_id__in=up_to_by_user))
+    latest = Chat.objects.filter(pk=chat_id).values_list("last_message_id", flat=True).first() or 0
+    for membership in memberships:
+        target = min(up_to_by_user[membership.user_id], latest)
+        membership.new_read_id = max(membership.last_read_message_id, target)
+    floor = min((m.new_read_id for m in memberships), default=latest)
+    tail = []
+    if floor < latest:
+        tail = list(
+            Message.objects.filter(chat_id=chat_id, pk__gt=floor)
+            .order_by("pk")
+            .values_list("pk", "sender_id")[: READ_TAIL_LIMIT + 1]
+        )
+    for membership in memberships:
+        if membership.new_read_id >= latest:
+            unread = 0
+        elif len(tail) <= READ_TAIL_LIMIT:
+            unread = sum(1 for pk, sender_id in tail if pk > membership.new_read_id and sender_id != membership.user_id)
+        else:
+            later = Message.objects.filter(chat_id=chat_id, pk__gt=membership.new_read_id)
+            unread = later.exclude(sender_id=membership.user_id).count()
+        yield membership, unread
 
 
 def rename_group(*, chat: Chat, actor, name: str) -> Chat:

@@ -15,7 +15,7 @@ from channels.layers import channel_layers
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 
-from chat import consumers, services
+from chat import consumers, read_marks, services
 from chat.models import Membership
 from chat.routing import websocket_urlpatterns
 
@@ -60,7 +60,7 @@ def channel_layer(request, settings):
 
 @pytest.fixture(autouse=True)
 def fast_debounce(monkeypatch):
-    monkeypatch.setattr(consumers, "READ_DEBOUNCE_SECONDS", 0.01)
+    monkeypatch.setattr(read_marks, "FLUSH_SECONDS", 0.01)
     monkeypatch.setattr(consumers, "PRESENCE_DEBOUNCE_SECONDS", 0.01)
 
 

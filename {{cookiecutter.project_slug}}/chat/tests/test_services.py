@@ -475,3 +475,38 @@ def test_a_failing_channel_layer_never_fails_a_saved_message(monkeypatch, alice,
     assert Message.objects.get(pk=message.pk).body == "still saved"
     assert Membership.objects.get(chat=chat, user=bob).unread_count == 1
     assert "Redis is restarting" in caplog.text
+
+
+def test_mark_read_many_writes_every_member_in_one_go(group_chat, alice, bob, carol, django_assert_max_num_queries):
+    first = services.send_message(chat=group_chat, sender=alice, body="one")
+    services.send_message(chat=group_chat, sender=alice, body="two")
+    services.send_message(chat=group_chat, sender=carol, body="three")
+
+    with django_assert_max_num_queries(6):
+        unread = services.mark_read_many(
+            marks={(group_chat.pk, bob.pk): first.pk, (group_chat.pk, carol.pk): services.LATEST}
+        )
+
+    assert unread == {(group_chat.pk, bob.pk): 2, (group_chat.pk, carol.pk): 0}
+    counts = dict(Membership.objects.filter(chat=group_chat).values_list("user__username", "unread_count"))
+    assert counts == {"alice": 1, "bob": 2, "carol": 0}
+
+
+def test_mark_read_many_counts_a_long_backlog_in_the_database(group_chat, alice, bob, monkeypatch):
+    monkeypatch.setattr(services, "READ_TAIL_LIMIT", 2)
+    messages = [services.send_message(chat=group_chat, sender=alice, body=f"m{i}") for i in range(5)]
+
+    unread = services.mark_read_many(marks={(group_chat.pk, bob.pk): messages[0].pk})
+
+    assert unread == {(group_chat.pk, bob.pk): 4}
+
+
+def test_mark_read_many_ignores_people_who_are_not_members(group_chat, alice, make_user):
+    outsider = make_user("outsider")
+    services.send_message(chat=group_chat, sender=alice, body="hi")
+    assert services.mark_read_many(marks={(group_chat.pk, outsider.pk): services.LATEST}) == {}
+
+
+def test_mark_read_of_a_non_member_raises(group_chat, make_user):
+    with pytest.raises(Membership.DoesNotExist):
+        services.mark_read(chat=group_chat, user=make_user("outsider"))

@@ -11,6 +11,7 @@ import "./htmx-fragment-errors.js";
 import { ReconnectingSocket } from "./chat-websocket.js";
 
 const NEAR_BOTTOM_PX = 120;
+const REORDER_GRACE_MS = 400;
 const MAX_CATCH_UP_PAGES = 40;
 const activeRooms = new Set();
 
@@ -39,6 +40,8 @@ class ChatRoom {
     this.errorSlot = element.querySelector("[data-send-error]");
     this.contiguousId = this.newestShownId();
     this.catchingUp = null;
+    this.heldFrames = new Map(); // prev_id -> frame, for frames that arrived early
+    this.graceTimer = null;
     this.bubbles().forEach((bubble) => this.decorate(bubble));
     this.scrollToBottom();
     this.bindForm();
@@ -80,13 +83,35 @@ class ChatRoom {
     else if (frame.type === "chat.revoked") this.showRevoked(frame.deleted);
   }
 
+  // Frames of messages sent at the same moment can arrive out of order: hold a frame that
+  // does not chain for REORDER_GRACE_MS, and only fetch from the server if the missing
+  // one has not come by then (a dropped frame), so a busy room does not stampede HTTP.
   onMessageFrame(frame) {
     if (frame.message_id <= this.contiguousId) return;
-    if (frame.prev_id === this.contiguousId) {
-      this.insert(parseBubbles(frame.html));
-      this.contiguousId = frame.message_id;
-    } else {
-      this.catchUp();
+    this.heldFrames.set(frame.prev_id, frame);
+    this.applyChainedFrames();
+    if (this.heldFrames.size && !this.graceTimer) {
+      this.graceTimer = setTimeout(() => {
+        this.graceTimer = null;
+        if (this.heldFrames.size) this.catchUp();
+      }, REORDER_GRACE_MS);
+    }
+  }
+
+  applyChainedFrames() {
+    let next = this.heldFrames.get(this.contiguousId);
+    while (next) {
+      this.heldFrames.delete(this.contiguousId);
+      this.insert(parseBubbles(next.html));
+      this.contiguousId = next.message_id;
+      next = this.heldFrames.get(this.contiguousId);
+    }
+    for (const [prevId, held] of this.heldFrames) {
+      if (held.message_id <= this.contiguousId) this.heldFrames.delete(prevId);
+    }
+    if (!this.heldFrames.size) {
+      clearTimeout(this.graceTimer);
+      this.graceTimer = null;
     }
   }
 
@@ -123,6 +148,7 @@ class ChatRoom {
       if (!bubbles.length) return;
       this.insert(bubbles);
       this.contiguousId = Math.max(this.contiguousId, ...bubbles.map(bubbleId));
+      this.applyChainedFrames();
     }
   }
 
