@@ -130,7 +130,8 @@ def install_only(project: Path, venv: Path) -> float:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, *requirements(project / "pyproject.toml")], check=True, timeout=900, env=clean_env())
+    packages = requirements(project / "pyproject.toml")
+    subprocess.run([*pip, *packages], check=True, capture_output=True, timeout=900, env=clean_env())
     return time.perf_counter() - started
 
 
