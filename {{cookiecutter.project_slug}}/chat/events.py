@@ -24,7 +24,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.template.loader import render_to_string
 
-from chat import selectors
+from chat import presence, selectors
 
 
 def room_group(chat_id: int) -> str:
@@ -63,7 +63,12 @@ async def group_send_all(layer, group_events: list[tuple[str, dict]]) -> None:
 
 
 def message_created(*, message, prev_id: int) -> None:
-    """Tell the room (the bubble) and every member's inbox (the counts)."""
+    """Tell the room (the bubble) and the inbox (the counts) of every member not viewing it.
+
+    Members with the room open see the message there and their room socket marks it
+    read, which sends them `inbox.unread`; an `inbox.message` too would only make their
+    badges flicker, and costs a group send per viewer per message in a busy room.
+    """
     sender_name = selectors.display_name(message.sender)
     html = render_to_string("chat/partials/message_bubble.html", {"message": message, "sender_name": sender_name})
     send(
@@ -78,6 +83,7 @@ def message_created(*, message, prev_id: int) -> None:
         },
     )
     preview = message.body[:120]
+    viewers = presence.viewer_ids(chat_id=message.chat_id) - {message.sender_id}
     send_many(
         [
             (
@@ -94,6 +100,7 @@ def message_created(*, message, prev_id: int) -> None:
                 },
             )
             for user_id, (unread, total) in selectors.unread_by_member(chat_id=message.chat_id).items()
+            if user_id not in viewers
         ]
     )
 

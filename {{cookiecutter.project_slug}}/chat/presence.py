@@ -31,6 +31,12 @@ def online_count(*, chat_id: int) -> int:
     return fresh.values("user_id").distinct().count()
 
 
+def viewer_ids(*, chat_id: int) -> set[int]:
+    """The people with the room open right now."""
+    fresh = RoomPresence.objects.filter(chat_id=chat_id, seen_at__gte=timezone.now() - STALE_AFTER)
+    return set(fresh.values_list("user_id", flat=True))
+
+
 def join(*, chat_id: int, user_id: int, channel_name: str) -> None:
     RoomPresence.objects.update_or_create(
         channel_name=channel_name, defaults={"chat_id": chat_id, "user_id": user_id, "seen_at": timezone.now()}
