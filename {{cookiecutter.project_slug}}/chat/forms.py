@@ -27,7 +27,11 @@ def check_user_attrs(result_id: str) -> dict:
 class NewChatForm(forms.Form):
     """A direct chat with one person, found by e-mail."""
 
-    email = forms.EmailField(label="Their e-mail", widget=forms.EmailInput(attrs=check_user_attrs("new-chat-check")))
+    # autofocus: a modal <dialog> focuses it when it opens (and a standalone page on load).
+    email = forms.EmailField(
+        label="Their e-mail",
+        widget=forms.EmailInput(attrs={**check_user_attrs("new-chat-check"), "autofocus": True}),
+    )
 
     def __init__(self, *args, user, **kwargs):
         kwargs.setdefault("auto_id", "new-chat-%s")
@@ -85,7 +89,7 @@ def users_for_emails(emails, *, exclude_user) -> list:
 
 
 class NewGroupForm(forms.Form):
-    name = forms.CharField(label="Group name")
+    name = forms.CharField(label="Group name", widget=forms.TextInput(attrs={"autofocus": True}))
     members = EmailListField(label="Members' e-mails", help_text="Separate e-mails with commas or new lines.")
 
     def __init__(self, *args, user, **kwargs):
@@ -103,7 +107,7 @@ class NewGroupForm(forms.Form):
 
 
 class RenameGroupForm(forms.Form):
-    name = forms.CharField(label="Group name")
+    name = forms.CharField(label="Group name", widget=forms.TextInput(attrs={"autofocus": True}))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -12,6 +12,7 @@ import { ReconnectingSocket } from "./chat-websocket.js";
 
 const NEAR_BOTTOM_PX = 120;
 const REORDER_GRACE_MS = 400;
+const CATCH_UP_RETRY_MAX_MS = 30000;
 const MAX_CATCH_UP_PAGES = 40;
 const activeRooms = new Set();
 
@@ -61,6 +62,8 @@ class ChatRoom {
   }
 
   destroy() {
+    clearTimeout(this.catchUpRetryTimer);
+    clearTimeout(this.graceTimer);
     this.socket.stop();
     document.removeEventListener("visibilitychange", this.onVisibility);
     activeRooms.delete(this);
@@ -138,18 +141,35 @@ class ChatRoom {
 
   async fetchPages() {
     for (let page = 0; page < MAX_CATCH_UP_PAGES; page += 1) {
-      const response = await fetch(`${this.messagesUrl}?after=${this.contiguousId}`, {
-        headers: { "HX-Request": "true" },
-        credentials: "same-origin",
-      });
+      let response;
+      try {
+        response = await fetch(`${this.messagesUrl}?after=${this.contiguousId}`, {
+          headers: { "HX-Request": "true" },
+          credentials: "same-origin",
+        });
+      } catch {
+        return this.retryCatchUpLater(); // offline: the socket's reconnect also catches up
+      }
       if (response.status === 404) return this.showRevoked(false);
-      if (!response.ok) return; // the next frame or reconnect tries again
+      if (!response.ok) return this.retryCatchUpLater();
+      this.catchUpRetryMs = 0;
       const bubbles = parseBubbles(await response.text());
       if (!bubbles.length) return;
       this.insert(bubbles);
       this.contiguousId = Math.max(this.contiguousId, ...bubbles.map(bubbleId));
       this.applyChainedFrames();
     }
+  }
+
+  // A failed catch-up (server busy or restarting) is retried with backoff, so a gap is
+  // filled even if the room goes quiet and no later frame prompts another try.
+  retryCatchUpLater() {
+    if (this.catchUpRetryTimer || !activeRooms.has(this)) return;
+    this.catchUpRetryMs = Math.min(CATCH_UP_RETRY_MAX_MS, (this.catchUpRetryMs || 500) * 2);
+    this.catchUpRetryTimer = setTimeout(() => {
+      this.catchUpRetryTimer = null;
+      if (activeRooms.has(this)) this.catchUp();
+    }, this.catchUpRetryMs);
   }
 
   // Showing messages
