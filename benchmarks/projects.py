@@ -19,7 +19,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 TEMPLATE_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(TEMPLATE_DIR / "tests"))
 
-from baking import clean_env, run_cookiecutter, tail  # noqa: E402
+from baking import clean_env, run_cookiecutter, stop_process, tail  # noqa: E402
 from project_venvs import requirements, venv_for  # noqa: E402, F401 - run.py takes requirements from here
 from services import HOST, free_port, wait_for_port  # noqa: E402
 
@@ -133,11 +133,5 @@ class Daphne:
         return f"http://{HOST}:{self.port}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
         self.log.close()

@@ -10,11 +10,16 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from baking import stop_process  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -46,12 +51,7 @@ def redis_server() -> Iterator[str]:
         wait_for_port(port)
         yield f"redis://{HOST}:{port}/0"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
         shutil.rmtree(state, ignore_errors=True)
 
 

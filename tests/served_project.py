@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from baking import clean_env, run_cookiecutter, tail
+from baking import clean_env, run_cookiecutter, stop_process, tail
 from project_venvs import venv_for
 
 DEMO_PASSWORD = "chat-demo-password"  # seed_chat_data's DEMO_PASSWORD
@@ -138,10 +138,5 @@ class ServedProject:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         self.process = None

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from baking import clean_env, exclusive_lock, run_cookiecutter, tail
+from baking import clean_env, exclusive_lock, run_cookiecutter, stop_process, tail
 
 pytestmark = pytest.mark.slow
 
@@ -109,12 +109,7 @@ def server(set_up_project, tmp_path_factory):
         wait_until_serving(base_url, process, log)
         yield base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def wait_until_serving(base_url: str, process: subprocess.Popen, log: Path, deadline: float = 60) -> None:
