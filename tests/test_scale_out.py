@@ -90,6 +90,11 @@ async def across_servers(servers: tuple[Server, Server], seeded: dict) -> None:
     b_room, b_inbox = await open_socket(two, room, b), await open_socket(two, "/ws/chat/inbox/", b)
     try:
         await next_frame(b_room, "chat.presence", online=2)
+        # B's room is in a background tab: B is not reading it, so the inbox frames of new
+        # messages (sent by server 1) must reach B's inbox on server 2.
+        await b_room.send(json.dumps({"type": "visibility", "visible": False}))
+        await b_room.send(json.dumps({"type": "ping"}))
+        await next_frame(b_room, "pong")
         await asyncio.sleep(IDLE_SECONDS)
 
         first = await asyncio.to_thread(post_message, one, chat_id, c, "hello+from+server+one")

@@ -135,7 +135,7 @@ class RoomConsumer(ChatConsumer):
         await events.presence_changed(chat_id=self.chat_id)
 
     def get_membership(self) -> Membership | None:
-        return Membership.objects.select_related("chat").filter(chat_id=self.chat_id, user=self.user).first()
+        return selectors.membership_for(user=self.user, chat_id=self.chat_id)
 
     async def disconnect(self, code):
         await super().disconnect(code)
@@ -177,7 +177,10 @@ class RoomConsumer(ChatConsumer):
         self.schedule_read(message_id)
 
     async def client_visibility(self, frame: dict) -> None:
-        self.viewing = bool(frame.get("visible"))
+        viewing = bool(frame.get("visible"))
+        if viewing != self.viewing:
+            self.viewing = viewing
+            await database_sync_to_async(presence.set_visible)(channel_name=self.channel_name, visible=viewing)
 
     def schedule_read(self, message_id: int) -> None:
         read_marks.mark(chat_id=self.chat_id, user_id=self.user.pk, up_to_id=message_id)

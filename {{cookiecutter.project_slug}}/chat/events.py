@@ -128,13 +128,25 @@ def chat_list_changed(*, user_ids, chat_id: int) -> None:
     send_many([(user_group(user_id), {"type": "inbox.changed", "chat_id": chat_id}) for user_id in user_ids])
 
 
-def access_revoked(*, chat_id: int, user_ids, deleted: bool = False) -> None:
-    """Close the rooms of people who lost access, and drop the chat from their lists."""
+def access_revoked(*, chat_id: int, user_ids, channel_names, deleted: bool = False) -> None:
+    """Close the rooms of people who lost access, and drop the chat from their lists.
+
+    Their sockets also leave the room group here, on the server: were the `chat.revoked`
+    frame dropped (a full channel), they still would not get another message.
+    """
     send(
         room_group(chat_id),
         {"type": "chat.revoked", "chat_id": chat_id, "user_ids": list(user_ids), "deleted": deleted},
     )
+    layer = get_channel_layer()
+    if layer is not None and channel_names:
+        async_to_sync(discard_all)(layer, room_group(chat_id), channel_names)
     chat_list_changed(user_ids=user_ids, chat_id=chat_id)
+
+
+async def discard_all(layer, group: str, channel_names: list[str]) -> None:
+    for channel_name in channel_names:
+        await layer.group_discard(group, channel_name)
 
 
 async def presence_changed(*, chat_id: int) -> None:

@@ -8,6 +8,9 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+# Ids above this are not ids: they would overflow SQLite's and PostgreSQL's integers.
+MAX_ID = 2**62
+
 
 class Chat(models.Model):
     class Kind(models.TextChoices):
@@ -109,6 +112,8 @@ class RoomPresence(models.Model):
     chat = models.ForeignKey(Chat, on_delete=models.CASCADE, related_name="+")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     seen_at = models.DateTimeField(default=timezone.now)
+    # False while the page is in a background tab: its person is online but not reading.
+    visible = models.BooleanField(default=True)
 
     class Meta:
         indexes = [models.Index(fields=["chat", "seen_at"], name="presence_chat_seen")]

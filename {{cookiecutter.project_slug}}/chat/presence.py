@@ -32,9 +32,21 @@ def online_count(*, chat_id: int) -> int:
 
 
 def viewer_ids(*, chat_id: int) -> set[int]:
-    """The people with the room open right now."""
-    fresh = RoomPresence.objects.filter(chat_id=chat_id, seen_at__gte=timezone.now() - STALE_AFTER)
+    """The people reading the room right now (open in a tab that is not in the background)."""
+    fresh = RoomPresence.objects.filter(chat_id=chat_id, seen_at__gte=timezone.now() - STALE_AFTER, visible=True)
     return set(fresh.values_list("user_id", flat=True))
+
+
+def set_visible(*, channel_name: str, visible: bool) -> None:
+    RoomPresence.objects.filter(channel_name=channel_name).exclude(visible=visible).update(visible=visible)
+
+
+def room_channel_names(*, chat_id: int, user_ids: list[int] | None = None) -> list[str]:
+    """The channels of the open sockets in a room (of these users, or everyone's)."""
+    sockets = RoomPresence.objects.filter(chat_id=chat_id)
+    if user_ids is not None:
+        sockets = sockets.filter(user_id__in=user_ids)
+    return list(sockets.values_list("channel_name", flat=True))
 
 
 def join(*, chat_id: int, user_id: int, channel_name: str) -> None:

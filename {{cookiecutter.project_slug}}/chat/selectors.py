@@ -10,7 +10,7 @@ from django.db.models import Q, QuerySet, Sum
 from django.http import Http404
 
 from chat.conf import chat_setting
-from chat.models import Chat, Membership, Message
+from chat.models import MAX_ID, Chat, Membership, Message
 
 
 @dataclass(frozen=True)
@@ -102,13 +102,23 @@ def total_unread_for_user_id(*, user_id: int) -> int:
     return memberships.aggregate(total=Sum("unread_count"))["total"] or 0
 
 
-def membership_or_404(*, user, chat_id) -> Membership:
-    """The user's membership of a chat, with the chat. A chat they are not in is a 404,
-    so its existence is never revealed."""
+def membership_for(*, user, chat_id) -> Membership | None:
+    """The user's membership of a chat, with the chat; None for any chat they are not in,
+    including ids no database could hold."""
     try:
+        if int(chat_id) > MAX_ID:
+            return None
         return Membership.objects.select_related("chat").get(user=user, chat_id=chat_id)
-    except (Membership.DoesNotExist, ValueError, TypeError):
-        raise Http404("No such chat.") from None
+    except (Membership.DoesNotExist, ValueError, TypeError, OverflowError):
+        return None
+
+
+def membership_or_404(*, user, chat_id) -> Membership:
+    """As `membership_for`, but a 404, so a chat's existence is never revealed."""
+    membership = membership_for(user=user, chat_id=chat_id)
+    if membership is None:
+        raise Http404("No such chat.")
+    return membership
 
 
 def chat_title(*, chat: Chat, user) -> str:

@@ -13,9 +13,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from chat import events
+from chat import events, presence
 from chat.conf import chat_setting
-from chat.models import Chat, Membership, Message
+from chat.models import MAX_ID, Chat, Membership, Message
 
 
 def after_commit(send_events) -> None:
@@ -127,7 +127,7 @@ def mark_read(*, chat: Chat, user, up_to_id: int | None = None) -> int:
 
 
 # Larger than any message id: "read up to the latest message".
-LATEST = 2**62
+LATEST = MAX_ID
 # Unread counts come from the messages after the lowest new read position; past this many
 # rows a member far behind is counted by the database instead.
 READ_TAIL_LIMIT = 2000
@@ -224,7 +224,7 @@ def remove_member(*, chat: Chat, actor, user) -> None:
     with transaction.atomic():
         deleted, _ = Membership.objects.filter(chat=chat, user=user).delete()
         if deleted:
-            after_commit(lambda: events.access_revoked(chat_id=chat.pk, user_ids=[user.pk]))
+            revoke_access(chat_id=chat.pk, user_ids=[user.pk])
 
 
 def leave_group(*, chat: Chat, user) -> bool:
@@ -238,7 +238,7 @@ def leave_group(*, chat: Chat, user) -> bool:
     with transaction.atomic():
         Chat.objects.select_for_update().only("id").get(pk=chat.pk)  # one leaver at a time
         Membership.objects.filter(chat=chat, user=user).delete()
-        after_commit(lambda: events.access_revoked(chat_id=chat.pk, user_ids=[user.pk]))
+        revoke_access(chat_id=chat.pk, user_ids=[user.pk])
         remaining = Membership.objects.filter(chat=chat)
         if not remaining.exists():
             chat.delete()
@@ -252,7 +252,10 @@ def leave_group(*, chat: Chat, user) -> bool:
 def soft_delete_chat(*, chat: Chat, user) -> None:
     """Hide the chat and its history for this user only; a later message brings it back."""
     with transaction.atomic():
-        last_id = Chat.objects.filter(pk=chat.pk).values_list("last_message_id", flat=True).get() or 0
+        # Locked like send_message does, so a message sent meanwhile is either hidden with
+        # the rest or arrives after and shows the chat again, never hidden unread.
+        locked = Chat.objects.select_for_update().only("id", "last_message_id").get(pk=chat.pk)
+        last_id = locked.last_message_id or 0
         Membership.objects.filter(chat=chat, user=user).update(
             is_hidden=True, cleared_message_id=last_id, last_read_message_id=last_id, unread_count=0
         )
@@ -263,10 +266,8 @@ def delete_group(*, chat: Chat, actor) -> None:
     """Delete a group and its messages for everyone (admins only)."""
     require_group_admin(chat=chat, user=actor)
     with transaction.atomic():
-        user_ids = member_ids(chat)
-        chat_id = chat.pk
+        revoke_access(chat_id=chat.pk, user_ids=member_ids(chat), deleted=True)
         chat.delete()
-        after_commit(lambda: events.access_revoked(chat_id=chat_id, user_ids=user_ids, deleted=True))
 
 
 def purge_deleted_chats(*, older_than_days: int = 0, dry_run: bool = False) -> list[int]:
@@ -282,8 +283,26 @@ def purge_deleted_chats(*, older_than_days: int = 0, dry_run: bool = False) -> l
     ).filter(members__gt=0, visible=0, last_activity_at__lte=cutoff)
     ids = list(chats.values_list("pk", flat=True))
     if ids and not dry_run:
-        Chat.objects.filter(pk__in=ids).delete()
+        with transaction.atomic():
+            # Lock the chats (as send_message does) and check again: a message since the
+            # first look has un-hidden its chat, and one sent now waits for this to finish.
+            list(Chat.objects.select_for_update().filter(pk__in=ids).values_list("pk", flat=True))
+            still_deleted = Chat.objects.filter(pk__in=ids, last_activity_at__lte=cutoff).exclude(
+                memberships__is_hidden=False
+            )
+            ids = list(still_deleted.values_list("pk", flat=True))
+            Chat.objects.filter(pk__in=ids).delete()
     return ids
+
+
+def revoke_access(*, chat_id: int, user_ids: list[int], deleted: bool = False) -> None:
+    """After commit, close these people's open rooms of the chat and take their sockets out
+    of its group. Their sockets are looked up now, before a deleted chat takes its
+    presence rows with it."""
+    channel_names = presence.room_channel_names(chat_id=chat_id, user_ids=None if deleted else user_ids)
+    after_commit(
+        lambda: events.access_revoked(chat_id=chat_id, user_ids=user_ids, channel_names=channel_names, deleted=deleted)
+    )
 
 
 def require_group_admin(*, chat: Chat, user) -> None:

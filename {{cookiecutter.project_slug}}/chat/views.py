@@ -30,11 +30,10 @@ from chat.forms import (
     RemoveMemberForm,
     RenameGroupForm,
 )
+from chat.models import MAX_ID
 from chat.ratelimit import RateLimited, check_rate
 
 WIDGET_PANEL_ID = "chat-widget-panel"
-# Ids and offsets beyond this are nonsense, and too big for SQLite integers.
-LARGEST_ID = 2**62
 
 
 # --- plumbing shared by every view ---------------------------------------------------
@@ -97,7 +96,7 @@ def int_param(request, name: str) -> int | None:
     if raw == "":
         return None
     # isascii: str.isdigit() is also true for "²" and other digits int() rejects.
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > LARGEST_ID:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_ID:
         raise BadRequest(f"“{name}” must be a whole number.")
     return int(raw)
 

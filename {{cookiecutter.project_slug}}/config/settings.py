@@ -139,7 +139,10 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = DEBUG
 
 # Production hardening: on unless DEBUG; each can be overridden from the environment.
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Only behind a proxy that terminates TLS and always sets X-Forwarded-Proto: without one,
+# any client could claim HTTPS with that header.
+if env.bool("BEHIND_TLS_PROXY", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)

@@ -118,7 +118,7 @@ async def test_anonymous_sockets_are_closed_with_4401(connect, anonymous, group)
 
 async def test_non_members_and_unknown_chats_are_closed_with_4403(connect, make_user, group):
     outsider = await database_sync_to_async(make_user)("outsider")
-    for chat_id in [group.pk, 999_999]:
+    for chat_id in [group.pk, 999_999, 10**30]:
         communicator, connected, _ = await connect(outsider, f"/ws/chat/{chat_id}/")
         assert connected
         await expect_close(communicator, consumers.CLOSE_FORBIDDEN)
@@ -289,4 +289,36 @@ async def test_frame_floods_are_dropped_with_one_error(connect, alice, group, mo
         frames.append(json.loads(await room.receive_from()))
     replies = [(frame["type"], frame.get("code")) for frame in frames if frame["type"] != "chat.presence"]
     assert replies == [("pong", None)] * 3 + [("error", "rate_limited")]
+    await room.disconnect()
+
+
+async def test_a_member_with_the_room_in_a_background_tab_still_gets_inbox_updates(connect, alice, bob, group):
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    inbox, _, _ = await connect(bob, "/ws/chat/inbox/")
+    await room.send_to(text_data=json.dumps({"type": "visibility", "visible": False}))
+    await room.send_to(text_data='{"type": "ping"}')
+    await receive_until(room, "pong")
+
+    message = await database_sync_to_async(services.send_message)(chat=group, sender=alice, body="while away")
+
+    frame = await receive_until(inbox, "inbox.message")
+    assert (frame["message_id"], frame["unread"], frame["total_unread"]) == (message.pk, 1, 1)
+    await room.disconnect()
+    await inbox.disconnect()
+
+
+async def test_a_removed_member_gets_no_more_messages_even_if_the_revoked_frame_is_lost(
+    connect, alice, bob, group, monkeypatch
+):
+    async def frame_lost(self, event):
+        return None
+
+    monkeypatch.setattr(consumers.RoomConsumer, "chat_revoked", frame_lost)
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    await receive_until(room, "chat.presence")
+    await database_sync_to_async(services.remove_member)(chat=group, actor=alice, user=bob)
+
+    await database_sync_to_async(services.send_message)(chat=group, sender=alice, body="not for bob")
+
+    assert await room.receive_nothing(timeout=0.5)
     await room.disconnect()

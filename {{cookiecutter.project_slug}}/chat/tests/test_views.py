@@ -86,9 +86,10 @@ def test_a_member_who_left_gets_404_on_every_chat_route(client, bob, group_chat,
     assert call(client, route, group_chat).status_code == 404
 
 
+@pytest.mark.parametrize("pk", [999_999, 10**30], ids=["unknown", "beyond-any-database-integer"])
 @pytest.mark.parametrize("route", CHAT_ROUTES, ids=[route[0] for route in CHAT_ROUTES])
-def test_an_unknown_chat_is_a_404_on_every_chat_route(alice_client, route):
-    missing = Chat(pk=999_999)
+def test_an_unknown_chat_is_a_404_on_every_chat_route(alice_client, route, pk):
+    missing = Chat(pk=pk)
 
     assert call(alice_client, route, missing).status_code == 404
 
