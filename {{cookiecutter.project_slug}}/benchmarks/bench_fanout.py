@@ -404,11 +404,18 @@ class Receiver:
         while True:
             self.again = False
             for _ in range(40):  # the JS's page limit
-                ids = await self.run.fetch_after(self.member, self.contiguous_id)
+                # As the room JS: with frames past the gap in hand, fetch only the gap.
+                before = min(self.ahead.values()) if self.ahead else None
+                ids = await self.run.fetch_after(self.member, self.contiguous_id, before=before)
+                if not ids and before is not None:
+                    self.ahead.clear()
+                    continue
                 if not ids:
                     break
                 self.recovered.update(ids)
                 self.contiguous_id = max(self.contiguous_id, *ids)
+                while self.contiguous_id in self.ahead:  # the frames held past the gap chain on
+                    self.contiguous_id = self.ahead.pop(self.contiguous_id)
             self.ahead = {prev: later for prev, later in self.ahead.items() if later > self.contiguous_id}
             if not self.again:
                 return
@@ -431,10 +438,11 @@ class ChatRun:
         match = MESSAGE_ID.search(response.text) if response.status_code == 200 else None
         return int(match.group(1)) if match else None
 
-    async def fetch_after(self, member: Member, after: int) -> list[int]:
+    async def fetch_after(self, member: Member, after: int, *, before: int | None = None) -> list[int]:
         self.catch_up_requests += 1
+        params = {"after": after} if before is None else {"after": after, "before": before}
         response = await self.http.get(
-            f"/chat/{self.chat_id}/messages/", params={"after": after}, headers={"Cookie": member.cookie}
+            f"/chat/{self.chat_id}/messages/", params=params, headers={"Cookie": member.cookie}
         )
         if response.status_code != 200:
             return []

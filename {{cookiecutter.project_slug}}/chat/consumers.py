@@ -16,6 +16,7 @@ import asyncio
 import json
 import time
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
@@ -38,6 +39,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
     """Shared parsing of client frames; subclasses handle the frame types they accept."""
 
     groups_joined: tuple[str, ...] = ()
+
+    async def dispatch(self, message):
+        """Channels' dispatch without its hop to the sync thread before every message.
+
+        Channels closes stale database connections before each handler, on the one thread
+        that also serves Django's HTTP views: in a busy room every frame to every socket
+        then waits behind the requests being served. These handlers reach the database only
+        through `database_sync_to_async`, which closes stale connections itself.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def reject(self, code: int) -> None:
         await self.accept()

@@ -134,13 +134,15 @@ def messages_page(
     """A page of a chat's history as this member may see it, oldest first.
 
     With `before`: the page just before that id (or the newest page). With `after`: the
-    messages just after that id, for catching up after a reconnect.
+    messages just after that id (and before `before`, if given), for catching up.
     """
     limit = limit or chat_setting("CHAT_PAGE_SIZE")
     history = Message.objects.filter(chat_id=membership.chat_id, pk__gt=membership.cleared_message_id).select_related(
         "sender"
     )
     if after is not None:
+        if before is not None:
+            history = history.filter(pk__lt=before)
         messages = list(history.filter(pk__gt=after).order_by("pk")[: limit + 1])
         return MessagePage(messages=messages[:limit], has_older=False, has_newer=len(messages) > limit)
     if before is not None:

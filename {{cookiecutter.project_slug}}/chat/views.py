@@ -249,11 +249,12 @@ def room(request, pk):
 
 @chat_view("GET")
 def messages_fragment(request, pk):
-    """Older messages (`?before=<id>`) with the next trigger, or newer ones (`?after=<id>`)."""
+    """Older messages (`?before=<id>`) with the next trigger, newer ones (`?after=<id>`), or
+    the ones between two ids (`?after=<id>&before=<id>`: a gap a room wants filled)."""
     membership = selectors.membership_or_404(user=request.user, chat_id=pk)
     before, after = int_param(request, "before"), int_param(request, "after")
-    if before is not None and after is not None:
-        raise BadRequest("Ask for messages before or after an id, not both.")
+    if before is not None and after is not None and after >= before:
+        raise BadRequest("“after” must be smaller than “before”.")
     page = selectors.messages_page(membership=membership, before=before, after=after)
     context = {"chat": membership.chat, "page": page, "viewer_id": request.user.pk}
     return render(request, "chat/partials/message_list_fragment.html", context)

@@ -238,3 +238,13 @@ def test_group_names_are_escaped_in_the_list(alice_client, alice, bob):
 
     assert "&lt;b&gt;bold&lt;/b&gt;" in content
     assert "<b>bold</b>" not in content
+
+
+def test_messages_between_two_ids_fill_a_gap(alice_client, group_chat, alice):
+    sent = [services.send_message(chat=group_chat, sender=alice, body=f"m{i}") for i in range(5)]
+    url = reverse("chat:messages", args=[group_chat.pk])
+
+    response = alice_client.get(url, {"after": sent[0].pk, "before": sent[4].pk}, headers={"HX-Request": "true"})
+
+    shown = [int(found) for found in re.findall(r'data-message-id="(\d+)"', response.content.decode())]
+    assert shown == [sent[1].pk, sent[2].pk, sent[3].pk]

@@ -139,11 +139,20 @@ class ChatRoom {
     if (this.contiguousId > before) this.reportVisibility(); // marks what we caught up on read
   }
 
+  // While frames past the gap are held, only the gap is fetched (`before` the first held
+  // one): a busy room's catch-ups then render a few bubbles each, not a page.
+  gapQuery() {
+    const held = [...this.heldFrames.values()].map((frame) => frame.message_id);
+    const query = `after=${this.contiguousId}`;
+    return held.length ? `${query}&before=${Math.min(...held)}` : query;
+  }
+
   async fetchPages() {
     for (let page = 0; page < MAX_CATCH_UP_PAGES; page += 1) {
+      const query = this.gapQuery();
       let response;
       try {
-        response = await fetch(`${this.messagesUrl}?after=${this.contiguousId}`, {
+        response = await fetch(`${this.messagesUrl}?${query}`, {
           headers: { "HX-Request": "true" },
           credentials: "same-origin",
         });
@@ -154,7 +163,13 @@ class ChatRoom {
       if (!response.ok) return this.retryCatchUpLater();
       this.catchUpRetryMs = 0;
       const bubbles = parseBubbles(await response.text());
-      if (!bubbles.length) return;
+      if (!bubbles.length) {
+        if (query.includes("before=")) {
+          this.heldFrames.clear(); // nothing in the gap after all: fetch everything after
+          continue;
+        }
+        return;
+      }
       this.insert(bubbles);
       this.contiguousId = Math.max(this.contiguousId, ...bubbles.map(bubbleId));
       this.applyChainedFrames();
