@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import resource
-import secrets
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 TEMPLATE_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(TEMPLATE_DIR / "tests"))
 
-from baking import clean_env, run_cookiecutter, stop_process, tail  # noqa: E402
+from baking import clean_env, run_cookiecutter, served_env, stop_process, tail  # noqa: E402, F401 - run.py takes clean_env from here
 from project_venvs import requirements, venv_for  # noqa: E402, F401 - run.py takes requirements from here
 from services import HOST, free_port, wait_for_port  # noqa: E402
 
@@ -50,17 +49,9 @@ class Project:
         self.path = output / "chat_project"
         self.venv = venv_for(self.path)
         self.python = str(self.venv / "bin" / "python")
-        self.env = clean_env(
-            DJANGO_SETTINGS_MODULE="config.settings",
+        self.env = served_env(
             DATABASE_URL=database_url,
-            SECRET_KEY=secrets.token_urlsafe(50),
-            DEBUG="false",
-            ALLOWED_HOSTS=HOST,
-            SECURE_SSL_REDIRECT="false",
-            SESSION_COOKIE_SECURE="false",
-            CSRF_COOKIE_SECURE="false",
             SECURE_HSTS_SECONDS="0",
-            LOG_LEVEL="WARNING",
             PYTHONDONTWRITEBYTECODE="1",
         )
         if redis_url:

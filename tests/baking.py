@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,6 +34,22 @@ def clean_env(**overrides: str) -> dict[str, str]:
     }
     env.update(overrides)
     return env
+
+
+def served_env(**overrides: str) -> dict[str, str]:
+    """`clean_env` for a baked project served with production settings (DEBUG off, a fresh
+    secret) over plain HTTP on 127.0.0.1, as the suite's and the benchmark's servers are."""
+    return clean_env(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        SECRET_KEY=secrets.token_urlsafe(50),
+        DEBUG="false",
+        ALLOWED_HOSTS="127.0.0.1",
+        SECURE_SSL_REDIRECT="false",
+        SESSION_COOKIE_SECURE="false",
+        CSRF_COOKIE_SECURE="false",
+        LOG_LEVEL="WARNING",
+        **overrides,
+    )
 
 
 def run_cookiecutter(*args: str, output_dir: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from baking import clean_env, stop_process, tail
+from baking import served_env, stop_process, tail
 from conftest import in_ci
 from project_venvs import venv_for
 
@@ -88,18 +88,7 @@ def bake_project(cookies_session, request, *, postgres_url: str, redis_url: str,
     assert result.exit_code == 0, result.exception
     path = Path(result.project_path)
     name = f"chat_{name}_{secrets.token_hex(4)}"
-    env = clean_env(
-        DJANGO_SETTINGS_MODULE="config.settings",
-        DATABASE_URL=with_database(postgres_url, name),
-        REDIS_URL=redis_url,
-        SECRET_KEY=secrets.token_urlsafe(50),
-        DEBUG="false",
-        ALLOWED_HOSTS=HOST,
-        SECURE_SSL_REDIRECT="false",
-        SESSION_COOKIE_SECURE="false",
-        CSRF_COOKIE_SECURE="false",
-        LOG_LEVEL="WARNING",
-    )
+    env = served_env(DATABASE_URL=with_database(postgres_url, name), REDIS_URL=redis_url)
     baked = Project(path, venv_for(path), env)
     # The test suite's venv has no PostgreSQL driver; the project's has psycopg.
     admin = ["-c", "import psycopg, sys; psycopg.connect(sys.argv[1], autocommit=True).execute(sys.argv[2])"]
