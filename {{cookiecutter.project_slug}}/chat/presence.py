@@ -25,16 +25,19 @@ _local_channels: set[str] = set()
 _heartbeat_task: asyncio.Task | None = None
 
 
+def live_sockets(*, chat_id: int):
+    """The room's sockets whose process refreshed them recently (not a crashed one's)."""
+    return RoomPresence.objects.filter(chat_id=chat_id, seen_at__gte=timezone.now() - STALE_AFTER)
+
+
 def online_count(*, chat_id: int) -> int:
     """Distinct people with at least one live socket in the room (tabs count once)."""
-    fresh = RoomPresence.objects.filter(chat_id=chat_id, seen_at__gte=timezone.now() - STALE_AFTER)
-    return fresh.values("user_id").distinct().count()
+    return live_sockets(chat_id=chat_id).values("user_id").distinct().count()
 
 
 def viewer_ids(*, chat_id: int) -> set[int]:
     """The people reading the room right now (open in a tab that is not in the background)."""
-    fresh = RoomPresence.objects.filter(chat_id=chat_id, seen_at__gte=timezone.now() - STALE_AFTER, visible=True)
-    return set(fresh.values_list("user_id", flat=True))
+    return set(live_sockets(chat_id=chat_id).filter(visible=True).values_list("user_id", flat=True))
 
 
 def set_visible(*, channel_name: str, visible: bool) -> None:
