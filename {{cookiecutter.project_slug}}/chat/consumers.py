@@ -164,7 +164,7 @@ class RoomConsumer(ChatConsumer):
     # Events from the channel layer
 
     async def chat_message(self, event):
-        await self.send_json({**event, "type": "chat.message"})
+        await self.send(text_data=event["text"])
         if event["sender_id"] != self.user.pk and self.viewing:
             self.schedule_read(event["message_id"])
 
