@@ -153,9 +153,23 @@ def mark_read_many(*, marks: dict[tuple[int, int], int]) -> dict[tuple[int, int]
                     membership.last_read_message_id, membership.unread_count = membership.new_read_id, unread
                     changed.append(membership)
         if changed:
-            Membership.objects.bulk_update(changed, ["last_read_message_id", "unread_count"])
+            save_read_positions(changed)
             after_commit(lambda: events.unread_changed(memberships=changed))
     return unread_by_key
+
+
+def save_read_positions(memberships: list[Membership]) -> None:
+    """One UPDATE per distinct (read position, unread count).
+
+    The viewers of a busy room all read up to the same message, so a batch of a hundred
+    is usually one statement; `bulk_update` would build a CASE per row and field.
+    """
+    ids_by_position: dict[tuple[int, int], list[int]] = {}
+    for membership in memberships:
+        position = (membership.last_read_message_id, membership.unread_count)
+        ids_by_position.setdefault(position, []).append(membership.pk)
+    for (read_id, unread), ids in ids_by_position.items():
+        Membership.objects.filter(pk__in=ids).update(last_read_message_id=read_id, unread_count=unread)
 
 
 def read_positions(*, chat_id: int, up_to_by_user: dict[int, int]):
