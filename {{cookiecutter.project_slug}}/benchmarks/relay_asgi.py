@@ -8,6 +8,7 @@ the channel layer and the process, so the comparison is like for like.
     daphne -b 127.0.0.1 -p 8001 benchmarks.relay_asgi:application
 """
 
+import gc
 import json
 import os
 
@@ -55,3 +56,5 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+gc.freeze()  # as config/asgi.py does

