@@ -424,7 +424,7 @@ class Receiver:
 class ChatRun:
     def __init__(self, server: Server, http: httpx.AsyncClient, chat_id: int, *, reorder_grace: float):
         self.server, self.http, self.chat_id = server, http, chat_id
-        self.start_id = 0  # a fresh room
+        self.start_id = 0  # the last message before the receivers join (see warm_up)
         self.reorder_grace = reorder_grace
         self.receipts: list[tuple[int, float]] = []
         self.catch_up_requests = 0
@@ -462,6 +462,7 @@ async def run_chat(
 ) -> Result:
     members = seed.members[: result.members]
     run = ChatRun(server, http, chat_id, reorder_grace=reorder_grace)
+    await warm_up(run, members[: result.senders])
     receivers = [Receiver(member, run) for member in members]
     sockets = await open_sockets(
         server, [f"/ws/chat/{chat_id}/"] * len(members), [m.cookie for m in members], timeout=timeout
@@ -507,6 +508,19 @@ async def final_catch_up(receiver: Receiver) -> None:
     if receiver.catching_up and not receiver.catching_up.done():
         await receiver.catching_up
     await receiver.fetch_missing()
+
+
+async def warm_up(run: ChatRun, senders: list[Member]) -> None:
+    """Start from a running server, as the relay's senders start on open sockets.
+
+    One message per sender, before the receivers join, runs the send path's first-use
+    costs (lazy imports, a cache client's connection); the GETs then leave open the
+    keep-alive connections the sends will use, as a loaded page has.
+    """
+    posted = await asyncio.gather(*(run.post(member, "warm-up") for member in senders))
+    run.start_id = max((message_id for message_id in posted if message_id), default=0)
+    pages = (run.http.get(f"/chat/{run.chat_id}/messages/", headers={"Cookie": m.cookie}) for m in senders * 2)
+    await asyncio.gather(*pages)
 
 
 async def settle_presence(receivers: list[Receiver], *, timeout: float, quiet: float = 0.7) -> None:
