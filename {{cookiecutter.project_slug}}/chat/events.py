@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.template.loader import render_to_string
 
 from chat import presence, selectors
+
+logger = logging.getLogger(__name__)
 
 
 def room_group(chat_id: int) -> str:
@@ -81,50 +84,148 @@ def message_created(*, message, prev_id: int) -> None:
         "html": html,
     }
     # Encoded once here rather than once per socket: a room of 100 sends the same text 100 times.
-    send(
-        room_group(message.chat_id),
-        {"type": "chat.message", "message_id": message.pk, "sender_id": message.sender_id, "text": json.dumps(frame)},
-    )
+    room_event = {"type": "chat.message", "message_id": message.pk, "sender_id": message.sender_id}
+    room_event["text"] = json.dumps(frame)
     preview = message.body[:120]
     viewers = presence.viewer_ids(chat_id=message.chat_id) - {message.sender_id}
-    send_many(
-        [
-            (
-                user_group(user_id),
-                {
-                    "type": "inbox.message",
-                    "chat_id": message.chat_id,
-                    "message_id": message.pk,
-                    "sender_id": message.sender_id,
-                    "sender_name": sender_name,
-                    "preview": preview,
-                    "unread": unread,
-                    "total_unread": total,
-                },
-            )
-            for user_id, (unread, total) in selectors.unread_by_member(chat_id=message.chat_id).items()
-            if user_id not in viewers
-        ]
-    )
+    inbox_events = [
+        {
+            "type": "inbox.message",
+            "user_id": user_id,
+            "chat_id": message.chat_id,
+            "message_id": message.pk,
+            "sender_id": message.sender_id,
+            "sender_name": sender_name,
+            "preview": preview,
+            "unread": unread,
+            "total_unread": total,
+        }
+        for user_id, (unread, total) in selectors.unread_by_member(chat_id=message.chat_id).items()
+        if user_id not in viewers
+    ]
+    deliver(group_events=[(room_group(message.chat_id), room_event)], inbox_events=inbox_events)
 
 
 def unread_changed(*, memberships) -> None:
     """Tell each member whose read position moved their new counts (one totals query)."""
     totals = selectors.total_unread_by_user(user_ids={m.user_id for m in memberships})
-    send_many(
-        [
-            (
-                user_group(m.user_id),
-                {
-                    "type": "inbox.unread",
-                    "chat_id": m.chat_id,
-                    "unread": m.unread_count,
-                    "total_unread": totals.get(m.user_id, 0),
-                },
-            )
+    deliver(
+        inbox_events=[
+            {
+                "type": "inbox.unread",
+                "user_id": m.user_id,
+                "chat_id": m.chat_id,
+                "unread": m.unread_count,
+                "total_unread": totals.get(m.user_id, 0),
+            }
             for m in memberships
         ]
     )
+
+
+def deliver(*, group_events: list[tuple[str, dict]] = (), inbox_events: list[dict] = ()) -> None:
+    """Send group events (in order), hand inbox counts to the mailbox: one trip to the loop."""
+    layer = get_channel_layer()
+    if layer is not None and (group_events or inbox_events):
+        async_to_sync(deliver_async)(layer, list(group_events), list(inbox_events))
+
+
+async def deliver_async(layer, group_events: list[tuple[str, dict]], inbox_events: list[dict]) -> None:
+    await group_send_all(layer, group_events)
+    await InboxMailbox.for_running_loop().post(layer, inbox_events)
+
+
+# A person's inbox gets at most one update per chat this often; the first goes at once.
+INBOX_UPDATE_INTERVAL = 1.0
+
+
+class InboxMailbox:
+    """Inbox count updates on their way out, at most one per person and chat a second.
+
+    Every message is an `inbox.message` to each member not viewing the room: a group send
+    each, a few Redis round trips. A busy room of a hundred would spend the server on
+    them; a badge needs only the latest counts. So an update to a chat's row in one
+    person's inbox goes at once if none went in the last INBOX_UPDATE_INTERVAL, and
+    otherwise waits out the interval, replaced meanwhile by any newer one. One mailbox
+    per event loop: a management command's `async_to_sync` gets a fresh one, with
+    everything due at once; a server's sends whatever still waits when it shuts down.
+    """
+
+    _current: InboxMailbox | None = None
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.waiting: dict[tuple[int, int], dict] = {}  # (user id, chat id) -> event
+        self.last_sent: dict[tuple[int, int], float] = {}
+        self.pruned_at = loop.time()
+        self.sender: asyncio.Task | None = None
+
+    @classmethod
+    def for_running_loop(cls) -> InboxMailbox:
+        loop = asyncio.get_running_loop()
+        if cls._current is None or cls._current.loop is not loop:
+            cls._current = cls(loop)
+        return cls._current
+
+    async def post(self, layer, inbox_events: list[dict]) -> None:
+        """Send the updates that are due now; leave the others to wait out their interval."""
+        for event in inbox_events:
+            key = (event["user_id"], event["chat_id"])
+            older = self.waiting.pop(key, None)
+            # (Re)inserted last, so that of one person's updates the newest total goes out last.
+            self.waiting[key] = event if older is None else merge_inbox_events(older, event)
+        await self.send_due(layer)
+        if self.waiting and (self.sender is None or self.sender.done()):
+            self.sender = self.loop.create_task(self.send_when_due(layer))
+
+    async def send_due(self, layer) -> None:
+        while batch := self.take_batch(self.loop.time()):
+            await self.send(layer, batch)
+
+    async def send_when_due(self, layer) -> None:
+        try:
+            while self.waiting:
+                # Short naps: an update posted meanwhile may fall due before the one slept for.
+                await asyncio.sleep(min(max(0.0, self.next_due() - self.loop.time()), INBOX_UPDATE_INTERVAL / 4))
+                await self.send_due(layer)
+        except asyncio.CancelledError:  # the loop is closing: nothing stays behind
+            await self.send(layer, self.take_all())
+            raise
+
+    def take_batch(self, now: float) -> list[dict]:
+        """Up to CONCURRENT_GROUP_SENDS updates that are due, one per person (their totals stay in order)."""
+        if now - self.pruned_at >= INBOX_UPDATE_INTERVAL:
+            self.last_sent = {key: at for key, at in self.last_sent.items() if now - at < INBOX_UPDATE_INTERVAL}
+            self.pruned_at = now
+        batch, people = [], set()
+        for key in list(self.waiting):
+            if len(batch) == CONCURRENT_GROUP_SENDS:
+                break
+            if now - self.last_sent.get(key, -INBOX_UPDATE_INTERVAL) >= INBOX_UPDATE_INTERVAL and key[0] not in people:
+                people.add(key[0])
+                batch.append(self.waiting.pop(key))
+                self.last_sent[key] = now
+        return batch
+
+    def take_all(self) -> list[dict]:
+        events, self.waiting = list(self.waiting.values()), {}
+        return events
+
+    def next_due(self) -> float:
+        return min(self.last_sent.get(key, -INBOX_UPDATE_INTERVAL) for key in self.waiting) + INBOX_UPDATE_INTERVAL
+
+    async def send(self, layer, events: list[dict]) -> None:
+        try:
+            await group_send_all(layer, [(user_group(event["user_id"]), event) for event in events])
+        except Exception:  # a layer that is down: inboxes catch up when their socket reconnects
+            logger.exception("Sending %d inbox updates failed", len(events))
+
+
+def merge_inbox_events(older: dict, newer: dict) -> dict:
+    """A new message's update carries everything; a read update only corrects the counts."""
+    if newer["type"] == "inbox.unread" and older["type"] == "inbox.message":
+        return {**older, "unread": newer["unread"], "total_unread": newer["total_unread"]}
+    return newer
 
 
 def chat_list_changed(*, user_ids, chat_id: int) -> None:

@@ -1,0 +1,84 @@
+"""The inbox mailbox of `chat.events`: what a busy room's inbox updates become."""
+
+import asyncio
+import logging
+
+import pytest
+
+from chat import events
+from chat.events import InboxMailbox, user_group
+
+INTERVAL = 0.2
+
+
+@pytest.fixture(autouse=True)
+def short_interval(monkeypatch):
+    monkeypatch.setattr(events, "INBOX_UPDATE_INTERVAL", INTERVAL)
+
+
+class RecordingLayer:
+    def __init__(self):
+        self.sent: list[tuple[str, dict, float]] = []
+
+    async def group_send(self, group: str, event: dict) -> None:
+        self.sent.append((group, event, asyncio.get_running_loop().time()))
+
+
+def new_message(user_id: int, chat_id: int, message_id: int, unread: int, total: int) -> dict:
+    return {
+        "type": "inbox.message",
+        "user_id": user_id,
+        "chat_id": chat_id,
+        "message_id": message_id,
+        "preview": f"message {message_id}",
+        "unread": unread,
+        "total_unread": total,
+    }
+
+
+def read(user_id: int, chat_id: int, unread: int, total: int) -> dict:
+    return {"type": "inbox.unread", "user_id": user_id, "chat_id": chat_id, "unread": unread, "total_unread": total}
+
+
+async def test_an_update_to_a_quiet_chat_is_sent_before_post_returns():
+    layer = RecordingLayer()
+    await InboxMailbox.for_running_loop().post(layer, [new_message(7, 1, 10, unread=1, total=1)])
+    assert [(group, event["message_id"]) for group, event, _ in layer.sent] == [(user_group(7), 10)]
+
+
+async def test_a_busy_chat_updates_each_inbox_once_an_interval_with_the_latest_counts():
+    layer, mailbox = RecordingLayer(), InboxMailbox.for_running_loop()
+    await mailbox.post(layer, [new_message(7, 1, 10, unread=1, total=1)])
+    await mailbox.post(layer, [new_message(7, 1, 11, unread=2, total=2)])  # waits out the interval
+    await mailbox.post(layer, [read(7, 1, unread=0, total=0)])  # merges into message 11's update
+    await mailbox.post(layer, [new_message(7, 2, 12, unread=1, total=1)])  # another chat: due at once
+    assert [event["message_id"] for _, event, _ in layer.sent] == [10, 12]
+
+    await asyncio.sleep(INTERVAL * 2)
+    assert len(layer.sent) == 3
+    _, merged, at = layer.sent[2]
+    # Message 11's preview with the counts of the read that came after it.
+    assert (merged["chat_id"], merged["message_id"], merged["unread"], merged["total_unread"]) == (1, 11, 0, 0)
+    assert at - layer.sent[0][2] >= INTERVAL
+
+
+async def test_a_layer_that_is_down_is_logged_and_does_not_fail_the_post(caplog):
+    class DownLayer:
+        async def group_send(self, group, event):
+            raise ConnectionError("Redis is restarting")
+
+    with caplog.at_level(logging.ERROR, logger="chat.events"):
+        await InboxMailbox.for_running_loop().post(DownLayer(), [read(1, 1, 0, 0)])
+    assert "inbox updates failed" in caplog.text
+
+
+def test_updates_still_waiting_when_the_loop_closes_are_sent():
+    layer = RecordingLayer()
+
+    async def two_quick_messages():
+        mailbox = InboxMailbox.for_running_loop()
+        await mailbox.post(layer, [new_message(7, 1, 10, unread=1, total=1)])
+        await mailbox.post(layer, [new_message(7, 1, 11, unread=2, total=2)])
+
+    asyncio.run(two_quick_messages())
+    assert [event["message_id"] for _, event, _ in layer.sent] == [10, 11]
