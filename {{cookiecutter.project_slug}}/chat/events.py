@@ -86,6 +86,8 @@ def message_created(*, message, prev_id: int) -> None:
     # Encoded once here rather than once per socket: a room of 100 sends the same text 100 times.
     room_event = {"type": "chat.message", "message_id": message.pk, "sender_id": message.sender_id}
     room_event["text"] = json.dumps(frame)
+    # The room first, before the inbox queries below: it is what the people in it wait for.
+    deliver(group_events=[(room_group(message.chat_id), room_event)])
     preview = message.body[:120]
     viewers = presence.viewer_ids(chat_id=message.chat_id) - {message.sender_id}
     inbox_events = [
@@ -100,10 +102,9 @@ def message_created(*, message, prev_id: int) -> None:
             "unread": unread,
             "total_unread": total,
         }
-        for user_id, (unread, total) in selectors.unread_by_member(chat_id=message.chat_id).items()
-        if user_id not in viewers
+        for user_id, (unread, total) in selectors.unread_by_member(chat_id=message.chat_id, excluding=viewers).items()
     ]
-    deliver(group_events=[(room_group(message.chat_id), room_event)], inbox_events=inbox_events)
+    deliver(inbox_events=inbox_events)
 
 
 def unread_changed(*, memberships) -> None:

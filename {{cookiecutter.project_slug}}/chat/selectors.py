@@ -165,9 +165,10 @@ def find_user_by_email(*, email: str):
     return get_user_model()._default_manager.filter(email__iexact=email, is_active=True).order_by("pk").first()
 
 
-def unread_by_member(*, chat_id: int) -> dict[int, tuple[int, int]]:
-    """For each member of a chat: (unread in this chat, total unread). Two queries."""
-    per_chat = dict(Membership.objects.filter(chat_id=chat_id).values_list("user_id", "unread_count"))
+def unread_by_member(*, chat_id: int, excluding=()) -> dict[int, tuple[int, int]]:
+    """For each member of a chat but `excluding`: (unread in this chat, total unread). Two queries."""
+    members = Membership.objects.filter(chat_id=chat_id).exclude(user_id__in=excluding)
+    per_chat = dict(members.values_list("user_id", "unread_count"))
     totals = total_unread_by_user(user_ids=per_chat)
     return {user_id: (unread, totals.get(user_id, 0)) for user_id, unread in per_chat.items()}
 

@@ -121,6 +121,7 @@ def test_unread_by_member_gives_each_member_their_chat_and_total_unread(three_ch
         bob.pk: (3, 3),
         dave.pk: (0, 0),
     }
+    assert selectors.unread_by_member(chat_id=group.pk, excluding={alice.pk, dave.pk}) == {bob.pk: (3, 3)}
 
 
 # Membership and titles
