@@ -55,12 +55,12 @@ def rate_for(action: str) -> Rate | None:
 
 def count_use(key: str, *, timeout: int) -> int:
     cache = caches[getattr(settings, "CHAT_RATE_LIMIT_CACHE", "default")]
-    cache.add(key, 0, timeout=timeout)
     try:
-        return cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.set(key, 1, timeout=timeout)
-        return 1
+        return cache.incr(key)  # one trip to the cache for all but a window's first use
+    except ValueError:  # the window's first use
+        if cache.add(key, 1, timeout=timeout):
+            return 1
+        return cache.incr(key)  # someone else's request started the window meanwhile
 
 
 def check_rate(*, action: str, user_id: int) -> None:
