@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -573,6 +574,10 @@ async def bench_layer(args, layer: str, redis_url: str | None, seed_state: Seed,
             for rate, chat_id in zip(args.rates, seed_state.chat_ids, strict=True):
                 for target in ("relay", "chat"):
                     result = Result(layer, target, rate, args.duration, args.members, args.senders)
+                    # The client's own full collections (about 40 ms with the previous runs'
+                    # results on its heap) would show up as the server's latency.
+                    gc.collect()
+                    gc.freeze()
                     print(f"  {layer}: {target} at {rate:g} msg/s for {args.duration:g} s ...", flush=True)
                     timeout = args.phase_timeout
                     if target == "relay":
