@@ -110,8 +110,8 @@ def go_to(request, url: str) -> HttpResponse:
     return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 
 
-def inbox_context(request, *, offset: int = 0, widget: bool = False) -> dict:
-    rows, has_more = selectors.inbox_rows(user=request.user, offset=offset)
+def inbox_context(request, *, offset: int = 0, limit: int | None = None, widget: bool = False) -> dict:
+    rows, has_more = selectors.inbox_rows(user=request.user, offset=offset, limit=limit)
     return {
         "rows": rows,
         "has_more": has_more,
@@ -150,14 +150,24 @@ def chat_list(request):
     return render(request, "chat/chat_list.html", context)
 
 
+# A live refresh brings back at most this many pages, however many "Show more" loaded.
+REFRESH_MAX_PAGES = 10
+
+
 @chat_view("GET")
 def chat_list_partial(request):
-    """The list rows for a live refresh (offset 0) or the "Show more" page at `offset`."""
+    """The "Show more" page at `offset`, or a live refresh of the `shown` rows the list has.
+
+    A refresh replaces the whole list, so it brings back as many rows as were on screen
+    (the pages loaded with "Show more" too), up to REFRESH_MAX_PAGES pages.
+    """
     offset = int_param(request, "offset") or 0
+    page_size = chat_setting("CHAT_INBOX_PAGE_SIZE")
+    shown = int_param(request, "shown") or page_size
+    limit = min(max(shown, page_size), page_size * REFRESH_MAX_PAGES)
     widget = request.GET.get("widget") == "1"
-    return render(
-        request, "chat/partials/chat_list_fragment.html", inbox_context(request, offset=offset, widget=widget)
-    )
+    context = inbox_context(request, offset=offset, limit=limit, widget=widget)
+    return render(request, "chat/partials/chat_list_fragment.html", context)
 
 
 # --- starting chats ------------------------------------------------------------------

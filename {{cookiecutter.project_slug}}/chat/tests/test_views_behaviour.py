@@ -428,6 +428,30 @@ def test_inbox_pages_with_a_show_more_trigger(alice_client, alice, make_user, se
     assert "Show more" not in more
 
 
+def test_a_live_refresh_keeps_the_rows_loaded_with_show_more(alice_client, alice, make_user, settings):
+    settings.CHAT_INBOX_PAGE_SIZE = 3
+    chats = [services.get_or_create_direct_chat(user=alice, other=make_user())[0] for _ in range(8)]
+    newest_first = [str(chat.pk) for chat in reversed(chats)]
+
+    refreshed = alice_client.get(reverse("chat:list_partial"), {"shown": 6}, headers=HTMX).content.decode()
+    fewer = alice_client.get(reverse("chat:list_partial"), {"shown": 1}, headers=HTMX).content.decode()
+
+    assert re.findall(r'data-chat-row\s+data-chat-id="(\d+)"', refreshed) == newest_first[:6]
+    assert f'hx-get="{reverse("chat:list_partial")}?offset=6"' in refreshed
+    assert re.findall(r'data-chat-row\s+data-chat-id="(\d+)"', fewer) == newest_first[:3]  # never under a page
+
+
+def test_a_live_refresh_brings_back_at_most_ten_pages(alice_client, alice, make_user, settings):
+    settings.CHAT_INBOX_PAGE_SIZE = 1
+    for _ in range(12):
+        services.get_or_create_direct_chat(user=alice, other=make_user())
+
+    refreshed = alice_client.get(reverse("chat:list_partial"), {"shown": 12}, headers=HTMX).content.decode()
+
+    assert len(re.findall(r"data-chat-row\s", refreshed)) == 10
+    assert "Show more" in refreshed
+
+
 def test_inbox_without_chats_shows_the_empty_state(alice_client):
     content = alice_client.get(reverse("chat:list")).content.decode()
 
