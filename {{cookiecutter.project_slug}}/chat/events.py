@@ -99,6 +99,7 @@ def message_created(*, message, prev_id: int) -> None:
             "sender_id": message.sender_id,
             "sender_name": sender_name,
             "preview": preview,
+            "sent_at": message.created_at.isoformat(),
             "unread": unread,
             "total_unread": total,
         }
@@ -156,8 +157,12 @@ class InboxMailbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
+        self.layer = None
         self.waiting: dict[tuple[int, int], dict] = {}  # (user id, chat id) -> event
         self.last_sent: dict[tuple[int, int], float] = {}
+        # The newest total unread per person: an update held for one chat must not take
+        # their badge back to the total of its time after another chat's went out.
+        self.latest_total: dict[int, int] = {}
         self.pruned_at = loop.time()
         self.sender: asyncio.Task | None = None
 
@@ -169,44 +174,55 @@ class InboxMailbox:
         return cls._current
 
     async def post(self, layer, inbox_events: list[dict]) -> None:
-        """Send the updates that are due now; leave the others to wait out their interval."""
+        """Send these updates if they are due; leave the others to wait out their interval."""
+        self.layer = layer
+        posted = []
         for event in inbox_events:
             key = (event["user_id"], event["chat_id"])
             older = self.waiting.pop(key, None)
-            # (Re)inserted last, so that of one person's updates the newest total goes out last.
             self.waiting[key] = event if older is None else merge_inbox_events(older, event)
-        await self.send_due(layer)
+            self.latest_total[key[0]] = event["total_unread"]
+            posted.append(key)
+        while batch := self.take_batch(posted):
+            await self.send(batch)
         if self.waiting and (self.sender is None or self.sender.done()):
-            self.sender = self.loop.create_task(self.send_when_due(layer))
+            self.sender = self.loop.create_task(self.send_when_due())
 
-    async def send_due(self, layer) -> None:
-        while batch := self.take_batch(self.loop.time()):
-            await self.send(layer, batch)
-
-    async def send_when_due(self, layer) -> None:
+    async def send_when_due(self) -> None:
         try:
             while self.waiting:
                 # Short naps: an update posted meanwhile may fall due before the one slept for.
                 await asyncio.sleep(min(max(0.0, self.next_due() - self.loop.time()), INBOX_UPDATE_INTERVAL / 4))
-                await self.send_due(layer)
+                while batch := self.take_batch(list(self.waiting)):
+                    await self.send(batch)
         except asyncio.CancelledError:  # the loop is closing: nothing stays behind
-            await self.send(layer, self.take_all())
+            await self.send([self.with_latest_total(event) for event in self.take_all()])
             raise
 
-    def take_batch(self, now: float) -> list[dict]:
-        """Up to CONCURRENT_GROUP_SENDS updates that are due, one per person (their totals stay in order)."""
+    def take_batch(self, keys: list[tuple[int, int]]) -> list[dict]:
+        """Up to CONCURRENT_GROUP_SENDS of these updates that are due, one per person in flight."""
+        now = self.loop.time()
         if now - self.pruned_at >= INBOX_UPDATE_INTERVAL:
-            self.last_sent = {key: at for key, at in self.last_sent.items() if now - at < INBOX_UPDATE_INTERVAL}
-            self.pruned_at = now
+            self.prune(now)
         batch, people = [], set()
-        for key in list(self.waiting):
+        for key in keys:
             if len(batch) == CONCURRENT_GROUP_SENDS:
                 break
-            if now - self.last_sent.get(key, -INBOX_UPDATE_INTERVAL) >= INBOX_UPDATE_INTERVAL and key[0] not in people:
+            due = now - self.last_sent.get(key, -INBOX_UPDATE_INTERVAL) >= INBOX_UPDATE_INTERVAL
+            if due and key in self.waiting and key[0] not in people:
                 people.add(key[0])
-                batch.append(self.waiting.pop(key))
+                batch.append(self.with_latest_total(self.waiting.pop(key)))
                 self.last_sent[key] = now
         return batch
+
+    def with_latest_total(self, event: dict) -> dict:
+        return {**event, "total_unread": self.latest_total.get(event["user_id"], event["total_unread"])}
+
+    def prune(self, now: float) -> None:
+        self.last_sent = {key: at for key, at in self.last_sent.items() if now - at < INBOX_UPDATE_INTERVAL}
+        waiting_people = {user_id for user_id, _ in self.waiting}
+        self.latest_total = {person: total for person, total in self.latest_total.items() if person in waiting_people}
+        self.pruned_at = now
 
     def take_all(self) -> list[dict]:
         events, self.waiting = list(self.waiting.values()), {}
@@ -215,10 +231,10 @@ class InboxMailbox:
     def next_due(self) -> float:
         return min(self.last_sent.get(key, -INBOX_UPDATE_INTERVAL) for key in self.waiting) + INBOX_UPDATE_INTERVAL
 
-    async def send(self, layer, events: list[dict]) -> None:
+    async def send(self, events: list[dict]) -> None:
         try:
-            await group_send_all(layer, [(user_group(event["user_id"]), event) for event in events])
-        except Exception:  # a layer that is down: inboxes catch up when their socket reconnects
+            await group_send_all(self.layer, [(user_group(event["user_id"]), event) for event in events])
+        except Exception:  # a layer that is down: these updates are lost; the next ones carry the counts
             logger.exception("Sending %d inbox updates failed", len(events))
 
 

@@ -46,6 +46,13 @@ async def test_an_update_to_a_quiet_chat_is_sent_before_post_returns():
     assert [(group, event["message_id"]) for group, event, _ in layer.sent] == [(user_group(7), 10)]
 
 
+async def wait_for_sends(layer: RecordingLayer, count: int) -> None:
+    for _ in range(100):
+        if len(layer.sent) >= count:
+            return
+        await asyncio.sleep(INTERVAL / 10)
+
+
 async def test_a_busy_chat_updates_each_inbox_once_an_interval_with_the_latest_counts():
     layer, mailbox = RecordingLayer(), InboxMailbox.for_running_loop()
     await mailbox.post(layer, [new_message(7, 1, 10, unread=1, total=1)])
@@ -54,12 +61,25 @@ async def test_a_busy_chat_updates_each_inbox_once_an_interval_with_the_latest_c
     await mailbox.post(layer, [new_message(7, 2, 12, unread=1, total=1)])  # another chat: due at once
     assert [event["message_id"] for _, event, _ in layer.sent] == [10, 12]
 
-    await asyncio.sleep(INTERVAL * 2)
-    assert len(layer.sent) == 3
+    await wait_for_sends(layer, 3)
     _, merged, at = layer.sent[2]
-    # Message 11's preview with the counts of the read that came after it.
-    assert (merged["chat_id"], merged["message_id"], merged["unread"], merged["total_unread"]) == (1, 11, 0, 0)
+    # Message 11's preview with the counts of the read that came after it, and the newest
+    # total (chat 2's message came later): the badge does not go back to 0.
+    assert (merged["chat_id"], merged["message_id"], merged["unread"], merged["total_unread"]) == (1, 11, 0, 1)
     assert at - layer.sent[0][2] >= INTERVAL
+    await asyncio.sleep(INTERVAL * 1.5)
+    assert len(layer.sent) == 3
+
+
+async def test_an_update_held_for_one_person_does_not_hold_back_another_persons():
+    layer, mailbox = RecordingLayer(), InboxMailbox.for_running_loop()
+    await mailbox.post(layer, [new_message(7, 1, 10, unread=1, total=1)])
+    await mailbox.post(layer, [new_message(7, 1, 11, unread=2, total=2)])  # held
+    await mailbox.post(layer, [new_message(8, 1, 11, unread=1, total=1)])
+
+    assert [(event["user_id"], event["message_id"]) for _, event, _ in layer.sent] == [(7, 10), (8, 11)]
+    await wait_for_sends(layer, 3)
+    assert (layer.sent[2][1]["user_id"], layer.sent[2][1]["message_id"]) == (7, 11)
 
 
 async def test_a_layer_that_is_down_is_logged_and_does_not_fail_the_post(caplog):
