@@ -32,9 +32,20 @@ function setRowUnread(row, unread) {
   row.classList.toggle("chat-row--unread", unread > 0);
 }
 
-function moveToTop(row) {
-  const item = row.closest("li") || row;
-  item.parentElement?.prepend(item);
+function activityOf(row) {
+  return Date.parse(row.querySelector("[data-chat-time]")?.dateTime) || 0;
+}
+
+// Put a row after the chats with newer activity: the server holds back a busy chat's inbox
+// updates for up to a second, so one can arrive after a newer chat's.
+function placeByActivity(row) {
+  const list = row.parentElement;
+  if (!list) return;
+  const newer = [...list.querySelectorAll(":scope > [data-chat-row]")].filter(
+    (other) => other !== row && activityOf(other) > activityOf(row),
+  );
+  if (newer.length) newer[newer.length - 1].after(row);
+  else list.prepend(row);
 }
 
 // Re-render every chat list on the page from the server (list partial), keeping as many
@@ -43,9 +54,7 @@ export function refreshLists() {
   clearTimeout(refreshTimer);
   refreshTimer = setTimeout(() => {
     document.querySelectorAll("[data-chat-list][data-refresh-url]").forEach((list) => {
-      const url = new URL(list.dataset.refreshUrl, window.location.origin);
-      url.searchParams.set("shown", list.querySelectorAll("[data-chat-row]").length);
-      window.htmx?.ajax("GET", url.pathname + url.search, { target: list, swap: "innerHTML" });
+      window.htmx?.ajax("GET", list.dataset.refreshUrl, { target: list, swap: "innerHTML" });
     });
   }, REFRESH_DEBOUNCE_MS);
 }
@@ -62,11 +71,11 @@ function onNewMessage(frame) {
     if (preview) preview.textContent = `${frame.sender_name}: ${frame.preview}`;
     const time = row.querySelector("[data-chat-time]");
     if (time) {
-      time.dateTime = new Date().toISOString();
+      time.dateTime = frame.sent_at || new Date().toISOString();
       time.textContent = "now";
     }
     setRowUnread(row, frame.unread);
-    moveToTop(row);
+    placeByActivity(row);
   }
 }
 
