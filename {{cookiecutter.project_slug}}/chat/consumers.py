@@ -164,7 +164,10 @@ class RoomConsumer(ChatConsumer):
     # Events from the channel layer
 
     async def chat_message(self, event):
-        await self.send(text_data=event["text"])
+        if "text" in event:
+            await self.send(text_data=event["text"])
+        else:  # sent by a process still on a version that did not pre-encode (a rolling deploy)
+            await self.send_json({**event, "type": "chat.message"})
         if event["sender_id"] != self.user.pk and self.viewing:
             self.schedule_read(event["message_id"])
 
