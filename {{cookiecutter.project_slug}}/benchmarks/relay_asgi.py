@@ -57,4 +57,5 @@ application = ProtocolTypeRouter(
     }
 )
 
-gc.freeze()  # as config/asgi.py does
+gc.collect()  # as config/asgi.py does
+gc.freeze()

@@ -56,7 +56,7 @@ def rate_for(action: str) -> Rate | None:
 def count_use(key: str, *, timeout: int) -> int:
     cache = caches[getattr(settings, "CHAT_RATE_LIMIT_CACHE", "default")]
     try:
-        return cache.incr(key)  # one trip to the cache for all but a window's first use
+        return cache.incr(key)  # all but a window's first use skip the add
     except ValueError:  # the window's first use
         if cache.add(key, 1, timeout=timeout):
             return 1
