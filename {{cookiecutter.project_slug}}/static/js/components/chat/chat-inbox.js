@@ -54,7 +54,9 @@ export function refreshLists() {
   clearTimeout(refreshTimer);
   refreshTimer = setTimeout(() => {
     document.querySelectorAll("[data-chat-list][data-refresh-url]").forEach((list) => {
-      window.htmx?.ajax("GET", list.dataset.refreshUrl, { target: list, swap: "innerHTML" });
+      const url = new URL(list.dataset.refreshUrl, window.location.origin);
+      url.searchParams.set("shown", list.querySelectorAll("[data-chat-row]").length);
+      window.htmx?.ajax("GET", url.pathname + url.search, { target: list, swap: "innerHTML" });
     });
   }, REFRESH_DEBOUNCE_MS);
 }
