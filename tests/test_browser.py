@@ -27,6 +27,19 @@ XSS = "<img src=x onerror=alert(1)>"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 375, "height": 740}
 
+# Runs in `manage.py shell`: a page of inbox rows and EXTRA more for USERNAME, as groups of
+# their own (the inbox page size is a project setting, not read from the environment).
+# Prints the page size and the new chats' ids, oldest first.
+GROUPS_BEYOND_ONE_PAGE_SCRIPT = """
+from django.contrib.auth import get_user_model
+from chat import services
+from chat.conf import chat_setting
+owner = get_user_model().objects.get(username=USERNAME)
+size = chat_setting("CHAT_INBOX_PAGE_SIZE")
+chats = [services.create_group_chat(creator=owner, name=f"Archive {n}", members=[]) for n in range(size + EXTRA)]
+print(json.dumps({"page_size": size, "chat_ids": [chat.pk for chat in chats]}))
+"""
+
 pytestmark = pytest.mark.slow  # conftest puts all of a module's slow tests on one xdist worker
 
 
@@ -244,6 +257,47 @@ def test_load_older_keeps_scroll_position_and_order(server, open_as):
         assert shown == all_ids[-len(shown) :], "older messages are not in order (or not the ones just before)"
         anchored = alice.locator(f"#message-{anchor_id}")
         assert abs(anchored.evaluate("el => el.getBoundingClientRect().top") - top_before) < 2, "the view jumped"
+
+
+# --- inbox paging --------------------------------------------------------------------
+
+
+def test_live_inbox_refresh_keeps_the_rows_loaded_with_show_more(server, open_as):
+    server.set_up(users=["lena", "milo"])
+    seeded = server.shell(GROUPS_BEYOND_ONE_PAGE_SCRIPT, USERNAME="lena", EXTRA=3)
+    newest_first = [str(chat_id) for chat_id in reversed(seeded["chat_ids"])]
+    lena = open_as("lena")
+    goto_with_socket(lena, "/chat/", "/ws/chat/inbox/")
+    rows = lena.locator("main [data-chat-row]")
+    show_more = lena.locator("main").get_by_role("button", name="Show more")
+
+    def shown_ids() -> list[str]:
+        return rows.evaluate_all("els => els.map(el => el.dataset.chatId)")
+
+    expect(rows).to_have_count(seeded["page_size"])
+    show_more.click()
+    expect(rows).to_have_count(len(newest_first))
+    expect(show_more).to_have_count(0)
+    assert shown_ids() == newest_first
+
+    # Started in Milo's browser, so the server's own channel layer tells Lena's inbox
+    # socket (inbox.changed) and her list refreshes itself from the server.
+    milo = open_as("milo")
+    milo.get_by_role("button", name="New chat").click()
+    dialog = milo.get_by_role("dialog", name="New chat")
+    dialog.get_by_label("Their e-mail").fill("lena@example.com")
+    expect(dialog.get_by_text("Found: Lena")).to_be_visible()
+    dialog.get_by_role("button", name="Start chat").click()
+    expect(milo.get_by_role("heading", name="Lena")).to_be_visible()
+
+    expect(rows.first).to_contain_text("Milo")
+    expect(rows).to_have_count(len(newest_first))  # as many rows as were shown, not one page
+    new_id = rows.first.get_attribute("data-chat-id")
+    assert shown_ids() == [new_id, *newest_first[:-1]], "the refresh lost or reordered rows loaded with Show more"
+    show_more.click()  # the oldest row, pushed past the shown count by the new chat
+    expect(rows).to_have_count(len(newest_first) + 1)
+    assert shown_ids() == [new_id, *newest_first], "Show more after the refresh lost or repeated a row"
+    expect(show_more).to_have_count(0)
 
 
 # --- widget --------------------------------------------------------------------------
