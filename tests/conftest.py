@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from types import ModuleType
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import pytest
@@ -53,13 +54,18 @@ def is_reachable(url: str) -> bool:
         return False
 
 
+def unavailable(reason: str, ci_hint: str = "") -> NoReturn:
+    """Skip a test whose tool or service is missing here; fail it with CI=true, where .ci/run provides it."""
+    if in_ci():
+        pytest.fail(f"CI=true and {reason}{ci_hint}", pytrace=False)
+    pytest.skip(reason)
+
+
 def require_service(url: str | None, reason: str) -> str:
     """Return the URL if its server answers; otherwise skip (locally) or fail (in CI)."""
     if url and is_reachable(url):
         return url
-    if in_ci():
-        pytest.fail(f"CI=true and {reason}; .ci/run must start it", pytrace=False)
-    pytest.skip(reason)
+    unavailable(reason, "; .ci/run must start it")
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from baking import served_env, stop_process, tail
-from conftest import in_ci
+from conftest import unavailable
 from project_venvs import venv_for
 
 ANSWERS = {"channel_layer": "redis", "database": "postgresql", "use_custom_user_model": True}
@@ -172,10 +172,7 @@ def require_websockets():
     try:
         from websockets.asyncio.client import connect
     except ImportError:  # the template suite's requirements-dev.txt has it
-        reason = "websockets is not installed (pip install -r requirements-dev.txt)"
-        if in_ci():
-            pytest.fail(f"CI=true and {reason}", pytrace=False)
-        pytest.skip(reason)
+        unavailable("websockets is not installed (pip install -r requirements-dev.txt)")
     return connect
 
 

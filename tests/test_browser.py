@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from baking import TEMPLATE_DIR
-from conftest import in_ci
+from conftest import unavailable
 from served_project import DEMO_PASSWORD, ServedProject
 
 CHROMIUM = Path(os.environ.get("CHAT_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -44,11 +44,8 @@ pytestmark = pytest.mark.slow  # conftest puts all of a module's slow tests on o
 
 
 def require(condition: bool, reason: str) -> None:
-    if condition:
-        return
-    if in_ci():
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
+    if not condition:
+        unavailable(reason)
 
 
 try:

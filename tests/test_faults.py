@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from baking import TEMPLATE_DIR, exclusive_lock
-from conftest import in_ci
+from conftest import unavailable
 from live_servers import (
     COOKIE_FOR_SCRIPT,
     HOST,
@@ -124,10 +124,7 @@ class RedisProcess:
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
     if shutil.which("redis-server") is None:
-        reason = "redis-server is not installed (the fault tests start their own)"
-        if in_ci():
-            pytest.fail(f"CI=true and {reason}; .ci/run installs it", pytrace=False)
-        pytest.skip(reason)
+        unavailable("redis-server is not installed (the fault tests start their own)", "; .ci/run installs it")
     redis = RedisProcess(tmp_path_factory.mktemp("redis"))
     redis.start()
     yield redis
