@@ -87,7 +87,7 @@ def message_created(*, message, prev_id: int) -> None:
     room_event = {"type": "chat.message", "message_id": message.pk, "sender_id": message.sender_id}
     room_event["text"] = json.dumps(frame)
     # The room first, before the inbox queries below: it is what the people in it wait for.
-    deliver(group_events=[(room_group(message.chat_id), room_event)])
+    send(room_group(message.chat_id), room_event)
     preview = message.body[:120]
     viewers = presence.viewer_ids(chat_id=message.chat_id) - {message.sender_id}
     inbox_events = [
@@ -105,14 +105,14 @@ def message_created(*, message, prev_id: int) -> None:
         }
         for user_id, (unread, total) in selectors.unread_by_member(chat_id=message.chat_id, excluding=viewers).items()
     ]
-    deliver(inbox_events=inbox_events)
+    send_to_inboxes(inbox_events)
 
 
 def unread_changed(*, memberships) -> None:
     """Tell each member whose read position moved their new counts (one totals query)."""
     totals = selectors.total_unread_by_user(user_ids={m.user_id for m in memberships})
-    deliver(
-        inbox_events=[
+    send_to_inboxes(
+        [
             {
                 "type": "inbox.unread",
                 "user_id": m.user_id,
@@ -125,15 +125,14 @@ def unread_changed(*, memberships) -> None:
     )
 
 
-def deliver(*, group_events: list[tuple[str, dict]] = (), inbox_events: list[dict] = ()) -> None:
-    """Send group events (in order), hand inbox counts to the mailbox: one trip to the loop."""
+def send_to_inboxes(inbox_events: list[dict]) -> None:
+    """Hand inbox count updates (each with its "user_id") to this process's mailbox."""
     layer = get_channel_layer()
-    if layer is not None and (group_events or inbox_events):
-        async_to_sync(deliver_async)(layer, list(group_events), list(inbox_events))
+    if layer is not None and inbox_events:
+        async_to_sync(post_to_mailbox)(layer, inbox_events)
 
 
-async def deliver_async(layer, group_events: list[tuple[str, dict]], inbox_events: list[dict]) -> None:
-    await group_send_all(layer, group_events)
+async def post_to_mailbox(layer, inbox_events: list[dict]) -> None:
     await InboxMailbox.for_running_loop().post(layer, inbox_events)
 
 
