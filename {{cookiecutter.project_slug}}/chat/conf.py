@@ -12,7 +12,9 @@ DEFAULTS = {
     "CHAT_GROUP_NAME_MAX_LENGTH": 100,
     "CHAT_GROUP_MAX_MEMBERS": 256,
     "CHAT_MAX_MEMBERS_PER_REQUEST": 50,
-    "CHAT_WS_MAX_FRAME_BYTES": 4096,
+    # A send frame carries a whole message: room for CHAT_MAX_MESSAGE_LENGTH characters of
+    # up to 4 bytes each, JSON-escaped.
+    "CHAT_WS_MAX_FRAME_BYTES": 32768,
 }
 
 

@@ -5,9 +5,21 @@ Close codes (the socket is accepted first so browsers can read them):
     4403  not a member of this chat, or no longer one (removed, left, group deleted)
 
 Frames the server sends are JSON objects with a "type": see `chat.events` for the
-vocabulary. Frames a client may send to a room: {"type": "read", "message_id": N},
-{"type": "visibility", "visible": bool} and {"type": "ping"}; anything else, malformed
-JSON or a frame over CHAT_WS_MAX_FRAME_BYTES gets {"type": "error", ...} back.
+vocabulary. Frames a client may send to a room:
+
+    {"type": "send", "client_id": "<1-64 characters>", "body": "..."}
+        Send a message, as the `send/` route does. Answered with
+        {"type": "ack", "client_id": ..., "message_id": N} once it is stored, or with an
+        error frame carrying the same client_id. The client id is the client's name for
+        this message: sending it again (a retry after a reconnect, or over HTTP) stores
+        nothing new and is acked with the first message's id.
+    {"type": "read", "message_id": N}
+    {"type": "visibility", "visible": bool}
+    {"type": "ping"}
+
+Anything else, malformed JSON or a frame over CHAT_WS_MAX_FRAME_BYTES gets
+{"type": "error", "code": ..., "error": "<a sentence>"} back; errors about a send also
+carry its "client_id", and a rate-limited one its "retry_after" in seconds.
 """
 
 from __future__ import annotations
@@ -19,10 +31,12 @@ import time
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.core.exceptions import ValidationError
 
-from chat import events, presence, read_marks, selectors
+from chat import events, presence, read_marks, selectors, services
 from chat.conf import chat_setting
 from chat.models import Membership
+from chat.ratelimit import RateLimited, check_rate
 
 # A socket may send this many frames per window; past it frames are dropped with one
 # "rate_limited" error per window (a client needs a handful: read, visibility, ping).
@@ -70,24 +84,34 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps(content))
 
     async def receive(self, text_data=None, bytes_data=None):
-        if not self.within_frame_budget():
+        frame, problem = self.parse_frame(text_data)
+        # Sends are limited by the per-user send rate instead: a busy sender needs more
+        # than the frame budget, which keeps every other frame (and garbage) cheap.
+        if not (frame and frame["type"] == "send") and not self.within_frame_budget():
             if self.frames_in_window == FRAME_BUDGET + 1:
                 await self.send_error("rate_limited", "Too many frames; slow down.")
             return
-        if text_data is None:
-            return await self.send_error("binary_frame", "Send JSON text frames.")
-        if len(text_data.encode()) > chat_setting("CHAT_WS_MAX_FRAME_BYTES"):
-            return await self.send_error("frame_too_large", "Frame too large.")
-        try:
-            frame = json.loads(text_data)
-        except ValueError:
-            return await self.send_error("malformed", "Frames must be JSON objects.")
-        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
-            return await self.send_error("malformed", "Frames must be JSON objects with a type.")
+        if problem:
+            return await self.send_error(*problem)
         handler = getattr(self, "client_" + frame["type"].replace(".", "_"), None)
         if handler is None:
             return await self.send_error("unknown_type", f"Unknown frame type {frame['type'][:40]!r}.")
         await handler(frame)
+
+    @staticmethod
+    def parse_frame(text_data: str | None) -> tuple[dict | None, tuple[str, str] | None]:
+        """The frame as a dict with a string "type", or the error code and sentence for it."""
+        if text_data is None:
+            return None, ("binary_frame", "Send JSON text frames.")
+        if len(text_data.encode()) > chat_setting("CHAT_WS_MAX_FRAME_BYTES"):
+            return None, ("frame_too_large", "Frame too large.")
+        try:
+            frame = json.loads(text_data)
+        except ValueError:
+            return None, ("malformed", "Frames must be JSON objects.")
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            return None, ("malformed", "Frames must be JSON objects with a type.")
+        return frame, None
 
     def within_frame_budget(self) -> bool:
         now = time.monotonic()
@@ -96,8 +120,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.frames_in_window += 1
         return self.frames_in_window <= FRAME_BUDGET
 
-    async def send_error(self, code: str, message: str) -> None:
-        await self.send_json({"type": "error", "code": code, "error": message})
+    async def send_error(self, code: str, message: str, **details) -> None:
+        await self.send_json({"type": "error", "code": code, "error": message, **details})
 
     async def client_ping(self, frame: dict) -> None:
         await self.send_json({"type": "pong"})
@@ -198,6 +222,31 @@ class RoomConsumer(ChatConsumer):
         if viewing != self.viewing:
             self.viewing = viewing
             await database_sync_to_async(presence.set_visible)(channel_name=self.channel_name, visible=viewing)
+
+    async def client_send(self, frame: dict) -> None:
+        client_id, body = frame.get("client_id"), frame.get("body")
+        if not isinstance(client_id, str) or not 0 < len(client_id) <= services.CLIENT_ID_MAX_LENGTH:
+            return await self.send_error("malformed", "send needs a client_id of 1 to 64 characters.")
+        if not isinstance(body, str):
+            return await self.send_error("malformed", "send needs a text body.", client_id=client_id)
+        try:
+            message_id = await database_sync_to_async(self.send_message)(body=body, client_id=client_id)
+        except ValidationError as exc:
+            return await self.send_error("invalid", " ".join(exc.messages), client_id=client_id)
+        except RateLimited as exc:
+            return await self.send_error("rate_limited", str(exc), client_id=client_id, retry_after=exc.retry_after)
+        except Membership.DoesNotExist:
+            await self.send_error("forbidden", "You are no longer a member of this chat.", client_id=client_id)
+            return await self.close(code=CLOSE_FORBIDDEN)
+        await self.send_json({"type": "ack", "client_id": client_id, "message_id": message_id})
+
+    def send_message(self, *, body: str, client_id: str) -> int:
+        """As the `send/` route: within the rate, still a member, then the one send service."""
+        check_rate(action="send", user_id=self.user.pk)
+        membership = selectors.membership_for(user=self.user, chat_id=self.chat_id)
+        if membership is None:
+            raise Membership.DoesNotExist
+        return services.send_message(chat=membership.chat, sender=self.user, body=body, client_id=client_id).pk
 
     def schedule_read(self, message_id: int) -> None:
         read_marks.mark(chat_id=self.chat_id, user_id=self.user.pk, up_to_id=message_id)

@@ -137,6 +137,7 @@ class MessageForm(forms.Form):
     """Only parses; `services.clean_message_body` decides what may be sent."""
 
     body = forms.CharField(required=False, strip=False, widget=forms.Textarea(attrs={"rows": 1}))
+    client_id = forms.CharField(required=False, strip=False)
 
 
 class CheckUserForm(forms.Form):

@@ -93,8 +93,18 @@ class Message(models.Model):
     )
     body = models.TextField()
     created_at = models.DateTimeField(default=timezone.now)
+    # Chosen by the sending client for each message it sends: a retried send (after a
+    # reconnect, or over HTTP after the socket failed) finds the message already stored.
+    client_id = models.CharField(max_length=64, null=True, blank=True, editable=False)
 
     class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["sender", "client_id"],
+                condition=models.Q(client_id__isnull=False),
+                name="message_client_id_once_per_sender",
+            ),
+        ]
         indexes = [
             # History pages ("before id Y", "after id Y") and unread counts of chat X.
             models.Index(fields=["chat", "id"], name="message_chat_id"),

@@ -94,26 +94,61 @@ def clean_message_body(body: str) -> str:
     return body
 
 
-def send_message(*, chat: Chat, sender, body: str) -> Message:
+def send_message(*, chat: Chat, sender, body: str, client_id: str | None = None) -> Message:
     """Save a message, bump the chat in every inbox and count it unread for the others.
 
     The chat row is locked first so messages of one chat get their ids, `last_message`
     and previous-message links in one order; a client uses `prev_id` to notice a gap.
+    With a `client_id` (1-64 characters the sending client picked for this message) a
+    retried send returns the message stored the first time instead of storing it again.
     """
     body = clean_message_body(body)
-    with transaction.atomic():
-        locked = Chat.objects.select_for_update().only("id", "last_message_id").get(pk=chat.pk)
-        prev_id = locked.last_message_id or 0
-        message = Message.objects.create(chat_id=chat.pk, sender=sender, body=body)
-        Chat.objects.filter(pk=chat.pk).update(last_message=message, last_activity_at=message.created_at)
-        Membership.objects.filter(chat_id=chat.pk).exclude(user=sender).update(
-            unread_count=F("unread_count") + 1, is_hidden=False
-        )
-        Membership.objects.filter(chat_id=chat.pk, user=sender).update(
-            last_read_message_id=message.pk, unread_count=0, is_hidden=False
-        )
-        after_commit(lambda: events.message_created(message=message, prev_id=prev_id))
+    client_id = clean_client_id(client_id)
+    if client_id and (earlier := earlier_send(chat=chat, sender=sender, client_id=client_id)):
+        return earlier
+    try:
+        with transaction.atomic():
+            message = store_message(chat=chat, sender=sender, body=body, client_id=client_id)
+    except IntegrityError:
+        # The same client id sent twice at once (a retry racing its original): one is stored.
+        if client_id and (earlier := earlier_send(chat=chat, sender=sender, client_id=client_id)):
+            return earlier
+        raise
     chat.last_message = message
+    return message
+
+
+def clean_client_id(client_id: str | None) -> str | None:
+    if client_id in (None, ""):
+        return None
+    if not isinstance(client_id, str) or len(client_id) > CLIENT_ID_MAX_LENGTH:
+        raise ValidationError(f"client_id must be text of 1 to {CLIENT_ID_MAX_LENGTH} characters.")
+    return client_id
+
+
+CLIENT_ID_MAX_LENGTH = 64
+
+
+def earlier_send(*, chat: Chat, sender, client_id: str) -> Message | None:
+    """The message this sender already stored under this client id, if it is in this chat."""
+    message = Message.objects.filter(sender=sender, client_id=client_id).first()
+    if message is not None and message.chat_id != chat.pk:
+        raise ValidationError("This client_id was already used for a message in another chat.")
+    return message
+
+
+def store_message(*, chat: Chat, sender, body: str, client_id: str | None) -> Message:
+    locked = Chat.objects.select_for_update().only("id", "last_message_id").get(pk=chat.pk)
+    prev_id = locked.last_message_id or 0
+    message = Message.objects.create(chat_id=chat.pk, sender=sender, body=body, client_id=client_id)
+    Chat.objects.filter(pk=chat.pk).update(last_message=message, last_activity_at=message.created_at)
+    Membership.objects.filter(chat_id=chat.pk).exclude(user=sender).update(
+        unread_count=F("unread_count") + 1, is_hidden=False
+    )
+    Membership.objects.filter(chat_id=chat.pk, user=sender).update(
+        last_read_message_id=message.pk, unread_count=0, is_hidden=False
+    )
+    after_commit(lambda: events.message_created(message=message, prev_id=prev_id))
     return message
 
 

@@ -274,10 +274,15 @@ def messages_fragment(request, pk):
 def send(request, pk):
     membership = selectors.membership_or_404(user=request.user, chat_id=pk)
     form = MessageForm(request.POST)
-    body = form.cleaned_data["body"] if form.is_valid() else ""
+    fields = form.cleaned_data if form.is_valid() else {}
     try:
         check_rate(action="send", user_id=request.user.pk)
-        message = services.send_message(chat=membership.chat, sender=request.user, body=body)
+        message = services.send_message(
+            chat=membership.chat,
+            sender=request.user,
+            body=fields.get("body", ""),
+            client_id=fields.get("client_id") or None,
+        )
     except ValidationError as exc:
         return send_error(request, pk, error_text(exc))
     except RateLimited as exc:

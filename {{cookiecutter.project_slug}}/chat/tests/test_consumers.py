@@ -259,7 +259,7 @@ async def test_new_group_appears_in_every_members_list(connect, alice, bob, caro
         ('{"type": "explode"}', "unknown_type"),
         ('{"type": "read", "message_id": "12"}', "malformed"),
         ('{"type": "read", "message_id": true}', "malformed"),
-        ('{"type": "ping", "pad": "' + "x" * 5000 + '"}', "frame_too_large"),
+        ('{"type": "ping", "pad": "' + "x" * 40_000 + '"}', "frame_too_large"),
     ],
 )
 async def test_bad_frames_get_an_error_and_the_socket_stays_open(connect, alice, group, frame, code):

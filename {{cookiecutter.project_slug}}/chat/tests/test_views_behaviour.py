@@ -380,6 +380,28 @@ def test_send_saves_the_message_and_returns_its_bubble(alice_client, alice, dire
     assert "bubble--mine" in content
 
 
+def test_a_send_retried_with_its_client_id_returns_the_first_message_and_stores_it_once(
+    alice_client, direct_chat
+):
+    url = reverse("chat:send", args=[direct_chat.pk])
+    first = alice_client.post(url, {"body": "only once", "client_id": "tab-1:42"}, headers=HTMX)
+    again = alice_client.post(url, {"body": "only once", "client_id": "tab-1:42"}, headers=HTMX)
+
+    message = Message.objects.get()
+    assert message.client_id == "tab-1:42"
+    assert first.status_code == again.status_code == 200
+    assert f'id="message-{message.pk}"' in again.content.decode()
+
+
+def test_a_client_id_over_64_characters_is_a_400(alice_client, direct_chat):
+    url = reverse("chat:send", args=[direct_chat.pk])
+    response = alice_client.post(url, {"body": "hi", "client_id": "x" * 65}, headers=HTMX)
+
+    assert response.status_code == 400
+    assert "client_id" in response.content.decode()
+    assert not Message.objects.exists()
+
+
 def test_send_without_htmx_goes_back_to_the_room(alice_client, direct_chat):
     response = alice_client.post(reverse("chat:send", args=[direct_chat.pk]), {"body": "hi"})
 

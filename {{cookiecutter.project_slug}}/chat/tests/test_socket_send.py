@@ -1,0 +1,130 @@
+"""Sending over the room socket: the `send` frame, its ack, retries, and its refusals.
+
+Runs on the in-memory layer and, with REDIS_URL, on Redis (the `connect` fixture of
+test_consumers).
+"""
+
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+
+from chat import consumers, services
+from chat.models import Message
+from chat.tests.test_consumers import channel_layer, connect, expect_close, fast_debounce, receive_until  # noqa: F401
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def group(alice, bob, carol):
+    return services.create_group_chat(creator=alice, name="Team", members=[bob, carol])
+
+
+def send_frame(client_id, body):
+    return json.dumps({"type": "send", "client_id": client_id, "body": body})
+
+
+async def stored(**filters) -> list[Message]:
+    return await database_sync_to_async(lambda: list(Message.objects.filter(**filters).order_by("pk")))()
+
+
+async def test_a_send_frame_is_stored_acked_and_delivered_to_the_room(connect, alice, bob, group):
+    alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    bob_room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+
+    await alice_room.send_to(text_data=send_frame("c-1", "<b>hello</b>"))
+
+    ack = await receive_until(alice_room, "ack")
+    [message] = await stored(chat=group)
+    assert ack == {"type": "ack", "client_id": "c-1", "message_id": message.pk}
+    assert (message.body, message.sender_id, message.client_id) == ("<b>hello</b>", alice.pk, "c-1")
+    frame = await receive_until(bob_room, "chat.message")
+    assert frame["message_id"] == message.pk
+    assert "&lt;b&gt;hello&lt;/b&gt;" in frame["html"]
+
+
+async def test_a_resent_client_id_is_acked_with_the_first_message_and_stored_once(connect, alice, group):
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await room.send_to(text_data=send_frame("retry-me", "once"))
+    first = await receive_until(room, "ack")
+    # A retry after a reconnect: a new socket, the same client id.
+    again, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await again.send_to(text_data=send_frame("retry-me", "once"))
+    second = await receive_until(again, "ack")
+
+    assert first["message_id"] == second["message_id"]
+    assert [m.pk for m in await stored(chat=group)] == [first["message_id"]]
+
+
+async def test_the_same_client_id_from_two_people_is_two_messages(connect, alice, bob, group):
+    alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    bob_room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    await alice_room.send_to(text_data=send_frame("same", "from alice"))
+    await bob_room.send_to(text_data=send_frame("same", "from bob"))
+    acks = [await receive_until(alice_room, "ack"), await receive_until(bob_room, "ack")]
+    assert acks[0]["message_id"] != acks[1]["message_id"]
+    assert len(await stored(chat=group)) == 2
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "client_id"),
+    [
+        ({"type": "send", "body": "no id"}, "malformed", None),
+        ({"type": "send", "client_id": "", "body": "empty id"}, "malformed", None),
+        ({"type": "send", "client_id": "x" * 65, "body": "long id"}, "malformed", None),
+        ({"type": "send", "client_id": 7, "body": "number id"}, "malformed", None),
+        ({"type": "send", "client_id": "c", "body": None}, "malformed", "c"),
+        ({"type": "send", "client_id": "c", "body": "   "}, "invalid", "c"),
+        ({"type": "send", "client_id": "c", "body": "x" * 4001}, "invalid", "c"),
+    ],
+)
+async def test_bad_send_frames_get_an_error_and_store_nothing(connect, alice, group, frame, code, client_id):
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await room.send_to(text_data=json.dumps(frame))
+    error = await receive_until(room, "error")
+    assert (error["code"], error.get("client_id")) == (code, client_id)
+    assert error["error"]
+    assert await stored(chat=group) == []
+    await room.send_to(text_data='{"type": "ping"}')
+    await receive_until(room, "pong")
+
+
+async def test_sends_past_the_rate_are_refused_with_retry_after(connect, alice, group, settings):
+    settings.CHAT_RATE_LIMITS = {"send": "2/m"}
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    for number in range(3):
+        await room.send_to(text_data=send_frame(f"c-{number}", f"message {number}"))
+    replies = [await receive_until(room, "ack"), await receive_until(room, "ack"), await receive_until(room, "error")]
+    assert replies[2]["code"] == "rate_limited"
+    assert replies[2]["client_id"] == "c-2"
+    assert 0 < replies[2]["retry_after"] <= 60
+    assert len(await stored(chat=group)) == 2
+
+
+async def test_sends_do_not_use_up_the_frame_budget(connect, alice, group, monkeypatch):
+    monkeypatch.setattr(consumers, "FRAME_BUDGET", 2)
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    for number in range(5):
+        await room.send_to(text_data=send_frame(f"c-{number}", "busy"))
+        await receive_until(room, "ack")
+    assert len(await stored(chat=group)) == 5
+
+
+async def test_a_removed_member_cannot_send_over_a_socket_that_missed_its_revocation(
+    connect, alice, bob, group, monkeypatch
+):
+    async def revocation_lost(self, event):
+        return None
+
+    monkeypatch.setattr(consumers.RoomConsumer, "chat_revoked", revocation_lost)
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    await receive_until(room, "chat.presence")
+    await database_sync_to_async(services.remove_member)(chat=group, actor=alice, user=bob)
+
+    await room.send_to(text_data=send_frame("late", "still here?"))
+
+    error = await receive_until(room, "error")
+    assert (error["code"], error["client_id"]) == ("forbidden", "late")
+    await expect_close(room, consumers.CLOSE_FORBIDDEN)
+    assert await stored(chat=group) == []
