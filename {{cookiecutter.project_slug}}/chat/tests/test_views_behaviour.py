@@ -359,7 +359,7 @@ def test_room_page_carries_the_data_attributes_the_scripts_use(alice_client, dir
     assert re.search(rf'data-chat-room\s+data-chat-id="{pk}"\s+data-messages-url="/chat/{pk}/messages/"', room)
     assert f'id="message-list-{pk}"' in room
     assert "data-presence-count" in room
-    assert f'hx-post="{reverse("chat:send", args=[pk])}"' in room
+    assert f'action="{reverse("chat:send", args=[pk])}"' in room
     assert "js/components/chat/message-send.js" in room
     assert "data-chat-widget-toggle" not in room  # no second copy of the room in a widget
 

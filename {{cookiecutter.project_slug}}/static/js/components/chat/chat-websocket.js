@@ -11,10 +11,11 @@ export function socketUrl(path) {
 }
 
 export class ReconnectingSocket {
-  constructor(path, { onMessage, onOpen, onFinalClose } = {}) {
+  constructor(path, { onMessage, onOpen, onClose, onFinalClose } = {}) {
     this.path = path;
     this.onMessage = onMessage || (() => {});
     this.onOpen = onOpen || (() => {});
+    this.onClose = onClose || (() => {});
     this.onFinalClose = onFinalClose || (() => {});
     this.attempts = 0;
     this.opens = 0;
@@ -47,6 +48,7 @@ export class ReconnectingSocket {
     });
     this.socket.addEventListener("close", (event) => {
       this.socket = null;
+      this.onClose(event.code);
       if (this.stopped) return;
       if (FINAL_CLOSE_CODES.has(event.code)) {
         this.stop();
@@ -65,10 +67,12 @@ export class ReconnectingSocket {
     this.timer = setTimeout(() => this.connect(), Math.random() * ceiling);
   }
 
+  isOpen() {
+    return Boolean(this.socket && this.socket.readyState === WebSocket.OPEN);
+  }
+
   send(frame) {
-    if (this.socket && this.socket.readyState === WebSocket.OPEN) {
-      this.socket.send(JSON.stringify(frame));
-    }
+    if (this.isOpen()) this.socket.send(JSON.stringify(frame));
   }
 
   stop() {

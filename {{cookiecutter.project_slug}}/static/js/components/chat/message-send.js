@@ -4,11 +4,13 @@
 // The database is the truth: each frame names the message before it in the chat
 // (prev_id). While frames chain onto the newest message we know we have everything
 // (`contiguousId`); on a gap or when the socket (re)opens we fetch `messages/?after=<contiguousId>`.
-// Bubbles are inserted in id order and never twice, whichever of the POST response and
-// the socket frame arrives first.
+// Bubbles are inserted in id order and never twice, whichever of the send's answer and
+// the socket frame arrives first. Sending goes through the room's outbox
+// (message-outbox.js): over the socket when it is open, over HTTP otherwise.
 
 import "./htmx-fragment-errors.js";
 import { ReconnectingSocket } from "./chat-websocket.js";
+import { MessageOutbox } from "./message-outbox.js";
 
 const NEAR_BOTTOM_PX = 120;
 const REORDER_GRACE_MS = 400;
@@ -22,6 +24,12 @@ function currentUserId() {
 
 function bubbleId(bubble) {
   return Number(bubble.dataset.messageId);
+}
+
+function escapeHtml(text) {
+  const element = document.createElement("span");
+  element.textContent = text;
+  return element.innerHTML;
 }
 
 function parseBubbles(html) {
@@ -45,7 +53,6 @@ class ChatRoom {
     this.graceTimer = null;
     this.bubbles().forEach((bubble) => this.decorate(bubble));
     this.scrollToBottom();
-    this.bindForm();
     this.bindLoadOlder();
     this.onVisibility = () => this.reportVisibility();
     document.addEventListener("visibilitychange", this.onVisibility);
@@ -56,14 +63,18 @@ class ChatRoom {
       onOpen: () => {
         this.reportVisibility();
         this.catchUp();
+        this.outbox?.onSocketOpened();
       },
+      onClose: () => this.outbox?.onSocketClosed(),
       onFinalClose: () => this.showRevoked(false),
     });
+    this.bindForm();
   }
 
   destroy() {
     clearTimeout(this.catchUpRetryTimer);
     clearTimeout(this.graceTimer);
+    this.outbox?.stop();
     this.socket.stop();
     document.removeEventListener("visibilitychange", this.onVisibility);
     activeRooms.delete(this);
@@ -81,6 +92,7 @@ class ChatRoom {
   // Frames from the room socket
 
   onFrame(frame) {
+    if (this.outbox?.onFrame(frame)) return;
     if (frame.type === "chat.message") this.onMessageFrame(frame);
     else if (frame.type === "chat.presence") this.showPresence(frame.online);
     else if (frame.type === "chat.revoked") this.showRevoked(frame.deleted);
@@ -266,36 +278,46 @@ class ChatRoom {
     });
   }
 
-  // The send form (HTMX posts it; we place the returned bubble ourselves)
+  // The send form: the outbox delivers what is typed; without JS the form posts itself.
 
   bindForm() {
     if (!this.form || !this.input) return;
+    this.outbox = new MessageOutbox({
+      socket: this.socket,
+      form: this.form,
+      onSent: (bubblesHtml, messageId) => this.showSent(bubblesHtml, messageId),
+      onRefused: (body, reason) => this.showRefused(body, reason),
+      onDelayed: (text) => this.showError(text ? `<p class="send-status">${escapeHtml(text)}</p>` : ""),
+    });
     this.input.addEventListener("keydown", (event) => {
       if (event.key !== "Enter" || event.shiftKey || event.isComposing) return;
       event.preventDefault();
       if (this.input.value.trim()) this.form.requestSubmit();
     });
-    // htmx fires beforeSwap on the swap target (the list, or the error slot on a 400), so
-    // listen on the room and pick out the send form's responses.
-    this.element.addEventListener("htmx:beforeSwap", (event) => {
-      if (event.detail.requestConfig?.elt !== this.form) return;
-      event.detail.shouldSwap = false;
-      event.detail.isError = false; // handled here, not an htmx error
-      const status = event.detail.xhr.status;
-      if (status >= 200 && status < 300) {
-        this.insert(parseBubbles(event.detail.serverResponse));
-        this.input.value = "";
-        this.showError("");
-      } else if (status === 400 || status === 429) {
-        this.showError(event.detail.serverResponse); // the server's error fragment
-      } else {
-        this.showError(`<p>The message could not be sent (error ${status}). Try again.</p>`);
-      }
+    this.form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      if (!this.input.value.trim()) return;
+      this.outbox.send(this.input.value);
+      this.input.value = "";
+      this.showError("");
+      this.input.focus();
     });
-    this.form.addEventListener("htmx:sendError", () => {
-      this.showError("<p>Could not reach the server. Your message is still here; try again.</p>");
-    });
-    this.form.addEventListener("htmx:afterRequest", () => this.input.focus());
+  }
+
+  // A sent message: its bubble came with an HTTP answer, or comes as the room frame that
+  // follows an ack; if that frame was lost, the catch-up fetches it.
+  showSent(bubblesHtml, messageId) {
+    if (bubblesHtml) this.insert(parseBubbles(bubblesHtml));
+    if (messageId && messageId > this.contiguousId) {
+      setTimeout(() => {
+        if (activeRooms.has(this) && messageId > this.contiguousId) this.catchUp();
+      }, REORDER_GRACE_MS);
+    }
+  }
+
+  showRefused(body, reason) {
+    if (!this.input.value) this.input.value = body;
+    this.showError(reason.html ?? `<p class="error-text">${escapeHtml(reason.text)}</p>`);
   }
 
   showError(html) {

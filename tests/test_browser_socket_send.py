@@ -1,0 +1,125 @@
+"""In a real browser: the room sends over its socket when that is open, over HTTP when it
+is not, and a message whose socket dies before the ack is still stored once.
+
+Shares the served project and the Chromium of test_browser (its fixtures are imported).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from test_browser import browser, goto_with_socket, open_as, room_path, send, server  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # the `browser` fixture skips or fails
+    expect = None
+
+# Runs in `manage.py shell`: the bodies stored in a chat, oldest first.
+BODIES_SCRIPT = """
+from chat.models import Message
+print(json.dumps(list(Message.objects.filter(chat_id=CHAT_ID).order_by("id").values_list("body", flat=True))))
+"""
+
+
+def watch_sends(page):
+    """Record the send frames the page's sockets send and its POSTs to send/."""
+    seen = {"frames": [], "posts": []}
+
+    def on_socket(ws):
+        def on_frame(payload):
+            if isinstance(payload, str) and '"send"' in payload:
+                frame = json.loads(payload)
+                if frame.get("type") == "send":
+                    seen["frames"].append(frame)
+
+        ws.on("framesent", on_frame)
+
+    page.on("websocket", on_socket)
+    page.on("request", lambda r: r.method == "POST" and r.url.endswith("/send/") and seen["posts"].append(r))
+    return seen
+
+
+def open_direct_chat(server, open_as, first: str, second: str):
+    """Both people in their direct chat's room; what the first one sends is watched."""
+    chat_id = server.set_up(users=[first, second], chats=[(first, second, [])])["chats"][f"{first}:{second}"]
+    pages = open_as(first), open_as(second)
+    seen = watch_sends(pages[0])
+    for page in pages:
+        goto_with_socket(page, room_path(chat_id), f"/ws/chat/{chat_id}/")
+    return chat_id, pages, seen
+
+
+def stored_bodies(server, chat_id: int) -> list[str]:
+    return server.shell(BODIES_SCRIPT, CHAT_ID=chat_id)
+
+
+def test_with_the_socket_open_a_message_goes_over_it_not_over_http(server, open_as):
+    chat_id, (kim, lee), seen = open_direct_chat(server, open_as, "kim", "lee")
+
+    send(kim, "over the socket")
+
+    expect(lee.locator("main .bubble-body")).to_have_text(["over the socket"])
+    expect(kim.locator("main .bubble-body")).to_have_text(["over the socket"])
+    assert [frame["body"] for frame in seen["frames"]] == ["over the socket"]
+    assert seen["posts"] == []
+    assert stored_bodies(server, chat_id) == ["over the socket"]
+
+
+def test_with_the_socket_down_a_message_goes_over_http(server, open_as):
+    chat_id, (max_, ned), seen = open_direct_chat(server, open_as, "max", "ned")
+    max_.evaluate("document.querySelector('main [data-chat-room]').chatRoom.socket.stop()")
+
+    send(max_, "over http")
+
+    expect(max_.locator("main .bubble-body")).to_have_text(["over http"])
+    expect(ned.locator("main .bubble-body")).to_have_text(["over http"])
+    assert seen["frames"] == []
+    assert len(seen["posts"]) == 1
+    assert stored_bodies(server, chat_id) == ["over http"]
+
+
+def is_send_frame(message) -> bool:
+    try:
+        return json.loads(message).get("type") == "send"
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+def test_a_message_whose_socket_dies_before_the_ack_is_stored_once(server, open_as):
+    chat_id = server.set_up(users=["oli", "pia"], chats=[("oli", "pia", [])])["chats"]["oli:pia"]
+    oli, pia = open_as("oli"), open_as("pia")
+    goto_with_socket(pia, room_path(chat_id), f"/ws/chat/{chat_id}/")
+    # Oli's room socket passes everything through, but its first send frame reaches the
+    # server just as the connection drops, before any ack: the page must retry (over HTTP,
+    # with the same client id) and the server must store the message once.
+    dropped = []
+
+    def relay(ws):
+        upstream = ws.connect_to_server()
+
+        def from_page(message):
+            upstream.send(message)
+            if not dropped and is_send_frame(message):
+                dropped.append(message)
+                ws.close(code=4000, reason="dropped by the test")
+
+        ws.on_message(from_page)
+
+    oli.route_web_socket(re.compile(r".*/ws/chat/\d+/$"), relay)
+    seen = watch_sends(oli)
+    goto_with_socket(oli, room_path(chat_id), f"/ws/chat/{chat_id}/")
+
+    send(oli, "sent once")
+
+    expect(pia.locator("main .bubble-body")).to_have_text(["sent once"])
+    expect(oli.locator("main .bubble-body")).to_have_text(["sent once"])
+    assert len(dropped) == 1
+    assert len(seen["posts"]) == 1  # the retry went over HTTP
+    assert stored_bodies(server, chat_id) == ["sent once"]
+    oli.reload()
+    expect(oli.locator("main .bubble-body")).to_have_text(["sent once"])
