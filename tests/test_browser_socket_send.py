@@ -10,9 +10,13 @@ import json
 import re
 
 import pytest
-from test_browser import browser, goto_with_socket, open_as, room_path, send, server  # noqa: F401
+import test_browser
+from test_browser import goto_with_socket, room_path, send
 
 pytestmark = pytest.mark.slow
+
+# test_browser's fixtures: one served project and one Chromium per module.
+server, browser, open_as = test_browser.server, test_browser.browser, test_browser.open_as
 
 try:
     from playwright.sync_api import expect
