@@ -366,6 +366,8 @@ class Receiver:
     def on_frame(self, frame: dict, at: float) -> None:
         if frame.get("type") == "chat.presence":
             self.last_presence = at
+        if frame.get("client_id") and frame.get("type") in ("ack", "error"):
+            return self.run.answered(frame)
         if frame.get("type") != "chat.message":
             return
         message_id = frame["message_id"]
@@ -429,6 +431,22 @@ class ChatRun:
         self.reorder_grace = reorder_grace
         self.receipts: list[tuple[int, float]] = []
         self.catch_up_requests = 0
+        self.awaiting_ack: dict[str, asyncio.Future] = {}
+
+    async def send_frame(self, ws, body: str, *, timeout: float = 30) -> int | None:
+        """Send over the room socket as the page does; the message id from the ack, or None."""
+        client_id = secrets.token_hex(8)
+        answer = self.awaiting_ack[client_id] = asyncio.get_running_loop().create_future()
+        try:
+            await ws.send(json.dumps({"type": "send", "client_id": client_id, "body": body}))
+            return await asyncio.wait_for(answer, timeout)
+        finally:
+            self.awaiting_ack.pop(client_id, None)
+
+    def answered(self, frame: dict) -> None:
+        answer = self.awaiting_ack.get(frame["client_id"])
+        if answer is not None and not answer.done():
+            answer.set_result(frame.get("message_id") if frame["type"] == "ack" else None)
 
     async def post(self, member: Member, body: str) -> int | None:
         response = await self.http.post(
@@ -460,6 +478,7 @@ async def run_chat(
     timeout: float,
     hidden: bool = False,
     reorder_grace: float = 0.0,
+    send_over: str = "socket",
 ) -> Result:
     members = seed.members[: result.members]
     run = ChatRun(server, http, chat_id, reorder_grace=reorder_grace)
@@ -477,8 +496,11 @@ async def run_chat(
 
     async def send(seq: int, scheduled_at: float) -> None:
         try:
-            message_id = await run.post(members[seq % result.senders], f"bench {seq}")
-        except httpx.HTTPError:
+            if send_over == "socket":
+                message_id = await run.send_frame(sockets[seq % result.senders], f"bench {seq}")
+            else:
+                message_id = await run.post(members[seq % result.senders], f"bench {seq}")
+        except (httpx.HTTPError, websockets.ConnectionClosed, TimeoutError):
             message_id = None
         response_times.append((asyncio.get_running_loop().time() - scheduled_at) * 1000)
         if message_id is None:
@@ -592,6 +614,7 @@ async def bench_layer(args, layer: str, redis_url: str | None, seed_state: Seed,
                             timeout=timeout,
                             hidden=args.hidden,
                             reorder_grace=args.reorder_grace,
+                            send_over=args.send_over,
                         )
                     try:
                         await asyncio.wait_for(run, args.duration + 4 * args.phase_timeout)
@@ -720,6 +743,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=REORDER_GRACE_SECONDS,
         help="seconds a chat receiver waits for a late frame before catching up (default: the room JS's 0.4)",
+    )
+    parser.add_argument(
+        "--send-over",
+        choices=["socket", "http"],
+        default="socket",
+        help="chat senders send over their room socket (as the page does when it is open) or POST send/",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)

@@ -72,6 +72,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.close(code=code)
 
     async def join(self, *groups: str) -> None:
+        events.note_serving_loop()
         self.groups_joined = groups
         for group in groups:
             await self.channel_layer.group_add(group, self.channel_name)

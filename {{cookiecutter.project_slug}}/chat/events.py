@@ -19,6 +19,7 @@ user group ``chat.user.<user_id>`` (the inbox socket of every tab)
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 
@@ -44,14 +45,85 @@ def send(group: str, event: dict) -> None:
 
 
 def send_many(group_events: list[tuple[str, dict]]) -> None:
-    """Send events to groups in one trip to the event loop.
-
-    Called from a worker thread, each `async_to_sync` waits for the loop (and the GIL):
-    one trip per message instead of one per member keeps a busy room's sends cheap.
-    """
+    """Send events to groups in one trip to the event loop."""
     layer = get_channel_layer()
     if layer is not None and group_events:
-        async_to_sync(group_send_all)(layer, group_events)
+        run_on_serving_loop(group_send_all(layer, group_events))
+
+
+# The event loop of this process's websocket server, noted by the consumers.
+_serving_loop: asyncio.AbstractEventLoop | None = None
+
+
+def note_serving_loop() -> None:
+    """Called on the server's loop: events from its worker threads are handed to it."""
+    global _serving_loop
+    _serving_loop = asyncio.get_running_loop()
+
+
+def run_on_serving_loop(coroutine, *, wait: bool = False) -> None:
+    """Run a coroutine that sends events, without making the calling thread wait for it.
+
+    Services send events from Django's one sync thread, which also runs every view and
+    every socket's database work. Waiting there for the event loop (`async_to_sync`)
+    ties each send to the loop's backlog of frames to deliver; handing the coroutine
+    over lets the thread go on to the next request. Where no server loop runs (a
+    management command, a test without sockets), or with `wait`, the coroutine runs to
+    completion before this returns.
+    """
+    loop = _serving_loop
+    if not wait and loop is not None and loop.is_running() and not loop.is_closed() and not on_loop(loop):
+        loop.call_soon_threadsafe(queue_on_this_loop, coroutine)
+    else:
+        async_to_sync(awaited)(coroutine)
+
+
+def queue_on_this_loop(coroutine) -> None:
+    EventQueue.for_running_loop().put(coroutine)
+
+
+class EventQueue:
+    """Event sends handed to the loop, run one after the other in the order handed over,
+    so frames of one chat leave in the order their messages were stored."""
+
+    _current: EventQueue | None = None
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.waiting: collections.deque = collections.deque()
+        self.runner: asyncio.Task | None = None
+
+    @classmethod
+    def for_running_loop(cls) -> EventQueue:
+        loop = asyncio.get_running_loop()
+        if cls._current is None or cls._current.loop is not loop:
+            cls._current = cls(loop)
+        return cls._current
+
+    def put(self, coroutine) -> None:
+        self.waiting.append(coroutine)
+        if self.runner is None or self.runner.done():
+            self.runner = self.loop.create_task(self.run())
+
+    async def run(self) -> None:
+        while self.waiting:
+            try:
+                await self.waiting.popleft()
+            except Exception:  # a layer that is down: clients catch up from the database
+                logger.exception("Sending events failed")
+
+
+def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+async def awaited(coroutine):
+    return await coroutine
+
+
 
 
 # Group sends in flight at once. On Redis each is a few round trips, so one after the
@@ -129,7 +201,7 @@ def send_to_inboxes(inbox_events: list[dict]) -> None:
     """Hand inbox count updates (each with its "user_id") to this process's mailbox."""
     layer = get_channel_layer()
     if layer is not None and inbox_events:
-        async_to_sync(post_to_mailbox)(layer, inbox_events)
+        run_on_serving_loop(post_to_mailbox(layer, inbox_events))
 
 
 async def post_to_mailbox(layer, inbox_events: list[dict]) -> None:
@@ -254,17 +326,17 @@ def access_revoked(*, chat_id: int, user_ids, channel_names, deleted: bool = Fal
     Their sockets also leave the room group here, on the server: were the `chat.revoked`
     frame dropped (a full channel), they still would not get another message.
     """
-    send(
-        room_group(chat_id),
-        {"type": "chat.revoked", "chat_id": chat_id, "user_ids": list(user_ids), "deleted": deleted},
-    )
     layer = get_channel_layer()
-    if layer is not None and channel_names:
-        async_to_sync(discard_all)(layer, room_group(chat_id), channel_names)
+    if layer is None:
+        return chat_list_changed(user_ids=user_ids, chat_id=chat_id)
+    revoked = {"type": "chat.revoked", "chat_id": chat_id, "user_ids": list(user_ids), "deleted": deleted}
+    # Waited for: a message sent right after must not reach a socket still in the group.
+    run_on_serving_loop(revoke(layer, room_group(chat_id), revoked, channel_names), wait=True)
     chat_list_changed(user_ids=user_ids, chat_id=chat_id)
 
 
-async def discard_all(layer, group: str, channel_names: list[str]) -> None:
+async def revoke(layer, group: str, revoked: dict, channel_names: list[str]) -> None:
+    await layer.group_send(group, revoked)
     for channel_name in channel_names:
         await layer.group_discard(group, channel_name)
 

@@ -104,13 +104,12 @@ def send_message(*, chat: Chat, sender, body: str, client_id: str | None = None)
     """
     body = clean_message_body(body)
     client_id = clean_client_id(client_id)
-    if client_id and (earlier := earlier_send(chat=chat, sender=sender, client_id=client_id)):
-        return earlier
     try:
         with transaction.atomic():
             message = store_message(chat=chat, sender=sender, body=body, client_id=client_id)
     except IntegrityError:
-        # The same client id sent twice at once (a retry racing its original): one is stored.
+        # A retry of a message already stored (the unique client id): no second one, and
+        # no query for the common case of a first send.
         if client_id and (earlier := earlier_send(chat=chat, sender=sender, client_id=client_id)):
             return earlier
         raise
