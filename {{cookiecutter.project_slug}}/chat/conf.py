@@ -13,6 +13,9 @@ DEFAULTS = {
     "CHAT_GROUP_MAX_MEMBERS": 256,
     "CHAT_MAX_MEMBERS_PER_REQUEST": 50,
     "CHAT_WS_MAX_FRAME_BYTES": 4096,
+    # A chat POST bigger than this is refused unread (413): the largest form, a message of
+    # CHAT_MAX_MESSAGE_LENGTH characters, percent-encoded, fits several times over.
+    "CHAT_MAX_REQUEST_BYTES": 64 * 1024,
 }
 
 
