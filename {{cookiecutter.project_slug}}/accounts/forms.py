@@ -36,7 +36,9 @@ class SignupForm(UserCreationForm):
 class ConfirmSignupForm(forms.Form):
     """The sign-up's password: proof that whoever follows the link also started the sign-up."""
 
-    password = forms.CharField(label="Your password", strip=False, widget=forms.PasswordInput(attrs={"autofocus": True}))
+    password = forms.CharField(
+        label="Your password", strip=False, widget=forms.PasswordInput(attrs={"autofocus": True})
+    )
 
     def __init__(self, *args, pending, **kwargs):
         super().__init__(*args, **kwargs)

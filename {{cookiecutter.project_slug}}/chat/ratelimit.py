@@ -97,9 +97,7 @@ def add_uses(cache, key: str, cost: int, *, timeout: int) -> int:
         return cache.incr(key, cost)  # someone else's request started the window meanwhile
 
 
-def check_rate(
-    *, action: str, key: object, cost: int = 1, rate: str | None = None, fail_open: bool = True
-) -> None:
+def check_rate(*, action: str, key: object, cost: int = 1, rate: str | None = None, fail_open: bool = True) -> None:
     """Count `cost` uses of `action` by `key` (a user id, an IP, an address); raise
     RateLimited once over the rate. `rate` overrides the action's configured rate."""
     limit = parse_rate(rate) if rate else rate_for(action)

@@ -2,13 +2,16 @@
 pages in templates/registration/."""
 
 import re
+from io import StringIO
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
+from django.core.management import call_command
 from django.urls import reverse
 
 from accounts.models import PendingSignup
+from chat.management.commands.seed_chat_data import DEMO_PASSWORD
 
 pytestmark = pytest.mark.django_db
 
@@ -76,7 +79,9 @@ def test_the_link_without_the_sign_ups_password_creates_nothing(client):
     assert not get_user_model().objects.exists()
 
 
-@pytest.mark.parametrize("tamper", [lambda path: path.replace("/confirm/", "/confirm/x"), lambda path: path[:-3] + "A/"])
+@pytest.mark.parametrize(
+    "tamper", [lambda path: path.replace("/confirm/", "/confirm/x"), lambda path: path[:-3] + "A/"]
+)
 def test_a_forged_link_is_refused(client, tamper):
     path = sign_up(client)
 
@@ -215,3 +220,12 @@ def test_anonymous_pages_link_to_login_and_signup_without_chat_widgets(client):
     assert reverse("signup") in content
     assert "data-chat-widget-toggle" not in content
     assert "data-total-unread" not in content
+
+
+def test_demo_users_log_in_without_confirming_anything(client, settings):
+    settings.DEBUG = True
+    call_command("seed_chat_data", "--quiet", stdout=StringIO())
+
+    response = client.post(reverse("login"), {"username": "alice", "password": DEMO_PASSWORD})
+
+    assert response["Location"] == reverse("chat:list")

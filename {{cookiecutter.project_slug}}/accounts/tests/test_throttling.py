@@ -24,11 +24,17 @@ def login_url(request):
 
 @pytest.fixture
 def tight_limits(settings):
-    settings.ACCOUNT_RATE_LIMITS = {"login_username": "3/15m", "login_ip": "5/15m", "signup_ip": "2/h", "signup_email": "1/h"}
+    settings.ACCOUNT_RATE_LIMITS = {
+        "login_username": "3/15m",
+        "login_ip": "5/15m",
+        "signup_ip": "2/h",
+        "signup_email": "1/h",
+    }
 
 
-def attempt(client, url, username="erin", password="wrong", ip="10.0.0.1"):
-    return client.post(url, {"username": username, "password": password}, REMOTE_ADDR=ip)
+def attempt(client, url, username="erin", password=None, ip="10.0.0.1"):
+    """A log-in; a wrong password unless one is given."""
+    return client.post(url, {"username": username, "password": password or "wrong"}, REMOTE_ADDR=ip)
 
 
 def test_wrong_passwords_for_one_account_are_429_past_the_limit(client, erin, login_url, tight_limits):

@@ -230,7 +230,7 @@ class RedisProcess:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         command = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--dir", workdir]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -259,9 +259,7 @@ def redis_cache(settings, tmp_path):
     redis.stop()
 
 
-def test_with_redis_down_lookups_are_503_and_messages_still_send(
-    alice_client, direct, group_chat, redis_cache, caplog
-):
+def test_with_redis_down_lookups_are_503_and_messages_still_send(alice_client, direct, group_chat, redis_cache, caplog):
     send_url = reverse("chat:send", args=[direct.pk])
     assert lookup(alice_client, "check_user", "bob@example.com").status_code == 200
     assert alice_client.post(send_url, {"body": "before"}, headers=HTMX).status_code == 200
