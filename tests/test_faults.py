@@ -410,7 +410,7 @@ async def load(servers: list[Server], seeded: dict) -> dict:
 def test_fifty_users_for_thirty_seconds_lose_nothing_and_count_unread_exactly(project, redis_server, request):
     """50 users, 100 open rooms on two servers, no rate limits: every message once, unread counts exact."""
     redis_server.ensure_running()
-    unlimited = project.with_env(CHAT_RATE_LIMITS="send=,check_user=,new_chat=,new_group=")
+    unlimited = project.with_env(CHAT_RATE_LIMITS="send=,email_lookup=,new_chat=,new_group=")
     servers = serve(unlimited, "load", request)
     seeded = seed(project, prefix="load", users=LOAD_USERS, directs=True)
     result = asyncio.run(with_threads(load(servers, seeded)))

@@ -24,7 +24,7 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # The benchmark offers its own load; per-user rate limits would turn it into 429s.
-CHAT_RATE_LIMITS = {"send": None, "check_user": None, "new_chat": None, "new_group": None}
+CHAT_RATE_LIMITS = {"send": None, "email_lookup": None, "new_chat": None, "new_group": None}
 
 LOGGING = {
     "version": 1,

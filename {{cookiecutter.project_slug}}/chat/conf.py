@@ -15,6 +15,9 @@ DEFAULTS = {
     # A send frame carries a whole message: room for CHAT_MAX_MESSAGE_LENGTH characters of
     # up to 4 bytes each, JSON-escaped.
     "CHAT_WS_MAX_FRAME_BYTES": 32768,
+    # A chat POST bigger than this is refused unread (413): the largest form, a message of
+    # CHAT_MAX_MESSAGE_LENGTH characters, percent-encoded, fits several times over.
+    "CHAT_MAX_REQUEST_BYTES": 64 * 1024,
 }
 
 

@@ -243,7 +243,7 @@ class RoomConsumer(ChatConsumer):
 
     def send_message(self, *, body: str, client_id: str) -> int:
         """As the `send/` route: within the rate, still a member, then the one send service."""
-        check_rate(action="send", user_id=self.user.pk)
+        check_rate(action="send", key=self.user.pk)
         membership = selectors.membership_for(user=self.user, chat_id=self.chat_id)
         if membership is None:
             raise Membership.DoesNotExist

@@ -48,7 +48,7 @@ def send_many(group_events: list[tuple[str, dict]]) -> None:
     """Send events to groups in one trip to the event loop."""
     layer = get_channel_layer()
     if layer is not None and group_events:
-        run_on_serving_loop(group_send_all(layer, group_events))
+        run_on_serving_loop(group_send_all, layer, group_events)
 
 
 # The event loop of this process's websocket server, noted by the consumers.
@@ -61,25 +61,25 @@ def note_serving_loop() -> None:
     _serving_loop = asyncio.get_running_loop()
 
 
-def run_on_serving_loop(coroutine, *, wait: bool = False) -> None:
-    """Run a coroutine that sends events, without making the calling thread wait for it.
+def run_on_serving_loop(send_events, *args, wait: bool = False) -> None:
+    """Run `await send_events(*args)` without making the calling thread wait for it.
 
     Services send events from Django's one sync thread, which also runs every view and
     every socket's database work. Waiting there for the event loop (`async_to_sync`)
     ties each send to the loop's backlog of frames to deliver; handing the coroutine
     over lets the thread go on to the next request. Where no server loop runs (a
-    management command, a test without sockets), or with `wait`, the coroutine runs to
-    completion before this returns.
+    management command, a test without sockets), or with `wait`, the sends are done
+    before this returns.
     """
     loop = _serving_loop
     if not wait and loop is not None and loop.is_running() and not loop.is_closed() and not on_loop(loop):
-        loop.call_soon_threadsafe(queue_on_this_loop, coroutine)
+        loop.call_soon_threadsafe(queue_on_this_loop, send_events, args)
     else:
-        async_to_sync(awaited)(coroutine)
+        async_to_sync(send_events)(*args)
 
 
-def queue_on_this_loop(coroutine) -> None:
-    EventQueue.for_running_loop().put(coroutine)
+def queue_on_this_loop(send_events, args: tuple) -> None:
+    EventQueue.for_running_loop().put(send_events, args)
 
 
 class EventQueue:
@@ -100,15 +100,16 @@ class EventQueue:
             cls._current = cls(loop)
         return cls._current
 
-    def put(self, coroutine) -> None:
-        self.waiting.append(coroutine)
+    def put(self, send_events, args: tuple) -> None:
+        self.waiting.append((send_events, args))
         if self.runner is None or self.runner.done():
             self.runner = self.loop.create_task(self.run())
 
     async def run(self) -> None:
         while self.waiting:
+            send_events, args = self.waiting.popleft()
             try:
-                await self.waiting.popleft()
+                await send_events(*args)
             except Exception:  # a layer that is down: clients catch up from the database
                 logger.exception("Sending events failed")
 
@@ -118,10 +119,6 @@ def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
-
-
-async def awaited(coroutine):
-    return await coroutine
 
 
 
@@ -201,7 +198,7 @@ def send_to_inboxes(inbox_events: list[dict]) -> None:
     """Hand inbox count updates (each with its "user_id") to this process's mailbox."""
     layer = get_channel_layer()
     if layer is not None and inbox_events:
-        run_on_serving_loop(post_to_mailbox(layer, inbox_events))
+        run_on_serving_loop(post_to_mailbox, layer, inbox_events)
 
 
 async def post_to_mailbox(layer, inbox_events: list[dict]) -> None:
@@ -331,7 +328,7 @@ def access_revoked(*, chat_id: int, user_ids, channel_names, deleted: bool = Fal
         return chat_list_changed(user_ids=user_ids, chat_id=chat_id)
     revoked = {"type": "chat.revoked", "chat_id": chat_id, "user_ids": list(user_ids), "deleted": deleted}
     # Waited for: a message sent right after must not reach a socket still in the group.
-    run_on_serving_loop(revoke(layer, room_group(chat_id), revoked, channel_names), wait=True)
+    run_on_serving_loop(revoke, layer, room_group(chat_id), revoked, channel_names, wait=True)
     chat_list_changed(user_ids=user_ids, chat_id=chat_id)
 
 

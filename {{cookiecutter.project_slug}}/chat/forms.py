@@ -1,4 +1,9 @@
-"""Forms that parse what people type; the rules themselves live in services.py."""
+"""Forms that parse what people type; the rules themselves live in services.py.
+
+Forms that find people by e-mail check everything cheap first (the name, how many
+addresses, their shape) and look up only a form that is otherwise valid: each lookup
+counts against the person's e-mail lookup limit (selectors.charge_email_lookups).
+"""
 
 import re
 
@@ -38,24 +43,46 @@ class NewChatForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.user = user
 
-    def clean_email(self):
-        email = self.cleaned_data["email"]
-        other = selectors.find_user_by_email(email=email)
-        if other is None:
-            raise ValidationError("Nobody with this e-mail has an account.")
-        if other.pk == self.user.pk:
-            raise ValidationError("That is your own e-mail; pick someone else.")
-        self.cleaned_data["other"] = other
-        return email
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        email = cleaned["email"]
+        if email.lower() == (self.user.email or "").lower():
+            self.add_error("email", "That is your own e-mail; pick someone else.")
+            return cleaned
+        other = selectors.find_user_by_email(email=email, looked_up_by=self.user)
+        if other is None or other.pk == self.user.pk:
+            self.add_error("email", "Nobody with this e-mail has an account.")
+        else:
+            cleaned["other"] = other
+        return cleaned
+
+
+# Room for CHAT_MAX_MEMBERS_PER_REQUEST addresses of the longest valid length and a separator.
+EMAIL_LIST_CHARS_PER_ADDRESS = 256
 
 
 class EmailListField(forms.CharField):
-    """Several e-mails separated by commas, semicolons, spaces or new lines."""
+    """Several e-mails separated by commas, semicolons, spaces or new lines.
+
+    Checked cheapest first: the text's length, then how many addresses, then their shape;
+    a long paste is refused before it is split, and never echoed back whole.
+    """
 
     widget = forms.Textarea(attrs={"rows": 3})
 
+    def max_chars(self) -> int:
+        return chat_setting("CHAT_MAX_MEMBERS_PER_REQUEST") * EMAIL_LIST_CHARS_PER_ADDRESS
+
+    def bound_data(self, data, initial):
+        return data[: self.max_chars()] if isinstance(data, str) else data
+
     def to_python(self, value):
         text = super().to_python(value)
+        if len(text) > self.max_chars():
+            limit = chat_setting("CHAT_MAX_MEMBERS_PER_REQUEST")
+            raise ValidationError("That is too long; add at most %(limit)s people at a time.", params={"limit": limit})
         emails, seen = [], set()
         for email in EMAIL_SEPARATORS.split(text):
             if email and email.lower() not in seen:
@@ -66,6 +93,9 @@ class EmailListField(forms.CharField):
     def validate(self, value):
         if self.required and not value:
             raise ValidationError(self.error_messages["required"], code="required")
+        limit = chat_setting("CHAT_MAX_MEMBERS_PER_REQUEST")
+        if len(value) > limit:
+            raise ValidationError("Add at most %(limit)s people at a time.", params={"limit": limit})
         invalid = []
         for email in value:
             try:
@@ -74,14 +104,11 @@ class EmailListField(forms.CharField):
                 invalid.append(email)
         if invalid:
             raise ValidationError("Not e-mail addresses: %(emails)s", params={"emails": ", ".join(invalid)})
-        limit = chat_setting("CHAT_MAX_MEMBERS_PER_REQUEST")
-        if len(value) > limit:
-            raise ValidationError("Add at most %(limit)s people at a time.", params={"limit": limit})
 
 
 def users_for_emails(emails, *, exclude_user) -> list:
     """The accounts for these e-mails, or a ValidationError naming the unknown ones."""
-    found = selectors.find_users_by_emails(emails=emails)
+    found = selectors.find_users_by_emails(emails=emails, looked_up_by=exclude_user)
     unknown = [email for email in emails if email.lower() not in found]
     if unknown:
         raise ValidationError("Nobody has an account with: %(emails)s", params={"emails": ", ".join(unknown)})
@@ -99,11 +126,18 @@ class NewGroupForm(forms.Form):
         self.fields["name"].max_length = chat_setting("CHAT_GROUP_NAME_MAX_LENGTH")
         self.fields["name"].widget.attrs["maxlength"] = self.fields["name"].max_length
 
-    def clean_members(self):
-        users = users_for_emails(self.cleaned_data["members"], exclude_user=self.user)
-        if not users:
-            raise ValidationError("Add at least one other person.")
-        return users
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:  # a bad name or list: no lookups spent
+            return cleaned
+        try:
+            cleaned["members"] = users_for_emails(cleaned["members"], exclude_user=self.user)
+        except ValidationError as error:
+            self.add_error("members", error)
+        else:
+            if not cleaned["members"]:
+                self.add_error("members", "Add at least one other person.")
+        return cleaned
 
 
 class RenameGroupForm(forms.Form):
@@ -120,13 +154,20 @@ class AddMemberForm(forms.Form):
         label="Add someone by e-mail", widget=forms.EmailInput(attrs=check_user_attrs("add-member-check"))
     )
 
-    def clean_email(self):
-        email = self.cleaned_data["email"]
-        user = selectors.find_user_by_email(email=email)
-        if user is None:
-            raise ValidationError("Nobody with this e-mail has an account.")
-        self.cleaned_data["user"] = user
-        return email
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.user = user
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        found = selectors.find_user_by_email(email=cleaned["email"], looked_up_by=self.user)
+        if found is None:
+            self.add_error("email", "Nobody with this e-mail has an account.")
+        else:
+            cleaned["user"] = found
+        return cleaned
 
 
 class RemoveMemberForm(forms.Form):

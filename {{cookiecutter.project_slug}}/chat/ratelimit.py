@@ -1,13 +1,24 @@
-"""Per-user rate limits for the chat's costly or revealing actions.
+"""Rate limits for the chat's costly or revealing actions.
 
-Fixed windows counted in Django's cache (`CHAT_RATE_LIMIT_CACHE`, default "default":
-Redis when the project uses Redis, so every server process shares the counts). Rates are
-"<count>/<period>" with period s, m, h or d, set per action in `CHAT_RATE_LIMITS`.
+Sliding windows: a use counts in the current fixed window, and the previous window's count
+weighs in for the share of it still inside the last period, so a burst across a window
+boundary cannot double the rate (60/m lets 60 through in any minute, not 120 in two
+seconds). Counts live in Django's cache (`CHAT_RATE_LIMIT_CACHE`, default "default": Redis
+when the project uses Redis, so every server process shares them). Rates are
+"<count>/<period>", period s, m, h or d with an optional multiple ("5/15m"), set per action
+in `CHAT_RATE_LIMITS`; None turns a limit off.
+
+When the cache cannot be reached, `fail_open=False` raises RateLimitUnavailable (answered
+with a 503): e-mail lookups reveal who has an account, so they stay shut rather than
+unlimited. Other actions go through, and the outage is logged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
+import re
 import time
 from dataclasses import dataclass
 
@@ -19,11 +30,15 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RATES = {
     "send": "60/m",  # messages per user
-    "check_user": "30/m",  # e-mail lookups reveal who has an account
+    # Every address a user looks up (check-user, new chat, new group, add member) counts
+    # here, before the lookup: the answers reveal who has an account.
+    "email_lookup": "120/h",
     "new_chat": "30/m",  # direct chats started
     "new_group": "20/h",  # groups created
 }
 PERIOD_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+RATE_PATTERN = re.compile(r"(\d+)/(\d*)([smhd])")
+UNAVAILABLE_RETRY_AFTER = 30
 
 
 class RateLimited(Exception):
@@ -33,6 +48,16 @@ class RateLimited(Exception):
         super().__init__(f"Too many requests; try again in {retry_after} s.")
 
 
+class RateLimitUnavailable(Exception):
+    """The counts cannot be read, and this action may not go unlimited."""
+
+    retry_after = UNAVAILABLE_RETRY_AFTER
+
+    def __init__(self, action: str):
+        self.action = action
+        super().__init__("This cannot be checked right now; try again in a minute.")
+
+
 @dataclass(frozen=True)
 class Rate:
     count: int
@@ -40,11 +65,11 @@ class Rate:
 
 
 def parse_rate(rate: str) -> Rate:
-    try:
-        count, period = rate.split("/")
-        return Rate(count=int(count), seconds=PERIOD_SECONDS[period])
-    except (ValueError, KeyError):
-        raise ImproperlyConfigured(f"Rate {rate!r} must look like '60/m' (period s, m, h or d).") from None
+    match = RATE_PATTERN.fullmatch(str(rate))
+    if match is None or match.group(2) == "0":
+        raise ImproperlyConfigured(f"Rate {rate!r} must look like '60/m' or '5/15m' (period s, m, h or d).")
+    count, multiple, period = match.groups()
+    return Rate(count=int(count), seconds=int(multiple or 1) * PERIOD_SECONDS[period])
 
 
 def rate_for(action: str) -> Rate | None:
@@ -53,27 +78,68 @@ def rate_for(action: str) -> Rate | None:
     return parse_rate(rate) if rate else None
 
 
-def count_use(key: str, *, timeout: int) -> int:
-    cache = caches[getattr(settings, "CHAT_RATE_LIMIT_CACHE", "default")]
+def counts_cache():
+    return caches[getattr(settings, "CHAT_RATE_LIMIT_CACHE", "default")]
+
+
+def window_key(action: str, key: object, window: int) -> str:
+    # Hashed: keys may be e-mails or usernames (any length, any characters, personal data).
+    digest = hashlib.sha256(str(key).encode()).hexdigest()[:32]
+    return f"chat:rate:{action}:{digest}:{window}"
+
+
+def add_uses(cache, key: str, cost: int, *, timeout: int) -> int:
     try:
-        return cache.incr(key)  # all but a window's first use skip the add
+        return cache.incr(key, cost)  # all but a window's first use skip the add
     except ValueError:  # the window's first use
-        if cache.add(key, 1, timeout=timeout):
-            return 1
-        return cache.incr(key)  # someone else's request started the window meanwhile
+        if cache.add(key, cost, timeout=timeout):
+            return cost
+        return cache.incr(key, cost)  # someone else's request started the window meanwhile
 
 
-def check_rate(*, action: str, user_id: int) -> None:
-    """Count one use of `action` by this user; raise RateLimited once over the rate."""
-    rate = rate_for(action)
-    if rate is None:
+def check_rate(*, action: str, key: object, cost: int = 1, rate: str | None = None, fail_open: bool = True) -> None:
+    """Count `cost` uses of `action` by `key` (a user id, an IP, an address); raise
+    RateLimited once over the rate. `rate` overrides the action's configured rate."""
+    limit = parse_rate(rate) if rate else rate_for(action)
+    if limit is None or cost <= 0:
         return
-    now = int(time.time())
-    window = now // rate.seconds
+    window, elapsed = divmod(time.time(), limit.seconds)
+    window = int(window)
+    cache = counts_cache()
     try:
-        used = count_use(f"chat:rate:{action}:{user_id}:{window}", timeout=rate.seconds + 1)
-    except Exception:  # the cache (Redis) is down: let people chat rather than fail
+        current = add_uses(cache, window_key(action, key, window), cost, timeout=2 * limit.seconds + 1)
+        previous = cache.get(window_key(action, key, window - 1), 0)
+    except Exception as exc:
+        if not fail_open:
+            logger.error("Rate-limit cache unavailable; refusing %s", action, exc_info=True)
+            raise RateLimitUnavailable(action) from exc
         logger.warning("Rate-limit cache unavailable; not limiting %s", action, exc_info=True)
         return
-    if used > rate.count:
-        raise RateLimited(action, retry_after=(window + 1) * rate.seconds - now)
+    share_of_previous = 1 - elapsed / limit.seconds
+    if previous * share_of_previous + current > limit.count:
+        retry_after = seconds_until_room(limit, previous=previous, current=current, elapsed=elapsed)
+        raise RateLimited(action, retry_after=retry_after)
+
+
+def seconds_until_room(limit: Rate, *, previous: int, current: int, elapsed: float) -> int:
+    """How long until one more use fits under the sliding count, if nothing else comes."""
+    room = limit.count - 1  # what the counts must fall to for one more use
+    if current <= room:  # the previous window has to fade out far enough
+        wait = limit.seconds * (1 - (room - current) / previous) - elapsed
+    elif room > 0:  # this window alone is over: wait into the next one until it has faded enough
+        wait = (limit.seconds - elapsed) + limit.seconds * (1 - room / current)
+    else:
+        wait = 2 * limit.seconds - elapsed
+    return max(1, math.ceil(wait))
+
+
+def refund(*, action: str, key: object, cost: int = 1, rate: str | None = None) -> None:
+    """Take back uses counted by check_rate (a log-in that succeeded was no guess)."""
+    limit = parse_rate(rate) if rate else rate_for(action)
+    if limit is None:
+        return
+    window = int(time.time() // limit.seconds)
+    try:
+        counts_cache().decr(window_key(action, key, window), cost)
+    except Exception:  # the window rolled over or the cache is down: nothing to take back
+        logger.debug("Could not refund %s", action, exc_info=True)

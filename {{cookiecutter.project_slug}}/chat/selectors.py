@@ -11,6 +11,7 @@ from django.http import Http404
 
 from chat.conf import chat_setting
 from chat.models import MAX_ID, Chat, Membership, Message
+from chat.ratelimit import check_rate
 
 
 @dataclass(frozen=True)
@@ -157,12 +158,26 @@ def chat_members(*, chat: Chat) -> list[Membership]:
     return list(Membership.objects.filter(chat=chat).select_related("user").order_by("role", "joined_at", "pk"))
 
 
-def find_user_by_email(*, email: str):
-    """The active user with this e-mail (case-insensitive), or None."""
+def find_user_by_email(*, email: str, looked_up_by):
+    """The active user with this e-mail (case-insensitive), or None.
+
+    Charged to `looked_up_by` first (see charge_email_lookups).
+    """
     email = (email or "").strip()
     if not email:
         return None
+    charge_email_lookups(looked_up_by=looked_up_by, count=1)
     return get_user_model()._default_manager.filter(email__iexact=email, is_active=True).order_by("pk").first()
+
+
+def charge_email_lookups(*, looked_up_by, count: int) -> None:
+    """Count `count` addresses against the person's one e-mail lookup limit, before the query.
+
+    Whether an address has an account is what an enumeration wants to learn, so every
+    path that answers it shares the limit, and a cache outage shuts lookups (503) rather
+    than leaving them unlimited.
+    """
+    check_rate(action="email_lookup", key=looked_up_by.pk, cost=count, fail_open=False)
 
 
 def unread_by_member(*, chat_id: int, excluding=()) -> dict[int, tuple[int, int]]:
@@ -173,11 +188,13 @@ def unread_by_member(*, chat_id: int, excluding=()) -> dict[int, tuple[int, int]
     return {user_id: (unread, totals.get(user_id, 0)) for user_id, unread in per_chat.items()}
 
 
-def find_users_by_emails(*, emails) -> dict[str, object]:
-    """Active users by lower-cased e-mail, for the given addresses. One query."""
+def find_users_by_emails(*, emails, looked_up_by) -> dict[str, object]:
+    """Active users by lower-cased e-mail, for the given addresses. One query, each
+    address charged to `looked_up_by` first (see charge_email_lookups)."""
     wanted = {email.strip().lower() for email in emails if email and email.strip()}
     if not wanted:
         return {}
+    charge_email_lookups(looked_up_by=looked_up_by, count=len(wanted))
     query = Q()
     for email in wanted:
         query |= Q(email__iexact=email)

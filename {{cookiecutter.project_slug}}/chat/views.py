@@ -2,8 +2,8 @@
 
 Thin by design: each view parses its input, calls a service (writes) or a selector
 (reads), and renders a page or the partial that HTMX swaps. `chat_view` adds what every
-route needs: login, allowed methods, and turning bad input into 400 and forbidden
-actions into 403 instead of a 500.
+route needs: login, allowed methods, a cap on the request body, and turning bad input
+into 400, forbidden actions into 403 and limits into 429 or 503 instead of a 500.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from chat.forms import (
     RenameGroupForm,
 )
 from chat.models import MAX_ID
-from chat.ratelimit import RateLimited, check_rate
+from chat.ratelimit import RateLimited, RateLimitUnavailable, check_rate
 
 WIDGET_PANEL_ID = "chat-widget-panel"
 
@@ -53,14 +53,17 @@ def chat_view(*methods: str):
                 return login_redirect(request)
             if request.method not in methods:
                 return HttpResponseNotAllowed(methods)
+            if body_too_large(request):
+                return error_response(request, "That request is too large.", status=413)
             try:
                 response = view(request, *args, **kwargs)
             except (BadRequest, ValidationError) as exc:
                 response = error_response(request, error_text(exc), status=400)
             except PermissionDenied as exc:
                 response = error_response(request, str(exc) or "You are not allowed to do this.", status=403)
-            except RateLimited as exc:
-                response = error_response(request, str(exc), status=429)
+            except (RateLimited, RateLimitUnavailable) as exc:
+                status = 429 if isinstance(exc, RateLimited) else 503
+                response = error_response(request, str(exc), status=status)
                 response["Retry-After"] = str(exc.retry_after)
             patch_vary_headers(response, ["HX-Request", "HX-Target"])
             return response
@@ -68,6 +71,15 @@ def chat_view(*methods: str):
         return wrapper
 
     return decorator
+
+
+def body_too_large(request) -> bool:
+    """Bigger than any chat form can be: refused before anything parses it."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return False  # Django's own parsing answers a malformed length
+    return length > chat_setting("CHAT_MAX_REQUEST_BYTES")
 
 
 def login_redirect(request) -> HttpResponse:
@@ -177,7 +189,7 @@ def chat_list_partial(request):
 def new_chat(request):
     form = NewChatForm(request.POST if request.method == "POST" else None, user=request.user)
     if request.method == "POST" and form.is_valid():
-        check_rate(action="new_chat", user_id=request.user.pk)
+        check_rate(action="new_chat", key=request.user.pk)
         chat, created = services.get_or_create_direct_chat(user=request.user, other=form.cleaned_data["other"])
         if not created:
             messages.info(request, "You already had a chat with this person; here it is.")
@@ -192,7 +204,7 @@ def new_chat(request):
 def new_group(request):
     form = NewGroupForm(request.POST if request.method == "POST" else None, user=request.user)
     if request.method == "POST" and form.is_valid():
-        check_rate(action="new_group", user_id=request.user.pk)
+        check_rate(action="new_group", key=request.user.pk)
         try:
             chat = services.create_group_chat(
                 creator=request.user, name=form.cleaned_data["name"], members=form.cleaned_data["members"]
@@ -214,8 +226,7 @@ def check_user(request):
     form = CheckUserForm(request.GET)
     context = {"state": "invalid"}
     if form.is_valid():
-        check_rate(action="check_user", user_id=request.user.pk)
-        found = selectors.find_user_by_email(email=form.cleaned_data["email"])
+        found = selectors.find_user_by_email(email=form.cleaned_data["email"], looked_up_by=request.user)
         if found is None:
             context = {"state": "not_found"}
         elif found.pk == request.user.pk:
@@ -276,7 +287,7 @@ def send(request, pk):
     form = MessageForm(request.POST)
     fields = form.cleaned_data if form.is_valid() else {}
     try:
-        check_rate(action="send", user_id=request.user.pk)
+        check_rate(action="send", key=request.user.pk)
         message = services.send_message(
             chat=membership.chat,
             sender=request.user,
@@ -358,7 +369,7 @@ def edit(request, pk):
     chat = membership.chat
     if not (chat.is_group and membership.is_admin):
         raise PermissionDenied("Only group admins can edit the group.")
-    rename_form, add_form = RenameGroupForm(initial={"name": chat.name}), AddMemberForm()
+    rename_form, add_form = RenameGroupForm(initial={"name": chat.name}), AddMemberForm(user=request.user)
     if request.method == "POST":
         action = request.POST.get("action")
         if action == "rename":
@@ -368,7 +379,7 @@ def edit(request, pk):
                 messages.success(request, "Group renamed.")
                 return redirect("chat:edit", pk)
         elif action == "add":
-            add_form = AddMemberForm(request.POST)
+            add_form = AddMemberForm(request.POST, user=request.user)
             if add_form.is_valid():
                 added = services.add_members(chat=chat, actor=request.user, users=[add_form.cleaned_data["user"]])
                 messages.success(request, "Member added." if added else "They are already in the group.")

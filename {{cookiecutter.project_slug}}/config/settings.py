@@ -26,7 +26,7 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "accounts.admin_config.AdminConfig",  # Django's admin, with log-in throttling
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -119,6 +119,17 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:list"
 LOGOUT_REDIRECT_URL = "login"
+# Sign-up mails a link; the account exists once its owner follows it (accounts/services.py).
+ACCOUNT_SIGNUP_LINK_MAX_AGE = env.int("ACCOUNT_SIGNUP_LINK_MAX_AGE", default=60 * 60 * 24 * 2)
+# Failed log-ins and sign-up mails, e.g.
+# ACCOUNT_RATE_LIMITS=login_username=10/15m,login_ip=50/15m,signup_ip=10/h,signup_email=3/h
+ACCOUNT_RATE_LIMITS = env.dict("ACCOUNT_RATE_LIMITS", default={})
+
+# E-mail (sign-up links): printed on the console with DEBUG, otherwise sent over SMTP as
+# EMAIL_URL says, e.g. smtp+tls://user:password@smtp.example.com:587 (see README).
+vars().update(env.email_url("EMAIL_URL", default="consolemail://" if DEBUG else "smtp://localhost:25"))
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="noreply@{{ cookiecutter.domain_name }}")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("TIME_ZONE", default="{{ cookiecutter.timezone }}")
@@ -162,5 +173,5 @@ LOGGING = {
 # Chat settings (see chat/conf.py for every setting and its default).
 CHAT_PAGE_SIZE = env.int("CHAT_PAGE_SIZE", default=50)
 CHAT_MAX_MESSAGE_LENGTH = env.int("CHAT_MAX_MESSAGE_LENGTH", default=4000)
-# Per-user limits, e.g. CHAT_RATE_LIMITS=send=60/m,check_user=30/m,new_chat=30/m,new_group=20/h
+# Per-user limits, e.g. CHAT_RATE_LIMITS=send=60/m,email_lookup=120/h,new_chat=30/m,new_group=20/h
 CHAT_RATE_LIMITS = env.dict("CHAT_RATE_LIMITS", default={})

@@ -28,7 +28,7 @@ CLEAN_STATUSES = {200, 302, 400, 403, 404, 405}
 
 @pytest.fixture(autouse=True)
 def no_rate_limits(settings):
-    settings.CHAT_RATE_LIMITS = {"send": None, "check_user": None, "new_chat": None, "new_group": None}
+    settings.CHAT_RATE_LIMITS = {"send": None, "email_lookup": None, "new_chat": None, "new_group": None}
 
 
 @pytest.fixture

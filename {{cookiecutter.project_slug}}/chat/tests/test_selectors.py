@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from chat import selectors, services
 from chat.models import Membership
+from chat.ratelimit import RateLimited
 
 
 def membership(chat, user) -> Membership:
@@ -162,14 +163,22 @@ def test_chat_members_lists_admins_first_then_by_joining(group_chat, alice, bob,
     ("email", "found"),
     [("bob@example.com", True), ("  BOB@Example.COM ", True), ("nobody@example.com", False), ("", False)],
 )
-def test_find_user_by_email_ignores_case_and_spaces(bob, email, found):
-    assert (selectors.find_user_by_email(email=email) == bob) is found
+def test_find_user_by_email_ignores_case_and_spaces(alice, bob, email, found):
+    assert (selectors.find_user_by_email(email=email, looked_up_by=alice) == bob) is found
 
 
-def test_find_user_by_email_skips_inactive_users(make_user):
+def test_find_user_by_email_skips_inactive_users(alice, make_user):
     make_user("gone", is_active=False)
 
-    assert selectors.find_user_by_email(email="gone@example.com") is None
+    assert selectors.find_user_by_email(email="gone@example.com", looked_up_by=alice) is None
+
+
+def test_email_lookups_are_charged_before_the_query(alice, bob, settings, django_assert_num_queries):
+    settings.CHAT_RATE_LIMITS = {"email_lookup": "3/m"}
+    selectors.find_users_by_emails(emails=["bob@example.com", "x@example.com"], looked_up_by=alice)
+
+    with django_assert_num_queries(0), pytest.raises(RateLimited):
+        selectors.find_users_by_emails(emails=["carol@example.com", "dave@example.com"], looked_up_by=alice)
 
 
 # History pages
