@@ -17,6 +17,7 @@ if os.environ.get("BENCH_REDIS_URL"):
                 # As config/settings.py: longer than channels_redis's 5 s blocking receive.
                 "hosts": [{"address": os.environ["BENCH_REDIS_URL"], "socket_timeout": 30}],
                 "prefix": os.environ.get("BENCH_LAYER_PREFIX", "bench"),
+                "channel_capacity": {"*!chat-hub-*": 10_000},  # as config/settings.py
             },
         }
     }

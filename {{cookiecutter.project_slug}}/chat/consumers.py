@@ -37,6 +37,7 @@ from chat import events, presence, read_marks, selectors, services
 from chat.conf import chat_setting
 from chat.models import Membership
 from chat.ratelimit import RateLimited, check_rate
+from chat.room_hub import RoomHub
 
 # A socket may send this many frames per window; past it frames are dropped with one
 # "rate_limited" error per window (a client needs a handful: read, visibility, ping).
@@ -152,7 +153,11 @@ class InboxConsumer(ChatConsumer):
 
 
 class RoomConsumer(ChatConsumer):
-    """One per open room (full page or widget): messages, presence, read marking."""
+    """One per open room (full page or widget): messages, presence, read marking.
+
+    Room events reach it through this process's `RoomHub`, which is in the room's group
+    once for all its sockets, and calls the handlers below.
+    """
 
     async def connect(self):
         user = self.scope.get("user")
@@ -165,7 +170,8 @@ class RoomConsumer(ChatConsumer):
             return await self.reject(CLOSE_FORBIDDEN)
         self.viewing = True
         self.presence_task: asyncio.Task | None = None
-        await self.join(events.room_group(self.chat_id))
+        events.note_serving_loop()
+        await RoomHub.for_running_loop().join(self)
         await self.accept()
         await presence.track(self.channel_name)
         await database_sync_to_async(presence.join)(
@@ -180,6 +186,7 @@ class RoomConsumer(ChatConsumer):
         await super().disconnect(code)
         if getattr(self, "membership", None) is None:
             return
+        await RoomHub.for_running_loop().leave(self)
         presence.untrack(self.channel_name)
         if self.presence_task:
             self.presence_task.cancel()
@@ -206,7 +213,10 @@ class RoomConsumer(ChatConsumer):
         await self.send_json({"type": "chat.presence", "chat_id": self.chat_id, "online": online})
 
     async def chat_revoked(self, event):
+        if getattr(self, "revoked", False):
+            return  # it comes both through the room and to this socket
         if event["deleted"] or self.user.pk in event["user_ids"]:
+            self.revoked = True
             await self.send_json({"type": "chat.revoked", "chat_id": self.chat_id, "deleted": event["deleted"]})
             await self.close(code=CLOSE_FORBIDDEN)
 

@@ -153,7 +153,12 @@ def message_created(*, message, prev_id: int) -> None:
         "html": html,
     }
     # Encoded once here rather than once per socket: a room of 100 sends the same text 100 times.
-    room_event = {"type": "chat.message", "message_id": message.pk, "sender_id": message.sender_id}
+    room_event = {
+        "type": "chat.message",
+        "chat_id": message.chat_id,
+        "message_id": message.pk,
+        "sender_id": message.sender_id,
+    }
     room_event["text"] = json.dumps(frame)
     # The room first, before the inbox queries below: it is what the people in it wait for.
     send(room_group(message.chat_id), room_event)
@@ -320,8 +325,8 @@ def chat_list_changed(*, user_ids, chat_id: int) -> None:
 def access_revoked(*, chat_id: int, user_ids, channel_names, deleted: bool = False) -> None:
     """Close the rooms of people who lost access, and drop the chat from their lists.
 
-    Their sockets also leave the room group here, on the server: were the `chat.revoked`
-    frame dropped (a full channel), they still would not get another message.
+    The frame goes to the room's group and to each of their sockets: were one dropped (a
+    full channel), the other still closes them.
     """
     layer = get_channel_layer()
     if layer is None:
@@ -333,9 +338,11 @@ def access_revoked(*, chat_id: int, user_ids, channel_names, deleted: bool = Fal
 
 
 async def revoke(layer, group: str, revoked: dict, channel_names: list[str]) -> None:
+    """To the room (each process's hub takes those sockets out of it), and to each of the
+    sockets itself, so a frame dropped on one path still closes them."""
     await layer.group_send(group, revoked)
     for channel_name in channel_names:
-        await layer.group_discard(group, channel_name)
+        await layer.send(channel_name, revoked)
 
 
 async def presence_changed(*, chat_id: int) -> None:

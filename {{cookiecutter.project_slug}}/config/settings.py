@@ -100,7 +100,11 @@ CHANNEL_LAYERS = {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # redis-py 8 times reads out after 5 s by default, which cuts channels_redis's
         # 5 s blocking receive (BZPOPMIN) short and closes idle sockets with 1011.
-        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
+        "CONFIG": {
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+            # Each process's room hub gets every room event of the process (chat/room_hub.py).
+            "channel_capacity": {"*!chat-hub-*": 10_000},
+        },
     },
 }
 # Rate-limit counters and other cache users, shared by every process.

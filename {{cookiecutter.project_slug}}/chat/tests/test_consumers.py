@@ -48,7 +48,11 @@ def channel_layer(request, settings):
         settings.CHANNEL_LAYERS = {
             "default": {
                 "BACKEND": "channels_redis.core.RedisChannelLayer",
-                "CONFIG": {"hosts": [os.environ["REDIS_URL"]], "prefix": f"test-{uuid.uuid4().hex[:8]}"},
+                "CONFIG": {
+                    "hosts": [os.environ["REDIS_URL"]],
+                    "prefix": f"test-{uuid.uuid4().hex[:8]}",
+                    "channel_capacity": {"*!chat-hub-*": 10_000},
+                },
             }
         }
     else:
