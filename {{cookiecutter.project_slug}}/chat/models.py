@@ -95,13 +95,13 @@ class Message(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     # Chosen by the sending client for each message it sends: a retried send (after a
     # reconnect, or over HTTP after the socket failed) finds the message already stored.
-    client_id = models.CharField(max_length=64, null=True, blank=True, editable=False)
+    client_id = models.CharField(max_length=64, blank=True, default="", editable=False)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
                 fields=["sender", "client_id"],
-                condition=models.Q(client_id__isnull=False),
+                condition=~models.Q(client_id=""),
                 name="message_client_id_once_per_sender",
             ),
         ]

@@ -117,9 +117,9 @@ def send_message(*, chat: Chat, sender, body: str, client_id: str | None = None)
     return message
 
 
-def clean_client_id(client_id: str | None) -> str | None:
+def clean_client_id(client_id: str | None) -> str:
     if client_id in (None, ""):
-        return None
+        return ""
     if not isinstance(client_id, str) or len(client_id) > CLIENT_ID_MAX_LENGTH:
         raise ValidationError(f"client_id must be text of 1 to {CLIENT_ID_MAX_LENGTH} characters.")
     return client_id
@@ -136,7 +136,7 @@ def earlier_send(*, chat: Chat, sender, client_id: str) -> Message | None:
     return message
 
 
-def store_message(*, chat: Chat, sender, body: str, client_id: str | None) -> Message:
+def store_message(*, chat: Chat, sender, body: str, client_id: str) -> Message:
     locked = Chat.objects.select_for_update().only("id", "last_message_id").get(pk=chat.pk)
     prev_id = locked.last_message_id or 0
     message = Message.objects.create(chat_id=chat.pk, sender=sender, body=body, client_id=client_id)

@@ -12,12 +12,12 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="message",
             name="client_id",
-            field=models.CharField(blank=True, editable=False, max_length=64, null=True),
+            field=models.CharField(blank=True, default="", editable=False, max_length=64),
         ),
         migrations.AddConstraint(
             model_name="message",
             constraint=models.UniqueConstraint(
-                condition=models.Q(client_id__isnull=False),
+                condition=models.Q(("client_id", ""), _negated=True),
                 fields=("sender", "client_id"),
                 name="message_client_id_once_per_sender",
             ),

@@ -5,7 +5,12 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from chat import events, services
-from chat.tests.test_consumers import channel_layer, connect, receive_until  # noqa: F401
+from chat.tests import test_consumers
+from chat.tests.test_consumers import receive_until
+
+# The socket fixtures of test_consumers: each test on the in-memory layer and on Redis.
+channel_layer = test_consumers.channel_layer
+connect = test_consumers.connect
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

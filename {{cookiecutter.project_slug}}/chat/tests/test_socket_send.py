@@ -11,7 +11,13 @@ from channels.db import database_sync_to_async
 
 from chat import consumers, services
 from chat.models import Message
-from chat.tests.test_consumers import channel_layer, connect, expect_close, fast_debounce, receive_until  # noqa: F401
+from chat.tests import test_consumers
+from chat.tests.test_consumers import expect_close, receive_until
+
+# The socket fixtures of test_consumers: each test on the in-memory layer and on Redis.
+channel_layer = test_consumers.channel_layer
+connect = test_consumers.connect
+fast_debounce = test_consumers.fast_debounce
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
