@@ -243,6 +243,17 @@ async def test_deleting_a_group_closes_every_room(connect, alice, bob, group):
         await expect_close(room, consumers.CLOSE_FORBIDDEN)
 
 
+async def test_renaming_a_group_tells_its_open_rooms_and_refreshes_the_lists(connect, alice, bob, group):
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    inbox, _, _ = await connect(bob, "/ws/chat/inbox/")
+    await database_sync_to_async(services.rename_group)(chat=group, actor=alice, name="Renamed")
+
+    assert await receive_until(room, "chat.renamed") == {"type": "chat.renamed", "chat_id": group.pk, "name": "Renamed"}
+    assert (await receive_until(inbox, "inbox.changed"))["chat_id"] == group.pk
+    await inbox.disconnect()
+    await room.disconnect()
+
+
 async def test_new_group_appears_in_every_members_list(connect, alice, bob, carol):
     inbox, _, _ = await connect(bob, "/ws/chat/inbox/")
     chat = await database_sync_to_async(services.create_group_chat)(creator=alice, name="New", members=[bob, carol])
