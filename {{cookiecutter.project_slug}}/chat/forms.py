@@ -96,7 +96,7 @@ def limit_group_name(field: forms.CharField) -> None:
     """
     field.max_length = services.group_name_limit()
     field.validators.append(MaxLengthValidator(field.max_length))
-    field.widget.attrs["data-max-length"] = field.max_length
+    field.widget.attrs.update({"data-max-length": field.max_length, "dir": "auto"})
 
 
 class NewGroupForm(forms.Form):
