@@ -11,19 +11,13 @@ from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from test_browser import (  # noqa: F401  (fixtures)
-    DESKTOP,
-    browser,
-    expect,
-    goto_with_socket,
-    open_as,
-    room_path,
-    send,
-    server,
-    until_socket_speaks,
-)
+import test_browser
+from test_browser import DESKTOP, expect, goto_with_socket, room_path, send, until_socket_speaks
 
 pytestmark = pytest.mark.slow
+
+# The served project, the browser and logged-in pages, as test_browser.py makes them.
+server, browser, open_as = test_browser.server, test_browser.browser, test_browser.open_as
 
 MAX_LENGTH = 4000  # CHAT_MAX_MESSAGE_LENGTH of the served project
 HEBREW = "שלום, מה שלומך היום?"

@@ -25,7 +25,7 @@ def main_of(response) -> str:
     ids=["removed", "left"],
 )
 @pytest.mark.parametrize("url_name", ["chat:room", "chat:info", "chat:widget_room"])
-def test_a_former_member_is_told_they_are_no_longer_in_the_chat(client, alice, bob, group_chat, url_name, leave, reason):
+def test_a_former_member_is_told_they_are_no_longer_a_member(client, alice, bob, group_chat, url_name, leave, reason):
     leave(group_chat, alice, bob)
     client.force_login(bob)
 
