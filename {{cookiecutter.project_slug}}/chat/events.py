@@ -26,6 +26,7 @@ import logging
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.template.loader import render_to_string
+from django.utils.text import Truncator
 
 from chat import presence, selectors
 
@@ -89,7 +90,7 @@ def message_created(*, message, prev_id: int) -> None:
     room_event["text"] = json.dumps(frame)
     # The room first, before the inbox queries below: it is what the people in it wait for.
     send(room_group(message.chat_id), room_event)
-    preview = message.body[:120]
+    preview = Truncator(message.body).chars(120)  # as chat_row.html's truncatechars: marked "…", not cut
     viewers = presence.viewer_ids(chat_id=message.chat_id) - {message.sender_id}
     inbox_events = [
         {
