@@ -2,6 +2,7 @@
 
 import pytest
 from django.contrib.staticfiles import finders
+from django.test import Client
 from django.urls import reverse
 from django.views.defaults import server_error
 
@@ -45,3 +46,13 @@ def test_the_500_page_stands_alone(rf):
 
     assert response.status_code == 500
     assert "Something went wrong" in response.content.decode()
+
+
+def test_a_form_sent_without_a_valid_csrf_token_gets_a_page_saying_what_to_do(django_user_model):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(django_user_model.objects.create_user("erin", "erin@example.com", "pw"))
+
+    response = client.post(reverse("chat:new_group"), {"name": "Late", "members": "x@example.com"})
+
+    assert response.status_code == 403
+    assert "reload the page and send it again" in response.content.decode()
