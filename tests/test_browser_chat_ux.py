@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import test_browser
-from test_browser import DESKTOP, expect, goto_with_socket, room_path, send, until_socket_speaks
+from test_browser import DESKTOP, expect, goto_with_socket, room_path, send, shoot, until_socket_speaks
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +85,7 @@ def test_an_over_long_message_is_counted_and_refused_whole_never_cut(server, ope
     expect(page.locator(f"{scope} [data-send-error]")).to_have_text(
         f"At most {MAX_LENGTH} characters; this has 5000. Shorten it by 1000."
     )
+    shoot(page, f"message-too-long-{where}")
     page.locator(f"{scope} form[data-message-form] button[type=submit]").click()  # the button too
     assert len(box.input_value()) == 5000, "the message was cut or cleared"
     expect(page.locator(f"{scope} .bubble-body")).to_have_text(["Hi"])
@@ -281,4 +282,6 @@ def test_date_dividers_in_the_viewers_time_zone_across_pages_and_midnight(server
     first_of_each_day = dividers.evaluate_all("els => els.map(el => el.nextElementSibling.textContent)")
     assert ["Message 0" in text for text in first_of_each_day] == [True, False, False]
     assert "Message 1" in first_of_each_day[1] and "After midnight" in first_of_each_day[2]
+    page.locator("main [data-message-list]").evaluate("list => { list.scrollTop = 0; }")
+    shoot(page, "room-date-dividers")
     context.close()
