@@ -180,6 +180,9 @@ class RoomConsumer(ChatConsumer):
         online = await database_sync_to_async(presence.online_count)(chat_id=self.chat_id)
         await self.send_json({"type": "chat.presence", "chat_id": self.chat_id, "online": online})
 
+    async def chat_renamed(self, event):
+        await self.send_json(event)
+
     async def chat_revoked(self, event):
         if event["deleted"] or self.user.pk in event["user_ids"]:
             await self.send_json({"type": "chat.revoked", "chat_id": self.chat_id, "deleted": event["deleted"]})

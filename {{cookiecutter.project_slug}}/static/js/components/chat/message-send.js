@@ -5,15 +5,19 @@
 // (prev_id). While frames chain onto the newest message we know we have everything
 // (`contiguousId`); on a gap or when the socket (re)opens we fetch `messages/?after=<contiguousId>`.
 // Bubbles are inserted in id order and never twice, whichever of the POST response and
-// the socket frame arrives first.
+// the socket frame arrives first. Times and date dividers ("Today", "Yesterday",
+// "Sat 28 Nov") are in the viewer's own time zone, placed whenever bubbles come in.
 
 import "./htmx-fragment-errors.js";
 import { ReconnectingSocket } from "./chat-websocket.js";
+import { checkLength, tooLongMessage } from "./length-limit.js";
+import { clockTime, dayLabel } from "./relative-time.js";
 
 const NEAR_BOTTOM_PX = 120;
 const REORDER_GRACE_MS = 400;
 const CATCH_UP_RETRY_MAX_MS = 30000;
 const MAX_CATCH_UP_PAGES = 40;
+const MINUTE_MS = 60 * 1000;
 const activeRooms = new Set();
 
 function currentUserId() {
@@ -22,6 +26,23 @@ function currentUserId() {
 
 function bubbleId(bubble) {
   return Number(bubble.dataset.messageId);
+}
+
+// "Ada Lovelace" -> "AL", as the server's `initials` filter.
+function initials(name) {
+  const words = name.split(/\s+/).filter(Boolean).slice(0, 2);
+  return words.map((word) => [...word][0]).join("").toUpperCase() || "?";
+}
+
+// The local date, as in <time datetime>: "2026-11-28".
+function dayKey(date) {
+  const twoDigits = (number) => String(number).padStart(2, "0");
+  return `${date.getFullYear()}-${twoDigits(date.getMonth() + 1)}-${twoDigits(date.getDate())}`;
+}
+
+function sentAt(bubble) {
+  const date = new Date(bubble.querySelector("time[datetime]")?.dateTime);
+  return Number.isNaN(date.getTime()) ? null : date;
 }
 
 function parseBubbles(html) {
@@ -43,8 +64,10 @@ class ChatRoom {
     this.catchingUp = null;
     this.heldFrames = new Map(); // prev_id -> frame, for frames that arrived early
     this.graceTimer = null;
-    this.bubbles().forEach((bubble) => this.decorate(bubble));
+    this.placeDayDividers();
     this.scrollToBottom();
+    this.keepBottomInView();
+    this.dayTimer = setInterval(() => this.placeDayDividers(), MINUTE_MS); // "Today" turns "Yesterday"
     this.bindForm();
     this.bindLoadOlder();
     this.onVisibility = () => this.reportVisibility();
@@ -64,6 +87,8 @@ class ChatRoom {
   destroy() {
     clearTimeout(this.catchUpRetryTimer);
     clearTimeout(this.graceTimer);
+    clearInterval(this.dayTimer);
+    this.resizeObserver?.disconnect();
     this.socket.stop();
     document.removeEventListener("visibilitychange", this.onVisibility);
     activeRooms.delete(this);
@@ -84,6 +109,7 @@ class ChatRoom {
     if (frame.type === "chat.message") this.onMessageFrame(frame);
     else if (frame.type === "chat.presence") this.showPresence(frame.online);
     else if (frame.type === "chat.revoked") this.showRevoked(frame.deleted);
+    else if (frame.type === "chat.renamed") this.showName(frame.name);
   }
 
   // Frames of messages sent at the same moment can arrive out of order: hold a frame that
@@ -202,6 +228,7 @@ class ChatRoom {
       window.htmx?.process(bubble);
     }
     this.list.querySelector("[data-empty-state]")?.remove();
+    this.placeDayDividers();
     if (stickToBottom) this.scrollToBottom();
   }
 
@@ -209,9 +236,62 @@ class ChatRoom {
     if (bubble.dataset.senderId && bubble.dataset.senderId === currentUserId()) {
       bubble.classList.add("bubble--mine");
     }
+    const time = bubble.querySelector(".bubble-time");
+    const date = sentAt(bubble);
+    if (time && date) {
+      time.textContent = clockTime(date); // the server wrote its own time zone's
+      time.title = date.toLocaleString("en-GB", { dateStyle: "full", timeStyle: "short" });
+    }
     const previous = bubble.previousElementSibling;
     const sameSender = previous?.dataset.senderId === bubble.dataset.senderId;
     bubble.classList.toggle("bubble--continued", Boolean(previous?.dataset.messageId && sameSender));
+  }
+
+  // A divider above the first message of each day. Dividers already in place are kept
+  // (the list is a live region: a re-added one would be read out again); one left where
+  // an older page joined on the same day goes.
+  placeDayDividers() {
+    const now = new Date();
+    const starts = new Map(); // bubble -> its day, for the first bubble of each day
+    let previousKey = null;
+    for (const bubble of this.bubbles()) {
+      const date = sentAt(bubble);
+      if (!date) continue;
+      const key = dayKey(date);
+      if (key !== previousKey) starts.set(bubble, date);
+      previousKey = key;
+    }
+    for (const divider of this.list.querySelectorAll("[data-day-divider]")) {
+      const next = divider.nextElementSibling;
+      if (!starts.has(next) || dayKey(starts.get(next)) !== divider.dataset.dayDivider) divider.remove();
+    }
+    for (const [bubble, date] of starts) {
+      let divider = bubble.previousElementSibling;
+      if (!divider?.matches("[data-day-divider]")) {
+        divider = document.createElement("p");
+        divider.className = "day-divider";
+        divider.dataset.dayDivider = dayKey(date);
+        divider.append(document.createElement("time"));
+        divider.firstChild.dateTime = dayKey(date);
+        bubble.before(divider);
+      }
+      const label = dayLabel(date, now);
+      if (divider.firstChild.textContent !== label) divider.firstChild.textContent = label;
+    }
+    for (const bubble of this.bubbles()) this.decorate(bubble); // no "continued" across a divider
+  }
+
+  // Keep the newest message in view when the list gets shorter (an error line or a
+  // notice appears, the message box grows) while it was scrolled to the bottom.
+  keepBottomInView() {
+    this.atBottom = true;
+    this.list.addEventListener("scroll", () => {
+      this.atBottom = this.isNearBottom();
+    });
+    this.resizeObserver = new ResizeObserver(() => {
+      if (this.atBottom) this.scrollToBottom();
+    });
+    this.resizeObserver.observe(this.list);
   }
 
   isNearBottom() {
@@ -227,6 +307,14 @@ class ChatRoom {
     this.element.querySelectorAll("[data-presence-count]").forEach((element) => {
       element.textContent = String(online);
     });
+  }
+
+  showName(name) {
+    const title = this.element.querySelector("[data-room-title]");
+    if (title) title.textContent = name;
+    const avatar = this.element.querySelector("[data-room-avatar]");
+    if (avatar) avatar.textContent = initials(name);
+    if (!this.element.closest("[data-chat-widget-panel]")) document.title = name;
   }
 
   showRevoked(deleted) {
@@ -260,7 +348,7 @@ class ChatRoom {
     // htmx fires afterSwap on each inserted element, once the whole page is in.
     this.list.addEventListener("htmx:afterSwap", () => {
       if (fromBottom === null) return;
-      this.bubbles().forEach((bubble) => this.decorate(bubble)); // regroup across the seam
+      this.placeDayDividers(); // and regroup across the seam
       this.list.scrollTop = this.list.scrollHeight - fromBottom;
       fromBottom = null;
     });
@@ -274,6 +362,20 @@ class ChatRoom {
       if (event.key !== "Enter" || event.shiftKey || event.isComposing) return;
       event.preventDefault();
       if (this.input.value.trim()) this.form.requestSubmit();
+    });
+    // Too long: the form does not submit (length-limit.js makes the box invalid); say why.
+    this.input.addEventListener("invalid", (event) => {
+      const reason = tooLongMessage(this.input);
+      if (!reason) return;
+      event.preventDefault(); // our line under the box, not the browser's bubble too
+      this.showError(`<p>${reason}</p>`);
+      this.lengthErrorShown = true;
+    });
+    this.input.addEventListener("input", () => {
+      if (this.lengthErrorShown && checkLength(this.input)) {
+        this.lengthErrorShown = false;
+        this.showError("");
+      }
     });
     // htmx fires beforeSwap on the swap target (the list, or the error slot on a 400), so
     // listen on the room and pick out the send form's responses.
