@@ -82,3 +82,13 @@ def confirm_signup(request, token):
             return redirect("chat:list")
     status = 400 if form.is_bound else 200
     return render(request, "registration/signup_confirm.html", {"form": form, "pending": pending}, status=status)
+
+
+class LogoutView(auth_views.LogoutView):
+    """Log out with a POST (the navbar's button); /accounts/logout/ typed into the address
+    bar gets a page saying so instead of an empty 405."""
+
+    def http_method_not_allowed(self, request, *args, **kwargs):
+        response = render(request, "405.html", status=405)
+        response["Allow"] = ", ".join(method.upper() for method in self._allowed_methods())
+        return response

@@ -212,6 +212,9 @@ class RoomConsumer(ChatConsumer):
         online = await database_sync_to_async(presence.online_count)(chat_id=self.chat_id)
         await self.send_json({"type": "chat.presence", "chat_id": self.chat_id, "online": online})
 
+    async def chat_renamed(self, event):
+        await self.send_json(event)
+
     async def chat_revoked(self, event):
         if getattr(self, "revoked", False):
             return  # it comes both through the room and to this socket

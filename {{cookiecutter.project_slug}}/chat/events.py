@@ -9,6 +9,7 @@ Event vocabulary (the consumer method that handles each is named after it):
 room group ``chat.room.<chat_id>``
     chat.message   a new message: ids, previous id in the chat, sender, rendered bubble
     chat.revoked   these users lost access (removed, left) or the group was deleted
+    chat.renamed   the group has a new name: update the room's header
     chat.presence  recount who is online in the room
 user group ``chat.user.<user_id>`` (the inbox socket of every tab)
     inbox.message  a new message in one of their chats, with unread counts
@@ -26,6 +27,7 @@ import logging
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.template.loader import render_to_string
+from django.utils.text import Truncator
 
 from chat import presence, selectors
 
@@ -121,8 +123,6 @@ def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-
-
 # Group sends in flight at once. On Redis each is a few round trips, so one after the
 # other a 100-member room waits 100 x those; all at once would each take a connection
 # and exhaust the pool ("Too many connections").
@@ -162,7 +162,7 @@ def message_created(*, message, prev_id: int) -> None:
     room_event["text"] = json.dumps(frame)
     # The room first, before the inbox queries below: it is what the people in it wait for.
     send(room_group(message.chat_id), room_event)
-    preview = message.body[:120]
+    preview = Truncator(message.body).chars(120)  # as chat_row.html's truncatechars: marked "…", not cut
     viewers = presence.viewer_ids(chat_id=message.chat_id) - {message.sender_id}
     inbox_events = [
         {
@@ -320,6 +320,12 @@ def merge_inbox_events(older: dict, newer: dict) -> dict:
 
 def chat_list_changed(*, user_ids, chat_id: int) -> None:
     send_many([(user_group(user_id), {"type": "inbox.changed", "chat_id": chat_id}) for user_id in user_ids])
+
+
+def chat_renamed(*, chat_id: int, name: str, user_ids) -> None:
+    """The open rooms show the new name in their headers; the inboxes refresh their rows."""
+    send(room_group(chat_id), {"type": "chat.renamed", "chat_id": chat_id, "name": name})
+    chat_list_changed(user_ids=user_ids, chat_id=chat_id)
 
 
 def access_revoked(*, chat_id: int, user_ids, channel_names, deleted: bool = False) -> None:

@@ -9,10 +9,10 @@ import re
 
 from django import forms
 from django.core.exceptions import ValidationError
-from django.core.validators import validate_email
+from django.core.validators import MaxLengthValidator, validate_email
 from django.urls import reverse_lazy
 
-from chat import selectors
+from chat import selectors, services
 from chat.conf import chat_setting
 
 EMAIL_SEPARATORS = re.compile(r"[\s,;]+")
@@ -115,6 +115,17 @@ def users_for_emails(emails, *, exclude_user) -> list:
     return [user for user in found.values() if user.pk != exclude_user.pk]
 
 
+def limit_group_name(field: forms.CharField) -> None:
+    """Validate the name's length here, so a long one is an error on the field.
+
+    No `maxlength` on the input: a browser would cut a pasted name short without a word.
+    `data-max-length` shows a counter near the limit instead (length-limit.js).
+    """
+    field.max_length = services.group_name_limit()
+    field.validators.append(MaxLengthValidator(field.max_length))
+    field.widget.attrs.update({"data-max-length": field.max_length, "dir": "auto"})
+
+
 class NewGroupForm(forms.Form):
     name = forms.CharField(label="Group name", widget=forms.TextInput(attrs={"autofocus": True}))
     members = EmailListField(label="Members' e-mails", help_text="Separate e-mails with commas or new lines.")
@@ -123,8 +134,7 @@ class NewGroupForm(forms.Form):
         kwargs.setdefault("auto_id", "new-group-%s")
         super().__init__(*args, **kwargs)
         self.user = user
-        self.fields["name"].max_length = chat_setting("CHAT_GROUP_NAME_MAX_LENGTH")
-        self.fields["name"].widget.attrs["maxlength"] = self.fields["name"].max_length
+        limit_group_name(self.fields["name"])
 
     def clean(self):
         cleaned = super().clean()
@@ -145,8 +155,7 @@ class RenameGroupForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["name"].max_length = chat_setting("CHAT_GROUP_NAME_MAX_LENGTH")
-        self.fields["name"].widget.attrs["maxlength"] = self.fields["name"].max_length
+        limit_group_name(self.fields["name"])
 
 
 class AddMemberForm(forms.Form):

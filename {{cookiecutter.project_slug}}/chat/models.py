@@ -86,6 +86,28 @@ class Membership(models.Model):
         return self.role == self.Role.ADMIN
 
 
+class FormerMembership(models.Model):
+    """Someone who left a group or was removed from it, so the chat's pages can tell them
+    so instead of a bare 404. Gone again when they are added back or the chat is deleted."""
+
+    class Reason(models.TextChoices):
+        LEFT = "left", "Left"
+        REMOVED = "removed", "Removed"
+
+    chat = models.ForeignKey(Chat, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    reason = models.CharField(max_length=7, choices=Reason.choices)
+    left_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["chat", "user"], name="former_membership_one_per_user_per_chat"),
+        ]
+
+    def __str__(self):
+        return f"{self.user} {self.get_reason_display().lower()} {self.chat}"
+
+
 class Message(models.Model):
     chat = models.ForeignKey(Chat, on_delete=models.CASCADE, related_name="messages", db_index=False)
     sender = models.ForeignKey(

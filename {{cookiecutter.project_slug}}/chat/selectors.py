@@ -10,7 +10,7 @@ from django.db.models import Q, QuerySet, Sum
 from django.http import Http404
 
 from chat.conf import chat_setting
-from chat.models import MAX_ID, Chat, Membership, Message
+from chat.models import MAX_ID, Chat, FormerMembership, Membership, Message
 from chat.ratelimit import check_rate
 
 
@@ -120,6 +120,17 @@ def membership_or_404(*, user, chat_id) -> Membership:
     if membership is None:
         raise Http404("No such chat.")
     return membership
+
+
+def former_membership(*, user, chat_id) -> FormerMembership | None:
+    """How they stopped being a member of a chat they are no longer in; None when they never
+    were (or the chat is gone), so a stranger learns nothing about it."""
+    try:
+        if int(chat_id) > MAX_ID:
+            return None
+        return FormerMembership.objects.filter(user=user, chat_id=chat_id).first()
+    except (ValueError, TypeError, OverflowError):
+        return None
 
 
 def chat_title(*, chat: Chat, user) -> str:

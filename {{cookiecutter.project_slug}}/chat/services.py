@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from chat import events, presence
 from chat.conf import chat_setting
-from chat.models import MAX_ID, Chat, Membership, Message
+from chat.models import MAX_ID, Chat, FormerMembership, Membership, Message
 
 
 def after_commit(send_events) -> None:
@@ -72,10 +72,15 @@ def clean_group_name(name: str) -> str:
     name = (name or "").strip()
     if not name:
         raise ValidationError("Give the group a name.")
-    limit = chat_setting("CHAT_GROUP_NAME_MAX_LENGTH")
+    limit = group_name_limit()
     if len(name) > limit:
         raise ValidationError(f"Group names are at most {limit} characters.")
     return name
+
+
+def group_name_limit() -> int:
+    """CHAT_GROUP_NAME_MAX_LENGTH, but never past the column (PostgreSQL would refuse the row)."""
+    return min(chat_setting("CHAT_GROUP_NAME_MAX_LENGTH"), Chat._meta.get_field("name").max_length)
 
 
 def check_group_size(size: int) -> None:
@@ -85,12 +90,19 @@ def check_group_size(size: int) -> None:
 
 
 def clean_message_body(body: str) -> str:
-    body = (body or "").strip()
+    """The body as stored, or a ValidationError; never cut short.
+
+    Line breaks become "\n": browsers post a textarea's as "\r\n", which would count
+    twice against the limit the page's counter shows.
+    """
+    body = (body or "").replace("\r\n", "\n").replace("\r", "\n").strip()
     if not body:
         raise ValidationError("Write a message before sending.")
     limit = chat_setting("CHAT_MAX_MESSAGE_LENGTH")
     if len(body) > limit:
-        raise ValidationError(f"Messages are at most {limit} characters ({len(body)} given).")
+        raise ValidationError(
+            f"Messages are at most {limit} characters; this one has {len(body)}. Shorten it or split it in two."
+        )
     return body
 
 
@@ -239,7 +251,7 @@ def rename_group(*, chat: Chat, actor, name: str) -> Chat:
         chat.name = name
         chat.save(update_fields=["name"])
         user_ids = member_ids(chat)
-        after_commit(lambda: events.chat_list_changed(user_ids=user_ids, chat_id=chat.pk))
+        after_commit(lambda: events.chat_renamed(chat_id=chat.pk, name=name, user_ids=user_ids))
     return chat
 
 
@@ -260,6 +272,7 @@ def add_members(*, chat: Chat, actor, users: Iterable) -> list:
             ignore_conflicts=True,
         )
         new_ids = [user.pk for user in new]
+        FormerMembership.objects.filter(chat=chat, user_id__in=new_ids).delete()
         after_commit(lambda: events.chat_list_changed(user_ids=new_ids, chat_id=chat.pk))
     return new
 
@@ -272,6 +285,7 @@ def remove_member(*, chat: Chat, actor, user) -> None:
     with transaction.atomic():
         deleted, _ = Membership.objects.filter(chat=chat, user=user).delete()
         if deleted:
+            record_departure(chat=chat, user=user, reason=FormerMembership.Reason.REMOVED)
             revoke_access(chat_id=chat.pk, user_ids=[user.pk])
 
 
@@ -285,7 +299,8 @@ def leave_group(*, chat: Chat, user) -> bool:
         raise ValidationError("Only groups can be left; delete a direct chat instead.")
     with transaction.atomic():
         Chat.objects.select_for_update().only("id").get(pk=chat.pk)  # one leaver at a time
-        Membership.objects.filter(chat=chat, user=user).delete()
+        if Membership.objects.filter(chat=chat, user=user).delete()[0]:
+            record_departure(chat=chat, user=user, reason=FormerMembership.Reason.LEFT)
         revoke_access(chat_id=chat.pk, user_ids=[user.pk])
         remaining = Membership.objects.filter(chat=chat)
         if not remaining.exists():
@@ -295,6 +310,13 @@ def leave_group(*, chat: Chat, user) -> bool:
             successor = remaining.order_by("joined_at", "pk").first()
             Membership.objects.filter(pk=successor.pk).update(role=Membership.Role.ADMIN)
     return False
+
+
+def record_departure(*, chat: Chat, user, reason: str) -> None:
+    """Remember that they were in the chat, so its pages tell them why they cannot open it."""
+    FormerMembership.objects.update_or_create(
+        chat=chat, user=user, defaults={"reason": reason, "left_at": timezone.now()}
+    )
 
 
 def soft_delete_chat(*, chat: Chat, user) -> None:

@@ -13,7 +13,7 @@ from functools import wraps
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
-from django.http import HttpResponse, HttpResponseNotAllowed
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.cache import patch_vary_headers
@@ -52,11 +52,13 @@ def chat_view(*methods: str):
             if not request.user.is_authenticated:
                 return login_redirect(request)
             if request.method not in methods:
-                return HttpResponseNotAllowed(methods)
+                return method_not_allowed(request, methods)
             if body_too_large(request):
                 return error_response(request, "That request is too large.", status=413)
             try:
                 response = view(request, *args, **kwargs)
+            except Http404:
+                response = no_longer_member(request, kwargs.get("pk"))
             except (BadRequest, ValidationError) as exc:
                 response = error_response(request, error_text(exc), status=400)
             except PermissionDenied as exc:
@@ -89,6 +91,29 @@ def login_redirect(request) -> HttpResponse:
     response = HttpResponse("Log in to continue.", status=401)
     response["HX-Redirect"] = redirect_to_login(next_path).url
     return response
+
+
+def method_not_allowed(request, methods) -> HttpResponse:
+    """A 405 page rather than an empty one (a POST-only address typed into the browser)."""
+    if "POST" in methods and "GET" not in methods:
+        error = "This address only takes a form's button press; it is not a page you can open."
+    else:
+        error = f"This address does not accept {request.method} requests."
+    response = error_response(request, error, status=405)
+    response["Allow"] = ", ".join(methods)
+    return response
+
+
+def no_longer_member(request, chat_id) -> HttpResponse:
+    """For someone who left or was removed, say so (still a 404: the chat is not theirs to
+    see, and the room's script treats a 404 as "access gone"). Anyone else gets the plain
+    404 of a chat that does not exist."""
+    former = selectors.former_membership(user=request.user, chat_id=chat_id) if chat_id is not None else None
+    if former is None:
+        raise Http404("No such chat.")
+    removed = former.reason == former.Reason.REMOVED
+    error = "A group admin removed you from this group." if removed else "You left this group."
+    return error_response(request, error, status=404)
 
 
 def error_text(exc: Exception) -> str:
@@ -375,9 +400,13 @@ def edit(request, pk):
         if action == "rename":
             rename_form = RenameGroupForm(request.POST)
             if rename_form.is_valid():
-                services.rename_group(chat=chat, actor=request.user, name=rename_form.cleaned_data["name"])
-                messages.success(request, "Group renamed.")
-                return redirect("chat:edit", pk)
+                try:
+                    services.rename_group(chat=chat, actor=request.user, name=rename_form.cleaned_data["name"])
+                except ValidationError as exc:
+                    rename_form.add_error("name", exc)
+                else:
+                    messages.success(request, "Group renamed.")
+                    return redirect("chat:edit", pk)
         elif action == "add":
             add_form = AddMemberForm(request.POST, user=request.user)
             if add_form.is_valid():

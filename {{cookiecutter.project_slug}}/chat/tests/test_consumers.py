@@ -14,6 +14,7 @@ from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
+from django.utils.text import Truncator
 
 from chat import consumers, read_marks, services
 from chat.models import Membership
@@ -247,6 +248,17 @@ async def test_deleting_a_group_closes_every_room(connect, alice, bob, group):
         await expect_close(room, consumers.CLOSE_FORBIDDEN)
 
 
+async def test_renaming_a_group_tells_its_open_rooms_and_refreshes_the_lists(connect, alice, bob, group):
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    inbox, _, _ = await connect(bob, "/ws/chat/inbox/")
+    await database_sync_to_async(services.rename_group)(chat=group, actor=alice, name="Renamed")
+
+    assert await receive_until(room, "chat.renamed") == {"type": "chat.renamed", "chat_id": group.pk, "name": "Renamed"}
+    assert (await receive_until(inbox, "inbox.changed"))["chat_id"] == group.pk
+    await inbox.disconnect()
+    await room.disconnect()
+
+
 async def test_new_group_appears_in_every_members_list(connect, alice, bob, carol):
     inbox, _, _ = await connect(bob, "/ws/chat/inbox/")
     chat = await database_sync_to_async(services.create_group_chat)(creator=alice, name="New", members=[bob, carol])
@@ -294,6 +306,18 @@ async def test_frame_floods_are_dropped_with_one_error(connect, alice, group, mo
     replies = [(frame["type"], frame.get("code")) for frame in frames if frame["type"] != "chat.presence"]
     assert replies == [("pong", None)] * 3 + [("error", "rate_limited")]
     await room.disconnect()
+
+
+async def test_a_long_message_s_live_preview_is_shortened_with_an_ellipsis_as_the_list_renders_it(
+    connect, alice, bob, group
+):
+    inbox, _, _ = await connect(bob, "/ws/chat/inbox/")
+    await database_sync_to_async(services.send_message)(chat=group, sender=alice, body="word " * 100)
+
+    frame = await receive_until(inbox, "inbox.message")
+    assert frame["preview"] == Truncator("word " * 100).chars(120)
+    assert frame["preview"].endswith("…")
+    await inbox.disconnect()
 
 
 async def test_a_member_with_the_room_in_a_background_tab_still_gets_inbox_updates(connect, alice, bob, group):

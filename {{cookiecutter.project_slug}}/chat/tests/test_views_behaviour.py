@@ -380,9 +380,7 @@ def test_send_saves_the_message_and_returns_its_bubble(alice_client, alice, dire
     assert "bubble--mine" in content
 
 
-def test_a_send_retried_with_its_client_id_returns_the_first_message_and_stores_it_once(
-    alice_client, direct_chat
-):
+def test_a_send_retried_with_its_client_id_returns_the_first_message_and_stores_it_once(alice_client, direct_chat):
     url = reverse("chat:send", args=[direct_chat.pk])
     first = alice_client.post(url, {"body": "only once", "client_id": "tab-1:42"}, headers=HTMX)
     again = alice_client.post(url, {"body": "only once", "client_id": "tab-1:42"}, headers=HTMX)

@@ -70,7 +70,11 @@ function onNewMessage(frame) {
   }
   for (const row of rows) {
     const preview = row.querySelector("[data-chat-preview]");
-    if (preview) preview.textContent = `${frame.sender_name}: ${frame.preview}`;
+    if (preview) {
+      const name = document.createElement("bdi"); // as chat_row.html: the preview reads in its message's direction
+      name.textContent = frame.sender_name;
+      preview.replaceChildren(name, `: ${frame.preview}`);
+    }
     const time = row.querySelector("[data-chat-time]");
     if (time) {
       time.dateTime = frame.sent_at || new Date().toISOString();

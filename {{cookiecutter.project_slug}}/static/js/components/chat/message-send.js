@@ -6,16 +6,21 @@
 // (`contiguousId`); on a gap or when the socket (re)opens we fetch `messages/?after=<contiguousId>`.
 // Bubbles are inserted in id order and never twice, whichever of the send's answer and
 // the socket frame arrives first. Sending goes through the room's outbox
-// (message-outbox.js): over the socket when it is open, over HTTP otherwise.
+// (message-outbox.js): over the socket when it is open, over HTTP otherwise. Times and
+// date dividers ("Today", "Yesterday", "Sat 28 Nov") are in the viewer's own time zone,
+// placed whenever bubbles come in.
 
 import "./htmx-fragment-errors.js";
 import { ReconnectingSocket } from "./chat-websocket.js";
+import { checkLength, tooLongMessage } from "./length-limit.js";
 import { MessageOutbox } from "./message-outbox.js";
+import { clockTime, dayLabel } from "./relative-time.js";
 
 const NEAR_BOTTOM_PX = 120;
 const REORDER_GRACE_MS = 400;
 const CATCH_UP_RETRY_MAX_MS = 30000;
 const MAX_CATCH_UP_PAGES = 40;
+const MINUTE_MS = 60 * 1000;
 const activeRooms = new Set();
 
 function currentUserId() {
@@ -30,6 +35,23 @@ function escapeHtml(text) {
   const element = document.createElement("span");
   element.textContent = text;
   return element.innerHTML;
+}
+
+// "Ada Lovelace" -> "AL", as the server's `initials` filter.
+function initials(name) {
+  const words = name.split(/\s+/).filter(Boolean).slice(0, 2);
+  return words.map((word) => [...word][0]).join("").toUpperCase() || "?";
+}
+
+// The local date, as in <time datetime>: "2026-11-28".
+function dayKey(date) {
+  const twoDigits = (number) => String(number).padStart(2, "0");
+  return `${date.getFullYear()}-${twoDigits(date.getMonth() + 1)}-${twoDigits(date.getDate())}`;
+}
+
+function sentAt(bubble) {
+  const date = new Date(bubble.querySelector("time[datetime]")?.dateTime);
+  return Number.isNaN(date.getTime()) ? null : date;
 }
 
 function parseBubbles(html) {
@@ -51,8 +73,10 @@ class ChatRoom {
     this.catchingUp = null;
     this.heldFrames = new Map(); // prev_id -> frame, for frames that arrived early
     this.graceTimer = null;
-    this.bubbles().forEach((bubble) => this.decorate(bubble));
+    this.placeDayDividers();
     this.scrollToBottom();
+    this.keepBottomInView();
+    this.dayTimer = setInterval(() => this.placeDayDividers(), MINUTE_MS); // "Today" turns "Yesterday"
     this.bindLoadOlder();
     this.onVisibility = () => this.reportVisibility();
     document.addEventListener("visibilitychange", this.onVisibility);
@@ -75,6 +99,8 @@ class ChatRoom {
     clearTimeout(this.catchUpRetryTimer);
     clearTimeout(this.graceTimer);
     this.outbox?.stop();
+    clearInterval(this.dayTimer);
+    this.resizeObserver?.disconnect();
     this.socket.stop();
     document.removeEventListener("visibilitychange", this.onVisibility);
     activeRooms.delete(this);
@@ -96,6 +122,7 @@ class ChatRoom {
     if (frame.type === "chat.message") this.onMessageFrame(frame);
     else if (frame.type === "chat.presence") this.showPresence(frame.online);
     else if (frame.type === "chat.revoked") this.showRevoked(frame.deleted);
+    else if (frame.type === "chat.renamed") this.showName(frame.name);
   }
 
   // Frames of messages sent at the same moment can arrive out of order: hold a frame that
@@ -214,6 +241,7 @@ class ChatRoom {
       window.htmx?.process(bubble);
     }
     this.list.querySelector("[data-empty-state]")?.remove();
+    this.placeDayDividers();
     if (stickToBottom) this.scrollToBottom();
   }
 
@@ -221,9 +249,62 @@ class ChatRoom {
     if (bubble.dataset.senderId && bubble.dataset.senderId === currentUserId()) {
       bubble.classList.add("bubble--mine");
     }
+    const time = bubble.querySelector(".bubble-time");
+    const date = sentAt(bubble);
+    if (time && date) {
+      time.textContent = clockTime(date); // the server wrote its own time zone's
+      time.title = date.toLocaleString("en-GB", { dateStyle: "full", timeStyle: "short" });
+    }
     const previous = bubble.previousElementSibling;
     const sameSender = previous?.dataset.senderId === bubble.dataset.senderId;
     bubble.classList.toggle("bubble--continued", Boolean(previous?.dataset.messageId && sameSender));
+  }
+
+  // A divider above the first message of each day. Dividers already in place are kept
+  // (the list is a live region: a re-added one would be read out again); one left where
+  // an older page joined on the same day goes.
+  placeDayDividers() {
+    const now = new Date();
+    const starts = new Map(); // bubble -> its day, for the first bubble of each day
+    let previousKey = null;
+    for (const bubble of this.bubbles()) {
+      const date = sentAt(bubble);
+      if (!date) continue;
+      const key = dayKey(date);
+      if (key !== previousKey) starts.set(bubble, date);
+      previousKey = key;
+    }
+    for (const divider of this.list.querySelectorAll("[data-day-divider]")) {
+      const next = divider.nextElementSibling;
+      if (!starts.has(next) || dayKey(starts.get(next)) !== divider.dataset.dayDivider) divider.remove();
+    }
+    for (const [bubble, date] of starts) {
+      let divider = bubble.previousElementSibling;
+      if (!divider?.matches("[data-day-divider]")) {
+        divider = document.createElement("p");
+        divider.className = "day-divider";
+        divider.dataset.dayDivider = dayKey(date);
+        divider.append(document.createElement("time"));
+        divider.firstChild.dateTime = dayKey(date);
+        bubble.before(divider);
+      }
+      const label = dayLabel(date, now);
+      if (divider.firstChild.textContent !== label) divider.firstChild.textContent = label;
+    }
+    for (const bubble of this.bubbles()) this.decorate(bubble); // no "continued" across a divider
+  }
+
+  // Keep the newest message in view when the list gets shorter (an error line or a
+  // notice appears, the message box grows) while it was scrolled to the bottom.
+  keepBottomInView() {
+    this.atBottom = true;
+    this.list.addEventListener("scroll", () => {
+      this.atBottom = this.isNearBottom();
+    });
+    this.resizeObserver = new ResizeObserver(() => {
+      if (this.atBottom) this.scrollToBottom();
+    });
+    this.resizeObserver.observe(this.list);
   }
 
   isNearBottom() {
@@ -239,6 +320,14 @@ class ChatRoom {
     this.element.querySelectorAll("[data-presence-count]").forEach((element) => {
       element.textContent = String(online);
     });
+  }
+
+  showName(name) {
+    const title = this.element.querySelector("[data-room-title]");
+    if (title) title.textContent = name;
+    const avatar = this.element.querySelector("[data-room-avatar]");
+    if (avatar) avatar.textContent = initials(name);
+    if (!this.element.closest("[data-chat-widget-panel]")) document.title = name;
   }
 
   showRevoked(deleted) {
@@ -272,7 +361,7 @@ class ChatRoom {
     // htmx fires afterSwap on each inserted element, once the whole page is in.
     this.list.addEventListener("htmx:afterSwap", () => {
       if (fromBottom === null) return;
-      this.bubbles().forEach((bubble) => this.decorate(bubble)); // regroup across the seam
+      this.placeDayDividers(); // and regroup across the seam
       this.list.scrollTop = this.list.scrollHeight - fromBottom;
       fromBottom = null;
     });
@@ -293,6 +382,20 @@ class ChatRoom {
       if (event.key !== "Enter" || event.shiftKey || event.isComposing) return;
       event.preventDefault();
       if (this.input.value.trim()) this.form.requestSubmit();
+    });
+    // Too long: the form does not submit (length-limit.js makes the box invalid); say why.
+    this.input.addEventListener("invalid", (event) => {
+      const reason = tooLongMessage(this.input);
+      if (!reason) return;
+      event.preventDefault(); // our line under the box, not the browser's bubble too
+      this.showError(`<p>${escapeHtml(reason)}</p>`);
+      this.lengthErrorShown = true;
+    });
+    this.input.addEventListener("input", () => {
+      if (this.lengthErrorShown && checkLength(this.input)) {
+        this.lengthErrorShown = false;
+        this.showError("");
+      }
     });
     this.form.addEventListener("submit", (event) => {
       event.preventDefault();

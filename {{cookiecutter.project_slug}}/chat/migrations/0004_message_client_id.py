@@ -4,7 +4,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("chat", "0002_room_presence"),
+        ("chat", "0003_former_membership"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
