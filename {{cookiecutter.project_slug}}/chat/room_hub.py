@@ -55,10 +55,11 @@ class RoomHub:
     async def join(self, consumer) -> None:
         """Deliver the room events of `consumer.chat_id` to this socket from now on."""
         await self.start()
-        sockets = self.rooms.setdefault(consumer.chat_id, set())
-        sockets.add(consumer)
-        if len(sockets) == 1:
+        if not self.rooms.get(consumer.chat_id):
+            # First the group, then the socket: a socket whose join failed (the layer is
+            # down) must not stand in the room and keep the next one from subscribing.
             await self.layer.group_add(events.room_group(consumer.chat_id), self.channel)
+        self.rooms.setdefault(consumer.chat_id, set()).add(consumer)
 
     async def leave(self, consumer) -> None:
         sockets = self.rooms.get(consumer.chat_id)
@@ -131,5 +132,6 @@ class RoomHub:
                 continue
             try:
                 await handler(event)
-            except Exception:  # one socket's failure is not the room's
+            except Exception:  # one socket's failure is not the room's; that socket is let go
                 logger.exception("Delivering %s to %s failed", event.get("type"), consumer.channel_name)
+                await self.leave(consumer)
