@@ -19,25 +19,30 @@ vocabulary. Frames a client may send to a room:
 
 Anything else, malformed JSON or a frame over CHAT_WS_MAX_FRAME_BYTES gets
 {"type": "error", "code": ..., "error": "<a sentence>"} back; errors about a send also
-carry its "client_id", and a rate-limited one its "retry_after" in seconds.
+carry its "client_id", and those worth retrying ("rate_limited", "busy") a "retry_after"
+in seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import ValidationError
+from django.db import OperationalError
 
 from chat import events, presence, read_marks, selectors, services
 from chat.conf import chat_setting
 from chat.models import Membership
 from chat.ratelimit import RateLimited, check_rate
 from chat.room_hub import RoomHub
+
+logger = logging.getLogger(__name__)
 
 # A socket may send this many frames per window; past it frames are dropped with one
 # "rate_limited" error per window (a client needs a handful: read, visibility, ping).
@@ -249,6 +254,10 @@ class RoomConsumer(ChatConsumer):
             return await self.send_error("invalid", " ".join(exc.messages), client_id=client_id)
         except RateLimited as exc:
             return await self.send_error("rate_limited", str(exc), client_id=client_id, retry_after=exc.retry_after)
+        except OperationalError:  # SQLite's writer lock, a database restarting: nothing was saved
+            logger.warning("Database unavailable for a send in chat %s", self.chat_id, exc_info=True)
+            busy = "The server is busy; sending again."
+            return await self.send_error("busy", busy, client_id=client_id, retry_after=1)
         except Membership.DoesNotExist:
             await self.send_error("forbidden", "You are no longer a member of this chat.", client_id=client_id)
             return await self.close(code=CLOSE_FORBIDDEN)

@@ -8,11 +8,13 @@ into 400, forbidden actions into 403 and limits into 429 or 503 instead of a 500
 
 from __future__ import annotations
 
+import logging
 from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
+from django.db import OperationalError
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -32,6 +34,10 @@ from chat.forms import (
 )
 from chat.models import MAX_ID
 from chat.ratelimit import RateLimited, RateLimitUnavailable, check_rate
+
+logger = logging.getLogger(__name__)
+
+DATABASE_RETRY_AFTER_SECONDS = 1
 
 WIDGET_PANEL_ID = "chat-widget-panel"
 
@@ -67,6 +73,12 @@ def chat_view(*methods: str):
                 status = 429 if isinstance(exc, RateLimited) else 503
                 response = error_response(request, str(exc), status=status)
                 response["Retry-After"] = str(exc.retry_after)
+            except OperationalError:
+                # The database is busy (SQLite's one writer) or restarting: nothing was
+                # saved, and the page retries after Retry-After.
+                logger.warning("Database unavailable for %s", request.path, exc_info=True)
+                response = error_response(request, "The server is busy. Try again in a moment.", status=503)
+                response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
             patch_vary_headers(response, ["HX-Request", "HX-Target"])
             return response
 

@@ -5,6 +5,7 @@ test_consumers).
 """
 
 import json
+import sqlite3
 
 import pytest
 from channels.db import database_sync_to_async
@@ -134,3 +135,64 @@ async def test_a_removed_member_cannot_send_over_a_socket_that_missed_its_revoca
     assert (error["code"], error["client_id"]) == ("forbidden", "late")
     await expect_close(room, consumers.CLOSE_FORBIDDEN)
     assert await stored(chat=group) == []
+
+
+def hold_sqlite_write_lock():
+    """A second connection to the test database that takes SQLite's one write lock."""
+    from django.db import connection
+
+    other = sqlite3.connect(connection.settings_dict["NAME"], uri=True, timeout=0.1)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("UPDATE chat_chat SET name = name")
+    return other
+
+
+def release_lock(other) -> None:
+    other.rollback()
+    other.close()
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_a_send_that_finds_the_database_busy_gets_a_retryable_error_and_a_retry_stores_it(
+    connect, alice, group, settings
+):
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's writer lock")
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    locker = await database_sync_to_async(hold_sqlite_write_lock)()
+    try:
+        await room.send_to(text_data=send_frame("busy-1", "wait for it"))
+        error = await receive_until(room, "error")
+    finally:
+        await database_sync_to_async(release_lock)(locker)
+    assert (error["code"], error["client_id"], error["retry_after"]) == ("busy", "busy-1", 1)
+    assert await stored(chat=group) == []
+
+    await room.send_to(text_data=send_frame("busy-1", "wait for it"))
+    ack = await receive_until(room, "ack")
+    assert [m.pk for m in await stored(chat=group)] == [ack["message_id"]]
+
+
+def test_an_http_send_that_finds_the_database_busy_is_a_503_with_retry_after(client, alice, group):
+    from django.db import connection
+    from django.urls import reverse
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's writer lock")
+    client.force_login(alice)
+    url = reverse("chat:send", args=[group.pk])
+    locker = hold_sqlite_write_lock()
+    try:
+        response = client.post(url, {"body": "wait", "client_id": "http-1"}, headers={"HX-Request": "true"})
+    finally:
+        release_lock(locker)
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+    assert "busy" in response.content.decode()
+    assert not Message.objects.exists()
+
+    retried = client.post(url, {"body": "wait", "client_id": "http-1"}, headers={"HX-Request": "true"})
+    assert retried.status_code == 200
+    assert Message.objects.count() == 1

@@ -90,7 +90,7 @@ export class MessageOutbox {
     }
     if (frame.type === "ack") {
       this.done(message, null, frame.message_id);
-    } else if (frame.type === "error" && frame.code === "rate_limited") {
+    } else if (frame.type === "error" && (frame.code === "rate_limited" || frame.code === "busy")) {
       this.retryLater(message, frame.retry_after, frame.error);
     } else if (frame.type === "error") {
       this.refuse(message, { text: frame.error });
