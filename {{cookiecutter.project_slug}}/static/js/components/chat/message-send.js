@@ -399,7 +399,10 @@ class ChatRoom {
     });
     this.form.addEventListener("submit", (event) => {
       event.preventDefault();
-      if (!this.input.value.trim()) return;
+      if (!this.input.value.trim()) {
+        this.showError("<p>Write a message before sending.</p>"); // as the server would say
+        return;
+      }
       this.outbox.send(this.input.value);
       this.input.value = "";
       this.showError("");
