@@ -66,7 +66,12 @@ def run_cookiecutter(*args: str, output_dir: Path, timeout: float = 60) -> subpr
 
 def load_hook(name: str) -> ModuleType:
     """Import hooks/<name>.py as a module; its Jinja markup sits only inside a string."""
-    spec = importlib.util.spec_from_file_location(f"template_hooks_{name}", TEMPLATE_DIR / "hooks" / f"{name}.py")
+    return load_module(TEMPLATE_DIR / "hooks" / f"{name}.py")
+
+
+def load_module(path: Path) -> ModuleType:
+    """Import a Python file of the template by its path, under a name of its own."""
+    spec = importlib.util.spec_from_file_location(f"template_{path.stem}", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
