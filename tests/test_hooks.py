@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+from urllib.parse import urlsplit
 
 import pytest
-from baking import TEMPLATE_DIR, run_cookiecutter
+from baking import TEMPLATE_DIR, clean_env, run_cookiecutter
 
 DEFAULT_ANSWERS = {
     "project_name": "Chat Project",
@@ -248,9 +251,12 @@ def parse_env(text: str) -> dict[str, str]:
     return dict(pairs)
 
 
+def env_text(post_gen, **changes) -> str:
+    return post_gen.env_file_text(answers(**changes), secret_key="s3cret", database_password="pw")
+
+
 def test_env_file_text_for_the_defaults(post_gen):
-    env = parse_env(post_gen.env_file_text(answers(), "s3cret"))
-    assert env == {
+    assert parse_env(env_text(post_gen)) == {
         "DEBUG": "true",
         "SECRET_KEY": "s3cret",
         "ALLOWED_HOSTS": "localhost,127.0.0.1,[::1]",
@@ -259,64 +265,74 @@ def test_env_file_text_for_the_defaults(post_gen):
     }
 
 
-def test_env_file_text_points_at_local_services(post_gen):
-    env = parse_env(post_gen.env_file_text(answers(database="postgresql", channel_layer="redis"), "k"))
-    assert env["DATABASE_URL"] == "postgres://localhost:5432/chat_project"
+def test_env_file_text_names_a_postgresql_role_password_and_database(post_gen):
+    env = parse_env(env_text(post_gen, database="postgresql", channel_layer="redis"))
+    parts = urlsplit(env["DATABASE_URL"])
+    assert (parts.scheme, parts.username, parts.password) == ("postgres", "chat_project", "pw")
+    assert (parts.hostname, parts.port, parts.path) == ("127.0.0.1", 5432, "/chat_project")
     assert env["REDIS_URL"] == "redis://127.0.0.1:6379/0"
 
 
-def test_write_env_file_uses_a_fresh_long_secret(post_gen, tmp_path):
-    keys = set()
+def test_write_env_file_uses_fresh_long_secrets(post_gen, tmp_path):
+    envs = []
     for _ in range(2):
-        post_gen.write_env_file(tmp_path, answers())
-        keys.add(parse_env((tmp_path / ".env").read_text())["SECRET_KEY"])
-    assert len(keys) == 2
+        post_gen.write_env_file(tmp_path, answers(database="postgresql"))
+        envs.append(parse_env((tmp_path / ".env").read_text()))
+    keys = {env["SECRET_KEY"] for env in envs}
+    passwords = {urlsplit(env["DATABASE_URL"]).password for env in envs}
+    assert len(keys) == len(passwords) == 2
     assert all(len(key) >= 50 for key in keys)
+    assert all(len(password) >= 20 for password in passwords)
 
 
-def test_setup_steps_install_migrate_and_seed(post_gen):
-    steps = [" ".join(step) for step in post_gen.setup_steps(answers())]
-    assert steps[-2:] == ["python manage.py migrate --no-input", "python manage.py seed_chat_data"]
-    assert any("pip install" in step and ".[dev]" in step for step in steps)
+def test_setup_phases_install_then_migrate_then_seed(post_gen):
+    phases = [[" ".join(step) for step in phase] for phase in post_gen.setup_phases(answers())]
+    install, migrate, seed = phases
+    assert install[0] == "venv"
+    assert any("pip install" in step and ".[dev]" in step for step in install)
+    assert migrate == ["python manage.py migrate --no-input"]
+    assert seed == ["python manage.py seed_chat_data"]
 
 
-def test_setup_steps_skip_seeding_when_not_asked(post_gen):
-    steps = [" ".join(step) for step in post_gen.setup_steps(answers(seed_demo_data=False))]
-    assert not any("seed_chat_data" in step for step in steps)
+def test_setup_phases_skip_seeding_when_not_asked(post_gen):
+    assert len(post_gen.setup_phases(answers(seed_demo_data=False))) == 2
 
 
-def test_shell_line_names_the_venv_interpreter(post_gen):
+def test_shell_line_names_the_venv_interpreter_and_quotes_extras(post_gen):
     assert post_gen.shell_line(["python", "manage.py", "migrate"]) == ".venv/bin/python manage.py migrate"
+    assert post_gen.shell_line(["python", "-m", "pip", "install", "-e", ".[dev]"]).endswith("-e '.[dev]'")
 
 
-def test_next_steps_tell_how_to_set_up_when_not_done(post_gen):
-    text = post_gen.next_steps(answers(database="postgresql", channel_layer="redis"), set_up=False)
-    assert "cd chat_project" in text
-    assert "make setup" in text
-    assert "make seed" in text
-    assert "PostgreSQL" in text
-    assert "Redis" in text
-    assert "make run" in text
+def step_lines(text: str) -> list[str]:
+    """The indented commands of the next steps, comments included, without trailing comments."""
+    return [line.strip().split("   #")[0].strip() for line in text.splitlines() if line.startswith("    ")]
+
+
+def test_next_steps_put_services_before_the_targets_that_need_them(post_gen):
+    text = post_gen.next_steps(
+        answers(database="postgresql", channel_layer="redis"), project="chat_project", set_up=False
+    )
+    lines = step_lines(text)
+    assert lines[0] == "cd chat_project"
+    createuser = lines.index("createuser --createdb --pwprompt chat_project")
+    createdb = lines.index("createdb --owner chat_project chat_project")
+    redis = next(i for i, line in enumerate(lines) if line.startswith("# Redis must be running"))
+    assert createuser < createdb < lines.index("make setup") < lines.index("make seed") < lines.index("make run")
+    assert redis < lines.index("make setup")
+    assert lines[-1] == "make test"
 
 
 def test_next_steps_skip_setup_once_done(post_gen):
-    text = post_gen.next_steps(answers(), set_up=True)
-    assert "make setup" not in text
-    assert "make run" in text
-    assert "PostgreSQL" not in text
-    assert "Redis" not in text
+    text = post_gen.next_steps(answers(), project="chat_project", set_up=True)
+    assert step_lines(text) == ["cd chat_project", "make run", "make test"]
+    assert "demo data seeded" in text
 
 
-def test_failed_setup_prints_manual_commands_and_keeps_going(post_gen, tmp_path, capsys, monkeypatch):
-    def fail(*args, **kwargs):
-        raise OSError("no network")
-
-    monkeypatch.setattr(post_gen.subprocess, "run", fail)
-    assert post_gen.run_setup(tmp_path, answers()) == (False, "")
-    err = capsys.readouterr().err
-    assert "WARNING: setup step failed" in err
-    assert "-m venv .venv" in err
-    assert ".venv/bin/python manage.py migrate --no-input" in err
+def test_next_steps_once_done_still_say_which_services_must_run(post_gen):
+    text = post_gen.next_steps(answers(database="postgresql", channel_layer="redis"), project="x", set_up=True)
+    lines = step_lines(text)
+    assert "createdb" not in text
+    assert lines.index("make run") > max(i for i, line in enumerate(lines) if line.startswith("# "))
 
 
 # --- cookiecutter's CLI end to end -----------------------------------------------------
@@ -369,6 +385,37 @@ def test_yes_no_answers_are_read_like_cookiecutter_reads_them(tmp_path, answers_
     project = output / "chat_project"
     assert [path for path in pruned if (project / path).exists()] == []
     assert [path for path in kept if not (project / path).exists()] == []
+
+
+def test_next_steps_name_the_project_from_where_cookiecutter_ran(tmp_path):
+    result = run_cookiecutter("setup_environment=false", output_dir=tmp_path / "demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Your project is ready in demo/chat_project." in result.stdout
+    assert step_lines(result.stdout)[0] == "cd demo/chat_project"
+
+
+def test_make_demo_runs_the_steps_its_bake_prints(tmp_path):
+    """make demo bakes without setup, then runs the printed make targets in the printed folder."""
+    demo = tmp_path / "demo"
+    bake = run_cookiecutter("setup_environment=false", output_dir=demo, cwd=tmp_path)
+    assert bake.returncode == 0, bake.stderr
+    printed = step_lines(bake.stdout)
+    dry_run = subprocess.run(
+        ["make", "--dry-run", "--no-print-directory", "demo", f"DEMO_DIR={demo}"],
+        cwd=TEMPLATE_DIR,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        check=False,
+    )
+    assert dry_run.returncode == 0, dry_run.stderr
+    recipe = dry_run.stdout.splitlines()
+    assert "setup_environment=false" in recipe[0]
+    served = next(shlex.split(line) for line in recipe if f"-C {demo}/chat_project" in line)
+    targets = [word for word in served[1:] if word.isalpha()]
+    assert printed[0] == "cd demo/chat_project"
+    assert [f"make {target}" for target in targets] == printed[1 : 1 + len(targets)]
+    assert targets[-1] == "run"
 
 
 def test_valid_answers_generate_without_setup(tmp_path):
