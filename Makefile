@@ -19,11 +19,13 @@ $(VENV)/.installed: requirements-dev.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-# Rebaking over an existing ./demo keeps its database and .venv; the hook reinstalls and
-# migrates (fast when nothing changed) and seeding is idempotent.
+# The bake prints its next steps (make setup, make seed, make run in ./demo/chat_project) and
+# make demo then runs exactly those; a failed step stops it there, as it would by hand.
+# Rebaking over an existing ./demo keeps its database and .venv; setup reinstalls and migrates
+# (fast when nothing changed) and seeding is idempotent.
 demo: venv
-	$(BIN)/cookiecutter --no-input --default-config --overwrite-if-exists --output-dir $(DEMO_DIR) . setup_environment=true
-	cd $(DEMO_PROJECT) && .venv/bin/python manage.py runserver 127.0.0.1:8000
+	$(BIN)/cookiecutter --no-input --default-config --overwrite-if-exists --output-dir $(DEMO_DIR) . setup_environment=false
+	$(MAKE) --no-print-directory -C $(DEMO_PROJECT) PYTHON=$(PYTHON) setup seed run
 
 test: venv
 	$(BIN)/python -m pytest -n auto

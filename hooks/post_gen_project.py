@@ -1,13 +1,16 @@
 """Finish the generated project: prune disabled options, write .env, optionally set up.
 
 Generation itself never touches the network. The optional setup (venv, install, migrate,
-seed) reports a failed step with the exact commands to run by hand and still exits 0, so
-the generated files are always kept.
+seed) reports a failed step in one line, removes what that part of the setup had made (a
+half-built .venv, the egg-info and build folders of a failed install, a half-migrated
+database) and still exits 0, so the generated files are always kept. The next steps then say
+what is left to do, services first, in the order it has to be done.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -16,7 +19,7 @@ from pathlib import Path
 
 
 def as_bool(value: object) -> bool:
-    return str(value).strip().lower() in {"true", "yes", "y", "1", "on"}
+    return str(value).strip().lower() in {"true", "t", "yes", "y", "1", "on"}
 
 
 def paths_to_prune(answers: dict) -> list[str]:
@@ -42,7 +45,7 @@ def prune(project_dir: Path, paths: list[str]) -> None:
             target.unlink()
 
 
-def env_file_text(answers: dict, secret_key: str) -> str:
+def env_file_text(answers: dict, *, secret_key: str, database_password: str) -> str:
     """The developer's local .env: DEBUG on, a fresh secret, local services."""
     slug = answers["project_slug"]
     lines = [
@@ -53,7 +56,11 @@ def env_file_text(answers: dict, secret_key: str) -> str:
         "CSRF_TRUSTED_ORIGINS=http://localhost:8000,http://127.0.0.1:8000",
     ]
     if answers["database"] == "postgresql":
-        lines.append(f"DATABASE_URL=postgres://localhost:5432/{slug}")
+        lines += [
+            f"# A role '{slug}' (with CREATEDB, for the test database) that owns a database '{slug}';",
+            "# the README's first commands create both. Or point it at a role and database you have.",
+            f"DATABASE_URL=postgres://{slug}:{database_password}@127.0.0.1:5432/{slug}",
+        ]
     else:
         lines.append("DATABASE_URL=sqlite:///db.sqlite3")
     if answers["channel_layer"] == "redis":
@@ -62,20 +69,27 @@ def env_file_text(answers: dict, secret_key: str) -> str:
 
 
 def write_env_file(project_dir: Path, answers: dict) -> None:
-    secret_key = secrets.token_urlsafe(50)
-    (project_dir / ".env").write_text(env_file_text(answers, secret_key))
+    text = env_file_text(answers, secret_key=secrets.token_urlsafe(50), database_password=secrets.token_urlsafe(18))
+    (project_dir / ".env").write_text(text)
 
 
-def setup_steps(answers: dict) -> list[list[str]]:
-    """Commands run inside the project directory; `python` means the venv's interpreter."""
-    steps = [
-        ["python", "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
-        ["python", "-m", "pip", "install", "--quiet", "-e", ".[dev]"],
-        ["python", "manage.py", "migrate", "--no-input"],
+def setup_phases(answers: dict) -> list[list[list[str]]]:
+    """The setup's commands, run inside the project; `python` means the venv's interpreter.
+
+    A phase is undone as a whole when one of its commands fails: install (venv and pip),
+    migrate, seed.
+    """
+    phases = [
+        [
+            ["venv"],
+            ["python", "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
+            ["python", "-m", "pip", "install", "--quiet", "-e", ".[dev]"],
+        ],
+        [["python", "manage.py", "migrate", "--no-input"]],
     ]
     if as_bool(answers["seed_demo_data"]):
-        steps.append(["python", "manage.py", "seed_chat_data"])
-    return steps
+        phases.append([["python", "manage.py", "seed_chat_data"]])
+    return phases
 
 
 def venv_python(project_dir: Path) -> Path:
@@ -84,48 +98,109 @@ def venv_python(project_dir: Path) -> Path:
 
 
 def shell_line(step: list[str]) -> str:
-    return " ".join(".venv/bin/python" if part == "python" else part for part in step)
+    """The command as a user would type it in the project directory (quoted for zsh too)."""
+    if step == ["venv"]:
+        return f"{sys.executable} -m venv .venv"
+    return " ".join(".venv/bin/python" if part == "python" else f"'{part}'" if "[" in part else part for part in step)
+
+
+def command(step: list[str], project_dir: Path) -> list[str]:
+    if step == ["venv"]:
+        return [sys.executable, "-m", "venv", ".venv"]
+    return [str(venv_python(project_dir)) if part == "python" else part for part in step]
+
+
+def remove_new_entries(project_dir: Path, before: set[str]) -> list[str]:
+    """Remove what appeared in the project folder since `before`; return the names removed."""
+    removed = sorted(set(os.listdir(project_dir)) - before)
+    for name in removed:
+        path = project_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return removed
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
 
 
 def run_setup(project_dir: Path, answers: dict) -> tuple[bool, str]:
-    """Create .venv with the interpreter running cookiecutter, then install and migrate.
+    """Create .venv with the interpreter running cookiecutter, then install, migrate and seed.
 
     Returns whether every step passed and what the last step printed (the demo logins
-    when seeding), so they can be shown again after the next steps.
+    when seeding), so they can be shown after the next steps.
     """
-    steps = setup_steps(answers)
-    manual = [f"{sys.executable} -m venv .venv"] + [shell_line(step) for step in steps]
-    last_output = ""
-    try:
-        subprocess.run([sys.executable, "-m", "venv", ".venv"], cwd=project_dir, check=True)
-        python = str(venv_python(project_dir))
-        for step in steps:
+    output = ""
+    for phase in setup_phases(answers):
+        before = set(os.listdir(project_dir))
+        for step in phase:
             print(f"==> {shell_line(step)}", flush=True)
-            command = [python if part == "python" else part for part in step]
-            result = subprocess.run(command, cwd=project_dir, check=True, stdout=subprocess.PIPE, text=True)
-            last_output = result.stdout
-    except (OSError, subprocess.CalledProcessError) as error:
-        print(f"\nWARNING: setup step failed ({error}). The project files are kept.", file=sys.stderr)
-        print("Finish the setup by hand, inside the project directory:", file=sys.stderr)
-        for line in manual:
-            print(f"    {line}", file=sys.stderr)
-        return False, ""
-    return True, last_output
+            try:
+                result = subprocess.run(
+                    command(step, project_dir), cwd=project_dir, capture_output=True, text=True, check=False
+                )
+            except OSError as error:
+                result = subprocess.CompletedProcess(step, 1, "", str(error))
+            if result.returncode != 0:
+                removed = remove_new_entries(project_dir, before)
+                report_failure(step, last_line(result.stderr or result.stdout), removed)
+                return False, ""
+            output = result.stdout
+    return True, output
 
 
-def next_steps(answers: dict, *, set_up: bool) -> str:
+def report_failure(step: list[str], reason: str, removed: list[str]) -> None:
+    print(f"\nWARNING: setup stopped: `{shell_line(step)}` failed: {reason}", file=sys.stderr)
+    if removed:
+        print(f"Removed what the setup had made ({', '.join(removed)}); the generated files are kept.", file=sys.stderr)
+    print("Run the step by hand for its whole output; the steps left are below.", file=sys.stderr, flush=True)
+
+
+def display_path(project_dir: Path) -> str:
+    """The project as seen from the directory cookiecutter was started in (the shell's PWD)."""
+    start = os.environ.get("PWD", "")
+    if os.path.isabs(start):
+        relative = os.path.relpath(project_dir.resolve(), Path(start).resolve())
+        if not relative.startswith(".."):
+            return relative
+    return str(project_dir)
+
+
+def service_lines(answers: dict, *, set_up: bool) -> list[str]:
+    """What must be running before the make targets that need it, with how to create it."""
     slug = answers["project_slug"]
-    lines = ["", f"Your project is ready in ./{slug}", "", f"    cd {slug}"]
-    if not set_up:
-        lines.append("    make setup        # venv, install, migrate")
-        if as_bool(answers["seed_demo_data"]):
-            lines.append("    make seed         # demo users and chats")
-    if answers["database"] == "postgresql":
-        lines.append(f"    # PostgreSQL must be running with a database named '{slug}' (see .env)")
+    lines = []
+    if answers["database"] == "postgresql" and set_up:
+        lines.append("# PostgreSQL must be running (DATABASE_URL in .env)")
+    elif answers["database"] == "postgresql":
+        lines += [
+            "# PostgreSQL must be running, with the role and database DATABASE_URL in .env names;",
+            "# as a PostgreSQL superuser (on Debian/Ubuntu: prefix `sudo -u postgres`):",
+            f"createuser --createdb --pwprompt {slug}   # the password from DATABASE_URL in .env",
+            f"createdb --owner {slug} {slug}",
+        ]
     if answers["channel_layer"] == "redis":
-        lines.append("    # Redis must be running on REDIS_URL (see .env)")
-    lines += ["    make run          # http://127.0.0.1:8000/", "    make test", ""]
-    return "\n".join(lines)
+        lines.append("# Redis must be running on REDIS_URL in .env (e.g. redis-server)")
+    return lines
+
+
+def next_steps(answers: dict, *, project: str, set_up: bool) -> str:
+    """What to do next, in order: services, then the make targets left."""
+    if set_up:
+        done = "demo data seeded" if as_bool(answers["seed_demo_data"]) else "database migrated"
+        header = f"Your project is ready in {project} (.venv installed, {done})."
+    else:
+        header = f"Your project is ready in {project}."
+    commands = [f"cd {project}", *service_lines(answers, set_up=set_up)]
+    if not set_up:
+        commands.append("make setup        # .venv, install, migrate")
+        if as_bool(answers["seed_demo_data"]):
+            commands.append("make seed         # demo users and chats; prints the logins")
+    commands += ["make run          # http://127.0.0.1:8000/", "make test"]
+    return "\n".join(["", header, "", *(f"    {line}" for line in commands), ""])
 
 
 def main(answers: dict) -> int:
@@ -135,7 +210,7 @@ def main(answers: dict) -> int:
     set_up, setup_output = False, ""
     if as_bool(answers["setup_environment"]):
         set_up, setup_output = run_setup(project_dir, answers)
-    print(next_steps(answers, set_up=set_up))
+    print(next_steps(answers, project=display_path(project_dir), set_up=set_up))
     if set_up and as_bool(answers["seed_demo_data"]):
         print(setup_output)
     return 0

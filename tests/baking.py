@@ -52,8 +52,13 @@ def served_env(**overrides: str) -> dict[str, str]:
     )
 
 
-def run_cookiecutter(*args: str, output_dir: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the cookiecutter CLI on this template as a user would, isolated from ~/.cookiecutterrc."""
+def run_cookiecutter(
+    *args: str, output_dir: Path, timeout: float = 60, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the cookiecutter CLI on this template as a user would, isolated from ~/.cookiecutterrc.
+
+    `cwd` is the shell's directory (its PWD too); `env` adds variables (e.g. pip's settings).
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
     config = output_dir.parent / f"{output_dir.name}-cookiecutterrc.yaml"
     config.write_text(
@@ -61,12 +66,26 @@ def run_cookiecutter(*args: str, output_dir: Path, timeout: float = 60) -> subpr
     )
     command = [sys.executable, "-m", "cookiecutter", "--no-input", "--config-file", str(config)]
     command += ["--output-dir", str(output_dir), str(TEMPLATE_DIR), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=clean_env(), check=False)
+    shell = {"PWD": str(cwd)} if cwd else {}
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=clean_env(**shell, **(env or {})),
+        check=False,
+    )
 
 
 def load_hook(name: str) -> ModuleType:
     """Import hooks/<name>.py as a module; its Jinja markup sits only inside a string."""
-    spec = importlib.util.spec_from_file_location(f"template_hooks_{name}", TEMPLATE_DIR / "hooks" / f"{name}.py")
+    return load_module(TEMPLATE_DIR / "hooks" / f"{name}.py")
+
+
+def load_module(path: Path) -> ModuleType:
+    """Import a Python file of the template by its path, under a name of its own."""
+    spec = importlib.util.spec_from_file_location(f"template_{path.stem}", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -14,7 +14,7 @@ from typing import NoReturn
 from urllib.parse import urlsplit
 
 import pytest
-from baking import TEMPLATE_DIR, load_hook
+from baking import TEMPLATE_DIR, load_hook, load_module
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -32,8 +32,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def pre_gen() -> ModuleType:
-    return load_hook("pre_gen_project")
+def answer_checks() -> ModuleType:
+    return load_module(TEMPLATE_DIR / "local_extensions.py")
 
 
 @pytest.fixture(scope="session")

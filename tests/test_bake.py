@@ -139,6 +139,28 @@ def test_database_option_selects_driver_and_url(baked):
         assert "DATABASE_URL=sqlite:///" in env
 
 
+def first_commands(project: Path) -> list[str]:
+    """The README's first code block, line by line."""
+    readme = (project / "README.md").read_text()
+    return readme.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+
+
+def test_readme_first_commands_start_the_services_before_setup(baked):
+    answers, project = baked
+    lines = first_commands(project)
+    setup = next(i for i, line in enumerate(lines) if line.startswith("make setup"))
+    assert [line.split()[1] for line in lines[setup:]] == ["setup", "seed", "run"]
+    before = "\n".join(lines[:setup])
+    slug = project.name
+    if answers["database"] == "postgresql":
+        assert f"createuser --createdb --pwprompt {slug}" in before
+        assert f"createdb --owner {slug} {slug}" in before
+    if answers["channel_layer"] == "redis":
+        assert "Redis must be running on REDIS_URL" in before
+    if answers["database"] == "sqlite" and answers["channel_layer"] == "in-memory":
+        assert setup == 0
+
+
 def run_tool(project: Path, *command: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", *command], cwd=project, capture_output=True, text=True, timeout=120, check=False

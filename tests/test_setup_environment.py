@@ -1,15 +1,17 @@
 """setup_environment end to end: the hook installs, migrates and seeds; daphne then serves it.
 
-This is the one test that lets the post-generation hook reach PyPI, as a user's first
-`cookiecutter` run does.
+This is the one bake that lets the post-generation hook reach PyPI, as a user's first
+`cookiecutter` run does; another runs it offline and finds the project as generated.
 """
 
 from __future__ import annotations
 
 import http.cookiejar
+import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from baking import clean_env, exclusive_lock, run_cookiecutter, stop_process, tail
+from conftest import unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -168,3 +171,33 @@ def test_seeded_demo_user_logs_in_and_gets_the_chat_page(server, set_up_project)
     status, url, _ = browser.get("/chat/")
     assert status == 200
     assert urllib.parse.urlsplit(url).path == "/chat/"
+
+
+@pytest.fixture(scope="module")
+def build_backend_only(tmp_path_factory) -> Path:
+    """A folder holding only the project's build backend: offline, but with pip's cache of setuptools."""
+    wheels = tmp_path_factory.mktemp("wheels")
+    download = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(wheels), "setuptools"]
+    result = subprocess.run(download, capture_output=True, text=True, timeout=300, env=clean_env(), check=False)
+    if result.returncode != 0:
+        unavailable(f"cannot download setuptools from the package index: {tail(result.stderr, 3)}")
+    return wheels
+
+
+def test_offline_setup_leaves_the_project_as_generated_and_says_what_is_left(tmp_path, build_backend_only):
+    """pip builds the project's metadata, then finds no Django: nothing the failed setup made stays."""
+    offline = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(build_backend_only)}
+    result = run_cookiecutter("setup_environment=true", output_dir=tmp_path / "out", cwd=tmp_path, env=offline)
+    assert result.returncode == 0, tail(result.stdout + result.stderr)
+    generated = run_cookiecutter("setup_environment=false", output_dir=tmp_path / "plain", cwd=tmp_path)
+    assert generated.returncode == 0, generated.stderr
+
+    assert sorted(os.listdir(tmp_path / "out" / "chat_project")) == sorted(
+        os.listdir(tmp_path / "plain" / "chat_project")
+    )
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1, result.stderr
+    assert "pip install --quiet -e '.[dev]'` failed: ERROR: No matching distribution found for Django" in warnings[0]
+    assert "Traceback" not in result.stderr
+    steps = [line.strip().split("   #")[0].strip() for line in result.stdout.splitlines() if line.startswith("    ")]
+    assert steps == ["cd out/chat_project", "make setup", "make seed", "make run", "make test"]
