@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import json
 import logging
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.template.loader import render_to_string
 from django.utils.text import Truncator
@@ -75,7 +76,9 @@ def run_on_serving_loop(send_events, *args, wait: bool = False) -> None:
     """
     loop = _serving_loop
     if not wait and loop is not None and loop.is_running() and not loop.is_closed() and not on_loop(loop):
-        loop.call_soon_threadsafe(queue_on_this_loop, send_events, args)
+        # A fresh context: the caller's belongs to its request (and to asgiref's record of
+        # the sync thread being busy, which would refuse the sends' own database work).
+        loop.call_soon_threadsafe(queue_on_this_loop, send_events, args, context=contextvars.Context())
     else:
         async_to_sync(send_events)(*args)
 
@@ -136,12 +139,17 @@ async def group_send_all(layer, group_events: list[tuple[str, dict]]) -> None:
 
 
 def message_created(*, message, prev_id: int) -> None:
-    """Tell the room (the bubble) and the inbox (the counts) of every member not viewing it.
+    """Tell the room (the bubble) at once, then the inboxes of the members not viewing it.
 
     Members with the room open see the message there and their room socket marks it
     read, which sends them `inbox.unread`; an `inbox.message` too would only make their
     badges flicker, and costs a group send per viewer per message in a busy room.
+    The inbox side goes through `InboxFanout`: at most once a second per chat.
     """
+    run_on_serving_loop(deliver_message, room_message_event(message=message, prev_id=prev_id), message)
+
+
+def room_message_event(*, message, prev_id: int) -> dict:
     sender_name = selectors.display_name(message.sender)
     html = render_to_string("chat/partials/message_bubble.html", {"message": message, "sender_name": sender_name})
     frame = {
@@ -153,18 +161,26 @@ def message_created(*, message, prev_id: int) -> None:
         "html": html,
     }
     # Encoded once here rather than once per socket: a room of 100 sends the same text 100 times.
-    room_event = {
+    return {
         "type": "chat.message",
         "chat_id": message.chat_id,
         "message_id": message.pk,
         "sender_id": message.sender_id,
+        "text": json.dumps(frame),
     }
-    room_event["text"] = json.dumps(frame)
-    # The room first, before the inbox queries below: it is what the people in it wait for.
-    send(room_group(message.chat_id), room_event)
+
+
+async def deliver_message(room_event: dict, message) -> None:
+    await get_channel_layer().group_send(room_group(message.chat_id), room_event)
+    await InboxFanout.for_running_loop().note(message)
+
+
+def inbox_message_events(*, message) -> list[dict]:
+    """`inbox.message` for each member not reading the chat: the message and their counts."""
+    sender_name = selectors.display_name(message.sender)
     preview = Truncator(message.body).chars(120)  # as chat_row.html's truncatechars: marked "…", not cut
     viewers = presence.viewer_ids(chat_id=message.chat_id) - {message.sender_id}
-    inbox_events = [
+    return [
         {
             "type": "inbox.message",
             "user_id": user_id,
@@ -179,7 +195,73 @@ def message_created(*, message, prev_id: int) -> None:
         }
         for user_id, (unread, total) in selectors.unread_by_member(chat_id=message.chat_id, excluding=viewers).items()
     ]
-    send_to_inboxes(inbox_events)
+
+
+class InboxFanout:
+    """A chat's new messages reach its members' inboxes at most once per INBOX_UPDATE_INTERVAL.
+
+    Each fan-out counts unread messages for every member not viewing the chat: two
+    queries over the whole room. A busy room would run them for every message; a badge
+    needs only the latest. So the first message of a quiet chat goes out at once, and
+    the ones after it within the interval are folded into one fan-out at its end, for
+    the newest of them. One per event loop, as the mailbox it feeds.
+    """
+
+    _current: InboxFanout | None = None
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.newest: dict[int, object] = {}  # chat id -> the newest message not fanned out
+        self.last_run: dict[int, float] = {}
+        self.timers: dict[int, asyncio.TimerHandle] = {}
+
+    @classmethod
+    def for_running_loop(cls) -> InboxFanout:
+        loop = asyncio.get_running_loop()
+        if cls._current is None or cls._current.loop is not loop:
+            cls._current = cls(loop)
+        return cls._current
+
+    async def note(self, message) -> None:
+        chat_id = message.chat_id
+        older = self.newest.get(chat_id)
+        if older is None or older.pk < message.pk:
+            self.newest[chat_id] = message
+        if chat_id in self.timers:
+            return  # a fan-out is already due; it will take the newest
+        wait = self.last_run.get(chat_id, -INBOX_UPDATE_INTERVAL) + INBOX_UPDATE_INTERVAL - self.loop.time()
+        if wait <= 0 and not serving_here(self.loop):
+            await self.run(chat_id)  # a management command's or a test's own loop: now, before it closes
+            return
+        self.timers[chat_id] = self.loop.call_later(max(0.0, wait), self.start, chat_id)
+
+    def start(self, chat_id: int) -> None:
+        self.timers.pop(chat_id, None)
+        self.loop.create_task(self.run(chat_id))
+
+    async def run(self, chat_id: int) -> None:
+        message = self.newest.pop(chat_id, None)
+        if message is None:
+            return
+        self.last_run[chat_id] = self.loop.time()
+        self.prune()
+        try:
+            # Plain sync_to_async: on Django's sync thread (the caller's, for a command or a
+            # test) and inside its transaction, with no closing of "old" connections.
+            inbox_events = await sync_to_async(inbox_message_events)(message=message)
+            await post_to_mailbox(get_channel_layer(), inbox_events)
+        except Exception:  # a database or layer that is down: the next message's fan-out carries the counts
+            logger.exception("Inbox fan-out for chat %s failed", chat_id)
+
+    def prune(self) -> None:
+        if len(self.last_run) > 1000:
+            now = self.loop.time()
+            self.last_run = {c: at for c, at in self.last_run.items() if now - at < INBOX_UPDATE_INTERVAL}
+
+
+def serving_here(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether this loop is the websocket server's, which lives on (not a short-lived one)."""
+    return loop is _serving_loop
 
 
 def unread_changed(*, memberships) -> None:

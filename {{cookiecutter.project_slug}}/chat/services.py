@@ -149,16 +149,20 @@ def earlier_send(*, chat: Chat, sender, client_id: str) -> Message | None:
 
 
 def store_message(*, chat: Chat, sender, body: str, client_id: str) -> Message:
-    locked = Chat.objects.select_for_update().only("id", "last_message_id").get(pk=chat.pk)
+    locked = Chat.objects.select_for_update().only("id", "last_message_id").filter(pk=chat.pk).first()
+    if locked is None:  # deleted since the caller looked
+        raise Membership.DoesNotExist("Not a member of this chat.")
     prev_id = locked.last_message_id or 0
     message = Message.objects.create(chat_id=chat.pk, sender=sender, body=body, client_id=client_id)
     Chat.objects.filter(pk=chat.pk).update(last_message=message, last_activity_at=message.created_at)
     Membership.objects.filter(chat_id=chat.pk).exclude(user=sender).update(
         unread_count=F("unread_count") + 1, is_hidden=False
     )
-    Membership.objects.filter(chat_id=chat.pk, user=sender).update(
+    is_member = Membership.objects.filter(chat_id=chat.pk, user=sender).update(
         last_read_message_id=message.pk, unread_count=0, is_hidden=False
     )
+    if not is_member:  # left or removed since the caller looked: nothing is stored
+        raise Membership.DoesNotExist("Not a member of this chat.")
     after_commit(lambda: events.message_created(message=message, prev_id=prev_id))
     return message
 

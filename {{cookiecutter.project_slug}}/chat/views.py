@@ -32,7 +32,7 @@ from chat.forms import (
     RemoveMemberForm,
     RenameGroupForm,
 )
-from chat.models import MAX_ID
+from chat.models import MAX_ID, Membership
 from chat.ratelimit import RateLimited, RateLimitUnavailable, check_rate
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def chat_view(*methods: str):
                 return error_response(request, "That request is too large.", status=413)
             try:
                 response = view(request, *args, **kwargs)
-            except Http404:
+            except (Http404, Membership.DoesNotExist):  # the latter: left or removed mid-request
                 response = no_longer_member(request, kwargs.get("pk"))
             except (BadRequest, ValidationError) as exc:
                 response = error_response(request, error_text(exc), status=400)
