@@ -13,6 +13,9 @@ DEFAULTS = {
     "CHAT_GROUP_MAX_MEMBERS": 256,
     "CHAT_MAX_MEMBERS_PER_REQUEST": 50,
     "CHAT_WS_MAX_FRAME_BYTES": 4096,
+    # Open sockets (rooms and inboxes together) one user may hold on one server process;
+    # a tab holds one or two. Past it a socket is closed with 4429.
+    "CHAT_MAX_SOCKETS_PER_USER": 30,
 }
 
 

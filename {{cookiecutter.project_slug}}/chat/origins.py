@@ -47,7 +47,7 @@ def own_origin(scope, headers: dict[bytes, bytes]) -> str | None:
 
 
 def request_scheme(scope, headers: dict[bytes, bytes]) -> str:
-    """"https" or "http", trusting the proxy's header only when SECURE_PROXY_SSL_HEADER says so."""
+    """The request's scheme, trusting the proxy's header only when SECURE_PROXY_SSL_HEADER says so."""
     proxy_header = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
     if proxy_header:
         name, secure_value = proxy_header
@@ -66,7 +66,7 @@ def origin_allowed(origin: str, own: str | None) -> bool:
         return False
     for trusted in settings.CSRF_TRUSTED_ORIGINS:
         pattern = urlsplit(trusted)
-        if "*" in pattern.netloc and pattern.scheme == parsed.scheme:
-            if is_same_domain(parsed.netloc, pattern.netloc.partition("*")[2]):
-                return True
+        wildcard = "*" in pattern.netloc and pattern.scheme == parsed.scheme
+        if wildcard and is_same_domain(parsed.netloc, pattern.netloc.partition("*")[2]):
+            return True
     return False
