@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
@@ -6,5 +7,5 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="chat:list"), name="home"),
     path("accounts/", include("accounts.urls")),
     path("chat/", include("chat.urls")),
-    path("admin/", admin.site.urls),
+    path(settings.ADMIN_URL, admin.site.urls),
 ]
