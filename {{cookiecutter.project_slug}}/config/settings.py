@@ -177,10 +177,8 @@ CONTENT_SECURITY_POLICY = {
     },
 }
 # Browser features the chat never uses, off for this site and anything it embeds.
-PERMISSIONS_POLICY = {
-    feature: []
-    for feature in ["accelerometer", "camera", "geolocation", "gyroscope", "magnetometer", "microphone", "payment", "usb"]
-}
+UNUSED_BROWSER_FEATURES = ["accelerometer", "camera", "geolocation", "gyroscope", "magnetometer", "microphone", "usb"]
+PERMISSIONS_POLICY = {feature: [] for feature in [*UNUSED_BROWSER_FEATURES, "payment"]}
 
 # The admin's address: a predictable /admin/ invites password guessing; set your own.
 ADMIN_URL = env.str("ADMIN_URL", default="admin/")

@@ -43,7 +43,7 @@ def test_deploy_check_is_clean_with_production_variables():
 
 def production_settings(*names: str, **env_overrides: str) -> dict:
     """These settings as the project reads them with production variables (and these overrides)."""
-    code = "import json; from django.conf import settings; print(json.dumps(dict((n, getattr(settings, n)) for n in %r)))"
+    code = "import json; from django.conf import settings as s; print(json.dumps(dict((n, getattr(s, n)) for n in %r)))"
     code %= (names,)
     env = {"SECRET_KEY": secrets.token_urlsafe(50), "ALLOWED_HOSTS": "chat.example.com", **env_overrides}
     result = run_manage("shell", "-c", code, **env)
