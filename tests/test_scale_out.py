@@ -17,6 +17,7 @@ from live_servers import (
     Project,
     Server,
     bake_project,
+    http_request,
     open_socket,
     post_message,
     require_websockets,
@@ -116,6 +117,52 @@ def test_message_and_presence_cross_server_processes(websocket_client, servers, 
     """After an idle spell, sent to server 1, seen by B's room and inbox on server 2; presence follows A."""
     try:
         asyncio.run(across_servers(servers, seeded))
+    except BaseException:
+        for number, server in enumerate(servers, start=1):
+            print(f"--- server {number} log ---\n{server.output()}")
+        raise
+
+
+# A member of the group who logs out (their own, so the other tests keep their sessions).
+LOGOUT_SEED_SCRIPT = (
+    COOKIE_FOR_SCRIPT
+    + """
+from chat.models import Chat
+from chat import services
+
+User = get_user_model()
+chat = Chat.objects.get(pk=CHAT_ID)
+leaving = User.objects.create_user(username="leaving", email="leaving@example.com", password="x-leaving")
+services.add_members(chat=chat, actor=chat.created_by, users=[leaving])
+print(json.dumps(cookie_for(leaving)))
+"""
+)
+
+
+async def logout_closes_sockets_on_the_other_server(servers: tuple[Server, Server], seeded: dict, leaving: dict):
+    one, two = servers
+    room = f"/ws/chat/{seeded['chat_id']}/"
+    on_two = [await open_socket(two, room, leaving), await open_socket(two, "/ws/chat/inbox/", leaving)]
+    on_one = await open_socket(one, "/ws/chat/inbox/", leaving)
+    try:
+        await next_frame(on_two[0], "chat.presence")
+        # A frame the JSON parser cannot take is an error frame; the socket goes on.
+        await on_two[0].send('{"type": "ping", "x": ' + "[" * 3000)
+        await next_frame(on_two[0], "error", code="malformed")
+        status, _ = await asyncio.to_thread(http_request, one.port, "POST", "/accounts/logout/", leaving, body="")
+        assert status == 302
+        for ws in [*on_two, on_one]:
+            await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+            assert ws.close_code == 4401
+    finally:
+        for ws in [*on_two, on_one]:
+            await ws.close()
+
+
+def test_logout_on_one_server_closes_the_sessions_sockets_on_both(websocket_client, project, servers, seeded):
+    leaving = project.shell_json(f"CHAT_ID = {seeded['chat_id']}\n" + LOGOUT_SEED_SCRIPT)
+    try:
+        asyncio.run(logout_closes_sockets_on_the_other_server(servers, seeded, leaving))
     except BaseException:
         for number, server in enumerate(servers, start=1):
             print(f"--- server {number} log ---\n{server.output()}")

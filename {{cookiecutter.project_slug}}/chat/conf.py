@@ -18,6 +18,9 @@ DEFAULTS = {
     # A chat POST bigger than this is refused unread (413): the largest form, a message of
     # CHAT_MAX_MESSAGE_LENGTH characters, percent-encoded, fits several times over.
     "CHAT_MAX_REQUEST_BYTES": 64 * 1024,
+    # Open sockets (rooms and inboxes together) one user may hold on one server process;
+    # a tab holds one or two. Past it a socket is closed with 4429.
+    "CHAT_MAX_SOCKETS_PER_USER": 30,
 }
 
 

@@ -1,8 +1,10 @@
 """Websocket consumers: authorize, join groups, relay events. No business logic here.
 
 Close codes (the socket is accepted first so browsers can read them):
-    4401  not logged in
+    4001  the session changed (the password did): reconnect, which logs in again or gets 4401
+    4401  not logged in, or no longer (logged out, account deactivated or deleted)
     4403  not a member of this chat, or no longer one (removed, left, group deleted)
+    4429  this user has CHAT_MAX_SOCKETS_PER_USER sockets open on this server process already
 
 Frames the server sends are JSON objects with a "type": see `chat.events` for the
 vocabulary. Frames a client may send to a room:
@@ -20,7 +22,14 @@ vocabulary. Frames a client may send to a room:
 Anything else, malformed JSON or a frame over CHAT_WS_MAX_FRAME_BYTES gets
 {"type": "error", "code": ..., "error": "<a sentence>"} back; errors about a send also
 carry its "client_id", and those worth retrying ("rate_limited", "busy") a "retry_after"
-in seconds.
+in seconds. A user's sockets on one process share FRAME_BUDGET frames per
+FRAME_WINDOW_SECONDS; sends are counted by the per-user send rate instead.
+
+Room events reach a room socket through its process's `RoomHub` (chat/room_hub.py), which
+is in the room's group once for all of the process's sockets.
+
+Whatever ends a socket (a close, an error in a handler, the server cancelling it on
+shutdown) leaves its groups and its presence: `ChatConsumer.__call__` cleans up last.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
@@ -44,21 +54,36 @@ from chat.room_hub import RoomHub
 
 logger = logging.getLogger(__name__)
 
-# A socket may send this many frames per window; past it frames are dropped with one
-# "rate_limited" error per window (a client needs a handful: read, visibility, ping).
+# A user's sockets may send this many frames per window together (on one server process);
+# past it frames are dropped with one "rate_limited" error per socket and window. A tab
+# needs a handful: read, visibility, ping.
 FRAME_BUDGET = 30
 FRAME_WINDOW_SECONDS = 10
 
+CLOSE_SESSION_CHANGED = 4001
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
-# A burst of joins (a page of people opening the room) becomes one recount per socket.
-PRESENCE_DEBOUNCE_SECONDS = 0.2
+CLOSE_TOO_MANY_SOCKETS = 4429
+
+# This process's open sockets per user id, and each user's frame window [started, frames].
+_open_sockets: Counter[int] = Counter()
+_frame_windows: dict[int, list[float]] = {}
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
-    """Shared parsing of client frames; subclasses handle the frame types they accept."""
+    """Admission, clean-up and parsing of client frames; subclasses handle the frame types they accept."""
 
     groups_joined: tuple[str, ...] = ()
+    user_id: int | None = None
+    cleaned_up = False
+    warned_window = -1.0
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Shielded: a second cancel (daphne's shutdown) must not cut the clean-up short.
+            await asyncio.shield(self.clean_up())
 
     async def dispatch(self, message):
         """Channels' dispatch without its hop to the sync thread before every message.
@@ -73,31 +98,74 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
+    async def admit(self) -> bool:
+        """Let in a logged-in user under their socket cap (closing the socket otherwise)."""
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.reject(CLOSE_UNAUTHENTICATED)
+            return False
+        if _open_sockets[user.pk] >= chat_setting("CHAT_MAX_SOCKETS_PER_USER"):
+            await self.reject(CLOSE_TOO_MANY_SOCKETS)
+            return False
+        self.user, self.user_id = user, user.pk
+        _open_sockets[user.pk] += 1
+        session = self.scope.get("session")
+        self.session_tag = events.session_tag(getattr(session, "session_key", None))
+        return True
+
     async def reject(self, code: int) -> None:
         await self.accept()
         await self.close(code=code)
 
     async def join(self, *groups: str) -> None:
         events.note_serving_loop()
-        self.groups_joined = groups
-        for group in groups:
+        self.groups_joined = (events.sockets_group(self.user_id), *groups)
+        for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
 
     async def disconnect(self, code):
-        for group in self.groups_joined:
-            await self.channel_layer.group_discard(group, self.channel_name)
+        await self.clean_up()
+
+    async def clean_up(self) -> None:
+        """Leave every group and give back the socket's slot; once, whatever ended the socket."""
+        if self.cleaned_up:
+            return
+        self.cleaned_up = True
+        if self.user_id is not None:
+            _open_sockets[self.user_id] -= 1
+            if _open_sockets[self.user_id] <= 0:
+                del _open_sockets[self.user_id]
+        try:
+            for group in self.groups_joined:
+                await self.channel_layer.group_discard(group, self.channel_name)
+        except Exception:  # the layer is down; its groups expire on their own
+            logger.exception("Leaving the groups of %s failed", self.channel_name)
+
+    async def end(self, code: int) -> None:
+        """Close the socket now, out of its groups before the client has even seen the close."""
+        await self.clean_up()
+        await self.close(code=code)
+
+    async def session_ended(self, event):
+        if event["session"] is None or event["session"] == self.session_tag:
+            await self.end(event["close_code"])
 
     async def send_json(self, content: dict) -> None:
         await self.send(text_data=json.dumps(content))
 
     async def receive(self, text_data=None, bytes_data=None):
+        if self.cleaned_up:  # closing: nothing it sends counts any more
+            return
         frame, problem = self.parse_frame(text_data)
         # Sends are limited by the per-user send rate instead: a busy sender needs more
         # than the frame budget, which keeps every other frame (and garbage) cheap.
-        if not (frame and frame["type"] == "send") and not self.within_frame_budget():
-            if self.frames_in_window == FRAME_BUDGET + 1:
-                await self.send_error("rate_limited", "Too many frames; slow down.")
-            return
+        if not (frame and frame["type"] == "send"):
+            window_started = self.spend_frame()
+            if window_started is not None:
+                if self.warned_window != window_started:
+                    self.warned_window = window_started
+                    await self.send_error("rate_limited", "Too many frames; slow down.")
+                return
         if problem:
             return await self.send_error(*problem)
         handler = getattr(self, "client_" + frame["type"].replace(".", "_"), None)
@@ -114,18 +182,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return None, ("frame_too_large", "Frame too large.")
         try:
             frame = json.loads(text_data)
-        except ValueError:
+        except Exception:  # not only ValueError: 3,000 nested brackets raise RecursionError
             return None, ("malformed", "Frames must be JSON objects.")
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
             return None, ("malformed", "Frames must be JSON objects with a type.")
         return frame, None
 
-    def within_frame_budget(self) -> bool:
+    def spend_frame(self) -> float | None:
+        """Count a frame against the user's budget: None if within it, else the window's start."""
         now = time.monotonic()
-        if now - getattr(self, "window_started", -FRAME_WINDOW_SECONDS) >= FRAME_WINDOW_SECONDS:
-            self.window_started, self.frames_in_window = now, 0
-        self.frames_in_window += 1
-        return self.frames_in_window <= FRAME_BUDGET
+        window = _frame_windows.get(self.user_id)
+        if window is None or now - window[0] >= FRAME_WINDOW_SECONDS:
+            if len(_frame_windows) > 10_000:  # forget the windows of people who went quiet
+                for user, (started, _) in list(_frame_windows.items()):
+                    if now - started >= FRAME_WINDOW_SECONDS:
+                        del _frame_windows[user]
+            window = _frame_windows[self.user_id] = [now, 0]
+        window[1] += 1
+        return None if window[1] <= FRAME_BUDGET else window[0]
 
     async def send_error(self, code: str, message: str, **details) -> None:
         await self.send_json({"type": "error", "code": code, "error": message, **details})
@@ -138,13 +212,11 @@ class InboxConsumer(ChatConsumer):
     """One per tab of a logged-in user: list changes, unread counts, the total."""
 
     async def connect(self):
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            return await self.reject(CLOSE_UNAUTHENTICATED)
-        self.user_id = user.pk
-        await self.join(events.user_group(user.pk))
+        if not await self.admit():
+            return
+        await self.join(events.user_group(self.user_id))
         await self.accept()
-        total = await database_sync_to_async(selectors.total_unread_for_user_id)(user_id=user.pk)
+        total = await database_sync_to_async(selectors.total_unread_for_user_id)(user_id=self.user_id)
         await self.send_json({"type": "inbox.sync", "total_unread": total})
 
     async def inbox_message(self, event):
@@ -164,39 +236,46 @@ class RoomConsumer(ChatConsumer):
     once for all its sockets, and calls the handlers below.
     """
 
+    present = False
+    viewing = False
+
     async def connect(self):
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            return await self.reject(CLOSE_UNAUTHENTICATED)
-        self.user = user
+        if not await self.admit():
+            return
         self.chat_id = self.scope["url_route"]["kwargs"]["chat_id"]
         self.membership = await database_sync_to_async(self.get_membership)()
         if self.membership is None:
             return await self.reject(CLOSE_FORBIDDEN)
         self.viewing = True
-        self.presence_task: asyncio.Task | None = None
-        events.note_serving_loop()
+        await self.join()
         await RoomHub.for_running_loop().join(self)
+        self.in_hub = True
         await self.accept()
+        self.present = True
         await presence.track(self.channel_name)
         await database_sync_to_async(presence.join)(
-            chat_id=self.chat_id, user_id=user.pk, channel_name=self.channel_name
+            chat_id=self.chat_id, user_id=self.user_id, channel_name=self.channel_name
         )
-        await events.presence_changed(chat_id=self.chat_id)
+        presence.recount_soon(self.chat_id)
 
     def get_membership(self) -> Membership | None:
         return selectors.membership_for(user=self.user, chat_id=self.chat_id)
 
-    async def disconnect(self, code):
-        await super().disconnect(code)
-        if getattr(self, "membership", None) is None:
+    async def clean_up(self) -> None:
+        if self.cleaned_up:
             return
-        await RoomHub.for_running_loop().leave(self)
+        self.viewing = False  # no read marks from a socket on its way out
+        if getattr(self, "in_hub", False):
+            await RoomHub.for_running_loop().leave(self)
+        await super().clean_up()
+        if not self.present:
+            return
         presence.untrack(self.channel_name)
-        if self.presence_task:
-            self.presence_task.cancel()
-        await database_sync_to_async(presence.leave)(channel_name=self.channel_name)
-        await events.presence_changed(chat_id=self.chat_id)
+        try:
+            await database_sync_to_async(presence.leave)(channel_name=self.channel_name)
+        except Exception:  # the database is restarting: the row expires with presence.STALE_AFTER
+            logger.exception("Removing the presence of %s failed", self.channel_name)
+        presence.recount_soon(self.chat_id)
 
     # Events from the channel layer
 
@@ -205,17 +284,12 @@ class RoomConsumer(ChatConsumer):
             await self.send(text_data=event["text"])
         else:  # sent by a process still on a version that did not pre-encode (a rolling deploy)
             await self.send_json({**event, "type": "chat.message"})
-        if event["sender_id"] != self.user.pk and self.viewing:
+        if event["sender_id"] != self.user_id and self.viewing:
             self.schedule_read(event["message_id"])
 
     async def chat_presence(self, event):
-        if self.presence_task is None or self.presence_task.done():
-            self.presence_task = asyncio.get_running_loop().create_task(self.send_presence())
-
-    async def send_presence(self) -> None:
-        await asyncio.sleep(PRESENCE_DEBOUNCE_SECONDS)
-        online = await database_sync_to_async(presence.online_count)(chat_id=self.chat_id)
-        await self.send_json({"type": "chat.presence", "chat_id": self.chat_id, "online": online})
+        if "online" in event:  # a process on the previous version only asked for a recount
+            await self.send_json(event)
 
     async def chat_renamed(self, event):
         await self.send_json(event)
@@ -223,7 +297,7 @@ class RoomConsumer(ChatConsumer):
     async def chat_revoked(self, event):
         if getattr(self, "revoked", False):
             return  # it comes both through the room and to this socket
-        if event["deleted"] or self.user.pk in event["user_ids"]:
+        if event["deleted"] or self.user_id in event["user_ids"]:
             self.revoked = True
             await self.send_json({"type": "chat.revoked", "chat_id": self.chat_id, "deleted": event["deleted"]})
             await self.close(code=CLOSE_FORBIDDEN)
@@ -260,15 +334,15 @@ class RoomConsumer(ChatConsumer):
             return await self.send_error("busy", busy, client_id=client_id, retry_after=1)
         except Membership.DoesNotExist:
             await self.send_error("forbidden", "You are no longer a member of this chat.", client_id=client_id)
-            return await self.close(code=CLOSE_FORBIDDEN)
+            return await self.end(CLOSE_FORBIDDEN)
         await self.send_json({"type": "ack", "client_id": client_id, "message_id": message_id})
 
     def send_message(self, *, body: str, client_id: str) -> int:
         """As the `send/` route: within the rate, then the one send service, which stores
         nothing unless the sender is still a member (Membership.DoesNotExist)."""
-        check_rate(action="send", key=self.user.pk)
+        check_rate(action="send", key=self.user_id)
         chat = Chat(pk=self.chat_id)
         return services.send_message(chat=chat, sender=self.user, body=body, client_id=client_id).pk
 
     def schedule_read(self, message_id: int) -> None:
-        read_marks.mark(chat_id=self.chat_id, user_id=self.user.pk, up_to_id=message_id)
+        read_marks.mark(chat_id=self.chat_id, user_id=self.user_id, up_to_id=message_id)

@@ -10,11 +10,14 @@ room group ``chat.room.<chat_id>``
     chat.message   a new message: ids, previous id in the chat, sender, rendered bubble
     chat.revoked   these users lost access (removed, left) or the group was deleted
     chat.renamed   the group has a new name: update the room's header
-    chat.presence  recount who is online in the room
+    chat.presence  how many people are online in the room now (counted once per change)
 user group ``chat.user.<user_id>`` (the inbox socket of every tab)
     inbox.message  a new message in one of their chats, with unread counts
     inbox.unread   their unread count of one chat changed (read elsewhere)
     inbox.changed  a chat was added, removed or renamed: refresh the list
+sockets group ``chat.sockets.<user_id>`` (every socket of the user, room and inbox)
+    session.ended  close the sockets of one session (logged out) or of all (password
+                   changed, account deactivated or deleted), on every server process
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import hashlib
 import json
 import logging
 
@@ -41,6 +45,15 @@ def room_group(chat_id: int) -> str:
 
 def user_group(user_id: int) -> str:
     return f"chat.user.{user_id}"
+
+
+def sockets_group(user_id: int) -> str:
+    return f"chat.sockets.{user_id}"
+
+
+def session_tag(session_key: str | None) -> str | None:
+    """A session's name on the channel layer: a digest, never the key itself (it is a login)."""
+    return hashlib.sha256(session_key.encode()).hexdigest()[:32] if session_key else None
 
 
 def send(group: str, event: dict) -> None:
@@ -433,6 +446,15 @@ async def revoke(layer, group: str, revoked: dict, channel_names: list[str]) -> 
         await layer.send(channel_name, revoked)
 
 
-async def presence_changed(*, chat_id: int) -> None:
-    """Ask every socket in the room to recount who is online (sent from consumers)."""
-    await get_channel_layer().group_send(room_group(chat_id), {"type": "chat.presence", "chat_id": chat_id})
+async def presence_changed(*, chat_id: int, online: int) -> None:
+    """Tell every socket in the room how many people are online (counted once, in `chat.presence`)."""
+    event = {"type": "chat.presence", "chat_id": chat_id, "online": online}
+    await get_channel_layer().group_send(room_group(chat_id), event)
+
+
+def session_ended(*, user_id: int, close_code: int, session_key: str | None = None) -> None:
+    """Close the user's sockets of this session, or all of them, on every server process."""
+    event = {"type": "session.ended", "session": session_tag(session_key), "close_code": close_code}
+    layer = get_channel_layer()
+    if layer is not None:  # waited for: the sockets are closing before the logout's response
+        run_on_serving_loop(layer.group_send, sockets_group(user_id), event, wait=True)

@@ -3,6 +3,10 @@
 Each open room socket is a `RoomPresence` row. A process refreshes the rows of its own
 sockets in one UPDATE every `HEARTBEAT_SECONDS`; rows not refreshed within
 `STALE_AFTER` (a process that crashed) stop counting and are deleted.
+
+A join or leave asks for a recount of its room (`recount_soon`): each process counts a
+room once per burst of changes and sends the number to the room's sockets, instead of
+every socket counting on every change (a room of N sockets joined by N more: N x N queries).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from datetime import timedelta
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
+from chat import events
 from chat.models import RoomPresence
 
 logger = logging.getLogger(__name__)
@@ -21,8 +26,13 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 30
 STALE_AFTER = timedelta(seconds=HEARTBEAT_SECONDS * 3)
 
+# A burst of joins (a page of people opening the room) becomes one count.
+RECOUNT_DELAY_SECONDS = 0.2
+
 _local_channels: set[str] = set()
 _heartbeat_task: asyncio.Task | None = None
+_recount_wanted: set[int] = set()
+_recounts: dict[int, asyncio.Task] = {}
 
 
 def live_sockets(*, chat_id: int):
@@ -88,3 +98,28 @@ async def _heartbeat() -> None:
             await database_sync_to_async(refresh)(sorted(_local_channels))
         except Exception:  # a failed beat (database restarting) is retried at the next one
             logger.exception("Room presence heartbeat failed")
+
+
+def recount_soon(chat_id: int) -> None:
+    """Count the room's people shortly (once for all changes until then) and tell its sockets."""
+    _recount_wanted.add(chat_id)
+    loop = asyncio.get_running_loop()
+    task = _recounts.get(chat_id)
+    if task is None or task.done() or task.get_loop() is not loop:
+        _recounts[chat_id] = loop.create_task(_recount(chat_id))
+
+
+async def _recount(chat_id: int) -> None:
+    # A change while counting is counted again: the room's last number is never stale.
+    try:
+        while chat_id in _recount_wanted:
+            await asyncio.sleep(RECOUNT_DELAY_SECONDS)
+            _recount_wanted.discard(chat_id)
+            try:
+                online = await database_sync_to_async(online_count)(chat_id=chat_id)
+                await events.presence_changed(chat_id=chat_id, online=online)
+            except Exception:  # the database or the layer is restarting; the next change recounts
+                logger.exception("Recounting presence in chat %s failed", chat_id)
+    finally:
+        if _recounts.get(chat_id) is asyncio.current_task():
+            del _recounts[chat_id]

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.shortcuts import redirect
 from django.templatetags.static import static
@@ -19,5 +20,5 @@ urlpatterns = [
     path("favicon.ico", favicon),
     path("accounts/", include("accounts.urls")),
     path("chat/", include("chat.urls")),
-    path("admin/", admin.site.urls),
+    path(settings.ADMIN_URL, admin.site.urls),
 ]

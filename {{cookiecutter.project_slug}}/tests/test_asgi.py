@@ -17,11 +17,15 @@ def session_cookie_for(client, user) -> bytes:
     return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode()
 
 
-def communicator(path, *, origin=b"http://localhost", cookie=b""):
-    headers = [(b"origin", origin), (b"host", b"localhost")]
+def communicator(path, *, origin=b"http://localhost", cookie=b"", host=b"localhost", secure=False, extra=()):
+    headers = [(b"host", host), *extra]
+    if origin is not None:
+        headers.append((b"origin", origin))
     if cookie:
         headers.append((b"cookie", cookie))
-    return WebsocketCommunicator(application, path, headers=headers)
+    socket = WebsocketCommunicator(application, path, headers=headers)
+    socket.scope["scheme"] = "wss" if secure else "ws"
+    return socket
 
 
 async def test_logged_in_session_reaches_the_inbox(client):
@@ -45,6 +49,79 @@ async def test_foreign_origin_is_refused_before_the_consumer():
     socket = communicator("/ws/chat/inbox/", origin=b"https://evil.example")
     connected, _ = await socket.connect()
     assert not connected
+
+
+async def handshake_passes(**kwargs) -> bool:
+    """Whether the origin check lets the handshake through (the consumer then says 4401)."""
+    socket = communicator("/ws/chat/inbox/", **kwargs)
+    connected, _ = await socket.connect()
+    if connected:
+        await socket.disconnect()
+    return connected
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "secure"),
+    [
+        (b"http://localhost:8000", b"localhost:8000", False),
+        (b"https://localhost", b"localhost", True),
+        (b"http://127.0.0.1:8000", b"127.0.0.1:8000", False),
+    ],
+)
+async def test_the_servers_own_origin_is_accepted(origin, host, secure):
+    assert await handshake_passes(origin=origin, host=host, secure=secure)
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "secure"),
+    [
+        pytest.param(b"http://127.0.0.1:9999", b"127.0.0.1:8000", False, id="another-port"),
+        pytest.param(b"https://127.0.0.1", b"127.0.0.1", False, id="https-page-to-a-plain-server"),
+        pytest.param(b"http://localhost", b"localhost", True, id="plain-page-to-a-tls-server"),
+        pytest.param(b"http://127.0.0.1", b"127.0.0.1:8000", False, id="default-port"),
+        pytest.param(b"http://evil.example", b"evil.example", False, id="host-not-allowed"),
+        pytest.param(b"null", b"localhost", False, id="opaque-origin"),
+        pytest.param(None, b"localhost", False, id="no-origin"),
+    ],
+)
+async def test_other_origins_are_refused(origin, host, secure):
+    assert not await handshake_passes(origin=origin, host=host, secure=secure)
+
+
+async def test_csrf_trusted_origins_are_accepted_with_their_scheme(settings):
+    settings.CSRF_TRUSTED_ORIGINS = ["https://chat.example.com", "https://*.example.org"]
+    assert await handshake_passes(origin=b"https://chat.example.com")
+    assert await handshake_passes(origin=b"https://eu.example.org")
+    assert not await handshake_passes(origin=b"http://chat.example.com")
+    assert not await handshake_passes(origin=b"http://eu.example.org")
+    assert not await handshake_passes(origin=b"https://chat.example.com:8443")
+
+
+async def test_behind_a_tls_proxy_the_forwarded_scheme_counts(settings):
+    forwarded_https = [(b"x-forwarded-proto", b"https")]
+    assert not await handshake_passes(origin=b"https://localhost", extra=forwarded_https)
+
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    assert await handshake_passes(origin=b"https://localhost", extra=forwarded_https)
+    assert not await handshake_passes(origin=b"http://localhost", extra=forwarded_https)
+    assert not await handshake_passes(origin=b"https://localhost", extra=[(b"x-forwarded-proto", b"http")])
+
+
+@pytest.mark.parametrize("path", ["/ws/nope/", "/ws/chat/abc/", "/ws/chat/1/extra/", "/"])
+async def test_unknown_paths_are_refused_at_the_handshake_without_an_error(path, caplog):
+    socket = communicator(path)
+    connected, _ = await socket.connect()
+    assert not connected
+    assert not [record for record in caplog.records if record.levelname in {"ERROR", "CRITICAL"}]
+
+
+async def test_chat_ids_beyond_any_database_integer_are_refused_as_not_a_member(client):
+    user = await get_user_model().objects.acreate(username="eve", email="eve@example.com")
+    cookie = await _sync(session_cookie_for, client, user)
+    socket = communicator(f"/ws/chat/{10**30}/", cookie=cookie)
+    connected, _ = await socket.connect()
+    assert connected
+    assert (await socket.receive_output())["code"] == 4403
 
 
 async def _sync(function, *args):

@@ -1,10 +1,14 @@
 """Settings are safe by default and production-ready with production variables."""
 
+import json
 import os
 import secrets
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from django.urls import reverse
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -51,3 +55,43 @@ def test_server_log_lines_print_once_with_debug_on():
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("one request line") == 1, result.stderr
+
+
+def production_settings(*names: str, **env_overrides: str) -> dict:
+    """These settings as the project reads them with production variables (and these overrides)."""
+    code = "import json; from django.conf import settings as s; print(json.dumps(dict((n, getattr(s, n)) for n in %r)))"
+    code %= (names,)
+    env = {"SECRET_KEY": secrets.token_urlsafe(50), "ALLOWED_HOSTS": "chat.example.com", **env_overrides}
+    result = run_manage("shell", "-c", code, **env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_hsts_covers_subdomains_and_asks_for_preload_only_when_the_deployer_opts_in():
+    names = ("SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS", "SECURE_HSTS_PRELOAD")
+    assert production_settings(*names) == {names[0]: 31536000, names[1]: False, names[2]: False}
+    opted_in = production_settings(*names, SECURE_HSTS_INCLUDE_SUBDOMAINS="true", SECURE_HSTS_PRELOAD="true")
+    assert opted_in == {names[0]: 31536000, names[1]: True, names[2]: True}
+
+
+def test_admin_url_comes_from_the_environment():
+    code = "from django.urls import reverse; print(reverse('admin:index'))"
+    env = {"SECRET_KEY": secrets.token_urlsafe(50), "ADMIN_URL": "staff-4f9c/"}
+    result = run_manage("shell", "-c", code, **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "/staff-4f9c/"
+
+
+@pytest.mark.django_db
+def test_pages_carry_a_content_security_policy_without_inline_code_and_a_permissions_policy(client):
+    response = client.get(reverse("login"))
+    policy = dict(
+        directive.strip().split(" ", 1) for directive in response.headers["Content-Security-Policy"].split(";")
+    )
+    assert policy["default-src"] == "'self'"
+    assert policy["script-src"] == "'self'"
+    assert policy["style-src"] == "'self'"
+    assert policy["frame-ancestors"] == "'none'"
+    assert "unsafe-inline" not in response.headers["Content-Security-Policy"]
+    assert "camera=()" in response.headers["Permissions-Policy"]
+    assert "microphone=()" in response.headers["Permissions-Policy"]

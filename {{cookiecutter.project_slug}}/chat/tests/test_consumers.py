@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import uuid
+from importlib import import_module
 
 import pytest
 from channels.db import database_sync_to_async
@@ -15,9 +16,11 @@ from channels.layers import channel_layers
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.utils.text import Truncator
+from django.conf import settings as django_settings
+from django.urls import reverse
 
-from chat import consumers, read_marks, services
-from chat.models import Membership
+from chat import consumers, presence, read_marks, services
+from chat.models import Membership, RoomPresence
 from chat.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -66,7 +69,9 @@ def channel_layer(request, settings):
 @pytest.fixture(autouse=True)
 def fast_debounce(monkeypatch):
     monkeypatch.setattr(read_marks, "FLUSH_SECONDS", 0.01)
-    monkeypatch.setattr(consumers, "PRESENCE_DEBOUNCE_SECONDS", 0.01)
+    monkeypatch.setattr(presence, "RECOUNT_DELAY_SECONDS", 0.01)
+    # Users of earlier tests may have had the same ids: each test starts with fresh budgets.
+    monkeypatch.setattr(consumers, "_frame_windows", {})
 
 
 @pytest.fixture
@@ -74,9 +79,11 @@ async def connect(channel_layer):
     """Open a socket as a user; stops every socket the test opened at the end."""
     opened = []
 
-    async def open_socket(user, path):
+    async def open_socket(user, path, session=None):
         communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), path)
         communicator.scope["user"] = user
+        if session is not None:
+            communicator.scope["session"] = session
         connected, code = await communicator.connect(timeout=TIMEOUT)
         opened.append(communicator)
         return communicator, connected, code
@@ -92,6 +99,12 @@ async def receive_until(communicator, frame_type, timeout=TIMEOUT):
         frame = json.loads(await communicator.receive_from(timeout=timeout))
         if frame["type"] == frame_type:
             return frame
+
+
+async def presence_becomes(communicator, online):
+    """Presence frames until one says `online` people: a count sent before a join may come first."""
+    while (await receive_until(communicator, "chat.presence"))["online"] != online:
+        pass
 
 
 async def expect_close(communicator, code):
@@ -188,12 +201,12 @@ async def test_presence_counts_people_not_tabs(connect, alice, bob, group):
     alice_tab1, _, _ = await connect(alice, path)
     alice_tab2, _, _ = await connect(alice, path)
     bob_tab, _, _ = await connect(bob, path)
-    assert (await receive_until(bob_tab, "chat.presence"))["online"] == 2
+    await presence_becomes(bob_tab, 2)
 
     await alice_tab1.disconnect()
     assert (await receive_until(bob_tab, "chat.presence"))["online"] == 2
     await alice_tab2.disconnect()
-    assert (await receive_until(bob_tab, "chat.presence"))["online"] == 1
+    await presence_becomes(bob_tab, 1)
     await bob_tab.disconnect()
 
 
@@ -276,6 +289,8 @@ async def test_new_group_appears_in_every_members_list(connect, alice, bob, caro
         ('{"type": "read", "message_id": "12"}', "malformed"),
         ('{"type": "read", "message_id": true}', "malformed"),
         ('{"type": "ping", "pad": "' + "x" * 40_000 + '"}', "frame_too_large"),
+        ('{"type": "ping", "x": ' + "[" * 3000, "malformed"),
+        ("[" * 4000, "malformed"),
     ],
 )
 async def test_bad_frames_get_an_error_and_the_socket_stays_open(connect, alice, group, frame, code):
@@ -350,3 +365,154 @@ async def test_a_removed_member_gets_no_more_messages_even_if_the_revoked_frame_
 
     assert await room.receive_nothing(timeout=0.5)
     await room.disconnect()
+
+
+# Sockets end with the login they were opened with.
+
+
+def session_store(session_key):
+    return import_module(django_settings.SESSION_ENGINE).SessionStore(session_key)
+
+
+def logged_in_session(client, user):
+    """The session a browser logged in as this user holds (the client stays logged in with it)."""
+    client.force_login(user)
+    return session_store(client.session.session_key)
+
+
+async def test_logout_closes_every_socket_of_that_session_and_stops_its_read_marks(connect, client, alice, bob, group):
+    session = await database_sync_to_async(logged_in_session)(client, bob)
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/", session=session)
+    inbox, _, _ = await connect(bob, "/ws/chat/inbox/", session=session)
+    other_device, _, _ = await connect(bob, "/ws/chat/inbox/", session=session_store("other"))
+    await receive_until(room, "chat.presence")
+
+    response = await database_sync_to_async(client.post)(reverse("logout"))
+    assert response.status_code in {200, 302}  # a page or a redirect, as the host project's logout does
+
+    await expect_close(room, consumers.CLOSE_UNAUTHENTICATED)
+    await expect_close(inbox, consumers.CLOSE_UNAUTHENTICATED)
+    await database_sync_to_async(services.send_message)(chat=group, sender=alice, body="after logout")
+    assert (await receive_until(other_device, "inbox.message"))["preview"] == "after logout"
+    await asyncio.sleep(0.1)  # read marks are flushed every FLUSH_SECONDS (0.01 here)
+    membership = await database_sync_to_async(Membership.objects.get)(chat=group, user=bob)
+    assert membership.unread_count == 1
+    assert not await database_sync_to_async(RoomPresence.objects.filter(user=bob).exists)()
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ("password", consumers.CLOSE_SESSION_CHANGED),
+        ("deactivate", consumers.CLOSE_UNAUTHENTICATED),
+        ("delete", consumers.CLOSE_UNAUTHENTICATED),
+    ],
+)
+async def test_a_login_change_closes_every_socket_of_the_user(connect, alice, bob, group, change, code):
+    rooms = [(await connect(bob, f"/ws/chat/{group.pk}/"))[0] for _ in range(2)]
+    inbox, _, _ = await connect(bob, "/ws/chat/inbox/")
+    alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+
+    def apply_change():
+        if change == "password":
+            bob.set_password("a-new-password")
+            bob.save()
+        elif change == "deactivate":
+            bob.is_active = False
+            bob.save()
+        else:
+            bob.delete()
+
+    await database_sync_to_async(apply_change)()
+
+    for socket in [*rooms, inbox]:
+        await expect_close(socket, code)
+    await presence_becomes(alice_room, 1)
+    await alice_room.send_to(text_data='{"type": "ping"}')
+    await receive_until(alice_room, "pong")
+
+
+async def test_saving_other_fields_of_a_user_leaves_their_sockets_open(connect, bob):
+    inbox, _, _ = await connect(bob, "/ws/chat/inbox/")
+    await receive_until(inbox, "inbox.sync")
+    bob.first_name = "Robert"
+    await database_sync_to_async(bob.save)()
+    await inbox.send_to(text_data='{"type": "ping"}')
+    await receive_until(inbox, "pong")
+
+
+# Whatever ends a socket, it leaves no presence or group behind.
+
+
+async def test_a_cancelled_socket_leaves_the_room_and_its_presence(connect, alice, bob, group):
+    """As when the server shuts down or kills a socket that took too long to close."""
+    alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    alice_inbox, _, _ = await connect(alice, "/ws/chat/inbox/")
+    bob_room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    await presence_becomes(bob_room, 2)
+
+    alice_room.future.cancel()
+
+    await presence_becomes(bob_room, 1)
+    assert not await database_sync_to_async(RoomPresence.objects.filter(user=alice).exists)()
+    # No longer counted as viewing the room: her inbox gets the new message.
+    message = await database_sync_to_async(services.send_message)(chat=group, sender=bob, body="still there?")
+    assert (await receive_until(alice_inbox, "inbox.message"))["message_id"] == message.pk
+
+
+# One user cannot flood the server.
+
+
+async def test_sockets_past_the_per_user_cap_are_closed_with_4429(connect, settings, alice, bob, group):
+    settings.CHAT_MAX_SOCKETS_PER_USER = 3
+    sockets = [(await connect(alice, path))[0] for path in ["/ws/chat/inbox/", f"/ws/chat/{group.pk}/"] * 2]
+    await expect_close(sockets[3], consumers.CLOSE_TOO_MANY_SOCKETS)
+    bob_room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    await bob_room.send_to(text_data='{"type": "ping"}')
+    await receive_until(bob_room, "pong")
+
+    await sockets[0].disconnect()
+    again, _, _ = await connect(alice, "/ws/chat/inbox/")
+    assert (await receive_until(again, "inbox.sync"))["type"] == "inbox.sync"
+
+
+async def next_reply(communicator) -> str:
+    """The type of the next frame that is not a presence count (or the error's code)."""
+    while (frame := json.loads(await communicator.receive_from(timeout=TIMEOUT)))["type"] == "chat.presence":
+        pass
+    return frame.get("code") or frame["type"]
+
+
+async def test_the_frame_budget_is_shared_by_a_users_sockets(connect, alice, bob, group, monkeypatch):
+    monkeypatch.setattr(consumers, "FRAME_BUDGET", 4)
+    tabs = [(await connect(alice, f"/ws/chat/{group.pk}/"))[0] for _ in range(3)]
+    replies = []
+    for tab in [tabs[0], tabs[0], tabs[1], tabs[1], tabs[2], tabs[0]]:
+        await tab.send_to(text_data='{"type": "ping"}')
+        replies.append(await next_reply(tab))
+
+    assert replies == ["pong"] * 4 + ["rate_limited"] * 2
+    bob_room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    await bob_room.send_to(text_data='{"type": "ping"}')
+    assert await next_reply(bob_room) == "pong"
+
+
+async def test_presence_is_counted_once_per_change_not_once_per_socket(connect, alice, bob, carol, group, monkeypatch):
+    counts = []
+    real_online_count = presence.online_count
+
+    def counted_online_count(**kwargs):
+        counts.append(kwargs)
+        return real_online_count(**kwargs)
+
+    monkeypatch.setattr(presence, "online_count", counted_online_count)
+    sockets = [(await connect(user, f"/ws/chat/{group.pk}/"))[0] for user in [alice, bob] * 4]
+    for socket in sockets:
+        await presence_becomes(socket, 2)
+    counts.clear()
+
+    sockets.append((await connect(carol, f"/ws/chat/{group.pk}/"))[0])
+
+    for socket in sockets:
+        await presence_becomes(socket, 3)
+    assert counts == [{"chat_id": group.pk}]
