@@ -271,6 +271,7 @@ def test_widget_moves_focus_into_the_room_and_back_to_its_button(server, open_as
     panel = flo.locator("#chat-widget-panel")
     fab.click()
     row = panel.locator("[data-chat-row]", has_text="Gus")
+    expect(row).to_be_focused()  # the list's first chat, once htmx has wired it up
     if how == "Enter":
         row.press("Enter")
     else:

@@ -66,7 +66,8 @@ function close() {
 if (toggle && panel) {
   toggle.addEventListener("click", () => (isOpen() ? close() : open()));
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && isOpen()) close();
+    // An open modal <dialog> (a confirmation, New chat) takes Escape for itself.
+    if (event.key === "Escape" && isOpen() && !document.querySelector("dialog:modal")) close();
   });
   // A view opened from a control in the panel replaces that control: focus follows into
   // the new view instead of falling to the page (a click need not focus the control).
