@@ -12,6 +12,8 @@ const REOPENS_ON = "(min-width: 48em)";
 
 const toggle = document.querySelector("[data-chat-widget-toggle]");
 const panel = document.querySelector("[data-chat-widget-panel]");
+// Focus goes into the next view once htmx has settled it (wired up its links and buttons).
+let focusFollows = false;
 
 function loadState() {
   try {
@@ -51,8 +53,12 @@ function open({ focus = true } = {}) {
   panel.hidden = false;
   toggle.setAttribute("aria-expanded", "true");
   saveState({ ...state, open: true });
-  const loaded = panel.childElementCount ? Promise.resolve() : show(state.url || panel.dataset.widgetUrl);
-  if (focus) loaded.then(focusView);
+  if (panel.childElementCount) {
+    if (focus) focusView();
+  } else {
+    focusFollows = focus;
+    show(state.url || panel.dataset.widgetUrl);
+  }
 }
 
 function close() {
@@ -71,9 +77,10 @@ if (toggle && panel) {
   });
   // A view opened from a control in the panel replaces that control: focus follows into
   // the new view instead of falling to the page (a click need not focus the control).
-  let focusFollows = false;
   panel.addEventListener("htmx:beforeSwap", (event) => {
-    if (event.detail.target === panel) focusFollows = panel.contains(event.detail.requestConfig?.elt ?? null);
+    if (event.detail.target === panel && panel.contains(event.detail.requestConfig?.elt ?? null)) {
+      focusFollows = true;
+    }
   });
   // Remember which view (list or a room) the panel shows, not the POSTs made inside it.
   panel.addEventListener("htmx:afterSettle", (event) => {
