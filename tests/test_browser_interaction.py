@@ -105,6 +105,7 @@ def test_add_member_error_goes_once_the_email_is_changed(server, open_as):
     pia.get_by_role("button", name="Add", exact=True).click()
     server_error = pia.get_by_text("Nobody with this e-mail has an account.")
     expect(server_error).to_be_visible()
+    pia.wait_for_load_state()  # the page came back from the POST; htmx wires it up on load
     pia.get_by_label("Add someone by e-mail").fill("rosa@example.com")
     expect(pia.get_by_text("Found: Rosa")).to_be_visible()
     expect(server_error).to_have_count(0)
