@@ -214,18 +214,22 @@ def test_group_create_rename_remove_leave_delete(server, open_as):
     expect(gina.get_by_role("heading", name="Edit “Summer trip”")).to_be_visible()
 
     gina.get_by_role("button", name="Remove Hank").click()
+    gina.get_by_role("dialog", name="Remove Hank from the group?").get_by_role("button", name="Remove").click()
     expect(gina.get_by_text("Hank was removed from the group.")).to_be_visible()
     expect(hank.get_by_text("You are no longer a member of this chat.")).to_be_visible()
     expect(hank.locator("main [data-message-input]")).to_be_disabled()
 
     ivy.goto(room_path(chat_id) + "info/")
     ivy.get_by_role("button", name="Leave group").click()
+    ivy.get_by_role("dialog", name="Leave this group?").get_by_role("button", name="Leave group").click()
     expect(ivy.get_by_text("You left “Summer trip”.")).to_be_visible()
     expect(ivy.locator("[data-chat-row]", has_text="Summer trip")).to_have_count(0)
 
     gina.goto(room_path(chat_id) + "info/")
     expect(gina.get_by_text("Group · 2 members")).to_be_visible()
     gina.get_by_role("button", name="Delete group for everyone").click()
+    confirm = gina.get_by_role("dialog", name="Delete this group and all its messages for everyone?")
+    confirm.get_by_role("button", name="Delete group for everyone").click()
     expect(gina.get_by_text("Group “Summer trip” deleted for everyone.")).to_be_visible()
     expect(jack.get_by_text("This group was deleted.")).to_be_visible()
     expect(jack.locator("main [data-message-input]")).to_be_disabled()

@@ -19,12 +19,18 @@ EMAIL_SEPARATORS = re.compile(r"[\s,;]+")
 
 
 def check_user_attrs(result_id: str) -> dict:
-    """htmx attributes that look the typed e-mail up and show the answer in `result_id`."""
+    """htmx attributes that look the typed e-mail up and show the answer in `result_id`.
+
+    hx-swap is set here because htmx attributes are inherited: inside a form that swaps
+    itself (`outerHTML`), the first answer would replace `result_id` and every later one
+    would find no target.
+    """
     return {
         "autocomplete": "off",
         "hx-get": reverse_lazy("chat:check_user"),
         "hx-trigger": "input changed delay:400ms",
         "hx-target": f"#{result_id}",
+        "hx-swap": "innerHTML",
         "hx-sync": "this:replace",
     }
 

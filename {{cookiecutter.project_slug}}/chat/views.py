@@ -2,8 +2,9 @@
 
 Thin by design: each view parses its input, calls a service (writes) or a selector
 (reads), and renders a page or the partial that HTMX swaps. `chat_view` adds what every
-route needs: login, allowed methods, a cap on the request body, and turning bad input
-into 400, forbidden actions into 403 and limits into 429 or 503 instead of a 500.
+route needs: login, allowed methods, a cap on the request body, turning bad input into
+400, forbidden actions into 403 and limits into 429 or 503 instead of a 500, and
+`Cache-Control: no-store` (see `chat_view`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from django.db import OperationalError
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.cache import patch_vary_headers
+from django.utils.cache import add_never_cache_headers, patch_vary_headers
 from django_htmx.http import HttpResponseClientRedirect, reswap, retarget
 
 from chat import selectors, services
@@ -49,7 +50,9 @@ def chat_view(*methods: str):
     """Login required, only `methods`, and bad input or forbidden actions answered cleanly.
 
     Anonymous HTMX requests get a 401 with `HX-Redirect` to the login page, so htmx
-    navigates instead of swapping a login form into a fragment.
+    navigates instead of swapping a login form into a fragment. Every answer is marked
+    no-store: a chat page is one person's live state, and one the browser kept would come
+    back on Back with old previews and badges.
     """
 
     def decorator(view):
@@ -80,6 +83,7 @@ def chat_view(*methods: str):
                 response = error_response(request, "The server is busy. Try again in a moment.", status=503)
                 response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
             patch_vary_headers(response, ["HX-Request", "HX-Target"])
+            add_never_cache_headers(response)
             return response
 
         return wrapper

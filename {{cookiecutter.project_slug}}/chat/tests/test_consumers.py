@@ -15,9 +15,9 @@ from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
-from django.utils.text import Truncator
 from django.conf import settings as django_settings
 from django.urls import reverse
+from django.utils.text import Truncator
 
 from chat import consumers, presence, read_marks, services
 from chat.models import Membership, RoomPresence

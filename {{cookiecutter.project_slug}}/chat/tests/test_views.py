@@ -78,6 +78,16 @@ def test_anonymous_htmx_requests_get_a_client_redirect_to_login(client, group_ch
     assert response["HX-Redirect"] == reverse("login") + "?next=/somewhere/"
 
 
+@pytest.mark.parametrize("route", GET_ROUTES, ids=[route[0] for route in GET_ROUTES])
+@pytest.mark.parametrize("headers", [{}, HTMX], ids=["page", "htmx"])
+def test_pages_and_fragments_are_not_stored_by_the_browser(login_as, group_chat, route, headers):
+    """Back must not bring a page (or a fragment htmx swapped in) back with old previews and badges."""
+    response = call(login_as("admin"), route, group_chat, headers=headers)
+
+    assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"]
+
+
 @pytest.mark.parametrize("route", CHAT_ROUTES, ids=[route[0] for route in CHAT_ROUTES])
 def test_a_member_who_left_gets_404_on_every_chat_route(client, bob, group_chat, route):
     services.leave_group(chat=group_chat, user=bob)

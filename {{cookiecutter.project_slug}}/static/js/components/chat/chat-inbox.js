@@ -3,6 +3,7 @@
 
 import "./htmx-fragment-errors.js";
 import "./relative-time.js";
+import "./stale-field-errors.js";
 import { ReconnectingSocket } from "./chat-websocket.js";
 
 const REFRESH_DEBOUNCE_MS = 250;
@@ -100,5 +101,10 @@ if (document.body.dataset.userId && !window.chatInboxSocket) {
     onOpen: ({ reconnected }) => {
       if (reconnected) refreshLists(); // whatever changed while we were away
     },
+  });
+  // Back to a page kept in the back/forward cache: its rows are as they were when it was
+  // left. Ask for them now, whether or not the socket gets back.
+  window.addEventListener("pageshow", (event) => {
+    if (event.persisted) refreshLists();
   });
 }

@@ -1,5 +1,7 @@
 // A small reconnecting websocket: exponential backoff with full jitter, a pause while
-// the page is hidden, and no retry after the server says "not allowed" (4401/4403).
+// the page is hidden or the browser offline, and no retry after the server says "not
+// allowed" (4401/4403). Back online, or back from the back/forward cache, it reconnects
+// at once (and the page catches up in onOpen).
 
 const BASE_DELAY_MS = 500;
 const MAX_DELAY_MS = 15000;
@@ -24,13 +26,23 @@ export class ReconnectingSocket {
     this.onVisible = () => {
       if (!document.hidden && !this.socket && !this.stopped) this.connect();
     };
+    // Offline, a socket can look open for minutes while nothing gets through: drop it.
+    this.onOffline = () => this.dropWhileOffline();
+    this.onOnline = () => this.reconnectNow();
+    this.onPageShow = (event) => {
+      if (event.persisted) this.reconnectNow(); // the browser closed it when the page was put away
+    };
     document.addEventListener("visibilitychange", this.onVisible);
+    window.addEventListener("offline", this.onOffline);
+    window.addEventListener("online", this.onOnline);
+    window.addEventListener("pageshow", this.onPageShow);
     this.connect();
   }
 
   connect() {
     clearTimeout(this.timer);
-    this.socket = new WebSocket(socketUrl(this.path));
+    const socket = new WebSocket(socketUrl(this.path));
+    this.socket = socket;
     this.socket.addEventListener("open", () => {
       this.attempts = 0;
       this.opens += 1;
@@ -47,6 +59,7 @@ export class ReconnectingSocket {
       this.onMessage(frame);
     });
     this.socket.addEventListener("close", (event) => {
+      if (this.socket !== socket) return; // one dropped while offline
       this.socket = null;
       this.onClose(event.code);
       if (this.stopped) return;
@@ -61,7 +74,7 @@ export class ReconnectingSocket {
   }
 
   scheduleReconnect() {
-    if (document.hidden) return; // onVisible reconnects when the page is shown again
+    if (document.hidden || !navigator.onLine) return; // onVisible and onOnline reconnect
     const ceiling = Math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** this.attempts);
     this.attempts += 1;
     this.timer = setTimeout(() => this.connect(), Math.random() * ceiling);
@@ -69,6 +82,22 @@ export class ReconnectingSocket {
 
   isOpen() {
     return Boolean(this.socket && this.socket.readyState === WebSocket.OPEN);
+  }
+
+  reconnectNow() {
+    if (this.socket || this.stopped) return;
+    this.attempts = 0;
+    this.connect();
+  }
+
+  dropWhileOffline() {
+    if (this.stopped) return;
+    clearTimeout(this.timer);
+    const socket = this.socket;
+    this.socket = null;
+    socket?.close();
+    if (socket) this.onClose(1006); // its own close event is ignored: tell the owner now
+    announceStatus(this, false);
   }
 
   send(frame) {
@@ -80,6 +109,9 @@ export class ReconnectingSocket {
     announceStatus(this, true);
     clearTimeout(this.timer);
     document.removeEventListener("visibilitychange", this.onVisible);
+    window.removeEventListener("offline", this.onOffline);
+    window.removeEventListener("online", this.onOnline);
+    window.removeEventListener("pageshow", this.onPageShow);
     if (this.socket) this.socket.close(1000);
   }
 }

@@ -80,6 +80,10 @@ class ChatRoom {
     this.bindLoadOlder();
     this.onVisibility = () => this.reportVisibility();
     document.addEventListener("visibilitychange", this.onVisibility);
+    this.onPageShow = (event) => {
+      if (event.persisted) this.catchUp(); // back from the back/forward cache
+    };
+    window.addEventListener("pageshow", this.onPageShow);
     this.socket = new ReconnectingSocket(`/ws/chat/${this.chatId}/`, {
       onMessage: (frame) => this.onFrame(frame),
       // Every open catches up, the first one too: a message sent after the page rendered
@@ -103,6 +107,7 @@ class ChatRoom {
     this.resizeObserver?.disconnect();
     this.socket.stop();
     document.removeEventListener("visibilitychange", this.onVisibility);
+    window.removeEventListener("pageshow", this.onPageShow);
     activeRooms.delete(this);
   }
 
