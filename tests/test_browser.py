@@ -100,15 +100,17 @@ def open_as(server, browser):
         context.close()
 
 
-def until_socket_speaks(page: Page, socket_path: str, action, timeout: float = 15) -> None:
-    """Do `action()`, then wait until the socket at `socket_path` it opens has delivered a frame.
+def until_socket_speaks(page: Page, socket_path: str, action, timeout: float = 15, room: bool = False) -> None:
+    """Do `action()`, then wait until the socket at `socket_path` it opens has delivered a frame
+    (with `room`, any room socket: `socket_path` is then "/ws/chat/" and the chat id unknown).
 
     Listening starts before the action: the server's first frame can beat any later listener.
     """
     heard = []
 
     def listen(ws):
-        if ws.url.endswith(socket_path):
+        is_room = re.search(r"/ws/chat/\d+/$", ws.url) is not None
+        if (room and is_room) or (not room and ws.url.endswith(socket_path)):
             ws.on("framereceived", lambda payload: heard.append(payload))
 
     page.on("websocket", listen)
@@ -163,7 +165,8 @@ def test_direct_chat_by_email_live_inbox_badge_and_reply(server, open_as):
     dialog.get_by_label("Their e-mail").fill("quinn@example.com")
     expect(dialog.get_by_text("Found: Quinn")).to_be_visible()
     shoot(pat, "new-chat-dialog")
-    dialog.get_by_role("button", name="Start chat").click()
+    # The room's script is running once its socket talks: only then does Enter send.
+    until_socket_speaks(pat, "/ws/chat/", lambda: dialog.get_by_role("button", name="Start chat").click(), room=True)
     expect(pat.get_by_role("heading", name="Quinn")).to_be_visible()
     expect(pat.get_by_text("No messages yet")).to_be_visible()
     send(pat, "Hello Quinn, lunch today?")

@@ -149,6 +149,7 @@ def test_a_removed_member_opening_the_room_is_told_why_with_a_way_back(server, o
     uma = open_as("uma")
     uma.goto(room_path(chat_id) + "edit/")
     uma.get_by_role("button", name="Remove Vic").click()
+    uma.get_by_role("dialog", name="Remove Vic from the group?").get_by_role("button", name="Remove").click()
     expect(uma.get_by_text("Vic was removed from the group.")).to_be_visible()
 
     vic = open_as("vic")
