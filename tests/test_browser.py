@@ -215,6 +215,7 @@ def test_group_create_rename_remove_leave_delete(server, open_as):
     gina.get_by_role("button", name="Save name").click()
     expect(gina.get_by_text("Group renamed.")).to_be_visible()
     expect(gina.get_by_role("heading", name="Edit “Summer trip”")).to_be_visible()
+    gina.wait_for_load_state("load")  # the confirmation dialog's script runs by then
 
     gina.get_by_role("button", name="Remove Hank").click()
     gina.get_by_role("dialog", name="Remove Hank from the group?").get_by_role("button", name="Remove").click()

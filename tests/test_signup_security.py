@@ -22,6 +22,7 @@ from urllib.request import HTTPCookieProcessor, build_opener
 
 import pytest
 from baking import clean_env
+from conftest import unavailable
 from live_servers import HOST, Project, free_port, start_servers, with_database
 from project_venvs import venv_for
 
@@ -68,7 +69,10 @@ class Mailbox:
 
 @pytest.fixture(scope="module")
 def mailbox():
-    pytest.importorskip("aiosmtpd", reason="pip install -r requirements-dev.txt")
+    try:
+        import aiosmtpd  # noqa: F401
+    except ImportError:
+        unavailable("aiosmtpd is not installed (pip install -r requirements-dev.txt)")
     box = Mailbox()
     box.controller.start()
     yield box
