@@ -43,7 +43,7 @@ class RoomHub:
         self.channel: str | None = None
         self.rooms: dict[int, set] = {}
         self.reader: asyncio.Task | None = None
-        self.ready = asyncio.Lock()
+        self.changing = asyncio.Lock()
 
     @classmethod
     def for_running_loop(cls) -> RoomHub:
@@ -53,30 +53,40 @@ class RoomHub:
         return cls._current
 
     async def join(self, consumer) -> None:
-        """Deliver the room events of `consumer.chat_id` to this socket from now on."""
-        await self.start()
-        if not self.rooms.get(consumer.chat_id):
-            # First the group, then the socket: a socket whose join failed (the layer is
-            # down) must not stand in the room and keep the next one from subscribing.
-            await self.layer.group_add(events.room_group(consumer.chat_id), self.channel)
-        self.rooms.setdefault(consumer.chat_id, set()).add(consumer)
+        """Deliver the room events of `consumer.chat_id` to this socket from now on.
+
+        The subscriptions change under one lock (joins, leaves, a reset after the layer
+        failed), so a room's set of sockets and the hub's group membership never disagree.
+        """
+        async with self.changing:
+            await self.start()
+            if not self.rooms.get(consumer.chat_id):
+                # First the group, then the socket: a socket whose join failed (the layer is
+                # down) must not stand in the room and keep the next one from subscribing.
+                await self.layer.group_add(events.room_group(consumer.chat_id), self.channel)
+            self.rooms.setdefault(consumer.chat_id, set()).add(consumer)
 
     async def leave(self, consumer) -> None:
-        sockets = self.rooms.get(consumer.chat_id)
-        if sockets is None or consumer not in sockets:
-            return
-        sockets.discard(consumer)
-        if not sockets:
+        async with self.changing:
+            sockets = self.rooms.get(consumer.chat_id)
+            if sockets is None or consumer not in sockets:
+                return
+            sockets.discard(consumer)
+            if sockets:
+                return
             del self.rooms[consumer.chat_id]
-            await self.layer.group_discard(events.room_group(consumer.chat_id), self.channel)
+            try:
+                await self.layer.group_discard(events.room_group(consumer.chat_id), self.channel)
+            except Exception:  # the layer is down; the group expires there on its own
+                logger.warning("The room hub could not leave chat %s's group", consumer.chat_id, exc_info=True)
 
     async def start(self) -> None:
-        async with self.ready:
-            if self.channel is None:
-                self.channel = hub_channel_name(await self.layer.new_channel())
-                self.check_capacity()
-            if self.reader is None or self.reader.done():
-                self.reader = self.loop.create_task(self.read())
+        """A channel and a reader for it (again, after a reset); under the `changing` lock."""
+        if self.channel is None:
+            self.channel = hub_channel_name(await self.layer.new_channel())
+            self.check_capacity()
+        if self.reader is None or self.reader.done():
+            self.reader = self.loop.create_task(self.read(self.channel))
 
     def check_capacity(self) -> None:
         if self.layer.get_capacity(self.channel) >= HUB_CHANNEL_CAPACITY:
@@ -95,10 +105,10 @@ class RoomHub:
             HUB_CHANNEL_CAPACITY,
         )
 
-    async def read(self) -> None:
+    async def read(self, channel: str) -> None:
         try:
             while True:
-                event = await self.layer.receive(self.channel)
+                event = await self.layer.receive(channel)
                 await self.deliver(event)
         except asyncio.CancelledError:
             raise
@@ -109,7 +119,8 @@ class RoomHub:
             await self.reset()
 
     async def reset(self) -> None:
-        rooms, self.rooms, self.channel = self.rooms, {}, None
+        async with self.changing:
+            rooms, self.rooms, self.channel, self.reader = self.rooms, {}, None, None
         for sockets in rooms.values():
             for consumer in sockets:
                 try:
