@@ -76,6 +76,9 @@ def database_for_threads(transactional_db, tmp_path):
         connection.ensure_connection()
         target = sqlite3.connect(path)
         connection.connection.backup(target)
+        # WAL once, here: the threads' connections would each switch it on at their first
+        # query, and two switching at the same moment get "database is locked".
+        target.execute("PRAGMA journal_mode=WAL")
         target.close()
 
         def use_in_this_thread():
