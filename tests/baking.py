@@ -6,6 +6,7 @@ Kept out of conftest.py so test modules can import it by name.
 from __future__ import annotations
 
 import fcntl
+import functools
 import importlib.util
 import os
 import secrets
@@ -17,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
+PROJECT_TEMPLATE_DIR = TEMPLATE_DIR / "{{cookiecutter.project_slug}}"
 
 # Variables of this process that must not leak into a baked project: its settings read
 # DATABASE_URL/REDIS_URL/SECRET_KEY/DEBUG from the environment before .env, and pytest's
@@ -69,6 +71,24 @@ def load_hook(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"template_hooks_{name}", TEMPLATE_DIR / "hooks" / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@functools.cache
+def load_project_module(relative_path: str) -> ModuleType:
+    """Import a plain-Python file of the generated project (no Jinja in it) from the template.
+
+    The project's benchmark tooling (benchmarks/tooling.py, benchmarks/room_client.py) ships
+    with every bake and must stand alone there; the template's tests and benchmarks use the
+    same files instead of copies. Needs what the file imports (room_client: websockets, httpx).
+    """
+    path = PROJECT_TEMPLATE_DIR / relative_path
+    name = "project_" + relative_path.removesuffix(".py").replace("/", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     return module
 
