@@ -7,7 +7,8 @@
 `serve` relays every frame it receives to every connected socket (no auth, no groups, no
 channel layer, no Django). `load` offers it the same open-loop load as bench_fanout.py
 offers the Channels relay, with its own `run_relay` (benchmarks/fanout_load.py of the baked
-project), and prints one JSON line in its Result format (benchmarks/fanout_report.py). Both run in a baked project's venv.
+project), and prints one JSON line in its Result format (benchmarks/fanout_report.py). Both
+run in a baked project's venv.
 """
 
 from __future__ import annotations

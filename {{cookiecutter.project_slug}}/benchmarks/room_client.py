@@ -280,6 +280,7 @@ class RoomClient:
         self.stopped = False
         self.ws: ClientConnection | None = None
         self.tasks: set[asyncio.Task] = set()
+        self.errors: list[BaseException] = []  # what broke one of the client's own tasks: a bug here
 
     @property
     def server(self) -> str:
@@ -313,8 +314,13 @@ class RoomClient:
     def spawn(self, coroutine) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coroutine)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self.task_done)
         return task
+
+    def task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.errors.append(task.exception())
 
     # The socket (chat-websocket.js)
 
@@ -323,8 +329,9 @@ class RoomClient:
         while not self.stopped:
             try:
                 ws = await self.open_socket()
-            except (OSError, TimeoutError, WebSocketException):
+            except Exception as exc:  # a browser's socket just closes, whatever went wrong
                 self.counts["failed_connect"] += 1
+                self.counts[f"failed_connect_{type(exc).__name__}"] += 1
                 if self.failover:
                     self.server_index = (self.server_index + 1) % len(self.servers)
                 await self.reconnect_pause(attempts)
@@ -333,9 +340,11 @@ class RoomClient:
             attempts = 0
             self.ws = ws
             self.on_open()
-            with contextlib.suppress(WebSocketException):
+            try:
                 async for text in ws:
                     self.on_text(text)
+            except (OSError, WebSocketException) as exc:
+                self.counts[f"closed_{type(exc).__name__}"] += 1
             self.ws = None
             self.connected.clear()
             self.outbox.on_socket_closed()

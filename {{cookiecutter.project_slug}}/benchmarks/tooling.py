@@ -37,16 +37,16 @@ def port_is_open(port: int) -> bool:
     return False
 
 
-def wait_for_port(port: int, timeout: float = 30, *, process: subprocess.Popen | None = None) -> bool:
-    """True once something listens on the port; False after `timeout` s or if `process` exits first."""
+def wait_for_port(port: int, timeout: float = 30, *, process: subprocess.Popen | None = None) -> None:
+    """Return once something listens on the port; RuntimeError after `timeout` s or if `process` exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            return False
+            raise RuntimeError(f"the process for {HOST}:{port} exited with {process.returncode}")
         if port_is_open(port):
-            return True
+            return
         time.sleep(0.1)
-    return False
+    raise RuntimeError(f"nothing listens on {HOST}:{port} after {timeout:g} s")
 
 
 def raise_open_files_limit() -> None:
@@ -91,9 +91,11 @@ class DaphneProcess:
         return f"ws://{HOST}:{self.port}"
 
     def wait_ready(self, timeout: float = 30) -> None:
-        if not wait_for_port(self.port, timeout, process=self.process):
+        try:
+            wait_for_port(self.port, timeout, process=self.process)
+        except RuntimeError as exc:
             self.stop()
-            raise RuntimeError(f"daphne on port {self.port} did not start; its log:\n{self.output()}")
+            raise RuntimeError(f"daphne did not start ({exc}); its log:\n{self.output()}") from None
 
     def output(self, lines: int = 60) -> str:
         """The end of the server's log."""
