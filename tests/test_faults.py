@@ -358,7 +358,7 @@ async def server_killed(servers: list[Server], seeded: dict) -> dict:
     async def converse(stop: asyncio.Event) -> None:
         number = 0
         while not stop.is_set():
-            await sends.send(random.choice(clients), f"message {number}")
+            await sends.send(random.choice(clients[1:]), f"message {number}")
             number += 1
             await asyncio.sleep(0.05)
 
@@ -367,7 +367,9 @@ async def server_killed(servers: list[Server], seeded: dict) -> dict:
         await all_connected(clients)
         conversation = asyncio.get_running_loop().create_task(converse(stop))
         await asyncio.sleep(1.5)
-        # Frozen first, so a message is surely on its way over a socket of the victim when it dies.
+        # Frozen first, so a message is surely on its way over a socket of the victim when it
+        # dies: sent by a client the conversation leaves idle, so nothing queues before it.
+        assert clients[0].server == victim.base_url and clients[0].is_open()
         victim.process.send_signal(signal.SIGSTOP)
         unanswered = asyncio.ensure_future(sends.send(clients[0], "sent to a frozen server"))
         await asyncio.sleep(0.5)
