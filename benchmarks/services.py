@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from baking import load_project_module, stop_process  # noqa: E402
 
 # Ports and processes: the generated project's own tooling (benchmarks/tooling.py).
-tooling = load_project_module("benchmarks/tooling.py")
+tooling = load_project_module("tooling")
 HOST, free_port, wait_for_port = tooling.HOST, tooling.free_port, tooling.wait_for_port
 
 

@@ -75,22 +75,28 @@ def load_hook(name: str) -> ModuleType:
     return module
 
 
-@functools.cache
-def load_project_module(relative_path: str) -> ModuleType:
-    """Import a plain-Python file of the generated project (no Jinja in it) from the template.
+PROJECT_BENCHMARKS = "project_benchmarks"  # the generated project's benchmarks package, imported here
 
-    The project's benchmark tooling (benchmarks/tooling.py, benchmarks/room_client.py) ships
-    with every bake and must stand alone there; the template's tests and benchmarks use the
-    same files instead of copies. Needs what the file imports (room_client: websockets, httpx).
+
+@functools.cache
+def load_project_module(name: str) -> ModuleType:
+    """Import a module of the generated project's `benchmarks` package (plain Python, no Jinja).
+
+    Its tooling (`tooling`: ports, daphne processes, sessions; `room_client`: the room page's
+    protocol) ships with every bake and must stand alone there; the template's tests and
+    benchmarks import the same files instead of keeping copies. Needs what the module imports
+    (room_client: websockets and httpx).
     """
-    path = PROJECT_TEMPLATE_DIR / relative_path
-    name = "project_" + relative_path.removesuffix(".py").replace("/", "_")
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader, path
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
+    if PROJECT_BENCHMARKS not in sys.modules:
+        folder = PROJECT_TEMPLATE_DIR / "benchmarks"
+        spec = importlib.util.spec_from_file_location(
+            PROJECT_BENCHMARKS, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+        assert spec and spec.loader, folder
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[PROJECT_BENCHMARKS] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"{PROJECT_BENCHMARKS}.{name}")
 
 
 def tail(text: str, lines: int = 60) -> str:

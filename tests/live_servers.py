@@ -23,7 +23,7 @@ ANSWERS = {"channel_layer": "redis", "database": "postgresql", "use_custom_user_
 TIMEOUT = 15
 
 # The generated project's own tooling (ports, daphne processes), shared with its benchmarks.
-tooling = load_project_module("benchmarks/tooling.py")
+tooling = load_project_module("tooling")
 HOST, free_port, Server = tooling.HOST, tooling.free_port, tooling.DaphneProcess
 
 # Defines cookie_for(user) in the project's shell: a session and a CSRF secret, as
@@ -125,7 +125,7 @@ def require_room_client():
         import websockets  # noqa: F401
     except ImportError as exc:  # the template suite's requirements-dev.txt has both
         unavailable(f"{exc.name} is not installed (pip install -r requirements-dev.txt)")
-    return load_project_module("benchmarks/room_client.py")
+    return load_project_module("room_client")
 
 
 async def open_socket(server: Server, path: str, member: dict):

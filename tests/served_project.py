@@ -15,7 +15,7 @@ from pathlib import Path
 from baking import clean_env, load_project_module, run_cookiecutter, stop_process, tail
 from project_venvs import venv_for
 
-tooling = load_project_module("benchmarks/tooling.py")  # ports and processes, shared with the project
+tooling = load_project_module("tooling")  # ports and processes, shared with the project
 
 DEMO_PASSWORD = "chat-demo-password"  # seed_chat_data's DEMO_PASSWORD
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from baking import clean_env, exclusive_lock, load_project_module, run_cookiecutter, stop_process, tail
 
-tooling = load_project_module("benchmarks/tooling.py")  # ports and processes, shared with the project
+tooling = load_project_module("tooling")  # ports and processes, shared with the project
 
 pytestmark = pytest.mark.slow
 

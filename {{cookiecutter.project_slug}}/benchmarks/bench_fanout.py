@@ -22,8 +22,8 @@ that never arrived as frames; "recovered" those the catch-up GETs then fetched. 
 reported: the server's RSS per idle inbox socket. Figures only: nothing is asserted.
 
 The parts: tooling.py (ports, daphne processes, sessions), seeding.py (settings, members,
-rooms), fanout_load.py (the offered load on each target), room_client.py (the room page's
-protocol) and fanout_report.py (the table and the JSON).
+rooms), fanout_load.py (the offered load on each target), room_client.py and room_outbox.py
+(the room page's protocol) and fanout_report.py (the table and the JSON).
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ import httpx
 import websockets
 from websockets.asyncio.client import connect
 
-from benchmarks.fanout_report import Result, percentile
-from benchmarks.room_client import Member, RoomClient
+from .fanout_report import Result, percentile
+from .room_client import Member, RoomClient
 
 CONNECT_CONCURRENCY = 25  # handshakes at a time: the listen backlog is small
 

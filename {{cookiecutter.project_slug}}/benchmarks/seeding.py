@@ -11,8 +11,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.room_client import Member
-from benchmarks.tooling import HOST, PROJECT_DIR, forge_session
+from .room_client import Member
+from .tooling import HOST, PROJECT_DIR, forge_session
 
 
 @dataclass(frozen=True)
