@@ -10,28 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from importlib import import_module
 
 BENCHMARK_USER = sys.argv[1] if len(sys.argv) > 1 else "alice"
 OTHER_SESSIONS = 50
-
-
-def session_for(user) -> dict[str, str]:
-    """What `login()` would leave: a session and a CSRF secret, as a Cookie header."""
-    from django.conf import settings
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from django.utils.crypto import get_random_string
-
-    store = import_module(settings.SESSION_ENGINE).SessionStore()
-    store[SESSION_KEY] = user._meta.pk.value_to_string(user)
-    store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-    store[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    store.create()
-    csrf = get_random_string(32)
-    return {
-        "cookie": f"{settings.SESSION_COOKIE_NAME}={store.session_key}; {settings.CSRF_COOKIE_NAME}={csrf}",
-        "csrf": csrf,
-    }
 
 
 def main() -> None:
@@ -39,6 +20,7 @@ def main() -> None:
     import django
 
     django.setup()
+    from benchmarks.tooling import forge_session  # the project's own: a session and a CSRF secret
     from chat import selectors
     from chat.models import Chat, Membership, Message
     from django.contrib.auth import get_user_model
@@ -76,8 +58,8 @@ def main() -> None:
                 "user": BENCHMARK_USER,
                 "user_chats": Membership.objects.filter(user=user).count(),
                 "messages": Message.objects.count(),
-                "session": session_for(user),
-                "other_sessions": [session_for(other) for other in others],
+                "session": forge_session(user),
+                "other_sessions": [forge_session(other) for other in others],
                 "targets": targets,
             }
         )

@@ -7,7 +7,6 @@ shared venvs (tests/project_venvs.py), so a second run installs nothing.
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -18,19 +17,12 @@ BENCH_DIR = Path(__file__).resolve().parent
 TEMPLATE_DIR = BENCH_DIR.parent
 sys.path.insert(0, str(TEMPLATE_DIR / "tests"))
 
-from baking import clean_env, run_cookiecutter, served_env, stop_process, tail  # noqa: E402, F401 - run.py takes clean_env from here
+from baking import clean_env, run_cookiecutter, served_env, tail  # noqa: E402, F401 - run.py takes clean_env from here
 from project_venvs import requirements, venv_for  # noqa: E402, F401 - run.py takes requirements from here
-from services import HOST, free_port, wait_for_port  # noqa: E402
+from services import tooling  # noqa: E402
 
 BUILD_DIR = TEMPLATE_DIR / "build" / "bench"
 BENCHMARK_USER = "alice"
-
-
-def raise_fd_limit() -> None:
-    """Soft open-files limit up to the hard one: thousands of sockets need thousands of descriptors."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Project:
@@ -97,32 +89,10 @@ class Project:
         return time.perf_counter() - started
 
 
-class Daphne:
-    """One daphne process on a free port of 127.0.0.1, with a high open-files limit."""
-
-    def __init__(self, project: Project, log_path: Path, application: str = "config.asgi:application"):
-        self.port = free_port()
-        self.log_path = log_path
-        self.log = log_path.open("wb")
-        command = [project.python, "-m", "daphne", "-b", HOST, "-p", str(self.port), application]
-        self.process = subprocess.Popen(
-            command,
-            cwd=project.path,
-            env=project.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=raise_fd_limit,  # noqa: PLW1509 - only sets an rlimit
-        )
-        try:
-            wait_for_port(self.port)
-        except RuntimeError:
-            self.stop()
-            raise RuntimeError(f"daphne did not start:\n{tail(log_path.read_text(errors='replace'))}") from None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def stop(self) -> None:
-        stop_process(self.process)
-        self.log.close()
+def start_daphne(project: Project, log_path: Path, application: str = "config.asgi:application"):
+    """One daphne process (tooling.DaphneProcess) on a free port of 127.0.0.1, listening."""
+    server = tooling.DaphneProcess(
+        log_path=log_path, env=project.env, application=application, project_dir=project.path, python=project.python
+    )
+    server.wait_ready()
+    return server

@@ -6,8 +6,9 @@
 
 `serve` relays every frame it receives to every connected socket (no auth, no groups, no
 channel layer, no Django). `load` offers it the same open-loop load as bench_fanout.py
-offers the Channels relay, with that script's own `run_relay` (imported from the baked
-project), and prints one JSON line in its Result format. Both run in a baked project's venv.
+offers the Channels relay, with its own `run_relay` (benchmarks/fanout_load.py of the baked
+project), and prints one JSON line in its Result format (benchmarks/fanout_report.py). Both
+run in a baked project's venv.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import asyncio
 import json
 import resource
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -43,27 +43,28 @@ async def serve(port: int) -> None:
 
 
 class RawServer:
-    """What bench_fanout's run_relay needs of a server: where to connect."""
+    """What fanout_load's run_relay needs of a server: where to connect."""
 
     def __init__(self, port: int):
-        self.ws_base, self.http_base = f"ws://{HOST}:{port}", f"http://{HOST}:{port}"
+        self.ws_base, self.base_url = f"ws://{HOST}:{port}", f"http://{HOST}:{port}"
 
 
 async def load(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(args.project_dir))
-    from benchmarks.bench_fanout import Member, Result, Seed, run_relay
+    from benchmarks.fanout_load import run_relay
+    from benchmarks.fanout_report import Result
+    from benchmarks.room_client import Member
 
-    members = [Member(user_id=n, cookie="", csrf_token="") for n in range(args.members)]
+    members = [Member(user_id=n, cookie="", csrf="") for n in range(args.members)]
     result = Result("none", "raw", args.rate, args.duration, args.members, args.senders)
-    seed = Seed(members=members, chat_ids=[])
     try:
         await asyncio.wait_for(
-            run_relay(RawServer(args.port), seed, result, room="raw", timeout=args.phase_timeout),
+            run_relay(RawServer(args.port), members, result, room="raw", timeout=args.phase_timeout),
             args.duration + 4 * args.phase_timeout,
         )
     except (OSError, TimeoutError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"[:300]
-    return {key: value for key, value in asdict(result).items() if key != "latencies"}
+    return result.figures()
 
 
 def main() -> None:
@@ -75,7 +76,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--phase-timeout", type=float, default=60.0)
-    parser.add_argument("--project-dir", type=Path, help="the baked project whose bench_fanout.py to use")
+    parser.add_argument("--project-dir", type=Path, help="the baked project whose fan-out benchmark to use")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

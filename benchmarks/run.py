@@ -39,16 +39,15 @@ from projects import (
     BENCH_DIR,
     BUILD_DIR,
     TEMPLATE_DIR,
-    Daphne,
     Project,
     clean_env,
-    raise_fd_limit,
     requirements,
     run_cookiecutter,
+    start_daphne,
     tail,
 )
 from report import print_tables
-from services import HOST, free_port, postgres_server, redis_server, wait_for_port
+from services import HOST, free_port, postgres_server, redis_server, tooling, wait_for_port
 
 PHASES = ("generation", "http", "fanout", "idle")
 RESULTS_DIR = TEMPLATE_DIR / "bench-results"
@@ -154,7 +153,7 @@ def bench_http(args: argparse.Namespace, services: Services) -> dict:
         seed_s = project.prepare(users=50, chats=args.chats, messages=args.messages)
         spec = project.run_json(str(BENCH_DIR / "http_targets.py"))
         print(f"  seeded in {seed_s:.1f} s: {spec['user_chats']} chats, {spec['messages']} messages", flush=True)
-        server = Daphne(project, BUILD_DIR / f"daphne-http-{database}.log")
+        server = start_daphne(project, BUILD_DIR / f"daphne-http-{database}.log")
         try:
             load = [project.python, str(BENCH_DIR / "http_load.py"), "--base-url", server.base_url]
             load += ["--concurrency", str(args.concurrency), "--duration", str(args.http_duration)]
@@ -198,7 +197,7 @@ def bench_fanout(args: argparse.Namespace, services: Services) -> list[dict]:
             text=True,
             timeout=900,
             check=False,
-            preexec_fn=raise_fd_limit,
+            preexec_fn=tooling.raise_open_files_limit,
         )
         if result.returncode != 0 or not out.is_file():
             print(f"    bench_fanout.py failed:\n{tail(result.stdout + result.stderr, 20)}", flush=True)
@@ -239,7 +238,7 @@ def bench_idle(args: argparse.Namespace) -> dict:
     client = [project.python, str(BENCH_DIR / "idle_sockets.py"), "--count", str(args.idle_sockets)]
     client += ["--hold", str(args.idle_hold)]
     results = {}
-    server = Daphne(project, BUILD_DIR / "daphne-idle.log")
+    server = start_daphne(project, BUILD_DIR / "daphne-idle.log")
     try:
         command = [*client, "--url", f"ws://{HOST}:{server.port}/ws/chat/inbox/", "--server-pid"]
         command += [str(server.process.pid), "--sessions", "--greeting"]
@@ -322,7 +321,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    raise_fd_limit()
+    tooling.raise_open_files_limit()
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     report: dict = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}

@@ -8,35 +8,20 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from baking import stop_process  # noqa: E402
+from baking import load_project_module, stop_process  # noqa: E402
 
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {HOST}:{port} after {timeout:g} s")
+# Ports and processes: the generated project's own tooling (benchmarks/tooling.py).
+tooling = load_project_module("tooling")
+HOST, free_port, wait_for_port = tooling.HOST, tooling.free_port, tooling.wait_for_port
 
 
 @contextmanager

@@ -6,6 +6,7 @@ Kept out of conftest.py so test modules can import it by name.
 from __future__ import annotations
 
 import fcntl
+import functools
 import importlib.util
 import os
 import secrets
@@ -17,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
+PROJECT_TEMPLATE_DIR = TEMPLATE_DIR / "{{cookiecutter.project_slug}}"
 
 # Variables of this process that must not leak into a baked project: its settings read
 # DATABASE_URL/REDIS_URL/SECRET_KEY/DEBUG from the environment before .env, and pytest's
@@ -90,6 +92,30 @@ def load_module(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+PROJECT_BENCHMARKS = "project_benchmarks"  # the generated project's benchmarks package, imported here
+
+
+@functools.cache
+def load_project_module(name: str) -> ModuleType:
+    """Import a module of the generated project's `benchmarks` package (plain Python, no Jinja).
+
+    Its tooling (`tooling`: ports, daphne processes, sessions; `room_client`: the room page's
+    protocol) ships with every bake and must stand alone there; the template's tests and
+    benchmarks import the same files instead of keeping copies. Needs what the module imports
+    (room_client: websockets and httpx).
+    """
+    if PROJECT_BENCHMARKS not in sys.modules:
+        folder = PROJECT_TEMPLATE_DIR / "benchmarks"
+        spec = importlib.util.spec_from_file_location(
+            PROJECT_BENCHMARKS, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+        assert spec and spec.loader, folder
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[PROJECT_BENCHMARKS] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"{PROJECT_BENCHMARKS}.{name}")
 
 
 def tail(text: str, lines: int = 60) -> str:

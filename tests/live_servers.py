@@ -9,50 +9,30 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import secrets
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pytest
-from baking import served_env, stop_process, tail
+from baking import load_project_module, served_env, tail
 from conftest import unavailable
 from project_venvs import venv_for
 
 ANSWERS = {"channel_layer": "redis", "database": "postgresql", "use_custom_user_model": True}
-HOST = "127.0.0.1"
 TIMEOUT = 15
-MESSAGE_ID = re.compile(r'data-message-id="(\d+)"')
+
+# The generated project's own tooling (ports, daphne processes), shared with its benchmarks.
+tooling = load_project_module("tooling")
+HOST, free_port, Server = tooling.HOST, tooling.free_port, tooling.DaphneProcess
 
 # Defines cookie_for(user) in the project's shell: a session and a CSRF secret, as
-# `login()` would leave them, for a test to use as that user.
+# `login()` would leave them, for a test to use as that user ({"user_id", "cookie", "csrf"}).
 COOKIE_FOR_SCRIPT = """
 import json
-from importlib import import_module
-from django.conf import settings
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
-from django.utils.crypto import get_random_string
-
-def cookie_for(user):
-    store = import_module(settings.SESSION_ENGINE).SessionStore()
-    store[SESSION_KEY] = str(user.pk)
-    store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-    store[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    store.create()
-    csrf = get_random_string(32)
-    cookie = f"{settings.SESSION_COOKIE_NAME}={store.session_key}; {settings.CSRF_COOKIE_NAME}={csrf}"
-    return {"cookie": cookie, "csrf": csrf, "user_id": user.pk}
+from django.contrib.auth import get_user_model
+from benchmarks.tooling import forge_session as cookie_for
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
 
 
 def with_database(url: str, name: str) -> str:
@@ -98,49 +78,18 @@ def bake_project(cookies_session, request, *, postgres_url: str, redis_url: str,
     return baked
 
 
-class Server:
-    """One daphne process; its output goes to a log file shown when a test fails."""
-
-    def __init__(self, project: Project, log_path: Path):
-        self.port, self.log_path = free_port(), log_path
-        self.log = log_path.open("wb")
-        command = [project.python, "-m", "daphne", "-b", HOST, "-p", str(self.port), "config.asgi:application"]
-        self.process = subprocess.Popen(
-            command, cwd=project.path, env=project.env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                with socket.create_connection((HOST, self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        pytest.fail(f"daphne on port {self.port} did not start:\n{self.output()}", pytrace=False)
-
-    def output(self) -> str:
-        self.log.flush()
-        return tail(self.log_path.read_text(errors="replace"))
-
-    def kill(self) -> None:
-        """SIGKILL: the process gets no chance to close its sockets or clean up."""
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        stop_process(self.process)
-        self.log.close()
-
-
 def start_servers(project: Project, logs: Path, count: int, request) -> list[Server]:
     """`count` daphne processes on free ports, stopped at teardown."""
     started: list[Server] = []
     request.addfinalizer(lambda: [server.stop() for server in started])
     for number in range(1, count + 1):
-        started.append(Server(project, logs / f"server{number}.log"))
+        log_path = logs / f"server{number}.log"
+        started.append(Server(log_path=log_path, env=project.env, project_dir=project.path, python=project.python))
     for server in started:
-        server.wait_ready()
+        try:
+            server.wait_ready()
+        except RuntimeError as exc:
+            pytest.fail(str(exc), pytrace=False)
     return started
 
 
@@ -160,25 +109,31 @@ def http_request(
         connection.close()
 
 
-def post_message(server: Server, chat_id: int, member: dict, body: str) -> int:
-    """Send like the page does (HTMX POST with the CSRF header); returns the new message's id."""
-    status, text = http_request(server.port, "POST", f"/chat/{chat_id}/send/", member, body=f"body={body}")
+def post_message(server: Server, chat_id: int, member: dict, body: str, client_id: str = "") -> int:
+    """Send like the page does (HTMX POST with the CSRF header); returns the stored message's id."""
+    fields = urlencode({"body": body, "client_id": client_id})
+    status, text = http_request(server.port, "POST", f"/chat/{chat_id}/send/", member, body=fields)
     assert status == 200, f"send answered {status}:\n{text[:2000]}\n{server.output()}"
-    return int(MESSAGE_ID.search(text).group(1))
+    return int(require_room_client().MESSAGE_ID.search(text).group(1))
 
 
-def require_websockets():
-    """The `websockets` client's connect, or a skip (a failure with CI=true) without it."""
+def require_room_client():
+    """The generated project's room client (benchmarks/room_client.py), or a skip (a failure
+    with CI=true) without the websockets and httpx it is built on."""
     try:
-        from websockets.asyncio.client import connect
-    except ImportError:  # the template suite's requirements-dev.txt has it
-        unavailable("websockets is not installed (pip install -r requirements-dev.txt)")
-    return connect
+        import httpx  # noqa: F401
+        import websockets  # noqa: F401
+    except ImportError as exc:  # the template suite's requirements-dev.txt has both
+        unavailable(f"{exc.name} is not installed (pip install -r requirements-dev.txt)")
+    return load_project_module("room_client")
 
 
 async def open_socket(server: Server, path: str, member: dict):
     """A websocket as the member's browser opens it (session cookie, same origin)."""
-    return await require_websockets()(
+    require_room_client()
+    from websockets.asyncio.client import connect
+
+    return await connect(
         f"ws://{HOST}:{server.port}{path}",
         origin=f"http://{HOST}:{server.port}",
         additional_headers={"Cookie": member["cookie"]},

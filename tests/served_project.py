@@ -9,13 +9,13 @@ never collide; `restart()` reuses the port so open pages can reconnect.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import time
 from pathlib import Path
 
-from baking import clean_env, run_cookiecutter, stop_process, tail
+from baking import clean_env, load_project_module, run_cookiecutter, stop_process, tail
 from project_venvs import venv_for
+
+tooling = load_project_module("tooling")  # ports and processes, shared with the project
 
 DEMO_PASSWORD = "chat-demo-password"  # seed_chat_data's DEMO_PASSWORD
 
@@ -57,16 +57,10 @@ print(json.dumps({"chat_id": chat.pk, "message_ids": ids}))
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class ServedProject:
     def __init__(self, workdir: Path, *, env: dict[str, str] | None = None):
         self.workdir = workdir
-        self.port = free_port()
+        self.port = tooling.free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {"DEBUG": "true", **(env or {})}
         self.process: subprocess.Popen | None = None
@@ -124,16 +118,10 @@ class ServedProject:
         self.wait_until_serving()
 
     def wait_until_serving(self, deadline: float = 60) -> None:
-        stop = time.monotonic() + deadline
-        while time.monotonic() < stop:
-            if self.process.poll() is not None:
-                raise AssertionError(f"daphne exited with {self.process.returncode}:\n{tail(self.log.read_text())}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"daphne did not listen within {deadline}s:\n{tail(self.log.read_text())}")
+        try:
+            tooling.wait_for_port(self.port, deadline, process=self.process)
+        except RuntimeError as exc:
+            raise AssertionError(f"daphne did not serve ({exc}):\n{tail(self.log.read_text())}") from None
 
     def stop(self) -> None:
         if self.process is None:

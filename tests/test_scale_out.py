@@ -2,7 +2,9 @@
 
 Bakes a redis + postgresql + custom-user project, migrates a fresh database, starts two
 daphne processes on different ports, puts member A on server 1 and member B on server 2,
-sends over HTTP to server 1, and watches B's sockets on server 2.
+sends to server 1 over a room socket (as the page does) and over HTTP (as it does while
+its socket is down), and watches B's sockets on server 2. A send retried on the other
+server with the same client id stores and announces nothing new.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from live_servers import (
     http_request,
     open_socket,
     post_message,
-    require_websockets,
+    require_room_client,
     start_servers,
 )
 
@@ -46,7 +48,7 @@ print(json.dumps({"chat_id": chat.pk, "a": cookie_for(a), "b": cookie_for(b), "c
 
 @pytest.fixture(scope="module")
 def websocket_client():
-    return require_websockets()
+    return require_room_client()
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +85,23 @@ async def next_frame(ws, frame_type: str, **expected) -> dict:
         pytest.fail(f"no {frame_type} frame with {expected} within {TIMEOUT}s; got {seen}", pytrace=False)
 
 
+async def send_frame(ws, client_id: str, body: str) -> int:
+    """Send over the room socket as the page's outbox does; the message id of the ack."""
+    await ws.send(json.dumps({"type": "send", "client_id": client_id, "body": body}))
+    return (await next_frame(ws, "ack", client_id=client_id))["message_id"]
+
+
 async def across_servers(servers: tuple[Server, Server], seeded: dict) -> None:
     one, two = servers
     chat_id, a, b, c = seeded["chat_id"], seeded["a"], seeded["b"], seeded["c"]
     room = f"/ws/chat/{chat_id}/"
     a_room, a_inbox = await open_socket(one, room, a), await open_socket(one, "/ws/chat/inbox/", a)
     b_room, b_inbox = await open_socket(two, room, b), await open_socket(two, "/ws/chat/inbox/", b)
+    c_room = None
     try:
         await next_frame(b_room, "chat.presence", online=2)
+        c_room = await open_socket(one, room, c)
+        await next_frame(b_room, "chat.presence", online=3)
         # B's room is in a background tab: B is not reading it, so the inbox frames of new
         # messages (sent by server 1) must reach B's inbox on server 2.
         await b_room.send(json.dumps({"type": "visibility", "visible": False}))
@@ -98,23 +109,34 @@ async def across_servers(servers: tuple[Server, Server], seeded: dict) -> None:
         await next_frame(b_room, "pong")
         await asyncio.sleep(IDLE_SECONDS)
 
-        first = await asyncio.to_thread(post_message, one, chat_id, c, "hello+from+server+one")
+        first = await send_frame(c_room, "c-first", "hello from server one")
         await next_frame(b_room, "chat.message", chat_id=chat_id, message_id=first, prev_id=0)
         await next_frame(b_inbox, "inbox.message", chat_id=chat_id, message_id=first, sender_id=c["user_id"])
-        second = await asyncio.to_thread(post_message, one, chat_id, a, "and+again")
+        second = await asyncio.to_thread(post_message, one, chat_id, a, "and again", "a-second")
         await next_frame(b_room, "chat.message", message_id=second, prev_id=first)
         await next_frame(b_inbox, "inbox.message", message_id=second, sender_id=a["user_id"])
         await next_frame(a_room, "chat.message", message_id=second, prev_id=first)
 
+        # C's page never saw the ack and retries over HTTP, on the other server this time.
+        retried = await asyncio.to_thread(post_message, two, chat_id, c, "hello from server one", "c-first")
+        assert retried == first, "a client id is stored once, whichever server the retry reaches"
+        third = await send_frame(a_room, "a-third", "third")
+        frame = await next_frame(b_room, "chat.message")
+        assert (frame["message_id"], frame["prev_id"]) == (third, second), "the retry announced nothing"
+
         await a_room.close()
+        await next_frame(b_room, "chat.presence", online=2)
+        await c_room.close()
         await next_frame(b_room, "chat.presence", online=1)
     finally:
-        for ws in (a_room, a_inbox, b_room, b_inbox):
-            await ws.close()
+        for ws in (a_room, a_inbox, b_room, b_inbox, c_room):
+            if ws is not None:
+                await ws.close()
 
 
 def test_message_and_presence_cross_server_processes(websocket_client, servers, seeded):
-    """After an idle spell, sent to server 1, seen by B's room and inbox on server 2; presence follows A."""
+    """After an idle spell, sent to server 1 (socket and HTTP), seen by B on server 2; a retry on server 2
+    stores and announces nothing; presence follows A and C."""
     try:
         asyncio.run(across_servers(servers, seeded))
     except BaseException:

@@ -9,18 +9,18 @@ from __future__ import annotations
 import http.cookiejar
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
-from baking import clean_env, exclusive_lock, run_cookiecutter, stop_process, tail
+from baking import clean_env, exclusive_lock, load_project_module, run_cookiecutter, stop_process, tail
 from conftest import unavailable
+
+tooling = load_project_module("tooling")  # ports and processes, shared with the project
 
 pytestmark = pytest.mark.slow
 
@@ -87,17 +87,11 @@ def test_hook_prints_next_steps_and_demo_logins(set_up_project):
     assert demo_login(printed)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(set_up_project, tmp_path_factory):
     """daphne from the project's own .venv, as `make run` would serve it in production."""
     project, _ = set_up_project
-    port = free_port()
+    port = tooling.free_port()
     log = tmp_path_factory.mktemp("daphne") / "daphne.log"
     with log.open("w") as log_file:
         process = subprocess.Popen(
@@ -116,16 +110,10 @@ def server(set_up_project, tmp_path_factory):
 
 
 def wait_until_serving(base_url: str, process: subprocess.Popen, log: Path, deadline: float = 60) -> None:
-    stop = time.monotonic() + deadline
-    while time.monotonic() < stop:
-        if process.poll() is not None:
-            pytest.fail(f"daphne exited with {process.returncode}:\n{tail(log.read_text())}")
-        try:
-            with socket.create_connection(("127.0.0.1", int(base_url.rsplit(":", 1)[1])), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"daphne did not listen within {deadline}s:\n{tail(log.read_text())}")
+    try:
+        tooling.wait_for_port(int(base_url.rsplit(":", 1)[1]), deadline, process=process)
+    except RuntimeError as exc:
+        pytest.fail(f"daphne did not serve ({exc}):\n{tail(log.read_text())}")
 
 
 class Browser:

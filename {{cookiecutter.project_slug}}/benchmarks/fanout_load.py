@@ -1,0 +1,245 @@
+"""The fan-out benchmark's offered load, on the reference relay and on our chat.
+
+Open loop: `offer_load` starts each send at its scheduled time whatever the replies, so a
+slow server cannot slow the senders down and hide its queueing; latency runs from the
+scheduled time to each frame's arrival. The chat's members are `RoomClient`s: they send,
+receive and catch up exactly as the room page does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import suppress
+
+import httpx
+import websockets
+from websockets.asyncio.client import connect
+
+from .fanout_report import Result, percentile
+from .room_client import Member, RoomClient
+
+CONNECT_CONCURRENCY = 25  # handshakes at a time: the listen backlog is small
+
+
+async def offer_load(*, rate: float, duration: float, send) -> float:
+    """Call `send(seq, scheduled_at)` `rate` times a second for `duration`, whatever the replies.
+
+    Times are `time.monotonic()`, the clock RoomClient stamps frames with.
+    """
+    start = time.monotonic() + 0.05
+    tasks = []
+    for seq in range(int(rate * duration)):
+        scheduled_at = start + seq / rate
+        delay = scheduled_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(send(seq, scheduled_at)))
+    with suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+    return start
+
+
+async def drain(count, expected: int, *, quiet: float, limit: float) -> None:
+    """Wait until `count()` reaches `expected`, stops growing for `quiet` s, or `limit` s pass."""
+    deadline = time.monotonic() + limit
+    last, last_change = count(), time.monotonic()
+    while count() < expected and time.monotonic() < deadline and time.monotonic() - last_change < quiet:
+        await asyncio.sleep(0.05)
+        if count() != last:
+            last, last_change = count(), time.monotonic()
+
+
+# --- plain sockets: the reference relay and idle inboxes -------------------------------
+
+
+async def open_sockets(server, paths: list[str], cookies: list[str], *, timeout: float) -> list:
+    """Open one socket per path, a few at a time. `server` has `ws_base` and `base_url`."""
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+    async def open_one(path: str, cookie: str):
+        async with gate:
+            return await connect(
+                server.ws_base + path,
+                origin=server.base_url,
+                additional_headers={"Cookie": cookie},
+                compression=None,
+                ping_interval=None,
+                max_queue=None,
+                open_timeout=timeout,
+            )
+
+    return await asyncio.wait_for(
+        asyncio.gather(*(open_one(path, cookie) for path, cookie in zip(paths, cookies, strict=True))), timeout
+    )
+
+
+async def close_sockets(sockets: list) -> None:
+    with suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True), 10)
+
+
+async def read_frames(ws, on_frame) -> None:
+    with suppress(websockets.ConnectionClosed):
+        async for raw in ws:
+            on_frame(json.loads(raw), time.monotonic())
+
+
+async def run_relay(server, members: list[Member], result: Result, *, room: str, timeout: float) -> Result:
+    """The Channels tutorial relay: senders send frames over their socket, every socket gets them."""
+    members = members[: result.members]
+    sockets = await open_sockets(
+        server, [f"/ws/bench/relay/{room}/"] * len(members), [m.cookie for m in members], timeout=timeout
+    )
+    receipts: list[tuple[object, float]] = []
+
+    def on_frame(frame: dict, at: float) -> None:
+        receipts.append((frame["message"], at))
+
+    readers = [asyncio.create_task(read_frames(ws, on_frame)) for ws in sockets]
+    send_times: dict[str, float] = {}
+
+    async def send(seq: int, scheduled_at: float) -> None:
+        key = f"m{seq}"
+        send_times[key] = scheduled_at
+        try:
+            await sockets[seq % result.senders].send(json.dumps({"message": key}))
+        except websockets.ConnectionClosed:
+            del send_times[key]
+            result.send_errors += 1
+
+    first_send = await offer_load(rate=result.rate, duration=result.duration, send=send)
+    await drain(lambda: len(receipts), len(send_times) * len(members), quiet=2, limit=15)
+    await close_sockets(sockets)
+    for reader in readers:
+        reader.cancel()
+    result.finish(send_times, receipts, first_send)
+    return result
+
+
+async def idle_memory(server, members: list[Member], *, count: int, timeout: float) -> dict:
+    """RSS growth of the server while `count` inbox sockets sit idle, per socket."""
+    await asyncio.sleep(1)
+    before = server.rss_kib()
+    cookies = [members[n % len(members)].cookie for n in range(count)]
+    sockets = await open_sockets(server, ["/ws/chat/inbox/"] * count, cookies, timeout=timeout)
+    with suppress(TimeoutError):  # every inbox is set up once it has sent its greeting
+        await asyncio.wait_for(asyncio.gather(*(ws.recv() for ws in sockets)), timeout)
+    await asyncio.sleep(2)
+    after = server.rss_kib()
+    await close_sockets(sockets)
+    return {
+        "sockets": count,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "kib_per_socket": round((after - before) / count, 1),
+    }
+
+
+# --- our chat -------------------------------------------------------------------------------
+
+
+async def run_chat(
+    server,
+    http: httpx.AsyncClient,
+    members: list[Member],
+    result: Result,
+    *,
+    chat_id: int,
+    timeout: float,
+    hidden: bool = False,
+    reorder_grace: float,
+    send_over: str = "socket",
+) -> Result:
+    """Every member in the room as a RoomClient; the first `result.senders` of them send."""
+    members = members[: result.members]
+    start_id = await warm_up(server, http, chat_id, members[: result.senders])
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    clients = [
+        RoomClient(
+            member=member,
+            chat_id=chat_id,
+            servers=[server.base_url],
+            start_id=start_id,
+            visible=not hidden,  # a hidden tab: the server then marks nothing read for it
+            send_over=send_over,
+            reorder_grace=reorder_grace,
+            http=http,
+            open_timeout=timeout,
+            connect_gate=gate,
+        )
+        for member in members
+    ]
+    for client in clients:
+        client.start()
+    try:
+        await asyncio.wait_for(asyncio.gather(*(client.connected.wait() for client in clients)), timeout)
+        await settle_presence(clients, timeout=timeout)
+        requests_before = sum(client.counts["catch_up_request"] for client in clients)
+        first_send, send_times, response_times = await send_load(clients, result)
+        expected = len(send_times) * len(clients)
+        await drain(lambda: sum(len(client.framed_at) for client in clients), expected, quiet=2, limit=15)
+        # The end of a burst has no next frame to reveal a gap: catch up once, like a reconnect.
+        with suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(client.caught_up() for client in clients)), timeout)
+    finally:
+        await asyncio.gather(*(client.stop() for client in clients), return_exceptions=True)
+    receipts = [(message_id, at) for client in clients for message_id, at in client.framed_at.items()]
+    result.finish(send_times, receipts, first_send)
+    have = sum(len((client.shown_at.keys() | client.framed_at.keys()) & send_times.keys()) for client in clients)
+    result.recovered = sum(len(recovered(client) & send_times.keys()) for client in clients)
+    result.lost_after_catch_up = result.expected - have
+    result.catch_up_requests = sum(client.counts["catch_up_request"] for client in clients) - requests_before
+    if response_times:
+        response_times.sort()
+        result.send_p50_ms, result.send_p99_ms = percentile(response_times, 50), percentile(response_times, 99)
+    return result
+
+
+def recovered(client: RoomClient) -> set[int]:
+    """Messages this client showed because a catch-up fetched them, not because a frame came."""
+    return {id_ for id_, via in client.shown_via.items() if via == "catch_up"} - client.framed_at.keys()
+
+
+async def send_load(clients: list[RoomClient], result: Result) -> tuple[float, dict[int, float], list[float]]:
+    """The offered load through the senders' outboxes: its start, each stored message's due time, answer times."""
+    send_times: dict[int, float] = {}
+    response_times: list[float] = []
+
+    async def send(seq: int, scheduled_at: float) -> None:
+        sent = await clients[seq % result.senders].send(f"bench {seq}")
+        response_times.append((time.monotonic() - scheduled_at) * 1000)
+        if sent.message_id is None:
+            result.send_errors += 1
+        else:
+            send_times[sent.message_id] = scheduled_at
+
+    first_send = await offer_load(rate=result.rate, duration=result.duration, send=send)
+    return first_send, send_times, response_times
+
+
+async def warm_up(server, http: httpx.AsyncClient, chat_id: int, senders: list[Member]) -> int:
+    """Start from a running server, as the relay's senders start on open sockets.
+
+    One message per sender (over HTTP: no socket is open yet), before the receivers join,
+    runs the send path's first-use costs (lazy imports, a cache client's connection); the
+    GETs then leave open the keep-alive connections the run will use, as a loaded page has.
+    Returns the newest message id: the page the receivers start from.
+    """
+    clients = [RoomClient(member=m, chat_id=chat_id, servers=[server.base_url], http=http) for m in senders]
+    try:
+        sent = await asyncio.gather(*(client.send("warm-up") for client in clients))
+    finally:
+        await asyncio.gather(*(client.stop() for client in clients))
+    pages = (http.get(f"{server.base_url}/chat/{chat_id}/messages/", headers={"Cookie": m.cookie}) for m in senders * 2)
+    await asyncio.gather(*pages)
+    return max((answer.message_id or 0 for answer in sent), default=0)
+
+
+async def settle_presence(clients: list[RoomClient], *, timeout: float, quiet: float = 0.7) -> None:
+    """Start sending once the join burst's presence recounts are over."""
+    deadline = time.monotonic() + timeout
+    await asyncio.sleep(quiet)
+    while time.monotonic() < deadline and time.monotonic() - max(c.last_presence_at for c in clients) < quiet:
+        await asyncio.sleep(0.1)

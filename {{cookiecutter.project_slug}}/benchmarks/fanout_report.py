@@ -1,0 +1,159 @@
+"""The fan-out benchmark's figures: one `Result` per run, the printed table and the JSON report."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Result:
+    layer: str
+    target: str  # "relay" or "chat" ("raw" for benchmarks/raw_broadcast.py of the template)
+    rate: float
+    duration: float
+    members: int
+    senders: int
+    sent: int = 0
+    send_errors: int = 0
+    expected: int = 0
+    received: int = 0
+    lost: int = 0
+    recovered: int = 0
+    lost_after_catch_up: int | None = None
+    catch_up_requests: int = 0
+    send_p50_ms: float | None = None  # chat: from the scheduled send to its ack (or its 200)
+    send_p99_ms: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    delivered_per_s: float = 0.0
+    window_s: float = 0.0
+    error: str | None = None  # a run the server broke off (e.g. a handshake answered 500)
+    latencies: list[float] = field(default_factory=list, repr=False)
+
+    def finish(self, send_times: dict, receipts: list[tuple[object, float]], first_send: float) -> None:
+        """Delivery figures from when each message was due and when each of its frames arrived."""
+        self.sent = len(send_times)
+        self.expected = self.sent * self.members
+        delivered = [(key, at) for key, at in receipts if key in send_times]
+        self.received = len(delivered)
+        self.lost = self.expected - self.received
+        self.latencies = sorted((at - send_times[key]) * 1000 for key, at in delivered)
+        if self.latencies:
+            self.p50_ms = percentile(self.latencies, 50)
+            self.p99_ms = percentile(self.latencies, 99)
+            self.max_ms = round(self.latencies[-1], 1)
+            self.window_s = max(at for _, at in delivered) - first_send
+            self.delivered_per_s = round(self.received / self.window_s, 1) if self.window_s > 0 else 0.0
+
+    def figures(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if key != "latencies"}
+
+
+def percentile(ordered: list[float], pct: float) -> float:
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
+    return round(ordered[index], 1)
+
+
+def fmt(value, unit: str = "") -> str:
+    return "-" if value is None else f"{value:g}{unit}"
+
+
+HEADER = (
+    "layer",
+    "rate/s",
+    "target",
+    "sent",
+    "p50 ms",
+    "p99 ms",
+    "max ms",
+    "deliv/s",
+    "lost",
+    "recov",
+    "lost*",
+    "GETs",
+    "send p50/p99",
+    "",
+)
+
+
+def row(r: Result) -> tuple[str, ...]:
+    chat = r.target == "chat"
+    return (
+        r.layer,
+        fmt(r.rate),
+        r.target,
+        str(r.sent),
+        fmt(r.p50_ms),
+        fmt(r.p99_ms),
+        fmt(r.max_ms),
+        fmt(r.delivered_per_s),
+        str(r.lost),
+        str(r.recovered) if chat else "-",
+        fmt(r.lost_after_catch_up),
+        str(r.catch_up_requests) if chat else "-",
+        f"{fmt(r.send_p50_ms)}/{fmt(r.send_p99_ms)}" if chat else "-",
+        "FAILED" if r.error else "",
+    )
+
+
+def print_table(results: list[Result], memory: list[dict]) -> None:
+    rows = [row(r) for r in results]
+    widths = [max(len(cells[i]) for cells in [HEADER, *rows]) for i in range(len(HEADER))]
+    print()
+    for cells in [HEADER, *rows]:
+        print("  ".join(cell.rjust(width) for cell, width in zip(cells, widths, strict=True)))
+    print("lost: deliveries that never arrived as frames; recov: fetched by catch-up GETs; lost*: after catch-up;")
+    print("GETs: catch-up requests (gaps seen, plus one per receiver at the end); send: until its ack or 200")
+    print()
+    for relay, ours in pairs(results):
+        throughput = ours.delivered_per_s / relay.delivered_per_s if relay.delivered_per_s else 0
+        p99 = (ours.p99_ms or 0) / relay.p99_ms if relay.p99_ms else float("inf")
+        print(
+            f"{ours.layer} at {ours.rate:g} msg/s: chat delivers {throughput:.0%} of the relay's frames/s "
+            f"(target >= 80%), p99 {p99:.1f}x the relay's (target <= 2x)"
+        )
+    for entry in memory:
+        print(
+            f"{entry['layer']}: {entry['kib_per_socket']:g} KiB RSS per idle inbox socket "
+            f"({entry['sockets']} sockets, {entry['rss_before_kib']} -> {entry['rss_after_kib']} KiB)"
+        )
+
+
+def pairs(results: list[Result]):
+    """(relay, chat) results of the same layer and rate."""
+    by_key = {(r.layer, r.rate, r.target): r for r in results}
+    for (layer, rate, target), relay in by_key.items():
+        if target == "relay" and (layer, rate, "chat") in by_key:
+            yield relay, by_key[(layer, rate, "chat")]
+
+
+def report(args, results: list[Result], memory: list[dict]) -> dict:
+    """What --json writes (the template's benchmarks/run.py reads its "runs")."""
+    import channels
+    import django
+
+    return {
+        "settings": {
+            "rates": args.rates,
+            "duration_s": args.duration,
+            "members": args.members,
+            "senders": args.senders,
+            "idle_sockets": args.idle_sockets,
+            "reorder_grace_s": args.reorder_grace,
+            "send_over": args.send_over,
+            "chat_receivers": "hidden tabs (no read marking)" if args.hidden else "viewing (read marking on)",
+            "database": "DATABASE_URL" if args.database_url else "sqlite (throwaway)",
+        },
+        "environment": {
+            "python": platform.python_version(),
+            "django": django.get_version(),
+            "channels": channels.__version__,
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+        },
+        "runs": [r.figures() for r in results],
+        "idle_memory": memory,
+    }

@@ -1,0 +1,386 @@
+"""A chat room as the page runs it, without the browser: for benchmarks and tests.
+
+It follows the room's JavaScript (static/js/components/chat/): `chat-websocket.js` (reconnect
+with full jitter, stop on 4401/4403), `message-send.js` (frames chained by `prev_id`, an early
+frame held for the reorder grace, catch-up over HTTP with `messages/?after=<id>`, and
+`&before=<id>` while frames past a gap are held) and, in room_outbox.py, `message-outbox.js`
+(sends over the socket with an ack, over HTTP when the socket is down or the ack is late,
+overload answers waited out, always with the message's client id). The protocol itself is
+documented in `chat/consumers.py`.
+
+Everything shown is recorded (`shown`, `shown_at`, `framed_at`, `counts`) for a benchmark
+to time and a test to compare with the database. Needs `websockets` and `httpx` (the dev extra).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+from .room_outbox import ACK_TIMEOUT_SECONDS, MESSAGE_ID, Outbox, Sent
+
+FINAL_CLOSE_CODES = {4401, 4403}
+# chat-websocket.js
+RECONNECT_BASE_SECONDS = 0.5
+RECONNECT_MAX_SECONDS = 15.0
+# message-send.js
+REORDER_GRACE_SECONDS = 0.4
+MAX_CATCH_UP_PAGES = 40
+CATCH_UP_RETRY_MAX_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Member:
+    """Who the client is: a logged-in session (see tooling.forge_session)."""
+
+    user_id: int
+    cookie: str  # the Cookie header: session and CSRF cookies
+    csrf: str  # the CSRF secret the cookie carries, sent as the form's token
+
+
+class RoomClient:
+    """One member's room: its socket, what it shows, and its outbox.
+
+    `servers` are base URLs ("http://127.0.0.1:8000"); with `failover` a refused connection
+    moves the socket (and the HTTP requests) to the next one, as a load balancer would.
+    `start_id` is the newest message the page rendered. `send_over="http"` posts every
+    message, as the page does while its socket is closed.
+    """
+
+    def __init__(
+        self,
+        *,
+        member: Member,
+        chat_id: int,
+        servers: list[str],
+        failover: bool = False,
+        start_id: int = 0,
+        visible: bool = True,
+        send_over: str = "socket",
+        reorder_grace: float = REORDER_GRACE_SECONDS,
+        ack_timeout: float = ACK_TIMEOUT_SECONDS,
+        reconnect_delays: tuple[float, float] = (RECONNECT_BASE_SECONDS, RECONNECT_MAX_SECONDS),
+        http: httpx.AsyncClient | None = None,
+        http_timeout: float = 60,
+        open_timeout: float = 15,
+        connect_gate: asyncio.Semaphore | None = None,
+    ):
+        self.member, self.chat_id = member, chat_id
+        self.servers, self.server_index, self.failover = servers, 0, failover
+        self.visible, self.reorder_grace, self.reconnect_delays = visible, reorder_grace, reconnect_delays
+        self.open_timeout, self.connect_gate = open_timeout, connect_gate
+        self.own_http = http is None
+        self.http = http or new_http_client(timeout=http_timeout)
+        self.outbox = Outbox(self, ack_timeout=ack_timeout, over_socket=send_over == "socket")
+        self.contiguous_id = self.newest_shown_id = start_id
+        self.held_frames: dict[int, dict] = {}  # prev_id -> frame, for frames that came early
+        self.grace_timer: asyncio.TimerHandle | None = None
+        self.catching_up: asyncio.Task | None = None
+        self.catch_up_again = False
+        self.catch_up_retry_delay = 0.0
+        self.catch_up_retry_timer: asyncio.TimerHandle | None = None
+        self.shown: list[int] = []  # in the order they appeared
+        self.shown_at: dict[int, float] = {}  # time.monotonic() of each message's first showing
+        self.shown_via: dict[int, str] = {}  # "frame", "catch_up" or "send_answer"
+        self.framed_at: dict[int, float] = {}  # time.monotonic() of each message's first frame
+        self.counts: Counter[str] = Counter()  # open, drop, frame, catch_up, gap, retry_*, sent_*, ...
+        self.last_presence_at = 0.0
+        self.connected = asyncio.Event()
+        self.final_close_code: int | None = None
+        self.revoked = False
+        self.stopped = False
+        self.ws: ClientConnection | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self.errors: list[BaseException] = []  # what broke one of the client's own tasks: a bug here
+
+    @property
+    def server(self) -> str:
+        return self.servers[self.server_index]
+
+    def headers(self) -> dict[str, str]:
+        return {"Cookie": self.member.cookie, "HX-Request": "true"}
+
+    def start(self, server_index: int = 0) -> None:
+        self.server_index = server_index
+        self.spawn(self.keep_connected())
+
+    def send(self, body: str) -> asyncio.Future[Sent]:
+        """Queue a message; the future gives how it left once stored or refused."""
+        return self.outbox.send(body)
+
+    async def stop(self) -> None:
+        self.stopped = True
+        self.outbox.stop()
+        for timer in (self.grace_timer, self.catch_up_retry_timer):
+            if timer is not None:
+                timer.cancel()
+        if self.ws is not None:
+            await self.ws.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.own_http:
+            await self.http.aclose()
+
+    def spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.task_done)
+        return task
+
+    def task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.errors.append(task.exception())
+
+    # The socket (chat-websocket.js)
+
+    async def keep_connected(self) -> None:
+        attempts = 0
+        while not self.stopped:
+            try:
+                ws = await self.open_socket()
+            except Exception as exc:  # a browser's socket just closes, whatever went wrong
+                self.counts["failed_connect"] += 1
+                self.counts[f"failed_connect_{type(exc).__name__}"] += 1
+                if self.failover:
+                    self.server_index = (self.server_index + 1) % len(self.servers)
+                await self.reconnect_pause(attempts)
+                attempts += 1
+                continue
+            attempts = 0
+            self.ws = ws
+            self.on_open()
+            try:
+                async for text in ws:
+                    self.on_text(text)
+            except (OSError, WebSocketException) as exc:
+                self.counts[f"closed_{type(exc).__name__}"] += 1
+            self.ws = None
+            self.connected.clear()
+            self.outbox.on_socket_closed()
+            if ws.close_code in FINAL_CLOSE_CODES:
+                self.final_close_code = ws.close_code
+                self.stopped = True
+                return
+            if not self.stopped:
+                self.counts["drop"] += 1
+                await self.reconnect_pause(attempts)
+                attempts += 1
+
+    async def open_socket(self) -> ClientConnection:
+        url = "ws" + self.server.removeprefix("http") + f"/ws/chat/{self.chat_id}/"
+        async with self.connect_gate or contextlib.nullcontext():
+            return await connect(
+                url,
+                origin=self.server,
+                additional_headers={"Cookie": self.member.cookie},
+                compression=None,
+                ping_interval=None,
+                max_queue=None,
+                open_timeout=self.open_timeout,
+            )
+
+    async def reconnect_pause(self, attempts: int) -> None:
+        base, ceiling = self.reconnect_delays
+        await asyncio.sleep(random.uniform(0, min(ceiling, base * 2**attempts)))  # noqa: S311 - jitter
+
+    def is_open(self) -> bool:
+        return self.ws is not None
+
+    def send_frame(self, frame: dict) -> None:
+        if self.ws is not None:
+            self.spawn(send_quietly(self.ws, json.dumps(frame)))
+
+    def on_open(self) -> None:
+        # Every open catches up, the first one too: a message sent after the page rendered
+        # and before the socket joined the room has no frame for this socket.
+        self.counts["open"] += 1
+        self.connected.set()
+        self.report_visibility()
+        self.catch_up()
+        self.outbox.on_socket_opened()
+
+    def report_visibility(self) -> None:
+        self.send_frame({"type": "visibility", "visible": self.visible})
+        if self.visible:
+            self.send_frame({"type": "read", "message_id": self.newest_shown_id})
+
+    # Frames and catch-up (message-send.js)
+
+    def on_text(self, text: str) -> None:
+        try:
+            frame = json.loads(text)
+        except ValueError:
+            return
+        if self.outbox.on_frame(frame):
+            return
+        if frame.get("type") == "chat.message":
+            self.on_message_frame(frame)
+        elif frame.get("type") == "chat.presence":
+            self.last_presence_at = time.monotonic()
+        elif frame.get("type") == "chat.revoked":
+            self.show_revoked()
+
+    def on_message_frame(self, frame: dict) -> None:
+        """Hold a frame that does not chain for the reorder grace before fetching the gap."""
+        self.framed_at.setdefault(frame["message_id"], time.monotonic())
+        if frame["message_id"] <= self.contiguous_id:
+            self.counts["stale_frame"] += 1
+            return
+        if frame["prev_id"] != self.contiguous_id:
+            self.counts["gap"] += 1
+        self.held_frames[frame["prev_id"]] = frame
+        self.apply_chained_frames()
+        if self.held_frames and self.grace_timer is None:
+            self.grace_timer = asyncio.get_running_loop().call_later(self.reorder_grace, self.grace_over)
+
+    def grace_over(self) -> None:
+        self.grace_timer = None
+        if self.held_frames:
+            self.counts["grace_over"] += 1
+            self.catch_up()
+
+    def apply_chained_frames(self) -> None:
+        while (frame := self.held_frames.pop(self.contiguous_id, None)) is not None:
+            self.insert([frame["message_id"]], via="frame")
+            self.contiguous_id = frame["message_id"]
+        for prev_id, held in list(self.held_frames.items()):
+            if held["message_id"] <= self.contiguous_id:
+                del self.held_frames[prev_id]
+        if not self.held_frames and self.grace_timer is not None:
+            self.grace_timer.cancel()
+            self.grace_timer = None
+
+    def catch_up(self) -> asyncio.Task:
+        """Fetch what is missing; while a fetch runs, one more follows it."""
+        if self.catching_up is not None:
+            self.catch_up_again = True
+            return self.catching_up
+        self.catching_up = self.spawn(self.run_catch_up())
+        return self.catching_up
+
+    async def run_catch_up(self) -> None:
+        try:
+            before = self.contiguous_id
+            await self.fetch_pages()
+            if self.contiguous_id > before:
+                self.report_visibility()  # marks what we caught up on read
+        finally:
+            self.catching_up = None
+            if self.catch_up_again and not self.stopped:
+                self.catch_up_again = False
+                self.catch_up()
+
+    async def caught_up(self) -> None:
+        """Catch up now and wait until no catch-up runs (as after a reconnect)."""
+        self.catch_up()
+        while self.catching_up is not None:
+            await asyncio.gather(self.catching_up, return_exceptions=True)
+
+    def gap_query(self) -> dict[str, int]:
+        """While frames past the gap are held, only the gap (`before` the first held one)."""
+        query = {"after": self.contiguous_id}
+        if self.held_frames:
+            query["before"] = min(frame["message_id"] for frame in self.held_frames.values())
+        return query
+
+    async def fetch_pages(self) -> None:
+        for _ in range(MAX_CATCH_UP_PAGES):
+            query = self.gap_query()
+            self.counts["catch_up_request"] += 1
+            try:
+                response = await self.http.get(
+                    f"{self.server}/chat/{self.chat_id}/messages/", params=query, headers=self.headers()
+                )
+            except httpx.TransportError:
+                return self.retry_catch_up_later()  # offline: the socket's reconnect also catches up
+            if response.status_code == 404:
+                return self.show_revoked()
+            if not response.is_success:
+                self.counts[f"catch_up_{response.status_code}"] += 1
+                return self.retry_catch_up_later()
+            self.catch_up_retry_delay = 0.0
+            ids = [int(found) for found in MESSAGE_ID.findall(response.text)]
+            if not ids:
+                if "before" in query:
+                    self.held_frames.clear()  # nothing in the gap after all: fetch everything after
+                    continue
+                return
+            self.insert(ids, via="catch_up")
+            self.contiguous_id = max(self.contiguous_id, *ids)
+            self.apply_chained_frames()
+
+    def retry_catch_up_later(self) -> None:
+        """A failed catch-up is retried with backoff, so a gap is filled even in a quiet room."""
+        self.counts["failed_catch_up"] += 1
+        if self.catch_up_retry_timer is not None or self.stopped:
+            return
+        self.catch_up_retry_delay = min(CATCH_UP_RETRY_MAX_SECONDS, (self.catch_up_retry_delay or 0.5) * 2)
+        self.catch_up_retry_timer = asyncio.get_running_loop().call_later(
+            self.catch_up_retry_delay, self.catch_up_retry_due
+        )
+
+    def catch_up_retry_due(self) -> None:
+        self.catch_up_retry_timer = None
+        if not self.stopped:
+            self.catch_up()
+
+    # Showing messages
+
+    def insert(self, ids: list[int], *, via: str) -> None:
+        now = time.monotonic()
+        for message_id in ids:
+            if message_id in self.shown_at:
+                self.counts["duplicate_offered"] += 1  # the page inserts a bubble once
+                continue
+            self.shown.append(message_id)
+            self.shown_at[message_id] = now
+            self.shown_via[message_id] = via
+            self.newest_shown_id = max(self.newest_shown_id, message_id)
+            self.counts[via] += 1
+
+    def show_sent(self, html: str | None, message_id: int | None) -> None:
+        """A sent message: its bubble came with an HTTP answer, or comes as the frame after an ack."""
+        if html:
+            self.insert([int(found) for found in MESSAGE_ID.findall(html)], via="send_answer")
+        if message_id and message_id > self.contiguous_id:
+            asyncio.get_running_loop().call_later(self.reorder_grace, self.catch_up_if_behind, message_id)
+
+    def catch_up_if_behind(self, message_id: int) -> None:
+        if not self.stopped and message_id > self.contiguous_id:
+            self.catch_up()
+
+    def show_revoked(self) -> None:
+        self.revoked = self.stopped = True
+        if self.ws is not None:
+            self.spawn(self.ws.close())
+
+    async def wait_for(self, message_id: int, timeout: float) -> bool:
+        """Wait until every message up to this id is shown (no gap before it)."""
+        deadline = time.monotonic() + timeout
+        while self.contiguous_id < message_id and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.contiguous_id >= message_id
+
+
+async def send_quietly(ws: ClientConnection, text: str) -> None:
+    with contextlib.suppress(WebSocketException):  # closing: the reconnect reports again
+        await ws.send(text)
+
+
+def new_http_client(*, timeout: float, connections: int = 4) -> httpx.AsyncClient:
+    """A client for room requests; identities go in each request's Cookie header, not a jar."""
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.AsyncClient(timeout=timeout, limits=limits, cookies=no_cookies)

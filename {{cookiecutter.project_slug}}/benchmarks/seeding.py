@@ -1,0 +1,73 @@
+"""The fan-out benchmark's throwaway project state: settings, database, members and rooms.
+
+The benchmark process seeds with Django in-process (`setup_django`, then `seed`) on the
+same database and settings (`server_env`) its daphne servers then serve.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from .room_client import Member
+from .tooling import HOST, PROJECT_DIR, forge_session
+
+
+@dataclass(frozen=True)
+class Seed:
+    members: list[Member]
+    chat_ids: list[int]
+
+
+def server_env(*, database_url: str | None, workdir: Path, redis_url: str | None, prefix: str) -> dict[str, str]:
+    """A DEBUG-off environment that serves plain HTTP on 127.0.0.1 only (benchmarks.settings)."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "benchmarks.settings",
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_urlsafe(50),
+        "DEBUG": "false",
+        "ALLOWED_HOSTS": HOST,
+        "SECURE_SSL_REDIRECT": "false",
+        "SESSION_COOKIE_SECURE": "false",
+        "CSRF_COOKIE_SECURE": "false",
+        "SECURE_HSTS_SECONDS": "0",
+        "DATABASE_URL": database_url or f"sqlite:///{workdir / 'bench.sqlite3'}",
+        "BENCH_LAYER_PREFIX": prefix,
+        "PYTHONPATH": str(PROJECT_DIR),
+    }
+    env.pop("BENCH_REDIS_URL", None)
+    if redis_url:
+        env["BENCH_REDIS_URL"] = redis_url
+    return env
+
+
+def setup_django(env: dict[str, str]) -> None:
+    """Django in this process, on the same database as the servers; migrated."""
+    os.environ.update({name: value for name, value in env.items() if name != "BENCH_REDIS_URL"})
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+def seed(*, run_id: str, members: int, rooms: int) -> Seed:
+    """`members` users in `rooms` group chats, each member with a logged-in session."""
+    from django.contrib.auth import get_user_model
+
+    from chat import services
+
+    User = get_user_model()
+    names = [f"bench-{run_id}-{number:03d}" for number in range(members)]
+    users = [User(username=name, email=f"{name}@example.com", first_name=f"Member {n}") for n, name in enumerate(names)]
+    for user in users:
+        user.set_unusable_password()  # no hashing: sessions are forged below
+    User.objects.bulk_create(users)
+    users = list(User.objects.filter(username__in=names).order_by("pk"))
+    chat_ids = [
+        services.create_group_chat(creator=users[0], name=f"Bench {run_id} {n}", members=users[1:]).pk
+        for n in range(rooms)
+    ]
+    return Seed(members=[Member(**forge_session(user)) for user in users], chat_ids=chat_ids)

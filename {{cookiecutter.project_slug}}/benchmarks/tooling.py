@@ -1,0 +1,147 @@
+"""What a benchmark or a test needs to run this project on 127.0.0.1: ports, servers, sessions.
+
+- `free_port()` and `wait_for_port()`;
+- `DaphneProcess`: one daphne serving an ASGI application on a free port, its output in a
+  log file, stopped gently (or killed) and measured (RSS);
+- `forge_session(user)`: what `login()` would leave in the session store, plus a CSRF
+  secret, so a client can act as that user without a password or an HTTP round trip.
+
+Only the standard library at import time (Django is imported inside `forge_session`), so a
+script outside the project can load this file too.
+"""
+
+from __future__ import annotations
+
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import suppress
+from pathlib import Path
+
+HOST = "127.0.0.1"
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+def port_is_open(port: int) -> bool:
+    with suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
+        return True
+    return False
+
+
+def wait_for_port(port: int, timeout: float = 30, *, process: subprocess.Popen | None = None) -> None:
+    """Return once something listens on the port; RuntimeError after `timeout` s or if `process` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the process for {HOST}:{port} exited with {process.returncode}")
+        if port_is_open(port):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {HOST}:{port} after {timeout:g} s")
+
+
+def raise_open_files_limit() -> None:
+    """Soft open-files limit up to the hard one: thousands of sockets need thousands of descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class DaphneProcess:
+    """One daphne process on 127.0.0.1; `wait_ready()` before use, `stop()` or `kill()` after."""
+
+    def __init__(
+        self,
+        *,
+        log_path: Path,
+        env: dict[str, str],
+        application: str = "config.asgi:application",
+        project_dir: Path = PROJECT_DIR,
+        python: str = sys.executable,
+        port: int | None = None,
+    ):
+        self.port = port or free_port()
+        self.log_path = log_path
+        self.log = log_path.open("ab")
+        command = [python, "-m", "daphne", "-b", HOST, "-p", str(self.port), application]
+        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            command,
+            cwd=project_dir,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=raise_open_files_limit,  # noqa: PLW1509 - only sets an rlimit
+        )
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def ws_base(self) -> str:
+        return f"ws://{HOST}:{self.port}"
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        try:
+            wait_for_port(self.port, timeout, process=self.process)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"daphne did not start ({exc}); its log:\n{self.output()}") from None
+
+    def output(self, lines: int = 60) -> str:
+        """The end of the server's log."""
+        if not self.log.closed:
+            self.log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS in /proc")
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to close its sockets or clean up."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.log.close()
+
+
+def forge_session(user) -> dict:
+    """A logged-in session for `user` and a CSRF secret: {"user_id", "cookie", "csrf"}.
+
+    `cookie` is a Cookie header carrying both; send `csrf` as the form's
+    csrfmiddlewaretoken (or the X-CSRFToken header) with every POST.
+    """
+    from importlib import import_module
+
+    from django.conf import settings
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.utils.crypto import get_random_string
+
+    store = import_module(settings.SESSION_ENGINE).SessionStore()
+    store[SESSION_KEY] = user._meta.pk.value_to_string(user)
+    store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    store[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    store.create()
+    csrf = get_random_string(32)  # a CSRF secret: the cookie and the token carry the same value
+    cookie = f"{settings.SESSION_COOKIE_NAME}={store.session_key}; {settings.CSRF_COOKIE_NAME}={csrf}"
+    return {"user_id": user.pk, "cookie": cookie, "csrf": csrf}
