@@ -313,6 +313,26 @@ def test_open_widget_reopens_on_the_next_page_only_on_a_wide_screen(server, open
         expect(hal.get_by_role("heading", name="New chat")).to_be_in_viewport()
 
 
+def test_the_next_person_on_a_shared_browser_does_not_get_the_widget_of_the_last(server, open_as):
+    server.set_up(users=["kai", "lou"], chats=[("kai", "lou", ["Only for Lou"])])
+    kai = open_as("kai")
+    kai.goto("/chat/new/")
+    kai.locator("[data-chat-widget-toggle]").click()
+    kai.locator("#chat-widget-panel").get_by_role("link", name="Lou").click()
+    expect(kai.locator("#chat-widget-panel [data-message-input]")).to_be_visible()
+
+    kai.get_by_role("button", name="Log out").click()
+    kai.get_by_label("Username").fill("lou")
+    kai.get_by_label("Password").fill(DEMO_PASSWORD)
+    kai.get_by_role("button", name="Log in").click()
+    expect(kai).to_have_url(re.compile(r"/chat/$"))
+    kai.goto("/chat/new/")  # a page with the widget, which reopens there on a wide screen
+
+    fab = kai.locator("[data-chat-widget-toggle]")
+    expect(fab).to_have_attribute("aria-expanded", "false")
+    expect(kai.locator("#chat-widget-panel")).to_be_hidden()
+
+
 # --- offline -------------------------------------------------------------------------
 
 

@@ -456,5 +456,12 @@ def session_ended(*, user_id: int, close_code: int, session_key: str | None = No
     """Close the user's sockets of this session, or all of them, on every server process."""
     event = {"type": "session.ended", "session": session_tag(session_key), "close_code": close_code}
     layer = get_channel_layer()
-    if layer is not None:  # waited for: the sockets are closing before the logout's response
+    if layer is None:
+        return
+    try:  # waited for: the sockets are closing before the logout's response
         run_on_serving_loop(layer.group_send, sockets_group(user_id), event, wait=True)
+    except Exception:
+        # The layer is down (Redis restarting): the logout or password change itself must
+        # still happen. Sockets cut off by the outage reconnect, and the handshake then
+        # checks the session again.
+        logger.exception("Closing the sockets of user %s failed", user_id)

@@ -60,7 +60,7 @@ def chat_view(*methods: str):
         def wrapper(request, *args, **kwargs):
             if not request.user.is_authenticated:
                 return login_redirect(request)
-            if request.method not in methods:
+            if request.method not in methods and not (request.method == "HEAD" and "GET" in methods):
                 return method_not_allowed(request, methods)
             if body_too_large(request):
                 return error_response(request, "That request is too large.", status=413)

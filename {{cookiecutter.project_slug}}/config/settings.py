@@ -56,6 +56,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "accounts.middleware.NoStoreWithSessionMiddleware",
+    "config.middleware.MethodNotAllowedPageMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -197,7 +198,9 @@ UNUSED_BROWSER_FEATURES = ["accelerometer", "camera", "geolocation", "gyroscope"
 PERMISSIONS_POLICY = {feature: [] for feature in [*UNUSED_BROWSER_FEATURES, "payment"]}
 
 # The admin's address: a predictable /admin/ invites password guessing; set your own.
-ADMIN_URL = env.str("ADMIN_URL", default="admin/")
+ADMIN_URL = env.str("ADMIN_URL", default="admin/").strip().strip("/") + "/"
+if ADMIN_URL == "/":
+    raise ImproperlyConfigured("ADMIN_URL must name a path of its own, e.g. ADMIN_URL=admin-7f3c/.")
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 # Every record goes to the console once, through the root logger. Django's default config

@@ -56,3 +56,19 @@ def test_a_form_sent_without_a_valid_csrf_token_gets_a_page_saying_what_to_do(dj
 
     assert response.status_code == 403
     assert "reload the page and send it again" in response.content.decode()
+
+
+def test_the_admins_logout_typed_into_the_address_bar_gets_the_405_page(admin_client):
+    response = admin_client.get(reverse("admin:logout"))
+
+    assert response.status_code == 405
+    assert "POST" in response["Allow"]
+    assert "not a page you can open" in response.content.decode()
+
+
+def test_head_on_a_chat_page_is_answered_like_get(client, django_user_model):
+    client.force_login(django_user_model.objects.create_user("finn", "finn@example.com", "pw"))
+
+    response = client.head(reverse("chat:list"))
+
+    assert response.status_code == 200

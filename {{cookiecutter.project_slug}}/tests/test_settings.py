@@ -74,12 +74,20 @@ def test_hsts_covers_subdomains_and_asks_for_preload_only_when_the_deployer_opts
     assert opted_in == {names[0]: 31536000, names[1]: True, names[2]: True}
 
 
-def test_admin_url_comes_from_the_environment():
-    code = "from django.urls import reverse; print(reverse('admin:index'))"
-    env = {"SECRET_KEY": secrets.token_urlsafe(50), "ADMIN_URL": "staff-4f9c/"}
+@pytest.mark.parametrize("value", ["staff-4f9c/", "staff-4f9c", "/staff-4f9c/"])
+def test_admin_url_comes_from_the_environment(value):
+    code = "from django.urls import reverse; print(reverse('admin:login'))"
+    env = {"SECRET_KEY": secrets.token_urlsafe(50), "ADMIN_URL": value}
     result = run_manage("shell", "-c", code, **env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "/staff-4f9c/"
+    assert result.stdout.strip().splitlines()[-1] == "/staff-4f9c/login/"
+
+
+def test_an_empty_admin_url_is_refused_rather_than_mounting_the_admin_at_the_root():
+    env = {"SECRET_KEY": secrets.token_urlsafe(50), "ADMIN_URL": "/"}
+    result = run_manage("check", **env)
+    assert result.returncode != 0
+    assert "ADMIN_URL must name a path" in result.stderr
 
 
 @pytest.mark.django_db

@@ -2,12 +2,14 @@
 // the chat list and rooms (loaded with HTMX from widget/ and widget/<pk>/). Opens and
 // closes with the keyboard (Escape closes, focus goes back to the button); focus follows
 // into each view it opens (a room's message box). The view survives page loads, and so
-// does the open state on a wide screen (on a phone the panel would cover the next page).
+// does the open state on a wide screen (on a phone the panel would cover the next page);
+// both are kept per person and forgotten at logout.
 
 import "./htmx-fragment-errors.js";
 import "./message-send.js";
 
-const STORAGE_KEY = "chat-widget-state";
+// Per person: on a shared browser the next one to log in never gets someone else's chat.
+const STORAGE_KEY = `chat-widget-state:${document.body.dataset.userId || ""}`;
 const REOPENS_ON = "(min-width: 48em)";
 
 const toggle = document.querySelector("[data-chat-widget-toggle]");
@@ -30,6 +32,15 @@ function saveState(state) {
     // storage disabled (private mode): the widget just forgets
   }
 }
+
+// Logging out forgets what the widget showed.
+document.querySelector("[data-logout-form]")?.addEventListener("submit", () => {
+  try {
+    window.localStorage.removeItem(STORAGE_KEY);
+  } catch {
+    // storage disabled: nothing was kept
+  }
+});
 
 function show(url) {
   return window.htmx.ajax("GET", url, { target: panel, swap: "innerHTML" });
