@@ -96,27 +96,38 @@ def run_on_serving_loop(send_events, *args, wait: bool = False) -> None:
         async_to_sync(send_events)(*args)
 
 
+class PerLoop:
+    """One instance per event loop: a server's lives as long as the server; a management
+    command's or a test's `async_to_sync` gets a fresh one with nothing left over from
+    an earlier loop. Subclasses take the loop in `__init__` and keep it as `self.loop`."""
+
+    _current: PerLoop | None = None
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+
+    @classmethod
+    def for_running_loop(cls):
+        loop = asyncio.get_running_loop()
+        current = cls.__dict__.get("_current")
+        if current is None or current.loop is not loop:
+            current = cls(loop)
+            cls._current = current
+        return current
+
+
 def queue_on_this_loop(send_events, args: tuple) -> None:
     EventQueue.for_running_loop().put(send_events, args)
 
 
-class EventQueue:
+class EventQueue(PerLoop):
     """Event sends handed to the loop, run one after the other in the order handed over,
     so frames of one chat leave in the order their messages were stored."""
 
-    _current: EventQueue | None = None
-
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+        super().__init__(loop)
         self.waiting: collections.deque = collections.deque()
         self.runner: asyncio.Task | None = None
-
-    @classmethod
-    def for_running_loop(cls) -> EventQueue:
-        loop = asyncio.get_running_loop()
-        if cls._current is None or cls._current.loop is not loop:
-            cls._current = cls(loop)
-        return cls._current
 
     def put(self, send_events, args: tuple) -> None:
         self.waiting.append((send_events, args))
@@ -210,7 +221,7 @@ def inbox_message_events(*, message) -> list[dict]:
     ]
 
 
-class InboxFanout:
+class InboxFanout(PerLoop):
     """A chat's new messages reach its members' inboxes at most once per INBOX_UPDATE_INTERVAL.
 
     Each fan-out counts unread messages for every member not viewing the chat: two
@@ -220,20 +231,11 @@ class InboxFanout:
     the newest of them. One per event loop, as the mailbox it feeds.
     """
 
-    _current: InboxFanout | None = None
-
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+        super().__init__(loop)
         self.newest: dict[int, object] = {}  # chat id -> the newest message not fanned out
         self.last_run: dict[int, float] = {}
         self.timers: dict[int, asyncio.TimerHandle] = {}
-
-    @classmethod
-    def for_running_loop(cls) -> InboxFanout:
-        loop = asyncio.get_running_loop()
-        if cls._current is None or cls._current.loop is not loop:
-            cls._current = cls(loop)
-        return cls._current
 
     async def note(self, message) -> None:
         chat_id = message.chat_id
@@ -309,7 +311,7 @@ async def post_to_mailbox(layer, inbox_events: list[dict]) -> None:
 INBOX_UPDATE_INTERVAL = 1.0
 
 
-class InboxMailbox:
+class InboxMailbox(PerLoop):
     """Inbox count updates on their way out, at most one per person and chat a second.
 
     Every message is an `inbox.message` to each member not viewing the room: a group send
@@ -321,10 +323,8 @@ class InboxMailbox:
     everything due at once; a server's sends whatever still waits when it shuts down.
     """
 
-    _current: InboxMailbox | None = None
-
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+        super().__init__(loop)
         self.layer = None
         self.waiting: dict[tuple[int, int], dict] = {}  # (user id, chat id) -> event
         self.last_sent: dict[tuple[int, int], float] = {}
@@ -333,13 +333,6 @@ class InboxMailbox:
         self.latest_total: dict[int, int] = {}
         self.pruned_at = loop.time()
         self.sender: asyncio.Task | None = None
-
-    @classmethod
-    def for_running_loop(cls) -> InboxMailbox:
-        loop = asyncio.get_running_loop()
-        if cls._current is None or cls._current.loop is not loop:
-            cls._current = cls(loop)
-        return cls._current
 
     async def post(self, layer, inbox_events: list[dict]) -> None:
         """Send these updates if they are due; leave the others to wait out their interval."""

@@ -34,23 +34,14 @@ def hub_channel_name(process_channel: str) -> str:
     return f"{local}!chat-hub-{name}"
 
 
-class RoomHub:
-    _current: RoomHub | None = None
-
+class RoomHub(events.PerLoop):
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+        super().__init__(loop)
         self.layer = get_channel_layer()
         self.channel: str | None = None
         self.rooms: dict[int, set] = {}
         self.reader: asyncio.Task | None = None
         self.changing = asyncio.Lock()
-
-    @classmethod
-    def for_running_loop(cls) -> RoomHub:
-        loop = asyncio.get_running_loop()
-        if cls._current is None or cls._current.loop is not loop:
-            cls._current = cls(loop)
-        return cls._current
 
     async def join(self, consumer) -> None:
         """Deliver the room events of `consumer.chat_id` to this socket from now on.
