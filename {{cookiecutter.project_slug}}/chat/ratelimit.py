@@ -146,9 +146,9 @@ def seconds_until_room(limit: Rate, *, previous: int, current: int, elapsed: flo
     A cost over the whole rate never fits; the answer is then when both windows are empty.
     """
     room = limit.count - cost  # what the counts must fall to for these uses
-    if 0 <= room and current <= room and previous:  # the previous window has to fade out far enough
+    if 0 <= current <= room and previous:  # the previous window has to fade out far enough
         wait = limit.seconds * (1 - (room - current) / previous) - elapsed
-    elif room > 0 and current > room:  # this window alone is over: wait into the next one until it has faded enough
+    elif 0 < room < current:  # this window alone is over: wait into the next one until it has faded enough
         wait = (limit.seconds - elapsed) + limit.seconds * (1 - room / current)
     else:
         wait = 2 * limit.seconds - elapsed

@@ -202,7 +202,8 @@ def unwritable_cache(settings, tmp_path):
     """The counts in a file cache whose directory cannot be made: every count fails."""
     (tmp_path / "a-file").touch()
     location = str(tmp_path / "a-file" / "cache")
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": location}}
+    backend = "django.core.cache.backends.filebased.FileBasedCache"
+    settings.CACHES = {"default": {"BACKEND": backend, "LOCATION": location}}
 
 
 @pytest.mark.parametrize(
