@@ -6,7 +6,7 @@ from django.contrib.auth.hashers import check_password
 from django.core.exceptions import ValidationError
 
 from accounts import throttle
-from chat.ratelimit import RateLimited
+from chat.ratelimit import RateLimited, wait_text
 
 
 class SignupForm(UserCreationForm):
@@ -66,7 +66,7 @@ class ThrottledLoginMixin:
             throttle.charge_login(self.request, username)
         except RateLimited as exc:
             self.retry_after = exc.retry_after
-            wait = throttle.wait_text(exc.retry_after)
+            wait = wait_text(exc.retry_after)
             raise ValidationError(f"Too many failed log-ins. Try again in {wait}.", code="throttled") from None
         cleaned = super().clean()  # wrong credentials raise here, and the attempt stays counted
         throttle.refund_login(self.request, username)

@@ -39,15 +39,18 @@ def link_max_age() -> int:
 def start_signup(*, username: str, email: str, password: str, absolute_url: Callable[[str], str]) -> None:
     """Mail `email` a confirmation link, or a note that it already has an account.
 
-    `absolute_url` turns a path into a link (request.build_absolute_uri).
+    `absolute_url` turns a path into a link (request.build_absolute_uri). The password is
+    hashed either way: hashing is most of the work, and skipping it for an address that
+    has an account would tell who has one by how fast the answer comes.
     """
+    password_hash = make_password(password)
     PendingSignup.objects.filter(created_at__lt=timezone.now() - timedelta(seconds=link_max_age())).delete()
     existing = get_user_model()._default_manager.filter(email__iexact=email).order_by("pk").first()
     if existing is not None:
         context = {"username": existing.get_username(), "login_url": absolute_url(reverse("login"))}
         mail(email, "registration/signup_existing_email", context)
         return
-    pending = PendingSignup.objects.create(username=username, email=email, password=make_password(password))
+    pending = PendingSignup.objects.create(username=username, email=email, password=password_hash)
     token = signing.dumps(pending.pk, salt=SIGNUP_SALT)
     confirm_url = absolute_url(reverse("signup_confirm", args=[token]))
     context = {"username": username, "confirm_url": confirm_url, "valid_hours": link_max_age() // 3600}

@@ -38,7 +38,7 @@ class SignupView(FormView):
 
     def form_valid(self, form):
         email = form.cleaned_data["email"]
-        throttle.charge_signup_mail(email)
+        throttle.charge_signup_mail(self.request, email)
         try:
             services.start_signup(
                 username=form.cleaned_data["username"],

@@ -8,9 +8,10 @@ when the project uses Redis, so every server process shares them). Rates are
 "<count>/<period>", period s, m, h or d with an optional multiple ("5/15m"), set per action
 in `CHAT_RATE_LIMITS`; None turns a limit off.
 
-When the cache cannot be reached, `fail_open=False` raises RateLimitUnavailable (answered
-with a 503): e-mail lookups reveal who has an account, so they stay shut rather than
-unlimited. Other actions go through, and the outage is logged.
+A refused use is taken back, so someone who keeps trying while limited does not push
+their own wait further. When the cache cannot be reached, `fail_open=False` raises
+RateLimitUnavailable (answered with a 503): e-mail lookups reveal who has an account, so
+they stay shut rather than unlimited. Other actions go through, and the outage is logged.
 """
 
 from __future__ import annotations
@@ -45,7 +46,15 @@ class RateLimited(Exception):
     def __init__(self, action: str, retry_after: int):
         self.action = action
         self.retry_after = retry_after
-        super().__init__(f"Too many requests; try again in {retry_after} s.")
+        super().__init__(f"Too many requests; try again in {wait_text(retry_after)}.")
+
+
+def wait_text(seconds: int) -> str:
+    """A wait as people say it: seconds under a minute, whole minutes (rounded up) past it."""
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    minutes = -(-seconds // 60)
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
 class RateLimitUnavailable(Exception):
@@ -105,9 +114,10 @@ def check_rate(*, action: str, key: object, cost: int = 1, rate: str | None = No
         return
     window, elapsed = divmod(time.time(), limit.seconds)
     window = int(window)
-    cache = counts_cache()
+    current_key = window_key(action, key, window)
     try:
-        current = add_uses(cache, window_key(action, key, window), cost, timeout=2 * limit.seconds + 1)
+        cache = counts_cache()  # inside: a cache that cannot even be opened is an outage too
+        current = add_uses(cache, current_key, cost, timeout=2 * limit.seconds + 1)
         previous = cache.get(window_key(action, key, window - 1), 0)
     except Exception as exc:
         if not fail_open:
@@ -117,16 +127,28 @@ def check_rate(*, action: str, key: object, cost: int = 1, rate: str | None = No
         return
     share_of_previous = 1 - elapsed / limit.seconds
     if previous * share_of_previous + current > limit.count:
-        retry_after = seconds_until_room(limit, previous=previous, current=current, elapsed=elapsed)
+        take_back(cache, current_key, cost)
+        counted = current - cost
+        retry_after = seconds_until_room(limit, previous=previous, current=counted, elapsed=elapsed, cost=cost)
         raise RateLimited(action, retry_after=retry_after)
 
 
-def seconds_until_room(limit: Rate, *, previous: int, current: int, elapsed: float) -> int:
-    """How long until one more use fits under the sliding count, if nothing else comes."""
-    room = limit.count - 1  # what the counts must fall to for one more use
-    if current <= room:  # the previous window has to fade out far enough
+def take_back(cache, key: str, cost: int) -> None:
+    try:
+        cache.decr(key, cost)
+    except Exception:  # the key expired or the cache went down meanwhile: nothing to take back
+        logger.debug("Could not take back a refused use", exc_info=True)
+
+
+def seconds_until_room(limit: Rate, *, previous: int, current: int, elapsed: float, cost: int = 1) -> int:
+    """How long until `cost` more uses fit under the sliding count, if nothing else comes.
+
+    A cost over the whole rate never fits; the answer is then when both windows are empty.
+    """
+    room = limit.count - cost  # what the counts must fall to for these uses
+    if 0 <= current <= room and previous:  # the previous window has to fade out far enough
         wait = limit.seconds * (1 - (room - current) / previous) - elapsed
-    elif room > 0:  # this window alone is over: wait into the next one until it has faded enough
+    elif 0 < room < current:  # this window alone is over: wait into the next one until it has faded enough
         wait = (limit.seconds - elapsed) + limit.seconds * (1 - room / current)
     else:
         wait = 2 * limit.seconds - elapsed

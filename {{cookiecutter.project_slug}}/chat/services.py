@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.validators import ProhibitNullCharactersValidator
 from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
@@ -93,11 +94,13 @@ def clean_message_body(body: str) -> str:
     """The body as stored, or a ValidationError; never cut short.
 
     Line breaks become "\n": browsers post a textarea's as "\r\n", which would count
-    twice against the limit the page's counter shows.
+    twice against the limit the page's counter shows. Null characters are refused, as
+    Django's form fields refuse them: PostgreSQL cannot store them in text.
     """
     body = (body or "").replace("\r\n", "\n").replace("\r", "\n").strip()
     if not body:
         raise ValidationError("Write a message before sending.")
+    ProhibitNullCharactersValidator()(body)
     limit = chat_setting("CHAT_MAX_MESSAGE_LENGTH")
     if len(body) > limit:
         raise ValidationError(
@@ -134,6 +137,7 @@ def clean_client_id(client_id: str | None) -> str:
         return ""
     if not isinstance(client_id, str) or len(client_id) > CLIENT_ID_MAX_LENGTH:
         raise ValidationError(f"client_id must be text of 1 to {CLIENT_ID_MAX_LENGTH} characters.")
+    ProhibitNullCharactersValidator()(client_id)
     return client_id
 
 

@@ -326,14 +326,15 @@ def messages_fragment(request, pk):
 def send(request, pk):
     membership = selectors.membership_or_404(user=request.user, chat_id=pk)
     form = MessageForm(request.POST)
-    fields = form.cleaned_data if form.is_valid() else {}
+    if not form.is_valid():  # e.g. a null character, which Django's fields refuse
+        return send_error(request, pk, " ".join(message for errors in form.errors.values() for message in errors))
     try:
         check_rate(action="send", key=request.user.pk)
         message = services.send_message(
             chat=membership.chat,
             sender=request.user,
-            body=fields.get("body", ""),
-            client_id=fields.get("client_id") or None,
+            body=form.cleaned_data["body"],
+            client_id=form.cleaned_data["client_id"] or None,
         )
     except ValidationError as exc:
         return send_error(request, pk, error_text(exc))

@@ -6,6 +6,7 @@ from io import StringIO
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import MD5PasswordHasher
 from django.core import mail
 from django.core.management import call_command
 from django.urls import reverse
@@ -138,6 +139,31 @@ def test_signing_up_with_a_taken_address_answers_the_same_and_mails_the_owner(cl
     assert '"first"' in mail.outbox[0].body
     assert not CONFIRM_LINK.search(mail.outbox[0].body)
     assert not get_user_model().objects.filter(username="erin").exists()
+
+
+class CountingHasher(MD5PasswordHasher):
+    """The tests' fast hasher, counting the passwords it hashes."""
+
+    hashed = 0
+
+    def encode(self, password, salt):
+        CountingHasher.hashed += 1
+        return super().encode(password, salt)
+
+
+@pytest.mark.parametrize("has_account", [False, True], ids=["new-address", "taken-address"])
+def test_signing_up_hashes_the_password_whether_or_not_the_address_has_an_account(client, settings, has_account):
+    """Hashing is the slow part of a sign-up: doing it on one path only would tell who has
+    an account by how long the answer takes."""
+    settings.PASSWORD_HASHERS = [f"{__name__}.CountingHasher"]
+    if has_account:
+        get_user_model().objects.create_user(username="first", email="erin@example.com", password=PASSWORD)
+    CountingHasher.hashed = 0
+
+    response = client.post(reverse("signup"), signup_data())
+
+    assert response["Location"] == reverse("signup_sent")
+    assert CountingHasher.hashed == 1
 
 
 def test_a_strangers_sign_up_with_your_address_does_not_block_yours(client):

@@ -87,14 +87,39 @@ def test_sign_ups_from_one_ip_are_limited(client, tight_limits):
     assert len(mail.outbox) == 2
 
 
-def test_sign_up_mails_to_one_address_are_limited(client, tight_limits):
-    first = signup(client, 1, ip="10.0.0.1", email="erin@example.com")
-    second = signup(client, 2, ip="10.0.0.2", email="ERIN@example.com")
+def test_sign_up_mails_to_one_address_from_one_ip_are_limited(client, tight_limits):
+    first = signup(client, 1, email="erin@example.com")
+    second = signup(client, 2, email="ERIN@example.com")
 
     assert first.status_code == 302
     assert second.status_code == 429
     assert "Too many requests" in second.content.decode()
     assert len(mail.outbox) == 1
+
+
+def test_a_squatter_cannot_use_up_the_owners_sign_ups(client):
+    squatting = [signup(client, n, ip="10.0.0.66", email="victim@example.com").status_code for n in range(4)]
+    owners = signup(client, 9, ip="10.0.0.1", email="Victim@Example.com")
+
+    assert squatting == [302, 302, 302, 429]
+    assert owners.status_code == 302
+    assert mail.outbox[-1].to == ["Victim@Example.com"]
+
+
+def test_a_refused_sign_up_does_not_count_against_the_ip(client, tight_limits):
+    statuses = [signup(client, n, email=email).status_code for n, email in enumerate(["a@x.org", "a@x.org", "b@x.org"])]
+
+    assert statuses == [302, 429, 302]
+    assert len(mail.outbox) == 2
+
+
+def test_log_ins_refused_for_the_ip_do_not_count_against_the_username(client, erin, tight_limits):
+    ip_spent = [attempt(client, reverse("login"), username=f"user{n}", ip="10.0.0.66").status_code for n in range(5)]
+    refused = [attempt(client, reverse("login"), ip="10.0.0.66").status_code for _ in range(3)]
+
+    assert ip_spent == [200] * 5
+    assert refused == [429] * 3
+    assert attempt(client, reverse("login"), password=PASSWORD, ip="10.0.0.1").status_code == 302
 
 
 def test_sign_up_is_503_while_the_limits_cannot_be_counted(client, settings):

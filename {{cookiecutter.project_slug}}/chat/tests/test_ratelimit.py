@@ -3,6 +3,7 @@ one shared limit for every e-mail lookup, sliding windows, and a cache outage th
 lookups (503) but lets messages through."""
 
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -169,6 +170,56 @@ def test_every_email_lookup_counts_against_one_limit(alice_client, group_chat, l
     assert response.status_code == 429
     assert int(response["Retry-After"]) > 0
     assert "Nobody" not in response.content.decode()
+
+
+def test_refused_lookups_do_not_push_the_wait_further(alice_client, lookup_limit, monkeypatch):
+    monkeypatch.setattr(ratelimit.time, "time", lambda: 6_000)
+    for number in range(3):
+        lookup(alice_client, "check_user", f"nobody{number}@example.com")
+    waits = [int(lookup(alice_client, "check_user", "bob@example.com")["Retry-After"]) for _ in range(5)]
+
+    monkeypatch.setattr(ratelimit.time, "time", lambda: 6_000 + waits[0])
+    on_time = lookup(alice_client, "check_user", "bob@example.com")
+
+    assert len(set(waits)) == 1
+    assert on_time.status_code == 200
+
+
+def test_a_long_wait_is_said_in_minutes(alice_client, settings):
+    settings.CHAT_RATE_LIMITS = {"email_lookup": "2/h"}
+    for number in range(2):
+        lookup(alice_client, "check_user", f"nobody{number}@example.com")
+
+    response = lookup(alice_client, "check_user", "bob@example.com")
+
+    minutes = -(-int(response["Retry-After"]) // 60)
+    assert response.status_code == 429
+    assert f"Too many requests; try again in {minutes} minutes." in response.content.decode()
+
+
+@pytest.fixture
+def unwritable_cache(settings, tmp_path):
+    """The counts in a file cache whose directory cannot be made: every count fails."""
+    (tmp_path / "a-file").touch()
+    location = str(tmp_path / "a-file" / "cache")
+    backend = "django.core.cache.backends.filebased.FileBasedCache"
+    settings.CACHES = {"default": {"BACKEND": backend, "LOCATION": location}}
+
+
+@pytest.mark.parametrize(
+    ("status", "title"), [(429, "Too many requests"), (503, "Temporarily unavailable")], ids=["429", "503"]
+)
+def test_the_error_page_is_titled_for_its_status(alice_client, bob, settings, request, status, title):
+    settings.CHAT_RATE_LIMITS = {"email_lookup": "1/h"}
+    if status == 503:
+        request.getfixturevalue("unwritable_cache")
+    alice_client.post(reverse("chat:new"), {"email": "nobody@example.com"})
+
+    response = alice_client.post(reverse("chat:new"), {"email": "bob@example.com"})
+
+    assert response.status_code == status
+    assert re.search(rf"<title>\s*{title}\s*</title>", response.content.decode())
+    assert "Bad request" not in response.content.decode()
 
 
 def test_a_group_counts_every_address_it_looks_up(alice_client, bob, lookup_limit):

@@ -84,6 +84,8 @@ async def test_the_same_client_id_from_two_people_is_two_messages(connect, alice
         ({"type": "send", "client_id": "c", "body": None}, "malformed", "c"),
         ({"type": "send", "client_id": "c", "body": "   "}, "invalid", "c"),
         ({"type": "send", "client_id": "c", "body": "x" * 4001}, "invalid", "c"),
+        ({"type": "send", "client_id": "c", "body": "a\x00b"}, "invalid", "c"),
+        ({"type": "send", "client_id": "c\x00", "body": "hi"}, "invalid", "c\x00"),
     ],
 )
 async def test_bad_send_frames_get_an_error_and_store_nothing(connect, alice, group, frame, code, client_id):
@@ -92,6 +94,8 @@ async def test_bad_send_frames_get_an_error_and_store_nothing(connect, alice, gr
     error = await receive_until(room, "error")
     assert (error["code"], error.get("client_id")) == (code, client_id)
     assert error["error"]
+    if "\x00" in json.dumps(frame):
+        assert error["error"] == "Null characters are not allowed."
     assert await stored(chat=group) == []
     await room.send_to(text_data='{"type": "ping"}')
     await receive_until(room, "pong")

@@ -117,6 +117,18 @@ def test_a_too_long_message_is_refused_whole_never_cut(alice_client, direct_chat
     assert not Message.objects.exists()
 
 
+@pytest.mark.parametrize("field", ["body", "client_id"])
+def test_a_null_character_is_refused_with_the_forms_error(alice_client, direct_chat, field):
+    form = {"body": "hello", "client_id": "c-1"} | {field: "a\x00b"}
+
+    response = alice_client.post(reverse("chat:send", args=[direct_chat.pk]), form, headers=HTMX)
+
+    assert response.status_code == 400
+    assert response["HX-Retarget"] == f"#send-error-{direct_chat.pk}"
+    assert "Null characters are not allowed." in response.content.decode()
+    assert not Message.objects.exists()
+
+
 def test_line_breaks_count_once_against_the_limit(alice_client, direct_chat, settings):
     """Browsers post a textarea's line breaks as CRLF; the counter on the page counts one."""
     settings.CHAT_MAX_MESSAGE_LENGTH = 10
