@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import hashlib
 import json
@@ -307,6 +308,8 @@ async def post_to_mailbox(layer, inbox_events: list[dict]) -> None:
     await InboxMailbox.for_running_loop().post(layer, inbox_events)
 
 
+# How long a closing loop waits for the inbox updates still held.
+FINAL_SEND_SECONDS = 2.0
 # A person's inbox gets at most one update per chat this often; the first goes at once.
 INBOX_UPDATE_INTERVAL = 1.0
 
@@ -356,8 +359,11 @@ class InboxMailbox(PerLoop):
                 await asyncio.sleep(min(max(0.0, self.next_due() - self.loop.time()), INBOX_UPDATE_INTERVAL / 4))
                 while batch := self.take_batch(list(self.waiting)):
                     await self.send(batch)
-        except asyncio.CancelledError:  # the loop is closing: nothing stays behind
-            await self.send([self.with_latest_total(event) for event in self.take_all()])
+        except asyncio.CancelledError:  # the loop is closing: nothing stays behind, if it can go quickly
+            last = [self.with_latest_total(event) for event in self.take_all()]
+            with contextlib.suppress(TimeoutError):
+                # Bounded: a layer already shutting down must not hold the loop's close forever.
+                await asyncio.wait_for(self.send(last), FINAL_SEND_SECONDS)
             raise
 
     def take_batch(self, keys: list[tuple[int, int]]) -> list[dict]:
