@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -10,6 +11,20 @@ from django.contrib.auth import get_user_model
 from config.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def in_memory_channel_layer(settings):
+    """These tests are about the handshake (origins, routes, sessions), on the in-memory layer.
+
+    On Redis, a socket refused at once can hang on closing: Channels cancels the consumer's
+    blocking receive, and a cancelled BZPOPMIN in channels_redis / redis-py may not return,
+    so the test's event loop never closes. The Redis layer is tested in chat/tests.
+    """
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
 
 
 def session_cookie_for(client, user) -> bytes:

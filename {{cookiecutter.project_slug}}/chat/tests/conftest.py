@@ -4,6 +4,7 @@ import itertools
 
 import pytest
 from django.contrib.auth import get_user_model
+from channels.layers import channel_layers
 from django.core.cache import cache
 
 from chat import services
@@ -15,6 +16,15 @@ _emails = itertools.count(1)
 def fast_password_hashing(settings):
     """Users are made with a password in many tests; the host's slow hasher is not under test."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_channel_layers():
+    """A channel layer per test. Each async test has an event loop of its own, and a Redis
+    layer keeps receive state that belongs to the loop that first used it."""
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
 
 
 @pytest.fixture(autouse=True)
