@@ -3,8 +3,8 @@
 import itertools
 
 import pytest
-from django.contrib.auth import get_user_model
 from channels.layers import channel_layers
+from django.contrib.auth import get_user_model
 from django.core.cache import cache
 
 from chat import services
