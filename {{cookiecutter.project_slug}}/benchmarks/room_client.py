@@ -6,7 +6,7 @@ frame held for the reorder grace, catch-up over HTTP with `messages/?after=<id>`
 `&before=<id>` while frames past a gap are held) and, in room_outbox.py, `message-outbox.js`
 (sends over the socket with an ack, over HTTP when the socket is down or the ack is late,
 overload answers waited out, always with the message's client id). The protocol itself is
-documented in `chat/consumers.py`.
+documented in `chat/realtime/consumers.py`.
 
 Everything shown is recorded (`shown`, `shown_at`, `framed_at`, `counts`) for a benchmark
 to time and a test to compare with the database. Needs `websockets` and `httpx` (the dev extra).

@@ -138,7 +138,7 @@ class Message(models.Model):
 
 class RoomPresence(models.Model):
     """One open room socket. Kept in the database so every server process counts the
-    same people online; rows of a crashed process expire after `chat.presence.STALE_AFTER`."""
+    same people online; rows of a crashed process expire after `chat.realtime.presence.STALE_AFTER`."""
 
     channel_name = models.CharField(max_length=255, unique=True)
     chat = models.ForeignKey(Chat, on_delete=models.CASCADE, related_name="+")

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from chat import consumers
+from chat.realtime import consumers
 
 websocket_urlpatterns = [
     path("ws/chat/inbox/", consumers.InboxConsumer.as_asgi()),

@@ -14,9 +14,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from chat import events, presence
+from chat import events
 from chat.conf import chat_setting
 from chat.models import MAX_ID, Chat, FormerMembership, Membership, Message
+from chat.realtime import presence
 
 
 def after_commit(send_events) -> None:

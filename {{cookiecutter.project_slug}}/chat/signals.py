@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save, pre_save
 
 from chat import events
-from chat.consumers import CLOSE_SESSION_CHANGED, CLOSE_UNAUTHENTICATED
+from chat.realtime.consumers import CLOSE_SESSION_CHANGED, CLOSE_UNAUTHENTICATED
 
 
 def connect_receivers() -> None:

@@ -107,7 +107,7 @@ CHANNEL_LAYERS = {
         # 5 s blocking receive (BZPOPMIN) short and closes idle sockets with 1011.
         "CONFIG": {
             "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
-            # Each process's room hub gets every room event of the process (chat/room_hub.py).
+            # Each process's room hub gets every room event of the process (chat/realtime/hub.py).
             "channel_capacity": {"*!chat-hub-*": 10_000},
         },
     },

@@ -25,7 +25,7 @@ carry its "client_id", and those worth retrying ("rate_limited", "busy") a "retr
 in seconds. A user's sockets on one process share FRAME_BUDGET frames per
 FRAME_WINDOW_SECONDS; sends are counted by the per-user send rate instead.
 
-Room events reach a room socket through its process's `RoomHub` (chat/room_hub.py), which
+Room events reach a room socket through its process's `RoomHub` (chat/realtime/hub.py), which
 is in the room's group once for all of the process's sockets.
 
 Whatever ends a socket (a close, an error in a handler, the server cancelling it on
@@ -46,11 +46,13 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import ValidationError
 from django.db import OperationalError
 
-from chat import events, presence, read_marks, selectors, services
+from chat import events, selectors, services
 from chat.conf import chat_setting
 from chat.models import Chat, Membership
 from chat.ratelimit import RateLimited, check_rate
-from chat.room_hub import RoomHub
+from chat.realtime import presence, read_marks
+from chat.realtime.hub import RoomHub
+from chat.realtime.loop import note_serving_loop
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +120,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.close(code=code)
 
     async def join(self, *groups: str) -> None:
-        events.note_serving_loop()
+        note_serving_loop()
         self.groups_joined = (events.sockets_group(self.user_id), *groups)
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)

@@ -20,6 +20,7 @@ from channels.consumer import get_handler_name
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from chat import events
+from chat.realtime.loop import PerLoop
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def hub_channel_name(process_channel: str) -> str:
     return f"{local}!chat-hub-{name}"
 
 
-class RoomHub(events.PerLoop):
+class RoomHub(PerLoop):
     def __init__(self, loop: asyncio.AbstractEventLoop):
         super().__init__(loop)
         self.layer = get_channel_layer()

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from chat import events
 from chat.models import RoomPresence
+from chat.realtime.loop import LoopTask
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +31,8 @@ STALE_AFTER = timedelta(seconds=HEARTBEAT_SECONDS * 3)
 RECOUNT_DELAY_SECONDS = 0.2
 
 _local_channels: set[str] = set()
-_heartbeat_task: asyncio.Task | None = None
 _recount_wanted: set[int] = set()
-_recounts: dict[int, asyncio.Task] = {}
+_recounts: dict[int, LoopTask] = {}
 
 
 def live_sockets(*, chat_id: int):
@@ -80,18 +80,15 @@ def refresh(channel_names: list[str]) -> None:
 
 async def track(channel_name: str) -> None:
     """Start refreshing this socket's row (and start the process's heartbeat once)."""
-    global _heartbeat_task
     _local_channels.add(channel_name)
-    loop = asyncio.get_running_loop()
-    if _heartbeat_task is None or _heartbeat_task.done() or _heartbeat_task.get_loop() is not loop:
-        _heartbeat_task = loop.create_task(_heartbeat())
+    _heartbeat.ensure_running()
 
 
 def untrack(channel_name: str) -> None:
     _local_channels.discard(channel_name)
 
 
-async def _heartbeat() -> None:
+async def _beat_while_tracking() -> None:
     while _local_channels:
         await asyncio.sleep(HEARTBEAT_SECONDS)
         try:
@@ -100,13 +97,15 @@ async def _heartbeat() -> None:
             logger.exception("Room presence heartbeat failed")
 
 
+_heartbeat = LoopTask(_beat_while_tracking)
+
+
 def recount_soon(chat_id: int) -> None:
     """Count the room's people shortly (once for all changes until then) and tell its sockets."""
     _recount_wanted.add(chat_id)
-    loop = asyncio.get_running_loop()
-    task = _recounts.get(chat_id)
-    if task is None or task.done() or task.get_loop() is not loop:
-        _recounts[chat_id] = loop.create_task(_recount(chat_id))
+    if chat_id not in _recounts:
+        _recounts[chat_id] = LoopTask(lambda: _recount(chat_id))
+    _recounts[chat_id].ensure_running()
 
 
 async def _recount(chat_id: int) -> None:
@@ -121,5 +120,5 @@ async def _recount(chat_id: int) -> None:
             except Exception:  # the database or the layer is restarting; the next change recounts
                 logger.exception("Recounting presence in chat %s failed", chat_id)
     finally:
-        if _recounts.get(chat_id) is asyncio.current_task():
+        if chat_id in _recounts and _recounts[chat_id].is_current():
             del _recounts[chat_id]

@@ -14,6 +14,7 @@ import logging
 from channels.db import database_sync_to_async
 
 from chat import services
+from chat.realtime.loop import LoopTask
 
 logger = logging.getLogger(__name__)
 
@@ -22,17 +23,13 @@ logger = logging.getLogger(__name__)
 FLUSH_SECONDS = 1.0
 
 _pending: dict[tuple[int, int], int] = {}
-_flusher: asyncio.Task | None = None
 
 
 def mark(*, chat_id: int, user_id: int, up_to_id: int) -> None:
     """Queue "read up to this message"; the latest position per member wins."""
-    global _flusher
     key = (chat_id, user_id)
     _pending[key] = max(_pending.get(key, 0), up_to_id)
-    loop = asyncio.get_running_loop()
-    if _flusher is None or _flusher.done() or _flusher.get_loop() is not loop:
-        _flusher = loop.create_task(_flush_periodically())
+    _flusher.ensure_running()
 
 
 async def _flush_periodically() -> None:
@@ -44,3 +41,6 @@ async def _flush_periodically() -> None:
             await database_sync_to_async(services.mark_read_many)(marks=batch)
         except Exception:  # the database is restarting; viewers mark read again on their next message
             logger.exception("Writing %d read marks failed", len(batch))
+
+
+_flusher = LoopTask(_flush_periodically)

@@ -19,8 +19,9 @@ from django.conf import settings as django_settings
 from django.urls import reverse
 from django.utils.text import Truncator
 
-from chat import consumers, presence, read_marks, services
+from chat import services
 from chat.models import Membership, RoomPresence
+from chat.realtime import consumers, presence, read_marks
 from chat.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -11,8 +11,9 @@ from django.urls import reverse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chat import consumers, services
+from chat import services
 from chat.models import Chat, Membership, Message
+from chat.realtime import consumers
 from chat.routing import websocket_urlpatterns
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -10,8 +10,9 @@ import sqlite3
 import pytest
 from channels.db import database_sync_to_async
 
-from chat import consumers, services
+from chat import services
 from chat.models import Message
+from chat.realtime import consumers
 from chat.tests import test_consumers
 from chat.tests.test_consumers import expect_close, receive_until
 

@@ -1,19 +1,20 @@
-"""The inbox mailbox of `chat.events`: what a busy room's inbox updates become."""
+"""The inbox mailbox of `chat.realtime.mailbox`: what a busy room's inbox updates become."""
 
 import asyncio
 import logging
 
 import pytest
 
-from chat import events
-from chat.events import InboxMailbox, user_group
+from chat.events import user_group
+from chat.realtime import mailbox
+from chat.realtime.mailbox import InboxMailbox
 
 INTERVAL = 0.2
 
 
 @pytest.fixture(autouse=True)
 def short_interval(monkeypatch):
-    monkeypatch.setattr(events, "INBOX_UPDATE_INTERVAL", INTERVAL)
+    monkeypatch.setattr(mailbox, "INBOX_UPDATE_INTERVAL", INTERVAL)
 
 
 class RecordingLayer:

@@ -1,0 +1,137 @@
+"""The server's event loop, and the work handed to it from Django's threads.
+
+Services run on Django's sync thread; the sockets live on the websocket server's event
+loop. `run_on_serving_loop` hands event sends over without waiting for them, and
+`EventQueue` runs them in the order handed over. `PerLoop` and `LoopTask` keep one
+instance or one background task per event loop: a server's lives as long as the server,
+while a management command's or a test's `async_to_sync` loop gets fresh ones with
+nothing left over from an earlier loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable
+
+from asgiref.sync import async_to_sync
+
+logger = logging.getLogger(__name__)
+
+# The event loop of this process's websocket server, noted by the consumers.
+_serving_loop: asyncio.AbstractEventLoop | None = None
+
+
+def note_serving_loop() -> None:
+    """Called on the server's loop: events from its worker threads are handed to it."""
+    global _serving_loop
+    _serving_loop = asyncio.get_running_loop()
+
+
+def serving_here(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether this loop is the websocket server's, which lives on (not a short-lived one)."""
+    return loop is _serving_loop
+
+
+def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def run_on_serving_loop(send_events, *args, wait: bool = False) -> None:
+    """Run `await send_events(*args)` without making the calling thread wait for it.
+
+    Services send events from Django's one sync thread, which also runs every view and
+    every socket's database work. Waiting there for the event loop (`async_to_sync`)
+    ties each send to the loop's backlog of frames to deliver; handing the coroutine
+    over lets the thread go on to the next request. Where no server loop runs (a
+    management command, a test without sockets), or with `wait`, the sends are done
+    before this returns.
+    """
+    loop = _serving_loop
+    if not wait and loop is not None and loop.is_running() and not loop.is_closed() and not on_loop(loop):
+        # A fresh context: the caller's belongs to its request (and to asgiref's record of
+        # the sync thread being busy, which would refuse the sends' own database work).
+        loop.call_soon_threadsafe(queue_on_this_loop, send_events, args, context=contextvars.Context())
+    else:
+        async_to_sync(send_events)(*args)
+
+
+class PerLoop:
+    """One instance per event loop. Subclasses take the loop in `__init__` and keep it as
+    `self.loop`; `for_running_loop()` gives the running loop's, made on first use."""
+
+    _current: PerLoop | None = None
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+
+    @classmethod
+    def for_running_loop(cls):
+        loop = asyncio.get_running_loop()
+        current = cls.__dict__.get("_current")
+        if current is None or current.loop is not loop:
+            current = cls(loop)
+            cls._current = current
+        return current
+
+
+class LoopTask:
+    """A background task that runs while it has work: `ensure_running()` starts it on the
+    running loop unless it already runs there (a finished task, or one of a loop that is
+    gone, is started again)."""
+
+    def __init__(self, run: Callable[[], Awaitable[None]]):
+        self.run = run
+        self.task: asyncio.Task | None = None
+
+    def ensure_running(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.task is None or self.task.done() or self.task.get_loop() is not loop:
+            self.task = loop.create_task(self.run())
+
+    def is_current(self) -> bool:
+        return self.task is asyncio.current_task()
+
+
+def queue_on_this_loop(send_events, args: tuple) -> None:
+    EventQueue.for_running_loop().put(send_events, args)
+
+
+class EventQueue(PerLoop):
+    """Event sends handed to the loop, run one after the other in the order handed over,
+    so frames of one chat leave in the order their messages were stored."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        super().__init__(loop)
+        self.waiting: collections.deque = collections.deque()
+        self.runner: asyncio.Task | None = None
+
+    def put(self, send_events, args: tuple) -> None:
+        self.waiting.append((send_events, args))
+        if self.runner is None or self.runner.done():
+            self.runner = self.loop.create_task(self.run())
+
+    async def run(self) -> None:
+        while self.waiting:
+            send_events, args = self.waiting.popleft()
+            try:
+                await send_events(*args)
+            except Exception:  # a layer that is down: clients catch up from the database
+                logger.exception("Sending events failed")
+
+
+# Group sends in flight at once. On Redis each is a few round trips, so one after the
+# other a 100-member room waits 100 x those; all at once would each take a connection
+# and exhaust the pool ("Too many connections").
+CONCURRENT_GROUP_SENDS = 16
+
+
+async def group_send_all(layer, group_events: list[tuple[str, dict]]) -> None:
+    for start in range(0, len(group_events), CONCURRENT_GROUP_SENDS):
+        chunk = group_events[start : start + CONCURRENT_GROUP_SENDS]
+        await asyncio.gather(*(layer.group_send(group, event) for group, event in chunk))

@@ -1,0 +1,187 @@
+"""New messages and unread counts on their way to the inboxes, merged so a busy room
+does not become a storm of badge updates.
+
+`deliver_message` sends a message's bubble to its room at once; the inbox side then
+goes through `InboxFanout` (one unread count per chat and second) and `InboxMailbox`
+(at most one update per person and chat a second). One of each per event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from asgiref.sync import sync_to_async
+
+from chat import events
+from chat.realtime.loop import CONCURRENT_GROUP_SENDS, PerLoop, group_send_all, serving_here
+
+logger = logging.getLogger(__name__)
+
+# How long a closing loop waits for the inbox updates still held.
+FINAL_SEND_SECONDS = 2.0
+# A person's inbox gets at most one update per chat this often; the first goes at once.
+INBOX_UPDATE_INTERVAL = 1.0
+
+
+async def deliver_message(layer, room_event: dict, message) -> None:
+    await layer.group_send(events.room_group(message.chat_id), room_event)
+    await InboxFanout.for_running_loop().note(layer, message)
+
+
+class InboxFanout(PerLoop):
+    """A chat's new messages reach its members' inboxes at most once per INBOX_UPDATE_INTERVAL.
+
+    Each fan-out counts unread messages for every member not viewing the chat: two
+    queries over the whole room. A busy room would run them for every message; a badge
+    needs only the latest. So the first message of a quiet chat goes out at once, and
+    the ones after it within the interval are folded into one fan-out at its end, for
+    the newest of them. One per event loop, as the mailbox it feeds.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        super().__init__(loop)
+        self.layer = None
+        self.newest: dict[int, object] = {}  # chat id -> the newest message not fanned out
+        self.last_run: dict[int, float] = {}
+        self.timers: dict[int, asyncio.TimerHandle] = {}
+
+    async def note(self, layer, message) -> None:
+        self.layer = layer
+        chat_id = message.chat_id
+        older = self.newest.get(chat_id)
+        if older is None or older.pk < message.pk:
+            self.newest[chat_id] = message
+        if chat_id in self.timers:
+            return  # a fan-out is already due; it will take the newest
+        wait = self.last_run.get(chat_id, -INBOX_UPDATE_INTERVAL) + INBOX_UPDATE_INTERVAL - self.loop.time()
+        if wait <= 0 and not serving_here(self.loop):
+            await self.run(chat_id)  # a management command's or a test's own loop: now, before it closes
+            return
+        self.timers[chat_id] = self.loop.call_later(max(0.0, wait), self.start, chat_id)
+
+    def start(self, chat_id: int) -> None:
+        self.timers.pop(chat_id, None)
+        self.loop.create_task(self.run(chat_id))
+
+    async def run(self, chat_id: int) -> None:
+        message = self.newest.pop(chat_id, None)
+        if message is None:
+            return
+        self.last_run[chat_id] = self.loop.time()
+        self.prune()
+        try:
+            # Plain sync_to_async: on Django's sync thread (the caller's, for a command or a
+            # test) and inside its transaction, with no closing of "old" connections.
+            inbox_events = await sync_to_async(events.inbox_message_events)(message=message)
+            await post_to_mailbox(self.layer, inbox_events)
+        except Exception:  # a database or layer that is down: the next message's fan-out carries the counts
+            logger.exception("Inbox fan-out for chat %s failed", chat_id)
+
+    def prune(self) -> None:
+        if len(self.last_run) > 1000:
+            now = self.loop.time()
+            self.last_run = {c: at for c, at in self.last_run.items() if now - at < INBOX_UPDATE_INTERVAL}
+
+
+async def post_to_mailbox(layer, inbox_events: list[dict]) -> None:
+    await InboxMailbox.for_running_loop().post(layer, inbox_events)
+
+
+class InboxMailbox(PerLoop):
+    """Inbox count updates on their way out, at most one per person and chat a second.
+
+    Every message is an `inbox.message` to each member not viewing the room: a group send
+    each, a few Redis round trips. A busy room of a hundred would spend the server on
+    them; a badge needs only the latest counts. So an update to a chat's row in one
+    person's inbox goes at once if none went in the last INBOX_UPDATE_INTERVAL, and
+    otherwise waits out the interval, replaced meanwhile by any newer one. One mailbox
+    per event loop: a management command's `async_to_sync` gets a fresh one, with
+    everything due at once; a server's sends whatever still waits when it shuts down.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        super().__init__(loop)
+        self.layer = None
+        self.waiting: dict[tuple[int, int], dict] = {}  # (user id, chat id) -> event
+        self.last_sent: dict[tuple[int, int], float] = {}
+        # The newest total unread per person: an update held for one chat must not take
+        # their badge back to the total of its time after another chat's went out.
+        self.latest_total: dict[int, int] = {}
+        self.pruned_at = loop.time()
+        self.sender: asyncio.Task | None = None
+
+    async def post(self, layer, inbox_events: list[dict]) -> None:
+        """Send these updates if they are due; leave the others to wait out their interval."""
+        self.layer = layer
+        posted = []
+        for event in inbox_events:
+            key = (event["user_id"], event["chat_id"])
+            older = self.waiting.pop(key, None)
+            self.waiting[key] = event if older is None else merge_inbox_events(older, event)
+            self.latest_total[key[0]] = event["total_unread"]
+            posted.append(key)
+        while batch := self.take_batch(posted):
+            await self.send(batch)
+        if self.waiting and (self.sender is None or self.sender.done()):
+            self.sender = self.loop.create_task(self.send_when_due())
+
+    async def send_when_due(self) -> None:
+        try:
+            while self.waiting:
+                # Short naps: an update posted meanwhile may fall due before the one slept for.
+                await asyncio.sleep(min(max(0.0, self.next_due() - self.loop.time()), INBOX_UPDATE_INTERVAL / 4))
+                while batch := self.take_batch(list(self.waiting)):
+                    await self.send(batch)
+        except asyncio.CancelledError:  # the loop is closing: nothing stays behind, if it can go quickly
+            last = [self.with_latest_total(event) for event in self.take_all()]
+            with contextlib.suppress(TimeoutError):
+                # Bounded: a layer already shutting down must not hold the loop's close forever.
+                await asyncio.wait_for(self.send(last), FINAL_SEND_SECONDS)
+            raise
+
+    def take_batch(self, keys: list[tuple[int, int]]) -> list[dict]:
+        """Up to CONCURRENT_GROUP_SENDS of these updates that are due, one per person in flight."""
+        now = self.loop.time()
+        if now - self.pruned_at >= INBOX_UPDATE_INTERVAL:
+            self.prune(now)
+        batch, people = [], set()
+        for key in keys:
+            if len(batch) == CONCURRENT_GROUP_SENDS:
+                break
+            due = now - self.last_sent.get(key, -INBOX_UPDATE_INTERVAL) >= INBOX_UPDATE_INTERVAL
+            if due and key in self.waiting and key[0] not in people:
+                people.add(key[0])
+                batch.append(self.with_latest_total(self.waiting.pop(key)))
+                self.last_sent[key] = now
+        return batch
+
+    def with_latest_total(self, event: dict) -> dict:
+        return {**event, "total_unread": self.latest_total.get(event["user_id"], event["total_unread"])}
+
+    def prune(self, now: float) -> None:
+        self.last_sent = {key: at for key, at in self.last_sent.items() if now - at < INBOX_UPDATE_INTERVAL}
+        waiting_people = {user_id for user_id, _ in self.waiting}
+        self.latest_total = {person: total for person, total in self.latest_total.items() if person in waiting_people}
+        self.pruned_at = now
+
+    def take_all(self) -> list[dict]:
+        held, self.waiting = list(self.waiting.values()), {}
+        return held
+
+    def next_due(self) -> float:
+        return min(self.last_sent.get(key, -INBOX_UPDATE_INTERVAL) for key in self.waiting) + INBOX_UPDATE_INTERVAL
+
+    async def send(self, updates: list[dict]) -> None:
+        try:
+            await group_send_all(self.layer, [(events.user_group(update["user_id"]), update) for update in updates])
+        except Exception:  # a layer that is down: these updates are lost; the next ones carry the counts
+            logger.exception("Sending %d inbox updates failed", len(updates))
+
+
+def merge_inbox_events(older: dict, newer: dict) -> dict:
+    """A new message's update carries everything; a read update only corrects the counts."""
+    if newer["type"] == "inbox.unread" and older["type"] == "inbox.message":
+        return {**older, "unread": newer["unread"], "total_unread": newer["total_unread"]}
+    return newer
