@@ -74,8 +74,10 @@ async def bench_layer(args, layer: str, redis_url: str | None, seed_state: Seed,
     server = start_server(args, workdir, layer, redis_url)
     results: list[Result] = []
     try:
-        memory = await idle_memory(server, seed_state.members, count=args.idle_sockets, timeout=args.phase_timeout)
-        await asyncio.sleep(2)
+        memory = {}
+        if args.idle_sockets:
+            memory = await idle_memory(server, seed_state.members, count=args.idle_sockets, timeout=args.phase_timeout)
+            await asyncio.sleep(2)
         async with new_http_client(timeout=args.phase_timeout, connections=args.senders * 4) as http:
             for rate, chat_id in zip(args.rates, seed_state.chat_ids, strict=True):
                 for target in ("relay", "chat"):
@@ -86,7 +88,7 @@ async def bench_layer(args, layer: str, redis_url: str | None, seed_state: Seed,
                     await asyncio.sleep(2)  # let the server finish closing the run's sockets
     finally:
         server.stop()
-    return results, {"layer": layer, **memory}
+    return results, ({"layer": layer, **memory} if memory else None)
 
 
 async def run_target(args, server, http, seed_state: Seed, result: Result, *, chat_id: int) -> None:
@@ -165,7 +167,8 @@ async def bench(args, seed_state: Seed, workdir: Path) -> tuple[list[Result], li
         layer_seed = Seed(members=seed_state.members, chat_ids=[next(rooms) for _ in args.rates])
         layer_results, layer_memory = await bench_layer(args, layer, redis_url, layer_seed, workdir)
         results += layer_results
-        memory.append(layer_memory)
+        if layer_memory:
+            memory.append(layer_memory)
     return results, memory
 
 
