@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 
 from channels.layers import get_channel_layer
 from django.template.loader import render_to_string
@@ -99,6 +100,7 @@ def room_message_event(*, message, prev_id: int) -> dict:
         "message_id": message.pk,
         "sender_id": message.sender_id,
         "text": json.dumps(frame),
+        "queued_at": time.time(),  # the room hubs measure how far behind they deliver
     }
 
 

@@ -17,6 +17,7 @@ from django.utils import timezone
 from chat import events
 from chat.conf import chat_setting
 from chat.models import MAX_ID, Chat, FormerMembership, Membership, Message
+from chat.ratelimit import RateLimited, check_rate, refund
 from chat.realtime import presence
 
 
@@ -118,6 +119,34 @@ def send_message(*, chat: Chat, sender, body: str, client_id: str | None = None)
     With a `client_id` (1-64 characters the sending client picked for this message) a
     retried send returns the message stored the first time instead of storing it again.
     """
+    return send_message_once(chat=chat, sender=sender, body=body, client_id=client_id)[0]
+
+
+def send_message_within_rate(*, chat: Chat, sender, body: str, client_id: str | None = None) -> Message:
+    """`send_message`, counted against the sender's send rate (RateLimited past it).
+
+    A retried client id is answered with the message stored the first time, and costs
+    nothing: a client that resends after a lost ack is not pushed into the limit by it.
+    """
+    client_id = clean_client_id(client_id)
+    try:
+        check_rate(action="send", key=sender.pk)
+    except RateLimited:
+        if client_id and (earlier := earlier_send(chat=chat, sender=sender, client_id=client_id)):
+            return earlier
+        raise
+    try:
+        message, stored_now = send_message_once(chat=chat, sender=sender, body=body, client_id=client_id)
+    except Exception:
+        refund(action="send", key=sender.pk)  # refused or failed: nothing was stored
+        raise
+    if not stored_now:
+        refund(action="send", key=sender.pk)
+    return message
+
+
+def send_message_once(*, chat: Chat, sender, body: str, client_id: str | None = None) -> tuple[Message, bool]:
+    """`send_message`, and whether the message was stored now (False: a retried client id)."""
     body = clean_message_body(body)
     client_id = clean_client_id(client_id)
     try:
@@ -127,10 +156,10 @@ def send_message(*, chat: Chat, sender, body: str, client_id: str | None = None)
         # A retry of a message already stored (the unique client id): no second one, and
         # no query for the common case of a first send.
         if client_id and (earlier := earlier_send(chat=chat, sender=sender, client_id=client_id)):
-            return earlier
+            return earlier, False
         raise
     chat.last_message = message
-    return message
+    return message, True
 
 
 def clean_client_id(client_id: str | None) -> str:

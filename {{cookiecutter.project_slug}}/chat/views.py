@@ -329,8 +329,7 @@ def send(request, pk):
     if not form.is_valid():  # e.g. a null character, which Django's fields refuse
         return send_error(request, pk, " ".join(message for errors in form.errors.values() for message in errors))
     try:
-        check_rate(action="send", key=request.user.pk)
-        message = services.send_message(
+        message = services.send_message_within_rate(
             chat=membership.chat,
             sender=request.user,
             body=form.cleaned_data["body"],

@@ -14,7 +14,9 @@ vocabulary. Frames a client may send to a room:
         {"type": "ack", "client_id": ..., "message_id": N} once it is stored, or with an
         error frame carrying the same client_id. The client id is the client's name for
         this message: sending it again (a retry after a reconnect, or over HTTP) stores
-        nothing new and is acked with the first message's id.
+        nothing new, is acked with the first message's id, and does not count against
+        the send rate. Sends are stored in groups (`chat.realtime.sends`); past this
+        process's capacity they are answered "busy" at once, with nothing stored.
     {"type": "read", "message_id": N}
     {"type": "visibility", "visible": bool}
     {"type": "ping"}
@@ -44,15 +46,15 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import ValidationError
-from django.db import OperationalError
 
 from chat import events, selectors, services
 from chat.conf import chat_setting
-from chat.models import Chat, Membership
-from chat.ratelimit import RateLimited, check_rate
+from chat.models import Membership
+from chat.ratelimit import RateLimited
 from chat.realtime import presence, read_marks
 from chat.realtime.hub import RoomHub
 from chat.realtime.loop import note_serving_loop
+from chat.realtime.sends import Busy, Send, SendQueue
 
 logger = logging.getLogger(__name__)
 
@@ -324,27 +326,20 @@ class RoomConsumer(ChatConsumer):
             return await self.send_error("malformed", "send needs a client_id of 1 to 64 characters.")
         if not isinstance(body, str):
             return await self.send_error("malformed", "send needs a text body.", client_id=client_id)
+        send = Send(chat_id=self.chat_id, sender=self.user, body=body, client_id=client_id)
         try:
-            message_id = await database_sync_to_async(self.send_message)(body=body, client_id=client_id)
+            message_id = await SendQueue.for_running_loop().store(send, delivery_lag=RoomHub.for_running_loop().lag())
         except ValidationError as exc:
             return await self.send_error("invalid", " ".join(exc.messages), client_id=client_id)
         except RateLimited as exc:
             return await self.send_error("rate_limited", str(exc), client_id=client_id, retry_after=exc.retry_after)
-        except OperationalError:  # SQLite's writer lock, a database restarting: nothing was saved
-            logger.warning("Database unavailable for a send in chat %s", self.chat_id, exc_info=True)
+        except Busy as exc:  # over capacity, SQLite's writer lock, a database restarting: nothing was saved
             busy = "The server is busy; sending again."
-            return await self.send_error("busy", busy, client_id=client_id, retry_after=1)
+            return await self.send_error("busy", busy, client_id=client_id, retry_after=exc.retry_after)
         except Membership.DoesNotExist:
             await self.send_error("forbidden", "You are no longer a member of this chat.", client_id=client_id)
             return await self.end(CLOSE_FORBIDDEN)
         await self.send_json({"type": "ack", "client_id": client_id, "message_id": message_id})
-
-    def send_message(self, *, body: str, client_id: str) -> int:
-        """As the `send/` route: within the rate, then the one send service, which stores
-        nothing unless the sender is still a member (Membership.DoesNotExist)."""
-        check_rate(action="send", key=self.user_id)
-        chat = Chat(pk=self.chat_id)
-        return services.send_message(chat=chat, sender=self.user, body=body, client_id=client_id).pk
 
     def schedule_read(self, message_id: int) -> None:
         read_marks.mark(chat_id=self.chat_id, user_id=self.user_id, up_to_id=message_id)

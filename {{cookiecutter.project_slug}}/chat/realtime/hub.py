@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 
 from channels.consumer import get_handler_name
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -43,6 +44,9 @@ class RoomHub(PerLoop):
         self.rooms: dict[int, set] = {}
         self.reader: asyncio.Task | None = None
         self.changing = asyncio.Lock()
+        # How late the last room message reached this process's sockets, and when.
+        self.last_lag = 0.0
+        self.last_lag_at = float("-inf")
 
     async def join(self, consumer) -> None:
         """Deliver the room events of `consumer.chat_id` to this socket from now on.
@@ -120,8 +124,15 @@ class RoomHub(PerLoop):
                 except Exception:
                     logger.debug("Closing %s failed", consumer.channel_name, exc_info=True)
 
+    def lag(self) -> float:
+        """Seconds the room messages delivered in the last second waited for this hub (0 if
+        none were): the sends queue's measure of whether this process keeps up."""
+        return self.last_lag if self.loop.time() - self.last_lag_at < 1.0 else 0.0
+
     async def deliver(self, event: dict) -> None:
         """Hand one room event to each local socket of its chat, one after the other."""
+        if "queued_at" in event:
+            self.last_lag, self.last_lag_at = max(0.0, time.time() - event["queued_at"]), self.loop.time()
         chat_id = event.get("chat_id")
         consumers = list(self.rooms.get(chat_id, ()))
         if event.get("type") == "chat.revoked":

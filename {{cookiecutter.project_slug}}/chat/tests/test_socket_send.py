@@ -201,3 +201,85 @@ def test_an_http_send_that_finds_the_database_busy_is_a_503_with_retry_after(cli
     retried = client.post(url, {"body": "wait", "client_id": "http-1"}, headers={"HX-Request": "true"})
     assert retried.status_code == 200
     assert Message.objects.count() == 1
+
+
+async def test_a_retry_of_a_stored_message_is_acked_even_at_the_rate_limit_and_costs_nothing(
+    connect, alice, group, settings
+):
+    settings.CHAT_RATE_LIMITS = {"send": "2/m"}
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await room.send_to(text_data=send_frame("first", "one"))
+    first = await receive_until(room, "ack")
+    for _ in range(3):  # the ack was lost, say: the client sends it again, and again
+        await room.send_to(text_data=send_frame("first", "one"))
+        assert (await receive_until(room, "ack"))["message_id"] == first["message_id"]
+
+    await room.send_to(text_data=send_frame("second", "two"))  # the retries left room for this one
+    await receive_until(room, "ack")
+    await room.send_to(text_data=send_frame("first", "one"))  # at the limit now: still answered
+    assert (await receive_until(room, "ack"))["message_id"] == first["message_id"]
+    await room.send_to(text_data=send_frame("third", "three"))
+    assert (await receive_until(room, "error"))["code"] == "rate_limited"
+    assert len(await stored(chat=group)) == 2
+
+
+async def test_sends_arriving_together_are_each_stored_once_in_order_and_one_refusal_refuses_only_itself(
+    connect, alice, bob, carol, group
+):
+    rooms = {person: (await connect(person, f"/ws/chat/{group.pk}/"))[0] for person in (alice, bob, carol)}
+    for number in range(10):  # all in flight at once: stored in groups, not one by one
+        for person, room in rooms.items():
+            await room.send_to(text_data=send_frame(f"{person.username}-{number}", f"{person.username} {number}"))
+    await rooms[bob].send_to(text_data=send_frame("too-long", "x" * 4001))  # over CHAT_MAX_MESSAGE_LENGTH
+
+    acks = {person: [await receive_until(room, "ack") for _ in range(10)] for person, room in rooms.items()}
+    refused = await receive_until(rooms[bob], "error")
+
+    assert (refused["code"], refused["client_id"]) == ("invalid", "too-long")
+    messages = await stored(chat=group)
+    assert len(messages) == 30
+    for person, person_acks in acks.items():
+        ids = [ack["message_id"] for ack in person_acks]
+        assert ids == sorted(ids)  # each person's messages keep the order they were sent in
+        assert [m.body for m in messages if m.pk in ids] == [f"{person.username} {n}" for n in range(10)]
+    unread = await database_sync_to_async(lambda: dict(group.memberships.values_list("user_id", "unread_count")))()
+    last = messages[-1].sender_id
+    assert unread[last] == 0  # the last sender has read everything up to their own message
+    assert all(count <= 30 for count in unread.values())
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_past_capacity_a_send_is_answered_busy_at_once_and_its_retry_is_stored_once(
+    connect, alice, bob, group, monkeypatch
+):
+    from chat.realtime import sends
+
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    # This process delivers room messages later than it may: it takes no more sends until it catches up.
+    monkeypatch.setattr(sends, "MAX_DELIVERY_LAG_SECONDS", -1.0)
+    await room.send_to(text_data=send_frame("later", "when you can"))
+    error = await receive_until(room, "error")
+    assert (error["code"], error["client_id"], error["retry_after"]) == ("busy", "later", sends.BUSY_RETRY_AFTER)
+    assert await stored(chat=group) == []
+
+    monkeypatch.setattr(sends, "MAX_DELIVERY_LAG_SECONDS", 1.0)
+    await room.send_to(text_data=send_frame("later", "when you can"))
+    ack = await receive_until(room, "ack")
+    assert [m.pk for m in await stored(chat=group)] == [ack["message_id"]]
+
+
+def test_an_http_retry_of_a_stored_message_is_answered_at_the_rate_limit_and_costs_nothing(
+    client, alice, group, settings
+):
+    from django.urls import reverse
+
+    settings.CHAT_RATE_LIMITS = {"send": "2/m"}
+    client.force_login(alice)
+    url = reverse("chat:send", args=[group.pk])
+    htmx = {"HX-Request": "true"}
+    assert client.post(url, {"body": "one", "client_id": "h-1"}, headers=htmx).status_code == 200
+    assert client.post(url, {"body": "one", "client_id": "h-1"}, headers=htmx).status_code == 200  # a retry
+    assert client.post(url, {"body": "two", "client_id": "h-2"}, headers=htmx).status_code == 200
+    assert client.post(url, {"body": "one", "client_id": "h-1"}, headers=htmx).status_code == 200  # at the limit
+    assert client.post(url, {"body": "three", "client_id": "h-3"}, headers=htmx).status_code == 429
+    assert list(Message.objects.order_by("pk").values_list("client_id", flat=True)) == ["h-1", "h-2"]

@@ -1,0 +1,123 @@
+"""Sends from room sockets, stored in groups: group commit, and back-pressure past capacity.
+
+Every socket's database work runs on Django's one sync thread. Stored one by one, each
+send is a trip to that thread and a transaction of its own, and a busy room queues
+sends behind each other for seconds. So a process's room sockets hand their sends to
+one `SendQueue`, which stores everything that arrived while the previous group was
+being stored in one trip and one transaction: the busier the room, the larger the
+groups, the cheaper each message. Each send still goes through `services.send_message_once`
+in a savepoint of its own, so one refused send (not a member, a bad body) refuses only itself.
+
+Past capacity the queue says so instead of letting sends wait without bound: when its
+oldest send has waited MAX_WAIT_SECONDS, or this process's room hub delivers frames more
+than MAX_DELIVERY_LAG_SECONDS late, new sends are answered `busy` with a `retry_after`
+at once (nothing stored), and the client sends again. A message is then either stored
+once and delivered promptly, or not stored and still in the client's outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from dataclasses import dataclass
+
+from channels.db import database_sync_to_async
+from django.core.exceptions import ValidationError
+from django.db import OperationalError, transaction
+
+from chat import services
+from chat.models import Chat, Membership
+from chat.ratelimit import RateLimited
+from chat.realtime.loop import PerLoop
+
+logger = logging.getLogger(__name__)
+
+# Sends stored in one transaction at most: a group's commit stays short.
+MAX_GROUP = 100
+# Past these the process is over capacity: new sends are answered "busy".
+MAX_WAIT_SECONDS = 1.0
+MAX_DELIVERY_LAG_SECONDS = 1.0
+BUSY_RETRY_AFTER = 1
+
+
+class Busy(Exception):
+    """Over capacity: nothing was stored; send again after `retry_after` seconds."""
+
+    retry_after = BUSY_RETRY_AFTER
+
+
+@dataclass
+class Send:
+    chat_id: int
+    sender: object
+    body: str
+    client_id: str
+
+
+class SendQueue(PerLoop):
+    """This event loop's sends on their way to the database, in arrival order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        super().__init__(loop)
+        self.waiting: collections.deque[tuple[Send, asyncio.Future, float]] = collections.deque()
+        self.runner: asyncio.Task | None = None
+
+    async def store(self, send: Send, *, delivery_lag: float = 0.0) -> int:
+        """The stored message's id, once its group has committed. Raises what the send
+        service raises for it, RateLimited, or Busy (over capacity, or the database is)."""
+        if self.over_capacity(delivery_lag):
+            raise Busy
+        stored = self.loop.create_future()
+        self.waiting.append((send, stored, self.loop.time()))
+        if self.runner is None or self.runner.done():
+            self.runner = self.loop.create_task(self.run())
+        result = await stored
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def over_capacity(self, delivery_lag: float) -> bool:
+        if delivery_lag > MAX_DELIVERY_LAG_SECONDS:
+            return True
+        return bool(self.waiting) and self.loop.time() - self.waiting[0][2] > MAX_WAIT_SECONDS
+
+    async def run(self) -> None:
+        while self.waiting:
+            group = [self.waiting.popleft() for _ in range(min(MAX_GROUP, len(self.waiting)))]
+            try:
+                results = await database_sync_to_async(store_together)([send for send, _, _ in group])
+            except Exception as exc:  # not one send's fault (e.g. the connection broke)
+                logger.exception("Storing %d sends failed", len(group))
+                results = [Busy() if isinstance(exc, OperationalError) else exc for _ in group]
+            for (_, stored, _), result in zip(group, results, strict=True):
+                if not stored.done():  # its socket may have gone meanwhile
+                    stored.set_result(result)
+
+
+def store_together(sends: list[Send]) -> list[int | Exception]:
+    """Store the sends in one transaction, each in its own savepoint: a message id, or
+    the exception that refused that send. Chats are locked in id order (a send locks its
+    chat's row until the commit), so two processes' groups never wait on each other in a
+    circle; each chat's sends keep their arrival order."""
+    order = sorted(range(len(sends)), key=lambda i: sends[i].chat_id)
+    results: list[int | Exception] = [Busy() for _ in sends]
+    try:
+        with transaction.atomic():
+            for i in order:
+                results[i] = store_one(sends[i])
+    except OperationalError:  # SQLite's writer lock, a deadlock, a database restarting
+        logger.warning("Database unavailable for %d sends", len(sends), exc_info=True)
+        return [Busy() for _ in sends]
+    return results
+
+
+def store_one(send: Send) -> int | Exception:
+    try:
+        with transaction.atomic():
+            message = services.send_message_within_rate(
+                chat=Chat(pk=send.chat_id), sender=send.sender, body=send.body, client_id=send.client_id
+            )
+    except (ValidationError, Membership.DoesNotExist, RateLimited) as refused:
+        return refused
+    return message.pk
