@@ -191,6 +191,7 @@ async def run_chat(
     result.recovered = sum(len(recovered(client) & send_times.keys()) for client in clients)
     result.lost_after_catch_up = result.expected - have
     result.catch_up_requests = sum(client.counts["catch_up_request"] for client in clients) - requests_before
+    result.busy_retries = sum(client.counts["retry_busy"] + client.counts["retry_503"] for client in clients)
     if response_times:
         response_times.sort()
         result.send_p50_ms, result.send_p99_ms = percentile(response_times, 50), percentile(response_times, 99)
@@ -205,6 +206,7 @@ def recovered(client: RoomClient) -> set[int]:
 async def send_load(clients: list[RoomClient], result: Result) -> tuple[float, dict[int, float], list[float]]:
     """The offered load through the senders' outboxes: its start, each stored message's due time, answer times."""
     send_times: dict[int, float] = {}
+    accepted_times: dict[int, float] = {}  # from the attempt that was stored (after any "busy")
     response_times: list[float] = []
 
     async def send(seq: int, scheduled_at: float) -> None:
@@ -214,8 +216,10 @@ async def send_load(clients: list[RoomClient], result: Result) -> tuple[float, d
             result.send_errors += 1
         else:
             send_times[sent.message_id] = scheduled_at
+            accepted_times[sent.message_id] = sent.last_try_at
 
     first_send = await offer_load(rate=result.rate, duration=result.duration, send=send)
+    result.accepted_times = accepted_times
     return first_send, send_times, response_times
 
 

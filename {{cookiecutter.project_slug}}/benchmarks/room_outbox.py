@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -39,6 +40,7 @@ class Sent:
     via: str | None  # "socket" (acked) or "http" (answered 200); None if refused
     refusal: str | None
     tries: tuple[str, ...]  # "socket" or "http" per attempt, retries included
+    last_try_at: float = 0.0  # time.monotonic() of the attempt that was answered
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Outgoing:
     body: str
     answered: asyncio.Future
     tries: list[str] = field(default_factory=list)
+    last_try_at: float = 0.0
 
 
 def new_client_id() -> str:
@@ -90,6 +93,7 @@ class Outbox:
 
     def send_over_socket(self, message: Outgoing) -> None:
         message.tries.append("socket")
+        message.last_try_at = time.monotonic()
         self.room.send_frame({"type": "send", "client_id": message.client_id, "body": message.body})
         self.cancel_ack_timer()
         # No answer in time (a socket that died quietly): the same client id over HTTP.
@@ -131,6 +135,7 @@ class Outbox:
     async def send_over_http(self, message: Outgoing) -> None:
         self.cancel_ack_timer()
         message.tries.append("http")
+        message.last_try_at = time.monotonic()
         fields = {"csrfmiddlewaretoken": self.room.member.csrf, "body": message.body, "client_id": message.client_id}
         try:
             response = await self.room.http.post(
@@ -157,7 +162,7 @@ class Outbox:
         self.queue.pop(0)
         self.retries = 0
         self.room.counts[f"sent_{via}"] += 1
-        answer = Sent(message.client_id, message.body, message_id, via, None, tuple(message.tries))
+        answer = Sent(message.client_id, message.body, message_id, via, None, tuple(message.tries), message.last_try_at)
         if not message.answered.done():
             message.answered.set_result(answer)
         self.room.show_sent(html, message_id if via == "socket" else None)
