@@ -14,14 +14,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def in_memory_channel_layer(settings):
-    """These tests are about the handshake (origins, routes, sessions), on the in-memory layer.
-
-    On Redis, a socket refused at once can hang on closing: Channels cancels the consumer's
-    blocking receive, and a cancelled BZPOPMIN in channels_redis / redis-py may not return,
-    so the test's event loop never closes. The Redis layer is tested in chat/tests.
-    """
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+def fresh_channel_layer():
+    """The project's own layer (Redis when it uses Redis), new for each test's event loop."""
     channel_layers.backends.clear()
     yield
     channel_layers.backends.clear()

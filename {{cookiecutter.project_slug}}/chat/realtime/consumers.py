@@ -83,7 +83,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
     warned_window = -1.0
 
     async def __call__(self, scope, receive, send):
+        self.scope = scope
         try:
+            refusal = await self.admission()
+            if refusal is not None:
+                # Refused before it has a channel on the layer: a socket closed at once
+                # never waits on the layer (nor costs it anything, however many come).
+                return await refuse_handshake(receive, send, refusal)
             await super().__call__(scope, receive, send)
         finally:
             # Shielded: a second cancel (daphne's shutdown) must not cut the clean-up short.
@@ -102,24 +108,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
-    async def admit(self) -> bool:
-        """Let in a logged-in user under their socket cap (closing the socket otherwise)."""
+    async def admission(self) -> int | None:
+        """Let in a logged-in user under their socket cap: None, or the close code refusing them."""
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
-            await self.reject(CLOSE_UNAUTHENTICATED)
-            return False
+            return CLOSE_UNAUTHENTICATED
         if _open_sockets[user.pk] >= chat_setting("CHAT_MAX_SOCKETS_PER_USER"):
-            await self.reject(CLOSE_TOO_MANY_SOCKETS)
-            return False
+            return CLOSE_TOO_MANY_SOCKETS
         self.user, self.user_id = user, user.pk
         _open_sockets[user.pk] += 1
         session = self.scope.get("session")
         self.session_tag = events.session_tag(getattr(session, "session_key", None))
-        return True
-
-    async def reject(self, code: int) -> None:
-        await self.accept()
-        await self.close(code=code)
+        return None
 
     async def join(self, *groups: str) -> None:
         note_serving_loop()
@@ -212,12 +212,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "pong"})
 
 
+async def refuse_handshake(receive, send, code: int) -> None:
+    """Accept the handshake and close at once with `code`: browsers can read a close code,
+    not a refused handshake's reason."""
+    if (await receive())["type"] == "websocket.connect":
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": code})
+
+
 class InboxConsumer(ChatConsumer):
     """One per tab of a logged-in user: list changes, unread counts, the total."""
 
     async def connect(self):
-        if not await self.admit():
-            return
         await self.join(events.user_group(self.user_id))
         await self.accept()
         total = await database_sync_to_async(selectors.total_unread_for_user_id)(user_id=self.user_id)
@@ -243,13 +249,15 @@ class RoomConsumer(ChatConsumer):
     present = False
     viewing = False
 
-    async def connect(self):
-        if not await self.admit():
-            return
+    async def admission(self) -> int | None:
+        refusal = await super().admission()
+        if refusal is not None:
+            return refusal
         self.chat_id = self.scope["url_route"]["kwargs"]["chat_id"]
         self.membership = await database_sync_to_async(self.get_membership)()
-        if self.membership is None:
-            return await self.reject(CLOSE_FORBIDDEN)
+        return CLOSE_FORBIDDEN if self.membership is None else None
+
+    async def connect(self):
         self.viewing = True
         await self.join()
         await RoomHub.for_running_loop().join(self)

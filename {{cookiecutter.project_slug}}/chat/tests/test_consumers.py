@@ -135,6 +135,30 @@ async def test_anonymous_sockets_are_closed_with_4401(connect, anonymous, group)
         await expect_close(communicator, consumers.CLOSE_UNAUTHENTICATED)
 
 
+async def test_a_refused_socket_never_takes_a_channel_on_the_layer(connect, anonymous, make_user, group, monkeypatch):
+    """Refused before Channels starts receiving for it: nothing of it waits on the layer
+    (on Redis a blocking pop that its close would have to cancel), however many come."""
+    layer = channel_layers["default"]
+    channels_taken = []
+    take_channel = layer.new_channel
+
+    async def new_channel(prefix="specific."):
+        channels_taken.append(prefix)
+        return await take_channel(prefix)
+
+    monkeypatch.setattr(layer, "new_channel", new_channel)
+    outsider = await database_sync_to_async(make_user)("outsider")
+    for user, path, code in [
+        (anonymous, "/ws/chat/inbox/", consumers.CLOSE_UNAUTHENTICATED),
+        (anonymous, f"/ws/chat/{group.pk}/", consumers.CLOSE_UNAUTHENTICATED),
+        (outsider, f"/ws/chat/{group.pk}/", consumers.CLOSE_FORBIDDEN),
+    ]:
+        communicator, connected, _ = await connect(user, path)
+        assert connected
+        await expect_close(communicator, code)
+    assert channels_taken == []
+
+
 async def test_non_members_and_unknown_chats_are_closed_with_4403(connect, make_user, group):
     outsider = await database_sync_to_async(make_user)("outsider")
     for chat_id in [group.pk, 999_999, 10**30]:
