@@ -5,6 +5,8 @@ Close codes (the socket is accepted first so browsers can read them):
     4401  not logged in, or no longer (logged out, account deactivated or deleted)
     4403  not a member of this chat, or no longer one (removed, left, group deleted)
     4429  this user has CHAT_MAX_SOCKETS_PER_USER sockets open on this server process already
+    4008  the client fell too far behind reading a room's frames (a slow or stalled network):
+          reconnect and catch up (`chat.realtime.writer`)
 
 Frames the server sends are JSON objects with a "type": see `chat.events` for the
 vocabulary. Frames a client may send to a room:
@@ -55,6 +57,7 @@ from chat.realtime import presence, read_marks
 from chat.realtime.hub import RoomHub
 from chat.realtime.loop import note_serving_loop
 from chat.realtime.sends import Busy, Send, SendQueue
+from chat.realtime.writer import MAX_QUEUED_FRAMES, SocketWriter
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ CLOSE_SESSION_CHANGED = 4001
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_MANY_SOCKETS = 4429
+CLOSE_TOO_SLOW = 4008
 
 # This process's open sockets per user id, and each user's frame window [started, frames].
 _open_sockets: Counter[int] = Counter()
@@ -79,6 +83,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     groups_joined: tuple[str, ...] = ()
     user_id: int | None = None
+    writer: SocketWriter | None = None  # room sockets: frames go out through their own task
     cleaned_up = False
     warned_window = -1.0
 
@@ -94,6 +99,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         finally:
             # Shielded: a second cancel (daphne's shutdown) must not cut the clean-up short.
             await asyncio.shield(self.clean_up())
+            if self.writer is not None:
+                self.writer.stop()
 
     async def dispatch(self, message):
         """Channels' dispatch without its hop to the sync thread before every message.
@@ -156,6 +163,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def send_json(self, content: dict) -> None:
         await self.send(text_data=json.dumps(content))
+
+    async def send(self, text_data=None, bytes_data=None, close=False):
+        if self.writer is None:
+            return await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        self.writer.put_text(text_data)
+        if close:
+            self.writer.put_close(None if close is True else close)
+
+    async def close(self, code=None, reason=None):
+        """After the frames already queued for the socket, if it has a writer."""
+        if self.writer is None:
+            return await super().close(code=code, reason=reason)
+        self.writer.put_close(code)
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.cleaned_up:  # closing: nothing it sends counts any more
@@ -263,6 +283,12 @@ class RoomConsumer(ChatConsumer):
         await RoomHub.for_running_loop().join(self)
         self.in_hub = True
         await self.accept()
+        self.writer = SocketWriter(
+            send_text=lambda text: AsyncWebsocketConsumer.send(self, text_data=text),
+            close=lambda code: AsyncWebsocketConsumer.close(self, code=code),
+            too_slow=self.fell_behind,
+        )
+        self.writer.start()
         self.present = True
         await presence.track(self.channel_name)
         await database_sync_to_async(presence.join)(
@@ -272,6 +298,15 @@ class RoomConsumer(ChatConsumer):
 
     def get_membership(self) -> Membership | None:
         return selectors.membership_for(user=self.user, chat_id=self.chat_id)
+
+    def fell_behind(self) -> None:
+        """Its writer gave up on it: out of the room now, closed once the clean-up is done."""
+        logger.info("Closing %s: %d frames behind", self.channel_name, MAX_QUEUED_FRAMES)
+        self.letting_go = asyncio.get_running_loop().create_task(self.let_go(CLOSE_TOO_SLOW))
+
+    async def let_go(self, code: int) -> None:
+        await self.clean_up()
+        await AsyncWebsocketConsumer.close(self, code=code)
 
     async def clean_up(self) -> None:
         if self.cleaned_up:

@@ -1,10 +1,15 @@
 """A process fans a room's events out once: its hub, not each socket, is in the room group."""
 
+import asyncio
+
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
 
 from chat import events, services
+from chat.routing import websocket_urlpatterns
 from chat.tests import test_consumers
 from chat.tests.test_consumers import receive_until
 
@@ -46,3 +51,41 @@ async def test_a_socket_that_leaves_gets_nothing_more_and_the_others_still_do(co
     message = await database_sync_to_async(services.send_message)(chat=group, sender=alice, body="after bob left")
 
     assert (await receive_until(staying, "chat.message"))["message_id"] == message.pk
+
+
+class StalledNetwork(WebsocketCommunicator):
+    """A client whose network takes a few frames and then nothing until it reads: the
+    server's sends to it wait, as on a full TCP buffer."""
+
+    @property
+    def output_queue(self):
+        if getattr(self, "_stalled_queue", None) is None:
+            self._stalled_queue = asyncio.Queue(maxsize=5)
+        return self._stalled_queue
+
+
+async def test_a_socket_that_stops_reading_is_let_go_and_nobody_else_waits_for_it(
+    connect, alice, bob, carol, group, monkeypatch
+):
+    from chat.realtime import consumers, writer
+
+    monkeypatch.setattr(writer, "MAX_QUEUED_FRAMES", 20)
+    monkeypatch.setattr(consumers, "MAX_QUEUED_FRAMES", 20)
+    stalled = StalledNetwork(URLRouter(websocket_urlpatterns), f"/ws/chat/{group.pk}/")
+    stalled.scope["user"] = carol
+    assert (await stalled.connect(timeout=3))[0]
+    reader, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+
+    sent = []
+    for number in range(40):
+        message = await database_sync_to_async(services.send_message)(chat=group, sender=alice, body=f"m{number}")
+        sent.append(message.pk)
+    received = [(await receive_until(reader, "chat.message"))["message_id"] for _ in sent]
+
+    assert received == sent  # Bob got every frame, in order, though Carol's socket is stuck
+    closed = None
+    while closed is None:  # her network comes back: what is still on its way, then the close
+        output = await stalled.receive_output(timeout=3)
+        closed = output.get("code") if output["type"] == "websocket.close" else None
+    assert closed == consumers.CLOSE_TOO_SLOW
+    await stalled.wait(timeout=3)

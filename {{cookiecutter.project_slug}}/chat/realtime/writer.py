@@ -1,0 +1,76 @@
+"""A room socket's outgoing frames, written by a task of its own: nobody waits on a slow socket.
+
+The room hub hands each room event of the process to its local sockets one after the
+other. Handed straight to the server, a frame for a client that stopped reading waits
+until that client's buffer drains (uvicorn waits; a proxy's buffers only delay it), and
+every socket after it in the room waits too. So a room socket's frames wait in a queue
+of its own, which its writer task empties; the hub only appends. A client that falls
+MAX_QUEUED_FRAMES behind cannot keep up: its queue is dropped and it is closed with
+CLOSE_TOO_SLOW, reconnects, and catches up from the database like any client that
+missed frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable
+
+# About ten seconds of a room sending 100 messages a second. The frames are the hub's
+# shared, already-encoded texts: a queue holds references, not copies.
+MAX_QUEUED_FRAMES = 1000
+
+CLOSE = object()  # in the queue: close the socket once the frames before it are written
+
+
+class SocketWriter:
+    def __init__(
+        self,
+        *,
+        send_text: Callable[[str], Awaitable[None]],
+        close: Callable[[int | None], Awaitable[None]],
+        too_slow: Callable[[], None],
+    ):
+        self.send_text, self.close, self.too_slow = send_text, close, too_slow
+        self.frames: collections.deque = collections.deque()
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        self.closing = False
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.write())
+
+    def put_text(self, text: str) -> None:
+        if self.closing:
+            return
+        if len(self.frames) >= MAX_QUEUED_FRAMES:
+            self.closing = True
+            self.stop()
+            self.too_slow()
+            return
+        self.frames.append(text)
+        self.ready.set()
+
+    def put_close(self, code: int | None) -> None:
+        if not self.closing:
+            self.closing = True
+            self.frames.append((CLOSE, code))
+            self.ready.set()
+
+    def stop(self) -> None:
+        """Drop what is queued and stop writing (the socket is gone, or being let go)."""
+        self.frames.clear()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    async def write(self) -> None:
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            while self.frames:
+                frame = self.frames.popleft()
+                if isinstance(frame, str):
+                    await self.send_text(frame)
+                else:
+                    await self.close(frame[1])
+                    return
