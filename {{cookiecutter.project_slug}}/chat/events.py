@@ -13,6 +13,9 @@ room group ``chat.room.<chat_id>``
     chat.revoked   these users lost access (removed, left) or the group was deleted
     chat.renamed   the group has a new name: update the room's header
     chat.presence  how many people are online in the room now (counted once per change)
+Every event to a user or sockets group carries its person's "user_id": a process's inbox
+sockets get them through one channel in many people's groups (`chat.realtime.hub.UserHub`).
+
 user group ``chat.user.<user_id>`` (the inbox socket of every tab)
     inbox.message  a new message in one of their chats, with unread counts
     inbox.unread   their unread count of one chat changed (read elsewhere)
@@ -151,7 +154,10 @@ def send_to_inboxes(inbox_events: list[dict]) -> None:
 
 
 def chat_list_changed(*, user_ids, chat_id: int) -> None:
-    send_many([(user_group(user_id), {"type": "inbox.changed", "chat_id": chat_id}) for user_id in user_ids])
+    changed = [
+        (user_group(user_id), {"type": "inbox.changed", "user_id": user_id, "chat_id": chat_id}) for user_id in user_ids
+    ]
+    send_many(changed)
 
 
 def chat_renamed(*, chat_id: int, name: str, user_ids) -> None:
@@ -191,7 +197,7 @@ async def presence_changed(*, chat_id: int, online: int) -> None:
 
 def session_ended(*, user_id: int, close_code: int, session_key: str | None = None) -> None:
     """Close the user's sockets of this session, or all of them, on every server process."""
-    event = {"type": "session.ended", "session": session_tag(session_key), "close_code": close_code}
+    event = {"type": "session.ended", "user_id": user_id, "session": session_tag(session_key), "close_code": close_code}
     layer = get_channel_layer()
     if layer is None:
         return

@@ -54,7 +54,7 @@ from chat.conf import chat_setting
 from chat.models import Membership
 from chat.ratelimit import RateLimited
 from chat.realtime import presence, read_marks
-from chat.realtime.hub import RoomHub
+from chat.realtime.hub import RoomHub, UserHub
 from chat.realtime.loop import note_serving_loop
 from chat.realtime.sends import Busy, Send, SendQueue
 from chat.realtime.writer import MAX_QUEUED_FRAMES, SocketWriter
@@ -241,13 +241,28 @@ async def refuse_handshake(receive, send, code: int) -> None:
 
 
 class InboxConsumer(ChatConsumer):
-    """One per tab of a logged-in user: list changes, unread counts, the total."""
+    """One per tab of a logged-in user: list changes, unread counts, the total.
+
+    It has no channel of its own on the layer (an alias no layer is configured under):
+    its person's events reach it through this process's `UserHub`, which is in that
+    person's groups once for all their tabs.
+    """
+
+    channel_layer_alias = "chat.no-channel-of-its-own"
+    in_hub = False
 
     async def connect(self):
-        await self.join(events.user_group(self.user_id))
+        note_serving_loop()
+        await UserHub.for_running_loop().join(self)
+        self.in_hub = True
         await self.accept()
         total = await database_sync_to_async(selectors.total_unread_for_user_id)(user_id=self.user_id)
         await self.send_json({"type": "inbox.sync", "total_unread": total})
+
+    async def clean_up(self) -> None:
+        if not self.cleaned_up and self.in_hub:
+            await UserHub.for_running_loop().leave(self)
+        await super().clean_up()
 
     async def inbox_message(self, event):
         await self.send_json(event)

@@ -1,9 +1,12 @@
-"""Room events fanned out once per server process, not once per socket.
+"""Events fanned out once per server process, not once per socket.
 
-Each process has one hub (per event loop) holding its open room sockets by chat. The hub,
-not every socket, is in the channel layer's room group: a message to a room of a hundred
-is one delivery to each process that has someone in it (one Redis push instead of a
-hundred), and the hub hands the already-encoded frame to its local sockets in turn.
+Each process has one `RoomHub` (per event loop) holding its open room sockets by chat.
+The hub, not every socket, is in the channel layer's room group: a message to a room of
+a hundred is one delivery to each process that has someone in it (one Redis push instead
+of a hundred), and the hub hands the already-encoded frame to its local sockets in turn.
+Likewise one `UserHub` holds the inbox sockets by person, in each person's inbox and
+sockets groups once per process however many tabs they have open: an inbox socket has
+no channel of its own on the layer, so an idle one costs the layer nothing.
 
 The hub's channel carries every room event of its process, so it must not be small: on
 Redis, `channel_capacity` in CHANNEL_LAYERS gives it HUB_CHANNEL_CAPACITY (a warning is
@@ -36,45 +39,55 @@ def hub_channel_name(process_channel: str) -> str:
     return f"{local}!chat-hub-{name}"
 
 
-class RoomHub(PerLoop):
+class ProcessHub(PerLoop):
+    """One channel of this process, in the groups of its local sockets' keys (a chat, a
+    person), handing each event to the sockets of its key."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop):
         super().__init__(loop)
         self.layer = get_channel_layer()
         self.channel: str | None = None
-        self.rooms: dict[int, set] = {}
+        self.sockets: dict[int, set] = {}  # key -> its local sockets
         self.reader: asyncio.Task | None = None
         self.changing = asyncio.Lock()
-        # How late the last room message reached this process's sockets, and when.
-        self.last_lag = 0.0
-        self.last_lag_at = float("-inf")
+
+    def key_of(self, consumer) -> int:
+        raise NotImplementedError
+
+    def groups_of(self, key: int) -> list[str]:
+        raise NotImplementedError
 
     async def join(self, consumer) -> None:
-        """Deliver the room events of `consumer.chat_id` to this socket from now on.
+        """Deliver the events of the socket's key to it from now on.
 
         The subscriptions change under one lock (joins, leaves, a reset after the layer
-        failed), so a room's set of sockets and the hub's group membership never disagree.
+        failed), so a key's set of sockets and the hub's group membership never disagree.
         """
+        key = self.key_of(consumer)
         async with self.changing:
             await self.start()
-            if not self.rooms.get(consumer.chat_id):
-                # First the group, then the socket: a socket whose join failed (the layer is
-                # down) must not stand in the room and keep the next one from subscribing.
-                await self.layer.group_add(events.room_group(consumer.chat_id), self.channel)
-            self.rooms.setdefault(consumer.chat_id, set()).add(consumer)
+            if not self.sockets.get(key):
+                # First the groups, then the socket: a socket whose join failed (the layer
+                # is down) must not stand there and keep the next one from subscribing.
+                for group in self.groups_of(key):
+                    await self.layer.group_add(group, self.channel)
+            self.sockets.setdefault(key, set()).add(consumer)
 
     async def leave(self, consumer) -> None:
+        key = self.key_of(consumer)
         async with self.changing:
-            sockets = self.rooms.get(consumer.chat_id)
+            sockets = self.sockets.get(key)
             if sockets is None or consumer not in sockets:
                 return
             sockets.discard(consumer)
             if sockets:
                 return
-            del self.rooms[consumer.chat_id]
+            del self.sockets[key]
             try:
-                await self.layer.group_discard(events.room_group(consumer.chat_id), self.channel)
-            except Exception:  # the layer is down; the group expires there on its own
-                logger.warning("The room hub could not leave chat %s's group", consumer.chat_id, exc_info=True)
+                for group in self.groups_of(key):
+                    await self.layer.group_discard(group, self.channel)
+            except Exception:  # the layer is down; the groups expire there on its own
+                logger.warning("%s could not leave the groups of %s", type(self).__name__, key, exc_info=True)
 
     async def start(self) -> None:
         """A channel and a reader for it (again, after a reset); under the `changing` lock."""
@@ -111,18 +124,49 @@ class RoomHub(PerLoop):
         except Exception:
             # The layer failed (Redis restarting) and may have lost the hub's groups: the
             # sockets reconnect, join again and catch up, as each would on its own.
-            logger.exception("The room hub lost its channel layer; closing its sockets")
+            logger.exception("%s lost its channel layer; closing its sockets", type(self).__name__)
             await self.reset()
 
     async def reset(self) -> None:
         async with self.changing:
-            rooms, self.rooms, self.channel, self.reader = self.rooms, {}, None, None
-        for sockets in rooms.values():
+            by_key, self.sockets, self.channel, self.reader = self.sockets, {}, None, None
+        for sockets in by_key.values():
             for consumer in sockets:
                 try:
                     await consumer.close(code=1011)
                 except Exception:
                     logger.debug("Closing %s failed", consumer.channel_name, exc_info=True)
+
+    async def deliver(self, event: dict) -> None:
+        raise NotImplementedError
+
+    async def hand_over(self, event: dict, consumers) -> None:
+        """One event to each of these sockets, one after the other."""
+        for consumer in consumers:
+            handler = getattr(consumer, get_handler_name(event), None)
+            if handler is None:
+                continue
+            try:
+                await handler(event)
+            except Exception:  # one socket's failure is not the others'; that socket is let go
+                logger.exception("Delivering %s to %s failed", event.get("type"), consumer)
+                await self.leave(consumer)
+
+
+class RoomHub(ProcessHub):
+    """The process's room sockets by chat, in each room's group once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        super().__init__(loop)
+        # How late the last room message reached this process's sockets, and when.
+        self.last_lag = 0.0
+        self.last_lag_at = float("-inf")
+
+    def key_of(self, consumer) -> int:
+        return consumer.chat_id
+
+    def groups_of(self, key: int) -> list[str]:
+        return [events.room_group(key)]
 
     def lag(self) -> float:
         """Seconds the room messages delivered in the last second waited for this hub (0 if
@@ -133,19 +177,27 @@ class RoomHub(PerLoop):
         """Hand one room event to each local socket of its chat, one after the other."""
         if "queued_at" in event:
             self.last_lag, self.last_lag_at = max(0.0, time.time() - event["queued_at"]), self.loop.time()
-        chat_id = event.get("chat_id")
-        consumers = list(self.rooms.get(chat_id, ()))
+        consumers = list(self.sockets.get(event.get("chat_id"), ()))
         if event.get("type") == "chat.revoked":
             # Out of the room here, whatever their own handler does: nothing more reaches them.
             consumers = [c for c in consumers if event["deleted"] or c.user.pk in event["user_ids"]]
             for consumer in consumers:
                 await self.leave(consumer)
-        for consumer in consumers:
-            handler = getattr(consumer, get_handler_name(event), None)
-            if handler is None:
-                continue
-            try:
-                await handler(event)
-            except Exception:  # one socket's failure is not the room's; that socket is let go
-                logger.exception("Delivering %s to %s failed", event.get("type"), consumer.channel_name)
-                await self.leave(consumer)
+        await self.hand_over(event, consumers)
+
+
+class UserHub(ProcessHub):
+    """The process's inbox sockets by person, in each person's inbox and sockets groups once.
+
+    Every event sent to those groups names its person ("user_id"): the hub's one channel is
+    in many people's groups, and an event does not say which group it came through.
+    """
+
+    def key_of(self, consumer) -> int:
+        return consumer.user_id
+
+    def groups_of(self, key: int) -> list[str]:
+        return [events.user_group(key), events.sockets_group(key)]
+
+    async def deliver(self, event: dict) -> None:
+        await self.hand_over(event, list(self.sockets.get(event.get("user_id"), ())))
