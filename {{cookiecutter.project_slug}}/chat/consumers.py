@@ -9,12 +9,20 @@ Close codes (the socket is accepted first so browsers can read them):
 Frames the server sends are JSON objects with a "type": see `chat.events` for the
 vocabulary. Frames a client may send to a room:
 
-    {"type": "send", "client_id": "<1-64 characters>", "body": "..."}
+    {"type": "send", "client_id": "<1-64 characters>", "body": "...", "reply_to": N}
         Send a message, as the `send/` route does. Answered with
         {"type": "ack", "client_id": ..., "message_id": N} once it is stored, or with an
         error frame carrying the same client_id. The client id is the client's name for
         this message: sending it again (a retry after a reconnect, or over HTTP) stores
-        nothing new and is acked with the first message's id.
+        nothing new and is acked with the first message's id. "reply_to" (optional) is
+        the id of the message of this chat it answers; any other id is an "invalid" error.
+    {"type": "typing"}
+        The person is typing: the room's other sockets get {"type": "chat.typing",
+        "chat_id", "user_id", "name"} (their own sockets do not). Pages send at most one
+        every 3 seconds while typing and viewers let it expire 5 seconds after the last
+        one. Past the "typing" rate of CHAT_RATE_LIMITS frames are dropped silently (a
+        lost "is typing" needs no retry); from someone no longer a member, the socket closes
+        with 4403.
     {"type": "read", "message_id": N}
     {"type": "visibility", "visible": bool}
     {"type": "ping"}
@@ -294,6 +302,10 @@ class RoomConsumer(ChatConsumer):
     async def chat_renamed(self, event):
         await self.send_json(event)
 
+    async def chat_typing(self, event):
+        if event["user_id"] != self.user_id:  # nobody sees themselves typing, in any tab
+            await self.send_json(event)
+
     async def chat_revoked(self, event):
         if getattr(self, "revoked", False):
             return  # it comes both through the room and to this socket
@@ -323,7 +335,9 @@ class RoomConsumer(ChatConsumer):
         if not isinstance(body, str):
             return await self.send_error("malformed", "send needs a text body.", client_id=client_id)
         try:
-            message_id = await database_sync_to_async(self.send_message)(body=body, client_id=client_id)
+            message_id = await database_sync_to_async(self.send_message)(
+                body=body, client_id=client_id, reply_to_id=frame.get("reply_to")
+            )
         except ValidationError as exc:
             return await self.send_error("invalid", " ".join(exc.messages), client_id=client_id)
         except RateLimited as exc:
@@ -337,12 +351,26 @@ class RoomConsumer(ChatConsumer):
             return await self.end(CLOSE_FORBIDDEN)
         await self.send_json({"type": "ack", "client_id": client_id, "message_id": message_id})
 
-    def send_message(self, *, body: str, client_id: str) -> int:
+    def send_message(self, *, body: str, client_id: str, reply_to_id=None) -> int:
         """As the `send/` route: within the rate, then the one send service, which stores
         nothing unless the sender is still a member (Membership.DoesNotExist)."""
         check_rate(action="send", key=self.user_id)
         chat = Chat(pk=self.chat_id)
-        return services.send_message(chat=chat, sender=self.user, body=body, client_id=client_id).pk
+        message = services.send_message(
+            chat=chat, sender=self.user, body=body, client_id=client_id, reply_to_id=reply_to_id
+        )
+        return message.pk
+
+    async def client_typing(self, frame: dict) -> None:
+        try:
+            await database_sync_to_async(services.signal_typing)(chat_id=self.chat_id, user=self.user)
+        except RateLimited:
+            return  # dropped silently: the page signals again while its person keeps typing
+        except OperationalError:  # the database is restarting: one "is typing" less
+            logger.warning("Database unavailable for a typing signal in chat %s", self.chat_id, exc_info=True)
+        except Membership.DoesNotExist:
+            await self.send_error("forbidden", "You are no longer a member of this chat.")
+            await self.end(CLOSE_FORBIDDEN)
 
     def schedule_read(self, message_id: int) -> None:
         read_marks.mark(chat_id=self.chat_id, user_id=self.user_id, up_to_id=message_id)
