@@ -4,10 +4,10 @@ from datetime import timedelta
 
 from django import template
 from django.template.defaultfilters import linebreaksbr
-from django.utils.html import format_html
-from django.utils.safestring import mark_safe
 from django.utils import timezone
 from django.utils.dateformat import format as format_date
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 from chat import selectors
 
@@ -100,7 +100,9 @@ def message_body(message, viewer_id=None) -> str:
         parts.append(linebreaksbr(message.body[position:start], autoescape=True))
         mine = " mention--me" if viewer_id and user_id == viewer_id else ""
         parts.append(
-            format_html('<span class="mention{}" data-mention-user-id="{}">{}</span>', mine, user_id, message.body[start:end])
+            format_html(
+                '<span class="mention{}" data-mention-user-id="{}">{}</span>', mine, user_id, message.body[start:end]
+            )
         )
         position = end
     parts.append(linebreaksbr(message.body[position:], autoescape=True))

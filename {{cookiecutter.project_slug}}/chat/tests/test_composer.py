@@ -188,7 +188,7 @@ def test_a_stale_mention_span_is_plain_text(alice_client, alice, bob, group_chat
     Message.objects.filter(pk=message.pk).update(body="edited, no mention")  # as an edit would leave it
     page = alice_client.get(reverse("chat:room", args=[group_chat.pk])).content.decode()
     assert "edited, no mention" in page
-    assert 'data-mention-user-id' not in page
+    assert "data-mention-user-id" not in page
 
 
 @pytest.mark.django_db
@@ -265,10 +265,12 @@ async def room_frames_until_message(communicator) -> list[dict]:
     """The typing and error frames a socket gets before the next chat.message: room events
     reach it in the order they were sent, so a typing frame sent before it is here by then."""
     frames = []
-    while (frame := json.loads(await communicator.receive_from(timeout=test_consumers.TIMEOUT)))["type"] != "chat.message":
+    while True:
+        frame = json.loads(await communicator.receive_from(timeout=test_consumers.TIMEOUT))
+        if frame["type"] == "chat.message":
+            return frames
         if frame["type"] in ("chat.typing", "error"):
             frames.append(frame)
-    return frames
 
 
 @pytest.mark.django_db(transaction=True)
