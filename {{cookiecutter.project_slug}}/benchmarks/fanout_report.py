@@ -30,6 +30,10 @@ class Result:
     max_ms: float | None = None
     delivered_per_s: float = 0.0
     window_s: float = 0.0
+    typing_rate: float = 0.0  # chat: typing signals offered per second, beside the messages
+    typing_sent: int = 0
+    typing_expected: int = 0  # each signal reaches every other member
+    typing_received: int = 0
     error: str | None = None  # a run the server broke off (e.g. a handshake answered 500)
     latencies: list[float] = field(default_factory=list, repr=False)
 
@@ -75,6 +79,7 @@ HEADER = (
     "lost*",
     "GETs",
     "send p50/p99",
+    "typing/s rcv/exp",
     "",
 )
 
@@ -95,6 +100,7 @@ def row(r: Result) -> tuple[str, ...]:
         fmt(r.lost_after_catch_up),
         str(r.catch_up_requests) if chat else "-",
         f"{fmt(r.send_p50_ms)}/{fmt(r.send_p99_ms)}" if chat else "-",
+        f"{fmt(r.typing_rate)} {r.typing_received}/{r.typing_expected}" if chat and r.typing_rate else "-",
         "FAILED" if r.error else "",
     )
 
@@ -107,6 +113,7 @@ def print_table(results: list[Result], memory: list[dict]) -> None:
         print("  ".join(cell.rjust(width) for cell, width in zip(cells, widths, strict=True)))
     print("lost: deliveries that never arrived as frames; recov: fetched by catch-up GETs; lost*: after catch-up;")
     print("GETs: catch-up requests (gaps seen, plus one per receiver at the end); send: until its ack or 200")
+    print("typing: signals offered per second beside the messages, and their frames received / expected")
     print()
     for relay, ours in pairs(results):
         throughput = ours.delivered_per_s / relay.delivered_per_s if relay.delivered_per_s else 0
@@ -144,6 +151,7 @@ def report(args, results: list[Result], memory: list[dict]) -> dict:
             "idle_sockets": args.idle_sockets,
             "reorder_grace_s": args.reorder_grace,
             "send_over": args.send_over,
+            "typing_per_message": args.typing_per_message,
             "chat_receivers": "hidden tabs (no read marking)" if args.hidden else "viewing (read marking on)",
             "database": "DATABASE_URL" if args.database_url else "sqlite (throwaway)",
         },
