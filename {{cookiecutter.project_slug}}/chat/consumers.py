@@ -304,7 +304,7 @@ class RoomConsumer(ChatConsumer):
 
     async def chat_typing(self, event):
         if event["user_id"] != self.user_id:  # nobody sees themselves typing, in any tab
-            await self.send_json(event)
+            await self.send(text_data=event["text"])
 
     async def chat_revoked(self, event):
         if getattr(self, "revoked", False):

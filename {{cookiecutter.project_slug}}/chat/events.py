@@ -457,8 +457,10 @@ async def presence_changed(*, chat_id: int, online: int) -> None:
 
 
 def typing(*, chat_id: int, user_id: int, name: str) -> None:
-    """Tell the room someone is typing; each process's hub hands it to its sockets there."""
-    send(room_group(chat_id), {"type": "chat.typing", "chat_id": chat_id, "user_id": user_id, "name": name})
+    """Tell the room someone is typing; each process's hub hands it to its sockets there.
+    Encoded once here, as a message's frame is: every socket but the typist's sends the same text."""
+    frame = {"type": "chat.typing", "chat_id": chat_id, "user_id": user_id, "name": name}
+    send(room_group(chat_id), {**frame, "text": json.dumps(frame)})
 
 
 def session_ended(*, user_id: int, close_code: int, session_key: str | None = None) -> None:
