@@ -387,13 +387,14 @@ class ChatRoom {
   // Replies, "is typing" and @mentions around the message box (a module each).
   bindComposer() {
     if (!this.form || !this.input) return;
-    const line = this.element.querySelector("[data-typing-indicator]");
-    this.typing = new TypingIndicator({ line, input: this.input, socket: this.socket });
-    this.replies = new ReplyComposer(this);
+    // The @mention list first: while it is open, its keys (Escape too) are its own.
     const mentionList = this.element.querySelector("[data-mention-list]");
     if (mentionList && this.element.dataset.mentionUrl) {
       this.mentions = new MentionAutocomplete({ input: this.input, list: mentionList, url: this.element.dataset.mentionUrl });
     }
+    const line = this.element.querySelector("[data-typing-indicator]");
+    this.typing = new TypingIndicator({ line, input: this.input, socket: this.socket });
+    this.replies = new ReplyComposer(this);
   }
 
   // The send form: the outbox delivers what is typed; without JS the form posts itself.
