@@ -167,14 +167,23 @@ def test_a_mention_is_autocompleted_highlighted_and_marked_in_the_inbox(server, 
 
     until_socket_speaks(xia, f"/ws/chat/{chat_id}/", xia_row.click)
     expect(xia.locator("main .bubble .mention--me")).to_have_text("@Xia")
-    goto_with_socket(yan, room_path(chat_id), f"/ws/chat/{chat_id}/")
-    expect(yan.locator("main .bubble .mention")).to_have_text("@Xia")
-    expect(yan.locator("main .bubble .mention--me")).to_have_count(0)
+    panel = open_widget_room(yan, chat_id, "Lunch plans")
+    expect(panel.locator(".bubble .mention")).to_have_text("@Xia")
+    expect(panel.locator(".bubble .mention--me")).to_have_count(0)
     expect(wes.locator("main .bubble .mention")).to_have_text("@Xia")
 
     goto_with_socket(xia, "/chat/", "/ws/chat/inbox/")
     expect(xia.locator("main [data-chat-row]", has_text="Lunch plans").locator("[data-chat-mention]")).to_be_hidden()
 
-    # Live, for a person reading the room: the mention of them stands out.
+    # Live, for a person reading the room in the widget: the mention of them stands out;
+    # and the widget's box suggests and completes names too (Tab picks).
     send(wes, "@Yan and you?")
-    expect(yan.locator("main .bubble .mention--me")).to_have_text("@Yan")
+    expect(panel.locator(".bubble .mention--me")).to_have_text("@Yan")
+    widget_box = panel.locator("[data-message-input]")
+    widget_box.press_sequentially("@w")
+    expect(panel.get_by_role("listbox", name="People to mention").get_by_role("option")).to_have_text(["Wes@wes"])
+    widget_box.press("Tab")
+    expect(widget_box).to_have_value("@Wes ")
+    widget_box.press_sequentially("sure")
+    widget_box.press("Enter")
+    expect(wes.locator("main .bubble .mention--me")).to_have_text("@Wes")
