@@ -102,6 +102,7 @@ def test_a_reply_quote_jumps_to_an_older_message_and_replies_arrive_live(server,
     expect(live.locator("[data-reply-quote]")).to_contain_text("Back to the very first")
     mine = rhea.locator("main .bubble", has_text="Yes, that one")
     expect(mine.locator("[data-reply-quote]")).to_contain_text("Back to the very first")
+    shoot(sol, "reply-quote")
 
 
 def test_the_typing_indicator_appears_for_the_others_and_expires(server, open_as):
