@@ -131,7 +131,7 @@ def reply_and_mention_everywhere(chat, members) -> None:
 def test_room_queries_do_not_grow_with_replies_and_mentions(
     alice_client, alice, alice_chats, url_name, django_assert_num_queries
 ):
-    group = alice_chats[1]
+    group = add_chats(alice, 2)[1]  # 60 messages: a full page of 50
     url = reverse(url_name, args=[group.pk])
     plain = count_queries(alice_client, url, headers=HTMX)
     members = [m.user for m in Membership.objects.filter(chat=group).select_related("user")]
@@ -141,8 +141,9 @@ def test_room_queries_do_not_grow_with_replies_and_mentions(
     with django_assert_num_queries(plain):
         response = alice_client.get(url, headers=HTMX)
     page = response.content.decode()
-    assert page.count("data-reply-quote") == 9  # every message but the first
-    assert page.count('class="mention mention--me"') == 9
+    assert page.count("data-message-id=") == 50
+    assert page.count("data-reply-quote") == 50
+    assert page.count('class="mention mention--me"') == 50
 
 
 def test_inbox_queries_do_not_grow_with_mentions(alice_client, alice, alice_chats, django_assert_num_queries):
