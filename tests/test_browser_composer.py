@@ -188,3 +188,50 @@ def test_a_mention_is_autocompleted_highlighted_and_marked_in_the_inbox(server, 
     widget_box.press_sequentially("sure")
     widget_box.press("Enter")
     expect(wes.locator("main .bubble .mention--me")).to_have_text("@Wes")
+
+
+# Runs in the page: the typing module on its own, fed frames as a room feeds it.
+TYPING_MODULE_SCRIPT = """
+async () => {
+  const { TypingIndicator, typingText } = await import("/static/js/components/chat/typing-indicator.js");
+  const line = document.createElement("p");
+  const sent = [];
+  const socket = { isOpen: () => true, send: (frame) => sent.push(frame) };
+  const input = document.createElement("textarea");
+  const typing = new TypingIndicator({ line, input, socket });
+  const seen = [];
+  typing.onTyping({ user_id: 1, name: "Ann" });
+  seen.push(line.textContent);
+  typing.onTyping({ user_id: 2, name: "Bo" });
+  seen.push(line.textContent);
+  typing.onTyping({ user_id: 3, name: "Cy" });
+  seen.push(line.textContent);
+  typing.onMessage({ sender_id: 3 });
+  typing.onMessage({ sender_id: 1 });
+  seen.push(line.textContent);
+  for (const text of ["H", "He", "Hel"]) {
+    input.value = text;
+    input.dispatchEvent(new Event("input"));
+  }
+  typing.onSent();
+  input.value = "Next";
+  input.dispatchEvent(new Event("input"));
+  typing.stop();
+  return { seen, signals: sent.length, none: typingText([]) };
+}
+"""
+
+
+def test_the_typing_line_names_typists_forgets_a_sender_at_once_and_signals_sparingly(server, open_as):
+    server.set_up(users=["zed"])
+    zed = open_as("zed")
+    result = zed.evaluate(TYPING_MODULE_SCRIPT)
+    assert result["seen"] == [
+        "Ann is typing…",
+        "Ann and Bo are typing…",
+        "3 people are typing…",
+        "Bo is typing…",  # Cy's and Ann's messages arrived: gone at once, not after the expiry
+    ]
+    # Three keystrokes are one signal; after a send the next keystroke signals again.
+    assert result["signals"] == 2
+    assert result["none"] == ""
