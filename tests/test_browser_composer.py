@@ -104,6 +104,19 @@ def test_a_reply_quote_jumps_to_an_older_message_and_replies_arrive_live(server,
     expect(mine.locator("[data-reply-quote]")).to_contain_text("Back to the very first")
     shoot(sol, "reply-quote")
 
+    # The original rendered again as deleted for everyone (its body gone), as a live update
+    # swaps a bubble: the quotes of it on the page say so at once.
+    rhea.locator(f"main #message-{original_id}").evaluate(
+        """bubble => {
+            const again = bubble.cloneNode(true);
+            again.querySelector(".bubble-body").textContent = "";
+            bubble.replaceWith(again);
+        }"""
+    )
+    quote_of_original = rhea.locator(f'main [data-reply-quote][data-reply-to="{original_id}"]')
+    expect(quote_of_original).to_have_text(re.compile(r"Message deleted"))
+    expect(quote_of_original).not_to_contain_text("Message 1")
+
 
 def test_the_typing_indicator_appears_for_the_others_and_expires(server, open_as):
     chat_id = make_group(server, ["tia", "uma", "vic"], "Typists")

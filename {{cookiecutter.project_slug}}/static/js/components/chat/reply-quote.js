@@ -1,12 +1,37 @@
 // Replies in a room: the "Reply" button of a message puts it in the reply bar above the
 // message box (the next message sent answers it), and a reply's quote jumps to its
-// original, loading older pages until it is on screen.
+// original, loading older pages until it is on screen. When an original's bubble is
+// rendered again (edited, or deleted for everyone), the quotes of it on the page follow.
 
 const MAX_PAGES_TO_ORIGINAL = 40;
 const HIGHLIGHT_MS = 2000;
 
 function firstLine(text) {
   return text.split("\n").map((line) => line.trim()).find(Boolean) || "";
+}
+
+function span(className, text, attributes = {}) {
+  const element = document.createElement(attributes.tag || "span");
+  element.className = className;
+  element.textContent = text;
+  for (const [name, value] of Object.entries(attributes)) if (name !== "tag") element.setAttribute(name, value);
+  return element;
+}
+
+// As reply_quote.html renders them.
+function liveQuote(sender, text) {
+  return [
+    span("visually-hidden", "In reply to "),
+    span("reply-quote-sender", sender, { tag: "bdi" }),
+    span("reply-quote-text", text.length > 100 ? `${text.slice(0, 99)}…` : text, { dir: "auto" }),
+  ];
+}
+
+function deletedQuote() {
+  return [
+    span("visually-hidden", "In reply to a deleted message"),
+    span("reply-quote-text reply-quote-text--deleted", "Message deleted", { "aria-hidden": "true" }),
+  ];
 }
 
 export class ReplyComposer {
@@ -17,6 +42,8 @@ export class ReplyComposer {
     this.field = room.element.querySelector("[data-reply-to-input]");
     this.onClick = (event) => this.click(event);
     room.list.addEventListener("click", this.onClick);
+    this.observer = new MutationObserver((mutations) => this.bubblesAdded(mutations));
+    this.observer.observe(room.list, { childList: true });
     this.bar?.querySelector("[data-reply-cancel]")?.addEventListener("click", () => {
       this.clear();
       room.input?.focus();
@@ -126,6 +153,26 @@ export class ReplyComposer {
     return bubbles.length > 0;
   }
 
+  bubblesAdded(mutations) {
+    for (const mutation of mutations) {
+      for (const node of mutation.addedNodes) {
+        if (node.nodeType === Node.ELEMENT_NODE && node.dataset.messageId) this.refreshQuotesOf(node);
+      }
+    }
+  }
+
+  // The quotes of this message, from its bubble as it is now.
+  refreshQuotesOf(bubble) {
+    const quotes = this.room.list.querySelectorAll(`[data-reply-quote][data-reply-to="${bubble.dataset.messageId}"]`);
+    if (!quotes.length) return;
+    const text = firstLine(bubble.querySelector(".bubble-body")?.innerText || "");
+    const deleted = !text || "deleted" in bubble.dataset || bubble.classList.contains("bubble--deleted");
+    const sender = bubble.querySelector(".bubble-sender")?.textContent.trim() || "";
+    for (const quote of quotes) {
+      quote.replaceChildren(...(deleted ? deletedQuote() : liveQuote(sender, text)));
+    }
+  }
+
   say(text) {
     this.room.list.querySelector("[data-reply-jump-status]")?.remove();
     const status = document.createElement("p");
@@ -139,5 +186,6 @@ export class ReplyComposer {
 
   stop() {
     this.room.list.removeEventListener("click", this.onClick);
+    this.observer.disconnect();
   }
 }
