@@ -109,7 +109,12 @@ class ServedProject:
     def start(self) -> None:
         with self.log.open("a") as log_file:
             self.process = subprocess.Popen(
-                [str(self.venv / "bin" / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), "config.asgi:application"],
+                # `-m daphne`, as the project's benchmarks start it: a shared venv's console
+                # scripts name the interpreter of the tree that built it, which may be gone.
+                [
+                    *(str(self.venv / "bin" / "python"), "-m", "daphne"),
+                    *("-b", "127.0.0.1", "-p", str(self.port), "config.asgi:application"),
+                ],
                 cwd=self.path,
                 env=clean_env(**self.env),
                 stdout=log_file,

@@ -62,7 +62,8 @@ def host(baked, tmp_path_factory) -> tuple[Path, Path]:
     """A `django-admin startproject` with the README's steps applied; returns (project dir, venv)."""
     venv = venv_for(baked)
     root = tmp_path_factory.mktemp("host")
-    run(venv, [str(venv / "bin" / "django-admin"), "startproject", HOST, str(root)], cwd=root)
+    # `-m django`: a shared venv's console scripts name the interpreter of the tree that built it.
+    run(venv, [str(venv / "bin" / "python"), "-m", "django", "startproject", HOST, str(root)], cwd=root)
     readme = (baked / "README.md").read_text()
     for language, action, code in integration_steps(readme):
         code = code.replace("<your_project>", HOST).replace("path/to/this_project", str(baked))

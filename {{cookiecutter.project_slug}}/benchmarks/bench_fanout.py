@@ -15,6 +15,8 @@ same load to both targets:
   does what the room page does: the senders send over their socket and wait for the ack
   (`--send-over http`: POST /chat/<id>/send/), receivers follow the prev_id chain and catch
   up with GET messages/?after=<id> on a gap, and once at the end as after a reconnect.
+  Beside the messages the other members signal typing ({"type": "typing"}, at most once
+  every 3 s each, as the page does), about one signal per message (`--typing-per-message`).
 
 Latency runs from the scheduled send time (open loop: a slow server cannot slow the
 senders down and hide its queueing) to the frame's arrival. "lost" counts deliveries
@@ -110,6 +112,7 @@ async def run_target(args, server, http, seed_state: Seed, result: Result, *, ch
             hidden=args.hidden,
             reorder_grace=args.reorder_grace,
             send_over=args.send_over,
+            typing_per_message=args.typing_per_message,
         )
     try:
         await asyncio.wait_for(run, args.duration + 4 * args.phase_timeout)
@@ -141,6 +144,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["socket", "http"],
         default="socket",
         help="chat senders send over their room socket (as the page does when it is open) or POST send/",
+    )
+    parser.add_argument(
+        "--typing-per-message",
+        type=float,
+        default=1.0,
+        help="chat: typing signals offered per message, from the members who do not send (0: none)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)

@@ -151,8 +151,10 @@ async def run_chat(
     hidden: bool = False,
     reorder_grace: float,
     send_over: str = "socket",
+    typing_per_message: float = 0.0,
 ) -> Result:
-    """Every member in the room as a RoomClient; the first `result.senders` of them send."""
+    """Every member in the room as a RoomClient; the first `result.senders` of them send,
+    and the others signal typing, `typing_per_message` signals per message offered."""
     members = members[: result.members]
     start_id = await warm_up(server, http, chat_id, members[: result.senders])
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -177,7 +179,10 @@ async def run_chat(
         await asyncio.wait_for(asyncio.gather(*(client.connected.wait() for client in clients)), timeout)
         await settle_presence(clients, timeout=timeout)
         requests_before = sum(client.counts["catch_up_request"] for client in clients)
+        typists = clients[result.senders :] or clients
+        typing = asyncio.create_task(typing_load(typists, result, per_message=typing_per_message))
         first_send, send_times, response_times = await send_load(clients, result)
+        await typing
         expected = len(send_times) * len(clients)
         await drain(lambda: sum(len(client.framed_at) for client in clients), expected, quiet=2, limit=15)
         # The end of a burst has no next frame to reveal a gap: catch up once, like a reconnect.
@@ -192,6 +197,9 @@ async def run_chat(
     result.lost_after_catch_up = result.expected - have
     result.catch_up_requests = sum(client.counts["catch_up_request"] for client in clients) - requests_before
     result.busy_retries = sum(client.counts["retry_busy"] + client.counts["retry_503"] for client in clients)
+    result.typing_sent = sum(client.counts["typing_sent"] for client in clients)
+    result.typing_expected = result.typing_sent * (len(clients) - 1)  # nobody gets their own
+    result.typing_received = sum(client.counts["typing"] for client in clients)
     if response_times:
         response_times.sort()
         result.send_p50_ms, result.send_p99_ms = percentile(response_times, 50), percentile(response_times, 99)
@@ -221,6 +229,29 @@ async def send_load(clients: list[RoomClient], result: Result) -> tuple[float, d
     first_send = await offer_load(rate=result.rate, duration=result.duration, send=send)
     result.accepted_times = accepted_times
     return first_send, send_times, response_times
+
+
+# The page sends at most one typing signal per person this often.
+TYPING_SIGNAL_SECONDS = 3.0
+
+
+async def typing_load(typists: list[RoomClient], result: Result, *, per_message: float) -> None:
+    """Typing signals alongside the messages, open loop like them.
+
+    A realistic mix: a message takes a few seconds to type, so about one signal comes before
+    each (more for long ones, plus people who type and never send): `per_message` 1 by
+    default. Spread over the typists so none signals more often than a page would; with too
+    few typists for that, the rate is what they can offer.
+    """
+    rate = min(result.rate * per_message, len(typists) / TYPING_SIGNAL_SECONDS)
+    result.typing_rate = round(rate, 2)
+    if rate <= 0:
+        return
+
+    async def signal(seq: int, scheduled_at: float) -> None:
+        typists[seq % len(typists)].signal_typing()
+
+    await offer_load(rate=rate, duration=result.duration, send=signal)
 
 
 async def warm_up(server, http: httpx.AsyncClient, chat_id: int, senders: list[Member]) -> int:

@@ -30,6 +30,10 @@ class Result:
     max_ms: float | None = None
     delivered_per_s: float = 0.0
     window_s: float = 0.0
+    typing_rate: float = 0.0  # chat: typing signals offered per second, beside the messages
+    typing_sent: int = 0
+    typing_expected: int = 0  # each signal reaches every other member
+    typing_received: int = 0
     error: str | None = None  # a run the server broke off (e.g. a handshake answered 500)
     # chat: sends answered "busy" (or 503) and sent again; latency from the attempt that was stored
     busy_retries: int = 0
@@ -84,6 +88,7 @@ HEADER = (
     "busy",
     "acc p99",
     "send p50/p99",
+    "typing/s rcv/exp",
     "",
 )
 
@@ -106,6 +111,7 @@ def row(r: Result) -> tuple[str, ...]:
         str(r.busy_retries) if chat else "-",
         fmt(r.accepted_p99_ms) if chat else "-",
         f"{fmt(r.send_p50_ms)}/{fmt(r.send_p99_ms)}" if chat else "-",
+        f"{fmt(r.typing_rate)} {r.typing_received}/{r.typing_expected}" if chat and r.typing_rate else "-",
         "FAILED" if r.error else "",
     )
 
@@ -119,6 +125,7 @@ def print_table(results: list[Result], memory: list[dict]) -> None:
     print("lost: deliveries that never arrived as frames; recov: fetched by catch-up GETs; lost*: after catch-up;")
     print("GETs: catch-up requests (gaps seen, plus one per receiver at the end); send: until its ack or 200;")
     print("busy: sends answered busy/503 and sent again; acc p99: from the attempt that was stored to delivery")
+    print("typing: signals offered per second beside the messages, and their frames received / expected")
     print()
     for relay, ours in pairs(results):
         print(f"{ours.layer} at {ours.rate:g} msg/s: " + "; ".join(verdicts(relay, ours)))
@@ -172,6 +179,7 @@ def report(args, results: list[Result], memory: list[dict]) -> dict:
             "idle_sockets": args.idle_sockets,
             "reorder_grace_s": args.reorder_grace,
             "send_over": args.send_over,
+            "typing_per_message": args.typing_per_message,
             "chat_receivers": "hidden tabs (no read marking)" if args.hidden else "viewing (read marking on)",
             "database": "DATABASE_URL" if args.database_url else "sqlite (throwaway)",
         },

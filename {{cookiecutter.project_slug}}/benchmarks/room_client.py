@@ -202,6 +202,11 @@ class RoomClient:
         if self.ws is not None:
             self.spawn(send_quietly(self.ws, json.dumps(frame)))
 
+    def signal_typing(self) -> None:
+        """What the page sends while its person types (at most once every 3 s: the caller paces it)."""
+        self.counts["typing_sent"] += 1
+        self.send_frame({"type": "typing"})
+
     def on_open(self) -> None:
         # Every open catches up, the first one too: a message sent after the page rendered
         # and before the socket joined the room has no frame for this socket.
@@ -229,6 +234,8 @@ class RoomClient:
             self.on_message_frame(frame)
         elif frame.get("type") == "chat.presence":
             self.last_presence_at = time.monotonic()
+        elif frame.get("type") == "chat.typing":
+            self.counts["typing"] += 1  # the page shows it for a few seconds; nothing to keep
         elif frame.get("type") == "chat.revoked":
             self.show_revoked()
 

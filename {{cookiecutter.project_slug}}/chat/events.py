@@ -13,11 +13,14 @@ room group ``chat.room.<chat_id>``
     chat.revoked   these users lost access (removed, left) or the group was deleted
     chat.renamed   the group has a new name: update the room's header
     chat.presence  how many people are online in the room now (counted once per change)
+    chat.typing    a member is typing: their id and name; never stored, and forgotten by
+                   viewers a few seconds after the last one or when their message arrives
 Every event to a user or sockets group carries its person's "user_id": a process's inbox
 sockets get them through one channel in many people's groups (`chat.realtime.hub.UserHub`).
 
 user group ``chat.user.<user_id>`` (the inbox socket of every tab)
-    inbox.message  a new message in one of their chats, with unread counts
+    inbox.message  a new message in one of their chats, with unread counts and whether
+                   it holds an @mention of them they have not read ("mentioned")
     inbox.unread   their unread count of one chat changed (read elsewhere)
     inbox.changed  a chat was added, removed or renamed: refresh the list
 sockets group ``chat.sockets.<user_id>`` (every socket of the user, room and inbox)
@@ -112,6 +115,7 @@ def inbox_message_events(*, message) -> list[dict]:
     sender_name = selectors.display_name(message.sender)
     preview = Truncator(message.body).chars(120)  # as chat_row.html's truncatechars: marked "…", not cut
     viewers = presence.viewer_ids(chat_id=message.chat_id) - {message.sender_id}
+    mentioned = selectors.unread_mention_ids(chat_id=message.chat_id)
     return [
         {
             "type": "inbox.message",
@@ -124,6 +128,7 @@ def inbox_message_events(*, message) -> list[dict]:
             "sent_at": message.created_at.isoformat(),
             "unread": unread,
             "total_unread": total,
+            "mentioned": user_id in mentioned,
         }
         for user_id, (unread, total) in selectors.unread_by_member(chat_id=message.chat_id, excluding=viewers).items()
     ]
@@ -193,6 +198,13 @@ async def presence_changed(*, chat_id: int, online: int) -> None:
     """Tell every socket in the room how many people are online (counted once, in `chat.presence`)."""
     event = {"type": "chat.presence", "chat_id": chat_id, "online": online}
     await get_channel_layer().group_send(room_group(chat_id), event)
+
+
+def typing(*, chat_id: int, user_id: int, name: str) -> None:
+    """Tell the room someone is typing; each process's hub hands it to its sockets there.
+    Encoded once here, as a message's frame is: every socket but the typist's sends the same text."""
+    frame = {"type": "chat.typing", "chat_id": chat_id, "user_id": user_id, "name": name}
+    send(room_group(chat_id), {**frame, "text": json.dumps(frame)})
 
 
 def session_ended(*, user_id: int, close_code: int, session_key: str | None = None) -> None:

@@ -14,6 +14,7 @@ from django.urls import reverse_lazy
 
 from chat import selectors, services
 from chat.conf import chat_setting
+from chat.models import MAX_ID
 
 EMAIL_SEPARATORS = re.compile(r"[\s,;]+")
 
@@ -194,6 +195,8 @@ class MessageForm(forms.Form):
 
     body = forms.CharField(required=False, strip=False, widget=forms.Textarea(attrs={"rows": 1}))
     client_id = forms.CharField(required=False, strip=False)
+    # The id of the message this one replies to; services.send_message checks it is in the chat.
+    reply_to = forms.IntegerField(required=False, min_value=1, max_value=MAX_ID)
 
 
 class CheckUserForm(forms.Form):

@@ -67,6 +67,9 @@ class Membership(models.Model):
     # services.mark_read so the inbox and badges never count rows.
     unread_count = models.PositiveIntegerField(default=0)
     is_hidden = models.BooleanField(default=False)
+    # The newest message that @mentions this member; the inbox marks the chat while it is
+    # after last_read_message_id, so reading the chat clears the mark with no extra write.
+    last_mention_message_id = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -118,6 +121,21 @@ class Message(models.Model):
     # Chosen by the sending client for each message it sends: a retried send (after a
     # reconnect, or over HTTP after the socket failed) finds the message already stored.
     client_id = models.CharField(max_length=64, blank=True, default="", editable=False)
+    # The message this one replies to, in the same chat. Its quote is rendered from the
+    # original's current state (a deleted original says so), never copied. No constraint
+    # and no cascade: deleting a message leaves its replies, whose quote then says it is gone.
+    reply_to = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+        editable=False,
+    )
+    # @mentions resolved against the chat's members when sent: [[start, end, user_id], ...],
+    # offsets into `body` of each "@name". Rendered as highlights without a query.
+    mentions = models.JSONField(default=list, blank=True, editable=False)
 
     class Meta:
         constraints = [

@@ -36,6 +36,9 @@ DEFAULT_RATES = {
     "email_lookup": "120/h",
     "new_chat": "30/m",  # direct chats started
     "new_group": "20/h",  # groups created
+    # "is typing" signals per user: a page sends one per 3 s while its person types, so
+    # two tabs typing at once fit; past it they are dropped.
+    "typing": "40/m",
 }
 PERIOD_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 RATE_PATTERN = re.compile(r"(\d+)/(\d*)([smhd])")

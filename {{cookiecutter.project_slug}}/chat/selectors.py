@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import F, Q, QuerySet, Sum
 from django.http import Http404
 
 from chat.conf import chat_setting
@@ -25,6 +25,11 @@ class InboxRow:
     @property
     def unread(self) -> int:
         return self.membership.unread_count
+
+    @property
+    def mentioned(self) -> bool:
+        """Someone @mentioned them in a message they have not read yet."""
+        return self.membership.last_mention_message_id > self.membership.last_read_message_id
 
 
 @dataclass(frozen=True)
@@ -149,8 +154,9 @@ def messages_page(
     messages just after that id (and before `before`, if given), for catching up.
     """
     limit = limit or chat_setting("CHAT_PAGE_SIZE")
+    # The quoted original of a reply comes in the same query (a join), as it is now.
     history = Message.objects.filter(chat_id=membership.chat_id, pk__gt=membership.cleared_message_id).select_related(
-        "sender"
+        "sender", "reply_to", "reply_to__sender"
     )
     if after is not None:
         if before is not None:
@@ -214,3 +220,38 @@ def find_users_by_emails(*, emails, looked_up_by) -> dict[str, object]:
     for user in users:
         found.setdefault(user.email.lower(), user)
     return found
+
+
+# --- @mentions ------------------------------------------------------------------------
+
+
+def mention_candidates(*, chat: Chat, user) -> list[dict]:
+    """The people `user` can @mention in a group (its other members), by name; none in a
+    direct chat. One query."""
+    if not chat.is_group:
+        return []
+    members = Membership.objects.filter(chat=chat).exclude(user=user).select_related("user")
+    people = [{"id": m.user_id, "name": display_name(m.user), "username": m.user.get_username()} for m in members]
+    return sorted(people, key=lambda person: person["name"].casefold())
+
+
+def mention_names(*, chat_id: int, excluding: int) -> list[tuple[str, int]]:
+    """(name, user id) for every way to @mention the other members of a group (display
+    name and username), longest first so "@Ann Lee" wins over "@Ann". One query."""
+    members = (
+        Membership.objects.filter(chat_id=chat_id, chat__kind=Chat.Kind.GROUP)
+        .exclude(user_id=excluding)
+        .select_related("user")
+        .order_by("user_id")
+    )
+    names = {}
+    for membership in members:
+        for name in (display_name(membership.user), membership.user.get_username()):
+            names.setdefault(name.casefold(), (name, membership.user_id))
+    return sorted(names.values(), key=lambda entry: -len(entry[0]))
+
+
+def unread_mention_ids(*, chat_id: int) -> set[int]:
+    """The members of a chat with an @mention in it they have not read. One query."""
+    members = Membership.objects.filter(chat_id=chat_id, last_mention_message_id__gt=F("last_read_message_id"))
+    return set(members.values_list("user_id", flat=True))

@@ -6,6 +6,7 @@ Each service runs in one transaction and schedules its channel-layer events with
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -14,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from chat import events
+from chat import events, selectors
 from chat.conf import chat_setting
 from chat.models import MAX_ID, Chat, FormerMembership, Membership, Message
 from chat.ratelimit import RateLimited, check_rate, refund
@@ -111,18 +112,24 @@ def clean_message_body(body: str) -> str:
     return body
 
 
-def send_message(*, chat: Chat, sender, body: str, client_id: str | None = None) -> Message:
+def send_message(
+    *, chat: Chat, sender, body: str, client_id: str | None = None, reply_to_id: int | None = None
+) -> Message:
     """Save a message, bump the chat in every inbox and count it unread for the others.
 
     The chat row is locked first so messages of one chat get their ids, `last_message`
     and previous-message links in one order; a client uses `prev_id` to notice a gap.
     With a `client_id` (1-64 characters the sending client picked for this message) a
     retried send returns the message stored the first time instead of storing it again.
+    `reply_to_id` names a message of the same chat this one answers (see `reply_target`);
+    @mentions of the chat's members are resolved here (see `resolve_mentions`).
     """
-    return send_message_once(chat=chat, sender=sender, body=body, client_id=client_id)[0]
+    return send_message_once(chat=chat, sender=sender, body=body, client_id=client_id, reply_to_id=reply_to_id)[0]
 
 
-def send_message_within_rate(*, chat: Chat, sender, body: str, client_id: str | None = None) -> Message:
+def send_message_within_rate(
+    *, chat: Chat, sender, body: str, client_id: str | None = None, reply_to_id: int | None = None
+) -> Message:
     """`send_message`, counted against the sender's send rate (RateLimited past it).
 
     A retried client id is answered with the message stored the first time, and costs
@@ -136,7 +143,9 @@ def send_message_within_rate(*, chat: Chat, sender, body: str, client_id: str | 
             return earlier
         raise
     try:
-        message, stored_now = send_message_once(chat=chat, sender=sender, body=body, client_id=client_id)
+        message, stored_now = send_message_once(
+            chat=chat, sender=sender, body=body, client_id=client_id, reply_to_id=reply_to_id
+        )
     except Exception:
         refund(action="send", key=sender.pk)  # refused or failed: nothing was stored
         raise
@@ -145,13 +154,19 @@ def send_message_within_rate(*, chat: Chat, sender, body: str, client_id: str | 
     return message
 
 
-def send_message_once(*, chat: Chat, sender, body: str, client_id: str | None = None) -> tuple[Message, bool]:
+def send_message_once(
+    *, chat: Chat, sender, body: str, client_id: str | None = None, reply_to_id: int | None = None
+) -> tuple[Message, bool]:
     """`send_message`, and whether the message was stored now (False: a retried client id)."""
     body = clean_message_body(body)
     client_id = clean_client_id(client_id)
+    reply_to = reply_target(chat=chat, reply_to_id=reply_to_id)
+    mentions = resolve_mentions(chat=chat, sender=sender, body=body)
     try:
         with transaction.atomic():
-            message = store_message(chat=chat, sender=sender, body=body, client_id=client_id)
+            message = store_message(
+                chat=chat, sender=sender, body=body, client_id=client_id, reply_to=reply_to, mentions=mentions
+            )
     except IntegrityError:
         # A retry of a message already stored (the unique client id): no second one, and
         # no query for the common case of a first send.
@@ -182,12 +197,17 @@ def earlier_send(*, chat: Chat, sender, client_id: str) -> Message | None:
     return message
 
 
-def store_message(*, chat: Chat, sender, body: str, client_id: str) -> Message:
+def store_message(
+    *, chat: Chat, sender, body: str, client_id: str, reply_to: Message | None = None, mentions=()
+) -> Message:
     locked = Chat.objects.select_for_update().only("id", "last_message_id").filter(pk=chat.pk).first()
     if locked is None:  # deleted since the caller looked
         raise Membership.DoesNotExist("Not a member of this chat.")
     prev_id = locked.last_message_id or 0
-    message = Message.objects.create(chat_id=chat.pk, sender=sender, body=body, client_id=client_id)
+    message = Message.objects.create(
+        chat_id=chat.pk, sender=sender, body=body, client_id=client_id, reply_to=reply_to, mentions=list(mentions)
+    )
+    note_mentions(message=message)
     Chat.objects.filter(pk=chat.pk).update(last_message=message, last_activity_at=message.created_at)
     Membership.objects.filter(chat_id=chat.pk).exclude(user=sender).update(
         unread_count=F("unread_count") + 1, is_hidden=False
@@ -199,6 +219,77 @@ def store_message(*, chat: Chat, sender, body: str, client_id: str) -> Message:
         raise Membership.DoesNotExist("Not a member of this chat.")
     after_commit(lambda: events.message_created(message=message, prev_id=prev_id))
     return message
+
+
+# --- replies, typing and @mentions ----------------------------------------------------
+
+
+def reply_target(*, chat: Chat, reply_to_id) -> Message | None:
+    """The message a reply answers, with its sender (its quote is rendered from it); a
+    ValidationError for anything but a message of this same chat."""
+    if reply_to_id in (None, ""):
+        return None
+    if isinstance(reply_to_id, bool) or not isinstance(reply_to_id, int) or not 0 < reply_to_id <= MAX_ID:
+        raise ValidationError("reply_to must be the id of a message.")
+    original = Message.objects.select_related("sender").filter(pk=reply_to_id, chat_id=chat.pk).first()
+    if original is None:
+        raise ValidationError("You can only reply to a message in this chat.")
+    return original
+
+
+# An "@" that starts a mention: at the start or after a space or punctuation, not inside
+# a word or an e-mail address ("ann@example.com" mentions nobody).
+MENTION_START = re.compile(r"(?<![\w@])@")
+
+
+def resolve_mentions(*, chat: Chat, sender, body: str) -> list[list[int]]:
+    """Each "@name" in a group message that names another member, as [start, end, user_id].
+
+    A member is named by their display name or username, case-insensitively, and the
+    longest name wins ("@Ann Lee" over "@Ann"). Anything else after an "@" (someone not
+    in the group, an e-mail address) stays plain text. Direct chats have no mentions.
+    One query, only for a body with an "@" in it.
+    """
+    if "@" not in body:
+        return []
+    names = selectors.mention_names(chat_id=chat.pk, excluding=sender.pk)
+    spans, taken_until = [], 0
+    for start in (match.start() for match in MENTION_START.finditer(body)):
+        if start < taken_until:
+            continue
+        for name, user_id in names:
+            end = start + 1 + len(name)
+            following = body[end : end + 1]
+            if body[start + 1 : end].casefold() == name.casefold() and not (following.isalnum() or following == "_"):
+                spans.append([start, end, user_id])
+                taken_until = end
+                break
+    return spans
+
+
+def note_mentions(*, message: Message) -> None:
+    """Mark the chat in the inbox of each member this message mentions, until they read it."""
+    mentioned = {user_id for _, _, user_id in message.mentions}
+    if mentioned:
+        Membership.objects.filter(chat_id=message.chat_id, user_id__in=mentioned).update(
+            last_mention_message_id=message.pk
+        )
+
+
+def signal_typing(*, chat_id: int, user) -> None:
+    """Tell the other people in the room that this person is typing.
+
+    Never stored: viewers forget it on their own a few seconds after the last signal, or
+    when the person's message arrives. Within the "typing" rate (RateLimited past it) and
+    for members only (Membership.DoesNotExist), as every other room frame.
+    """
+    check_rate(action="typing", key=user.pk)
+    if not Membership.objects.filter(chat_id=chat_id, user=user).exists():
+        raise Membership.DoesNotExist("Not a member of this chat.")
+    events.typing(chat_id=chat_id, user_id=user.pk, name=selectors.display_name(user))
+
+
+# --- read positions -------------------------------------------------------------------
 
 
 def mark_read(*, chat: Chat, user, up_to_id: int | None = None) -> int:

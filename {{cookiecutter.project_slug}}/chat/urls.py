@@ -20,4 +20,5 @@ urlpatterns = [
     path("<int:pk>/edit/", views.edit, name="edit"),
     path("<int:pk>/messages/", views.messages_fragment, name="messages"),
     path("<int:pk>/send/", views.send, name="send"),
+    path("<int:pk>/mention-candidates/", views.mention_candidates, name="mention_candidates"),
 ]

@@ -16,7 +16,7 @@ from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db import OperationalError
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers, patch_vary_headers
@@ -334,6 +334,7 @@ def send(request, pk):
             sender=request.user,
             body=form.cleaned_data["body"],
             client_id=form.cleaned_data["client_id"] or None,
+            reply_to_id=form.cleaned_data["reply_to"],
         )
     except ValidationError as exc:
         return send_error(request, pk, error_text(exc))
@@ -353,6 +354,13 @@ def send_error(request, pk: int, error: str, *, status: int = 400) -> HttpRespon
         return error_response(request, error, status=status)
     response = render(request, "chat/partials/send_error.html", {"error": error}, status=status)
     return reswap(retarget(response, f"#send-error-{pk}"), "innerHTML")
+
+
+@chat_view("GET")
+def mention_candidates(request, pk):
+    """The group's other members as JSON, for the message box's @mention autocomplete."""
+    membership = selectors.membership_or_404(user=request.user, chat_id=pk)
+    return JsonResponse({"members": selectors.mention_candidates(chat=membership.chat, user=request.user)})
 
 
 @chat_view("GET")

@@ -219,5 +219,5 @@ CHAT_PAGE_SIZE = env.int("CHAT_PAGE_SIZE", default=50)
 CHAT_MAX_MESSAGE_LENGTH = env.int("CHAT_MAX_MESSAGE_LENGTH", default=4000)
 # Open websockets per user on one server process (a tab holds one or two); past it, 4429.
 CHAT_MAX_SOCKETS_PER_USER = env.int("CHAT_MAX_SOCKETS_PER_USER", default=30)
-# Per-user limits, e.g. CHAT_RATE_LIMITS=send=60/m,email_lookup=120/h,new_chat=30/m,new_group=20/h
+# Per-user limits, e.g. CHAT_RATE_LIMITS=send=60/m,typing=40/m,email_lookup=120/h,new_chat=30/m,new_group=20/h
 CHAT_RATE_LIMITS = env.dict("CHAT_RATE_LIMITS", default={})

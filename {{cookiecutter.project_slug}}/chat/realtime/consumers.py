@@ -11,7 +11,7 @@ Close codes (the socket is accepted first so browsers can read them):
 Frames the server sends are JSON objects with a "type": see `chat.events` for the
 vocabulary. Frames a client may send to a room:
 
-    {"type": "send", "client_id": "<1-64 characters>", "body": "..."}
+    {"type": "send", "client_id": "<1-64 characters>", "body": "...", "reply_to": N}
         Send a message, as the `send/` route does. Answered with
         {"type": "ack", "client_id": ..., "message_id": N} once it is stored, or with an
         error frame carrying the same client_id. The client id is the client's name for
@@ -19,6 +19,15 @@ vocabulary. Frames a client may send to a room:
         nothing new, is acked with the first message's id, and does not count against
         the send rate. Sends are stored in groups (`chat.realtime.sends`); past this
         process's capacity they are answered "busy" at once, with nothing stored.
+        "reply_to" (optional) is the id of the message of this chat it answers; any
+        other id is an "invalid" error.
+    {"type": "typing"}
+        The person is typing: the room's other sockets get {"type": "chat.typing",
+        "chat_id", "user_id", "name"} (their own sockets do not). Pages send at most one
+        every 3 seconds while typing and viewers let it expire 5 seconds after the last
+        one. Past the "typing" rate of CHAT_RATE_LIMITS frames are dropped silently (a
+        lost "is typing" needs no retry); from someone no longer a member, the socket closes
+        with 4403.
     {"type": "read", "message_id": N}
     {"type": "visibility", "visible": bool}
     {"type": "ping"}
@@ -48,6 +57,7 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import ValidationError
+from django.db import OperationalError
 
 from chat import events, selectors, services
 from chat.conf import chat_setting
@@ -356,6 +366,10 @@ class RoomConsumer(ChatConsumer):
     async def chat_renamed(self, event):
         await self.send_json(event)
 
+    async def chat_typing(self, event):
+        if event["user_id"] != self.user_id:  # nobody sees themselves typing, in any tab
+            await self.send(text_data=event["text"])
+
     async def chat_revoked(self, event):
         if getattr(self, "revoked", False):
             return  # it comes both through the room and to this socket
@@ -384,7 +398,9 @@ class RoomConsumer(ChatConsumer):
             return await self.send_error("malformed", "send needs a client_id of 1 to 64 characters.")
         if not isinstance(body, str):
             return await self.send_error("malformed", "send needs a text body.", client_id=client_id)
-        send = Send(chat_id=self.chat_id, sender=self.user, body=body, client_id=client_id)
+        send = Send(
+            chat_id=self.chat_id, sender=self.user, body=body, client_id=client_id, reply_to_id=frame.get("reply_to")
+        )
         try:
             message_id = await SendQueue.for_running_loop().store(send, delivery_lag=RoomHub.for_running_loop().lag())
         except ValidationError as exc:
@@ -398,6 +414,17 @@ class RoomConsumer(ChatConsumer):
             await self.send_error("forbidden", "You are no longer a member of this chat.", client_id=client_id)
             return await self.end(CLOSE_FORBIDDEN)
         await self.send_json({"type": "ack", "client_id": client_id, "message_id": message_id})
+
+    async def client_typing(self, frame: dict) -> None:
+        try:
+            await database_sync_to_async(services.signal_typing)(chat_id=self.chat_id, user=self.user)
+        except RateLimited:
+            return  # dropped silently: the page signals again while its person keeps typing
+        except OperationalError:  # the database is restarting: one "is typing" less
+            logger.warning("Database unavailable for a typing signal in chat %s", self.chat_id, exc_info=True)
+        except Membership.DoesNotExist:
+            await self.send_error("forbidden", "You are no longer a member of this chat.")
+            await self.end(CLOSE_FORBIDDEN)
 
     def schedule_read(self, message_id: int) -> None:
         read_marks.mark(chat_id=self.chat_id, user_id=self.user_id, up_to_id=message_id)

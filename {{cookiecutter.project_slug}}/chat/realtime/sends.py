@@ -53,6 +53,7 @@ class Send:
     sender: object
     body: str
     client_id: str
+    reply_to_id: int | None = None
 
 
 class SendQueue(PerLoop):
@@ -116,7 +117,11 @@ def store_one(send: Send) -> int | Exception:
     try:
         with transaction.atomic():
             message = services.send_message_within_rate(
-                chat=Chat(pk=send.chat_id), sender=send.sender, body=send.body, client_id=send.client_id
+                chat=Chat(pk=send.chat_id),
+                sender=send.sender,
+                body=send.body,
+                client_id=send.client_id,
+                reply_to_id=send.reply_to_id,
             )
     except (ValidationError, Membership.DoesNotExist, RateLimited) as refused:
         return refused

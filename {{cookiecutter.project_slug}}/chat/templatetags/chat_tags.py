@@ -3,8 +3,11 @@
 from datetime import timedelta
 
 from django import template
+from django.template.defaultfilters import linebreaksbr
 from django.utils import timezone
 from django.utils.dateformat import format as format_date
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 from chat import selectors
 
@@ -54,3 +57,58 @@ def unread_count(value) -> str:
     except (TypeError, ValueError):
         return "0"
     return "99+" if count > 99 else str(count)
+
+
+# --- replies and @mentions -------------------------------------------------------------
+
+
+@register.filter
+def quoted(original):
+    """The original of a reply as its quote shows it, or None when it is gone: deleted
+    for everyone (its body blanked) or removed from the database."""
+    if original is None or not original.body or getattr(original, "deleted_at", None):
+        return None
+    return original
+
+
+@register.filter
+def first_line(text) -> str:
+    """The first non-empty line of a message, for a reply's quote."""
+    return next((line.strip() for line in str(text or "").splitlines() if line.strip()), "")
+
+
+def valid_mentions(message) -> list[tuple[int, int, int]]:
+    """The message's mention spans that still fit its body, in order: after an edit or a
+    delete a stale span is plain text rather than a highlight of the wrong words."""
+    body, spans, end_of_last = message.body, [], 0
+    for span in sorted(message.mentions or [], key=lambda span: span[0]):
+        if not (isinstance(span, list) and len(span) == 3 and all(isinstance(part, int) for part in span)):
+            continue
+        start, end, user_id = span
+        if end_of_last <= start < end <= len(body) and body[start] == "@":
+            spans.append((start, end, user_id))
+            end_of_last = end
+    return spans
+
+
+@register.simple_tag
+def message_body(message, viewer_id=None) -> str:
+    """The body, escaped, with line breaks and each @mention in a highlight (a stronger
+    one for the person viewing, when known: live frames are marked by the page)."""
+    parts, position = [], 0
+    for start, end, user_id in valid_mentions(message):
+        parts.append(linebreaksbr(message.body[position:start], autoescape=True))
+        mine = " mention--me" if viewer_id and user_id == viewer_id else ""
+        parts.append(
+            format_html(
+                '<span class="mention{}" data-mention-user-id="{}">{}</span>', mine, user_id, message.body[start:end]
+            )
+        )
+        position = end
+    parts.append(linebreaksbr(message.body[position:], autoescape=True))
+    return mark_safe("".join(parts))  # noqa: S308 - every part above is escaped
+
+
+@register.filter
+def mentions_user(message, user_id) -> bool:
+    return bool(user_id) and any(span_user == user_id for _, _, span_user in valid_mentions(message))

@@ -2,6 +2,7 @@
 5 chats as for 50 chats with many messages each."""
 
 import itertools
+import re
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -106,3 +107,54 @@ def test_load_older_queries_do_not_grow_with_history(alice_client, alice, alice_
     with django_assert_num_queries(few):
         response = alice_client.get(reverse("chat:messages", args=[long_chat.pk]) + f"?before={middle.pk}")
     assert response.content.decode().count("data-message-id=") == 50
+
+
+# --- replies and @mentions --------------------------------------------------------------
+
+
+def reply_and_mention_everywhere(chat, members) -> None:
+    """Each message of the chat replies to the one before it and @mentions every member:
+    the quotes and highlights must come with the page's own queries."""
+    messages = list(Message.objects.filter(chat=chat).order_by("pk"))
+    for previous, message in zip(messages, messages[1:], strict=False):
+        message.reply_to = previous
+        message.body = " ".join(f"@{member.username}" for member in members) + " " + message.body
+        position, message.mentions = 0, []
+        for member in members:
+            message.mentions.append([position, position + 1 + len(member.username), member.pk])
+            position += len(member.username) + 2
+    Message.objects.bulk_update(messages, ["reply_to", "body", "mentions"])
+    Membership.objects.filter(chat=chat).update(last_mention_message_id=messages[-1].pk, last_read_message_id=0)
+
+
+@pytest.mark.parametrize("url_name", ["chat:room", "chat:widget_room"])
+def test_room_queries_do_not_grow_with_replies_and_mentions(
+    alice_client, alice, alice_chats, url_name, django_assert_num_queries
+):
+    group = add_chats(alice, 2)[1]  # 60 messages: a full page of 50
+    url = reverse(url_name, args=[group.pk])
+    plain = count_queries(alice_client, url, headers=HTMX)
+    members = [m.user for m in Membership.objects.filter(chat=group).select_related("user")]
+
+    reply_and_mention_everywhere(group, members)
+
+    with django_assert_num_queries(plain):
+        response = alice_client.get(url, headers=HTMX)
+    page = response.content.decode()
+    assert page.count("data-message-id=") == 50
+    assert page.count("data-reply-quote") == 50
+    assert page.count('class="mention mention--me"') == 50
+
+
+def test_inbox_queries_do_not_grow_with_mentions(alice_client, alice, alice_chats, django_assert_num_queries):
+    url = reverse("chat:list")
+    plain = count_queries(alice_client, url)
+
+    for chat in alice_chats:
+        reply_and_mention_everywhere(chat, [alice])
+
+    with django_assert_num_queries(plain):
+        response = alice_client.get(url)
+    marks = re.findall(r"<span[^>]*data-chat-mention[^>]*>", response.content.decode())
+    assert len(marks) == 5
+    assert not [mark for mark in marks if "hidden" in mark]

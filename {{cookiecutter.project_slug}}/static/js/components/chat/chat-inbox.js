@@ -33,6 +33,12 @@ function setRowUnread(row, unread) {
   row.classList.toggle("chat-row--unread", unread > 0);
 }
 
+// The "@" of a chat with an unread mention of this person; reading it to the end clears it.
+function setRowMentioned(row, mentioned) {
+  const mark = row.querySelector("[data-chat-mention]");
+  if (mark) mark.hidden = !mentioned;
+}
+
 function activityOf(row) {
   return Date.parse(row.querySelector("[data-chat-time]")?.dateTime) || 0;
 }
@@ -82,6 +88,7 @@ function onNewMessage(frame) {
       time.textContent = "now";
     }
     setRowUnread(row, frame.unread);
+    setRowMentioned(row, Boolean(frame.mentioned) && frame.unread > 0);
     placeByActivity(row);
   }
 }
@@ -91,7 +98,10 @@ function onFrame(frame) {
   else if (frame.type === "inbox.message") onNewMessage(frame);
   else if (frame.type === "inbox.unread") {
     setTotalUnread(frame.total_unread);
-    rowsOf(frame.chat_id).forEach((row) => setRowUnread(row, frame.unread));
+    rowsOf(frame.chat_id).forEach((row) => {
+      setRowUnread(row, frame.unread);
+      if (frame.unread === 0) setRowMentioned(row, false);
+    });
   } else if (frame.type === "inbox.changed") refreshLists();
 }
 

@@ -28,15 +28,16 @@ export class MessageOutbox {
     this.onSent = onSent;
     this.onRefused = onRefused;
     this.onDelayed = onDelayed;
-    this.queue = []; // {clientId, body}, the head is the one in flight
+    this.queue = []; // {clientId, body, fields}, the head is the one in flight
     this.inFlight = null;
     this.ackTimer = null;
     this.retryTimer = null;
     this.retries = 0;
   }
 
-  send(body) {
-    this.queue.push({ clientId: newClientId(), body });
+  // fields: what else the message carries ({reply_to: id}), sent with it every time.
+  send(body, fields = {}) {
+    this.queue.push({ clientId: newClientId(), body, fields });
     if (!this.inFlight && !this.retryTimer) this.next();
   }
 
@@ -58,7 +59,7 @@ export class MessageOutbox {
   }
 
   sendOverSocket(message) {
-    this.socket.send({ type: "send", client_id: message.clientId, body: message.body });
+    this.socket.send({ ...message.fields, type: "send", client_id: message.clientId, body: message.body });
     clearTimeout(this.ackTimer);
     // No answer in time (a socket that died quietly): the same client id over HTTP.
     this.ackTimer = setTimeout(() => this.sendOverHttp(message), ACK_TIMEOUT_MS);
@@ -106,6 +107,8 @@ export class MessageOutbox {
     const fields = new FormData(this.form);
     fields.set("body", message.body);
     fields.set("client_id", message.clientId);
+    fields.delete("reply_to"); // the form's field says what is being written now, not what this message answers
+    for (const [name, value] of Object.entries(message.fields)) fields.set(name, String(value));
     let response;
     try {
       response = await fetch(this.form.action, {

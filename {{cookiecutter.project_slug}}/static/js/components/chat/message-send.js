@@ -13,8 +13,12 @@
 import "./htmx-fragment-errors.js";
 import { ReconnectingSocket } from "./chat-websocket.js";
 import { checkLength, tooLongMessage } from "./length-limit.js";
+import { MentionAutocomplete } from "./mention-autocomplete.js";
+import { markOwnMentions } from "./mention-highlight.js";
 import { MessageOutbox } from "./message-outbox.js";
 import { clockTime, dayLabel } from "./relative-time.js";
+import { ReplyComposer } from "./reply-quote.js";
+import { TypingIndicator } from "./typing-indicator.js";
 
 const NEAR_BOTTOM_PX = 120;
 const REORDER_GRACE_MS = 400;
@@ -96,6 +100,7 @@ class ChatRoom {
       onClose: () => this.outbox?.onSocketClosed(),
       onFinalClose: () => this.showRevoked(false),
     });
+    this.bindComposer(); // before bindForm: its keys (Enter in the @mention list, Escape) come first
     this.bindForm();
   }
 
@@ -103,6 +108,9 @@ class ChatRoom {
     clearTimeout(this.catchUpRetryTimer);
     clearTimeout(this.graceTimer);
     this.outbox?.stop();
+    this.typing?.stop();
+    this.replies?.stop();
+    this.mentions?.stop();
     clearInterval(this.dayTimer);
     this.resizeObserver?.disconnect();
     this.socket.stop();
@@ -124,7 +132,10 @@ class ChatRoom {
 
   onFrame(frame) {
     if (this.outbox?.onFrame(frame)) return;
-    if (frame.type === "chat.message") this.onMessageFrame(frame);
+    if (frame.type === "chat.message") {
+      this.typing?.onMessage(frame);
+      this.onMessageFrame(frame);
+    } else if (frame.type === "chat.typing") this.typing?.onTyping(frame);
     else if (frame.type === "chat.presence") this.showPresence(frame.online);
     else if (frame.type === "chat.revoked") this.showRevoked(frame.deleted);
     else if (frame.type === "chat.renamed") this.showName(frame.name);
@@ -254,6 +265,7 @@ class ChatRoom {
     if (bubble.dataset.senderId && bubble.dataset.senderId === currentUserId()) {
       bubble.classList.add("bubble--mine");
     }
+    markOwnMentions(bubble, currentUserId());
     const time = bubble.querySelector(".bubble-time");
     const date = sentAt(bubble);
     if (time && date) {
@@ -372,6 +384,19 @@ class ChatRoom {
     });
   }
 
+  // Replies, "is typing" and @mentions around the message box (a module each).
+  bindComposer() {
+    if (!this.form || !this.input) return;
+    // The @mention list first: while it is open, its keys (Escape too) are its own.
+    const mentionList = this.element.querySelector("[data-mention-list]");
+    if (mentionList && this.element.dataset.mentionUrl) {
+      this.mentions = new MentionAutocomplete({ input: this.input, list: mentionList, url: this.element.dataset.mentionUrl });
+    }
+    const line = this.element.querySelector("[data-typing-indicator]");
+    this.typing = new TypingIndicator({ line, input: this.input, socket: this.socket });
+    this.replies = new ReplyComposer(this);
+  }
+
   // The send form: the outbox delivers what is typed; without JS the form posts itself.
 
   bindForm() {
@@ -408,7 +433,9 @@ class ChatRoom {
         this.showError("<p>Write a message before sending.</p>"); // as the server would say
         return;
       }
-      this.outbox.send(this.input.value);
+      this.outbox.send(this.input.value, this.replies?.fields());
+      this.replies?.clear();
+      this.typing?.onSent();
       this.input.value = "";
       this.showError("");
       this.input.focus();
