@@ -20,4 +20,8 @@ urlpatterns = [
     path("<int:pk>/edit/", views.edit, name="edit"),
     path("<int:pk>/messages/", views.messages_fragment, name="messages"),
     path("<int:pk>/send/", views.send, name="send"),
+    # people: mute a chat, block a person
+    path("<int:pk>/mute/", views.mute, name="mute"),
+    path("<int:pk>/block/", views.block, name="block"),
+    path("<int:pk>/unblock/", views.unblock, name="unblock"),
 ]

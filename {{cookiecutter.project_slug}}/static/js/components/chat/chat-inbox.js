@@ -87,12 +87,17 @@ function onNewMessage(frame) {
 }
 
 function onFrame(frame) {
+  document.dispatchEvent(new CustomEvent("chat:inbox-frame", { detail: frame })); // for blocked-messages.js
   if (frame.type === "inbox.sync") setTotalUnread(frame.total_unread);
   else if (frame.type === "inbox.message") onNewMessage(frame);
   else if (frame.type === "inbox.unread") {
     setTotalUnread(frame.total_unread);
     rowsOf(frame.chat_id).forEach((row) => setRowUnread(row, frame.unread));
   } else if (frame.type === "inbox.changed") refreshLists();
+  else if (frame.type === "inbox.muted") {
+    setTotalUnread(frame.total_unread); // muted chats are not in the total
+    refreshLists(); // the row's muted style
+  }
 }
 
 if (document.body.dataset.userId && !window.chatInboxSocket) {

@@ -15,6 +15,8 @@ import { ReconnectingSocket } from "./chat-websocket.js";
 import { checkLength, tooLongMessage } from "./length-limit.js";
 import { MessageOutbox } from "./message-outbox.js";
 import { clockTime, dayLabel } from "./relative-time.js";
+import "./blocked-messages.js";
+import { ReadingPosition } from "./unread-divider.js";
 
 const NEAR_BOTTOM_PX = 120;
 const REORDER_GRACE_MS = 400;
@@ -74,7 +76,8 @@ class ChatRoom {
     this.heldFrames = new Map(); // prev_id -> frame, for frames that arrived early
     this.graceTimer = null;
     this.placeDayDividers();
-    this.scrollToBottom();
+    this.readingPosition = new ReadingPosition(this);
+    if (!this.readingPosition.startAtDivider()) this.scrollToBottom();
     this.keepBottomInView();
     this.dayTimer = setInterval(() => this.placeDayDividers(), MINUTE_MS); // "Today" turns "Yesterday"
     this.bindLoadOlder();
@@ -248,6 +251,7 @@ class ChatRoom {
     this.list.querySelector("[data-empty-state]")?.remove();
     this.placeDayDividers();
     if (stickToBottom) this.scrollToBottom();
+    else this.readingPosition.noteArrived(newBubbles);
   }
 
   decorate(bubble) {
@@ -302,7 +306,7 @@ class ChatRoom {
   // Keep the newest message in view when the list gets shorter (an error line or a
   // notice appears, the message box grows) while it was scrolled to the bottom.
   keepBottomInView() {
-    this.atBottom = true;
+    this.atBottom = this.isNearBottom(); // not when the room opened at its unread divider
     this.list.addEventListener("scroll", () => {
       this.atBottom = this.isNearBottom();
     });
