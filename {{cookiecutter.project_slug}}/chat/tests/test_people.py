@@ -37,9 +37,7 @@ def divider_before(html: str) -> int | None:
 
 
 @pytest.mark.parametrize("url_name", ["chat:room", "chat:widget_room"])
-def test_opening_a_room_puts_the_divider_above_the_first_unread_message(
-    client, alice, bob, direct_chat, url_name
-):
+def test_opening_a_room_puts_the_divider_above_the_first_unread_message(client, alice, bob, direct_chat, url_name):
     send(direct_chat, bob, "read before")
     services.mark_read(chat=direct_chat, user=alice)
     send(direct_chat, alice, "my reply")
@@ -145,7 +143,9 @@ def test_the_mute_route_mutes_and_unmutes(client, alice, bob, group_chat):
 
 
 def test_the_mute_route_in_the_widget_answers_with_the_info_view(client, alice, group_chat):
-    response = logged_in(client, alice).post(reverse("chat:mute", args=[group_chat.pk]), {"muted": "yes"}, headers=WIDGET)
+    response = logged_in(client, alice).post(
+        reverse("chat:mute", args=[group_chat.pk]), {"muted": "yes"}, headers=WIDGET
+    )
     assert response.status_code == 200
     assert 'hx-target="#chat-widget-panel"' in response.content.decode()
     assert "Unmute chat" in response.content.decode()

@@ -31,4 +31,3 @@ def test_the_room_runs_as_many_queries_with_a_blocked_persons_messages(alice_cli
     services.block_user(blocker=alice, blocked=other)
 
     assert count_queries(alice_client, url, headers=HTMX) == before
-
