@@ -197,7 +197,10 @@ def test_a_blocked_persons_group_messages_are_collapsed_for_the_blocker_only(ser
     send(fay, "Before the block")
 
     eve_info = eve.context.new_page()  # blocking in another tab: the open room follows live
+    eve_info.set_viewport_size(PHONE)
     eve_info.goto(f"/chat/{group_id}/info/")
+    expect(eve_info.get_by_role("button", name="Block Gus")).to_be_in_viewport()
+    shoot(eve_info, "group-info-block-buttons-phone")
     eve_info.get_by_role("button", name="Block Fay").click()
     eve_info.get_by_role("dialog").get_by_role("button", name="Block").click()
     expect(eve_info.get_by_text("You blocked Fay.")).to_be_visible()

@@ -137,6 +137,8 @@ def test_the_mute_route_mutes_and_unmutes(client, alice, bob, group_chat):
     assert membership(group_chat, alice).is_muted
     html = response.content.decode()
     assert "Chat muted." in html and "Unmute chat" in html
+    assert f'aria-describedby="mute-state-{group_chat.pk}"' in html
+    assert f'id="mute-state-{group_chat.pk}"' in html
 
     client.post(url, {"muted": "no"})
     assert not membership(group_chat, alice).is_muted
@@ -148,6 +150,7 @@ def test_the_mute_route_in_the_widget_answers_with_the_info_view(client, alice, 
     )
     assert response.status_code == 200
     assert 'hx-target="#chat-widget-panel"' in response.content.decode()
+    assert f'aria-describedby="mute-state-widget-{group_chat.pk}"' in response.content.decode()
     assert "Unmute chat" in response.content.decode()
 
 
