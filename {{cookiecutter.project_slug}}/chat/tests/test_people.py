@@ -273,6 +273,17 @@ def test_the_info_page_of_a_direct_chat_blocks_and_unblocks_the_other_person(cli
     assert not Block.objects.exists()
 
 
+def test_blocking_from_the_widget_answers_with_the_info_view(client, alice, bob, direct_chat):
+    client = logged_in(client, alice)
+
+    response = client.post(reverse("chat:block", args=[direct_chat.pk]), {"user_id": bob.pk}, headers=WIDGET)
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Unblock Bob" in html and 'hx-post="/chat/' in html
+    assert Block.objects.filter(blocker=alice, blocked=bob).exists()
+
+
 def test_the_info_page_of_a_group_has_a_block_button_per_other_member(client, alice, group_chat):
     html = logged_in(client, alice).get(reverse("chat:info", args=[group_chat.pk])).content.decode()
     assert 'aria-label="Block Bob"' in html and 'aria-label="Block Carol"' in html
