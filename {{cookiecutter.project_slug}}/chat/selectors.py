@@ -247,6 +247,12 @@ def first_unread_id(*, membership: Membership, page: MessagePage) -> int | None:
     )
 
 
+def blocked_people(*, user) -> list:
+    """The people this user blocked, earliest first. One query."""
+    blocks = Block.objects.filter(blocker=user).select_related("blocked").order_by("created_at", "pk")
+    return [block.blocked for block in blocks]
+
+
 def blocked_user_ids(*, user) -> set[int]:
     """The people this user blocked. One query."""
     return set(Block.objects.filter(blocker=user).values_list("blocked_id", flat=True))

@@ -202,6 +202,17 @@ def people_room_context(request, membership, page) -> dict:
     }
 
 
+def people_info_context(request, members) -> dict:
+    """Whom the viewer blocked: marked among the members, and the others listed apart so
+    that anyone blocked can be unblocked, even once no chat is shared any more."""
+    blocked = selectors.blocked_people(user=request.user)
+    member_ids = {member.user_id for member in members}
+    return {
+        "blocked_ids": {person.pk for person in blocked},
+        "blocked_elsewhere": [person for person in blocked if person.pk not in member_ids],
+    }
+
+
 def widget_list_response(request) -> HttpResponse:
     return render(request, "chat/partials/widget_response_list.html", inbox_context(request, widget=True))
 
@@ -394,9 +405,9 @@ def render_info(request, membership) -> HttpResponse:
         "title": selectors.chat_title(chat=chat, user=request.user),
         "members": members,
         "in_widget": in_widget(request),
-        "blocked_ids": selectors.blocked_user_ids(user=request.user),
         "other_member": next((m for m in members if m.user_id != request.user.pk), None),
     }
+    context.update(people_info_context(request, members))
     template = "chat/partials/widget_info.html" if context["in_widget"] else "chat/chat_info.html"
     return render(request, template, context)
 

@@ -290,6 +290,19 @@ def test_the_info_page_of_a_group_has_a_block_button_per_other_member(client, al
     assert 'aria-label="Block Alice"' not in html
 
 
+def test_someone_blocked_who_left_the_group_can_still_be_unblocked_from_its_info_page(client, alice, bob, group_chat):
+    services.block_user(blocker=alice, blocked=bob)
+    services.leave_group(chat=group_chat, user=bob)
+    client = logged_in(client, alice)
+
+    html = client.get(reverse("chat:info", args=[group_chat.pk])).content.decode()
+
+    assert "Other people you blocked" in html and 'aria-label="Unblock Bob"' in html
+    client.post(reverse("chat:unblock", args=[group_chat.pk]), {"user_id": bob.pk})
+    assert not Block.objects.exists()
+    assert "Other people you blocked" not in client.get(reverse("chat:info", args=[group_chat.pk])).content.decode()
+
+
 def test_blocked_members_messages_are_marked_for_collapsing_in_the_room(client, alice, bob, group_chat):
     send(group_chat, bob, "noise")
     services.block_user(blocker=alice, blocked=bob)
