@@ -176,6 +176,14 @@ def test_a_blocked_person_is_refused_in_the_open_room_and_for_a_new_chat(server,
     expect(dee.locator("main .bubble-body")).to_have_text(["Hi Dee"])
     shoot(dee, "blocked-send-refused")
 
+    # With the socket down the message goes over HTTP: refused the same way, with a 403.
+    dee.evaluate("document.querySelector('main [data-chat-room]').chatRoom.socket.stop()")
+    with dee.expect_response(lambda response: response.url.endswith("/send/")) as answer:
+        box.press("Enter")
+    assert answer.value.status == 403
+    expect(dee.locator("main [data-send-error]")).to_have_text("You can’t send messages to this person.")
+    expect(box).to_have_value("Why the silence?")
+
     dee.goto("/chat/new/")
     dee.get_by_label("Their e-mail").fill("cal@example.com")
     dee.get_by_role("button", name="Start chat").click()
