@@ -4,6 +4,7 @@ import re
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.test import Client
 from django.urls import reverse
 
@@ -174,6 +175,15 @@ def test_muted_chats_show_as_muted_in_the_list_and_not_in_the_badge(client, alic
 
 
 # --- block ---------------------------------------------------------------------------
+
+
+def test_the_database_holds_one_block_per_pair_and_none_of_yourself(alice, bob):
+    Block.objects.create(blocker=alice, blocked=bob)
+    Block.objects.create(blocker=bob, blocked=alice)  # each way is its own block
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Block.objects.create(blocker=alice, blocked=bob)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Block.objects.create(blocker=alice, blocked=alice)
 
 
 def test_blocking_yourself_is_refused(alice):
