@@ -5,7 +5,7 @@ Counters (`unread_count`, `last_message`) are kept by services.py, so they are r
 
 from django.contrib import admin
 
-from chat.models import Chat, Membership, Message
+from chat.models import Block, Chat, Membership, Message
 
 
 class MembershipInline(admin.TabularInline):
@@ -56,3 +56,14 @@ class MessageAdmin(admin.ModelAdmin):
     @admin.display(description="Message")
     def preview(self, message):
         return message.body[:80]
+
+
+@admin.register(Block)
+class BlockAdmin(admin.ModelAdmin):
+    """Who blocked whom: people manage their own blocks on a chat's info page."""
+
+    list_display = ["blocker", "blocked", "created_at"]
+    search_fields = ["blocker__username", "blocker__email", "blocked__username", "blocked__email"]
+    list_select_related = ["blocker", "blocked"]
+    raw_id_fields = ["blocker", "blocked"]
+    date_hierarchy = "created_at"

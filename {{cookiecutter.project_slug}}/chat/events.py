@@ -23,6 +23,10 @@ user group ``chat.user.<user_id>`` (the inbox socket of every tab)
                    it holds an @mention of them they have not read ("mentioned")
     inbox.unread   their unread count of one chat changed (read elsewhere)
     inbox.changed  a chat was added, removed or renamed: refresh the list
+    inbox.muted    they muted or unmuted one of their chats (in another tab): restyle its
+                   row, and the total unread, which leaves muted chats out
+    inbox.blocked  they blocked or unblocked someone: their open rooms collapse or expand
+                   that person's messages
 sockets group ``chat.sockets.<user_id>`` (every socket of the user, room and inbox)
     session.ended  close the sockets of one session (logged out) or of all (password
                    changed, account deactivated or deleted), on every server process
@@ -56,6 +60,12 @@ def user_group(user_id: int) -> str:
 
 def sockets_group(user_id: int) -> str:
     return f"chat.sockets.{user_id}"
+
+
+def to_user(user_id: int, event: dict) -> tuple[str, dict]:
+    """An event for one person's inbox sockets: their group, and the event naming them
+    (the process's `UserHub` receives many people's events through one channel)."""
+    return user_group(user_id), {**event, "user_id": user_id}
 
 
 def session_tag(session_key: str | None) -> str | None:
@@ -159,10 +169,7 @@ def send_to_inboxes(inbox_events: list[dict]) -> None:
 
 
 def chat_list_changed(*, user_ids, chat_id: int) -> None:
-    changed = [
-        (user_group(user_id), {"type": "inbox.changed", "user_id": user_id, "chat_id": chat_id}) for user_id in user_ids
-    ]
-    send_many(changed)
+    send_many([to_user(user_id, {"type": "inbox.changed", "chat_id": chat_id}) for user_id in user_ids])
 
 
 def chat_renamed(*, chat_id: int, name: str, user_ids) -> None:
@@ -220,3 +227,20 @@ def session_ended(*, user_id: int, close_code: int, session_key: str | None = No
         # still happen. Sockets cut off by the outage reconnect, and the handshake then
         # checks the session again.
         logger.exception("Closing the sockets of user %s failed", user_id)
+
+
+# --- people: mute a chat, block a person ----------------------------------------------
+
+
+def chat_muted(*, user_id: int, chat_id: int, muted: bool) -> None:
+    """Every tab of theirs restyles the chat's row and takes the new total (muted chats are
+    not in it). Sent straight, not through the mailbox: merged there with a held
+    `inbox.message` of the same chat, one of the two would be lost."""
+    total = selectors.total_unread_for_user_id(user_id=user_id)
+    send(*to_user(user_id, {"type": "inbox.muted", "chat_id": chat_id, "muted": muted, "total_unread": total}))
+
+
+def block_changed(*, blocker_id: int, blocked_id: int, blocked: bool) -> None:
+    """The blocker's tabs collapse (or expand again) that person's messages in open rooms.
+    The blocked person is told nothing; their next message in a direct chat is refused."""
+    send(*to_user(blocker_id, {"type": "inbox.blocked", "person_id": blocked_id, "blocked": blocked}))

@@ -201,3 +201,16 @@ class MessageForm(forms.Form):
 
 class CheckUserForm(forms.Form):
     email = forms.EmailField()
+
+
+# --- people: mute a chat, block a person ----------------------------------------------
+
+
+class MuteForm(forms.Form):
+    muted = forms.TypedChoiceField(choices=[("yes", "Mute"), ("no", "Unmute")], coerce=lambda value: value == "yes")
+
+
+class PersonForm(forms.Form):
+    """Whom to block or unblock, by user id."""
+
+    user_id = forms.IntegerField(min_value=1, max_value=2**62)

@@ -70,6 +70,9 @@ class Membership(models.Model):
     # The newest message that @mentions this member; the inbox marks the chat while it is
     # after last_read_message_id, so reading the chat clears the mark with no extra write.
     last_mention_message_id = models.BigIntegerField(default=0)
+    # Muted: its unread messages are counted on its own row but left out of the total
+    # unread badge, so it never calls for attention.
+    is_muted = models.BooleanField(default=False)
 
     class Meta:
         constraints = [
@@ -109,6 +112,26 @@ class FormerMembership(models.Model):
 
     def __str__(self):
         return f"{self.user} {self.get_reason_display().lower()} {self.chat}"
+
+
+class Block(models.Model):
+    """`blocker` blocked `blocked`: no direct messages between them, no new direct chat from
+    `blocked`, and `blocked`'s messages in shared groups collapsed for `blocker`."""
+
+    blocker = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    blocked = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["blocker", "blocked"], name="block_once_per_pair"),
+            models.CheckConstraint(condition=~Q(blocker=models.F("blocked")), name="block_not_yourself"),
+        ]
+        # "Who blocked this sender?" (sending in a direct chat) goes by `blocked`.
+        indexes = [models.Index(fields=["blocked", "blocker"], name="block_blocked_blocker")]
+
+    def __str__(self):
+        return f"{self.blocker} blocked {self.blocked}"
 
 
 class Message(models.Model):

@@ -10,7 +10,7 @@ from django.db.models import F, Q, QuerySet, Sum
 from django.http import Http404
 
 from chat.conf import chat_setting
-from chat.models import MAX_ID, Chat, FormerMembership, Membership, Message
+from chat.models import MAX_ID, Block, Chat, FormerMembership, Membership, Message
 from chat.ratelimit import check_rate
 
 
@@ -89,13 +89,14 @@ def inbox_rows(*, user, offset: int = 0, limit: int | None = None) -> tuple[list
 
 
 def total_unread(*, user) -> int:
+    """Unread messages of the chats they see and have not muted (the badge)."""
     return total_unread_for_user_id(user_id=user.pk)
 
 
 def total_unread_by_user(*, user_ids) -> dict[int, int]:
     """Total unread per user (users with none are absent). One query."""
     rows = (
-        Membership.objects.filter(user_id__in=user_ids, unread_count__gt=0, is_hidden=False)
+        Membership.objects.filter(user_id__in=user_ids, unread_count__gt=0, is_hidden=False, is_muted=False)
         .values("user_id")
         .annotate(total=Sum("unread_count"))
         .values_list("user_id", "total")
@@ -104,7 +105,7 @@ def total_unread_by_user(*, user_ids) -> dict[int, int]:
 
 
 def total_unread_for_user_id(*, user_id: int) -> int:
-    memberships = Membership.objects.filter(user_id=user_id, is_hidden=False, unread_count__gt=0)
+    memberships = Membership.objects.filter(user_id=user_id, is_hidden=False, unread_count__gt=0, is_muted=False)
     return memberships.aggregate(total=Sum("unread_count"))["total"] or 0
 
 
@@ -255,3 +256,49 @@ def unread_mention_ids(*, chat_id: int) -> set[int]:
     """The members of a chat with an @mention in it they have not read. One query."""
     members = Membership.objects.filter(chat_id=chat_id, last_mention_message_id__gt=F("last_read_message_id"))
     return set(members.values_list("user_id", flat=True))
+
+
+# --- people: unread divider, blocked people -------------------------------------------
+
+# A room opened with more unread messages than a page holds shows up to this many, so the
+# "New messages" divider is on the page; past that it sits at the top of what is shown.
+UNREAD_PAGE_MAX = 200
+# Messages shown above the first unread one, for context.
+UNREAD_CONTEXT = 5
+
+
+def room_page(*, membership: Membership) -> MessagePage:
+    """The newest page of a room, long enough to reach its first unread message."""
+    page_size = chat_setting("CHAT_PAGE_SIZE")
+    limit = min(max(page_size, membership.unread_count + UNREAD_CONTEXT), max(page_size, UNREAD_PAGE_MAX))
+    return messages_page(membership=membership, limit=limit)
+
+
+def first_unread_id(*, membership: Membership, page: MessagePage) -> int | None:
+    """The message the "New messages" divider goes above: the first on the page after the
+    member's read mark, from someone else. `membership` is as it was when the room was
+    opened (before opening it marked everything read), so the divider stays where it was
+    while they read. No query: the read mark and the page are already loaded."""
+    if membership.unread_count <= 0:
+        return None
+    read_up_to = membership.last_read_message_id
+    return next(
+        (m.pk for m in page.messages if m.pk > read_up_to and m.sender_id != membership.user_id),
+        None,
+    )
+
+
+def blocked_people(*, user) -> list:
+    """The people this user blocked, earliest first. One query."""
+    blocks = Block.objects.filter(blocker=user).select_related("blocked").order_by("created_at", "pk")
+    return [block.blocked for block in blocks]
+
+
+def blocked_user_ids(*, user) -> set[int]:
+    """The people this user blocked. One query."""
+    return set(Block.objects.filter(blocker=user).values_list("blocked_id", flat=True))
+
+
+def user_by_id(*, user_id: int):
+    """A user by id, None when there is none."""
+    return get_user_model()._default_manager.filter(pk=user_id).first()

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from chat import events, selectors
 from chat.conf import chat_setting
-from chat.models import MAX_ID, Chat, FormerMembership, Membership, Message
+from chat.models import MAX_ID, Block, Chat, FormerMembership, Membership, Message
 from chat.ratelimit import RateLimited, check_rate, refund
 from chat.realtime import presence
 
@@ -43,6 +43,7 @@ def get_or_create_direct_chat(*, user, other) -> tuple[Chat, bool]:
     """
     if user.pk == other.pk:
         raise ValidationError("You cannot start a chat with yourself.")
+    refuse_direct_chat_if_blocked(user=user, other=other)
     key = direct_key_for(user, other)
     try:
         with transaction.atomic():
@@ -200,9 +201,10 @@ def earlier_send(*, chat: Chat, sender, client_id: str) -> Message | None:
 def store_message(
     *, chat: Chat, sender, body: str, client_id: str, reply_to: Message | None = None, mentions=()
 ) -> Message:
-    locked = Chat.objects.select_for_update().only("id", "last_message_id").filter(pk=chat.pk).first()
+    locked = Chat.objects.select_for_update().only("id", "last_message_id", "direct_key").filter(pk=chat.pk).first()
     if locked is None:  # deleted since the caller looked
         raise Membership.DoesNotExist("Not a member of this chat.")
+    refuse_direct_message_if_blocked(direct_key=locked.direct_key, sender=sender)
     prev_id = locked.last_message_id or 0
     message = Message.objects.create(
         chat_id=chat.pk, sender=sender, body=body, client_id=client_id, reply_to=reply_to, mentions=list(mentions)
@@ -513,3 +515,68 @@ def require_group_admin(*, chat: Chat, user) -> None:
 
 def member_ids(chat: Chat) -> list[int]:
     return list(Membership.objects.filter(chat=chat).values_list("user_id", flat=True))
+
+
+# --- people: mute a chat, block a person ----------------------------------------------
+
+
+def set_chat_muted(*, chat: Chat, user, muted: bool) -> None:
+    """Mute or unmute a chat for one member: its unread messages still count on its own
+    row, but not in their total badge. Their other tabs hear `inbox.muted`."""
+    with transaction.atomic():
+        if not Membership.objects.filter(chat=chat, user=user).update(is_muted=muted):
+            raise Membership.DoesNotExist("Not a member of this chat.")
+        after_commit(lambda: events.chat_muted(user_id=user.pk, chat_id=chat.pk, muted=muted))
+
+
+class Blocked(PermissionDenied):
+    """A message or a new direct chat refused because of a block.
+
+    Its text is all the refused person learns: that they cannot message this person.
+    Not that they were blocked, nor since when; the blocker is told their own block.
+    """
+
+
+def block_user(*, blocker, blocked) -> bool:
+    """`blocker` blocks `blocked`; returns False when they already had. Their tabs hear `inbox.blocked`."""
+    if blocker.pk == blocked.pk:
+        raise ValidationError("You cannot block yourself.")
+    with transaction.atomic():
+        _, created = Block.objects.get_or_create(blocker=blocker, blocked=blocked)
+        if created:
+            after_commit(lambda: events.block_changed(blocker_id=blocker.pk, blocked_id=blocked.pk, blocked=True))
+    return created
+
+
+def unblock_user(*, blocker, blocked) -> bool:
+    """Lift a block; returns False when there was none."""
+    with transaction.atomic():
+        deleted, _ = Block.objects.filter(blocker=blocker, blocked=blocked).delete()
+        if deleted:
+            after_commit(lambda: events.block_changed(blocker_id=blocker.pk, blocked_id=blocked.pk, blocked=False))
+    return bool(deleted)
+
+
+def refuse_direct_message_if_blocked(*, direct_key: str | None, sender) -> None:
+    """In a direct chat (its `direct_key` names both people) a block either way stops
+    messages: checked at send time, so open sockets obey a block at once. Groups, whose
+    key is None, cost no query."""
+    if not direct_key:
+        return
+    other_id = next(int(pk) for pk in direct_key.split(":") if int(pk) != sender.pk)
+    blockers = set(
+        Block.objects.filter(
+            Q(blocker=sender, blocked_id=other_id) | Q(blocker_id=other_id, blocked=sender)
+        ).values_list("blocker_id", flat=True)
+    )
+    if sender.pk in blockers:
+        raise Blocked("You blocked this person. Unblock them on the chat’s info page to send messages.")
+    if blockers:
+        raise Blocked("You can’t send messages to this person.")
+
+
+def refuse_direct_chat_if_blocked(*, user, other) -> None:
+    """Someone blocked cannot open a direct chat with the person who blocked them (nor bring
+    back one they had deleted for themselves)."""
+    if Block.objects.filter(blocker=other, blocked=user).exists():
+        raise Blocked("You can’t start a chat with this person.")

@@ -21,4 +21,8 @@ urlpatterns = [
     path("<int:pk>/messages/", views.messages_fragment, name="messages"),
     path("<int:pk>/send/", views.send, name="send"),
     path("<int:pk>/mention-candidates/", views.mention_candidates, name="mention_candidates"),
+    # people: mute a chat, block a person
+    path("<int:pk>/mute/", views.mute, name="mute"),
+    path("<int:pk>/block/", views.block, name="block"),
+    path("<int:pk>/unblock/", views.unblock, name="unblock"),
 ]

@@ -28,8 +28,10 @@ from chat.forms import (
     AddMemberForm,
     CheckUserForm,
     MessageForm,
+    MuteForm,
     NewChatForm,
     NewGroupForm,
+    PersonForm,
     RemoveMemberForm,
     RenameGroupForm,
 )
@@ -175,16 +177,39 @@ def inbox_context(request, *, offset: int = 0, limit: int | None = None, widget:
 
 
 def room_context(request, membership, *, widget: bool = False) -> dict:
+    """`membership` as loaded before opening the room marked it read: the unread divider
+    goes where the unread messages began."""
     chat = membership.chat
-    return {
+    context = {
         "chat": chat,
         "membership": membership,
         "title": selectors.chat_title(chat=chat, user=request.user),
-        "page": selectors.messages_page(membership=membership),
+        "page": selectors.room_page(membership=membership),
         "message_form": MessageForm(),
         "max_length": chat_setting("CHAT_MAX_MESSAGE_LENGTH"),
         "viewer_id": request.user.pk,
         "in_widget": widget,
+    }
+    context.update(people_room_context(request, membership, context["page"]))
+    return context
+
+
+def people_room_context(request, membership, page) -> dict:
+    """The unread divider's place and the people whose messages this viewer sees collapsed."""
+    return {
+        "first_unread_id": selectors.first_unread_id(membership=membership, page=page),
+        "blocked_ids": sorted(selectors.blocked_user_ids(user=request.user)),
+    }
+
+
+def people_info_context(request, members) -> dict:
+    """Whom the viewer blocked: marked among the members, and the others listed apart so
+    that anyone blocked can be unblocked, even once no chat is shared any more."""
+    blocked = selectors.blocked_people(user=request.user)
+    member_ids = {member.user_id for member in members}
+    return {
+        "blocked_ids": {person.pk for person in blocked},
+        "blocked_elsewhere": [person for person in blocked if person.pk not in member_ids],
     }
 
 
@@ -231,11 +256,18 @@ def new_chat(request):
     form = NewChatForm(request.POST if request.method == "POST" else None, user=request.user)
     if request.method == "POST" and form.is_valid():
         check_rate(action="new_chat", key=request.user.pk)
-        chat, created = services.get_or_create_direct_chat(user=request.user, other=form.cleaned_data["other"])
+        try:
+            chat, created = services.get_or_create_direct_chat(user=request.user, other=form.cleaned_data["other"])
+        except services.Blocked as exc:  # said in the form, where they typed the address
+            form.add_error("email", str(exc))
+            return new_chat_form_response(request, form, status=403)
         if not created:
             messages.info(request, "You already had a chat with this person; here it is.")
         return go_to(request, reverse("chat:room", args=[chat.pk]))
-    status = 400 if form.is_bound else 200
+    return new_chat_form_response(request, form, status=400 if form.is_bound else 200)
+
+
+def new_chat_form_response(request, form, *, status: int) -> HttpResponse:
     if request.htmx:
         return render(request, "chat/partials/new_chat_form.html", {"new_chat_form": form}, status=status)
     return render(request, "chat/new_chat.html", {"new_chat_form": form}, status=status)
@@ -338,6 +370,8 @@ def send(request, pk):
         )
     except ValidationError as exc:
         return send_error(request, pk, error_text(exc))
+    except services.Blocked as exc:  # a direct chat with a block: said where the message was typed
+        return send_error(request, pk, str(exc), status=403)
     except RateLimited as exc:
         response = send_error(request, pk, str(exc), status=429)
         response["Retry-After"] = str(exc.retry_after)
@@ -366,14 +400,21 @@ def mention_candidates(request, pk):
 @chat_view("GET")
 def info(request, pk):
     membership = selectors.membership_or_404(user=request.user, chat_id=pk)
+    return render_info(request, membership)
+
+
+def render_info(request, membership) -> HttpResponse:
     chat = membership.chat
+    members = selectors.chat_members(chat=chat)
     context = {
         "chat": chat,
         "membership": membership,
         "title": selectors.chat_title(chat=chat, user=request.user),
-        "members": selectors.chat_members(chat=chat),
+        "members": members,
         "in_widget": in_widget(request),
+        "other_member": next((m for m in members if m.user_id != request.user.pk), None),
     }
+    context.update(people_info_context(request, members))
     template = "chat/partials/widget_info.html" if context["in_widget"] else "chat/chat_info.html"
     return render(request, template, context)
 
@@ -462,3 +503,64 @@ def remove_member(*, chat, actor, user_id: int) -> str:
         raise BadRequest("They are not in this group.")
     services.remove_member(chat=chat, actor=actor, user=member)
     return selectors.display_name(member)
+
+
+# --- people: mute a chat, block a person ----------------------------------------------
+
+
+@chat_view("POST")
+def mute(request, pk):
+    """Mute or unmute the chat for me (`muted=yes|no`)."""
+    membership = selectors.membership_or_404(user=request.user, chat_id=pk)
+    form = MuteForm(request.POST)
+    if not form.is_valid():
+        raise BadRequest("Say whether to mute (muted=yes) or unmute (muted=no).")
+    muted = form.cleaned_data["muted"]
+    services.set_chat_muted(chat=membership.chat, user=request.user, muted=muted)
+    membership.is_muted = muted
+    return after_info_action(request, membership, "Chat muted." if muted else "Chat unmuted.")
+
+
+@chat_view("POST")
+def block(request, pk):
+    """Block a member of this chat (the other person of a direct chat, or someone in a group)."""
+    membership = selectors.membership_or_404(user=request.user, chat_id=pk)
+    person = person_from_form(request, members_of=membership.chat)
+    services.block_user(blocker=request.user, blocked=person)
+    name = selectors.display_name(person)
+    return after_info_action(request, membership, f"You blocked {name}.")
+
+
+@chat_view("POST")
+def unblock(request, pk):
+    """Unblock someone, whether or not they are still in this chat."""
+    membership = selectors.membership_or_404(user=request.user, chat_id=pk)
+    person = person_from_form(request)
+    services.unblock_user(blocker=request.user, blocked=person)
+    return after_info_action(request, membership, f"You unblocked {selectors.display_name(person)}.")
+
+
+def person_from_form(request, *, members_of=None):
+    """The user named by `user_id`: a 400 without one, a 404 for nobody (or, with
+    `members_of`, for someone not in that chat)."""
+    form = PersonForm(request.POST)
+    if not form.is_valid():
+        raise BadRequest("Say whom (user_id).")
+    user_id = form.cleaned_data["user_id"]
+    if members_of is not None:
+        member = next((m.user for m in selectors.chat_members(chat=members_of) if m.user_id == user_id), None)
+        if member is None:
+            raise Http404("Nobody with this id is in this chat.")
+        return member
+    person = selectors.user_by_id(user_id=user_id)
+    if person is None:
+        raise Http404("Nobody with this id.")
+    return person
+
+
+def after_info_action(request, membership, done: str) -> HttpResponse:
+    """Back to the info page: re-rendered in the widget, a redirect with a note on full pages."""
+    if in_widget(request):
+        return render_info(request, membership)
+    messages.success(request, done)
+    return go_to(request, reverse("chat:info", args=[membership.chat_id]))

@@ -35,7 +35,9 @@ vocabulary. Frames a client may send to a room:
 Anything else, malformed JSON or a frame over CHAT_WS_MAX_FRAME_BYTES gets
 {"type": "error", "code": ..., "error": "<a sentence>"} back; errors about a send also
 carry its "client_id", and those worth retrying ("rate_limited", "busy") a "retry_after"
-in seconds. A user's sockets on one process share FRAME_BUDGET frames per
+in seconds. A send refused for good says why: "invalid" (the body), "blocked" (a direct
+chat where either person blocked the other; the socket stays open), "forbidden" (no
+longer a member; the socket closes with 4403). A user's sockets on one process share FRAME_BUDGET frames per
 FRAME_WINDOW_SECONDS; sends are counted by the per-user send rate instead.
 
 Room events reach a room socket through its process's `RoomHub` (chat/realtime/hub.py), which
@@ -283,6 +285,12 @@ class InboxConsumer(ChatConsumer):
     async def inbox_changed(self, event):
         await self.send_json(event)
 
+    async def inbox_muted(self, event):
+        await self.send_json(event)
+
+    async def inbox_blocked(self, event):
+        await self.send_json(event)
+
 
 class RoomConsumer(ChatConsumer):
     """One per open room (full page or widget): messages, presence, read marking.
@@ -410,6 +418,8 @@ class RoomConsumer(ChatConsumer):
         except Busy as exc:  # over capacity, SQLite's writer lock, a database restarting: nothing was saved
             busy = "The server is busy; sending again."
             return await self.send_error("busy", busy, client_id=client_id, retry_after=exc.retry_after)
+        except services.Blocked as exc:  # a direct chat with a block either way
+            return await self.send_error("blocked", str(exc), client_id=client_id)
         except Membership.DoesNotExist:
             await self.send_error("forbidden", "You are no longer a member of this chat.", client_id=client_id)
             return await self.end(CLOSE_FORBIDDEN)

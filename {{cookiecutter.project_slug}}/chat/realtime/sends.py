@@ -123,6 +123,6 @@ def store_one(send: Send) -> int | Exception:
                 client_id=send.client_id,
                 reply_to_id=send.reply_to_id,
             )
-    except (ValidationError, Membership.DoesNotExist, RateLimited) as refused:
+    except (ValidationError, Membership.DoesNotExist, RateLimited, services.Blocked) as refused:
         return refused
     return message.pk

@@ -94,6 +94,7 @@ function onNewMessage(frame) {
 }
 
 function onFrame(frame) {
+  document.dispatchEvent(new CustomEvent("chat:inbox-frame", { detail: frame })); // for blocked-messages.js
   if (frame.type === "inbox.sync") setTotalUnread(frame.total_unread);
   else if (frame.type === "inbox.message") onNewMessage(frame);
   else if (frame.type === "inbox.unread") {
@@ -103,6 +104,10 @@ function onFrame(frame) {
       if (frame.unread === 0) setRowMentioned(row, false);
     });
   } else if (frame.type === "inbox.changed") refreshLists();
+  else if (frame.type === "inbox.muted") {
+    setTotalUnread(frame.total_unread); // muted chats are not in the total
+    refreshLists(); // the row's muted style
+  }
 }
 
 if (document.body.dataset.userId && !window.chatInboxSocket) {

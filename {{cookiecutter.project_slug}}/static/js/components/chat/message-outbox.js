@@ -127,6 +127,9 @@ export class MessageOutbox {
       const text = response.status === 429 ? "Too many messages at once." : "The server is busy.";
       return this.retryLater(message, retryAfter || null, text);
     }
+    if (response.status === 403 && response.headers.get("HX-Retarget")) {
+      return this.refuse(message, { html: await response.text() }); // a refusal said in the form (a block)
+    }
     if (response.status === 404 || response.status === 403) {
       return this.refuse(message, { text: "You can no longer send messages here." });
     }

@@ -19,6 +19,8 @@ import { MessageOutbox } from "./message-outbox.js";
 import { clockTime, dayLabel } from "./relative-time.js";
 import { ReplyComposer } from "./reply-quote.js";
 import { TypingIndicator } from "./typing-indicator.js";
+import "./blocked-messages.js";
+import { ReadingPosition } from "./unread-divider.js";
 
 const NEAR_BOTTOM_PX = 120;
 const REORDER_GRACE_MS = 400;
@@ -78,7 +80,8 @@ class ChatRoom {
     this.heldFrames = new Map(); // prev_id -> frame, for frames that arrived early
     this.graceTimer = null;
     this.placeDayDividers();
-    this.scrollToBottom();
+    this.readingPosition = new ReadingPosition(this);
+    if (!this.readingPosition.startAtDivider()) this.scrollToBottom();
     this.keepBottomInView();
     this.dayTimer = setInterval(() => this.placeDayDividers(), MINUTE_MS); // "Today" turns "Yesterday"
     this.bindLoadOlder();
@@ -259,6 +262,7 @@ class ChatRoom {
     this.list.querySelector("[data-empty-state]")?.remove();
     this.placeDayDividers();
     if (stickToBottom) this.scrollToBottom();
+    else this.readingPosition.noteArrived(newBubbles);
   }
 
   decorate(bubble) {
@@ -314,7 +318,7 @@ class ChatRoom {
   // Keep the newest message in view when the list gets shorter (an error line or a
   // notice appears, the message box grows) while it was scrolled to the bottom.
   keepBottomInView() {
-    this.atBottom = true;
+    this.atBottom = this.isNearBottom(); // not when the room opened at its unread divider
     this.list.addEventListener("scroll", () => {
       this.atBottom = this.isNearBottom();
     });
