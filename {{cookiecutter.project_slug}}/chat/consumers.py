@@ -46,7 +46,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import ValidationError
 from django.db import OperationalError
 
-from chat import events, presence, read_marks, selectors, services
+from chat import events, metrics, presence, read_marks, selectors, services
 from chat.conf import chat_setting
 from chat.models import Chat, Membership
 from chat.ratelimit import RateLimited, check_rate
@@ -109,6 +109,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return False
         self.user, self.user_id = user, user.pk
         _open_sockets[user.pk] += 1
+        metrics.socket_opened(type(self).__name__)
         session = self.scope.get("session")
         self.session_tag = events.session_tag(getattr(session, "session_key", None))
         return True
@@ -133,6 +134,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.cleaned_up = True
         if self.user_id is not None:
             _open_sockets[self.user_id] -= 1
+            metrics.socket_closed(type(self).__name__)
             if _open_sockets[self.user_id] <= 0:
                 del _open_sockets[self.user_id]
         try:
@@ -162,6 +164,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not (frame and frame["type"] == "send"):
             window_started = self.spend_frame()
             if window_started is not None:
+                metrics.count(metrics.FRAMES_DROPPED)
                 if self.warned_window != window_started:
                     self.warned_window = window_started
                     await self.send_error("rate_limited", "Too many frames; slow down.")

@@ -19,7 +19,7 @@ import re
 from channels.consumer import get_handler_name
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
-from chat import events
+from chat import events, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ class RoomHub(events.PerLoop):
     async def reset(self) -> None:
         async with self.changing:
             rooms, self.rooms, self.channel, self.reader = self.rooms, {}, None, None
+        metrics.count(metrics.SOCKETS_CLOSED_LAYER_LOST, sum(map(len, rooms.values())))
         for sockets in rooms.values():
             for consumer in sockets:
                 try:
@@ -136,4 +137,5 @@ class RoomHub(events.PerLoop):
                 await handler(event)
             except Exception:  # one socket's failure is not the room's; that socket is let go
                 logger.exception("Delivering %s to %s failed", event.get("type"), consumer.channel_name)
+                metrics.count(metrics.SOCKETS_DROPPED)
                 await self.leave(consumer)

@@ -14,7 +14,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from chat import events, presence
+from chat import events, metrics, presence
 from chat.conf import chat_setting
 from chat.models import MAX_ID, Chat, FormerMembership, Membership, Message
 
@@ -128,6 +128,7 @@ def send_message(*, chat: Chat, sender, body: str, client_id: str | None = None)
         if client_id and (earlier := earlier_send(chat=chat, sender=sender, client_id=client_id)):
             return earlier
         raise
+    metrics.count(metrics.MESSAGES_SENT)
     chat.last_message = message
     return message
 
