@@ -270,7 +270,9 @@ if SENTRY_DSN:
 READYZ_TIMEOUT_SECONDS = env.float("READYZ_TIMEOUT_SECONDS", default=2.0)
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 if METRICS_TOKEN and len(METRICS_TOKEN) < 24:
-    raise ImproperlyConfigured("METRICS_TOKEN must be 24 characters or more (python -c 'import secrets; print(secrets.token_urlsafe(32))').")
+    raise ImproperlyConfigured(
+        "METRICS_TOKEN must be 24 characters or more: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    )
 
 # Chat settings (see chat/conf.py for every setting and its default).
 CHAT_PAGE_SIZE = env.int("CHAT_PAGE_SIZE", default=50)

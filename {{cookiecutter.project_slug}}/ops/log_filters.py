@@ -18,7 +18,7 @@ PROBE_PATHS = ("/healthz", "/readyz", "/metrics")
 ACCESS_LOGGERS = ("django.channels.server", "uvicorn.access", "gunicorn.access")
 
 # "GET /readyz HTTP/1.1" (uvicorn, gunicorn) or "HTTP GET /readyz 200" (runserver).
-PROBE_REQUEST = re.compile(r"\b(?:GET|HEAD) (?:%s)(?=[\s?\"]|$)" % "|".join(map(re.escape, PROBE_PATHS)))
+PROBE_REQUEST = re.compile(r"\b(?:GET|HEAD) (?:" + "|".join(map(re.escape, PROBE_PATHS)) + r")(?=[\s?\"]|$)")
 
 
 class SkipProbeRequests(logging.Filter):
