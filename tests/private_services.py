@@ -28,7 +28,9 @@ def postgres_bin() -> Path:
     """The newest installed PostgreSQL's bin folder (Debian's layout), or a skip (a failure in CI)."""
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name))
     if not candidates:
-        unavailable("PostgreSQL's server binaries are not installed (/usr/lib/postgresql/*/bin)", "; .ci/run installs them")
+        unavailable(
+            "PostgreSQL's server binaries are not installed (/usr/lib/postgresql/*/bin)", "; .ci/run installs them"
+        )
     return candidates[-1].parent
 
 
