@@ -55,15 +55,20 @@ def server(project: Project, tmp_path_factory, request) -> Server:
     return server
 
 
-def readyz(server: Server) -> tuple[int, dict]:
+def probe(server: Server, path: str) -> tuple[int, bytes]:
     connection = http.client.HTTPConnection(HOST, server.port, timeout=10)
     try:
         # A load balancer's probe: the machine's address as Host, no cookies.
-        connection.request("GET", "/readyz", headers={"Host": f"10.0.0.7:{server.port}"})
+        connection.request("GET", path, headers={"Host": f"10.0.0.7:{server.port}"})
         response = connection.getresponse()
-        return response.status, json.loads(response.read())
+        return response.status, response.read()
     finally:
         connection.close()
+
+
+def readyz(server: Server) -> tuple[int, dict]:
+    status, body = probe(server, "/readyz")
+    return status, json.loads(body)
 
 
 def wait_for_readiness(server: Server, *, ready: bool, within: float) -> tuple[float, dict]:
@@ -80,7 +85,7 @@ def wait_for_readiness(server: Server, *, ready: bool, within: float) -> tuple[f
         time.sleep(POLL_SECONDS)
 
 
-def test_readyz_names_redis_then_postgresql_while_each_is_down(server, redis_server, postgres_server):
+def test_readyz_names_redis_then_postgresql_while_each_is_down_healthz_stays_200(server, redis_server, postgres_server):
     assert readyz(server) == (
         200,
         {"status": "ok", "failing": [], "checks": {"database": "ok", "cache": "ok", "channel_layer": "ok"}},
@@ -92,6 +97,7 @@ def test_readyz_names_redis_then_postgresql_while_each_is_down(server, redis_ser
     assert body["status"] == "unavailable"
     assert set(body["failing"]) == {"cache", "channel_layer"}, "both live on Redis"
     assert body["checks"]["database"] == "ok"
+    assert probe(server, "/healthz") == (200, b"ok\n"), "alive, only not ready"
     redis_server.start()
     seconds, _ = wait_for_readiness(server, ready=True, within=READY_AGAIN_WITHIN)
     print(f"[readiness] Redis back: 200 after {seconds:.1f} s")
@@ -100,6 +106,7 @@ def test_readyz_names_redis_then_postgresql_while_each_is_down(server, redis_ser
     seconds, body = wait_for_readiness(server, ready=False, within=NOT_READY_WITHIN)
     print(f"[readiness] PostgreSQL stopped: 503 after {seconds:.1f} s: {body}")
     assert body["failing"] == ["database"]
+    assert probe(server, "/healthz") == (200, b"ok\n"), "alive, only not ready"
     postgres_server.start()
     seconds, _ = wait_for_readiness(server, ready=True, within=READY_AGAIN_WITHIN)
     print(f"[readiness] PostgreSQL back: 200 after {seconds:.1f} s")
