@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from chat import metrics as chat_metrics
+from ops.layer_drops import count_layer_drops
 
 TOTALS = {
     chat_metrics.MESSAGES_SENT: "Messages stored by a send (socket or HTTP); retried sends not counted.",
@@ -58,6 +59,11 @@ class ChatCollector(Collector):
         for reason, name in SOCKETS_CLOSED.items():
             closed.add_metric([reason], chat_metrics.totals[name])
         yield closed
+        yield CounterMetricFamily(
+            "channel_layer_messages_dropped",
+            "Group messages the Redis channel layer dropped: the receiving channel was full (a slow consumer).",
+            value=count_layer_drops().dropped,
+        )
 
 
 registry = CollectorRegistry(auto_describe=True)

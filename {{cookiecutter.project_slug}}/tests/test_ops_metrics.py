@@ -1,9 +1,13 @@
 """/metrics (ops/metrics.py): Prometheus text behind a bearer token, with the chat's counters."""
 
 import json
+{%- if cookiecutter.channel_layer == "redis" %}
+import os
+import uuid
+{%- endif %}
 
 import pytest
-from channels.layers import channel_layers
+from channels.layers import channel_layers{% if cookiecutter.channel_layer == "redis" %}, get_channel_layer{% endif %}
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from prometheus_client.parser import text_string_to_metric_families
@@ -125,3 +129,25 @@ async def test_open_sockets_and_dropped_frames_are_counted(async_client, metrics
     assert value(after, sockets, consumer="InboxConsumer") == value(before, sockets, consumer="InboxConsumer")
     dropped = value(after, "chat_frames_dropped_total") - value(before, "chat_frames_dropped_total")
     assert dropped == 5, "the frames past the budget"
+{%- if cookiecutter.channel_layer == "redis" %}
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="set REDIS_URL to test the Redis channel layer")
+async def test_group_messages_dropped_for_a_full_channel_are_counted(async_client, metrics_token, settings):
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [os.environ["REDIS_URL"]]}}
+    }
+    channel_layers.backends.clear()
+    layer = get_channel_layer()
+    group, channel = f"ops-full-{uuid.uuid4().hex}", await layer.new_channel()
+    await layer.group_add(group, channel)
+    before = await ascrape(async_client)
+    try:
+        for number in range(layer.get_capacity(channel) + 3):  # a consumer that reads nothing
+            await layer.group_send(group, {"type": "chat.test", "number": number})
+    finally:
+        await layer.group_discard(group, channel)  # the channel's messages expire with the layer's expiry
+    after = await ascrape(async_client)
+    dropped = "channel_layer_messages_dropped_total"
+    assert value(after, dropped) - value(before, dropped) == 3, "the messages past the channel's capacity"
+{%- endif %}
