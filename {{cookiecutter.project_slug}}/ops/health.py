@@ -12,10 +12,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -25,11 +26,6 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.cache import add_never_cache_headers
 
 logger = logging.getLogger(__name__)
-
-# The blocking checks run on threads of their own, never on the one Django's sync views
-# share: a database or cache that hangs must not hold up the pages. Few of them, so that
-# while one hangs, later probes time out (503) instead of piling up threads.
-blocking_checks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="readyz")
 
 
 def query_database() -> None:
@@ -60,13 +56,48 @@ async def channel_layer_round_trip() -> None:
         raise RuntimeError("the channel layer returned another message")
 
 
-def on_thread(check: Callable[[], None]) -> Callable[[], Awaitable[None]]:
-    return lambda: asyncio.get_running_loop().run_in_executor(blocking_checks, check)
+class OnThreadsOfItsOwn:
+    """A blocking check run on daemon threads of its own, never on the thread Django's sync
+    views share: a database or cache that hangs holds up neither the pages nor the other
+    checks, nor the process's exit (an executor's threads would be waited for). While two
+    runs still hang, the next probe fails at once instead of starting another thread."""
+
+    def __init__(self, check: Callable[[], None], *, at_once: int = 2):
+        self.check = check
+        self.slots = threading.BoundedSemaphore(at_once)
+
+    async def __call__(self) -> None:
+        if not self.slots.acquire(blocking=False):
+            raise RuntimeError("the previous checks have not returned yet")
+        loop = asyncio.get_running_loop()
+        answered = loop.create_future()
+
+        def answer(error: BaseException | None) -> None:
+            if answered.done():  # timed out and cancelled meanwhile
+                return
+            if error is None:
+                answered.set_result(None)
+            else:
+                answered.set_exception(error)
+
+        def run() -> None:
+            error = None
+            try:
+                self.check()
+            except BaseException as exc:
+                error = exc
+            finally:
+                self.slots.release()
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(answer, error)
+
+        threading.Thread(target=run, name=f"readyz-{self.check.__name__}", daemon=True).start()
+        await answered
 
 
 CHECKS: dict[str, Callable[[], Awaitable[None]]] = {
-    "database": on_thread(query_database),
-    "cache": on_thread(cache_round_trip),
+    "database": OnThreadsOfItsOwn(query_database),
+    "cache": OnThreadsOfItsOwn(cache_round_trip),
     "channel_layer": channel_layer_round_trip,
 }
 

@@ -106,3 +106,33 @@ async def test_readyz_is_503_naming_a_channel_layer_it_cannot_reach(async_client
     assert response.status_code == 503
     assert response.json()["failing"] == ["channel_layer"]
 {%- endif %}
+{%- if cookiecutter.channel_layer == "redis" %}
+
+
+@pytest.fixture
+def black_hole_port():
+    """A port that takes connections and never answers, like a Redis cut off by the network."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)  # never accepted: the kernel completes the handshakes, nothing replies
+        yield listener.getsockname()[1]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_hanging_cache_is_named_within_the_timeout_and_holds_up_nothing_else(
+    async_client, settings, black_hole_port
+):
+    settings.READYZ_TIMEOUT_SECONDS = 0.5
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{black_hole_port}/0",
+        },
+    }
+    # Two probes leave two checks hanging; the third fails at once rather than start a third.
+    for _ in range(3):
+        response = await async_client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["checks"] == {"database": "ok", "cache": "failing", "channel_layer": "ok"}
+{%- endif %}
