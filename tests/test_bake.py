@@ -132,7 +132,7 @@ def test_database_option_selects_driver_and_url(baked):
     answers, project = baked
     env = (project / ".env").read_text()
     if answers["database"] == "postgresql":
-        assert "psycopg[binary]" in dependencies(project)
+        assert "psycopg[binary,pool]" in dependencies(project)  # the pool: settings' OPTIONS["pool"]
         assert "DATABASE_URL=postgres://" in env
     else:
         assert "psycopg" not in dependencies(project)

@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from chat import events, selectors
+from chat import events, metrics, selectors
 from chat.conf import chat_setting
 from chat.models import MAX_ID, Block, Chat, FormerMembership, Membership, Message
 from chat.ratelimit import RateLimited, check_rate, refund
@@ -174,6 +174,7 @@ def send_message_once(
         if client_id and (earlier := earlier_send(chat=chat, sender=sender, client_id=client_id)):
             return earlier, False
         raise
+    metrics.count(metrics.MESSAGES_SENT)
     chat.last_message = message
     return message, True
 

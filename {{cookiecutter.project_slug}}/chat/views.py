@@ -22,7 +22,7 @@ from django.urls import reverse
 from django.utils.cache import add_never_cache_headers, patch_vary_headers
 from django_htmx.http import HttpResponseClientRedirect, reswap, retarget
 
-from chat import selectors, services
+from chat import metrics, selectors, services
 from chat.conf import chat_setting
 from chat.forms import (
     AddMemberForm,
@@ -349,6 +349,8 @@ def messages_fragment(request, pk):
     before, after = int_param(request, "before"), int_param(request, "after")
     if before is not None and after is not None and after >= before:
         raise BadRequest("“after” must be smaller than “before”.")
+    if after is not None:
+        metrics.count(metrics.CATCH_UP_FETCHES)
     page = selectors.messages_page(membership=membership, before=before, after=after)
     context = {"chat": membership.chat, "page": page, "viewer_id": request.user.pk}
     return render(request, "chat/partials/message_list_fragment.html", context)

@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "channels",
     "django_htmx",
     "accounts",
+    "ops",
 {%- if cookiecutter.use_custom_user_model %}
     "users",
 {%- endif %}
@@ -44,6 +45,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz, /readyz and /metrics, answered before the rest: no HTTPS redirect, no host
+    # check, no session (ops/middleware.py).
+    "ops.middleware.OperationsEndpointsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "django_permissions_policy.PermissionsPolicyMiddleware",
@@ -92,6 +96,24 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+{%- if cookiecutter.database == "postgresql" %}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env.bool("DB_POOL", default=True):
+    # Each server process borrows connections from a pool of its own (psycopg_pool) and
+    # gives them back after each request or socket task: it never holds more than
+    # DB_POOL_MAX_SIZE, however many sockets and requests it serves. Size PostgreSQL's
+    # max_connections for (processes x DB_POOL_MAX_SIZE) plus management commands.
+    if DATABASES["default"]["CONN_MAX_AGE"]:
+        raise ImproperlyConfigured("Set CONN_MAX_AGE=0 with the connection pool (DB_POOL=true): the pool keeps them.")
+    # A connection the pool hands out is checked first: after PostgreSQL restarts, the
+    # first request of each process gets a fresh connection instead of an error.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
+        "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
+        # Seconds a request waits for a free connection before it fails (as a busy database).
+        "timeout": env.float("DB_POOL_TIMEOUT", default=10),
+    }
+{%- endif %}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 {%- if cookiecutter.use_custom_user_model %}
 
@@ -203,16 +225,54 @@ if ADMIN_URL == "/":
     raise ImproperlyConfigured("ADMIN_URL must name a path of its own, e.g. ADMIN_URL=admin-7f3c/.")
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+# "text" (the message alone) or "json": one JSON object per line, for a log collector.
+LOG_FORMAT = env.str("LOG_FORMAT", default="text").lower()
+LOG_FORMATTERS = {
+    "text": {"format": "%(message)s"},
+    "json": {
+        "()": "pythonjsonlogger.json.JsonFormatter",
+        "fmt": "%(levelname)s %(name)s %(message)s",
+        "rename_fields": {"levelname": "level", "name": "logger"},
+        "timestamp": "time",  # ISO 8601, UTC
+    },
+}
+if LOG_FORMAT not in LOG_FORMATTERS:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, not {LOG_FORMAT!r}.")
 # Every record goes to the console once, through the root logger. Django's default config
 # gives the "django" logger a console handler of its own while DEBUG is on; left in place,
 # each runserver, request and autoreload line would print twice.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {LOG_FORMAT: LOG_FORMATTERS[LOG_FORMAT]},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django": {"handlers": [], "level": LOG_LEVEL, "propagate": True}},
 }
+
+# Errors to Sentry when SENTRY_DSN is set (the Django integration: unhandled exceptions
+# and ERROR log records, without personal data unless SENTRY_SEND_DEFAULT_PII is on).
+SENTRY_DSN = env.str("SENTRY_DSN", default="")
+if SENTRY_DSN:
+    import sentry_sdk
+    from sentry_sdk.integrations.django import DjangoIntegration
+
+    sentry_sdk.init(
+        dsn=SENTRY_DSN,
+        integrations=[DjangoIntegration()],
+        environment=env.str("SENTRY_ENVIRONMENT", default="production"),
+        traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
+        send_default_pii=env.bool("SENTRY_SEND_DEFAULT_PII", default=False),
+    )
+
+# Operations endpoints (ops/): /readyz's per-check timeout, and the bearer token /metrics
+# asks for (unset: /metrics answers 404).
+READYZ_TIMEOUT_SECONDS = env.float("READYZ_TIMEOUT_SECONDS", default=2.0)
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 24:
+    raise ImproperlyConfigured(
+        "METRICS_TOKEN must be 24 characters or more: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    )
 
 # Chat settings (see chat/conf.py for every setting and its default).
 CHAT_PAGE_SIZE = env.int("CHAT_PAGE_SIZE", default=50)

@@ -61,7 +61,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import ValidationError
 from django.db import OperationalError
 
-from chat import events, selectors, services
+from chat import events, metrics, selectors, services
 from chat.conf import chat_setting
 from chat.models import Membership
 from chat.ratelimit import RateLimited
@@ -136,6 +136,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return CLOSE_TOO_MANY_SOCKETS
         self.user, self.user_id = user, user.pk
         _open_sockets[user.pk] += 1
+        metrics.socket_opened(type(self).__name__)
         session = self.scope.get("session")
         self.session_tag = events.session_tag(getattr(session, "session_key", None))
         return None
@@ -156,6 +157,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.cleaned_up = True
         if self.user_id is not None:
             _open_sockets[self.user_id] -= 1
+            metrics.socket_closed(type(self).__name__)
             if _open_sockets[self.user_id] <= 0:
                 del _open_sockets[self.user_id]
         try:
@@ -198,6 +200,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not (frame and frame["type"] == "send"):
             window_started = self.spend_frame()
             if window_started is not None:
+                metrics.count(metrics.FRAMES_DROPPED)
                 if self.warned_window != window_started:
                     self.warned_window = window_started
                     await self.send_error("rate_limited", "Too many frames; slow down.")
@@ -335,6 +338,7 @@ class RoomConsumer(ChatConsumer):
     def fell_behind(self) -> None:
         """Its writer gave up on it: out of the room now, closed once the clean-up is done."""
         logger.info("Closing %s: %d frames behind", self.channel_name, MAX_QUEUED_FRAMES)
+        metrics.count(metrics.SOCKETS_CLOSED_TOO_SLOW)
         self.letting_go = asyncio.get_running_loop().create_task(self.let_go(CLOSE_TOO_SLOW))
 
     async def let_go(self, code: int) -> None:
@@ -416,6 +420,7 @@ class RoomConsumer(ChatConsumer):
         except RateLimited as exc:
             return await self.send_error("rate_limited", str(exc), client_id=client_id, retry_after=exc.retry_after)
         except Busy as exc:  # over capacity, SQLite's writer lock, a database restarting: nothing was saved
+            metrics.count(metrics.SENDS_BUSY)
             busy = "The server is busy; sending again."
             return await self.send_error("busy", busy, client_id=client_id, retry_after=exc.retry_after)
         except services.Blocked as exc:  # a direct chat with a block either way

@@ -23,7 +23,7 @@ import time
 from channels.consumer import get_handler_name
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
-from chat import events
+from chat import events, metrics
 from chat.realtime.loop import PerLoop
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ class ProcessHub(PerLoop):
     async def reset(self) -> None:
         async with self.changing:
             by_key, self.sockets, self.channel, self.reader = self.sockets, {}, None, None
+        metrics.count(metrics.SOCKETS_CLOSED_LAYER_LOST, sum(map(len, by_key.values())))
         for sockets in by_key.values():
             for consumer in sockets:
                 try:
@@ -150,6 +151,7 @@ class ProcessHub(PerLoop):
                 await handler(event)
             except Exception:  # one socket's failure is not the others'; that socket is let go
                 logger.exception("Delivering %s to %s failed", event.get("type"), consumer)
+                metrics.count(metrics.SOCKETS_DROPPED)
                 await self.leave(consumer)
 
 
