@@ -5,6 +5,9 @@ Close codes (the socket is accepted first so browsers can read them):
     4401  not logged in, or no longer (logged out, account deactivated or deleted)
     4403  not a member of this chat, or no longer one (removed, left, group deleted)
     4429  this user has CHAT_MAX_SOCKETS_PER_USER sockets open on this server process already
+    1012  the server process is restarting (SIGTERM: a deploy; sent by the production server,
+          config/gunicorn.py): reconnect at once, with up to a second of jitter, which lands on
+          another process behind the proxy, and catch up with `messages/?after=<id>`
 
 Frames the server sends are JSON objects with a "type": see `chat.events` for the
 vocabulary. Frames a client may send to a room:
@@ -28,8 +31,9 @@ FRAME_WINDOW_SECONDS; sends are counted by the per-user send rate instead.
 Room events reach a room socket through its process's `RoomHub` (chat/room_hub.py), which
 is in the room's group once for all of the process's sockets.
 
-Whatever ends a socket (a close, an error in a handler, the server cancelling it on
-shutdown) leaves its groups and its presence: `ChatConsumer.__call__` cleans up last.
+Whatever ends a socket (a close, an error in a handler, the server closing it with 1012 or
+cancelling it on shutdown) leaves its groups and its presence: `ChatConsumer.__call__`
+cleans up last.
 """
 
 from __future__ import annotations

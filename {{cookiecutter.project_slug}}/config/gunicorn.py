@@ -17,6 +17,11 @@ import os
 
 from uvicorn_worker import UvicornWorker
 
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = 1
 worker_class = "config.gunicorn.ChatUvicornWorker"
@@ -24,7 +29,7 @@ worker_class = "config.gunicorn.ChatUvicornWorker"
 # so the worker's clean-up (read marks, inbox updates, leaving groups) runs before it.
 GRACEFUL_TIMEOUT = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
 graceful_timeout = GRACEFUL_TIMEOUT + 5
-accesslog = "-" if os.environ.get("ACCESS_LOG", "").lower() in {"1", "true", "yes"} else None
+accesslog = "-" if env_flag("ACCESS_LOG") else None
 errorlog = "-"
 # Several processes on one host would share the default control socket path; restarts go
 # through signals (systemd, the container runtime) instead.
@@ -33,9 +38,19 @@ control_socket_disable = True
 
 class ChatUvicornWorker(UvicornWorker):
     """uvicorn's worker without the lifespan protocol (Django has no use for it), with the
-    sans-I/O websockets implementation, and a bounded graceful shutdown."""
+    sans-I/O websockets implementation, and a bounded graceful shutdown.
 
-    CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "lifespan": "off", "ws": "websockets-sansio"}
+    The client's address and scheme come from nginx's X-Forwarded-* headers only behind the
+    proxy (BEHIND_TLS_PROXY=true, from FORWARDED_ALLOW_IPS, 127.0.0.1 by default): on a port
+    clients reach directly they could claim any address and dodge the per-address limits.
+    """
+
+    CONFIG_KWARGS = {
+        **UvicornWorker.CONFIG_KWARGS,
+        "lifespan": "off",
+        "ws": "websockets-sansio",
+        "proxy_headers": env_flag("BEHIND_TLS_PROXY"),
+    }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
