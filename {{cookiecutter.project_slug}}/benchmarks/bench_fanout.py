@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         setup_django(server_env(database_url=args.database_url, workdir=workdir, redis_url=None, prefix="bench"))
         rooms = len(args.rates) * len(layers(args))
         seed_state = seed(run_id=secrets.token_hex(3), members=args.members, rooms=rooms)
-        print(f"{args.members} members, {args.senders} senders, {args.duration:g} s per run on {args.server}", flush=True)
+        load = f"{args.members} members, {args.senders} senders, {args.duration:g} s per run"
+        print(f"{load} on one {args.server} process", flush=True)
         results, memory = asyncio.run(bench(args, seed_state, workdir))
     if args.json:
         args.json.write_text(json.dumps(report(args, results, memory), indent=2) + "\n")

@@ -1,9 +1,10 @@
 """A chat room as the page runs it, without the browser: for benchmarks and tests.
 
 It follows the room's JavaScript (static/js/components/chat/): `chat-websocket.js` (reconnect
-with full jitter, at once (within a second) when the server restarts (1012), stop on 4401/4403), `message-send.js` (frames chained by `prev_id`, an early
-frame held for the reorder grace, catch-up over HTTP with `messages/?after=<id>`, and
-`&before=<id>` while frames past a gap are held) and, in room_outbox.py, `message-outbox.js`
+with full jitter, within a second when the server restarts (1012), stop on 4401/4403),
+`message-send.js` (frames chained by `prev_id`, an early frame held for the reorder grace,
+catch-up over HTTP with `messages/?after=<id>`, and `&before=<id>` while frames past a gap
+are held) and, in room_outbox.py, `message-outbox.js`
 (sends over the socket with an ack, over HTTP when the socket is down or the ack is late,
 overload answers waited out, always with the message's client id). The protocol itself is
 documented in `chat/consumers.py`.
