@@ -13,7 +13,7 @@ port. Every send must be answered (acked, or a retryable answer the client retri
 stored), every message stored once and shown once by every member after catch-up, the
 sockets of each stopped process must have seen 1012 and be open again within
 RECONNECT_BOUND_SECONDS of it going down, and the stopped process must exit on its own (no
-kill). Figures are printed (`pytest -s`) and written to test-artifacts/faults.json
+kill) with no error in its log. Figures are printed (`pytest -s`) and written to test-artifacts/faults.json
 ("rolling_restart").
 """
 
@@ -77,6 +77,7 @@ class RollingRestart:
         exit_code = await asyncio.to_thread(old.process.wait, EXIT_BOUND_SECONDS)
         exited_s = time.monotonic() - down_at
         old.stop()  # closes its log
+        tracebacks = old.log_path.read_text(errors="replace").count("Traceback")
         new = Server(
             log_path=SERVER_LOGS / f"server{number + 1}-restarted.log",
             env=self.project.env,
@@ -95,6 +96,7 @@ class RollingRestart:
                 "clients": on_it,
                 "exit_code": exit_code,
                 "exited_s": round(exited_s, 2),
+                "tracebacks": tracebacks,
                 "back_s": back,  # per client: seconds from SIGTERM to its socket's next open (None: never)
                 "saw_1012": sum(client.close_codes[SERVICE_RESTART] > 0 for client in on_it),
             }
@@ -179,19 +181,21 @@ def test_rolling_restart_under_load_answers_every_send_and_loses_nothing(project
                 "saw_1012": restart["saw_1012"],
                 "exit_code": restart["exit_code"],
                 "exited_s": restart["exited_s"],
+                "tracebacks": restart["tracebacks"],
                 "back_max_s": max((s for s in restart["back_s"] if s is not None), default=None),
             }
             for restart in restarts.restarts
         ],
         back_s={"p50": median(back), "max": max((s for s in back if s is not None), default=None)},
     )
+    assert_exactly_once(clients, sends, state)
     for restart in restarts.restarts:
         assert restart["clients"], f"server {restart['server']} had no sockets when it was stopped"
         assert restart["exit_code"] == 0, f"server {restart['server']} exited with {restart['exit_code']}"
+        assert restart["tracebacks"] == 0, f"errors in {SERVER_LOGS}/server{restart['server']}.log"
         assert restart["saw_1012"] == len(restart["clients"]), "every socket of a stopping process is closed with 1012"
         late = [s for s in restart["back_s"] if s is None or s > RECONNECT_BOUND_SECONDS]
         assert not late, f"server {restart['server']}: sockets back after {late} s (bound {RECONNECT_BOUND_SECONDS} s)"
-    assert_exactly_once(clients, sends, state)
 
 
 def median(values: list[float | None]) -> float | None:

@@ -154,6 +154,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if event["session"] is None or event["session"] == self.session_tag:
             await self.end(event["close_code"])
 
+    async def send(self, text_data=None, bytes_data=None, close=False):
+        try:
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except OSError:
+            # The client is gone or the server is closing the socket (uvicorn raises, daphne drops
+            # the frame); the disconnect that follows cleans up.
+            logger.debug("A frame to %s was not sent: the socket is closed", self.channel_name)
+
     async def send_json(self, content: dict) -> None:
         await self.send(text_data=json.dumps(content))
 
