@@ -20,13 +20,27 @@ kill) with no error in its log. Figures are printed (`pytest -s`) and written to
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import shutil
+import signal
+import subprocess
 import time
+from types import SimpleNamespace
 
 import pytest
 from baking import TEMPLATE_DIR
-from live_servers import Project, Server, bake_project, require_room_client, start_servers
+from live_servers import (
+    Project,
+    Server,
+    bake_project,
+    free_port,
+    http_request,
+    open_socket,
+    require_room_client,
+    start_servers,
+    tooling,
+)
 from test_faults import (
     GROUP_EVERY,
     LOAD_USERS,
@@ -187,6 +201,7 @@ def test_rolling_restart_under_load_answers_every_send_and_loses_nothing(project
             for restart in restarts.restarts
         ],
         back_s={"p50": median(back), "max": max((s for s in back if s is not None), default=None)},
+        load_average=os.getloadavg()[1],  # of the machine over the last 5 minutes: the figures' context
     )
     assert_exactly_once(clients, sends, state)
     for restart in restarts.restarts:
@@ -201,3 +216,34 @@ def test_rolling_restart_under_load_answers_every_send_and_loses_nothing(project
 def median(values: list[float | None]) -> float | None:
     known = sorted(value for value in values if value is not None)
     return known[len(known) // 2] if known else None
+
+
+def test_start_script_serves_and_on_sigterm_closes_sockets_with_1012_and_exits(project, request, tmp_path):
+    """deploy/start.sh (the command of `make serve-prod` and the deployment) serves pages and
+    sockets on $PORT; SIGTERM closes its sockets with 1012 and it exits by itself with status 0."""
+    seeded = seed(project, prefix="script", users=2)
+    member, room = seeded["members"][0], f"/chat/{seeded['group_id']}/"
+    port = free_port()
+    with (tmp_path / "start.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(project.path / "deploy" / "start.sh")],
+            env={**project.env, "PORT": str(port), "VENV": str(project.venv)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    request.addfinalizer(lambda: process.poll() is None and process.kill())
+    tooling.wait_for_port(port, 60, process=process)
+    assert http_request(port, "GET", f"{room}messages/", member)[0] == 200  # a page fragment (no static files)
+
+    async def close_code_on_sigterm() -> int | None:
+        socket = await open_socket(SimpleNamespace(port=port), f"/ws{room}", member)
+        process.send_signal(signal.SIGTERM)
+        try:
+            async for _ in socket:
+                pass
+        except Exception:  # closed with an error code: the code is what this test is about
+            pass
+        return socket.close_code
+
+    assert asyncio.run(close_code_on_sigterm()) == SERVICE_RESTART
+    assert process.wait(timeout=EXIT_BOUND_SECONDS) == 0, (tmp_path / "start.log").read_text()[-3000:]
