@@ -29,8 +29,11 @@ worker_class = "config.gunicorn.ChatUvicornWorker"
 # so the worker's clean-up (read marks, inbox updates, leaving groups) runs before it.
 GRACEFUL_TIMEOUT = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
 graceful_timeout = GRACEFUL_TIMEOUT + 5
-accesslog = "-" if env_flag("ACCESS_LOG") else None
+# The server's own messages (start, stop, signals, socket opens) to stderr at the project's
+# LOG_LEVEL; one line per request only with ACCESS_LOG=true.
 errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "INFO").lower()
+accesslog = "-" if env_flag("ACCESS_LOG") else None
 # Several processes on one host would share the default control socket path; restarts go
 # through signals (systemd, the container runtime) instead.
 control_socket_disable = True
