@@ -104,6 +104,7 @@ class RollingRestart:
         await asyncio.to_thread(new.wait_ready)
         self.servers[number] = new
         back = await asyncio.gather(*(reopened_after(client, down_at) for client in on_it))
+        closed = [seconds_after(client.closed_at, down_at) for client in on_it]
         self.restarts.append(
             {
                 "server": number + 1,
@@ -112,18 +113,24 @@ class RollingRestart:
                 "exited_s": round(exited_s, 2),
                 "tracebacks": tracebacks,
                 "back_s": back,  # per client: seconds from SIGTERM to its socket's next open (None: never)
+                "closed_s": closed,  # per client: seconds from SIGTERM to its socket's close
                 "saw_1012": sum(client.close_codes[SERVICE_RESTART] > 0 for client in on_it),
             }
         )
+
+
+def seconds_after(times: list[float], start: float) -> float | None:
+    later = [at for at in times if at > start]
+    return round(min(later) - start, 2) if later else None
 
 
 async def reopened_after(client, down_at: float) -> float | None:
     """Seconds from `down_at` until the client's socket opened again (waits up to twice the bound)."""
     deadline = down_at + 2 * RECONNECT_BOUND_SECONDS
     while time.monotonic() < deadline:
-        reopened = [at for at in client.opened_at if at > down_at]
-        if reopened:
-            return round(reopened[0] - down_at, 2)
+        reopened = seconds_after(client.opened_at, down_at)
+        if reopened is not None:
+            return reopened
         await asyncio.sleep(0.05)
     return None
 
@@ -196,6 +203,7 @@ def test_rolling_restart_under_load_answers_every_send_and_loses_nothing(project
                 "exit_code": restart["exit_code"],
                 "exited_s": restart["exited_s"],
                 "tracebacks": restart["tracebacks"],
+                "closed_max_s": max((s for s in restart["closed_s"] if s is not None), default=None),
                 "back_max_s": max((s for s in restart["back_s"] if s is not None), default=None),
             }
             for restart in restarts.restarts
