@@ -20,6 +20,7 @@ kill) with no error in its log. Figures are printed (`pytest -s`) and written to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -221,6 +222,13 @@ def test_rolling_restart_under_load_answers_every_send_and_loses_nothing(project
         assert not late, f"server {restart['server']}: sockets back after {late} s (bound {RECONNECT_BOUND_SECONDS} s)"
 
 
+def kill_group(process: subprocess.Popen) -> None:
+    """gunicorn and its worker, whatever state the test left them in (a killed arbiter orphans its worker)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
 def median(values: list[float | None]) -> float | None:
     known = sorted(value for value in values if value is not None)
     return known[len(known) // 2] if known else None
@@ -238,8 +246,9 @@ def test_start_script_serves_and_on_sigterm_closes_sockets_with_1012_and_exits(p
             env={**project.env, "PORT": str(port), "VENV": str(project.venv)},
             stdout=log,
             stderr=subprocess.STDOUT,
+            process_group=0,
         )
-    request.addfinalizer(lambda: process.poll() is None and process.kill())
+    request.addfinalizer(lambda: kill_group(process))
     tooling.wait_for_port(port, 60, process=process)
     assert http_request(port, "GET", f"{room}messages/", member)[0] == 200  # a page fragment (no static files)
 
