@@ -1,4 +1,4 @@
-"""Baked projects for the benchmarks: bake, shared venv, migrate, seed, and daphne processes.
+"""Baked projects for the benchmarks: bake, shared venv, migrate, seed, and server processes.
 
 Bakes go to build/bench/ with setup_environment=false and run from the template suite's
 shared venvs (tests/project_venvs.py), so a second run installs nothing.
@@ -89,10 +89,15 @@ class Project:
         return time.perf_counter() - started
 
 
-def start_daphne(project: Project, log_path: Path, application: str = "config.asgi:application"):
-    """One daphne process (tooling.DaphneProcess) on a free port of 127.0.0.1, listening."""
-    server = tooling.DaphneProcess(
-        log_path=log_path, env=project.env, application=application, project_dir=project.path, python=project.python
+def start_server(project: Project, log_path: Path, *, server: str, application: str = "config.asgi:application"):
+    """One app server process (tooling.ServerProcess: gunicorn or daphne) on a free port of 127.0.0.1, listening."""
+    process = tooling.ServerProcess(
+        log_path=log_path,
+        env=project.env,
+        application=application,
+        project_dir=project.path,
+        python=project.python,
+        server=server,
     )
-    server.wait_ready()
-    return server
+    process.wait_ready()
+    return process

@@ -47,11 +47,11 @@ def print_generation(figures: dict) -> None:
     table(("figure", "time", "reference", "time"), rows)
 
 
-def print_http(results: dict) -> None:
+def print_http(results: dict, server: str) -> None:
     for database, figures in results.items():
         print(
             f"\nHTTP on {database}: {figures['chats']:,} chats, {figures['messages']:,} messages "
-            f"(seeded in {figures['seed_s']:g} s); one daphne process"
+            f"(seeded in {figures['seed_s']:g} s); one {server} process"
         )
         rows = []
         for name, page in figures["pages"].items():
@@ -60,8 +60,8 @@ def print_http(results: dict) -> None:
         table(("page", "median ms", "p95 ms", "req/s", "errors"), rows)
 
 
-def print_fanout(runs: list[dict]) -> None:
-    print("\nWebsocket fan-out: one daphne process; raw = bare `websockets` server (no Django, no layer)")
+def print_fanout(runs: list[dict], server: str) -> None:
+    print(f"\nWebsocket fan-out: one {server} process; raw = bare `websockets` server (no Django, no layer)")
     header = ("members", "msg/s", "layer", "target", "sent", "p50 ms", "p99 ms", "deliv/s", "lost", "lost*")
     rows = []
     for run in sorted(runs, key=lambda r: (r["members"], r["layer"] != "memory", r["target"] != "chat")):
@@ -84,10 +84,10 @@ def print_fanout(runs: list[dict]) -> None:
     print("lost: deliveries that never arrived as frames; lost*: still missing after the room's catch-up GETs")
 
 
-def print_idle(results: dict) -> None:
+def print_idle(results: dict, server: str) -> None:
     print("\nIdle websockets held by one process")
     rows = []
-    for name, label in (("daphne", "daphne, inbox sockets"), ("raw", "raw websockets (reference)")):
+    for name, label in (("app", f"{server}, inbox sockets"), ("raw", "raw websockets (reference)")):
         figures = results.get(name)
         if figures:
             rows.append(
@@ -111,9 +111,10 @@ def print_tables(report: dict) -> None:
     )
     if "generation" in report:
         print_generation(report["generation"])
+    server = report["settings"].get("server", "daphne")
     if "http" in report:
-        print_http(report["http"])
+        print_http(report["http"], server)
     if "fanout" in report:
-        print_fanout(report["fanout"])
+        print_fanout(report["fanout"], server)
     if "idle" in report:
-        print_idle(report["idle"])
+        print_idle(report["idle"], server)

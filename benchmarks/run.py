@@ -8,10 +8,13 @@ Phases, each figure beside its reference measured in the same run:
 - generation: bake time without setup (median of --bakes) beside the bare `cookiecutter
   --version`; setup time with a warm package cache beside installing the same packages.
 - http: pages under --concurrency connections for --http-duration s each, per database,
-  beside a trivial Django view (the login page) and a static file on the same daphne.
+  beside a trivial Django view (the login page) and a static file on the same server.
 - fanout: bench_fanout.py (our room vs the Channels relay, in-memory and Redis layers) per
   room size, beside a bare `websockets` broadcast server (raw_broadcast.py).
-- idle: --idle-sockets idle inbox sockets to one daphne, beside the raw server.
+- idle: --idle-sockets idle inbox sockets to one server process, beside the raw server.
+
+The app server is --server: gunicorn with the project's uvicorn worker (config/gunicorn.py,
+as `make serve-prod` runs it) or daphne (`make run`).
 
 Redis and PostgreSQL are started on free ports unless BENCH_REDIS_URL / BENCH_POSTGRES_URL
 (a role that may create databases) are set. Every process and service started here is
@@ -43,7 +46,7 @@ from projects import (
     clean_env,
     requirements,
     run_cookiecutter,
-    start_daphne,
+    start_server,
     tail,
 )
 from report import print_tables
@@ -153,7 +156,7 @@ def bench_http(args: argparse.Namespace, services: Services) -> dict:
         seed_s = project.prepare(users=50, chats=args.chats, messages=args.messages)
         spec = project.run_json(str(BENCH_DIR / "http_targets.py"))
         print(f"  seeded in {seed_s:.1f} s: {spec['user_chats']} chats, {spec['messages']} messages", flush=True)
-        server = start_daphne(project, BUILD_DIR / f"daphne-http-{database}.log")
+        server = start_server(project, BUILD_DIR / f"{args.server}-http-{database}.log", server=args.server)
         try:
             load = [project.python, str(BENCH_DIR / "http_load.py"), "--base-url", server.base_url]
             load += ["--concurrency", str(args.concurrency), "--duration", str(args.http_duration)]
@@ -187,7 +190,7 @@ def bench_fanout(args: argparse.Namespace, services: Services) -> list[dict]:
         out = BUILD_DIR / f"fanout-{members}.json"
         command = [project.python, "benchmarks/bench_fanout.py", "--members", str(members), "--senders", str(senders)]
         command += ["--rates", str(rate), "--duration", str(args.fanout_duration), "--idle-sockets", "20"]
-        command += ["--phase-timeout", "30", "--redis", services.redis, "--json", str(out)]
+        command += ["--phase-timeout", "30", "--redis", services.redis, "--json", str(out), "--server", args.server]
         print(f"  {members} members at {rate:g} msg/s (bench_fanout.py) ...", flush=True)
         result = subprocess.run(
             command,
@@ -238,12 +241,14 @@ def bench_idle(args: argparse.Namespace) -> dict:
     client = [project.python, str(BENCH_DIR / "idle_sockets.py"), "--count", str(args.idle_sockets)]
     client += ["--hold", str(args.idle_hold)]
     results = {}
-    server = start_daphne(project, BUILD_DIR / "daphne-idle.log")
+    server = start_server(project, BUILD_DIR / f"{args.server}-idle.log", server=args.server)
     try:
-        command = [*client, "--url", f"ws://{HOST}:{server.port}/ws/chat/inbox/", "--server-pid"]
-        command += [str(server.process.pid), "--sessions", "--greeting"]
+        # The process that holds the sockets: gunicorn's worker, not its arbiter.
+        pid = (tooling.child_pids(server.process.pid) or [server.process.pid])[0]
+        command = [*client, "--url", f"ws://{HOST}:{server.port}/ws/chat/inbox/", "--server-pid", str(pid)]
+        command += ["--sessions", "--greeting"]
         sessions = json.dumps(spec["other_sessions"])
-        results["daphne"] = run_client(command, sessions)
+        results["app"] = run_client(command, sessions)
     finally:
         server.stop()
     port = free_port()
@@ -294,6 +299,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", choices=PHASES, default=list(PHASES), help="run these phases")
     parser.add_argument("--quick", action="store_true", help="a smaller subset (about 4 minutes)")
     parser.add_argument("--databases", nargs="+", choices=["sqlite", "postgresql"], default=None)
+    parser.add_argument("--server", choices=tooling.SERVERS, default=tooling.SERVERS[0], help="default: %(default)s")
     parser.add_argument("--chats", type=int, default=1000, help="chats of the benchmark user")
     parser.add_argument("--messages", type=int, default=100_000, help="messages in all")
     parser.add_argument("--concurrency", type=int, default=8, help="HTTP connections in flight")

@@ -22,9 +22,9 @@ from project_venvs import venv_for
 ANSWERS = {"channel_layer": "redis", "database": "postgresql", "use_custom_user_model": True}
 TIMEOUT = 15
 
-# The generated project's own tooling (ports, daphne processes), shared with its benchmarks.
+# The generated project's own tooling (ports, server processes), shared with its benchmarks.
 tooling = load_project_module("tooling")
-HOST, free_port, Server = tooling.HOST, tooling.free_port, tooling.DaphneProcess
+HOST, free_port, Server = tooling.HOST, tooling.free_port, tooling.ServerProcess
 
 # Defines cookie_for(user) in the project's shell: a session and a CSRF secret, as
 # `login()` would leave them, for a test to use as that user ({"user_id", "cookie", "csrf"}).
@@ -78,13 +78,15 @@ def bake_project(cookies_session, request, *, postgres_url: str, redis_url: str,
     return baked
 
 
-def start_servers(project: Project, logs: Path, count: int, request) -> list[Server]:
-    """`count` daphne processes on free ports, stopped at teardown."""
+def start_servers(project: Project, logs: Path, count: int, request, *, server: str = "daphne") -> list[Server]:
+    """`count` server processes (daphne, or gunicorn as in production) on free ports, stopped at teardown."""
     started: list[Server] = []
-    request.addfinalizer(lambda: [server.stop() for server in started])
+    request.addfinalizer(lambda: [process.stop() for process in started])
     for number in range(1, count + 1):
         log_path = logs / f"server{number}.log"
-        started.append(Server(log_path=log_path, env=project.env, project_dir=project.path, python=project.python))
+        started.append(
+            Server(log_path=log_path, env=project.env, project_dir=project.path, python=project.python, server=server)
+        )
     for server in started:
         try:
             server.wait_ready()

@@ -1,13 +1,14 @@
-"""Room fan-out: our chat against the Channels tutorial relay, on one daphne process.
+"""Room fan-out: our chat against the Channels tutorial relay, on one app server process.
 
 Run from the project directory with the project's venv (`pip install -e ".[dev]"` brings
 websockets and httpx):
 
     python benchmarks/bench_fanout.py                            # in-memory layer
     python benchmarks/bench_fanout.py --redis redis://127.0.0.1:6379/0 --json bench.json
+    python benchmarks/bench_fanout.py --server daphne             # default: gunicorn (make serve-prod)
 
 For each layer it seeds 100 members (10 of them senders) in a throwaway database, starts
-one daphne on a free port of 127.0.0.1 serving `benchmarks.relay_asgi`, and offers the
+one server process (`--server`) on a free port of 127.0.0.1 serving `benchmarks.relay_asgi`, and offers the
 same load to both targets:
 
 - relay: 100 sockets on ws/bench/relay/<room>/, the senders send frames over their socket;
@@ -23,7 +24,7 @@ senders down and hide its queueing) to the frame's arrival. "lost" counts delive
 that never arrived as frames; "recovered" those the catch-up GETs then fetched. Also
 reported: the server's RSS per idle inbox socket. Figures only: nothing is asserted.
 
-The parts: tooling.py (ports, daphne processes, sessions), seeding.py (settings, members,
+The parts: tooling.py (ports, server processes, sessions), seeding.py (settings, members,
 rooms), fanout_load.py (the offered load on each target), room_client.py and room_outbox.py
 (the room page's protocol) and fanout_report.py (the table and the JSON).
 """
@@ -54,16 +55,17 @@ from benchmarks.fanout_load import idle_memory, run_chat, run_relay  # noqa: E40
 from benchmarks.fanout_report import Result, print_table, report  # noqa: E402
 from benchmarks.room_client import REORDER_GRACE_SECONDS, new_http_client  # noqa: E402
 from benchmarks.seeding import Seed, seed, server_env, setup_django  # noqa: E402
-from benchmarks.tooling import DaphneProcess  # noqa: E402
+from benchmarks.tooling import SERVERS, ServerProcess  # noqa: E402
 
 ASGI_APPLICATION = "benchmarks.relay_asgi:application"
 
 
-def start_server(args, workdir: Path, layer: str, redis_url: str | None) -> DaphneProcess:
+def start_server(args, workdir: Path, layer: str, redis_url: str | None) -> ServerProcess:
     env = server_env(
         database_url=args.database_url, workdir=workdir, redis_url=redis_url, prefix=f"bench-{secrets.token_hex(3)}"
     )
-    server = DaphneProcess(log_path=workdir / f"daphne-{layer}.log", env=env, application=ASGI_APPLICATION)
+    log_path = workdir / f"{args.server}-{layer}.log"
+    server = ServerProcess(log_path=log_path, env=env, application=ASGI_APPLICATION, server=args.server)
     try:
         server.wait_ready(timeout=30)
     except RuntimeError as exc:
@@ -127,6 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of sending per run")
     parser.add_argument("--members", type=int, default=100, help="room sockets (members), senders included")
     parser.add_argument("--senders", type=int, default=10)
+    parser.add_argument("--server", choices=SERVERS, default=SERVERS[0], help="the app server (default: %(default)s)")
     parser.add_argument("--idle-sockets", type=int, default=1000, help="inbox sockets for the memory figure")
     parser.add_argument("--redis", default=None, help="also run on Redis (default: REDIS_URL, if channels_redis)")
     parser.add_argument("--no-memory-layer", action="store_true", help="skip the in-memory layer")
@@ -188,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         setup_django(server_env(database_url=args.database_url, workdir=workdir, redis_url=None, prefix="bench"))
         rooms = len(args.rates) * len(layers(args))
         seed_state = seed(run_id=secrets.token_hex(3), members=args.members, rooms=rooms)
-        print(f"{args.members} members, {args.senders} senders, {args.duration:g} s per run", flush=True)
+        load = f"{args.members} members, {args.senders} senders, {args.duration:g} s per run"
+        print(f"{load} on one {args.server} process", flush=True)
         results, memory = asyncio.run(bench(args, seed_state, workdir))
     if args.json:
         args.json.write_text(json.dumps(report(args, results, memory), indent=2) + "\n")

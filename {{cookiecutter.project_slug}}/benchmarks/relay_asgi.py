@@ -5,7 +5,7 @@ room, send each group event back out. It authorizes nothing and stores nothing, 
 makes it the floor our consumers are measured against. Both share the middleware stack,
 the channel layer and the process, so the comparison is like for like.
 
-    daphne -b 127.0.0.1 -p 8001 benchmarks.relay_asgi:application
+    gunicorn -c python:config.gunicorn --bind 127.0.0.1:8001 benchmarks.relay_asgi:application
 """
 
 import gc

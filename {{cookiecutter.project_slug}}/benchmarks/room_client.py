@@ -1,9 +1,10 @@
 """A chat room as the page runs it, without the browser: for benchmarks and tests.
 
 It follows the room's JavaScript (static/js/components/chat/): `chat-websocket.js` (reconnect
-with full jitter, stop on 4401/4403), `message-send.js` (frames chained by `prev_id`, an early
-frame held for the reorder grace, catch-up over HTTP with `messages/?after=<id>`, and
-`&before=<id>` while frames past a gap are held) and, in room_outbox.py, `message-outbox.js`
+with full jitter, within a second when the server restarts (1012), stop on 4401/4403),
+`message-send.js` (frames chained by `prev_id`, an early frame held for the reorder grace,
+catch-up over HTTP with `messages/?after=<id>`, and `&before=<id>` while frames past a gap
+are held) and, in room_outbox.py, `message-outbox.js`
 (sends over the socket with an ack, over HTTP when the socket is down or the ack is late,
 overload answers waited out, always with the message's client id). The protocol itself is
 documented in `chat/realtime/consumers.py`.
@@ -30,9 +31,11 @@ from websockets.exceptions import WebSocketException
 from .room_outbox import ACK_TIMEOUT_SECONDS, MESSAGE_ID, Outbox, Sent
 
 FINAL_CLOSE_CODES = {4401, 4403}
+SERVICE_RESTART = 1012  # the server process is stopping (a deploy): another one takes the socket
 # chat-websocket.js
 RECONNECT_BASE_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 15.0
+RESTART_JITTER_SECONDS = 1.0
 # message-send.js
 REORDER_GRACE_SECONDS = 0.4
 MAX_CATCH_UP_PAGES = 40
@@ -51,8 +54,9 @@ class Member:
 class RoomClient:
     """One member's room: its socket, what it shows, and its outbox.
 
-    `servers` are base URLs ("http://127.0.0.1:8000"); with `failover` a refused connection
-    moves the socket (and the HTTP requests) to the next one, as a load balancer would.
+    `servers` are base URLs ("http://127.0.0.1:8000"); with `failover` a refused connection,
+    or a server saying it restarts (1012), moves the socket (and the HTTP requests) to the
+    next one, as a load balancer would.
     `start_id` is the newest message the page rendered. `send_over="http"` posts every
     message, as the page does while its socket is closed.
     """
@@ -97,6 +101,9 @@ class RoomClient:
         self.last_presence_at = 0.0
         self.connected = asyncio.Event()
         self.final_close_code: int | None = None
+        self.close_codes: Counter[int] = Counter()  # how the server closed the socket, each time
+        self.closed_at: list[float] = []  # time.monotonic() of each close, for a test to time the reconnects
+        self.opened_at: list[float] = []
         self.revoked = False
         self.stopped = False
         self.ws: ClientConnection | None = None
@@ -168,6 +175,11 @@ class RoomClient:
                 self.counts[f"closed_{type(exc).__name__}"] += 1
             self.ws = None
             self.connected.clear()
+            self.closed_at.append(time.monotonic())
+            self.close_codes[ws.close_code] += 1
+            restarting = ws.close_code == SERVICE_RESTART
+            if restarting and self.failover:
+                self.server_index = (self.server_index + 1) % len(self.servers)
             self.outbox.on_socket_closed()
             if ws.close_code in FINAL_CLOSE_CODES:
                 self.final_close_code = ws.close_code
@@ -175,7 +187,7 @@ class RoomClient:
                 return
             if not self.stopped:
                 self.counts["drop"] += 1
-                await self.reconnect_pause(attempts)
+                await self.reconnect_pause(attempts, restarting=restarting)
                 attempts += 1
 
     async def open_socket(self) -> ClientConnection:
@@ -191,9 +203,12 @@ class RoomClient:
                 open_timeout=self.open_timeout,
             )
 
-    async def reconnect_pause(self, attempts: int) -> None:
+    async def reconnect_pause(self, attempts: int, *, restarting: bool = False) -> None:
+        """Full jitter: exponential backoff, or at most a second when the server restarts
+        (its sockets all reconnect at once, spread over that second)."""
         base, ceiling = self.reconnect_delays
-        await asyncio.sleep(random.uniform(0, min(ceiling, base * 2**attempts)))  # noqa: S311 - jitter
+        longest = RESTART_JITTER_SECONDS if restarting else min(ceiling, base * 2**attempts)
+        await asyncio.sleep(random.uniform(0, longest))  # noqa: S311 - jitter
 
     def is_open(self) -> bool:
         return self.ws is not None
@@ -211,6 +226,7 @@ class RoomClient:
         # Every open catches up, the first one too: a message sent after the page rendered
         # and before the socket joined the room has no frame for this socket.
         self.counts["open"] += 1
+        self.opened_at.append(time.monotonic())
         self.connected.set()
         self.report_visibility()
         self.catch_up()

@@ -1,7 +1,7 @@
 """The fan-out benchmark's throwaway project state: settings, database, members and rooms.
 
 The benchmark process seeds with Django in-process (`setup_django`, then `seed`) on the
-same database and settings (`server_env`) its daphne servers then serve.
+same database and settings (`server_env`) its server processes then serve.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """What a benchmark or a test needs to run this project on 127.0.0.1: ports, servers, sessions.
 
 - `free_port()` and `wait_for_port()`;
-- `DaphneProcess`: one daphne serving an ASGI application on a free port, its output in a
-  log file, stopped gently (or killed) and measured (RSS);
+- `ServerProcess`: one app server process serving an ASGI application on a free port, its
+  output in a log file, stopped gently (SIGTERM, as a deploy does) or killed, and measured
+  (RSS); `server="gunicorn"` (the production server, config/gunicorn.py) or `"daphne"`;
 - `forge_session(user)`: what `login()` would leave in the session store, plus a CSRF
   secret, so a client can act as that user without a password or an HTTP round trip.
 
@@ -12,6 +13,7 @@ script outside the project can load this file too.
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import socket
@@ -56,8 +58,20 @@ def raise_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-class DaphneProcess:
-    """One daphne process on 127.0.0.1; `wait_ready()` before use, `stop()` or `kill()` after."""
+SERVERS = ("gunicorn", "daphne")
+
+
+def server_command(server: str, *, python: str, port: int, application: str) -> list[str]:
+    """The command line of one app process on HOST:port."""
+    if server == "daphne":
+        return [python, "-m", "daphne", "-b", HOST, "-p", str(port), application]
+    if server == "gunicorn":  # as `make serve-prod`, on this port
+        return [python, "-m", "gunicorn", "-c", "python:config.gunicorn", "--bind", f"{HOST}:{port}", application]
+    raise ValueError(f"unknown server {server!r}: daphne or gunicorn")
+
+
+class ServerProcess:
+    """One app server process on 127.0.0.1; `wait_ready()` before use, `stop()` or `kill()` after."""
 
     def __init__(
         self,
@@ -68,11 +82,12 @@ class DaphneProcess:
         project_dir: Path = PROJECT_DIR,
         python: str = sys.executable,
         port: int | None = None,
+        server: str = "daphne",
     ):
         self.port = port or free_port()
-        self.log_path = log_path
+        self.server, self.log_path = server, log_path
         self.log = log_path.open("ab")
-        command = [python, "-m", "daphne", "-b", HOST, "-p", str(self.port), application]
+        command = server_command(server, python=python, port=self.port, application=application)
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
             command,
             cwd=project_dir,
@@ -80,6 +95,7 @@ class DaphneProcess:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             preexec_fn=raise_open_files_limit,  # noqa: PLW1509 - only sets an rlimit
+            process_group=0,  # gunicorn's worker goes with its arbiter when killed
         )
 
     @property
@@ -95,7 +111,7 @@ class DaphneProcess:
             wait_for_port(self.port, timeout, process=self.process)
         except RuntimeError as exc:
             self.stop()
-            raise RuntimeError(f"daphne did not start ({exc}); its log:\n{self.output()}") from None
+            raise RuntimeError(f"{self.server} did not start ({exc}); its log:\n{self.output()}") from None
 
     def output(self, lines: int = 60) -> str:
         """The end of the server's log."""
@@ -104,25 +120,44 @@ class DaphneProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS in /proc")
+        """Resident memory of the process and its children (gunicorn's worker), in KiB."""
+        return sum(rss_kib(pid) for pid in (self.process.pid, *child_pids(self.process.pid)))
 
     def kill(self) -> None:
-        """SIGKILL: the process gets no chance to close its sockets or clean up."""
-        self.process.send_signal(signal.SIGKILL)
+        """SIGKILL to the whole process group: nothing gets a chance to close its sockets or clean up."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """SIGTERM, as a deploy or systemd sends it: the server shuts down gracefully."""
+        self.process.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 30) -> None:
         if self.process.poll() is None:
-            self.process.terminate()
+            self.terminate()
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+                self.kill()
         self.log.close()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc")
+
+
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            # The parent's pid is the field after the command name, which is in parentheses.
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+    return children
 
 
 def forge_session(user) -> dict:

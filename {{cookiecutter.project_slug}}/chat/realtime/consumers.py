@@ -7,6 +7,9 @@ Close codes (the socket is accepted first so browsers can read them):
     4429  this user has CHAT_MAX_SOCKETS_PER_USER sockets open on this server process already
     4008  the client fell too far behind reading a room's frames (a slow or stalled network):
           reconnect and catch up (`chat.realtime.writer`)
+    1012  the server process is restarting (SIGTERM: a deploy; sent by the production server,
+          config/gunicorn.py): reconnect at once, with up to a second of jitter, which lands on
+          another process behind the proxy, and catch up with `messages/?after=<id>`
 
 Frames the server sends are JSON objects with a "type": see `chat.events` for the
 vocabulary. Frames a client may send to a room:
@@ -43,8 +46,9 @@ FRAME_WINDOW_SECONDS; sends are counted by the per-user send rate instead.
 Room events reach a room socket through its process's `RoomHub` (chat/realtime/hub.py), which
 is in the room's group once for all of the process's sockets.
 
-Whatever ends a socket (a close, an error in a handler, the server cancelling it on
-shutdown) leaves its groups and its presence: `ChatConsumer.__call__` cleans up last.
+Whatever ends a socket (a close, an error in a handler, the server closing it with 1012 or
+cancelling it on shutdown) leaves its groups and its presence: `ChatConsumer.__call__`
+cleans up last.
 """
 
 from __future__ import annotations
@@ -175,21 +179,39 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if event["session"] is None or event["session"] == self.session_tag:
             await self.end(event["close_code"])
 
+    def __str__(self) -> str:
+        return f"{type(self).__name__} of user {self.user_id}"
+
     async def send_json(self, content: dict) -> None:
         await self.send(text_data=json.dumps(content))
 
     async def send(self, text_data=None, bytes_data=None, close=False):
+        """Through the socket's writer if it has one (room sockets), else to the server now."""
         if self.writer is None:
-            return await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+            return await self.send_now(text_data=text_data, bytes_data=bytes_data, close=close)
         self.writer.put_text(text_data)
         if close:
             self.writer.put_close(None if close is True else close)
 
+    async def send_now(self, text_data=None, bytes_data=None, close=False):
+        try:
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except OSError:
+            # The client is gone or the server is closing the socket (uvicorn raises, daphne drops
+            # the frame); the disconnect that follows cleans up.
+            logger.debug("A frame to %s was not sent: the socket is closed", self)
+
     async def close(self, code=None, reason=None):
         """After the frames already queued for the socket, if it has a writer."""
         if self.writer is None:
-            return await super().close(code=code, reason=reason)
+            return await self.close_now(code)
         self.writer.put_close(code)
+
+    async def close_now(self, code=None):
+        try:
+            await super().close(code=code)
+        except OSError:
+            logger.debug("%s was closed already", self)
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.cleaned_up:  # closing: nothing it sends counts any more
@@ -320,9 +342,7 @@ class RoomConsumer(ChatConsumer):
         self.in_hub = True
         await self.accept()
         self.writer = SocketWriter(
-            send_text=lambda text: AsyncWebsocketConsumer.send(self, text_data=text),
-            close=lambda code: AsyncWebsocketConsumer.close(self, code=code),
-            too_slow=self.fell_behind,
+            send_text=lambda text: self.send_now(text_data=text), close=self.close_now, too_slow=self.fell_behind
         )
         self.writer.start()
         self.present = True
@@ -343,7 +363,7 @@ class RoomConsumer(ChatConsumer):
 
     async def let_go(self, code: int) -> None:
         await self.clean_up()
-        await AsyncWebsocketConsumer.close(self, code=code)
+        await self.close_now(code)
 
     async def clean_up(self) -> None:
         if self.cleaned_up:

@@ -3,12 +3,14 @@
 A viewer's room marks each incoming message read. Written one by one, a busy room would
 cost a transaction per viewer per message; instead each server process collects the
 marks of its sockets and writes them every `FLUSH_SECONDS` in one transaction
-(`services.mark_read_many`).
+(`services.mark_read_many`). A server shutting down (SIGTERM: a deploy, a restart)
+cancels the writer, which then writes what it still holds, within FINAL_FLUSH_SECONDS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from channels.db import database_sync_to_async
@@ -21,6 +23,8 @@ logger = logging.getLogger(__name__)
 # A second is quick enough for "read" to show elsewhere, and halves the inbox.unread
 # traffic of a busy room against half a second.
 FLUSH_SECONDS = 1.0
+# How long a stopping server waits for the marks it still holds to be written.
+FINAL_FLUSH_SECONDS = 2.0
 
 _pending: dict[tuple[int, int], int] = {}
 
@@ -33,14 +37,28 @@ def mark(*, chat_id: int, user_id: int, up_to_id: int) -> None:
 
 
 async def _flush_periodically() -> None:
-    while _pending:
-        await asyncio.sleep(FLUSH_SECONDS)
-        batch = dict(_pending)
-        _pending.clear()
-        try:
-            await database_sync_to_async(services.mark_read_many)(marks=batch)
-        except Exception:  # the database is restarting; viewers mark read again on their next message
-            logger.exception("Writing %d read marks failed", len(batch))
+    try:
+        while _pending:
+            await asyncio.sleep(FLUSH_SECONDS)
+            await _write(_take_pending())
+    except asyncio.CancelledError:  # the loop is closing (the server stops): write what is left, if quickly
+        if _pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_write(_take_pending()), FINAL_FLUSH_SECONDS)
+        raise
+
+
+def _take_pending() -> dict[tuple[int, int], int]:
+    batch = dict(_pending)
+    _pending.clear()
+    return batch
+
+
+async def _write(batch: dict[tuple[int, int], int]) -> None:
+    try:
+        await database_sync_to_async(services.mark_read_many)(marks=batch)
+    except Exception:  # the database is restarting; viewers mark read again on their next message
+        logger.exception("Writing %d read marks failed", len(batch))
 
 
 _flusher = LoopTask(_flush_periodically)

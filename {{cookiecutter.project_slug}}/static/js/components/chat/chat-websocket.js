@@ -1,11 +1,15 @@
 // A small reconnecting websocket: exponential backoff with full jitter, a pause while
 // the page is hidden or the browser offline, and no retry after the server says "not
-// allowed" (4401/4403). Back online, or back from the back/forward cache, it reconnects
-// at once (and the page catches up in onOpen).
+// allowed" (4401/4403). Back online, back from the back/forward cache, or told that the
+// server restarts (1012: a deploy; the proxy sends the new socket to another process), it
+// reconnects at once (and the page catches up in onOpen).
 
 const BASE_DELAY_MS = 500;
 const MAX_DELAY_MS = 15000;
 const FINAL_CLOSE_CODES = new Set([4401, 4403]);
+const SERVICE_RESTART = 1012;
+// A restarting process closes all its sockets together: their reconnects spread over a second.
+const RESTART_JITTER_MS = 1000;
 
 export function socketUrl(path) {
   const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
@@ -69,13 +73,14 @@ export class ReconnectingSocket {
         return;
       }
       announceStatus(this, false);
-      this.scheduleReconnect();
+      this.scheduleReconnect(event.code);
     });
   }
 
-  scheduleReconnect() {
+  scheduleReconnect(closeCode) {
     if (document.hidden || !navigator.onLine) return; // onVisible and onOnline reconnect
-    const ceiling = Math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** this.attempts);
+    const backoff = Math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** this.attempts);
+    const ceiling = closeCode === SERVICE_RESTART ? RESTART_JITTER_MS : backoff;
     this.attempts += 1;
     this.timer = setTimeout(() => this.connect(), Math.random() * ceiling);
   }

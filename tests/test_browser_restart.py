@@ -1,0 +1,94 @@
+"""In a real browser: the production server restarts gracefully under an open room.
+
+The default project is served by its production server (gunicorn with the uvicorn worker,
+config/gunicorn.py). SIGTERM closes the room's socket with 1012 (service restart); the page
+keeps reconnecting until the server is back, then shows what was sent meanwhile.
+
+Uses test_browser's Chromium and `open_as` (imported), with a server of its own.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+
+import pytest
+import test_browser
+from baking import clean_env
+from served_project import ServedProject, tooling
+from test_browser import goto_with_socket, room_path
+
+pytestmark = pytest.mark.slow
+
+browser, open_as = test_browser.browser, test_browser.open_as
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # the `browser` fixture skips or fails
+    expect = None
+
+SERVICE_RESTART = 1012
+# Every close code the page's sockets saw, in window.closeCodes (test instrumentation only).
+RECORD_CLOSE_CODES = """
+window.closeCodes = [];
+const PageWebSocket = window.WebSocket;
+window.WebSocket = class extends PageWebSocket {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("close", (event) => window.closeCodes.push(event.code));
+  }
+};
+"""
+
+
+class ProductionServedProject(ServedProject):
+    """The baked project served as `make serve-prod` serves it, restartable with SIGTERM."""
+
+    def start(self) -> None:
+        python = str(self.venv / "bin" / "python")
+        command = tooling.server_command(
+            "gunicorn", python=python, port=self.port, application="config.asgi:application"
+        )
+        with self.log.open("a") as log_file:
+            self.process = subprocess.Popen(
+                command, cwd=self.path, env=clean_env(**self.env), stdout=log_file, stderr=subprocess.STDOUT
+            )
+        self.wait_until_serving()
+
+    def terminate(self) -> int:
+        """SIGTERM, as a deploy sends it; the exit status once the server has stopped by itself."""
+        self.process.send_signal(signal.SIGTERM)
+        status = self.process.wait(timeout=30)
+        self.process = None
+        return status
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    project = ProductionServedProject(tmp_path_factory.mktemp("browser-restart"))
+    project.manage("migrate", "--verbosity", "0")
+    project.start()
+    yield project
+    project.stop()
+
+
+def test_room_reconnects_after_a_graceful_restart_and_shows_what_it_missed(server, open_as):
+    ids = server.set_up(users=["vera", "walt"], chats=[("vera", "walt", ["Before the deploy"])])
+    chat_id = ids["chats"]["vera:walt"]
+    walt = open_as("walt")
+    walt.add_init_script(RECORD_CLOSE_CODES)
+    goto_with_socket(walt, room_path(chat_id), f"/ws/chat/{chat_id}/")
+    expect(walt.locator("main .bubble-body")).to_have_text(["Before the deploy"])
+    # Stored from outside the server: the open room hears nothing of it, only a catch-up shows it.
+    server.send(sender="vera", receiver="walt", bodies=["Sent while the server restarted"])
+
+    assert server.terminate() == 0
+    walt.wait_for_function(f"window.closeCodes.includes({SERVICE_RESTART})")
+    hint = walt.locator("main [data-connection-status]")
+    expect(hint).to_be_visible()
+    expect(hint).to_have_text(re.compile("reconnecting", re.IGNORECASE))
+    server.start()
+
+    expect(walt.locator("main .bubble-body")).to_have_text(["Before the deploy", "Sent while the server restarted"])
+    expect(hint).to_be_hidden()

@@ -1,0 +1,60 @@
+"""The production server: gunicorn running one uvicorn worker (`make serve-prod`, deploy/start.sh).
+
+    gunicorn -c python:config.gunicorn config.asgi:application
+
+One app process per port, bound to ${HOST:-127.0.0.1}:${PORT:-8000}: scale out with more
+ports behind the proxy rather than more workers on one, so every process is a unit a
+proxy can route around while it restarts.
+
+On SIGTERM the worker stops accepting, closes its websockets with 1012 (service restart:
+the pages reconnect at once, to another process behind the proxy, and catch up), lets
+in-flight requests finish and writes the read marks it still holds; whatever is still
+running after GRACEFUL_TIMEOUT seconds is cancelled, and gunicorn kills the worker a few
+seconds later if it has not exited by then.
+"""
+
+import os
+
+from uvicorn_worker import UvicornWorker
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+workers = 1
+worker_class = "config.gunicorn.ChatUvicornWorker"
+# Requests and sockets get this long to finish; gunicorn's own kill comes a little later,
+# so the worker's clean-up (read marks, inbox updates, leaving groups) runs before it.
+GRACEFUL_TIMEOUT = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
+graceful_timeout = GRACEFUL_TIMEOUT + 5
+# The server's own messages (start, stop, signals, socket opens) to stderr at the project's
+# LOG_LEVEL; one line per request only with ACCESS_LOG=true.
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "INFO").lower()
+accesslog = "-" if env_flag("ACCESS_LOG") else None
+# Several processes on one host would share the default control socket path; restarts go
+# through signals (systemd, the container runtime) instead.
+control_socket_disable = True
+
+
+class ChatUvicornWorker(UvicornWorker):
+    """uvicorn's worker without the lifespan protocol (Django has no use for it), with the
+    sans-I/O websockets implementation, and a bounded graceful shutdown.
+
+    The client's address and scheme come from nginx's X-Forwarded-* headers only behind the
+    proxy (BEHIND_TLS_PROXY=true, from FORWARDED_ALLOW_IPS, 127.0.0.1 by default): on a port
+    clients reach directly they could claim any address and dodge the per-address limits.
+    """
+
+    CONFIG_KWARGS = {
+        **UvicornWorker.CONFIG_KWARGS,
+        "lifespan": "off",
+        "ws": "websockets-sansio",
+        "proxy_headers": env_flag("BEHIND_TLS_PROXY"),
+    }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config.timeout_graceful_shutdown = GRACEFUL_TIMEOUT

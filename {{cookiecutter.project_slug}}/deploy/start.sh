@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Start ONE app process on ${HOST:-127.0.0.1}:$PORT, serving pages and websockets: gunicorn
+# with one uvicorn worker, set up in config/gunicorn.py (as `make serve-prod`).
+#
+# Run one per port behind the proxy. On SIGTERM (systemctl stop/restart, docker stop) the
+# process stops accepting, closes its websockets with 1012 so browsers reconnect at once to
+# another process, finishes its requests and exits within GRACEFUL_TIMEOUT (10 s) + 5 s.
+# The settings come from the environment and .env, as for manage.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+: "${PORT:?Set PORT, the port this process listens on}"
+export HOST="${HOST:-127.0.0.1}" PORT
+VENV="${VENV:-.venv}"
+
+exec "$VENV/bin/gunicorn" -c python:config.gunicorn config.asgi:application
