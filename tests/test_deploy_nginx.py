@@ -21,6 +21,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,7 @@ def nginx_conf(prefix: Path, site: str) -> Path:
     The access log names the upstream of each request, and each proxied response says
     which app process answered (X-Upstream-Addr), so a test can tell where a socket went.
     """
+    prefix.mkdir(parents=True, exist_ok=True)
     (prefix / "site.conf").write_text(site)
     # As root, nginx's workers would switch to `nobody`, who cannot read pytest's private
     # temporary folders (the static files).
@@ -331,13 +333,15 @@ def test_two_people_chat_live_through_nginx_each_on_another_app_process(deployed
     chat_id = deployed.direct_chat("ann", "bob")
     ann = open_as("ann")
     ann_room = open_room(ann, chat_id).room_upstream()
-    # nginx picks the process (least_conn); reopen Bob's room until it lands on the other one.
+    # nginx picks the process (least_conn, ties taken in turn); reopen Bob's room until it
+    # lands on the other one, with a request between tries to move the turn on.
     for _ in range(10):
         bob = open_as("bob")
         bob_room = open_room(bob, chat_id).room_upstream()
         if bob_room != ann_room:
             break
         bob.context.close()
+        urllib.request.urlopen(f"{deployed.nginx.base_url}/accounts/login/", timeout=15).close()
     assert bob_room != ann_room, f"both rooms stayed on {ann_room}:\n{deployed.output()}"
     app_ports = {f"{HOST}:{port}" for port, _ in deployed.apps}
     assert {ann_room, bob_room} == app_ports
@@ -400,10 +404,8 @@ def test_websocket_origins_are_checked_behind_nginx(deployed):
     """The app sees the browser's host and nginx's scheme: its own origin opens a socket; another
     origin, or a client claiming HTTPS through nginx, is refused."""
     pytest.importorskip("websockets")
-    import asyncio
-
-    from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
 
     member = deployed.shell(
         "import json\nfrom django.contrib.auth import get_user_model\nfrom benchmarks.tooling import forge_session\n"
@@ -413,22 +415,33 @@ def test_websocket_origins_are_checked_behind_nginx(deployed):
     url = f"ws://{HOST}:{deployed.nginx.port}/ws/chat/inbox/"
     own = deployed.nginx.base_url
 
-    async def handshake(origin: str, **headers: str) -> int:
+    def handshake(origin: str, **headers: str) -> int:
         try:
-            async with connect(url, origin=origin, additional_headers={"Cookie": member["cookie"], **headers}) as ws:
-                assert json.loads(await ws.recv())["type"] == "inbox.sync"
+            with connect(url, origin=origin, additional_headers={"Cookie": member["cookie"], **headers}) as ws:
+                assert json.loads(ws.recv(timeout=15))["type"] == "inbox.sync"
                 return 101
         except InvalidStatus as exc:
             return exc.response.status_code
 
-    async def handshakes() -> list[int]:
-        return [
-            await handshake(own),
-            await handshake("http://evil.example"),
-            await handshake(own.replace("http://", "https://"), **{"X-Forwarded-Proto": "https"}),
-        ]
+    assert handshake(own) == 101
+    assert handshake("http://evil.example") == 403
+    # nginx sets X-Forwarded-Proto itself: a client cannot claim HTTPS through it.
+    assert handshake(own.replace("http://", "https://"), **{"X-Forwarded-Proto": "https"}) == 403
 
-    assert asyncio.run(handshakes()) == [101, 403, 403]
+
+@pytest.mark.slow
+def test_release_and_scheduled_scripts_run_on_the_deployment(deployed):
+    """deploy/release.sh again is a no-op; deploy/scheduled.sh runs every periodic command."""
+    assert "No migrations to apply." in deployed.script("release.sh")
+    chat_id = deployed.direct_chat("ivo", "jan")
+    deployed.shell(  # both members delete the chat for themselves
+        f"from chat import services\nfrom chat.models import Chat\nchat = Chat.objects.get(pk={chat_id})\n"
+        "for membership in chat.memberships.select_related('user'):\n"
+        "    services.soft_delete_chat(chat=chat, user=membership.user)\nprint('{}')"
+    )
+    output = deployed.script("scheduled.sh")
+    assert f"Deleted 1 chat: {chat_id}" in output
+    assert deployed.shell(f"from chat.models import Chat\nprint(Chat.objects.filter(pk={chat_id}).count())") == 0
 
 
 @pytest.mark.slow
@@ -477,12 +490,10 @@ def test_nginx_accepts_the_site_of_each_option(cookies, tmp_path, answers):
 
 @pytest.mark.parametrize("database", ["postgresql", "sqlite"])
 def test_systemd_units_verify(cookies, tmp_path, database):
-    """`systemd-analyze verify` on the units, with /srv/<slug> and /etc/<slug>/env pointing at the bake."""
+    """`systemd-analyze verify` on the units, with /srv/<slug> pointing at the bake."""
     project = bake(cookies, channel_layer="redis", database=database)
-    (tmp_path / "env").write_text("DEBUG=false\n")
     for unit in (project / "deploy" / "systemd").iterdir():
-        text = unit.read_text().replace(f"/etc/{SLUG}/env", str(tmp_path / "env")).replace(f"/srv/{SLUG}", str(project))
-        (tmp_path / unit.name).write_text(text)
+        (tmp_path / unit.name).write_text(unit.read_text().replace(f"/srv/{SLUG}", str(project)))
     units = [f"{SLUG}-app@8001.service", f"{SLUG}-app.target", f"{SLUG}-scheduled.service", f"{SLUG}-scheduled.timer"]
     result = subprocess.run(
         [program("systemd-analyze"), "verify", "--man=no", *(f"./{unit}" for unit in units)],

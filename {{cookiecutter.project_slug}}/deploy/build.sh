@@ -15,7 +15,8 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check --quiet)
 "${pip[@]}" install --editable .
 
 # Collecting needs the settings, not the secrets: the production storage (hashed,
-# compressed names) is chosen by DEBUG=false, and the key is never used.
+# compressed names) is chosen by DEBUG=false, and the key is never used. Files of the
+# previous release stay (no --clear): pages that processes still on it render link them.
 DEBUG=false SECRET_KEY="${SECRET_KEY:-collectstatic-only-not-a-secret}" \
-    "$VENV/bin/python" manage.py collectstatic --no-input --clear --verbosity 0
+    "$VENV/bin/python" manage.py collectstatic --no-input --verbosity 0
 echo "Built: $VENV, $(find staticfiles -type f | wc -l) static files in staticfiles/"
