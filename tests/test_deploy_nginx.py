@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -133,7 +134,8 @@ class Nginx:
         assert checked.returncode == 0, checked.stderr
         self.log = (prefix / "nginx.out").open("ab")
         command = [program("nginx"), "-p", str(prefix), "-c", str(self.conf), "-g", "daemon off;"]
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        # A process group of its own: `pause()` freezes the master and its workers together.
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             tooling.wait_for_port(port, 30, process=self.process)
         except RuntimeError as exc:
@@ -147,7 +149,15 @@ class Nginx:
         logs = [self.prefix / "nginx.out", self.prefix / "error.log"]
         return "\n".join(tail(path.read_text(errors="replace"), 30) for path in logs if path.exists())
 
+    def pause(self) -> None:
+        """Freeze nginx (SIGSTOP): connections stay open and nothing answers, like a dead network path."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
+        self.resume()
         stop_process(self.process)
         self.log.close()
 
@@ -506,6 +516,17 @@ def test_systemd_units_verify(cookies, tmp_path, database):
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
 
 
+def test_deploy_scripts_pass_shellcheck(cookies):
+    project = bake(cookies, **REDIS_POSTGRES)
+    scripts = sorted((project / "deploy").glob("*.sh"))
+    assert {script.name for script in scripts} == {"build.sh", "release.sh", "scheduled.sh", "start.sh"}
+    assert all(os.access(script, os.X_OK) for script in scripts), "the bake keeps the scripts executable"
+    result = subprocess.run(
+        [program("shellcheck"), *map(str, scripts)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout
+
+
 @pytest.mark.parametrize(
     ("answers", "services"),
     [
@@ -533,3 +554,30 @@ def test_dockerfile_and_compose_use_the_scripts_ci_runs(cookies, answers, servic
         url = app["environment"]["DATABASE_URL"]
         assert url.startswith("postgres://") == (answers["database"] == "postgresql")
         assert ("REDIS_URL" in app["environment"]) == (answers["channel_layer"] == "redis")
+
+
+@pytest.mark.slow
+def test_a_socket_that_stops_answering_is_dropped_and_reconnected(deployed, open_as):
+    """nginx frozen: the room's socket looks open but nothing comes back. The unanswered ping
+    drops it ("Connection lost" shows); once nginx answers again the page reconnects and
+    gets messages live."""
+    chat_id = deployed.direct_chat("kai", "lou")
+    kai = open_as("kai")
+    open_room(kai, chat_id)
+    hint = kai.locator("main [data-connection-status]")
+    expect(hint).to_be_hidden()
+    deployed.nginx.pause()
+    try:
+        # Within a heartbeat and the wait for its pong, and then some.
+        expect(hint).to_be_visible(timeout=(HEARTBEAT_SECONDS + 10 + 15) * 1000)
+    finally:
+        deployed.nginx.resume()
+    expect(hint).to_be_hidden(timeout=30_000)
+    opens = kai.evaluate("document.querySelector('main [data-chat-room]').chatRoom.socket.opens")
+    assert opens == 2
+    deployed.shell(
+        "from django.contrib.auth import get_user_model\nfrom chat import services\nfrom chat.models import Chat\n"
+        f"services.send_message(chat=Chat.objects.get(pk={chat_id}), "
+        "sender=get_user_model().objects.get(username='lou'), body='Back again')\nprint('{}')"
+    )
+    expect(kai.locator("main .bubble-body")).to_have_text(["Back again"])
