@@ -14,6 +14,7 @@ Dockerfile and compose.yaml cannot be run here, so only their shape is checked.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -204,11 +205,12 @@ class Deployment:
         made = self.shell(f"import json\nSPEC = {json.dumps(json.dumps(spec))}\n{SETUP_SCRIPT}")
         return made["chats"][f"{first}:{second}"]
 
-    def start_app(self, port: int) -> None:
+    def start_app(self, port: int, **settings: str) -> subprocess.Popen:
+        """deploy/start.sh on `port` (stopped with the deployment), with these settings changed."""
         log = (self.logs / f"app-{port}.log").open("ab")
         process = subprocess.Popen(
             [str(self.project / "deploy" / "start.sh")],
-            env={**self.env, "PORT": str(port)},
+            env={**self.env, **settings, "PORT": str(port)},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -217,6 +219,7 @@ class Deployment:
             tooling.wait_for_port(port, 60, process=process)
         except RuntimeError as exc:
             pytest.fail(f"deploy/start.sh did not serve ({exc}):\n{self.output()}", pytrace=False)
+        return process
 
     def output(self) -> str:
         parts = [
@@ -353,7 +356,7 @@ def test_two_people_chat_live_through_nginx_each_on_another_app_process(deployed
         bob.context.close()
         urllib.request.urlopen(f"{deployed.nginx.base_url}/accounts/login/", timeout=15).close()
     assert bob_room != ann_room, f"both rooms stayed on {ann_room}:\n{deployed.output()}"
-    app_ports = {f"{HOST}:{port}" for port, _ in deployed.apps}
+    app_ports = {f"{HOST}:{port}" for port, _ in deployed.apps[:2]}
     assert {ann_room, bob_room} == app_ports
 
     send(ann, "Hello from the first process")
@@ -437,6 +440,24 @@ def test_websocket_origins_are_checked_behind_nginx(deployed):
     assert handshake("http://evil.example") == 403
     # nginx sets X-Forwarded-Proto itself: a client cannot claim HTTPS through it.
     assert handshake(own.replace("http://", "https://"), **{"X-Forwarded-Proto": "https"}) == 403
+
+
+@pytest.mark.slow
+def test_start_sh_trusts_forwarded_headers_only_behind_the_proxy(deployed):
+    """Straight to an app port: a client's `X-Forwarded-Proto: https` makes the request secure
+    (no redirect to HTTPS) only when the operator set BEHIND_TLS_PROXY."""
+    answers = {}
+    for behind_proxy in ("false", "true"):
+        port = free_port()
+        process = deployed.start_app(port, BEHIND_TLS_PROXY=behind_proxy, SECURE_SSL_REDIRECT="true")
+        try:
+            connection = http.client.HTTPConnection(HOST, port, timeout=15)
+            connection.request("GET", "/accounts/login/", headers={"Host": HOST, "X-Forwarded-Proto": "https"})
+            answers[behind_proxy] = connection.getresponse().status
+            connection.close()
+        finally:
+            stop_process(process)
+    assert answers == {"false": 301, "true": 200}
 
 
 @pytest.mark.slow
