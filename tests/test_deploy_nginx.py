@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -340,6 +341,15 @@ def open_room(page: Page, chat_id: int) -> SocketWatch:
     return watch
 
 
+def wait_until(page: Page, expression: str, timeout: float) -> None:
+    """Poll a JavaScript expression until it is true (wait_for_function would need the
+    `unsafe-eval` the site's Content-Security-Policy refuses)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not true within {timeout:g} s: {expression}"
+        page.wait_for_timeout(200)
+
+
 # --- through nginx, in a browser -----------------------------------------------------------
 
 
@@ -591,10 +601,8 @@ def test_a_socket_that_stops_answering_is_dropped_and_reconnected(deployed, open
     deployed.nginx.pause()
     try:
         # Both sockets (room and inbox) give up within a heartbeat and the wait for its pong.
-        kai.wait_for_function(
-            f"!({ROOM_SOCKET_JS}).isOpen() && !window.chatInboxSocket.isOpen()",
-            timeout=(HEARTBEAT_SECONDS + 10 + 20) * 1000,
-        )
+        given_up = f"!({ROOM_SOCKET_JS}).isOpen() && !window.chatInboxSocket.isOpen()"
+        wait_until(kai, given_up, timeout=HEARTBEAT_SECONDS + 10 + 20)
         expect(hint).to_be_visible()
     finally:
         deployed.nginx.resume()
