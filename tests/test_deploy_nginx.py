@@ -52,6 +52,7 @@ BODY_LIMIT = 64 * 1024
 # were the app to answer, says "max-age=315360000, public, immutable".
 HASHED_FILE_CACHE = "public, max-age=31536000, immutable"
 IDLE_SECONDS = 180
+LOGIN_IP_LIMIT = 3  # failed log-ins per client address, for the deployment
 HEARTBEAT_SECONDS = 25  # HEARTBEAT_MS in static/js/components/chat/socket-heartbeat.js
 ROOM_SOCKET = re.compile(r"/ws/chat/\d+/$")
 # The room page's socket (a ReconnectingSocket, chat-websocket.js), as the page keeps it.
@@ -251,6 +252,7 @@ def deployed(cookies_session, redis_url: str, postgres_url: str, tmp_path_factor
         DATABASE_URL=with_database(postgres_url, database),
         REDIS_URL=redis_url,
         BEHIND_TLS_PROXY="true",  # trust nginx's X-Forwarded-* headers, as in production
+        ACCOUNT_RATE_LIMITS=f"login_ip={LOGIN_IP_LIMIT}/15m",
         VENV=str(work / "venv"),
         PYTHON=sys.executable,
     )
@@ -452,6 +454,28 @@ def test_websocket_origins_are_checked_behind_nginx(deployed):
     assert handshake("http://evil.example") == 403
     # nginx sets X-Forwarded-Proto itself: a client cannot claim HTTPS through it.
     assert handshake(own.replace("http://", "https://"), **{"X-Forwarded-Proto": "https"}) == 403
+
+
+@pytest.mark.slow
+def test_log_in_limits_count_the_address_nginx_saw_not_one_the_client_claims(deployed):
+    """Failed log-ins through nginx, each claiming another X-Forwarded-For: nginx replaces the
+    header with the address it saw, so the app counts them all against that one address (a
+    loopback address of this test's own, so no other log-in counts with them)."""
+    httpx = pytest.importorskip("httpx")
+    source = f"127.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}"
+    transport = httpx.HTTPTransport(local_address=source)
+    statuses = []
+    with httpx.Client(base_url=deployed.nginx.base_url, transport=transport, timeout=15) as client:
+        for attempt in range(1, LOGIN_IP_LIMIT + 2):
+            form = client.get("/accounts/login/").text
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+            answer = client.post(
+                "/accounts/login/",
+                data={"username": f"guess{attempt}", "password": "wrong", "csrfmiddlewaretoken": token},
+                headers={"X-Forwarded-For": f"203.0.113.{attempt}"},
+            )
+            statuses.append(answer.status_code)
+    assert statuses == [200] * LOGIN_IP_LIMIT + [429]
 
 
 @pytest.mark.slow
