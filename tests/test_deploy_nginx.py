@@ -26,6 +26,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import test_browser
@@ -241,6 +242,13 @@ class Deployment:
             stop_process(process)
 
 
+def redis_database_of_this_worker(url: str) -> str:
+    """The Redis URL with a database of this xdist worker's own (1-15): chat ids start at 1 in
+    every test database, so two deployments on one Redis database would hear each other's rooms."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    return urlunsplit(urlsplit(url)._replace(path=f"/{1 + worker % 15}"))
+
+
 @pytest.fixture(scope="module")
 def deployed(cookies_session, redis_url: str, postgres_url: str, tmp_path_factory, request) -> Deployment:
     """Bake, build, release, start two apps and nginx; all stopped (and the database dropped) after."""
@@ -250,7 +258,7 @@ def deployed(cookies_session, redis_url: str, postgres_url: str, tmp_path_factor
     database = f"chat_deploy_{secrets.token_hex(4)}"
     env = served_env(
         DATABASE_URL=with_database(postgres_url, database),
-        REDIS_URL=redis_url,
+        REDIS_URL=redis_database_of_this_worker(redis_url),
         BEHIND_TLS_PROXY="true",  # trust nginx's X-Forwarded-* headers, as in production
         ACCOUNT_RATE_LIMITS=f"login_ip={LOGIN_IP_LIMIT}/15m",
         VENV=str(work / "venv"),
