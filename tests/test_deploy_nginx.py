@@ -6,10 +6,14 @@ collectstatic), deploy/release.sh (migrate), two deploy/start.sh processes, and 
 running deploy/nginx-site.conf with only its ports and paths changed, unprivileged-style
 from a temporary prefix. Through nginx, in Chromium: two people log in and chat live with
 their rooms on different app processes, static files come from STATIC_ROOT by nginx
-itself, a POST at the size limit is taken and one byte more is a 413, and a quiet room
-stays connected for 3 minutes under `proxy_read_timeout 60s`. The systemd units are
-checked with `systemd-analyze verify` and the site of every option with `nginx -t`; the
-Dockerfile and compose.yaml cannot be run here, so only their shape is checked.
+itself, a POST at the size limit is taken and one byte more is a 413, a quiet room stays
+connected for 3 minutes under `proxy_read_timeout 60s`, and a socket whose connection goes
+silent is dropped by its heartbeat and reconnects. Over plain HTTP and websockets: origins
+and log-in limits see what nginx saw, not what a client claims in X-Forwarded-*, and
+start.sh trusts those headers only with BEHIND_TLS_PROXY. deploy/scheduled.sh purges. The
+systemd units are checked with `systemd-analyze verify`, the site of every option with
+`nginx -t`, the scripts with shellcheck; the Dockerfile and compose.yaml cannot be run
+here, so only their shape is checked.
 """
 
 from __future__ import annotations
