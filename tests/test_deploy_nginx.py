@@ -493,14 +493,17 @@ def test_log_in_limits_count_the_address_nginx_saw_not_one_the_client_claims(dep
 @pytest.mark.slow
 def test_start_sh_trusts_forwarded_headers_only_behind_the_proxy(deployed):
     """Straight to an app port: a client's `X-Forwarded-Proto: https` makes the request secure
-    (no redirect to HTTPS) only when the operator set BEHIND_TLS_PROXY."""
+    (no redirect to HTTPS) only when the operator set BEHIND_TLS_PROXY: start.sh gives daphne
+    --proxy-headers only then, and Django's SECURE_PROXY_SSL_HEADER is set only then."""
     answers = {}
     for behind_proxy in ("false", "true"):
         port = free_port()
         process = deployed.start_app(port, BEHIND_TLS_PROXY=behind_proxy, SECURE_SSL_REDIRECT="true")
         try:
             connection = http.client.HTTPConnection(HOST, port, timeout=15)
-            connection.request("GET", "/accounts/login/", headers={"Host": HOST, "X-Forwarded-Proto": "https"})
+            # Daphne reads X-Forwarded-Proto only beside an X-Forwarded-For.
+            claims = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+            connection.request("GET", "/accounts/login/", headers={"Host": HOST, **claims})
             answers[behind_proxy] = connection.getresponse().status
             connection.close()
         finally:
