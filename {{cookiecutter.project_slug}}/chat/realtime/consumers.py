@@ -34,6 +34,9 @@ vocabulary. Frames a client may send to a room:
     {"type": "read", "message_id": N}
     {"type": "visibility", "visible": bool}
     {"type": "ping"}
+        Answered with {"type": "pong"}; inbox sockets take it too. The page sends one after
+        25 s in which its socket heard nothing, so proxies never see a quiet connection, and
+        drops a socket that stays silent 10 s after it (socket-heartbeat.js).
 
 Anything else, malformed JSON or a frame over CHAT_WS_MAX_FRAME_BYTES gets
 {"type": "error", "code": ..., "error": "<a sentence>"} back; errors about a send also

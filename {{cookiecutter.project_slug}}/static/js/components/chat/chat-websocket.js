@@ -2,7 +2,10 @@
 // the page is hidden or the browser offline, and no retry after the server says "not
 // allowed" (4401/4403). Back online, back from the back/forward cache, or told that the
 // server restarts (1012: a deploy; the proxy sends the new socket to another process), it
-// reconnects at once (and the page catches up in onOpen).
+// reconnects at once (and the page catches up in onOpen). While open it pings when quiet,
+// and a socket that stops answering is dropped and reconnected (socket-heartbeat.js).
+
+import { Heartbeat } from "./socket-heartbeat.js";
 
 const BASE_DELAY_MS = 500;
 const MAX_DELAY_MS = 15000;
@@ -47,13 +50,21 @@ export class ReconnectingSocket {
     clearTimeout(this.timer);
     const socket = new WebSocket(socketUrl(this.path));
     this.socket = socket;
+    // Each connection has its own heartbeat; one dropped by `drop` stops at its close.
+    const current = () => this.socket === socket && socket.readyState === WebSocket.OPEN;
+    const heartbeat = new Heartbeat({
+      ping: () => current() && socket.send(JSON.stringify({ type: "ping" })),
+      onSilent: () => current() && this.drop({ reconnect: true }),
+    });
     this.socket.addEventListener("open", () => {
       this.attempts = 0;
       this.opens += 1;
+      heartbeat.start();
       announceStatus(this, true);
       this.onOpen({ reconnected: this.opens > 1 });
     });
     this.socket.addEventListener("message", (event) => {
+      heartbeat.heard();
       let frame;
       try {
         frame = JSON.parse(event.data);
@@ -63,7 +74,8 @@ export class ReconnectingSocket {
       this.onMessage(frame);
     });
     this.socket.addEventListener("close", (event) => {
-      if (this.socket !== socket) return; // one dropped while offline
+      heartbeat.stop();
+      if (this.socket !== socket) return; // one dropped (offline, or silent)
       this.socket = null;
       this.onClose(event.code);
       if (this.stopped) return;
@@ -96,6 +108,12 @@ export class ReconnectingSocket {
   }
 
   dropWhileOffline() {
+    this.drop({ reconnect: false }); // onOnline reconnects
+  }
+
+  // Give up on the current socket without waiting for its close (which may take minutes
+  // on a dead connection); with `reconnect`, try again with backoff.
+  drop({ reconnect }) {
     if (this.stopped) return;
     clearTimeout(this.timer);
     const socket = this.socket;
@@ -103,6 +121,7 @@ export class ReconnectingSocket {
     socket?.close();
     if (socket) this.onClose(1006); // its own close event is ignored: tell the owner now
     announceStatus(this, false);
+    if (reconnect) this.scheduleReconnect();
   }
 
   send(frame) {
