@@ -33,6 +33,8 @@ def paths_to_prune(answers: dict) -> list[str]:
         paths.append(".pre-commit-config.yaml")
     if answers["open_source_license"] == "Not open source":
         paths.append("LICENSE")
+    if answers["channel_layer"] != "redis":
+        paths.append("config/redis_servers.py")
     return paths
 
 

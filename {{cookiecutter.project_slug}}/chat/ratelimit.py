@@ -12,6 +12,9 @@ A refused use is taken back, so someone who keeps trying while limited does not 
 their own wait further. When the cache cannot be reached, `fail_open=False` raises
 RateLimitUnavailable (answered with a 503): e-mail lookups reveal who has an account, so
 they stay shut rather than unlimited. Other actions go through, and the outage is logged.
+After a failure the limiter leaves the cache alone for CACHE_PAUSE_SECONDS: a cache that
+stopped answering (a Redis failover, a partition) would otherwise cost every request its
+timeout, on the one thread that serves every view and socket of the process.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import logging
 import math
 import re
 import time
+import weakref
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -40,6 +44,16 @@ DEFAULT_RATES = {
 PERIOD_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 RATE_PATTERN = re.compile(r"(\d+)/(\d*)([smhd])")
 UNAVAILABLE_RETRY_AFTER = 30
+# How long the counts go unread after the cache failed: about a Sentinel failover.
+CACHE_PAUSE_SECONDS = 5.0
+
+
+class CachePaused(Exception):
+    """The cache failed a moment ago; it is not asked again until the pause is over."""
+
+
+# When each cache last failed (weakly held: a cache closed by a settings change is forgotten).
+_failed_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class RateLimited(Exception):
@@ -91,6 +105,20 @@ def counts_cache():
     return caches[getattr(settings, "CHAT_RATE_LIMIT_CACHE", "default")]
 
 
+def usable_cache():
+    """The counts' cache, unless it failed within the last CACHE_PAUSE_SECONDS (CachePaused)."""
+    cache = counts_cache()
+    failed_at = _failed_at.get(cache)
+    if failed_at is not None and time.monotonic() - failed_at < CACHE_PAUSE_SECONDS:
+        raise CachePaused
+    return cache
+
+
+def note_failure(cache, exc: Exception) -> None:
+    if cache is not None and not isinstance(exc, CachePaused):
+        _failed_at[cache] = time.monotonic()
+
+
 def window_key(action: str, key: object, window: int) -> str:
     # Hashed: keys may be e-mails or usernames (any length, any characters, personal data).
     digest = hashlib.sha256(str(key).encode()).hexdigest()[:32]
@@ -115,15 +143,19 @@ def check_rate(*, action: str, key: object, cost: int = 1, rate: str | None = No
     window, elapsed = divmod(time.time(), limit.seconds)
     window = int(window)
     current_key = window_key(action, key, window)
+    cache = None
     try:
-        cache = counts_cache()  # inside: a cache that cannot even be opened is an outage too
+        cache = usable_cache()  # inside: a cache that cannot even be opened is an outage too
         current = add_uses(cache, current_key, cost, timeout=2 * limit.seconds + 1)
         previous = cache.get(window_key(action, key, window - 1), 0)
     except Exception as exc:
+        note_failure(cache, exc)
+        # The failure itself with its traceback; uses during the pause after it in a line.
+        failed = not isinstance(exc, CachePaused)
         if not fail_open:
-            logger.error("Rate-limit cache unavailable; refusing %s", action, exc_info=True)
+            logger.error("Rate-limit cache unavailable; refusing %s", action, exc_info=failed)
             raise RateLimitUnavailable(action) from exc
-        logger.warning("Rate-limit cache unavailable; not limiting %s", action, exc_info=True)
+        logger.warning("Rate-limit cache unavailable; not limiting %s", action, exc_info=failed)
         return
     share_of_previous = 1 - elapsed / limit.seconds
     if previous * share_of_previous + current > limit.count:
@@ -162,6 +194,6 @@ def refund(*, action: str, key: object, cost: int = 1, rate: str | None = None) 
         return
     window = int(time.time() // limit.seconds)
     try:
-        counts_cache().decr(window_key(action, key, window), cost)
+        usable_cache().decr(window_key(action, key, window), cost)
     except Exception:  # the window rolled over or the cache is down: nothing to take back
         logger.debug("Could not refund %s", action, exc_info=True)

@@ -1,0 +1,53 @@
+"""The rate limiter when its Redis fails: one failure pauses the cache, not every request.
+
+A cache that stops answering costs each call its timeout, on the thread that serves every
+view and socket of the process; during a Redis failover every send would pay it.
+"""
+
+import shutil
+import time
+
+import pytest
+from django.core.cache import caches
+
+from chat import ratelimit
+from chat.tests.test_ratelimit import RedisProcess
+
+UNLIMITED = "1000/d"  # a day-long window: the test never straddles two
+
+
+@pytest.fixture
+def redis_cache(settings, tmp_path):
+    """The counts in a real Redis of the test's own, which the test stops and starts again."""
+    pytest.importorskip("redis", reason="the redis package comes with the Redis channel layer")
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    redis = RedisProcess(str(tmp_path))
+    location = f"redis://127.0.0.1:{redis.port}/0"
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": location}}
+    yield redis
+    redis.stop()
+
+
+def counted(key: object) -> int | None:
+    """The uses counted for `key` in the current window of UNLIMITED, as Redis holds them."""
+    window = int(time.time() // 86400)
+    return caches["default"].get(ratelimit.window_key("send", key, window))
+
+
+def test_after_a_cache_failure_the_limiter_leaves_the_cache_alone_for_a_pause(redis_cache, monkeypatch):
+    ratelimit.check_rate(action="send", key="before", rate=UNLIMITED)
+    assert counted("before") == 1
+
+    redis_cache.stop()
+    ratelimit.check_rate(action="send", key="during", rate=UNLIMITED)  # fails open: not limited
+    redis_cache.start()
+
+    ratelimit.check_rate(action="send", key="paused", rate=UNLIMITED)
+    assert counted("paused") is None, "within the pause the limiter does not ask the cache"
+    with pytest.raises(ratelimit.RateLimitUnavailable):
+        ratelimit.check_rate(action="email_lookup", key="paused", rate=UNLIMITED, fail_open=False)
+
+    monkeypatch.setattr(ratelimit, "CACHE_PAUSE_SECONDS", 0)
+    ratelimit.check_rate(action="send", key="after", rate=UNLIMITED)
+    assert counted("after") == 1, "after the pause the counts are kept again"
