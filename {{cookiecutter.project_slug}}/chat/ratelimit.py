@@ -24,7 +24,6 @@ import logging
 import math
 import re
 import time
-import weakref
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -52,8 +51,9 @@ class CachePaused(Exception):
     """The cache failed a moment ago; it is not asked again until the pause is over."""
 
 
-# When each cache last failed (weakly held: a cache closed by a settings change is forgotten).
-_failed_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# When each cache (by alias and location) last failed, for every thread and request of the
+# process: Django gives each request and socket a cache object of its own.
+_failed_at: dict[str, float] = {}
 
 
 class RateLimited(Exception):
@@ -107,16 +107,20 @@ def counts_cache():
 
 def usable_cache():
     """The counts' cache, unless it failed within the last CACHE_PAUSE_SECONDS (CachePaused)."""
-    cache = counts_cache()
-    failed_at = _failed_at.get(cache)
+    failed_at = _failed_at.get(cache_identity())
     if failed_at is not None and time.monotonic() - failed_at < CACHE_PAUSE_SECONDS:
         raise CachePaused
-    return cache
+    return counts_cache()
 
 
-def note_failure(cache, exc: Exception) -> None:
-    if cache is not None and not isinstance(exc, CachePaused):
-        _failed_at[cache] = time.monotonic()
+def cache_identity() -> str:
+    alias = getattr(settings, "CHAT_RATE_LIMIT_CACHE", "default")
+    return f"{alias} {settings.CACHES.get(alias, {}).get('LOCATION')}"
+
+
+def note_failure(exc: Exception) -> None:
+    if not isinstance(exc, CachePaused):
+        _failed_at[cache_identity()] = time.monotonic()
 
 
 def window_key(action: str, key: object, window: int) -> str:
@@ -143,13 +147,12 @@ def check_rate(*, action: str, key: object, cost: int = 1, rate: str | None = No
     window, elapsed = divmod(time.time(), limit.seconds)
     window = int(window)
     current_key = window_key(action, key, window)
-    cache = None
     try:
         cache = usable_cache()  # inside: a cache that cannot even be opened is an outage too
         current = add_uses(cache, current_key, cost, timeout=2 * limit.seconds + 1)
         previous = cache.get(window_key(action, key, window - 1), 0)
     except Exception as exc:
-        note_failure(cache, exc)
+        note_failure(exc)
         # The failure itself with its traceback; uses during the pause after it in a line.
         failed = not isinstance(exc, CachePaused)
         if not fail_open:

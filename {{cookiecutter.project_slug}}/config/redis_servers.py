@@ -17,7 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 SENTINEL_SOCKET_TIMEOUT = 2.0
 # A cache call waits this long for Redis before failing (its callers fail open or answer 503),
 # rather than hang a request, and Django's one sync thread with it, on a host that is gone.
-CACHE_SOCKET_TIMEOUT = 5.0
+CACHE_SOCKET_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
