@@ -38,6 +38,7 @@ MASTER_NAME = "chat-primary"
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 5000
 MEMBERS = 8
+READERS = 2  # of them, one per server, never send: only frames or a reconnect's catch-up reach them
 BEFORE_KILL_SECONDS = 3  # conversation before the primary dies
 AFTER_PROMOTION_SECONDS = 6  # and after the replica took over
 PROMOTION_TIMEOUT = 30
@@ -46,8 +47,9 @@ THINK_SECONDS = (0.2, 0.6)  # between one member's sends
 RATE_LIMITS = "send=1000/m,email_lookup=,new_chat=,new_group="
 
 
-# A send answered later than this, or only on a retry, was troubled by the failover.
-TROUBLED_SEND_SECONDS = 1.0
+# A send answered later than this, or only on a retry, was troubled by the failover (on a
+# loaded CI machine sends take up to about a second anyway).
+TROUBLED_SEND_SECONDS = 2.0
 
 
 class TimedSends(Sends):
@@ -232,7 +234,7 @@ async def failover_under_load(servers, seeded: dict, cluster: SentinelCluster, f
 
     try:
         await all_connected(clients)
-        conversation = asyncio.gather(*(member(client) for client in clients))
+        conversation = asyncio.gather(*(member(client) for client in clients[READERS:]))
         await asyncio.sleep(BEFORE_KILL_SECONDS)
         await asyncio.to_thread(getattr(cluster.primary, fault))
         killed_at = time.monotonic()
@@ -246,6 +248,17 @@ async def failover_under_load(servers, seeded: dict, cluster: SentinelCluster, f
         stop.set()
         await stop_all(clients)
     return {"clients": clients, "sends": sends, "killed_at": killed_at, "promoted_after": promoted_after}
+
+
+def slowest_delivery(clients: list, sends: Sends) -> float:
+    """The longest any of these clients waited to show a message after it was typed."""
+    waits = [
+        shown_at - sends.sent_at[message_id]
+        for client in clients
+        for message_id, shown_at in client.shown_at.items()
+        if message_id in sends.sent_at
+    ]
+    return round(max(waits), 1)
 
 
 def figures(name: str, result: dict, state: dict) -> dict:
@@ -270,6 +283,7 @@ def figures(name: str, result: dict, state: dict) -> dict:
         "deliveries_expected": expected,
         "by_frame": counts["frame"],
         "by_catch_up": counts["catch_up"],
+        "readers_slowest_delivery_seconds": slowest_delivery(clients[:READERS], sends),
         "lost": lost,
         "duplicates_shown": sum(len(client.shown) - len(set(client.shown)) for client in clients),
     }

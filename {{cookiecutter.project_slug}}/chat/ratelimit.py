@@ -102,7 +102,21 @@ def rate_for(action: str) -> Rate | None:
 
 
 def counts_cache():
-    return caches[getattr(settings, "CHAT_RATE_LIMIT_CACHE", "default")]
+    """One cache object per process for the counts (per configuration, so tests can swap it).
+
+    Django gives each request and socket a cache object of its own, each with a Redis
+    connection pool of its own: a connection per open socket, and after a failover each
+    socket's first check would wait out its own dead connection to the old primary.
+    """
+    global _shared_cache
+    alias = getattr(settings, "CHAT_RATE_LIMIT_CACHE", "default")
+    configured = settings.CACHES.get(alias)
+    if _shared_cache is None or _shared_cache[0] != (alias, configured):
+        _shared_cache = ((alias, configured), caches.create_connection(alias))
+    return _shared_cache[1]
+
+
+_shared_cache: tuple | None = None
 
 
 def usable_cache():

@@ -117,10 +117,12 @@ REDIS_SERVERS = redis_servers(
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        # redis-py 8 times reads out after 5 s by default, which cuts channels_redis's
-        # 5 s blocking receive (BZPOPMIN) short and closes idle sockets with 1011.
+        # Reads time out after 10 s: past channels_redis's 5 s blocking receive (BZPOPMIN;
+        # redis-py 8's 5 s default would cut it short and close idle sockets with 1011), and
+        # soon enough that a primary which stops answering (a partition) holds live frames
+        # for at most that long before the processes move to the one Sentinel promotes.
         "CONFIG": {
-            "hosts": [REDIS_SERVERS.channel_layer_host(socket_timeout=30)],
+            "hosts": [REDIS_SERVERS.channel_layer_host(socket_timeout=10)],
             # Each process's room hub gets every room event of the process (chat/room_hub.py).
             "channel_capacity": {"*!chat-hub-*": 10_000},
         },

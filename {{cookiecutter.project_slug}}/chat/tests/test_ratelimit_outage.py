@@ -1,14 +1,17 @@
 """The rate limiter when its Redis fails: one failure pauses the cache, not every request.
 
 A cache that stops answering costs each call its timeout, on the thread that serves every
-view and socket of the process; during a Redis failover every send would pay it.
+view and socket of the process; during a Redis failover every send would pay it, and every
+request or socket with a connection of its own to the old primary would pay it again.
 """
 
+import asyncio
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.core.cache import caches
 
 from chat import ratelimit
@@ -58,3 +61,35 @@ def test_after_a_cache_failure_the_limiter_leaves_the_cache_alone_for_a_pause(re
     monkeypatch.setattr(ratelimit, "CACHE_PAUSE_SECONDS", 0)
     ratelimit.check_rate(action="send", key="after", rate=UNLIMITED)
     assert counted("after") == 1, "after the pause the counts are kept again"
+
+
+def connected_clients(redis) -> int:
+    """Connections open on the test's Redis, besides the one asking."""
+    from redis import Redis
+
+    with Redis(port=redis.port) as probe:
+        return len(probe.client_list()) - 1
+
+
+async def open_sockets_each_sending(redis, sockets: int) -> int:
+    """Sockets (tasks, as a server runs them) that each sent once and stay open: Redis connections."""
+    release = asyncio.Event()
+    sent = []
+
+    async def socket(user: int) -> None:
+        await sync_to_async(ratelimit.check_rate)(action="send", key=user, rate=UNLIMITED)
+        sent.append(user)
+        await release.wait()
+
+    tasks = [asyncio.create_task(socket(user)) for user in range(sockets)]
+    while len(sent) < sockets:
+        await asyncio.sleep(0.01)
+    connections = await asyncio.to_thread(connected_clients, redis)
+    release.set()
+    await asyncio.gather(*tasks)
+    return connections
+
+
+def test_every_socket_of_the_process_counts_through_one_connection_pool(redis_cache):
+    connections = asyncio.run(open_sockets_each_sending(redis_cache, 5))
+    assert connections == 1, "one pool for the process, not one per socket"
