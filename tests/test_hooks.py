@@ -226,16 +226,16 @@ def test_paths_to_prune_keeps_everything_with_all_options_on(post_gen):
 @pytest.mark.parametrize(
     ("changes", "pruned"),
     [
-        ({"use_custom_user_model": False}, "users"),
-        ({"use_chat_widget": False}, "templates/includes/chat_widget_fab.html"),
-        ({"use_pre_commit": False}, ".pre-commit-config.yaml"),
-        ({"open_source_license": "Not open source"}, "LICENSE"),
-        ({"use_custom_user_model": "false"}, "users"),
-        ({"channel_layer": "in-memory"}, "config/redis_servers.py"),
+        ({"use_custom_user_model": False}, ["users"]),
+        ({"use_chat_widget": False}, ["templates/includes/chat_widget_fab.html"]),
+        ({"use_pre_commit": False}, [".pre-commit-config.yaml"]),
+        ({"open_source_license": "Not open source"}, ["LICENSE"]),
+        ({"use_custom_user_model": "false"}, ["users"]),
+        ({"channel_layer": "in-memory"}, ["config/redis_servers.py", "tests/test_redis_servers.py"]),
     ],
 )
 def test_paths_to_prune_drops_what_a_disabled_option_needs(post_gen, changes, pruned):
-    assert post_gen.paths_to_prune({**answers(channel_layer="redis"), **changes}) == [pruned]
+    assert post_gen.paths_to_prune({**answers(channel_layer="redis"), **changes}) == pruned
 
 
 def test_prune_removes_files_and_folders_and_ignores_missing(post_gen, tmp_path):
