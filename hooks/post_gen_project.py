@@ -34,7 +34,7 @@ def paths_to_prune(answers: dict) -> list[str]:
     if answers["open_source_license"] == "Not open source":
         paths.append("LICENSE")
     if answers["channel_layer"] != "redis":
-        paths += ["config/redis_servers.py", "tests/test_redis_servers.py"]
+        paths += ["config/redis_layer.py", "config/redis_servers.py", "tests/test_redis_layer.py", "tests/test_redis_servers.py"]
     return paths
 
 

@@ -231,7 +231,10 @@ def test_paths_to_prune_keeps_everything_with_all_options_on(post_gen):
         ({"use_pre_commit": False}, [".pre-commit-config.yaml"]),
         ({"open_source_license": "Not open source"}, ["LICENSE"]),
         ({"use_custom_user_model": "false"}, ["users"]),
-        ({"channel_layer": "in-memory"}, ["config/redis_servers.py", "tests/test_redis_servers.py"]),
+        (
+            {"channel_layer": "in-memory"},
+            ["config/redis_layer.py", "config/redis_servers.py", "tests/test_redis_layer.py", "tests/test_redis_servers.py"],
+        ),
     ],
 )
 def test_paths_to_prune_drops_what_a_disabled_option_needs(post_gen, changes, pruned):

@@ -34,22 +34,6 @@ def hub_channel_name(process_channel: str) -> str:
     return f"{local}!chat-hub-{name}"
 
 
-async def drop_connections(layer) -> None:
-    """Close the layer's pooled connections (channels_redis's `close_pools`) after it failed.
-
-    Through Sentinel, the idle ones still lead to the old primary: one that stopped answering
-    (a partition) would hold each command given one until it timed out. New connections ask
-    the Sentinels for the primary; commands still waiting on old ones fail now, not later.
-    """
-    close_pools = getattr(layer, "close_pools", None)
-    if close_pools is None:
-        return
-    try:
-        await close_pools()
-    except Exception:
-        logger.warning("Closing the channel layer's connections failed", exc_info=True)
-
-
 class RoomHub(events.PerLoop):
     def __init__(self, loop: asyncio.AbstractEventLoop):
         super().__init__(loop)
@@ -120,10 +104,9 @@ class RoomHub(events.PerLoop):
         except asyncio.CancelledError:
             raise
         except Exception:
-            # The layer failed (Redis restarting, or failing over) and may have lost the hub's
-            # groups: the sockets reconnect, join again and catch up, as each would on its own.
+            # The layer failed (Redis restarting) and may have lost the hub's groups: the
+            # sockets reconnect, join again and catch up, as each would on its own.
             logger.exception("The room hub lost its channel layer; closing its sockets")
-            await drop_connections(self.layer)
             await self.reset()
 
     async def reset(self) -> None:

@@ -116,7 +116,8 @@ REDIS_SERVERS = redis_servers(
 )
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # channels_redis's RedisChannelLayer, starting its connections over after a failure.
+        "BACKEND": "config.redis_layer.ReconnectingRedisChannelLayer",
         # Reads time out after 10 s: past channels_redis's 5 s blocking receive (BZPOPMIN;
         # redis-py 8's 5 s default would cut it short and close idle sockets with 1011), and
         # soon enough that a primary which stops answering (a partition) holds live frames
