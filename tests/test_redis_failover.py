@@ -39,6 +39,8 @@ DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 5000
 MEMBERS = 8
 READERS = 2  # of them, one per server, never send: only frames or a reconnect's catch-up reach them
+# A second room, quiet: one message sent while the primary is gone, and none after it.
+QUIET_MEMBERS = 3
 BEFORE_KILL_SECONDS = 3  # conversation before the primary dies
 AFTER_PROMOTION_SECONDS = 6  # and after the replica took over
 PROMOTION_TIMEOUT = 30
@@ -217,11 +219,16 @@ async def watch_promotion(cluster: SentinelCluster, killed_at: float) -> float:
     pytest.fail(f"the Sentinels did not promote the replica within {PROMOTION_TIMEOUT} s", pytrace=False)
 
 
-async def failover_under_load(servers, seeded: dict, cluster: SentinelCluster, fault: str) -> dict:
-    chat_id, members = seeded["group_id"], seeded["members"]
-    clients = [new_client(member, chat_id, servers) for member in members]
+def room_clients(servers, seeded: dict) -> list:
+    """A room page per member, alternately on the two servers."""
+    clients = [new_client(member, seeded["group_id"], servers) for member in seeded["members"]]
     for number, client in enumerate(clients):
         client.start(server_index=number % 2)
+    return clients
+
+
+async def failover_under_load(servers, seeded: dict, quiet_seeded: dict, cluster: SentinelCluster, fault: str) -> dict:
+    clients, quiet = room_clients(servers, seeded), room_clients(servers, quiet_seeded)
     sends = TimedSends()
     stop = asyncio.Event()
 
@@ -233,21 +240,29 @@ async def failover_under_load(servers, seeded: dict, cluster: SentinelCluster, f
             await asyncio.sleep(random.uniform(*THINK_SECONDS))  # noqa: S311 - not security
 
     try:
-        await all_connected(clients)
+        await all_connected([*clients, *quiet])
         conversation = asyncio.gather(*(member(client) for client in clients[READERS:]))
         await asyncio.sleep(BEFORE_KILL_SECONDS)
         await asyncio.to_thread(getattr(cluster.primary, fault))
         killed_at = time.monotonic()
+        # The quiet room's one message: no later one will show its readers a gap.
+        last_word = asyncio.ensure_future(sends.send(quiet[0], "sent while the primary is gone"))
         promoted_after = await watch_promotion(cluster, killed_at)
         await asyncio.sleep(AFTER_PROMOTION_SECONDS)
         stop.set()
-        await conversation
-        await all_connected(clients)
-        await settle(clients, sends)
+        await asyncio.gather(conversation, last_word)
+        await all_connected([*clients, *quiet])
+        await settle([*clients, *quiet], sends)
     finally:
         stop.set()
-        await stop_all(clients)
-    return {"clients": clients, "sends": sends, "killed_at": killed_at, "promoted_after": promoted_after}
+        await stop_all([*clients, *quiet])
+    return {
+        "clients": clients,
+        "quiet": quiet,
+        "sends": sends,
+        "killed_at": killed_at,
+        "promoted_after": promoted_after,
+    }
 
 
 def slowest_delivery(clients: list, sends: Sends) -> float:
@@ -264,12 +279,14 @@ def slowest_delivery(clients: list, sends: Sends) -> float:
 def figures(name: str, result: dict, state: dict) -> dict:
     """Sends answered and how, time to recover, deliveries; printed and kept as an artifact."""
     clients, sends, killed_at = result["clients"], result["sends"], result["killed_at"]
-    counts = sum((client.counts for client in clients), Counter())
+    everyone = [*clients, *result["quiet"]]
+    quiet_id = max(state["messages"][result["quiet"][0].chat_id], default=None)
+    counts = sum((client.counts for client in everyone), Counter())
     # Recovered: from then on every send was answered at once, on its first try.
     troubled = sends.troubled_after(killed_at)
     recovered_at = max((answered for _, answered, _ in troubled), default=killed_at)
-    expected = sum(len(state["messages"][client.chat_id]) for client in clients)
-    lost = sum(len(set(state["messages"][client.chat_id]) - set(client.shown)) for client in clients)
+    expected = sum(len(state["messages"][client.chat_id]) for client in everyone)
+    lost = sum(len(set(state["messages"][client.chat_id]) - set(client.shown)) for client in everyone)
     report = {
         "sends_answered": len(sends.answers),
         "sends": dict(sends.outcomes),
@@ -284,8 +301,12 @@ def figures(name: str, result: dict, state: dict) -> dict:
         "by_frame": counts["frame"],
         "by_catch_up": counts["catch_up"],
         "readers_slowest_delivery_seconds": slowest_delivery(clients[:READERS], sends),
+        # How the quiet room's readers came to show its one message: by frame, or by catch-up.
+        "quiet_room_readers_by": dict(
+            Counter(reader.shown_via.get(quiet_id, "missing") for reader in result["quiet"][1:])
+        ),
         "lost": lost,
-        "duplicates_shown": sum(len(client.shown) - len(set(client.shown)) for client in clients),
+        "duplicates_shown": sum(len(client.shown) - len(set(client.shown)) for client in everyone),
     }
     print(f"\n[redis failover] {name}: {json.dumps(report)}")
     ARTIFACT.parent.mkdir(exist_ok=True)
@@ -305,10 +326,11 @@ def test_primary_lost_under_load_sentinel_promotes_and_every_message_arrives_onc
     served = project.with_env(**cluster.environment(), CHAT_RATE_LIMITS=RATE_LIMITS)
     servers = start_servers(served, logs, 2, request)
     seeded = seed(served, prefix=f"{fault}-", users=MEMBERS)
-    result = asyncio.run(failover_under_load(servers, seeded, cluster, fault))
-    state = database_state(served, [seeded["group_id"]])
+    quiet_seeded = seed(served, prefix=f"{fault}-quiet-", users=QUIET_MEMBERS)
+    result = asyncio.run(failover_under_load(servers, seeded, quiet_seeded, cluster, fault))
+    state = database_state(served, [seeded["group_id"], quiet_seeded["group_id"]])
     report = figures(fault, result, state)
     assert all(server.process.poll() is None for server in servers), "no server restarted or died"
     assert "retry_500" not in report["retries"], f"a send was answered 500 (see {logs})"
-    assert_exactly_once(result["clients"], result["sends"], state)
+    assert_exactly_once([*result["clients"], *result["quiet"]], result["sends"], state)
     assert report["lost"] == 0 and report["duplicates_shown"] == 0
