@@ -9,7 +9,7 @@ availability"). Otherwise both use `REDIS_URL`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -25,8 +25,10 @@ class RedisServers:
     url: str
     sentinels: tuple[tuple[str, int], ...] = ()
     master: str = ""
-    password: str | None = None  # the primary's and replicas' (requirepass); REDIS_URL carries its own
-    sentinel_password: str | None = None
+    # The primary's and replicas' requirepass (REDIS_URL carries its own), and the Sentinels'.
+    # Kept out of repr: Django's debug page shows settings, and cleans only names like PASSWORD.
+    password: str | None = field(default=None, repr=False)
+    sentinel_password: str | None = field(default=None, repr=False)
 
     @property
     def uses_sentinel(self) -> bool:

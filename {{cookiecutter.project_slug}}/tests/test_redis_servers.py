@@ -76,3 +76,10 @@ def test_sentinels_without_a_master_name_are_refused_with_what_to_set():
 def test_a_sentinel_address_without_host_and_port_is_refused(address):
     with pytest.raises(ImproperlyConfigured, match="is not host:port"):
         redis_servers(url="redis://127.0.0.1:6379/0", sentinels=[address], master="chat")
+
+
+def test_passwords_stay_out_of_the_settings_repr():
+    servers = redis_servers(
+        url="redis://127.0.0.1:6379/0", sentinels=SENTINELS.split(","), master="chat", password="p1", sentinel_password="p2"
+    )
+    assert "p1" not in repr(servers) and "p2" not in repr(servers)
