@@ -233,7 +233,12 @@ def test_paths_to_prune_keeps_everything_with_all_options_on(post_gen):
         ({"use_custom_user_model": "false"}, ["users"]),
         (
             {"channel_layer": "in-memory"},
-            ["config/redis_layer.py", "config/redis_servers.py", "tests/test_redis_layer.py", "tests/test_redis_servers.py"],
+            [
+                "config/redis_layer.py",
+                "config/redis_servers.py",
+                "tests/test_redis_layer.py",
+                "tests/test_redis_servers.py",
+            ],
         ),
     ],
 )
