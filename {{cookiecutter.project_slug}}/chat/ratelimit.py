@@ -51,11 +51,6 @@ class CachePaused(Exception):
     """The cache failed a moment ago; it is not asked again until the pause is over."""
 
 
-# When each cache (by alias and location) last failed, for every thread and request of the
-# process: Django gives each request and socket a cache object of its own.
-_failed_at: dict[str, float] = {}
-
-
 class RateLimited(Exception):
     def __init__(self, action: str, retry_after: int):
         self.action = action
@@ -101,40 +96,45 @@ def rate_for(action: str) -> Rate | None:
     return parse_rate(rate) if rate else None
 
 
-def counts_cache():
-    """One cache object per process for the counts (per configuration, so tests can swap it).
+@dataclass
+class CountsCache:
+    """The counts' cache object, one for every request and socket of the process, and when
+    it last failed.
 
     Django gives each request and socket a cache object of its own, each with a Redis
     connection pool of its own: a connection per open socket, and after a failover each
     socket's first check would wait out its own dead connection to the old primary.
     """
-    global _shared_cache
+
+    configured: tuple  # (alias, its CACHES entry): tests that swap the settings get a new one
+    cache: object
+    failed_at: float | None = None
+
+
+_counts_cache: CountsCache | None = None
+
+
+def counts_cache() -> CountsCache:
+    global _counts_cache
     alias = getattr(settings, "CHAT_RATE_LIMIT_CACHE", "default")
-    configured = settings.CACHES.get(alias)
-    if _shared_cache is None or _shared_cache[0] != (alias, configured):
-        _shared_cache = ((alias, configured), caches.create_connection(alias))
-    return _shared_cache[1]
-
-
-_shared_cache: tuple | None = None
+    configured = (alias, settings.CACHES.get(alias))
+    if _counts_cache is None or _counts_cache.configured != configured:
+        _counts_cache = None  # a cache that cannot even be made is not paused: each use tries again
+        _counts_cache = CountsCache(configured, caches.create_connection(alias))
+    return _counts_cache
 
 
 def usable_cache():
     """The counts' cache, unless it failed within the last CACHE_PAUSE_SECONDS (CachePaused)."""
-    failed_at = _failed_at.get(cache_identity())
-    if failed_at is not None and time.monotonic() - failed_at < CACHE_PAUSE_SECONDS:
+    counts = counts_cache()
+    if counts.failed_at is not None and time.monotonic() - counts.failed_at < CACHE_PAUSE_SECONDS:
         raise CachePaused
-    return counts_cache()
-
-
-def cache_identity() -> str:
-    alias = getattr(settings, "CHAT_RATE_LIMIT_CACHE", "default")
-    return f"{alias} {settings.CACHES.get(alias, {}).get('LOCATION')}"
+    return counts.cache
 
 
 def note_failure(exc: Exception) -> None:
-    if not isinstance(exc, CachePaused):
-        _failed_at[cache_identity()] = time.monotonic()
+    if _counts_cache is not None and not isinstance(exc, CachePaused):
+        _counts_cache.failed_at = time.monotonic()
 
 
 def window_key(action: str, key: object, window: int) -> str:
