@@ -15,6 +15,12 @@ from django.core.exceptions import ImproperlyConfigured
 
 # Sentinels answer "who is the primary?" at once; a Sentinel that does not is skipped for the next.
 SENTINEL_SOCKET_TIMEOUT = 2.0
+# The channel layer's reads time out after this long: past channels_redis's 5 s blocking
+# receive (BZPOPMIN; redis-py 8's 5 s default would cut it short and close idle sockets with
+# 1011). Through Sentinel, sooner: a primary that stops answering (a partition) then holds
+# live frames for at most that long before the processes move to the one Sentinel promotes.
+LAYER_SOCKET_TIMEOUT = 30.0
+SENTINEL_LAYER_SOCKET_TIMEOUT = 10.0
 # A cache call waits this long for Redis before failing (its callers fail open or answer 503),
 # rather than hang a request, and Django's one sync thread with it, on a host that is gone.
 CACHE_SOCKET_TIMEOUT = 2.0
@@ -34,16 +40,16 @@ class RedisServers:
     def uses_sentinel(self) -> bool:
         return bool(self.sentinels)
 
-    def channel_layer_host(self, **options) -> dict:
-        """One entry of channels_redis's "hosts" (options such as socket_timeout go to the pool)."""
+    def channel_layer_host(self) -> dict:
+        """One entry of channels_redis's "hosts"."""
         if not self.uses_sentinel:
-            return {"address": self.url, **options}
+            return {"address": self.url, "socket_timeout": LAYER_SOCKET_TIMEOUT}
         return {
             "master_name": self.master,
             "sentinels": list(self.sentinels),
             "sentinel_kwargs": self.sentinel_options(),
             **({"password": self.password} if self.password else {}),
-            **options,
+            "socket_timeout": SENTINEL_LAYER_SOCKET_TIMEOUT,
         }
 
     def cache(self) -> dict:

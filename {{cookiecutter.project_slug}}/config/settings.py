@@ -118,12 +118,9 @@ CHANNEL_LAYERS = {
     "default": {
         # channels_redis's RedisChannelLayer, starting its connections over after a failure.
         "BACKEND": "config.redis_layer.ReconnectingRedisChannelLayer",
-        # Reads time out after 10 s: past channels_redis's 5 s blocking receive (BZPOPMIN;
-        # redis-py 8's 5 s default would cut it short and close idle sockets with 1011), and
-        # soon enough that a primary which stops answering (a partition) holds live frames
-        # for at most that long before the processes move to the one Sentinel promotes.
         "CONFIG": {
-            "hosts": [REDIS_SERVERS.channel_layer_host(socket_timeout=10)],
+            # Read timeouts past channels_redis's 5 s blocking receive (config/redis_servers.py).
+            "hosts": [REDIS_SERVERS.channel_layer_host()],
             # Each process's room hub gets every room event of the process (chat/room_hub.py).
             "channel_capacity": {"*!chat-hub-*": 10_000},
         },

@@ -36,7 +36,7 @@ def configured(**env) -> dict:
 
 def test_without_sentinels_the_layer_and_the_cache_use_redis_url():
     shown = configured(REDIS_URL="redis://10.0.0.9:6380/2", REDIS_SENTINELS="")
-    assert shown["layer"]["hosts"] == [{"address": "redis://10.0.0.9:6380/2", "socket_timeout": 10}]
+    assert shown["layer"]["hosts"] == [{"address": "redis://10.0.0.9:6380/2", "socket_timeout": 30}]
     assert shown["layer"]["channel_capacity"] == {"*!chat-hub-*": 10_000}
     assert shown["cache"]["LOCATION"] == "redis://10.0.0.9:6380/2"
 
