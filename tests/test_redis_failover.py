@@ -4,12 +4,14 @@ A primary, a replica and three Sentinels (`redis-server --sentinel`), each on a 
 with its config in a temporary folder, watch over the Redis of a redis + postgresql bake
 served by two daphne processes configured with REDIS_SENTINELS (and a REDIS_URL that
 points nowhere, so nothing reaches Redis but through them). Members of one group sit on
-both processes; they send over their room sockets with the page's retries (the generated
-benchmarks/room_client.py). Mid-conversation the primary is SIGKILLed. Every send must be
-answered (acked, 200, or a retryable answer the client waits out: never a 500 or a
-refusal), every member must end with every message exactly once (catch-up allowed), and
-every message typed must be one row. Figures go to stdout (`pytest -s`) and
-test-artifacts/redis_failover.json.
+both processes; most send over their room sockets with the page's retries (the generated
+benchmarks/room_client.py), two only read. A second, quiet group gets one message, sent
+right after the fault, and none after it. Mid-conversation the primary is SIGKILLed, or
+SIGSTOPped (it keeps its connections and answers nothing, as behind a partition). Every
+send must be answered (acked, 200, or a retryable answer the client waits out: never a 500
+or a refusal), every member of both rooms must end with every message exactly once
+(catch-up allowed), and every message typed must be one row. Figures go to stdout
+(`pytest -s`) and test-artifacts/redis_failover.json.
 """
 
 from __future__ import annotations
