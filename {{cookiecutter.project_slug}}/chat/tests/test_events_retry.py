@@ -34,7 +34,7 @@ class FailoverLayer:
 
 
 async def eventually(condition) -> None:
-    async with asyncio.timeout(2):
+    async with asyncio.timeout(10):  # a deadline for a loaded machine, not a measurement
         while not condition():
             await asyncio.sleep(INTERVAL / 5)
 
