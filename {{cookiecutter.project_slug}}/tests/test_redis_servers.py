@@ -39,6 +39,8 @@ def test_without_sentinels_the_layer_and_the_cache_use_redis_url():
     assert shown["layer"]["hosts"] == [{"address": "redis://10.0.0.9:6380/2", "socket_timeout": 30}]
     assert shown["layer"]["channel_capacity"] == {"*!chat-hub-*": 10_000}
     assert shown["cache"]["LOCATION"] == "redis://10.0.0.9:6380/2"
+    # A Redis host that vanished fails a cache call in seconds, not after the OS's TCP timeout.
+    assert shown["cache"]["OPTIONS"] == {"socket_connect_timeout": 2, "socket_timeout": 2}
 
 
 def test_with_sentinels_the_layer_and_the_cache_ask_them_for_the_primary():
@@ -62,6 +64,7 @@ def test_with_sentinels_the_layer_and_the_cache_ask_them_for_the_primary():
     assert cache["OPTIONS"]["pool_class"] == "redis.sentinel.SentinelConnectionPool"
     assert cache["OPTIONS"]["service_name"] == "chat"
     assert cache["OPTIONS"]["password"] == "data-secret"
+    assert (cache["OPTIONS"]["socket_connect_timeout"], cache["OPTIONS"]["socket_timeout"]) == (2, 2)
     assert cache["sentinels"] == sentinels
     assert cache["sentinel_passwords"] == ["sentinel-secret"]
 
