@@ -22,6 +22,15 @@ def as_bool(value: object) -> bool:
     return str(value).strip().lower() in {"true", "t", "yes", "y", "1", "on"}
 
 
+# The Redis connection settings (REDIS_URL or Sentinel) and their tests.
+REDIS_ONLY_PATHS = [
+    "config/redis_layer.py",
+    "config/redis_servers.py",
+    "tests/test_redis_layer.py",
+    "tests/test_redis_servers.py",
+]
+
+
 def paths_to_prune(answers: dict) -> list[str]:
     """Files and folders that the chosen options do not need."""
     paths = []
@@ -33,6 +42,8 @@ def paths_to_prune(answers: dict) -> list[str]:
         paths.append(".pre-commit-config.yaml")
     if answers["open_source_license"] == "Not open source":
         paths.append("LICENSE")
+    if answers["channel_layer"] != "redis":
+        paths += REDIS_ONLY_PATHS
     return paths
 
 

@@ -220,21 +220,30 @@ def test_as_bool_reads_falsy_answers(post_gen, value):
 
 
 def test_paths_to_prune_keeps_everything_with_all_options_on(post_gen):
-    assert post_gen.paths_to_prune(answers()) == []
+    assert post_gen.paths_to_prune(answers(channel_layer="redis")) == []
 
 
 @pytest.mark.parametrize(
     ("changes", "pruned"),
     [
-        ({"use_custom_user_model": False}, "users"),
-        ({"use_chat_widget": False}, "templates/includes/chat_widget_fab.html"),
-        ({"use_pre_commit": False}, ".pre-commit-config.yaml"),
-        ({"open_source_license": "Not open source"}, "LICENSE"),
-        ({"use_custom_user_model": "false"}, "users"),
+        ({"use_custom_user_model": False}, ["users"]),
+        ({"use_chat_widget": False}, ["templates/includes/chat_widget_fab.html"]),
+        ({"use_pre_commit": False}, [".pre-commit-config.yaml"]),
+        ({"open_source_license": "Not open source"}, ["LICENSE"]),
+        ({"use_custom_user_model": "false"}, ["users"]),
+        (
+            {"channel_layer": "in-memory"},
+            [
+                "config/redis_layer.py",
+                "config/redis_servers.py",
+                "tests/test_redis_layer.py",
+                "tests/test_redis_servers.py",
+            ],
+        ),
     ],
 )
 def test_paths_to_prune_drops_what_a_disabled_option_needs(post_gen, changes, pruned):
-    assert post_gen.paths_to_prune(answers(**changes)) == [pruned]
+    assert post_gen.paths_to_prune({**answers(channel_layer="redis"), **changes}) == pruned
 
 
 def test_prune_removes_files_and_folders_and_ignores_missing(post_gen, tmp_path):

@@ -12,6 +12,9 @@ A refused use is taken back, so someone who keeps trying while limited does not 
 their own wait further. When the cache cannot be reached, `fail_open=False` raises
 RateLimitUnavailable (answered with a 503): e-mail lookups reveal who has an account, so
 they stay shut rather than unlimited. Other actions go through, and the outage is logged.
+After a failure the limiter leaves the cache alone for CACHE_PAUSE_SECONDS: a cache that
+stopped answering (a Redis failover, a partition) would otherwise cost every request its
+timeout, on the one thread that serves every view and socket of the process.
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ DEFAULT_RATES = {
 PERIOD_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 RATE_PATTERN = re.compile(r"(\d+)/(\d*)([smhd])")
 UNAVAILABLE_RETRY_AFTER = 30
+# How long the counts go unread after the cache failed: about a Sentinel failover.
+CACHE_PAUSE_SECONDS = 5.0
+
+
+class CachePaused(Exception):
+    """The cache failed a moment ago; it is not asked again until the pause is over."""
 
 
 class RateLimited(Exception):
@@ -90,8 +99,45 @@ def rate_for(action: str) -> Rate | None:
     return parse_rate(rate) if rate else None
 
 
-def counts_cache():
-    return caches[getattr(settings, "CHAT_RATE_LIMIT_CACHE", "default")]
+@dataclass
+class CountsCache:
+    """The counts' cache object, one for every request and socket of the process, and when
+    it last failed.
+
+    Django gives each request and socket a cache object of its own, each with a Redis
+    connection pool of its own: a connection per open socket, and after a failover each
+    socket's first check would wait out its own dead connection to the old primary.
+    """
+
+    configured: tuple  # (alias, its CACHES entry): tests that swap the settings get a new one
+    cache: object
+    failed_at: float | None = None
+
+
+_counts_cache: CountsCache | None = None
+
+
+def counts_cache() -> CountsCache:
+    global _counts_cache
+    alias = getattr(settings, "CHAT_RATE_LIMIT_CACHE", "default")
+    configured = (alias, settings.CACHES.get(alias))
+    if _counts_cache is None or _counts_cache.configured != configured:
+        _counts_cache = None  # a cache that cannot even be made is not paused: each use tries again
+        _counts_cache = CountsCache(configured, caches.create_connection(alias))
+    return _counts_cache
+
+
+def usable_cache():
+    """The counts' cache, unless it failed within the last CACHE_PAUSE_SECONDS (CachePaused)."""
+    counts = counts_cache()
+    if counts.failed_at is not None and time.monotonic() - counts.failed_at < CACHE_PAUSE_SECONDS:
+        raise CachePaused
+    return counts.cache
+
+
+def note_failure(exc: Exception) -> None:
+    if _counts_cache is not None and not isinstance(exc, CachePaused):
+        _counts_cache.failed_at = time.monotonic()
 
 
 def window_key(action: str, key: object, window: int) -> str:
@@ -119,14 +165,17 @@ def check_rate(*, action: str, key: object, cost: int = 1, rate: str | None = No
     window = int(window)
     current_key = window_key(action, key, window)
     try:
-        cache = counts_cache()  # inside: a cache that cannot even be opened is an outage too
+        cache = usable_cache()  # inside: a cache that cannot even be opened is an outage too
         current = add_uses(cache, current_key, cost, timeout=2 * limit.seconds + 1)
         previous = cache.get(window_key(action, key, window - 1), 0)
     except Exception as exc:
+        note_failure(exc)
+        # The failure itself with its traceback; uses during the pause after it in a line.
+        failed = not isinstance(exc, CachePaused)
         if not fail_open:
-            logger.error("Rate-limit cache unavailable; refusing %s", action, exc_info=True)
+            logger.error("Rate-limit cache unavailable; refusing %s", action, exc_info=failed)
             raise RateLimitUnavailable(action) from exc
-        logger.warning("Rate-limit cache unavailable; not limiting %s", action, exc_info=True)
+        logger.warning("Rate-limit cache unavailable; not limiting %s", action, exc_info=failed)
         return
     share_of_previous = 1 - elapsed / limit.seconds
     if previous * share_of_previous + current > limit.count:
@@ -165,6 +214,6 @@ def refund(*, action: str, key: object, cost: int = 1, rate: str | None = None) 
         return
     window = int(time.time() // limit.seconds)
     try:
-        counts_cache().decr(window_key(action, key, window), cost)
+        usable_cache().decr(window_key(action, key, window), cost)
     except Exception:  # the window rolled over or the cache is down: nothing to take back
         logger.debug("Could not refund %s", action, exc_info=True)

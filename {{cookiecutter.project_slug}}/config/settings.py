@@ -9,6 +9,10 @@ from pathlib import Path
 import environ
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
+{%- if cookiecutter.channel_layer == "redis" %}
+
+from config.redis_servers import redis_servers
+{%- endif %}
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -121,21 +125,31 @@ AUTH_USER_MODEL = "users.User"
 {%- endif %}
 
 {% if cookiecutter.channel_layer == "redis" -%}
+# One Redis at REDIS_URL or, with REDIS_SENTINELS (host:port,...) and REDIS_SENTINEL_MASTER,
+# the primary those Sentinels name, followed through a failover without a restart
+# (config/redis_servers.py). REDIS_PASSWORD / REDIS_SENTINEL_PASSWORD if they need one.
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+REDIS_SERVERS = redis_servers(
+    url=REDIS_URL,
+    sentinels=env.list("REDIS_SENTINELS", default=[]),
+    master=env.str("REDIS_SENTINEL_MASTER", default=""),
+    password=env.str("REDIS_PASSWORD", default=""),
+    sentinel_password=env.str("REDIS_SENTINEL_PASSWORD", default=""),
+)
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        # redis-py 8 times reads out after 5 s by default, which cuts channels_redis's
-        # 5 s blocking receive (BZPOPMIN) short and closes idle sockets with 1011.
+        # channels_redis's RedisChannelLayer, starting its connections over after a failure.
+        "BACKEND": "config.redis_layer.ReconnectingRedisChannelLayer",
         "CONFIG": {
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+            # Read timeouts past channels_redis's 5 s blocking receive (config/redis_servers.py).
+            "hosts": [REDIS_SERVERS.channel_layer_host()],
             # Each process's room hub gets every room event of the process (chat/realtime/hub.py).
             "channel_capacity": {"*!chat-hub-*": 10_000},
         },
     },
 }
 # Rate-limit counters and other cache users, shared by every process.
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+CACHES = {"default": REDIS_SERVERS.cache()}
 {%- else -%}
 # One server process: the in-memory layer. Use Redis (channels_redis) for several.
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

@@ -102,14 +102,23 @@ def queue_on_this_loop(send_events, args: tuple) -> None:
     EventQueue.for_running_loop().put(send_events, args)
 
 
+# Pauses before sending again what failed (Redis restarting, or Sentinel promoting a replica):
+# about half a minute in all. Frames are hints, so one that goes out late or twice is harmless;
+# one never sent leaves open sockets unaware of a message until the next one shows a gap.
+SEND_RETRY_PAUSES = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+
+
 class EventQueue(PerLoop):
     """Event sends handed to the loop, run one after the other in the order handed over,
-    so frames of one chat leave in the order their messages were stored."""
+    so frames of one chat leave in the order their messages were stored. A send that fails
+    is tried again after SEND_RETRY_PAUSES, the ones behind it waiting their turn; once one
+    has used them all, the layer counts as down and each send gets one try until one works."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         super().__init__(loop)
         self.waiting: collections.deque = collections.deque()
         self.runner: asyncio.Task | None = None
+        self.layer_down = False
 
     def put(self, send_events, args: tuple) -> None:
         self.waiting.append((send_events, args))
@@ -119,10 +128,19 @@ class EventQueue(PerLoop):
     async def run(self) -> None:
         while self.waiting:
             send_events, args = self.waiting.popleft()
-            try:
-                await send_events(*args)
-            except Exception:  # a layer that is down: clients catch up from the database
-                logger.exception("Sending events failed")
+            for pause in (*(() if self.layer_down else SEND_RETRY_PAUSES), None):
+                try:
+                    await send_events(*args)
+                except Exception:
+                    if pause is None:  # a layer that stays down: clients catch up from the database
+                        logger.exception("Sending events failed")
+                        self.layer_down = True
+                        break
+                    logger.warning("Sending events failed; trying again in %g s", pause, exc_info=True)
+                    await asyncio.sleep(pause)
+                else:
+                    self.layer_down = False
+                    break
 
 
 # Group sends in flight at once. On Redis each is a few round trips, so one after the

@@ -176,8 +176,12 @@ class InboxMailbox(PerLoop):
     async def send(self, updates: list[dict]) -> None:
         try:
             await group_send_all(self.layer, [(events.user_group(update["user_id"]), update) for update in updates])
-        except Exception:  # a layer that is down: these updates are lost; the next ones carry the counts
+        except Exception:  # a layer that is down: they wait out the interval and go again, unless replaced
             logger.exception("Sending %d inbox updates failed", len(updates))
+            for update in updates:
+                key = (update["user_id"], update["chat_id"])
+                newer = self.waiting.get(key)
+                self.waiting[key] = update if newer is None else merge_inbox_events(update, newer)
 
 
 def merge_inbox_events(older: dict, newer: dict) -> dict:

@@ -280,7 +280,12 @@ class RedisProcess:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        command = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--dir", workdir]
+        self.workdir = workdir
+        self.start()
+
+    def start(self) -> None:
+        """Start (again, on the same port: empty, as Redis without persistence restarts)."""
+        command = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--dir", self.workdir]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

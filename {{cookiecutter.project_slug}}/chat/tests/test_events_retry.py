@@ -1,0 +1,73 @@
+"""Events that fail to go out while the channel layer is away (Redis restarting, or Sentinel
+promoting a replica) go again once it is back: an open socket that missed a room's last
+frame would otherwise not learn of that message until the next one showed a gap."""
+
+import asyncio
+
+import pytest
+
+from chat.events import room_group, user_group
+from chat.realtime import loop, mailbox
+from chat.realtime.loop import EventQueue
+from chat.realtime.mailbox import InboxMailbox
+
+INTERVAL = 0.05
+
+
+@pytest.fixture(autouse=True)
+def short_waits(monkeypatch):
+    monkeypatch.setattr(mailbox, "INBOX_UPDATE_INTERVAL", INTERVAL)
+    monkeypatch.setattr(loop, "SEND_RETRY_PAUSES", (INTERVAL, INTERVAL))
+
+
+class FailoverLayer:
+    """A layer whose first `failing` group sends fail, as Redis's do during a failover."""
+
+    def __init__(self, failing: int):
+        self.failing = failing
+        self.tries = 0
+        self.sent: list[tuple[str, dict]] = []
+
+    async def group_send(self, group: str, event: dict) -> None:
+        self.tries += 1
+        if self.tries <= self.failing:
+            raise ConnectionError("No master found")
+        self.sent.append((group, event))
+
+
+async def eventually(condition) -> None:
+    async with asyncio.timeout(10):  # a deadline for a loaded machine, not a measurement
+        while not condition():
+            await asyncio.sleep(INTERVAL / 5)
+
+
+def renamed(chat_id: int, name: str) -> dict:
+    return {"type": "chat.renamed", "chat_id": chat_id, "name": name}
+
+
+async def test_room_events_that_fail_go_again_in_the_order_they_were_sent():
+    layer = FailoverLayer(failing=2)
+    for name in ("first", "second"):
+        loop.queue_on_this_loop(loop.group_send_all, (layer, [(room_group(1), renamed(1, name))]))
+    await eventually(lambda: len(layer.sent) == 2)
+    assert [event["name"] for _, event in layer.sent] == ["first", "second"]
+
+
+async def test_a_layer_that_stays_down_costs_each_later_send_one_try_until_one_works():
+    layer = FailoverLayer(failing=len(loop.SEND_RETRY_PAUSES) + 2)
+    queue = EventQueue.for_running_loop()
+    for name in ("lost", "lost too", "sent"):
+        loop.queue_on_this_loop(loop.group_send_all, (layer, [(room_group(1), renamed(1, name))]))
+    await eventually(lambda: queue.runner.done())
+    # The first send: a try and a retry per pause; the second: one try; the third works.
+    assert layer.tries == len(loop.SEND_RETRY_PAUSES) + 1 + 1 + 1
+    assert [event["name"] for _, event in layer.sent] == ["sent"]
+    assert not queue.layer_down, "once a send works, failures are retried again"
+
+
+async def test_inbox_updates_that_fail_go_again_after_the_interval():
+    layer = FailoverLayer(failing=1)
+    update = {"type": "inbox.unread", "user_id": 7, "chat_id": 1, "unread": 0, "total_unread": 0}
+    await InboxMailbox.for_running_loop().post(layer, [update])
+    await eventually(lambda: layer.sent)
+    assert layer.sent == [(user_group(7), update)]

@@ -1,0 +1,70 @@
+"""The project's channel layer lets every connection go when a receive fails.
+
+Through Sentinel, a pooled connection left idle during a failover still leads to the old
+primary; if that one stopped answering, each command given such a connection waits out its
+timeout. After a receive failed, no connection from before may be handed out again.
+"""
+
+import asyncio
+import shutil
+
+import pytest
+from channels.layers import channel_layers, get_channel_layer
+
+from chat.tests.test_ratelimit import RedisProcess
+
+TIMEOUT = 5
+
+
+@pytest.fixture
+def redis(settings, tmp_path):
+    """The project's channel layer on a redis-server of the test's own."""
+    pytest.importorskip("channels_redis", reason="the Redis channel layer comes with the redis option")
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    redis = RedisProcess(str(tmp_path))
+    layer = {**settings.CHANNEL_LAYERS["default"], "CONFIG": {"hosts": [f"redis://127.0.0.1:{redis.port}/0"]}}
+    settings.CHANNEL_LAYERS = {"default": layer}
+    channel_layers.backends.clear()
+    yield redis
+    redis.stop()
+    channel_layers.backends.clear()
+
+
+def clients(redis) -> list[dict]:
+    """The connections open on the test's Redis, besides the one asking."""
+    from redis import Redis
+
+    with Redis(port=redis.port) as probe:
+        own = probe.client_id()
+        return [client for client in probe.client_list() if client["id"] != own]
+
+
+def kill_client(redis, client_id: str) -> None:
+    from redis import Redis
+
+    with Redis(port=redis.port) as probe:
+        probe.client_kill_filter(_id=client_id)
+
+
+async def receive_fails(redis) -> set[str]:
+    """A receive waits (BZPOPMIN); its connection is cut; which connections from before remain."""
+    layer = get_channel_layer()
+    waiting = asyncio.create_task(layer.receive(await layer.new_channel()))
+    # More connections for the pool: sends at once, each on a connection of its own.
+    await asyncio.gather(*(layer.group_send(f"group{n}", {"type": "hello"}) for n in range(4)))
+    async with asyncio.timeout(TIMEOUT):
+        while not any(client["cmd"] == "bzpopmin" for client in await asyncio.to_thread(clients, redis)):
+            await asyncio.sleep(0.05)
+    before = await asyncio.to_thread(clients, redis)
+    blocked = next(client for client in before if client["cmd"] == "bzpopmin")
+    await asyncio.to_thread(kill_client, redis, blocked["id"])
+    with pytest.raises(Exception, match="[Cc]onnection"):
+        await asyncio.wait_for(waiting, TIMEOUT)
+    after = await asyncio.to_thread(clients, redis)
+    return {client["id"] for client in before} & {client["id"] for client in after}
+
+
+def test_after_a_receive_fails_no_connection_from_before_is_used_again(redis):
+    still_open = asyncio.run(receive_fails(redis))
+    assert still_open == set(), "the layer closed every connection it had pooled"
