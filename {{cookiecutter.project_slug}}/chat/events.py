@@ -4,6 +4,12 @@ Services call these from `transaction.on_commit`. Frames are hints: each carries
 chat and message ids a client needs to notice a gap and catch up over HTTP
 (`messages/?after=<id>`), because a channel layer delivers at most once.
 
+Changes to messages already sent (edits, deletes for everyone, reactions) have a cursor of
+their own: each takes the chat's next `change_seq` (1, 2, 3, ... per chat) and its frame
+carries it. A room renders the chat's cursor into the page and keeps the highest it has
+seen; a frame that skips a number, and every socket (re)open, makes it fetch
+`messages/?changed_since=<cursor>`: the current bubbles of the messages changed since.
+
 Event vocabulary (the consumer method that handles each is named after it):
 
 room group ``chat.room.<chat_id>``
@@ -11,10 +17,14 @@ room group ``chat.room.<chat_id>``
     chat.revoked   these users lost access (removed, left) or the group was deleted
     chat.renamed   the group has a new name: update the room's header
     chat.presence  how many people are online in the room now (counted once per change)
+    chat.edited    a message's text changed: message id, change_seq, the re-rendered bubble
+    chat.deleted   a message was deleted for everyone: message id, change_seq, the placeholder bubble
+    chat.reacted   a message's reactions changed: message id, change_seq, the re-rendered bubble
 user group ``chat.user.<user_id>`` (the inbox socket of every tab)
     inbox.message  a new message in one of their chats, with unread counts
     inbox.unread   their unread count of one chat changed (read elsewhere)
-    inbox.changed  a chat was added, removed or renamed: refresh the list
+    inbox.changed  a chat was added, removed or renamed, or its last message edited or
+                   deleted: refresh the list
 sockets group ``chat.sockets.<user_id>`` (every socket of the user, room and inbox)
     session.ended  close the sockets of one session (logged out) or of all (password
                    changed, account deactivated or deleted), on every server process
@@ -464,3 +474,45 @@ def session_ended(*, user_id: int, close_code: int, session_key: str | None = No
         # still happen. Sockets cut off by the outage reconnect, and the handshake then
         # checks the session again.
         logger.exception("Closing the sockets of user %s failed", user_id)
+
+
+# --- message changes: edits, deletes for everyone, reactions ------------------------------
+
+
+def message_edited(*, message, is_last: bool) -> None:
+    """The room gets the new bubble; the inboxes re-read their rows if it is the preview."""
+    send_message_change("chat.edited", message=message)
+    if is_last:
+        chat_list_changed(user_ids=selectors.member_ids(chat_id=message.chat_id), chat_id=message.chat_id)
+
+
+def message_deleted(*, message, is_last: bool, memberships) -> None:
+    """The room gets the placeholder; members who had it unread get their new counts."""
+    send_message_change("chat.deleted", message=message)
+    if memberships:
+        unread_changed(memberships=memberships)
+    if is_last:
+        chat_list_changed(user_ids=selectors.member_ids(chat_id=message.chat_id), chat_id=message.chat_id)
+
+
+def reactions_changed(*, message) -> None:
+    send_message_change("chat.reacted", message=message)
+
+
+def send_message_change(event_type: str, *, message) -> None:
+    """One frame for the whole room, rendered and JSON-encoded once (as `chat.message`).
+
+    The bubble is rendered for no one in particular: the page marks the viewer's own
+    messages and reactions (data-sender-id, data-reactor-ids) itself.
+    """
+    message = selectors.with_reactions([message])[0]
+    html = render_to_string("chat/partials/message_bubble.html", {"message": message})
+    frame = {
+        "type": event_type,
+        "chat_id": message.chat_id,
+        "message_id": message.pk,
+        "change_seq": message.change_seq,
+        "html": html,
+    }
+    event = {"type": event_type, "chat_id": message.chat_id, "message_id": message.pk, "text": json.dumps(frame)}
+    send(room_group(message.chat_id), event)

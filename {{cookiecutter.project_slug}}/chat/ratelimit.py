@@ -36,6 +36,9 @@ DEFAULT_RATES = {
     "email_lookup": "120/h",
     "new_chat": "30/m",  # direct chats started
     "new_group": "20/h",  # groups created
+    "edit": "30/m",  # message edits and deletes for everyone
+    "react": "60/m",  # reactions added or taken back
+    "report": "10/h",  # messages reported to the staff
 }
 PERIOD_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 RATE_PATTERN = re.compile(r"(\d+)/(\d*)([smhd])")

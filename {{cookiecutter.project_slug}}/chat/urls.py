@@ -20,4 +20,9 @@ urlpatterns = [
     path("<int:pk>/edit/", views.edit, name="edit"),
     path("<int:pk>/messages/", views.messages_fragment, name="messages"),
     path("<int:pk>/send/", views.send, name="send"),
+    path("<int:pk>/messages/<int:message_id>/", views.message_bubble, name="message"),
+    path("<int:pk>/messages/<int:message_id>/edit/", views.edit_message, name="edit_message"),
+    path("<int:pk>/messages/<int:message_id>/delete/", views.delete_message, name="delete_message"),
+    path("<int:pk>/messages/<int:message_id>/react/", views.react, name="react"),
+    path("<int:pk>/messages/<int:message_id>/report/", views.report_message, name="report_message"),
 ]

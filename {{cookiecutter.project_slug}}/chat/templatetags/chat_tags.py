@@ -6,7 +6,8 @@ from django import template
 from django.utils import timezone
 from django.utils.dateformat import format as format_date
 
-from chat import selectors
+from chat import selectors, services
+from chat.conf import chat_setting
 
 register = template.Library()
 
@@ -54,3 +55,23 @@ def unread_count(value) -> str:
     except (TypeError, ValueError):
         return "0"
     return "99+" if count > 99 else str(count)
+
+
+# --- message changes ---------------------------------------------------------------------
+
+
+@register.filter
+def reacted_by(reaction, user_id) -> bool:
+    """Whether the viewer is among the people of a `selectors.ReactionCount`."""
+    return user_id in reaction.user_ids
+
+
+@register.filter
+def editable_now(message) -> bool:
+    """Still inside CHAT_EDIT_WINDOW_SECONDS (whose message it is, the page decides)."""
+    return services.edit_window_open(message)
+
+
+@register.simple_tag
+def chat_reactions():
+    return list(chat_setting("CHAT_REACTIONS"))
