@@ -366,3 +366,52 @@ def test_react_and_report_have_their_own_rate_limits(client, group_chat, bob, ca
     name, data = ("react", {"emoji": THUMBS}) if action == "react" else ("report_message", {"reason": "spam"})
     assert client.post(message_url(name, first), data, headers=HTMX).status_code == 200
     assert client.post(message_url(name, second), data, headers=HTMX).status_code == 429
+
+
+# --- reports in the admin ------------------------------------------------------------------
+
+
+def test_a_report_shows_in_the_admin_with_the_messages_around_it(admin_client, group_chat, alice, bob, carol):
+    before = services.send_message(chat=group_chat, sender=carol, body="what came before")
+    reported = services.send_message(chat=group_chat, sender=bob, body="the rude one")
+    services.send_message(chat=group_chat, sender=alice, body="what came after")
+    report = services.report_message(message=reported, reporter=alice, reason="abuse", details="not ok")
+
+    listing = admin_client.get(reverse("admin:chat_report_changelist")).content.decode()
+    assert "the rude one" in listing and "Harassment or abuse" in listing
+    page = admin_client.get(reverse("admin:chat_report_change", args=[report.pk])).content.decode()
+    assert page.index(before.body) < page.index("the rude one") < page.index("what came after")
+    assert "◀ reported" in page and "not ok" in page
+
+
+def test_staff_delete_a_reported_message_for_everyone_from_the_admin(admin_client, group_chat, alice, bob):
+    reported = services.send_message(chat=group_chat, sender=bob, body="the rude one")
+    report = services.report_message(message=reported, reporter=alice, reason="abuse")
+
+    response = admin_client.post(
+        reverse("admin:chat_report_changelist"),
+        {"action": "delete_messages_for_everyone", "_selected_action": [report.pk]},
+    )
+
+    assert response.status_code == 302
+    message, report = refreshed(reported), Report.objects.get(pk=report.pk)
+    assert (message.body, message.deleted_at is not None, report.resolved_at is not None) == ("", True, True)
+    assert report.reported_body == "the rude one"  # what the staff were told stays with the report
+
+
+def test_staff_without_the_right_to_change_messages_cannot_delete_them(client, make_user, group_chat, alice, bob):
+    from django.contrib.auth.models import Permission
+
+    reported = services.send_message(chat=group_chat, sender=bob, body="the rude one")
+    report = services.report_message(message=reported, reporter=alice, reason="spam")
+    viewer = make_user(is_staff=True)
+    viewer.user_permissions.add(*Permission.objects.filter(codename__in=["view_report", "change_report"]))
+    client.force_login(viewer)
+
+    client.post(
+        reverse("admin:chat_report_changelist"),
+        {"action": "delete_messages_for_everyone", "_selected_action": [report.pk]},
+    )
+
+    assert refreshed(reported).body == "the rude one"
+    assert Report.objects.get(pk=report.pk).resolved_at is None
