@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import test_browser
-from test_browser import PHONE, goto_with_socket, room_path, shoot
+from test_browser import PHONE, goto_with_socket, room_path, shoot, until_socket_speaks
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +37,15 @@ print(json.dumps(True))
 """
 
 
+# Runs in `manage.py shell`, outside the server: an edit whose frame no open room hears.
+EDIT_UNHEARD_SCRIPT = """
+from chat import services
+from chat.models import Message
+message = Message.objects.get(chat_id=CHAT_ID, body=BODY)
+print(json.dumps(services.edit_message(message=message, user=message.sender, body=NEW_BODY).change_seq))
+"""
+
+
 def open_chat(server, open_as, sender: str, other: str, bodies: list[str], other_viewport=None):
     """Both people in their direct chat's room, with `bodies` sent by `sender` before."""
     chat_id = server.set_up(users=[sender, other], chats=[(sender, other, bodies)])["chats"][f"{sender}:{other}"]
@@ -46,13 +55,13 @@ def open_chat(server, open_as, sender: str, other: str, bodies: list[str], other
     return chat_id, pages
 
 
-def bubble(page, text: str):
-    return page.locator("main [data-message-id]", has_text=text)
+def bubble(page, text: str, scope: str = "main"):
+    return page.locator(f"{scope} [data-message-id]", has_text=text)
 
 
-def open_menu(page, text: str):
+def open_menu(page, text: str, scope: str = "main"):
     """The message's actions menu, opened from the keyboard."""
-    message = bubble(page, text)
+    message = bubble(page, text, scope)
     message.locator("summary").focus()
     page.keyboard.press("Enter")
     expect(message.locator(".bubble-menu")).to_be_visible()
@@ -95,7 +104,11 @@ def test_an_edit_and_a_delete_for_everyone_are_seen_live_by_the_other_person(ser
 def test_reactions_toggled_from_both_sides_show_counts_and_who_live(server, open_as):
     _, (ivy, jon) = open_chat(server, open_as, "ivy", "jon", ["react to me"], other_viewport=PHONE)
 
-    open_menu(ivy, "react to me").get_by_role("button", name=f"React with {THUMBS}").click()
+    menu = open_menu(ivy, "react to me")
+    ivy.keyboard.press("Tab")  # the first emoji
+    ivy.keyboard.press("Enter")
+    expect(menu.locator("summary")).to_be_focused()  # the menu closed, the keyboard on its button
+    expect(menu.locator(".bubble-menu")).to_be_hidden()
     ivy_chip, jon_chip = (page.locator("main [data-reaction]") for page in (ivy, jon))
     expect(jon_chip).to_have_attribute("aria-label", f"{THUMBS} 1")
     expect(jon_chip).to_have_attribute("aria-pressed", "false")
@@ -148,3 +161,27 @@ def test_a_report_reaches_the_admin_where_staff_delete_the_message_for_everyone(
     for page in (kai, lou):
         expect(page.locator("main .bubble-body")).to_have_text(["This message was deleted."])
     assert server.shell(BODIES_SCRIPT, CHAT_ID=chat_id) == [""]
+
+
+def test_in_the_widget_changes_go_both_ways_and_a_missed_change_comes_back(server, open_as):
+    chat_id, (mia, nat) = open_chat(server, open_as, "mia", "nat", ["react here", "typo hre"])
+    goto_with_socket(nat, "/chat/new/", "/ws/chat/inbox/")  # nat reads in the widget
+    nat.locator("[data-chat-widget-toggle]").click()
+    panel = "#chat-widget-panel"
+    row = nat.locator(f"{panel} [data-chat-row]", has_text="Mia")
+    until_socket_speaks(nat, f"/ws/chat/{chat_id}/", row.click)
+    expect(nat.locator(f"{panel} .bubble-body")).to_have_text(["react here", "typo hre"])
+
+    # An edit neither page hears of: the next change's cursor skips a number, and both catch up.
+    assert server.shell(EDIT_UNHEARD_SCRIPT, CHAT_ID=chat_id, BODY="typo hre", NEW_BODY="typo here") == 1
+    open_menu(nat, "react here", scope=panel).get_by_role("button", name=f"React with {THUMBS}").click()
+
+    for page, scope in ((mia, "main"), (nat, panel)):
+        expect(page.locator(f"{scope} .bubble-body")).to_have_text(["react here", "typo here"])
+        expect(page.locator(f"{scope} [data-reaction]")).to_have_attribute("aria-label", f"{THUMBS} 1")
+        expect(bubble(page, "typo here", scope).locator(".bubble-edited")).to_be_visible()
+
+    open_menu(mia, "typo here").get_by_role("link", name="Delete for everyone").click()
+    mia.locator("main [data-message-dialog]").get_by_role("button", name="Delete for everyone").click()
+    expect(nat.locator(f"{panel} .bubble-body")).to_have_text(["react here", "This message was deleted."])
+    shoot(nat, "message-changes-widget")

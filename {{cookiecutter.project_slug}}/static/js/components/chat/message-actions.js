@@ -19,6 +19,15 @@ document.addEventListener("htmx:afterSwap", (event) => {
   if (!dialog.open) dialog.showModal();
 });
 
+// A reaction picked from a menu: the menu closes at once, the keyboard back on its button
+// (the answer, or the room's frame if it comes first, then replaces the bubble).
+document.addEventListener("htmx:beforeRequest", (event) => {
+  const menu = event.detail.elt?.closest?.("details[data-message-actions]");
+  if (!menu) return;
+  menu.open = false;
+  menu.querySelector("summary").focus();
+});
+
 // A delete answered: the bubble shows the placeholder (or why not), the dialog closes.
 document.addEventListener("htmx:afterRequest", (event) => {
   const form = event.detail.elt;

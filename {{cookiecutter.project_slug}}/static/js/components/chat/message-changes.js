@@ -164,8 +164,11 @@ function focusLike(bubble, previous) {
   focusKey(bubble, previous.dataset.focusKey || "menu");
 }
 
+// A control inside a closed menu is not focused (Chromium would open the menu for it): its
+// menu's button is.
 function focusKey(bubble, key) {
   const target = [...bubble.querySelectorAll("[data-focus-key]")].find((element) => element.dataset.focusKey === key);
-  if (target && target.checkVisibility?.() !== false) target.focus();
+  const inClosedMenu = target && !target.matches("summary") && target.closest("details:not([open])");
+  if (target && !inClosedMenu) target.focus();
   else bubble.querySelector("summary")?.focus();
 }
