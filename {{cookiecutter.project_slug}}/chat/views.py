@@ -483,6 +483,9 @@ def message_of(request, pk: int, message_id: int):
 
 
 def bubble(request, membership, message, *, status: int = 200, **extra) -> HttpResponse:
+    """The message's bubble as this viewer sees it, reactions included."""
+    if not hasattr(message, "reaction_counts"):  # as a service returned it
+        message = selectors.with_reactions([message])[0]
     context = {"message": message, "chat": membership.chat, "viewer_id": request.user.pk, **extra}
     return render(request, "chat/partials/message_bubble.html", context, status=status)
 
@@ -573,10 +576,10 @@ def react(request, pk, message_id):
         check_rate(action="react", key=request.user.pk)
         message = services.toggle_reaction(message=message, user=request.user, emoji=request.POST.get("emoji"))
     except (ValidationError, RateLimited) as exc:
-        return refused(request, membership, selectors.with_reactions([message])[0], exc)
+        return refused(request, membership, message, exc)
     if not request.htmx:
         return back_to_message(message)
-    return bubble(request, membership, selectors.with_reactions([message])[0])
+    return bubble(request, membership, message)
 
 
 @chat_view("GET", "POST")

@@ -315,6 +315,12 @@ def test_what_each_role_may_do_over_htmx(client, bob_says, user, name, data, sta
         assert f'id="message-{bob_says.pk}"' in response.content.decode()
 
 
+def test_the_answer_to_an_edit_keeps_the_messages_reactions(bob_client, bob_says, alice):
+    services.toggle_reaction(message=bob_says, user=alice, emoji=THUMBS)
+    saved = bob_client.post(message_url("edit_message", bob_says), {"body": "edited"}, headers=HTMX)
+    assert f'data-reactor-ids="{alice.pk}"' in saved.content.decode()
+
+
 def test_an_expired_edit_window_is_a_403_over_http(bob_client, bob_says):
     Message.objects.filter(pk=bob_says.pk).update(created_at=timezone.now() - timedelta(hours=1))
     assert bob_client.get(message_url("edit_message", bob_says), headers=HTMX).status_code == 403
