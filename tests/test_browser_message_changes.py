@@ -62,7 +62,7 @@ def bubble(page, text: str, scope: str = "main"):
 def open_menu(page, text: str, scope: str = "main"):
     """The message's actions menu, opened from the keyboard."""
     message = bubble(page, text, scope)
-    message.locator("summary").focus()
+    message.locator("[data-message-actions]").focus()
     page.keyboard.press("Enter")
     expect(message.locator(".bubble-menu")).to_be_visible()
     return message
@@ -77,6 +77,8 @@ def test_an_edit_and_a_delete_for_everyone_are_seen_live_by_the_other_person(ser
     expect(theirs.get_by_role("link", name="Edit")).to_be_hidden()
     expect(theirs.get_by_role("link", name="Delete for everyone")).to_be_hidden()
     hal.keyboard.press("Escape")
+    expect(theirs.locator(".bubble-menu")).to_have_count(0)
+    expect(theirs.locator("[data-message-actions]")).to_be_focused()
 
     mine = open_menu(gus, "first try")
     mine.get_by_role("link", name="Edit").click()
@@ -105,10 +107,10 @@ def test_reactions_toggled_from_both_sides_show_counts_and_who_live(server, open
     _, (ivy, jon) = open_chat(server, open_as, "ivy", "jon", ["react to me"], other_viewport=PHONE)
 
     menu = open_menu(ivy, "react to me")
-    ivy.keyboard.press("Tab")  # the first emoji
+    expect(menu.get_by_role("button", name=f"React with {THUMBS}")).to_be_focused()  # the menu's first control
     ivy.keyboard.press("Enter")
-    expect(menu.locator("summary")).to_be_focused()  # the menu closed, the keyboard on its button
-    expect(menu.locator(".bubble-menu")).to_be_hidden()
+    expect(menu.locator("[data-message-actions]")).to_be_focused()  # the menu closed, the keyboard on its button
+    expect(menu.locator(".bubble-menu")).to_have_count(0)
     ivy_chip, jon_chip = (page.locator("main [data-reaction]") for page in (ivy, jon))
     expect(jon_chip).to_have_attribute("aria-label", f"{THUMBS} 1")
     expect(jon_chip).to_have_attribute("aria-pressed", "false")

@@ -188,6 +188,7 @@ def room_context(request, membership, *, widget: bool = False) -> dict:
         "viewer_id": request.user.pk,
         "in_widget": widget,
         "moderator": chat.is_group and membership.is_admin,
+        "edit_window": chat_setting("CHAT_EDIT_WINDOW_SECONDS"),
     }
 
 
@@ -515,9 +516,21 @@ def message_page(request, template: str, context: dict, *, status: int = 200) ->
 
 @chat_view("GET")
 def message_bubble(request, pk, message_id):
-    """One message as it is now (an edit cancelled)."""
+    """One message as it is now (an edit cancelled); without JavaScript, its page of actions."""
     membership, message = message_of(request, pk, message_id)
-    return bubble(request, membership, message)
+    if request.htmx:
+        return bubble(request, membership, message)
+    mine = message.sender_id == request.user.pk
+    context = {
+        "message": message,
+        "chat": membership.chat,
+        "viewer_id": request.user.pk,
+        "title": "Message",
+        "can_edit": mine and services.edit_window_open(message),
+        "can_delete": mine or (membership.chat.is_group and membership.is_admin),
+        "can_report": not mine,
+    }
+    return message_page(request, "chat/partials/message_menu_page.html", context)
 
 
 @chat_view("GET", "POST")

@@ -356,6 +356,26 @@ def test_without_javascript_each_action_is_a_page_and_a_redirect(bob_client, bob
     assert (message.body, Reaction.objects.count(), Report.objects.count()) == ("", 0, 1)
 
 
+@pytest.mark.parametrize(
+    ("user", "shown", "hidden"),
+    [
+        ("bob", ["React with", ">Edit<", "Delete for everyone"], [">Report<"]),
+        ("alice", ["React with", "Delete for everyone", ">Report<"], [">Edit<"]),  # a group admin
+        ("carol", ["React with", ">Report<"], [">Edit<", "Delete for everyone"]),
+    ],
+)
+def test_without_javascript_a_messages_page_offers_what_the_viewer_may_do(bob_says, user, shown, hidden, request):
+    html = logged_in(request.getfixturevalue(user)).get(message_url("message", bob_says)).content.decode()
+    assert "<html" in html and "original words" in html
+    assert all(text in html for text in shown) and not any(text in html for text in hidden)
+
+
+def test_a_room_renders_one_menu_and_a_button_per_message(alice_client, bob_says, group_chat):
+    html = alice_client.get(reverse("chat:room", args=[group_chat.pk])).content.decode()
+    assert html.count("data-message-menu-template") == 1 and html.count("React with 👍") == 1
+    assert html.count("data-message-actions") == 1  # bob's one message
+
+
 def test_the_edit_rate_limit_answers_429_with_retry_after(bob_client, bob_says, settings):
     settings.CHAT_RATE_LIMITS = {"edit": "1/m"}
     assert bob_client.post(message_url("edit_message", bob_says), {"body": "one"}, headers=HTMX).status_code == 200

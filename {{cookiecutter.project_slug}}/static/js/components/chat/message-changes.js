@@ -9,6 +9,8 @@
 // A bubble is only replaced by a newer version of itself, and not while its edit form is
 // open (the newer version waits until the form closes).
 
+import { openMenu } from "./message-actions.js";
+
 export const CHANGE_FRAMES = new Set(["chat.edited", "chat.deleted", "chat.reacted"]);
 const MAX_PAGES = 20;
 const RETRY_MAX_MS = 30000;
@@ -72,12 +74,10 @@ export class MessageChanges {
 
   replace(shown, fresh) {
     const focused = shown.contains(document.activeElement) ? document.activeElement : null;
-    const menuOpen = shown.querySelector("details[data-message-actions]")?.open;
+    const menuOpen = Boolean(shown.querySelector("[data-message-menu]"));
     shown.replaceWith(fresh);
-    if (menuOpen && fresh.querySelector("details[data-message-actions]")) {
-      fresh.querySelector("details[data-message-actions]").open = true;
-    }
     this.settle(fresh);
+    if (menuOpen && !fresh.classList.contains("bubble--deleted")) openMenu(fresh); // someone else's change: the menu stays
     if (focused) focusLike(fresh, focused);
   }
 
@@ -164,11 +164,7 @@ function focusLike(bubble, previous) {
   focusKey(bubble, previous.dataset.focusKey || "menu");
 }
 
-// A control inside a closed menu is not focused (Chromium would open the menu for it): its
-// menu's button is.
 function focusKey(bubble, key) {
   const target = [...bubble.querySelectorAll("[data-focus-key]")].find((element) => element.dataset.focusKey === key);
-  const inClosedMenu = target && !target.matches("summary") && target.closest("details:not([open])");
-  if (target && !inClosedMenu) target.focus();
-  else bubble.querySelector("summary")?.focus();
+  (target || bubble.querySelector("[data-message-actions]"))?.focus();
 }
