@@ -483,7 +483,11 @@ def uncount_unread(message: Message) -> list[Membership]:
     ids = list(counted.values_list("pk", flat=True))
     if not ids:
         return []
-    Membership.objects.filter(pk__in=ids, unread_count__gt=0).update(unread_count=F("unread_count") - 1)
+    # The conditions again in the UPDATE: checked under the row lock, so a read mark that
+    # moved past the message meanwhile (and counted without it) is not taken down twice.
+    Membership.objects.filter(pk__in=ids, unread_count__gt=0, last_read_message_id__lt=message.pk).update(
+        unread_count=F("unread_count") - 1
+    )
     return list(Membership.objects.filter(pk__in=ids))
 
 
