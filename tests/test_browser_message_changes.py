@@ -90,6 +90,7 @@ def test_an_edit_and_a_delete_for_everyone_are_seen_live_by_the_other_person(ser
     expect(hal.locator("main .bubble-body")).to_have_text(["second try", "regrettable"])
     expect(bubble(hal, "second try").locator(".bubble-edited")).to_have_text("edited")
     expect(bubble(gus, "second try").locator(".bubble-edited")).to_be_visible()
+    expect(bubble(gus, "second try").locator("[data-message-actions]")).to_be_focused()  # back on its button
 
     open_menu(gus, "regrettable").get_by_role("link", name="Delete for everyone").click()
     dialog = gus.locator("main [data-message-dialog]")
