@@ -136,7 +136,15 @@ def test_the_host_project_checks_clean_and_finds_the_chat_static_files(host):
     run(venv, ["python", "manage.py", "check", "--fail-level", "WARNING"], cwd=root)
     found = run(
         venv,
-        ["python", "manage.py", "findstatic", "css/chat.css", "js/components/chat/message-send.js"],
+        # chat.css @imports message-changes.css: the README's copy step must bring both.
+        [
+            "python",
+            "manage.py",
+            "findstatic",
+            "css/chat.css",
+            "css/message-changes.css",
+            "js/components/chat/message-send.js",
+        ],
         cwd=root,
     )
     assert str(root / "static") in found.stdout

@@ -3,6 +3,8 @@
 Read at call time (not import time) so `override_settings` in tests takes effect.
 """
 
+from typing import Any
+
 from django.conf import settings
 
 DEFAULTS = {
@@ -21,8 +23,12 @@ DEFAULTS = {
     # Open sockets (rooms and inboxes together) one user may hold on one server process;
     # a tab holds one or two. Past it a socket is closed with 4429.
     "CHAT_MAX_SOCKETS_PER_USER": 30,
+    # Seconds after sending during which people may edit their own message; 0: always.
+    "CHAT_EDIT_WINDOW_SECONDS": 900,
+    # The emoji people may react with, in the order the message menu offers them.
+    "CHAT_REACTIONS": ("👍", "❤️", "😂", "😮", "😢", "🎉"),
 }
 
 
-def chat_setting(name: str) -> int:
+def chat_setting(name: str) -> Any:
     return getattr(settings, name, DEFAULTS[name])

@@ -6,6 +6,12 @@ chat and message ids a client needs to notice a gap and catch up over HTTP
 travel from here to the sockets (the server loop, the room hubs, the inbox mailbox) is
 the `chat.realtime` package.
 
+Changes to messages already sent (edits, deletes for everyone, reactions) have a cursor of
+their own: each takes the chat's next `change_seq` (1, 2, 3, ... per chat) and its frame
+carries it. A room renders the chat's cursor into the page and keeps the highest it has
+seen; a frame that skips a number, and every socket (re)open, makes it fetch
+`messages/?changed_since=<cursor>`: the current bubbles of the messages changed since.
+
 Event vocabulary (the consumer method that handles each is named after it):
 
 room group ``chat.room.<chat_id>``
@@ -15,6 +21,9 @@ room group ``chat.room.<chat_id>``
     chat.presence  how many people are online in the room now (counted once per change)
     chat.typing    a member is typing: their id and name; never stored, and forgotten by
                    viewers a few seconds after the last one or when their message arrives
+    chat.edited    a message's text changed: message id, change_seq, the re-rendered bubble
+    chat.deleted   a message was deleted for everyone: message id, change_seq, the placeholder bubble
+    chat.reacted   a message's reactions changed: message id, change_seq, the re-rendered bubble
 Every event to a user or sockets group carries its person's "user_id": a process's inbox
 sockets get them through one channel in many people's groups (`chat.realtime.hub.UserHub`).
 
@@ -22,7 +31,8 @@ user group ``chat.user.<user_id>`` (the inbox socket of every tab)
     inbox.message  a new message in one of their chats, with unread counts and whether
                    it holds an @mention of them they have not read ("mentioned")
     inbox.unread   their unread count of one chat changed (read elsewhere)
-    inbox.changed  a chat was added, removed or renamed: refresh the list
+    inbox.changed  a chat was added, removed or renamed, or its last message edited or
+                   deleted: refresh the list
     inbox.muted    they muted or unmuted one of their chats (in another tab): restyle its
                    row, and the total unread, which leaves muted chats out
     inbox.blocked  they blocked or unblocked someone: their open rooms collapse or expand
@@ -244,3 +254,45 @@ def block_changed(*, blocker_id: int, blocked_id: int, blocked: bool) -> None:
     """The blocker's tabs collapse (or expand again) that person's messages in open rooms.
     The blocked person is told nothing; their next message in a direct chat is refused."""
     send(*to_user(blocker_id, {"type": "inbox.blocked", "person_id": blocked_id, "blocked": blocked}))
+
+
+# --- message changes: edits, deletes for everyone, reactions ------------------------------
+
+
+def message_edited(*, message, is_last: bool) -> None:
+    """The room gets the new bubble; the inboxes re-read their rows if it is the preview."""
+    send_message_change("chat.edited", message=message)
+    if is_last:
+        chat_list_changed(user_ids=selectors.member_ids(chat_id=message.chat_id), chat_id=message.chat_id)
+
+
+def message_deleted(*, message, is_last: bool, memberships) -> None:
+    """The room gets the placeholder; members who had it unread get their new counts."""
+    send_message_change("chat.deleted", message=message)
+    if memberships:
+        unread_changed(memberships=memberships)
+    if is_last:
+        chat_list_changed(user_ids=selectors.member_ids(chat_id=message.chat_id), chat_id=message.chat_id)
+
+
+def reactions_changed(*, message) -> None:
+    send_message_change("chat.reacted", message=message)
+
+
+def send_message_change(event_type: str, *, message) -> None:
+    """One frame for the whole room, rendered and JSON-encoded once (as `chat.message`).
+
+    The bubble is rendered for no one in particular: the page marks the viewer's own
+    messages and reactions (data-sender-id, data-reactor-ids) itself.
+    """
+    message = selectors.with_reactions([message])[0]
+    html = render_to_string("chat/partials/message_bubble.html", {"message": message})
+    frame = {
+        "type": event_type,
+        "chat_id": message.chat_id,
+        "message_id": message.pk,
+        "change_seq": message.change_seq,
+        "html": html,
+    }
+    event = {"type": event_type, "chat_id": message.chat_id, "message_id": message.pk, "text": json.dumps(frame)}
+    send(room_group(message.chat_id), event)

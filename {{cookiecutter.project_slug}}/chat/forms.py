@@ -14,7 +14,7 @@ from django.urls import reverse_lazy
 
 from chat import selectors, services
 from chat.conf import chat_setting
-from chat.models import MAX_ID
+from chat.models import MAX_ID, Report
 
 EMAIL_SEPARATORS = re.compile(r"[\s,;]+")
 
@@ -214,3 +214,21 @@ class PersonForm(forms.Form):
     """Whom to block or unblock, by user id."""
 
     user_id = forms.IntegerField(min_value=1, max_value=2**62)
+
+
+class EditMessageForm(forms.Form):
+    """Only parses; `services.edit_message` decides what may be stored."""
+
+    body = forms.CharField(
+        required=False, strip=False, label="Message", widget=forms.Textarea(attrs={"rows": 3, "autofocus": True})
+    )
+
+
+class ReportForm(forms.Form):
+    reason = forms.ChoiceField(choices=Report.Reason.choices, widget=forms.RadioSelect, label="What is wrong with it?")
+    details = forms.CharField(
+        required=False,
+        label="Anything the staff should know (optional)",
+        max_length=services.REPORT_DETAILS_MAX_LENGTH,
+        widget=forms.Textarea(attrs={"rows": 3}),
+    )

@@ -32,6 +32,10 @@ class Chat(models.Model):
         "Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
     )
     last_activity_at = models.DateTimeField(default=timezone.now)
+    # The chat's change cursor: bumped (under the chat's row lock) by every edit, delete for
+    # everyone and reaction change, and stored on the message changed, so a room that
+    # missed a change frame asks for "the messages changed since N".
+    change_seq = models.PositiveBigIntegerField(default=0, editable=False)
 
     class Meta:
         constraints = [
@@ -159,6 +163,12 @@ class Message(models.Model):
     # @mentions resolved against the chat's members when sent: [[start, end, user_id], ...],
     # offsets into `body` of each "@name". Rendered as highlights without a query.
     mentions = models.JSONField(default=list, blank=True, editable=False)
+    # Edits, deletes for everyone and reactions (services.edit_message, delete_message,
+    # toggle_reaction). A deleted message keeps its row (ids and unread counts stay in
+    # order) but not its body. `change_seq` is the chat's change cursor at its last change.
+    edited_at = models.DateTimeField(null=True, blank=True, editable=False)
+    deleted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    change_seq = models.PositiveBigIntegerField(default=0, editable=False)
 
     class Meta:
         constraints = [
@@ -171,10 +181,58 @@ class Message(models.Model):
         indexes = [
             # History pages ("before id Y", "after id Y") and unread counts of chat X.
             models.Index(fields=["chat", "id"], name="message_chat_id"),
+            # Catch-up of changes: the messages of chat X changed since cursor N.
+            models.Index(fields=["chat", "change_seq"], name="message_chat_change_seq"),
         ]
 
     def __str__(self):
         return f"{self.sender}: {self.body[:40]}"
+
+
+class Reaction(models.Model):
+    """One person's emoji on one message; toggled by services.toggle_reaction."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="reactions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    emoji = models.CharField(max_length=16)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["message", "user", "emoji"], name="reaction_once_per_user_and_emoji"),
+        ]
+
+    def __str__(self):
+        return f"{self.user} {self.emoji} on {self.message_id}"
+
+
+class Report(models.Model):
+    """A member telling the site's staff about a message (services.report_message)."""
+
+    class Reason(models.TextChoices):
+        SPAM = "spam", "Spam"
+        ABUSE = "abuse", "Harassment or abuse"
+        INAPPROPRIATE = "inappropriate", "Inappropriate content"
+        OTHER = "other", "Something else"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="reports")
+    reporter = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    reason = models.CharField(max_length=16, choices=Reason.choices)
+    details = models.TextField(blank=True, max_length=1000)
+    # The text as it was when reported: an edit or a delete afterwards does not erase what
+    # the staff were told about.
+    reported_body = models.TextField(blank=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["message", "reporter"], name="report_once_per_reporter"),
+        ]
+        indexes = [models.Index(fields=["resolved_at", "created_at"], name="report_open_first")]
+
+    def __str__(self):
+        return f"Report {self.pk} on message {self.message_id}"
 
 
 class RoomPresence(models.Model):

@@ -42,6 +42,9 @@ DEFAULT_RATES = {
     # "is typing" signals per user: a page sends one per 3 s while its person types, so
     # two tabs typing at once fit; past it they are dropped.
     "typing": "40/m",
+    "edit": "30/m",  # message edits and deletes for everyone
+    "react": "60/m",  # reactions added or taken back
+    "report": "10/h",  # messages reported to the staff
 }
 PERIOD_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 RATE_PATTERN = re.compile(r"(\d+)/(\d*)([smhd])")

@@ -10,7 +10,7 @@ from django.db.models import F, Q, QuerySet, Sum
 from django.http import Http404
 
 from chat.conf import chat_setting
-from chat.models import MAX_ID, Block, Chat, FormerMembership, Membership, Message
+from chat.models import MAX_ID, Block, Chat, FormerMembership, Membership, Message, Reaction
 from chat.ratelimit import check_rate
 
 
@@ -163,12 +163,12 @@ def messages_page(
         if before is not None:
             history = history.filter(pk__lt=before)
         messages = list(history.filter(pk__gt=after).order_by("pk")[: limit + 1])
-        return MessagePage(messages=messages[:limit], has_older=False, has_newer=len(messages) > limit)
+        return MessagePage(messages=with_reactions(messages[:limit]), has_older=False, has_newer=len(messages) > limit)
     if before is not None:
         history = history.filter(pk__lt=before)
     messages = list(history.order_by("-pk")[: limit + 1])
     has_older = len(messages) > limit
-    return MessagePage(messages=messages[:limit][::-1], has_older=has_older)
+    return MessagePage(messages=with_reactions(messages[:limit][::-1]), has_older=has_older)
 
 
 def chat_members(*, chat: Chat) -> list[Membership]:
@@ -302,3 +302,110 @@ def blocked_user_ids(*, user) -> set[int]:
 def user_by_id(*, user_id: int):
     """A user by id, None when there is none."""
     return get_user_model()._default_manager.filter(pk=user_id).first()
+
+
+# --- message changes: reactions, one message, changes since a cursor, report context ----
+
+
+@dataclass(frozen=True)
+class ReactionCount:
+    """One emoji on one message: how many, and who (for the hover/focus list)."""
+
+    emoji: str
+    user_ids: tuple[int, ...]
+    names: tuple[str, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def who(self) -> str:
+        shown = ", ".join(self.names[:REACTION_NAMES_SHOWN])
+        more = self.count - REACTION_NAMES_SHOWN
+        return f"{shown} and {more} more" if more > 0 else shown
+
+    @property
+    def reactor_ids(self) -> str:
+        return " ".join(str(user_id) for user_id in self.user_ids)
+
+
+REACTION_NAMES_SHOWN = 10
+
+
+def with_reactions(messages: list[Message]) -> list[Message]:
+    """Give each message its `reaction_counts`, emoji in CHAT_REACTIONS order, people in
+    the order they reacted. One query for the whole page, however many reactions it has."""
+    by_message: dict[int, dict[str, list]] = {}
+    if messages:
+        reactions = (
+            Reaction.objects.filter(message_id__in=[message.pk for message in messages])
+            .select_related("user")
+            .order_by("created_at", "pk")
+        )
+        for reaction in reactions:
+            people = by_message.setdefault(reaction.message_id, {}).setdefault(reaction.emoji, [])
+            people.append(reaction.user)
+    order = {emoji: index for index, emoji in enumerate(chat_setting("CHAT_REACTIONS"))}
+    for message in messages:
+        by_emoji = by_message.get(message.pk, {})
+        message.reaction_counts = [
+            ReactionCount(
+                emoji=emoji,
+                user_ids=tuple(user.pk for user in people),
+                names=tuple(display_name(user) for user in people),
+            )
+            for emoji, people in sorted(by_emoji.items(), key=lambda item: order.get(item[0], len(order)))
+        ]
+    return messages
+
+
+def message_or_404(*, membership: Membership, message_id) -> Message:
+    """A message of the member's chat that they can see; a 404 for any other id (another
+    chat's message, one before their "delete for me", one that does not exist)."""
+    try:
+        if int(message_id) > MAX_ID:
+            raise Http404("No such message.")
+    except (ValueError, TypeError):
+        raise Http404("No such message.") from None
+    message = (
+        Message.objects.select_related("sender")
+        .filter(pk=message_id, chat_id=membership.chat_id, pk__gt=membership.cleared_message_id)
+        .first()
+    )
+    if message is None:
+        raise Http404("No such message.")
+    return with_reactions([message])[0]
+
+
+@dataclass(frozen=True)
+class ChangesPage:
+    messages: list[Message]
+    has_more: bool
+
+    @property
+    def cursor(self) -> int | None:
+        return self.messages[-1].change_seq if self.messages else None
+
+
+def messages_changed_since(*, membership: Membership, since: int, limit: int | None = None) -> ChangesPage:
+    """The member's messages edited, deleted or reacted to after change cursor `since`, in
+    the order of their changes: what a room that missed change frames fetches to be current."""
+    limit = limit or chat_setting("CHAT_PAGE_SIZE")
+    changed = Message.objects.filter(
+        chat_id=membership.chat_id, change_seq__gt=since, pk__gt=membership.cleared_message_id
+    ).select_related("sender")
+    messages = list(changed.order_by("change_seq")[: limit + 1])
+    return ChangesPage(messages=with_reactions(messages[:limit]), has_more=len(messages) > limit)
+
+
+def report_context(*, message: Message, around: int = 3) -> list[Message]:
+    """The reported message with up to `around` messages of its chat on each side, oldest first."""
+    chat_messages = Message.objects.filter(chat_id=message.chat_id).select_related("sender")
+    before = list(chat_messages.filter(pk__lt=message.pk).order_by("-pk")[:around])
+    after = list(chat_messages.filter(pk__gte=message.pk).order_by("pk")[: around + 1])
+    return before[::-1] + after
+
+
+def member_ids(*, chat_id: int) -> list[int]:
+    return list(Membership.objects.filter(chat_id=chat_id).values_list("user_id", flat=True))

@@ -17,8 +17,8 @@ from django.utils import timezone
 
 from chat import events, metrics, selectors
 from chat.conf import chat_setting
-from chat.models import MAX_ID, Block, Chat, FormerMembership, Membership, Message
-from chat.ratelimit import RateLimited, check_rate, refund
+from chat.models import MAX_ID, Block, Chat, FormerMembership, Membership, Message, Reaction, Report
+from chat.ratelimit import RateLimited, check_rate, refund, wait_text
 from chat.realtime import presence
 
 
@@ -361,7 +361,8 @@ def read_positions(*, chat_id: int, up_to_by_user: dict[int, int]):
     tail = []
     if floor < latest:
         tail = list(
-            Message.objects.filter(chat_id=chat_id, pk__gt=floor)
+            # Deleted for everyone: still a row, no longer anything to read.
+            Message.objects.filter(chat_id=chat_id, pk__gt=floor, deleted_at__isnull=True)
             .order_by("pk")
             .values_list("pk", "sender_id")[: READ_TAIL_LIMIT + 1]
         )
@@ -371,7 +372,7 @@ def read_positions(*, chat_id: int, up_to_by_user: dict[int, int]):
         elif len(tail) <= READ_TAIL_LIMIT:
             unread = sum(1 for pk, sender_id in tail if pk > membership.new_read_id and sender_id != membership.user_id)
         else:
-            later = Message.objects.filter(chat_id=chat_id, pk__gt=membership.new_read_id)
+            later = Message.objects.filter(chat_id=chat_id, pk__gt=membership.new_read_id, deleted_at__isnull=True)
             unread = later.exclude(sender_id=membership.user_id).count()
         yield membership, unread
 
@@ -581,3 +582,185 @@ def refuse_direct_chat_if_blocked(*, user, other) -> None:
     back one they had deleted for themselves)."""
     if Block.objects.filter(blocker=other, blocked=user).exists():
         raise Blocked("You can’t start a chat with this person.")
+
+
+# --- message changes: edit, delete for everyone, reactions, reports -----------------------
+#
+# Every change of a message takes the chat's next change cursor (`Chat.change_seq`) under
+# the chat's row lock, as send_message locks it, and stores it on the message: cursors are
+# handed out in commit order, so a room that has seen changes up to N and asks for those
+# after N (selectors.messages_changed_since) misses none. Each sends its one event after
+# commit (events.message_edited, message_deleted, reactions_changed).
+
+
+def edit_message(*, message: Message, user, body: str) -> Message:
+    """Change the text of one's own message, within CHAT_EDIT_WINDOW_SECONDS of sending it."""
+    body = clean_message_body(body)
+    with transaction.atomic():
+        message, chat = lock_for_change(message)
+        require_member(chat_id=chat.pk, user=user)
+        require_editable(message=message, user=user)
+        if body != message.body:
+            mentions = resolve_mentions(chat=chat, sender=user, body=body)
+            record_change(message, chat, body=body, edited_at=timezone.now(), mentions=mentions)
+            is_last = chat.last_message_id == message.pk
+            after_commit(lambda: events.message_edited(message=message, is_last=is_last))
+    return message
+
+
+def require_editable(*, message: Message, user) -> None:
+    """PermissionDenied (not theirs, the edit window is over) or ValidationError (deleted)."""
+    if message.sender_id != user.pk:
+        raise PermissionDenied("You can only edit your own messages.")
+    if message.deleted_at is not None:
+        raise ValidationError("This message was deleted.")
+    if not edit_window_open(message):
+        raise PermissionDenied(f"Messages can be edited for {edit_window_text()} after sending; not this one any more.")
+
+
+def edit_window_open(message: Message) -> bool:
+    window = chat_setting("CHAT_EDIT_WINDOW_SECONDS")
+    return not window or timezone.now() - message.created_at <= timezone.timedelta(seconds=window)
+
+
+def edit_window_text() -> str:
+    return wait_text(int(chat_setting("CHAT_EDIT_WINDOW_SECONDS")))
+
+
+def delete_message(*, message: Message, actor, as_staff: bool = False) -> Message:
+    """Delete a message for everyone: its text and reactions go, a "deleted" placeholder stays.
+
+    The sender may, a group admin may for any message of the group, and site staff with
+    the right to change messages may (from the admin, `as_staff`). The members who had
+    not read it get it taken off their unread counts. Deleting it again changes nothing.
+    """
+    with transaction.atomic():
+        message, chat = lock_for_change(message)
+        if as_staff:
+            if not (actor.is_staff and actor.has_perm("chat.change_message")):
+                raise PermissionDenied("Only site staff can delete messages from the admin.")
+        else:
+            membership = require_member(chat_id=chat.pk, user=actor)
+            require_deletable(message=message, chat=chat, membership=membership)
+        if message.deleted_at is not None:
+            return message
+        Reaction.objects.filter(message=message).delete()
+        record_change(message, chat, body="", deleted_at=timezone.now())
+        if as_staff:
+            Report.objects.filter(message=message, resolved_at__isnull=True).update(resolved_at=message.deleted_at)
+        uncounted = uncount_unread(message)
+        is_last = chat.last_message_id == message.pk
+        after_commit(lambda: events.message_deleted(message=message, is_last=is_last, memberships=uncounted))
+    return message
+
+
+def require_deletable(*, message: Message, chat: Chat, membership: Membership) -> None:
+    is_group_admin = chat.kind == Chat.Kind.GROUP and membership.is_admin
+    if message.sender_id != membership.user_id and not is_group_admin:
+        raise PermissionDenied("Only its sender or a group admin can delete this message.")
+
+
+def uncount_unread(message: Message) -> list[Membership]:
+    """Take a deleted message off the unread counts of the members it counted for (those
+    who had not read it, other than its sender); returns their memberships, updated."""
+    counted = Membership.objects.filter(
+        chat_id=message.chat_id,
+        last_read_message_id__lt=message.pk,
+        cleared_message_id__lt=message.pk,
+        unread_count__gt=0,
+    ).exclude(user_id=message.sender_id)
+    ids = list(counted.values_list("pk", flat=True))
+    if not ids:
+        return []
+    # The conditions again in the UPDATE: checked under the row lock, so a read mark that
+    # moved past the message meanwhile (and counted without it) is not taken down twice.
+    Membership.objects.filter(pk__in=ids, unread_count__gt=0, last_read_message_id__lt=message.pk).update(
+        unread_count=F("unread_count") - 1
+    )
+    return list(Membership.objects.filter(pk__in=ids))
+
+
+def toggle_reaction(*, message: Message, user, emoji: str) -> Message:
+    """Add the person's `emoji` to the message, or take it back; returns the message as now stored."""
+    emoji = clean_reaction(emoji)
+    with transaction.atomic():
+        message, chat = lock_for_change(message)
+        require_member(chat_id=chat.pk, user=user)
+        if message.deleted_at is not None:
+            raise ValidationError("This message was deleted.")
+        removed, _ = Reaction.objects.filter(message=message, user=user, emoji=emoji).delete()
+        if not removed:
+            Reaction.objects.create(message=message, user=user, emoji=emoji)
+        record_change(message, chat)
+        after_commit(lambda: events.reactions_changed(message=message))
+    return message
+
+
+def clean_reaction(emoji) -> str:
+    allowed = list(chat_setting("CHAT_REACTIONS"))
+    if not isinstance(emoji, str) or emoji not in allowed:
+        raise ValidationError(f"React with one of {' '.join(allowed)}.")
+    return emoji
+
+
+def report_message(*, message: Message, reporter, reason: str, details: str = "") -> Report:
+    """Tell the site's staff about someone else's message; once per person and message."""
+    if reason not in Report.Reason.values:
+        raise ValidationError("Choose a reason for the report.")
+    details = (details or "").strip()
+    ProhibitNullCharactersValidator()(details)
+    if len(details) > REPORT_DETAILS_MAX_LENGTH:
+        raise ValidationError(f"Say it in at most {REPORT_DETAILS_MAX_LENGTH} characters.")
+    require_member(chat_id=message.chat_id, user=reporter)
+    if message.sender_id == reporter.pk:
+        raise ValidationError("You cannot report your own message.")
+    if message.deleted_at is not None:
+        raise ValidationError("This message was deleted.")
+    try:
+        with transaction.atomic():
+            return Report.objects.create(
+                message=message, reporter=reporter, reason=reason, details=details, reported_body=message.body
+            )
+    except IntegrityError:
+        raise ValidationError("You have already reported this message.") from None
+
+
+REPORT_DETAILS_MAX_LENGTH = 1000
+
+
+def resolve_reports(*, reports) -> int:
+    """Mark reports handled (staff looked and kept the message, or deleted it)."""
+    return Report.objects.filter(pk__in=[r.pk for r in reports], resolved_at__isnull=True).update(
+        resolved_at=timezone.now()
+    )
+
+
+def lock_for_change(message: Message) -> tuple[Message, Chat]:
+    """Lock the message's chat (the order of its changes) and read the message again under it."""
+    chat = (
+        Chat.objects.select_for_update()
+        .only("id", "kind", "change_seq", "last_message_id")
+        .filter(pk=message.chat_id)
+        .first()
+    )
+    fresh = Message.objects.select_related("sender").filter(pk=message.pk, chat_id=message.chat_id).first()
+    if chat is None or fresh is None:  # deleted since the caller looked
+        raise Membership.DoesNotExist("Not a member of this chat.")
+    return fresh, chat
+
+
+def require_member(*, chat_id: int, user) -> Membership:
+    membership = Membership.objects.filter(chat_id=chat_id, user=user).first()
+    if membership is None:  # left or removed since the caller looked
+        raise Membership.DoesNotExist("Not a member of this chat.")
+    return membership
+
+
+def record_change(message: Message, chat: Chat, **fields) -> None:
+    """Store `fields` on the message with the chat's next change cursor (the chat is locked)."""
+    chat.change_seq += 1
+    Chat.objects.filter(pk=chat.pk).update(change_seq=chat.change_seq)
+    Message.objects.filter(pk=message.pk).update(change_seq=chat.change_seq, **fields)
+    message.change_seq = chat.change_seq
+    for name, value in fields.items():
+        setattr(message, name, value)

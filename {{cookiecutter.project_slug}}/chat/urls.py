@@ -25,4 +25,9 @@ urlpatterns = [
     path("<int:pk>/mute/", views.mute, name="mute"),
     path("<int:pk>/block/", views.block, name="block"),
     path("<int:pk>/unblock/", views.unblock, name="unblock"),
+    path("<int:pk>/messages/<int:message_id>/", views.message_bubble, name="message"),
+    path("<int:pk>/messages/<int:message_id>/edit/", views.edit_message, name="edit_message"),
+    path("<int:pk>/messages/<int:message_id>/delete/", views.delete_message, name="delete_message"),
+    path("<int:pk>/messages/<int:message_id>/react/", views.react, name="react"),
+    path("<int:pk>/messages/<int:message_id>/report/", views.report_message, name="report_message"),
 ]

@@ -27,6 +27,7 @@ from chat.conf import chat_setting
 from chat.forms import (
     AddMemberForm,
     CheckUserForm,
+    EditMessageForm,
     MessageForm,
     MuteForm,
     NewChatForm,
@@ -34,6 +35,7 @@ from chat.forms import (
     PersonForm,
     RemoveMemberForm,
     RenameGroupForm,
+    ReportForm,
 )
 from chat.models import MAX_ID, Membership
 from chat.ratelimit import RateLimited, RateLimitUnavailable, check_rate
@@ -189,6 +191,8 @@ def room_context(request, membership, *, widget: bool = False) -> dict:
         "max_length": chat_setting("CHAT_MAX_MESSAGE_LENGTH"),
         "viewer_id": request.user.pk,
         "in_widget": widget,
+        "moderator": chat.is_group and membership.is_admin,
+        "edit_window": chat_setting("CHAT_EDIT_WINDOW_SECONDS"),
     }
     context.update(people_room_context(request, membership, context["page"]))
     return context
@@ -346,6 +350,9 @@ def messages_fragment(request, pk):
     """Older messages (`?before=<id>`) with the next trigger, newer ones (`?after=<id>`), or
     the ones between two ids (`?after=<id>&before=<id>`: a gap a room wants filled)."""
     membership = selectors.membership_or_404(user=request.user, chat_id=pk)
+    changed_since = int_param(request, "changed_since")
+    if changed_since is not None:
+        return changes_fragment(request, membership, changed_since)
     before, after = int_param(request, "before"), int_param(request, "after")
     if before is not None and after is not None and after >= before:
         raise BadRequest("“after” must be smaller than “before”.")
@@ -566,3 +573,155 @@ def after_info_action(request, membership, done: str) -> HttpResponse:
         return render_info(request, membership)
     messages.success(request, done)
     return go_to(request, reverse("chat:info", args=[membership.chat_id]))
+
+
+# --- message changes: edit, delete for everyone, reactions, report ----------------------
+#
+# Each answers htmx with the message's bubble as it now is (swapped over the old one) and a
+# browser without JavaScript with a redirect back to the message in the room. A refused
+# change comes back as the bubble with the reason in it, so the swap never loses the message.
+
+
+def changes_fragment(request, membership, changed_since: int) -> HttpResponse:
+    """`messages/?changed_since=<cursor>`: the bubbles of the messages changed after it."""
+    changes = selectors.messages_changed_since(membership=membership, since=changed_since)
+    context = {"chat": membership.chat, "changes": changes, "viewer_id": request.user.pk}
+    return render(request, "chat/partials/message_changes_fragment.html", context)
+
+
+def message_of(request, pk: int, message_id: int):
+    membership = selectors.membership_or_404(user=request.user, chat_id=pk)
+    return membership, selectors.message_or_404(membership=membership, message_id=message_id)
+
+
+def bubble(request, membership, message, *, status: int = 200, **extra) -> HttpResponse:
+    """The message's bubble as this viewer sees it, reactions included."""
+    if not hasattr(message, "reaction_counts"):  # as a service returned it
+        message = selectors.with_reactions([message])[0]
+    context = {"message": message, "chat": membership.chat, "viewer_id": request.user.pk, **extra}
+    return render(request, "chat/partials/message_bubble.html", context, status=status)
+
+
+def back_to_message(message) -> HttpResponse:
+    return redirect(reverse("chat:room", args=[message.chat_id]) + f"#message-{message.pk}")
+
+
+def refused(request, membership, message, exc: Exception, **extra) -> HttpResponse:
+    """The bubble with the reason (htmx), or the error page; 403, 400 or 429 as chat_view would."""
+    status = 403 if isinstance(exc, PermissionDenied) else 429 if isinstance(exc, RateLimited) else 400
+    error = error_text(exc) if isinstance(exc, ValidationError) else str(exc)
+    response = bubble(request, membership, message, status=status, action_error=error, **extra)
+    if not request.htmx:
+        response = error_response(request, error, status=status)
+    if isinstance(exc, RateLimited):
+        response["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def message_page(request, template: str, context: dict, *, status: int = 200) -> HttpResponse:
+    """A change's form: the partial alone for htmx, inside a page of its own without JavaScript."""
+    if request.htmx:
+        return render(request, template, context, status=status)
+    return render(request, "chat/message_page.html", {**context, "partial": template, "on_page": True}, status=status)
+
+
+@chat_view("GET")
+def message_bubble(request, pk, message_id):
+    """One message as it is now (an edit cancelled); without JavaScript, its page of actions."""
+    membership, message = message_of(request, pk, message_id)
+    if request.htmx:
+        return bubble(request, membership, message)
+    mine = message.sender_id == request.user.pk
+    context = {
+        "message": message,
+        "chat": membership.chat,
+        "viewer_id": request.user.pk,
+        "title": "Message",
+        "can_edit": mine and services.edit_window_open(message),
+        "can_delete": mine or (membership.chat.is_group and membership.is_admin),
+        "can_report": not mine,
+    }
+    return message_page(request, "chat/partials/message_menu_page.html", context)
+
+
+@chat_view("GET", "POST")
+def edit_message(request, pk, message_id):
+    """Inline editing: GET swaps the bubble for its edit form, POST saves and swaps it back."""
+    membership, message = message_of(request, pk, message_id)
+    if request.method == "GET":
+        services.require_editable(message=message, user=request.user)
+        form = EditMessageForm(initial={"body": message.body})
+        return edit_form_response(request, membership, message, form)
+    form = EditMessageForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise ValidationError([error for errors in form.errors.values() for error in errors])
+        check_rate(action="edit", key=request.user.pk)
+        message = services.edit_message(message=message, user=request.user, body=form.cleaned_data["body"])
+    except ValidationError as exc:
+        return edit_form_response(request, membership, message, form, error=error_text(exc), status=400)
+    except (PermissionDenied, RateLimited) as exc:
+        return refused(request, membership, message, exc)
+    return bubble(request, membership, message) if request.htmx else back_to_message(message)
+
+
+def edit_form_response(request, membership, message, form, *, error: str = "", status: int = 200) -> HttpResponse:
+    if request.htmx:
+        return bubble(request, membership, message, status=status, edit_form=form, action_error=error)
+    context = {"message": message, "chat": membership.chat, "edit_form": form, "action_error": error}
+    context["title"] = "Edit message"
+    return message_page(request, "chat/partials/message_edit_form.html", context, status=status)
+
+
+@chat_view("GET", "POST")
+def delete_message(request, pk, message_id):
+    """Delete for everyone. GET asks first (the room's dialog, or a page of its own)."""
+    membership, message = message_of(request, pk, message_id)
+    if request.method == "GET":
+        services.require_deletable(message=message, chat=membership.chat, membership=membership)
+        context = {"message": message, "chat": membership.chat, "title": "Delete message"}
+        return message_page(request, "chat/partials/message_delete_confirm.html", context)
+    try:
+        check_rate(action="edit", key=request.user.pk)
+        message = services.delete_message(message=message, actor=request.user)
+    except (PermissionDenied, RateLimited) as exc:
+        return refused(request, membership, message, exc)
+    if not request.htmx:
+        messages.success(request, "Message deleted for everyone.")
+        return back_to_message(message)
+    return bubble(request, membership, message)
+
+
+@chat_view("POST")
+def react(request, pk, message_id):
+    """Toggle one of CHAT_REACTIONS on the message (the button pressed names it)."""
+    membership, message = message_of(request, pk, message_id)
+    try:
+        check_rate(action="react", key=request.user.pk)
+        message = services.toggle_reaction(message=message, user=request.user, emoji=request.POST.get("emoji"))
+    except (ValidationError, RateLimited) as exc:
+        return refused(request, membership, message, exc)
+    if not request.htmx:
+        return back_to_message(message)
+    return bubble(request, membership, message)
+
+
+@chat_view("GET", "POST")
+def report_message(request, pk, message_id):
+    """Report someone else's message to the site's staff, with a reason."""
+    membership, message = message_of(request, pk, message_id)
+    form = ReportForm(request.POST if request.method == "POST" else None)
+    context = {"message": message, "chat": membership.chat, "title": "Report message"}
+    if request.method == "POST" and form.is_valid():
+        check_rate(action="report", key=request.user.pk)
+        try:
+            services.report_message(message=message, reporter=request.user, **form.cleaned_data)
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            if not request.htmx:
+                messages.success(request, "Thank you. The site's staff will look at this message.")
+                return back_to_message(message)
+            return render(request, "chat/partials/message_report_done.html", context)
+    status = 400 if form.is_bound else 200
+    return message_page(request, "chat/partials/message_report_form.html", {**context, "form": form}, status=status)

@@ -295,3 +295,6 @@ CHAT_MAX_MESSAGE_LENGTH = env.int("CHAT_MAX_MESSAGE_LENGTH", default=4000)
 CHAT_MAX_SOCKETS_PER_USER = env.int("CHAT_MAX_SOCKETS_PER_USER", default=30)
 # Per-user limits, e.g. CHAT_RATE_LIMITS=send=60/m,typing=40/m,email_lookup=120/h,new_chat=30/m,new_group=20/h
 CHAT_RATE_LIMITS = env.dict("CHAT_RATE_LIMITS", default={})
+# How long people may edit their own messages (seconds; 0: always), and the reaction emoji.
+CHAT_EDIT_WINDOW_SECONDS = env.int("CHAT_EDIT_WINDOW_SECONDS", default=900)
+CHAT_REACTIONS = env.list("CHAT_REACTIONS", default=["👍", "❤️", "😂", "😮", "😢", "🎉"])

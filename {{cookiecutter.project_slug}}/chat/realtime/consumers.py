@@ -31,6 +31,17 @@ vocabulary. Frames a client may send to a room:
         one. Past the "typing" rate of CHAT_RATE_LIMITS frames are dropped silently (a
         lost "is typing" needs no retry); from someone no longer a member, the socket closes
         with 4403.
+    {"type": "edit", "message_id": N, "body": "..."}
+    {"type": "delete", "message_id": N}
+    {"type": "react", "message_id": N, "emoji": "<one of CHAT_REACTIONS>"}
+        Change a message, as the `messages/<id>/edit/`, `delete/` and `react/` routes do
+        (same checks, same rate limits: "edit" counts edits and deletes, "react"
+        reactions). Answered with {"type": "ack", "action": "edit", "message_id": N,
+        "change_seq": S} once stored (the room also gets the change's chat.edited,
+        chat.deleted or chat.reacted frame), or with an error frame carrying the same
+        "action" and "message_id": "not_found" (not a message of this chat),
+        "forbidden" (not yours, not your role, edit window over), "invalid" (bad body,
+        unknown emoji, a deleted message), "rate_limited"/"busy" (with "retry_after").
     {"type": "read", "message_id": N}
     {"type": "visibility", "visible": bool}
     {"type": "ping"}
@@ -65,13 +76,14 @@ from collections import Counter
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import OperationalError
+from django.http import Http404
 
 from chat import events, metrics, selectors, services
 from chat.conf import chat_setting
 from chat.models import Membership
-from chat.ratelimit import RateLimited
+from chat.ratelimit import RateLimited, check_rate
 from chat.realtime import presence, read_marks
 from chat.realtime.hub import RoomHub, UserHub
 from chat.realtime.loop import note_serving_loop
@@ -405,6 +417,11 @@ class RoomConsumer(ChatConsumer):
         if event["user_id"] != self.user_id:  # nobody sees themselves typing, in any tab
             await self.send(text_data=event["text"])
 
+    async def chat_edited(self, event):
+        await self.send(text_data=event["text"])  # encoded once for the room (events.send_message_change)
+
+    chat_deleted = chat_reacted = chat_edited
+
     async def chat_revoked(self, event):
         if getattr(self, "revoked", False):
             return  # it comes both through the room and to this socket
@@ -463,6 +480,57 @@ class RoomConsumer(ChatConsumer):
         except Membership.DoesNotExist:
             await self.send_error("forbidden", "You are no longer a member of this chat.")
             await self.end(CLOSE_FORBIDDEN)
+
+    # Message changes: edit, delete, react (the same services and limits as their routes)
+
+    async def client_edit(self, frame: dict) -> None:
+        if not isinstance(frame.get("body"), str):
+            return await self.send_error("malformed", "edit needs a text body.", action="edit")
+        await self.change_message("edit", frame)
+
+    async def client_delete(self, frame: dict) -> None:
+        await self.change_message("delete", frame)
+
+    async def client_react(self, frame: dict) -> None:
+        await self.change_message("react", frame)
+
+    async def change_message(self, action: str, frame: dict) -> None:
+        message_id = frame.get("message_id")
+        if not isinstance(message_id, int) or isinstance(message_id, bool) or message_id <= 0:
+            return await self.send_error("malformed", f"{action} needs an integer message_id.", action=action)
+        about = {"action": action, "message_id": message_id}
+        try:
+            change_seq = await database_sync_to_async(self.apply_change)(action, message_id, frame)
+        except Http404:
+            return await self.send_error("not_found", "No such message in this chat.", **about)
+        except PermissionDenied as exc:
+            return await self.send_error("forbidden", str(exc), **about)
+        except ValidationError as exc:
+            return await self.send_error("invalid", " ".join(exc.messages), **about)
+        except RateLimited as exc:
+            return await self.send_error("rate_limited", str(exc), retry_after=exc.retry_after, **about)
+        except OperationalError:
+            logger.warning("Database unavailable for a change in chat %s", self.chat_id, exc_info=True)
+            return await self.send_error("busy", "The server is busy; try again.", retry_after=1, **about)
+        except Membership.DoesNotExist:
+            await self.send_error("forbidden", "You are no longer a member of this chat.", **about)
+            return await self.end(CLOSE_FORBIDDEN)
+        await self.send_json({"type": "ack", "change_seq": change_seq, **about})
+
+    def apply_change(self, action: str, message_id: int, frame: dict) -> int:
+        """As the routes: the member's message of this chat (Http404), within the rate, the one service."""
+        membership = selectors.membership_for(user=self.user, chat_id=self.chat_id)
+        if membership is None:
+            raise Membership.DoesNotExist("Not a member of this chat.")
+        message = selectors.message_or_404(membership=membership, message_id=message_id)
+        check_rate(action="react" if action == "react" else "edit", key=self.user_id)
+        if action == "edit":
+            message = services.edit_message(message=message, user=self.user, body=frame["body"])
+        elif action == "delete":
+            message = services.delete_message(message=message, actor=self.user)
+        else:
+            message = services.toggle_reaction(message=message, user=self.user, emoji=frame.get("emoji"))
+        return message.change_seq
 
     def schedule_read(self, message_id: int) -> None:
         read_marks.mark(chat_id=self.chat_id, user_id=self.user_id, up_to_id=message_id)

@@ -9,7 +9,8 @@ from django.utils.dateformat import format as format_date
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from chat import selectors
+from chat import selectors, services
+from chat.conf import chat_setting
 
 register = template.Library()
 
@@ -112,3 +113,23 @@ def message_body(message, viewer_id=None) -> str:
 @register.filter
 def mentions_user(message, user_id) -> bool:
     return bool(user_id) and any(span_user == user_id for _, _, span_user in valid_mentions(message))
+
+
+# --- message changes ---------------------------------------------------------------------
+
+
+@register.filter
+def reacted_by(reaction, user_id) -> bool:
+    """Whether the viewer is among the people of a `selectors.ReactionCount`."""
+    return user_id in reaction.user_ids
+
+
+@register.filter
+def editable_now(message) -> bool:
+    """Still inside CHAT_EDIT_WINDOW_SECONDS (whose message it is, the page decides)."""
+    return services.edit_window_open(message)
+
+
+@register.simple_tag
+def chat_reactions():
+    return list(chat_setting("CHAT_REACTIONS"))

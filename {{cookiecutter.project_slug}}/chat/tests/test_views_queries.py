@@ -158,3 +158,44 @@ def test_inbox_queries_do_not_grow_with_mentions(alice_client, alice, alice_chat
     marks = re.findall(r"<span[^>]*data-chat-mention[^>]*>", response.content.decode())
     assert len(marks) == 5
     assert not [mark for mark in marks if "hidden" in mark]
+
+
+# --- message changes: reactions and edits add no queries ---------------------------------
+
+
+def react_and_edit_everything(chat: Chat, people) -> None:
+    """Every message of `chat` edited, with two reactions from each of `people`."""
+    from django.utils import timezone
+
+    from chat.models import Reaction
+
+    messages = list(Message.objects.filter(chat=chat))
+    Reaction.objects.bulk_create(
+        [Reaction(message=m, user=person, emoji=emoji) for m in messages for person in people for emoji in ("👍", "🎉")]
+    )
+    Message.objects.filter(chat=chat).update(edited_at=timezone.now(), change_seq=1)
+
+
+@pytest.mark.parametrize("url_name", ["chat:room", "chat:widget_room"])
+def test_room_queries_are_the_same_with_reactions_and_edits_on_every_message(
+    alice_client, alice, url_name, django_assert_num_queries
+):
+    plain, changed = (add_chats(alice, 2, messages_per_chat=50)[1] for _ in range(2))  # two groups
+    untouched = count_queries(alice_client, reverse(url_name, args=[plain.pk]), headers=HTMX)
+    react_and_edit_everything(changed, [m.user for m in changed.memberships.select_related("user")])
+
+    with django_assert_num_queries(untouched):
+        response = alice_client.get(reverse(url_name, args=[changed.pk]), headers=HTMX)
+    html = response.content.decode()
+    assert (html.count("data-reactor-ids="), html.count('class="bubble-edited"')) == (100, 50)
+
+
+def test_changed_since_queries_do_not_grow_with_the_changes(alice_client, alice, django_assert_num_queries):
+    few, many = add_chats(alice, 2, messages_per_chat=5)[1], add_chats(alice, 2, messages_per_chat=50)[1]
+    for chat in (few, many):
+        react_and_edit_everything(chat, [alice])
+    with_few = count_queries(alice_client, reverse("chat:messages", args=[few.pk]) + "?changed_since=0")
+
+    with django_assert_num_queries(with_few):
+        response = alice_client.get(reverse("chat:messages", args=[many.pk]) + "?changed_since=0")
+    assert response.content.decode().count("data-message-id=") == 50

@@ -15,6 +15,8 @@ import { ReconnectingSocket } from "./chat-websocket.js";
 import { checkLength, tooLongMessage } from "./length-limit.js";
 import { MentionAutocomplete } from "./mention-autocomplete.js";
 import { markOwnMentions } from "./mention-highlight.js";
+import "./message-actions.js";
+import { CHANGE_FRAMES, MessageChanges } from "./message-changes.js";
 import { MessageOutbox } from "./message-outbox.js";
 import { clockTime, dayLabel } from "./relative-time.js";
 import { ReplyComposer } from "./reply-quote.js";
@@ -85,6 +87,7 @@ class ChatRoom {
     this.keepBottomInView();
     this.dayTimer = setInterval(() => this.placeDayDividers(), MINUTE_MS); // "Today" turns "Yesterday"
     this.bindLoadOlder();
+    this.changes = new MessageChanges(this, Number(element.dataset.changeSeq) || 0); // edits, deletes, reactions
     this.onVisibility = () => this.reportVisibility();
     document.addEventListener("visibilitychange", this.onVisibility);
     this.onPageShow = (event) => {
@@ -98,6 +101,7 @@ class ChatRoom {
       onOpen: () => {
         this.reportVisibility();
         this.catchUp();
+        this.changes.catchUp();
         this.outbox?.onSocketOpened();
       },
       onClose: () => this.outbox?.onSocketClosed(),
@@ -114,6 +118,7 @@ class ChatRoom {
     this.typing?.stop();
     this.replies?.stop();
     this.mentions?.stop();
+    this.changes.stop();
     clearInterval(this.dayTimer);
     this.resizeObserver?.disconnect();
     this.socket.stop();
@@ -142,6 +147,7 @@ class ChatRoom {
     else if (frame.type === "chat.presence") this.showPresence(frame.online);
     else if (frame.type === "chat.revoked") this.showRevoked(frame.deleted);
     else if (frame.type === "chat.renamed") this.showName(frame.name);
+    else if (CHANGE_FRAMES.has(frame.type)) this.changes.onFrame(frame);
   }
 
   // Frames of messages sent at the same moment can arrive out of order: hold a frame that

@@ -1,7 +1,7 @@
 // Keeps a quiet socket talking, and notices one that died without a close.
 //
 // After HEARTBEAT_MS in which the socket heard nothing, the page sends {"type": "ping"}
-// and the server answers {"type": "pong"} (chat/consumers.py). Proxies that cut idle
+// and the server answers {"type": "pong"} (chat/realtime/consumers.py). Proxies that cut idle
 // connections (nginx's proxy_read_timeout, 60 s by default; load balancers) so see
 // traffic in a quiet room. A socket that hears nothing for PONG_TIMEOUT_MS after its ping
 // is dead (a network change, a laptop back from sleep, a proxy that dropped it): the

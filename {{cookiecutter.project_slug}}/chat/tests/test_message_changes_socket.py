@@ -1,0 +1,171 @@
+"""Message changes over the room socket: the `edit`, `delete` and `react` frames, their
+acks and error frames, and the change frames every open room (and inbox) gets.
+
+Runs on the in-memory layer and, with REDIS_URL, on Redis (the `connect` fixture of
+test_consumers).
+"""
+
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+
+from chat import services
+from chat.models import Message
+from chat.realtime import consumers
+from chat.tests import test_consumers
+from chat.tests.test_consumers import expect_close, receive_until
+
+channel_layer = test_consumers.channel_layer
+connect = test_consumers.connect
+fast_debounce = test_consumers.fast_debounce
+
+pytestmark = pytest.mark.django_db(transaction=True)
+THUMBS = "👍"
+
+
+@pytest.fixture
+def group(alice, bob, carol):
+    return services.create_group_chat(creator=alice, name="Team", members=[bob, carol])
+
+
+@pytest.fixture
+def bobs_message(group, bob):
+    return services.send_message(chat=group, sender=bob, body="first words")
+
+
+def frame(**fields) -> str:
+    return json.dumps(fields)
+
+
+async def stored(message) -> Message:
+    return await database_sync_to_async(Message.objects.get)(pk=message.pk)
+
+
+async def test_an_edit_frame_is_acked_and_every_room_gets_the_new_bubble(connect, group, bob, carol, bobs_message):
+    bob_room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    carol_room, _, _ = await connect(carol, f"/ws/chat/{group.pk}/")
+
+    await bob_room.send_to(text_data=frame(type="edit", message_id=bobs_message.pk, body="<i>better</i>"))
+
+    ack = await receive_until(bob_room, "ack")
+    assert ack == {"type": "ack", "action": "edit", "message_id": bobs_message.pk, "change_seq": 1}
+    edited = await receive_until(carol_room, "chat.edited")
+    assert (edited["message_id"], edited["change_seq"], edited["chat_id"]) == (bobs_message.pk, 1, group.pk)
+    assert "&lt;i&gt;better&lt;/i&gt;" in edited["html"] and "bubble-edited" in edited["html"]
+    assert (await stored(bobs_message)).body == "<i>better</i>"
+
+
+async def test_reactions_from_two_people_reach_the_room_with_counts(connect, group, alice, bob, carol, bobs_message):
+    alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    carol_room, _, _ = await connect(carol, f"/ws/chat/{group.pk}/")
+    bob_room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")  # only watches
+
+    await alice_room.send_to(text_data=frame(type="react", message_id=bobs_message.pk, emoji=THUMBS))
+    await receive_until(alice_room, "ack")
+    await carol_room.send_to(text_data=frame(type="react", message_id=bobs_message.pk, emoji=THUMBS))
+    await receive_until(carol_room, "ack")
+
+    frames = [await receive_until(bob_room, "chat.reacted") for _ in range(2)]
+    assert [f["change_seq"] for f in frames] == [1, 2]
+    assert f'data-reactor-ids="{alice.pk} {carol.pk}"' in frames[1]["html"]
+    assert "Alice, Carol" in frames[1]["html"]
+
+
+async def test_a_delete_frame_blanks_the_message_for_the_room(connect, group, alice, bob, bobs_message):
+    alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    bob_room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+
+    await bob_room.send_to(text_data=frame(type="delete", message_id=bobs_message.pk))
+
+    assert (await receive_until(bob_room, "ack"))["action"] == "delete"
+    deleted = await receive_until(alice_room, "chat.deleted")
+    assert "This message was deleted." in deleted["html"] and "first words" not in deleted["html"]
+    assert (await stored(bobs_message)).body == ""
+
+
+@pytest.mark.parametrize(
+    ("who", "fields", "code"),
+    [
+        ("carol", {"type": "edit", "body": "not mine"}, "forbidden"),
+        ("carol", {"type": "delete"}, "forbidden"),
+        ("alice", {"type": "edit", "body": "admin, not mine"}, "forbidden"),
+        ("bob", {"type": "edit", "body": ""}, "invalid"),
+        ("bob", {"type": "edit", "body": None}, "malformed"),
+        ("carol", {"type": "react", "emoji": "🦄"}, "invalid"),
+        ("carol", {"type": "react"}, "invalid"),
+    ],
+)
+async def test_refused_changes_get_error_frames_and_change_nothing(
+    connect, group, bobs_message, who, fields, code, request
+):
+    room, _, _ = await connect(request.getfixturevalue(who), f"/ws/chat/{group.pk}/")
+
+    await room.send_to(text_data=frame(message_id=bobs_message.pk, **fields))
+
+    error = await receive_until(room, "error")
+    assert (error["code"], error["action"]) == (code, fields["type"])
+    assert (await stored(bobs_message)).change_seq == 0
+
+
+@pytest.mark.parametrize("message_id", [0, -1, "7", True, None])
+async def test_a_change_needs_an_integer_message_id(connect, group, bob, message_id):
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    await room.send_to(text_data=frame(type="delete", message_id=message_id))
+    assert (await receive_until(room, "error"))["code"] == "malformed"
+
+
+async def test_another_chats_message_is_not_found(connect, group, alice, bob, carol):
+    elsewhere = await database_sync_to_async(services.create_group_chat)(creator=bob, name="Other", members=[carol])
+    theirs = await database_sync_to_async(services.send_message)(chat=elsewhere, sender=bob, body="not here")
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+
+    await room.send_to(text_data=frame(type="edit", message_id=theirs.pk, body="moved"))
+
+    error = await receive_until(room, "error")
+    assert (error["code"], error["message_id"]) == ("not_found", theirs.pk)
+    assert (await stored(theirs)).body == "not here"
+
+
+async def test_the_edit_window_is_enforced_on_the_socket(connect, group, bob, bobs_message, settings):
+    settings.CHAT_EDIT_WINDOW_SECONDS = 1
+    await database_sync_to_async(
+        lambda: Message.objects.filter(pk=bobs_message.pk).update(created_at=bobs_message.created_at.replace(year=2000))
+    )()
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    await room.send_to(text_data=frame(type="edit", message_id=bobs_message.pk, body="late"))
+    error = await receive_until(room, "error")
+    assert error["code"] == "forbidden" and "1 second" in error["error"]
+
+
+async def test_change_frames_share_the_routes_rate_limits(connect, group, alice, bobs_message, settings):
+    settings.CHAT_RATE_LIMITS = {"react": "1/m"}
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await room.send_to(text_data=frame(type="react", message_id=bobs_message.pk, emoji=THUMBS))
+    await receive_until(room, "ack")
+    await room.send_to(text_data=frame(type="react", message_id=bobs_message.pk, emoji=THUMBS))
+    error = await receive_until(room, "error")
+    assert error["code"] == "rate_limited" and error["retry_after"] > 0
+
+
+async def test_a_member_removed_meanwhile_is_refused_and_closed(connect, group, alice, carol, bobs_message):
+    room, _, _ = await connect(carol, f"/ws/chat/{group.pk}/")
+    await database_sync_to_async(lambda: group.memberships.filter(user=carol).delete())()
+    await room.send_to(text_data=frame(type="react", message_id=bobs_message.pk, emoji=THUMBS))
+    assert (await receive_until(room, "error"))["code"] == "forbidden"
+    await expect_close(room, consumers.CLOSE_FORBIDDEN)
+
+
+async def test_editing_the_last_message_refreshes_every_inbox(connect, group, alice, bob, bobs_message):
+    inbox, _, _ = await connect(alice, "/ws/chat/inbox/")
+    await receive_until(inbox, "inbox.sync")
+    await database_sync_to_async(services.edit_message)(message=bobs_message, user=bob, body="new preview")
+    assert (await receive_until(inbox, "inbox.changed"))["chat_id"] == group.pk
+
+
+async def test_deleting_an_unread_message_sends_the_new_counts(connect, group, alice, bob, bobs_message):
+    inbox, _, _ = await connect(alice, "/ws/chat/inbox/")
+    assert (await receive_until(inbox, "inbox.sync"))["total_unread"] == 1
+    await database_sync_to_async(services.delete_message)(message=bobs_message, actor=bob)
+    update = await receive_until(inbox, "inbox.unread")
+    assert (update["chat_id"], update["unread"], update["total_unread"]) == (group.pk, 0, 0)
