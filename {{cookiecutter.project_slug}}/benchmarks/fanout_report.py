@@ -31,6 +31,7 @@ class Result:
     delivered_per_s: float = 0.0
     window_s: float = 0.0
     error: str | None = None  # a run the server broke off (e.g. a handshake answered 500)
+    processes: int = 1  # server processes on one Redis, members and senders split between them
     latencies: list[float] = field(default_factory=list, repr=False)
 
     def finish(self, send_times: dict, receipts: list[tuple[object, float]], first_send: float) -> None:
@@ -82,7 +83,7 @@ HEADER = (
 def row(r: Result) -> tuple[str, ...]:
     chat = r.target == "chat"
     return (
-        r.layer,
+        r.layer if r.processes == 1 else f"{r.layer} x{r.processes}",
         fmt(r.rate),
         r.target,
         str(r.sent),
@@ -112,7 +113,7 @@ def print_table(results: list[Result], memory: list[dict]) -> None:
         throughput = ours.delivered_per_s / relay.delivered_per_s if relay.delivered_per_s else 0
         p99 = (ours.p99_ms or 0) / relay.p99_ms if relay.p99_ms else float("inf")
         print(
-            f"{ours.layer} at {ours.rate:g} msg/s: chat delivers {throughput:.0%} of the relay's frames/s "
+            f"{row(ours)[0]} at {ours.rate:g} msg/s: chat delivers {throughput:.0%} of the relay's frames/s "
             f"(target >= 80%), p99 {p99:.1f}x the relay's (target <= 2x)"
         )
     for entry in memory:
@@ -141,6 +142,7 @@ def report(args, results: list[Result], memory: list[dict]) -> dict:
             "duration_s": args.duration,
             "members": args.members,
             "senders": args.senders,
+            "processes": args.processes,
             "idle_sockets": args.idle_sockets,
             "reorder_grace_s": args.reorder_grace,
             "send_over": args.send_over,
