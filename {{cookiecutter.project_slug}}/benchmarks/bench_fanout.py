@@ -5,6 +5,8 @@ websockets and httpx):
 
     python benchmarks/bench_fanout.py                            # in-memory layer
     python benchmarks/bench_fanout.py --redis redis://127.0.0.1:6379/0 --json bench.json
+    python benchmarks/bench_fanout.py --processes 2 --rates 100 --redis redis://127.0.0.1:6379/0
+    python benchmarks/bench_fanout.py --storm 5000 --no-memory-layer --redis redis://127.0.0.1:6379/0
 
 For each layer it seeds 100 members (10 of them senders) in a throwaway database, starts
 one daphne on a free port of 127.0.0.1 serving `benchmarks.relay_asgi`, and offers the
@@ -16,14 +18,20 @@ same load to both targets:
   (`--send-over http`: POST /chat/<id>/send/), receivers follow the prev_id chain and catch
   up with GET messages/?after=<id> on a gap, and once at the end as after a reconnect.
 
+With `--processes 2` (Redis only) each layer gets two daphne processes on the same Redis,
+as behind a load balancer: members (senders included) are split evenly between them, for
+the relay as for the chat. `--storm N` runs a reconnect storm instead (fanout_storm.py):
+N room and inbox sockets on one process, the process restarted under them.
+
 Latency runs from the scheduled send time (open loop: a slow server cannot slow the
 senders down and hide its queueing) to the frame's arrival. "lost" counts deliveries
 that never arrived as frames; "recovered" those the catch-up GETs then fetched. Also
 reported: the server's RSS per idle inbox socket. Figures only: nothing is asserted.
 
 The parts: tooling.py (ports, daphne processes, sessions), seeding.py (settings, members,
-rooms), fanout_load.py (the offered load on each target), room_client.py and room_outbox.py
-(the room page's protocol) and fanout_report.py (the table and the JSON).
+rooms), fanout_load.py (the offered load on each target), fanout_storm.py (the reconnect
+storm), room_client.py and room_outbox.py (the room page's protocol) and fanout_report.py
+(the table and the JSON).
 """
 
 from __future__ import annotations
@@ -149,12 +157,9 @@ async def storm_layer(args, layer: str, redis_url: str | None, workdir: Path, ro
     """Open a room and an inbox socket for each member of `rooms`, then restart the server under them."""
     prefix = f"bench-{secrets.token_hex(3)}"  # the restarted process finds the same groups on Redis
     server = start_server(args, workdir, f"storm-{layer}", redis_url, prefix=prefix)
-    restarts = iter(range(1, 100))
 
-    def restart(old: DaphneProcess) -> DaphneProcess:
-        old.stop()  # SIGTERM, as a deploy does
-        name = f"storm-{layer}-restart{next(restarts)}"
-        return start_server(args, workdir, name, redis_url, prefix=prefix, port=old.port)
+    def start(port: int) -> DaphneProcess:
+        return start_server(args, workdir, f"storm-{layer}-restarted", redis_url, prefix=prefix, port=port)
 
     print(f"  {layer}: storm of {args.storm} sockets in {len(rooms)} rooms ...", flush=True)
     profile = args.profile.with_name(f"{args.profile.stem}-{layer}{args.profile.suffix}") if args.profile else None
@@ -162,7 +167,8 @@ async def storm_layer(args, layer: str, redis_url: str | None, workdir: Path, ro
         rooms,
         layer=layer,
         server=server,
-        restart=restart,
+        stop=DaphneProcess.stop,  # SIGTERM, as a deploy does
+        start=start,
         rate=args.storm_rate,
         timeout=args.phase_timeout,
         profile=profile,

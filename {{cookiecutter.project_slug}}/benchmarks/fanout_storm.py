@@ -39,6 +39,7 @@ class StormResult:
     rate: float
     open_s: float | None = None
     opened_per_s: float | None = None
+    stop_s: float | None = None  # the old process's exit after SIGTERM
     restart_s: float | None = None  # from the stop until the new process listens
     back_s: float | None = None  # from the stop until every socket is open again
     caught_up_s: float | None = None  # ... and every room caught up, every inbox greeted
@@ -59,8 +60,9 @@ class StormResult:
 class Storm:
     """The clients of every room, a sender per room, and the server they reconnect to."""
 
-    def __init__(self, rooms: list[Room], *, restart, server, rate: float, timeout: float):
-        self.rooms, self.restart, self.server, self.rate, self.timeout = rooms, restart, server, rate, timeout
+    def __init__(self, rooms: list[Room], *, server, stop, start, rate: float, timeout: float):
+        self.rooms, self.server, self.stop_server, self.start_server = rooms, server, stop, start
+        self.rate, self.timeout = rate, timeout
         self.http = new_http_client(timeout=timeout, connections=100)
         # The first opening a few handshakes at a time (the listen backlog is small); the
         # reconnect without a gate, as browsers do: only their backoff spreads them out.
@@ -117,9 +119,11 @@ class Storm:
 
     async def restart_server(self, result: StormResult, *, profile: Path | None) -> None:
         stopped_at = time.monotonic()
-        self.server = await asyncio.to_thread(self.restart, self.server)
+        await asyncio.to_thread(self.stop_server, self.server)
+        result.stop_s = round(time.monotonic() - stopped_at, 2)
+        self.server = await asyncio.to_thread(self.start_server, self.server.port)
         result.restart_s = round(time.monotonic() - stopped_at, 2)
-        print(f"    listening again after {result.restart_s:g} s", flush=True)
+        print(f"    stopped in {result.stop_s:g} s, listening again after {result.restart_s:g} s", flush=True)
         spy = start_profiler(self.server.process.pid, profile) if profile else None
         try:
             back = asyncio.create_task(self.all_back(since=stopped_at))
@@ -198,9 +202,9 @@ class Storm:
         await self.http.aclose()
 
 
-async def run_storm(rooms: list[Room], *, layer: str, server, restart, rate: float, timeout: float, profile=None):
-    """One storm on `server`; `restart(server)` stops it and returns its successor on the same port."""
-    storm = Storm(rooms, restart=restart, server=server, rate=rate, timeout=timeout)
+async def run_storm(rooms: list[Room], *, layer: str, server, stop, start, rate: float, timeout: float, profile=None):
+    """One storm on `server`: `stop(server)` ends it as a deploy does, `start(port)` returns its successor."""
+    storm = Storm(rooms, server=server, stop=stop, start=start, rate=rate, timeout=timeout)
     result = StormResult(layer=layer, sockets=len(storm.clients), rooms=len(rooms), rate=rate)
     try:
         await storm.run(result, profile=profile)
@@ -229,7 +233,7 @@ def stop_profiler(spy: subprocess.Popen, output: Path) -> None:
 
 
 def print_storm(results: list[StormResult]) -> None:
-    header = ("layer", "sockets", "rooms", "msg/s", "open s", "open/s", "restart s", "back s", "caught up s")
+    header = ("layer", "sockets", "rooms", "msg/s", "open s", "open/s", "stop s", "restart s", "back s", "caught up s")
     header += ("reopen/s", "sent", "lost", "failed connects", "GETs", "")
     rows = [
         (
@@ -237,7 +241,7 @@ def print_storm(results: list[StormResult]) -> None:
             str(r.sockets),
             str(r.rooms),
             f"{r.rate:g}",
-            *(f"{value:g}" if value is not None else "-" for value in (r.open_s, r.opened_per_s, r.restart_s)),
+            *(f"{value:g}" if value is not None else "-" for value in (r.open_s, r.opened_per_s, r.stop_s, r.restart_s)),
             *(f"{value:g}" if value is not None else "-" for value in (r.back_s, r.caught_up_s, r.reopened_per_s)),
             str(r.sent),
             str(r.lost),
@@ -251,6 +255,7 @@ def print_storm(results: list[StormResult]) -> None:
     print()
     for cells in [header, *rows]:
         print("  ".join(cell.rjust(width) for cell, width in zip(cells, widths, strict=True)))
+    print("stop: SIGTERM until the old process exits; restart: until the new one listens on the same port")
     print("back / caught up: seconds from the stop until every socket is open again / and caught up")
     print("(room sockets: every message stored before they reopened is shown; inbox sockets: greeted);")
     print("reopen/s: sockets over (back - restart); lost: stored messages a member lacks after catch-up")
