@@ -245,23 +245,26 @@ class RoomConsumer(ChatConsumer):
         if not await self.admit():
             return
         self.chat_id = self.scope["url_route"]["kwargs"]["chat_id"]
-        self.membership = await database_sync_to_async(self.get_membership)()
+        self.membership = await database_sync_to_async(self.enter)()
         if self.membership is None:
             return await self.reject(CLOSE_FORBIDDEN)
+        self.present = True  # its presence row exists: clean_up removes it, whatever happens next
         self.viewing = True
         await self.join()
         await RoomHub.for_running_loop().join(self)
         self.in_hub = True
         await self.accept()
-        self.present = True
         await presence.track(self.channel_name)
-        await database_sync_to_async(presence.join)(
-            chat_id=self.chat_id, user_id=self.user_id, channel_name=self.channel_name
-        )
         presence.recount_soon(self.chat_id)
 
-    def get_membership(self) -> Membership | None:
-        return selectors.membership_for(user=self.user, chat_id=self.chat_id)
+    def enter(self) -> Membership | None:
+        """The user's membership, and for a member this socket's presence row, in one trip
+        to the database thread: after a restart every open room reconnects at once, and
+        each trip waits its turn on that one thread behind everybody else's."""
+        membership = selectors.membership_for(user=self.user, chat_id=self.chat_id)
+        if membership is not None:
+            presence.join(chat_id=self.chat_id, user_id=self.user_id, channel_name=self.channel_name)
+        return membership
 
     async def clean_up(self) -> None:
         if self.cleaned_up:

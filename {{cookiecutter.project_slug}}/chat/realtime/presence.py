@@ -63,9 +63,8 @@ def room_channel_names(*, chat_id: int, user_ids: list[int] | None = None) -> li
 
 
 def join(*, chat_id: int, user_id: int, channel_name: str) -> None:
-    RoomPresence.objects.update_or_create(
-        channel_name=channel_name, defaults={"chat_id": chat_id, "user_id": user_id, "seen_at": timezone.now()}
-    )
+    # One INSERT: a channel name is new with each socket (no row to update first).
+    RoomPresence.objects.create(channel_name=channel_name, chat_id=chat_id, user_id=user_id, seen_at=timezone.now())
 
 
 def leave(*, channel_name: str) -> None:
