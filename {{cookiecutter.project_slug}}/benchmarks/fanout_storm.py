@@ -232,6 +232,10 @@ def stop_profiler(spy: subprocess.Popen, output: Path) -> None:
     print(f"    py-spy samples of the reconnect: {output}", flush=True)
 
 
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
 def print_storm(results: list[StormResult]) -> None:
     header = ("layer", "sockets", "rooms", "msg/s", "open s", "open/s", "stop s", "restart s", "back s", "caught up s")
     header += ("reopen/s", "sent", "lost", "failed connects", "GETs", "")
@@ -241,8 +245,8 @@ def print_storm(results: list[StormResult]) -> None:
             str(r.sockets),
             str(r.rooms),
             f"{r.rate:g}",
-            *(f"{value:g}" if value is not None else "-" for value in (r.open_s, r.opened_per_s, r.stop_s, r.restart_s)),
-            *(f"{value:g}" if value is not None else "-" for value in (r.back_s, r.caught_up_s, r.reopened_per_s)),
+            *(seconds(value) for value in (r.open_s, r.opened_per_s, r.stop_s, r.restart_s)),
+            *(seconds(value) for value in (r.back_s, r.caught_up_s, r.reopened_per_s)),
             str(r.sent),
             str(r.lost),
             str(r.failed_connects),
