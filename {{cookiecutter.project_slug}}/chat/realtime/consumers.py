@@ -275,9 +275,8 @@ class RoomConsumer(ChatConsumer):
         await super().clean_up()
         if not self.present:
             return
-        presence.untrack(self.channel_name)
         try:
-            await database_sync_to_async(presence.leave)(channel_name=self.channel_name)
+            await presence.leave(self.channel_name)
         except Exception:  # the database is restarting: the row expires with presence.STALE_AFTER
             logger.exception("Removing the presence of %s failed", self.channel_name)
         presence.recount_soon(self.chat_id)
