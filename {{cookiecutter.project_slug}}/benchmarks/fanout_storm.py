@@ -47,6 +47,7 @@ class StormResult:
     down_at_end: int = 0
     sent: int = 0
     refused: int = 0
+    unsent: int = 0  # still in a sender's outbox at the end
     lost: int = 0  # stored messages some member does not show after the final catch-up
     failed_connects: int = 0
     failures: dict | None = None  # failed connects by exception, and the closes seen
@@ -75,10 +76,15 @@ class Storm:
             for member in room.members
         ]
         self.inbox_clients = [InboxClient(member=member, **options) for room in rooms for member in room.members]
-        # One sender a room, sockets aside: its posts wait out the restart as the page's outbox does.
+        # The members take turns to send, each from an outbox of their own beside their sockets
+        # (as from a second tab with its socket down): its posts wait out the restart as the
+        # page's outbox does, one message in flight at a time per sender.
         self.senders = {
-            room.chat_id: RoomClient(member=room.members[0], chat_id=room.chat_id, send_over="http", **shared)
+            (room.chat_id, member.user_id): RoomClient(
+                member=member, chat_id=room.chat_id, send_over="http", http=self.http, **shared
+            )
             for room in rooms
+            for member in room.members
         }
         self.stored: dict[int, dict[int, float]] = {room.chat_id: {} for room in rooms}  # chat -> id -> acked at
         self.refused = 0
@@ -91,7 +97,11 @@ class Storm:
         started = time.monotonic()
         for client in self.clients:
             client.start()
-        await asyncio.wait_for(self.all_back(since=0), self.timeout)
+        try:
+            await asyncio.wait_for(self.all_back(since=0), self.timeout)
+        except TimeoutError:
+            closed = sum(1 for c in self.clients if not c.opened_at)
+            raise TimeoutError(f"{closed} of {len(self.clients)} sockets not open after {self.timeout:g} s") from None
         result.open_s = round(time.monotonic() - started, 2)
         result.opened_per_s = round(len(self.clients) / result.open_s)
         print(f"    {len(self.clients)} sockets open in {result.open_s:g} s; restarting the server ...", flush=True)
@@ -106,7 +116,8 @@ class Storm:
             load.cancel()
             await asyncio.gather(load, return_exceptions=True)
         # What the senders still hold goes out; then every room catches up once, as after a reconnect.
-        await asyncio.wait_for(self.senders_done(), self.timeout)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self.senders_done(), self.timeout)
         for client in self.room_clients:
             client.catch_up()
         newest = {chat_id: max(ids, default=0) for chat_id, ids in self.stored.items()}
@@ -129,10 +140,15 @@ class Storm:
             back = asyncio.create_task(self.all_back(since=stopped_at))
             with suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(back), self.timeout)
-            result.back_s = round(back.result()[0] - stopped_at, 2) if back.done() else None
-            result.caught_up_s = round(back.result()[1] - stopped_at, 2) if back.done() else None
-            if result.back_s is not None:
+            if back.done():
+                back_at, caught_up_at = back.result()
+                result.back_s = round(back_at - stopped_at, 2)
+                result.caught_up_s = round(caught_up_at - stopped_at, 2)
                 result.reopened_per_s = round(len(self.clients) / max(0.01, result.back_s - result.restart_s))
+            else:
+                closed = sum(1 for c in self.clients if not (c.opened_at and c.opened_at[-1] > stopped_at))
+                result.error = f"{closed} sockets not back {self.timeout:g} s after the restart"
+                print(f"    {result.error}", flush=True)
             back.cancel()
         finally:
             if spy is not None:
@@ -157,22 +173,24 @@ class Storm:
         for client in self.room_clients:
             opened = client.opened_at[-1]
             due = max((id_ for id_, at in self.stored[client.chat_id].items() if at <= opened), default=0)
-            if client.contiguous_id < due or client.catching_up is not None:
+            if client.contiguous_id < due:
                 return False
         return True
 
     async def offer_load(self) -> None:
-        """`rate` messages a second in all, the rooms in turn, whatever the answers (open loop)."""
+        """`rate` messages a second in all, whatever the answers (open loop)."""
         start = time.monotonic()
         pending = []
-        for seq, chat_id in enumerate(itertools.cycle(self.senders)):
+        for seq in itertools.count():
             delay = start + seq / self.rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            pending.append(asyncio.ensure_future(self.send(chat_id, seq)))
+            room = self.rooms[seq % len(self.rooms)]  # the rooms in turn, and their members in turn
+            member = room.members[seq // len(self.rooms) % len(room.members)]
+            pending.append(asyncio.ensure_future(self.send(room.chat_id, member.user_id, seq)))
 
-    async def send(self, chat_id: int, seq: int) -> None:
-        sent = await self.senders[chat_id].send(f"storm {seq}")
+    async def send(self, chat_id: int, user_id: int, seq: int) -> None:
+        sent = await self.senders[(chat_id, user_id)].send(f"storm {seq}")
         if sent.message_id is None:
             self.refused += 1
         else:
@@ -185,6 +203,7 @@ class Storm:
     def count(self, result: StormResult) -> None:
         result.sent = sum(len(ids) for ids in self.stored.values())
         result.refused = self.refused
+        result.unsent = sum(len(sender.outbox.queue) for sender in self.senders.values())
         result.lost = sum(len(self.stored[c.chat_id].keys() - c.shown_at.keys()) for c in self.room_clients)
         result.down_at_end = sum(1 for c in self.clients if not c.is_open())
         result.failed_connects = sum(c.counts["failed_connect"] for c in self.clients)
@@ -251,7 +270,15 @@ def print_storm(results: list[StormResult]) -> None:
             str(r.lost),
             str(r.failed_connects),
             str(r.catch_up_requests),
-            r.error or (f"{r.down_at_end} down at the end" if r.down_at_end else ""),
+            "; ".join(
+                note
+                for note in (
+                    r.error,
+                    f"{r.down_at_end} down at the end" if r.down_at_end else "",
+                    f"{r.unsent} unsent" if r.unsent else "",
+                )
+                if note
+            ),
         )
         for r in results
     ]
