@@ -88,6 +88,7 @@ class Storm:
         }
         self.stored: dict[int, dict[int, float]] = {room.chat_id: {} for room in rooms}  # chat -> id -> acked at
         self.refused = 0
+        self.back_at: float | None = None
 
     @property
     def clients(self) -> list:
@@ -140,42 +141,52 @@ class Storm:
             back = asyncio.create_task(self.all_back(since=stopped_at))
             with suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(back), self.timeout)
-            if back.done():
-                back_at, caught_up_at = back.result()
-                result.back_s = round(back_at - stopped_at, 2)
-                result.caught_up_s = round(caught_up_at - stopped_at, 2)
+            if self.back_at is not None:
+                result.back_s = round(self.back_at - stopped_at, 2)
                 result.reopened_per_s = round(len(self.clients) / max(0.01, result.back_s - result.restart_s))
+            if back.done():
+                result.caught_up_s = round(back.result() - stopped_at, 2)
             else:
                 closed = sum(1 for c in self.clients if not (c.opened_at and c.opened_at[-1] > stopped_at))
-                result.error = f"{closed} sockets not back {self.timeout:g} s after the restart"
+                behind = [c for c in self.room_clients if not self.caught_up(c)]
+                why = Counter()
+                for client in behind:
+                    why.update({k: v for k, v in client.counts.items() if k.startswith(("catch_up_", "failed_catch"))})
+                    why["catching_up"] += client.catching_up is not None
+                    why["holding_frames"] += bool(client.held_frames)
+                result.error = (
+                    f"{self.timeout:g} s after the restart: {closed} sockets not back, {len(behind)} rooms behind"
+                    + (f" ({dict(why)})" if behind else "")
+                )
                 print(f"    {result.error}", flush=True)
             back.cancel()
         finally:
             if spy is not None:
                 stop_profiler(spy, profile)
 
-    async def all_back(self, *, since: float) -> tuple[float, float]:
-        """When every socket had opened after `since`, and when every one had caught up too."""
-        back_at = None
+    async def all_back(self, *, since: float) -> float:
+        """When every socket has opened after `since` and caught up (`back_at`: when all had opened)."""
+        self.back_at = None
         while True:
             now = time.monotonic()
             reopened = all(c.opened_at and c.opened_at[-1] > since for c in self.clients)
-            if reopened and back_at is None:
-                back_at = now
+            if reopened and self.back_at is None:
+                self.back_at = now
             if reopened and self.everyone_caught_up(since):
-                return back_at, now
+                return now
             await asyncio.sleep(0.05)
 
     def everyone_caught_up(self, since: float) -> bool:
-        for inbox in self.inbox_clients:
-            if not (inbox.synced_at and inbox.synced_at[-1] > since):
-                return False
-        for client in self.room_clients:
-            opened = client.opened_at[-1]
-            due = max((id_ for id_, at in self.stored[client.chat_id].items() if at <= opened), default=0)
-            if client.contiguous_id < due:
-                return False
-        return True
+        greeted = all(inbox.synced_at and inbox.synced_at[-1] > since for inbox in self.inbox_clients)
+        return greeted and all(self.caught_up(client) for client in self.room_clients)
+
+    def caught_up(self, client: RoomClient) -> bool:
+        """It shows every message its room had stored when it last opened."""
+        if not client.opened_at:
+            return False
+        opened = client.opened_at[-1]
+        due = max((id_ for id_, at in self.stored[client.chat_id].items() if at <= opened), default=0)
+        return client.contiguous_id >= due
 
     async def offer_load(self) -> None:
         """`rate` messages a second in all, whatever the answers (open loop)."""
