@@ -6,6 +6,8 @@ websockets and httpx):
     python benchmarks/bench_fanout.py                            # in-memory layer
     python benchmarks/bench_fanout.py --redis redis://127.0.0.1:6379/0 --json bench.json
     python benchmarks/bench_fanout.py --server daphne             # default: gunicorn (make serve-prod)
+    python benchmarks/bench_fanout.py --processes 2 --rates 100 --redis redis://127.0.0.1:6379/0
+    python benchmarks/bench_fanout.py --storm 5000 --no-memory-layer --redis redis://127.0.0.1:6379/0
 
 For each layer it seeds 100 members (10 of them senders) in a throwaway database, starts
 one server process (`--server`) on a free port of 127.0.0.1 serving `benchmarks.relay_asgi`, and offers the
@@ -19,14 +21,20 @@ same load to both targets:
   Beside the messages the other members signal typing ({"type": "typing"}, at most once
   every 3 s each, as the page does), about one signal per message (`--typing-per-message`).
 
+With `--processes 2` (Redis only) each layer gets two daphne processes on the same Redis,
+as behind a load balancer: members (senders included) are split evenly between them, for
+the relay as for the chat. `--storm N` runs a reconnect storm instead (fanout_storm.py):
+N room and inbox sockets on one process, the process restarted under them.
+
 Latency runs from the scheduled send time (open loop: a slow server cannot slow the
 senders down and hide its queueing) to the frame's arrival. "lost" counts deliveries
 that never arrived as frames; "recovered" those the catch-up GETs then fetched. Also
 reported: the server's RSS per idle inbox socket. Figures only: nothing is asserted.
 
 The parts: tooling.py (ports, server processes, sessions), seeding.py (settings, members,
-rooms), fanout_load.py (the offered load on each target), room_client.py and room_outbox.py
-(the room page's protocol) and fanout_report.py (the table and the JSON).
+rooms), fanout_load.py (the offered load on each target), fanout_storm.py (the reconnect
+storm), room_client.py and room_outbox.py (the room page's protocol) and fanout_report.py
+(the table and the JSON).
 """
 
 from __future__ import annotations
@@ -53,19 +61,25 @@ except ImportError as exc:  # pragma: no cover - a hint, not a feature
 
 from benchmarks.fanout_load import idle_memory, run_chat, run_relay  # noqa: E402
 from benchmarks.fanout_report import Result, print_table, report  # noqa: E402
+from benchmarks.fanout_storm import StormResult, print_storm, run_storm  # noqa: E402
 from benchmarks.room_client import REORDER_GRACE_SECONDS, new_http_client  # noqa: E402
-from benchmarks.seeding import Seed, seed, server_env, setup_django  # noqa: E402
-from benchmarks.tooling import SERVERS, ServerProcess  # noqa: E402
+from benchmarks.seeding import Room, Seed, seed, seed_rooms, server_env, setup_django  # noqa: E402
+from benchmarks.tooling import SERVERS, ServerProcess, raise_open_files_limit  # noqa: E402
 
 ASGI_APPLICATION = "benchmarks.relay_asgi:application"
 
 
-def start_server(args, workdir: Path, layer: str, redis_url: str | None) -> ServerProcess:
+def start_server(
+    args, workdir: Path, layer: str, redis_url: str | None, *, prefix: str | None = None, port: int | None = None
+) -> ServerProcess:
     env = server_env(
-        database_url=args.database_url, workdir=workdir, redis_url=redis_url, prefix=f"bench-{secrets.token_hex(3)}"
+        database_url=args.database_url,
+        workdir=workdir,
+        redis_url=redis_url,
+        prefix=prefix or f"bench-{secrets.token_hex(3)}",
     )
     log_path = workdir / f"{args.server}-{layer}.log"
-    server = ServerProcess(log_path=log_path, env=env, application=ASGI_APPLICATION, server=args.server)
+    server = ServerProcess(log_path=log_path, env=env, application=ASGI_APPLICATION, server=args.server, port=port)
     try:
         server.wait_ready(timeout=30)
     except RuntimeError as exc:
@@ -73,39 +87,59 @@ def start_server(args, workdir: Path, layer: str, redis_url: str | None) -> Serv
     return server
 
 
+def start_servers(args, workdir: Path, layer: str, redis_url: str | None) -> list[ServerProcess]:
+    """`--processes` servers on one layer: the same Redis and prefix, so they share their groups."""
+    if args.processes == 1:
+        return [start_server(args, workdir, layer, redis_url)]
+    prefix = f"bench-{secrets.token_hex(3)}"
+    servers = []
+    try:
+        for number in range(args.processes):
+            servers.append(start_server(args, workdir, f"{layer}-{number}", redis_url, prefix=prefix))
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers
+
+
 async def bench_layer(args, layer: str, redis_url: str | None, seed_state: Seed, workdir: Path):
-    """One server, every rate, both targets; the layer's results and its idle-socket memory."""
-    server = start_server(args, workdir, layer, redis_url)
+    """Its server(s), every rate, both targets; the layer's results and its idle-socket memory (first server)."""
+    servers = start_servers(args, workdir, layer, redis_url)
     results: list[Result] = []
     try:
         memory = {}
         if args.idle_sockets:
-            memory = await idle_memory(server, seed_state.members, count=args.idle_sockets, timeout=args.phase_timeout)
+            memory = await idle_memory(
+                servers[0], seed_state.members, count=args.idle_sockets, timeout=args.phase_timeout
+            )
             await asyncio.sleep(2)
         async with new_http_client(timeout=args.phase_timeout, connections=args.senders * 4) as http:
             for rate, chat_id in zip(args.rates, seed_state.chat_ids, strict=True):
                 for target in ("relay", "chat"):
                     result = Result(layer, target, rate, args.duration, args.members, args.senders)
+                    result.processes = len(servers)
                     print(f"  {layer}: {target} at {rate:g} msg/s for {args.duration:g} s ...", flush=True)
-                    await run_target(args, server, http, seed_state, result, chat_id=chat_id)
+                    await run_target(args, servers, http, seed_state, result, chat_id=chat_id)
                     results.append(result)
                     await asyncio.sleep(2)  # let the server finish closing the run's sockets
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
     return results, ({"layer": layer, **memory} if memory else None)
 
 
-async def run_target(args, server, http, seed_state: Seed, result: Result, *, chat_id: int) -> None:
+async def run_target(args, servers, http, seed_state: Seed, result: Result, *, chat_id: int) -> None:
     # The client's own full collections (about 40 ms with the previous runs' results on its
     # heap) would show up as the server's latency.
     gc.collect()
     gc.freeze()
     timeout = args.phase_timeout
     if result.target == "relay":
-        run = run_relay(server, seed_state.members, result, room=f"r{chat_id}", timeout=timeout)
+        run = run_relay(servers, seed_state.members, result, room=f"r{chat_id}", timeout=timeout)
     else:
         run = run_chat(
-            server,
+            servers,
             http,
             seed_state.members,
             result,
@@ -120,7 +154,34 @@ async def run_target(args, server, http, seed_state: Seed, result: Result, *, ch
         await asyncio.wait_for(run, args.duration + 4 * args.phase_timeout)
     except (OSError, TimeoutError, websockets.WebSocketException, httpx.HTTPError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"[:300]
-        print(f"    failed: {result.error} (server log: {server.log_path})", flush=True)
+        logs = ", ".join(str(server.log_path) for server in servers)
+        print(f"    failed: {result.error} (server log: {logs})", flush=True)
+
+
+async def storm_layer(args, layer: str, redis_url: str | None, workdir: Path, rooms: list[Room]) -> StormResult:
+    """Open a room and an inbox socket for each member of `rooms`, then restart the server under them."""
+    prefix = f"bench-{secrets.token_hex(3)}"  # the restarted process finds the same groups on Redis
+    server = start_server(args, workdir, f"storm-{layer}", redis_url, prefix=prefix)
+
+    def start(port: int) -> ServerProcess:
+        return start_server(args, workdir, f"storm-{layer}-restarted", redis_url, prefix=prefix, port=port)
+
+    print(f"  {layer}: storm of {args.storm} sockets in {len(rooms)} rooms ...", flush=True)
+    profile = args.profile.with_name(f"{args.profile.stem}-{layer}{args.profile.suffix}") if args.profile else None
+    result, server = await run_storm(
+        rooms,
+        layer=layer,
+        server=server,
+        stop=ServerProcess.stop,  # SIGTERM, as a deploy does
+        start=start,
+        rate=args.storm_rate,
+        timeout=args.phase_timeout,
+        profile=profile,
+    )
+    server.stop()
+    if result.error:
+        print(f"    failed: {result.error} (server logs in {workdir})", flush=True)
+    return result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -133,6 +194,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--idle-sockets", type=int, default=1000, help="inbox sockets for the memory figure")
     parser.add_argument("--redis", default=None, help="also run on Redis (default: REDIS_URL, if channels_redis)")
     parser.add_argument("--no-memory-layer", action="store_true", help="skip the in-memory layer")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="server processes on one Redis (Redis only: more than 1 skips the in-memory layer); "
+        "members and senders are split evenly between them, for the relay too",
+    )
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"), help="default: throwaway SQLite")
     parser.add_argument("--phase-timeout", type=float, default=60.0, help="bound on connecting, draining, catch-up")
     parser.add_argument("--hidden", action="store_true", help="chat receivers report a hidden tab (no read marking)")
@@ -154,6 +222,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="chat: typing signals offered per message, from the members who do not send (0: none)",
     )
+    parser.add_argument(
+        "--storm",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of the rate runs: a reconnect storm of N sockets on one process (half room sockets "
+        "in rooms of --members, half inbox sockets), the server restarted under them",
+    )
+    parser.add_argument("--storm-rate", type=float, default=10.0, help="msg/s sent into the rooms during the storm")
+    parser.add_argument("--profile", type=Path, default=None, help="storm: py-spy raw samples of the reconnect here")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.redis is None and os.environ.get("REDIS_URL"):
@@ -163,6 +241,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.redis = os.environ["REDIS_URL"]
     if not 0 < args.senders <= args.members:
         parser.error("--senders must be between 1 and --members")
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
+    if args.processes > 1:
+        if not args.redis:
+            parser.error("--processes above 1 needs Redis (--redis or REDIS_URL): processes share nothing else")
+        args.no_memory_layer = True
+    if args.storm and (args.storm < 2 or args.processes > 1):
+        parser.error("--storm needs at least 2 sockets, on one process")
     return args
 
 
@@ -186,19 +272,37 @@ async def bench(args, seed_state: Seed, workdir: Path) -> tuple[list[Result], li
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.storm:
+        return main_storm(args)
     with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp:
         workdir = Path(tmp)
         setup_django(server_env(database_url=args.database_url, workdir=workdir, redis_url=None, prefix="bench"))
         rooms = len(args.rates) * len(layers(args))
         seed_state = seed(run_id=secrets.token_hex(3), members=args.members, rooms=rooms)
-        load = f"{args.members} members, {args.senders} senders, {args.duration:g} s per run"
-        print(f"{load} on one {args.server} process", flush=True)
+        on = f"{args.processes} {args.server} processes" if args.processes > 1 else f"one {args.server} process"
+        print(f"{args.members} members, {args.senders} senders, {args.duration:g} s per run on {on}", flush=True)
         results, memory = asyncio.run(bench(args, seed_state, workdir))
     if args.json:
         args.json.write_text(json.dumps(report(args, results, memory), indent=2) + "\n")
     print_table(results, memory)
     if args.json:
         print(f"wrote {args.json}")
+
+
+def main_storm(args) -> None:
+    raise_open_files_limit()  # a socket each, in this process too
+    with tempfile.TemporaryDirectory(prefix="bench-storm-") as tmp:
+        workdir = Path(tmp)
+        setup_django(server_env(database_url=args.database_url, workdir=workdir, redis_url=None, prefix="bench"))
+        results = []
+        for layer, redis_url in layers(args):
+            # The people of `--storm` sockets (a room and an inbox socket each) in rooms of `--members`.
+            rooms = seed_rooms(run_id=secrets.token_hex(3), users=args.storm // 2, room_size=args.members)
+            results.append(asyncio.run(storm_layer(args, layer, redis_url, workdir, rooms)))
+    if args.json:
+        figures = {"settings": {"storm": args.storm, "room_size": args.members, "rate": args.storm_rate}}
+        args.json.write_text(json.dumps({**figures, "storms": [r.figures() for r in results]}, indent=2) + "\n")
+    print_storm(results)
 
 
 if __name__ == "__main__":

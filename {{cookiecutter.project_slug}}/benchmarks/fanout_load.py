@@ -54,11 +54,18 @@ async def drain(count, expected: int, *, quiet: float, limit: float) -> None:
 # --- plain sockets: the reference relay and idle inboxes -------------------------------
 
 
-async def open_sockets(server, paths: list[str], cookies: list[str], *, timeout: float) -> list:
-    """Open one socket per path, a few at a time. `server` has `ws_base` and `base_url`."""
-    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+def spread(servers) -> list:
+    """A server (with `ws_base` and `base_url`) or a list of them: socket n goes to the n-th, round robin."""
+    return list(servers) if isinstance(servers, list | tuple) else [servers]
 
-    async def open_one(path: str, cookie: str):
+
+async def open_sockets(servers, paths: list[str], cookies: list[str], *, timeout: float) -> list:
+    """Open one socket per path, a few at a time, spread over `servers` (see `spread`)."""
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    servers = spread(servers)
+
+    async def open_one(number: int, path: str, cookie: str):
+        server = servers[number % len(servers)]
         async with gate:
             return await connect(
                 server.ws_base + path,
@@ -70,9 +77,8 @@ async def open_sockets(server, paths: list[str], cookies: list[str], *, timeout:
                 open_timeout=timeout,
             )
 
-    return await asyncio.wait_for(
-        asyncio.gather(*(open_one(path, cookie) for path, cookie in zip(paths, cookies, strict=True))), timeout
-    )
+    pairs = enumerate(zip(paths, cookies, strict=True))
+    return await asyncio.wait_for(asyncio.gather(*(open_one(n, path, cookie) for n, (path, cookie) in pairs)), timeout)
 
 
 async def close_sockets(sockets: list) -> None:
@@ -87,7 +93,10 @@ async def read_frames(ws, on_frame) -> None:
 
 
 async def run_relay(server, members: list[Member], result: Result, *, room: str, timeout: float) -> Result:
-    """The Channels tutorial relay: senders send frames over their socket, every socket gets them."""
+    """The Channels tutorial relay: senders send frames over their socket, every socket gets them.
+
+    `server` may be a list: members (and so senders) are spread over them round robin.
+    """
     members = members[: result.members]
     sockets = await open_sockets(
         server, [f"/ws/bench/relay/{room}/"] * len(members), [m.cookie for m in members], timeout=timeout
@@ -141,7 +150,7 @@ async def idle_memory(server, members: list[Member], *, count: int, timeout: flo
 
 
 async def run_chat(
-    server,
+    servers,
     http: httpx.AsyncClient,
     members: list[Member],
     result: Result,
@@ -154,15 +163,20 @@ async def run_chat(
     typing_per_message: float = 0.0,
 ) -> Result:
     """Every member in the room as a RoomClient; the first `result.senders` of them send,
-    and the others signal typing, `typing_per_message` signals per message offered."""
+    and the others signal typing, `typing_per_message` signals per message offered.
+
+    With several servers (one Redis behind them) member n uses the n-th, round robin,
+    for its socket and its requests, as behind a load balancer.
+    """
     members = members[: result.members]
-    start_id = await warm_up(server, http, chat_id, members[: result.senders])
+    servers = spread(servers)
+    start_id = await warm_up(servers, http, chat_id, members[: result.senders])
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     clients = [
         RoomClient(
             member=member,
             chat_id=chat_id,
-            servers=[server.base_url],
+            servers=[servers[n % len(servers)].base_url],
             start_id=start_id,
             visible=not hidden,  # a hidden tab: the server then marks nothing read for it
             send_over=send_over,
@@ -171,7 +185,7 @@ async def run_chat(
             open_timeout=timeout,
             connect_gate=gate,
         )
-        for member in members
+        for n, member in enumerate(members)
     ]
     for client in clients:
         client.start()
@@ -254,7 +268,7 @@ async def typing_load(typists: list[RoomClient], result: Result, *, per_message:
     await offer_load(rate=rate, duration=result.duration, send=signal)
 
 
-async def warm_up(server, http: httpx.AsyncClient, chat_id: int, senders: list[Member]) -> int:
+async def warm_up(servers: list, http: httpx.AsyncClient, chat_id: int, senders: list[Member]) -> int:
     """Start from a running server, as the relay's senders start on open sockets.
 
     One message per sender (over HTTP: no socket is open yet), before the receivers join,
@@ -262,12 +276,17 @@ async def warm_up(server, http: httpx.AsyncClient, chat_id: int, senders: list[M
     GETs then leave open the keep-alive connections the run will use, as a loaded page has.
     Returns the newest message id: the page the receivers start from.
     """
-    clients = [RoomClient(member=m, chat_id=chat_id, servers=[server.base_url], http=http) for m in senders]
+    bases = [servers[n % len(servers)].base_url for n in range(len(senders))]
+    pairs = zip(senders, bases, strict=True)
+    clients = [RoomClient(member=m, chat_id=chat_id, servers=[base], http=http) for m, base in pairs]
     try:
         sent = await asyncio.gather(*(client.send("warm-up") for client in clients))
     finally:
         await asyncio.gather(*(client.stop() for client in clients))
-    pages = (http.get(f"{server.base_url}/chat/{chat_id}/messages/", headers={"Cookie": m.cookie}) for m in senders * 2)
+    pages = (
+        http.get(f"{base}/chat/{chat_id}/messages/", headers={"Cookie": m.cookie})
+        for m, base in zip(senders * 2, bases * 2, strict=True)
+    )
     await asyncio.gather(*pages)
     return max((answer.message_id or 0 for answer in sent), default=0)
 

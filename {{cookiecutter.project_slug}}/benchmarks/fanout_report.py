@@ -38,6 +38,7 @@ class Result:
     # chat: sends answered "busy" (or 503) and sent again; latency from the attempt that was stored
     busy_retries: int = 0
     accepted_p99_ms: float | None = None
+    processes: int = 1  # server processes on one Redis, members and senders split between them
     latencies: list[float] = field(default_factory=list, repr=False)
     accepted_times: dict = field(default_factory=dict, repr=False)
 
@@ -96,7 +97,7 @@ HEADER = (
 def row(r: Result) -> tuple[str, ...]:
     chat = r.target == "chat"
     return (
-        r.layer,
+        r.layer if r.processes == 1 else f"{r.layer} x{r.processes}",
         fmt(r.rate),
         r.target,
         str(r.sent),
@@ -128,7 +129,7 @@ def print_table(results: list[Result], memory: list[dict]) -> None:
     print("typing: signals offered per second beside the messages, and their frames received / expected")
     print()
     for relay, ours in pairs(results):
-        print(f"{ours.layer} at {ours.rate:g} msg/s: " + "; ".join(verdicts(relay, ours)))
+        print(f"{row(ours)[0]} at {ours.rate:g} msg/s: " + "; ".join(verdicts(relay, ours)))
     for entry in memory:
         print(
             f"{entry['layer']}: {entry['kib_per_socket']:g} KiB RSS per idle inbox socket "
@@ -176,6 +177,7 @@ def report(args, results: list[Result], memory: list[dict]) -> dict:
             "duration_s": args.duration,
             "members": args.members,
             "senders": args.senders,
+            "processes": args.processes,
             "idle_sockets": args.idle_sockets,
             "reorder_grace_s": args.reorder_grace,
             "send_over": args.send_over,

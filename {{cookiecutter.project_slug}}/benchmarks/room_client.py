@@ -1,10 +1,11 @@
 """A chat room as the page runs it, without the browser: for benchmarks and tests.
 
-It follows the room's JavaScript (static/js/components/chat/): `chat-websocket.js` (reconnect
-with full jitter, within a second when the server restarts (1012), stop on 4401/4403),
-`message-send.js` (frames chained by `prev_id`, an early frame held for the reorder grace,
-catch-up over HTTP with `messages/?after=<id>`, and `&before=<id>` while frames past a gap
-are held) and, in room_outbox.py, `message-outbox.js`
+It follows the room's JavaScript (static/js/components/chat/): `chat-websocket.js`
+(`ReconnectingSocket`: reconnect with full jitter, within a second when the server restarts
+(1012), stop on 4401/4403), `chat-inbox.js` (`InboxClient`: the inbox socket every page
+opens), `message-send.js` (frames chained by `prev_id`, an early frame held for the reorder
+grace, catch-up over HTTP with `messages/?after=<id>`, and `&before=<id>` while frames past a
+gap are held) and, in room_outbox.py, `message-outbox.js`
 (sends over the socket with an ack, over HTTP when the socket is down or the ack is late,
 overload answers waited out, always with the message's client id). The protocol itself is
 documented in `chat/realtime/consumers.py`.
@@ -51,7 +52,165 @@ class Member:
     csrf: str  # the CSRF secret the cookie carries, sent as the form's token
 
 
-class RoomClient:
+class ReconnectingSocket:
+    """chat-websocket.js: one socket kept open, reconnecting with full jitter backoff.
+
+    A failed attempt and a dropped socket both wait `random.uniform(0, min(max, base * 2**attempts))`
+    before the next attempt; an open resets `attempts`; 4401/4403 end it for good.
+    Subclasses give the `path` and react in `on_open`, `on_text` and `on_closed`.
+    """
+
+    path = "/"
+
+    def __init__(
+        self,
+        *,
+        member: Member,
+        servers: list[str],
+        failover: bool = False,
+        reconnect_delays: tuple[float, float] = (RECONNECT_BASE_SECONDS, RECONNECT_MAX_SECONDS),
+        open_timeout: float = 15,
+        connect_gate: asyncio.Semaphore | None = None,
+    ):
+        self.member = member
+        self.servers, self.server_index, self.failover = servers, 0, failover
+        self.reconnect_delays, self.open_timeout, self.connect_gate = reconnect_delays, open_timeout, connect_gate
+        self.counts: Counter[str] = Counter()  # open, drop, failed_connect, frame, catch_up, gap, sent_*, ...
+        self.opened_at: list[float] = []  # time.monotonic() of each open
+        self.closed_at: list[float] = []  # time.monotonic() of each close, for a test to time the reconnects
+        self.close_codes: Counter[int] = Counter()  # how the server closed the socket, each time
+        self.connected = asyncio.Event()
+        self.final_close_code: int | None = None
+        self.stopped = False
+        self.ws: ClientConnection | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self.errors: list[BaseException] = []  # what broke one of the client's own tasks: a bug here
+
+    @property
+    def server(self) -> str:
+        return self.servers[self.server_index]
+
+    def start(self, server_index: int = 0) -> None:
+        self.server_index = server_index
+        self.spawn(self.keep_connected())
+
+    def spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.task_done)
+        return task
+
+    def task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.errors.append(task.exception())
+
+    async def stop(self) -> None:
+        self.stopped = True
+        if self.ws is not None:
+            await self.ws.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def keep_connected(self) -> None:
+        attempts = 0
+        while not self.stopped:
+            try:
+                ws = await self.open_socket()
+            except Exception as exc:  # a browser's socket just closes, whatever went wrong
+                self.counts["failed_connect"] += 1
+                self.counts[f"failed_connect_{type(exc).__name__}"] += 1
+                if self.failover:
+                    self.server_index = (self.server_index + 1) % len(self.servers)
+                await self.reconnect_pause(attempts)
+                attempts += 1
+                continue
+            attempts = 0
+            self.ws = ws
+            self.counts["open"] += 1
+            self.opened_at.append(time.monotonic())
+            self.connected.set()
+            self.on_open()
+            try:
+                async for text in ws:
+                    self.on_text(text)
+            except (OSError, WebSocketException) as exc:
+                self.counts[f"closed_{type(exc).__name__}"] += 1
+            self.ws = None
+            self.connected.clear()
+            self.closed_at.append(time.monotonic())
+            self.close_codes[ws.close_code] += 1
+            restarting = ws.close_code == SERVICE_RESTART
+            if restarting and self.failover:
+                self.server_index = (self.server_index + 1) % len(self.servers)
+            self.on_closed()
+            if ws.close_code in FINAL_CLOSE_CODES:
+                self.final_close_code = ws.close_code
+                self.stopped = True
+                return
+            if not self.stopped:
+                self.counts["drop"] += 1
+                await self.reconnect_pause(attempts, restarting=restarting)
+                attempts += 1
+
+    async def open_socket(self) -> ClientConnection:
+        url = "ws" + self.server.removeprefix("http") + self.path
+        async with self.connect_gate or contextlib.nullcontext():
+            return await connect(
+                url,
+                origin=self.server,
+                additional_headers={"Cookie": self.member.cookie},
+                compression=None,
+                ping_interval=None,
+                max_queue=None,
+                open_timeout=self.open_timeout,
+            )
+
+    async def reconnect_pause(self, attempts: int, *, restarting: bool = False) -> None:
+        """Full jitter: exponential backoff, or at most a second when the server restarts
+        (its sockets all reconnect at once, spread over that second)."""
+        base, ceiling = self.reconnect_delays
+        longest = RESTART_JITTER_SECONDS if restarting else min(ceiling, base * 2**attempts)
+        await asyncio.sleep(random.uniform(0, longest))  # noqa: S311 - jitter
+
+    def is_open(self) -> bool:
+        return self.ws is not None
+
+    def on_open(self) -> None:
+        pass
+
+    def on_text(self, text: str) -> None:
+        pass
+
+    def on_closed(self) -> None:
+        pass
+
+
+class InboxClient(ReconnectingSocket):
+    """chat-inbox.js's socket, as every page of a logged-in user opens it.
+
+    The server greets each open with {"type": "inbox.sync", "total_unread": N}: `synced_at`
+    records when each greeting came. (A page that shows chat lists also re-fetches them on a
+    reconnect; the room page shows none.)
+    """
+
+    path = "/ws/chat/inbox/"
+
+    def __init__(self, **socket_options):
+        super().__init__(**socket_options)
+        self.synced_at: list[float] = []
+        self.total_unread: int | None = None
+
+    def on_text(self, text: str) -> None:
+        with contextlib.suppress(ValueError):
+            frame = json.loads(text)
+            if frame.get("type") == "inbox.sync":
+                self.total_unread = frame["total_unread"]
+                self.synced_at.append(time.monotonic())
+
+
+class RoomClient(ReconnectingSocket):
     """One member's room: its socket, what it shows, and its outbox.
 
     `servers` are base URLs ("http://127.0.0.1:8000"); with `failover` a refused connection,
@@ -79,10 +238,17 @@ class RoomClient:
         open_timeout: float = 15,
         connect_gate: asyncio.Semaphore | None = None,
     ):
-        self.member, self.chat_id = member, chat_id
-        self.servers, self.server_index, self.failover = servers, 0, failover
-        self.visible, self.reorder_grace, self.reconnect_delays = visible, reorder_grace, reconnect_delays
-        self.open_timeout, self.connect_gate = open_timeout, connect_gate
+        super().__init__(
+            member=member,
+            servers=servers,
+            failover=failover,
+            reconnect_delays=reconnect_delays,
+            open_timeout=open_timeout,
+            connect_gate=connect_gate,
+        )
+        self.chat_id = chat_id
+        self.path = f"/ws/chat/{chat_id}/"
+        self.visible, self.reorder_grace = visible, reorder_grace
         self.own_http = http is None
         self.http = http or new_http_client(timeout=http_timeout)
         self.outbox = Outbox(self, ack_timeout=ack_timeout, over_socket=send_over == "socket")
@@ -97,29 +263,11 @@ class RoomClient:
         self.shown_at: dict[int, float] = {}  # time.monotonic() of each message's first showing
         self.shown_via: dict[int, str] = {}  # "frame", "catch_up" or "send_answer"
         self.framed_at: dict[int, float] = {}  # time.monotonic() of each message's first frame
-        self.counts: Counter[str] = Counter()  # open, drop, frame, catch_up, gap, retry_*, sent_*, ...
         self.last_presence_at = 0.0
-        self.connected = asyncio.Event()
-        self.final_close_code: int | None = None
-        self.close_codes: Counter[int] = Counter()  # how the server closed the socket, each time
-        self.closed_at: list[float] = []  # time.monotonic() of each close, for a test to time the reconnects
-        self.opened_at: list[float] = []
         self.revoked = False
-        self.stopped = False
-        self.ws: ClientConnection | None = None
-        self.tasks: set[asyncio.Task] = set()
-        self.errors: list[BaseException] = []  # what broke one of the client's own tasks: a bug here
-
-    @property
-    def server(self) -> str:
-        return self.servers[self.server_index]
 
     def headers(self) -> dict[str, str]:
         return {"Cookie": self.member.cookie, "HX-Request": "true"}
-
-    def start(self, server_index: int = 0) -> None:
-        self.server_index = server_index
-        self.spawn(self.keep_connected())
 
     def send(self, body: str) -> asyncio.Future[Sent]:
         """Queue a message; the future gives how it left once stored or refused."""
@@ -131,87 +279,11 @@ class RoomClient:
         for timer in (self.grace_timer, self.catch_up_retry_timer):
             if timer is not None:
                 timer.cancel()
-        if self.ws is not None:
-            await self.ws.close()
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await super().stop()
         if self.own_http:
             await self.http.aclose()
 
-    def spawn(self, coroutine) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self.tasks.add(task)
-        task.add_done_callback(self.task_done)
-        return task
-
-    def task_done(self, task: asyncio.Task) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.errors.append(task.exception())
-
-    # The socket (chat-websocket.js)
-
-    async def keep_connected(self) -> None:
-        attempts = 0
-        while not self.stopped:
-            try:
-                ws = await self.open_socket()
-            except Exception as exc:  # a browser's socket just closes, whatever went wrong
-                self.counts["failed_connect"] += 1
-                self.counts[f"failed_connect_{type(exc).__name__}"] += 1
-                if self.failover:
-                    self.server_index = (self.server_index + 1) % len(self.servers)
-                await self.reconnect_pause(attempts)
-                attempts += 1
-                continue
-            attempts = 0
-            self.ws = ws
-            self.on_open()
-            try:
-                async for text in ws:
-                    self.on_text(text)
-            except (OSError, WebSocketException) as exc:
-                self.counts[f"closed_{type(exc).__name__}"] += 1
-            self.ws = None
-            self.connected.clear()
-            self.closed_at.append(time.monotonic())
-            self.close_codes[ws.close_code] += 1
-            restarting = ws.close_code == SERVICE_RESTART
-            if restarting and self.failover:
-                self.server_index = (self.server_index + 1) % len(self.servers)
-            self.outbox.on_socket_closed()
-            if ws.close_code in FINAL_CLOSE_CODES:
-                self.final_close_code = ws.close_code
-                self.stopped = True
-                return
-            if not self.stopped:
-                self.counts["drop"] += 1
-                await self.reconnect_pause(attempts, restarting=restarting)
-                attempts += 1
-
-    async def open_socket(self) -> ClientConnection:
-        url = "ws" + self.server.removeprefix("http") + f"/ws/chat/{self.chat_id}/"
-        async with self.connect_gate or contextlib.nullcontext():
-            return await connect(
-                url,
-                origin=self.server,
-                additional_headers={"Cookie": self.member.cookie},
-                compression=None,
-                ping_interval=None,
-                max_queue=None,
-                open_timeout=self.open_timeout,
-            )
-
-    async def reconnect_pause(self, attempts: int, *, restarting: bool = False) -> None:
-        """Full jitter: exponential backoff, or at most a second when the server restarts
-        (its sockets all reconnect at once, spread over that second)."""
-        base, ceiling = self.reconnect_delays
-        longest = RESTART_JITTER_SECONDS if restarting else min(ceiling, base * 2**attempts)
-        await asyncio.sleep(random.uniform(0, longest))  # noqa: S311 - jitter
-
-    def is_open(self) -> bool:
-        return self.ws is not None
+    # The socket (chat-websocket.js, in ReconnectingSocket)
 
     def send_frame(self, frame: dict) -> None:
         if self.ws is not None:
@@ -225,12 +297,12 @@ class RoomClient:
     def on_open(self) -> None:
         # Every open catches up, the first one too: a message sent after the page rendered
         # and before the socket joined the room has no frame for this socket.
-        self.counts["open"] += 1
-        self.opened_at.append(time.monotonic())
-        self.connected.set()
         self.report_visibility()
         self.catch_up()
         self.outbox.on_socket_opened()
+
+    def on_closed(self) -> None:
+        self.outbox.on_socket_closed()
 
     def report_visibility(self) -> None:
         self.send_frame({"type": "visibility", "visible": self.visible})

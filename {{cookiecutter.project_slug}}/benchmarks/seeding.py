@@ -12,13 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .room_client import Member
-from .tooling import HOST, PROJECT_DIR, forge_session
+from .tooling import HOST, PROJECT_DIR, forge_session, forge_sessions
 
 
 @dataclass(frozen=True)
 class Seed:
     members: list[Member]
     chat_ids: list[int]
+
+
+@dataclass(frozen=True)
+class Room:
+    chat_id: int
+    members: list[Member]
 
 
 def server_env(*, database_url: str | None, workdir: Path, redis_url: str | None, prefix: str) -> dict[str, str]:
@@ -55,19 +61,38 @@ def setup_django(env: dict[str, str]) -> None:
 
 def seed(*, run_id: str, members: int, rooms: int) -> Seed:
     """`members` users in `rooms` group chats, each member with a logged-in session."""
-    from django.contrib.auth import get_user_model
-
     from chat import services
 
-    User = get_user_model()
-    names = [f"bench-{run_id}-{number:03d}" for number in range(members)]
-    users = [User(username=name, email=f"{name}@example.com", first_name=f"Member {n}") for n, name in enumerate(names)]
-    for user in users:
-        user.set_unusable_password()  # no hashing: sessions are forged below
-    User.objects.bulk_create(users)
-    users = list(User.objects.filter(username__in=names).order_by("pk"))
+    users = create_users(run_id, members)
     chat_ids = [
         services.create_group_chat(creator=users[0], name=f"Bench {run_id} {n}", members=users[1:]).pk
         for n in range(rooms)
     ]
     return Seed(members=[Member(**forge_session(user)) for user in users], chat_ids=chat_ids)
+
+
+def seed_rooms(*, run_id: str, users: int, room_size: int) -> list[Room]:
+    """`users` people in rooms of `room_size` (each in one), logged in: bulk inserts, seconds for thousands."""
+    from chat import services
+
+    people = create_users(run_id, users)
+    members = [Member(**forged) for forged in forge_sessions(people)]
+    rooms = []
+    for start in range(0, users, room_size):
+        group = people[start : start + room_size]
+        chat = services.create_group_chat(creator=group[0], name=f"Bench {run_id} {start // room_size}", members=group)
+        rooms.append(Room(chat_id=chat.pk, members=members[start : start + room_size]))
+    return rooms
+
+
+def create_users(run_id: str, count: int) -> list:
+    """`count` users in one insert, in their creation order (no password: sessions are forged)."""
+    from django.contrib.auth import get_user_model
+
+    User = get_user_model()
+    names = [f"bench-{run_id}-{number:05d}" for number in range(count)]
+    users = [User(username=name, email=f"{name}@example.com", first_name=f"Member {n}") for n, name in enumerate(names)]
+    for user in users:
+        user.set_unusable_password()
+    User.objects.bulk_create(users, batch_size=500)
+    return list(User.objects.filter(username__in=names).order_by("pk"))

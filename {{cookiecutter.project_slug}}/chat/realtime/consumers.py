@@ -352,6 +352,10 @@ class RoomConsumer(ChatConsumer):
 
     async def connect(self):
         self.viewing = True
+        await database_sync_to_async(presence.join)(
+            chat_id=self.chat_id, user_id=self.user_id, channel_name=self.channel_name
+        )
+        self.present = True  # its presence row exists: clean_up removes it, whatever happens next
         await self.join()
         await RoomHub.for_running_loop().join(self)
         self.in_hub = True
@@ -360,11 +364,7 @@ class RoomConsumer(ChatConsumer):
             send_text=lambda text: self.send_now(text_data=text), close=self.close_now, too_slow=self.fell_behind
         )
         self.writer.start()
-        self.present = True
         await presence.track(self.channel_name)
-        await database_sync_to_async(presence.join)(
-            chat_id=self.chat_id, user_id=self.user_id, channel_name=self.channel_name
-        )
         presence.recount_soon(self.chat_id)
 
     def get_membership(self) -> Membership | None:
@@ -389,9 +389,8 @@ class RoomConsumer(ChatConsumer):
         await super().clean_up()
         if not self.present:
             return
-        presence.untrack(self.channel_name)
         try:
-            await database_sync_to_async(presence.leave)(channel_name=self.channel_name)
+            await presence.leave(self.channel_name)
         except Exception:  # the database is restarting: the row expires with presence.STALE_AFTER
             logger.exception("Removing the presence of %s failed", self.channel_name)
         presence.recount_soon(self.chat_id)

@@ -30,7 +30,11 @@ STALE_AFTER = timedelta(seconds=HEARTBEAT_SECONDS * 3)
 # A burst of joins (a page of people opening the room) becomes one count.
 RECOUNT_DELAY_SECONDS = 0.2
 
+# Rows deleted in one statement at most (SQLite takes a limited number of parameters).
+LEAVE_BATCH = 500
+
 _local_channels: set[str] = set()
+_leaving: dict[str, asyncio.Future] = {}  # channel name -> resolved once its row is deleted
 _recount_wanted: set[int] = set()
 _recounts: dict[int, LoopTask] = {}
 
@@ -63,13 +67,12 @@ def room_channel_names(*, chat_id: int, user_ids: list[int] | None = None) -> li
 
 
 def join(*, chat_id: int, user_id: int, channel_name: str) -> None:
-    RoomPresence.objects.update_or_create(
-        channel_name=channel_name, defaults={"chat_id": chat_id, "user_id": user_id, "seen_at": timezone.now()}
-    )
+    # One INSERT: a channel name is new with each socket (no row to update first).
+    RoomPresence.objects.create(channel_name=channel_name, chat_id=chat_id, user_id=user_id, seen_at=timezone.now())
 
 
-def leave(*, channel_name: str) -> None:
-    RoomPresence.objects.filter(channel_name=channel_name).delete()
+def remove(*, channel_names: list[str]) -> None:
+    RoomPresence.objects.filter(channel_name__in=channel_names).delete()
 
 
 def refresh(channel_names: list[str]) -> None:
@@ -88,6 +91,39 @@ def untrack(channel_name: str) -> None:
     _local_channels.discard(channel_name)
 
 
+async def leave(channel_name: str) -> None:
+    """Delete this socket's row, in one statement with the rows of every socket that left
+    while the previous statement ran. A server that stops closes all its sockets at once:
+    its shutdown then waits for a few DELETEs, not for one trip to the database thread per
+    socket. Raises what the deletion raised."""
+    untrack(channel_name)
+    deleted = asyncio.get_running_loop().create_future()
+    _leaving[channel_name] = deleted
+    _remover.ensure_running()
+    await deleted
+
+
+async def _remove_leavers() -> None:
+    while _leaving:
+        batch = {name: _leaving.pop(name) for name in list(_leaving)[:LEAVE_BATCH]}
+        try:
+            await database_sync_to_async(remove)(channel_names=list(batch))
+        except Exception as exc:
+            _settle(batch.values(), exc)
+        else:
+            _settle(batch.values(), None)
+
+
+def _settle(waiters, exc: Exception | None) -> None:
+    for deleted in waiters:
+        if deleted.done() or deleted.get_loop().is_closed():
+            continue
+        if exc is None:
+            deleted.set_result(None)
+        else:
+            deleted.set_exception(exc)
+
+
 async def _beat_while_tracking() -> None:
     while _local_channels:
         await asyncio.sleep(HEARTBEAT_SECONDS)
@@ -98,6 +134,7 @@ async def _beat_while_tracking() -> None:
 
 
 _heartbeat = LoopTask(_beat_while_tracking)
+_remover = LoopTask(_remove_leavers)
 
 
 def recount_soon(chat_id: int) -> None:
