@@ -19,7 +19,9 @@ same load to both targets:
   (`--send-over http`: POST /chat/<id>/send/), receivers follow the prev_id chain and catch
   up with GET messages/?after=<id> on a gap, and once at the end as after a reconnect.
   Beside the messages the other members signal typing ({"type": "typing"}, at most once
-  every 3 s each, as the page does), about one signal per message (`--typing-per-message`).
+  every 3 s each, as the page does), about one signal per message (`--typing-per-message`),
+  and toggle reactions on the newest message over the socket, one per five messages
+  (`--reactions-per-message`).
 
 With `--processes 2` (Redis only) each layer gets two daphne processes on the same Redis,
 as behind a load balancer: members (senders included) are split evenly between them, for
@@ -149,6 +151,7 @@ async def run_target(args, servers, http, seed_state: Seed, result: Result, *, c
             reorder_grace=args.reorder_grace,
             send_over=args.send_over,
             typing_per_message=args.typing_per_message,
+            reactions_per_message=args.reactions_per_message,
         )
     try:
         await asyncio.wait_for(run, args.duration + 4 * args.phase_timeout)
@@ -221,6 +224,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=1.0,
         help="chat: typing signals offered per message, from the members who do not send (0: none)",
+    )
+    parser.add_argument(
+        "--reactions-per-message",
+        type=float,
+        default=0.2,
+        help="chat: reactions toggled per message, by the members who do not send (0: none)",
     )
     parser.add_argument(
         "--storm",

@@ -161,6 +161,7 @@ async def run_chat(
     reorder_grace: float,
     send_over: str = "socket",
     typing_per_message: float = 0.0,
+    reactions_per_message: float = 0.0,
 ) -> Result:
     """Every member in the room as a RoomClient; the first `result.senders` of them send,
     and the others signal typing, `typing_per_message` signals per message offered.
@@ -195,8 +196,10 @@ async def run_chat(
         requests_before = sum(client.counts["catch_up_request"] for client in clients)
         typists = clients[result.senders :] or clients
         typing = asyncio.create_task(typing_load(typists, result, per_message=typing_per_message))
+        reacting = asyncio.create_task(reaction_load(typists, result, per_message=reactions_per_message))
         first_send, send_times, response_times = await send_load(clients, result)
         await typing
+        await reacting
         expected = len(send_times) * len(clients)
         await drain(lambda: sum(len(client.framed_at) for client in clients), expected, quiet=2, limit=15)
         # The end of a burst has no next frame to reveal a gap: catch up once, like a reconnect.
@@ -214,6 +217,9 @@ async def run_chat(
     result.typing_sent = sum(client.counts["typing_sent"] for client in clients)
     result.typing_expected = result.typing_sent * (len(clients) - 1)  # nobody gets their own
     result.typing_received = sum(client.counts["typing"] for client in clients)
+    result.reactions_sent = sum(client.counts["react_sent"] for client in clients)
+    result.reactions_expected = sum(client.counts["react_acked"] for client in clients) * len(clients)
+    result.reactions_received = sum(client.counts["reacted"] for client in clients)
     if response_times:
         response_times.sort()
         result.send_p50_ms, result.send_p99_ms = percentile(response_times, 50), percentile(response_times, 99)
@@ -266,6 +272,25 @@ async def typing_load(typists: list[RoomClient], result: Result, *, per_message:
         typists[seq % len(typists)].signal_typing()
 
     await offer_load(rate=rate, duration=result.duration, send=signal)
+
+
+# A few emoji, as people pick them: the same ones again and again.
+BENCH_REACTIONS = ("👍", "❤️", "😂")
+
+
+async def reaction_load(reactors: list[RoomClient], result: Result, *, per_message: float) -> None:
+    """Reactions alongside the messages, open loop: each toggles one emoji on the newest
+    message its person sees. A realistic mix is well under one per message; each is a
+    write and a re-rendered bubble to the whole room (`chat.reacted`)."""
+    rate = result.rate * per_message
+    result.reaction_rate = round(rate, 2)
+    if rate <= 0 or not reactors:
+        return
+
+    async def react(seq: int, scheduled_at: float) -> None:
+        reactors[seq % len(reactors)].react(BENCH_REACTIONS[seq % len(BENCH_REACTIONS)])
+
+    await offer_load(rate=rate, duration=result.duration, send=react)
 
 
 async def warm_up(servers: list, http: httpx.AsyncClient, chat_id: int, senders: list[Member]) -> int:

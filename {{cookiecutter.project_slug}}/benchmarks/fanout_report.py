@@ -34,6 +34,10 @@ class Result:
     typing_sent: int = 0
     typing_expected: int = 0  # each signal reaches every other member
     typing_received: int = 0
+    reaction_rate: float = 0.0  # chat: reactions toggled per second, beside the messages
+    reactions_sent: int = 0
+    reactions_expected: int = 0  # each stored reaction reaches every member
+    reactions_received: int = 0
     error: str | None = None  # a run the server broke off (e.g. a handshake answered 500)
     # chat: sends answered "busy" (or 503) and sent again; latency from the attempt that was stored
     busy_retries: int = 0
@@ -90,6 +94,7 @@ HEADER = (
     "acc p99",
     "send p50/p99",
     "typing/s rcv/exp",
+    "react/s rcv/exp",
     "",
 )
 
@@ -113,6 +118,7 @@ def row(r: Result) -> tuple[str, ...]:
         fmt(r.accepted_p99_ms) if chat else "-",
         f"{fmt(r.send_p50_ms)}/{fmt(r.send_p99_ms)}" if chat else "-",
         f"{fmt(r.typing_rate)} {r.typing_received}/{r.typing_expected}" if chat and r.typing_rate else "-",
+        f"{fmt(r.reaction_rate)} {r.reactions_received}/{r.reactions_expected}" if chat and r.reaction_rate else "-",
         "FAILED" if r.error else "",
     )
 
@@ -126,7 +132,8 @@ def print_table(results: list[Result], memory: list[dict]) -> None:
     print("lost: deliveries that never arrived as frames; recov: fetched by catch-up GETs; lost*: after catch-up;")
     print("GETs: catch-up requests (gaps seen, plus one per receiver at the end); send: until its ack or 200;")
     print("busy: sends answered busy/503 and sent again; acc p99: from the attempt that was stored to delivery")
-    print("typing: signals offered per second beside the messages, and their frames received / expected")
+    print("typing: signals offered per second beside the messages, and their frames received / expected;")
+    print("react: reactions toggled per second, and their chat.reacted frames received / expected")
     print()
     for relay, ours in pairs(results):
         print(f"{row(ours)[0]} at {ours.rate:g} msg/s: " + "; ".join(verdicts(relay, ours)))
@@ -182,6 +189,7 @@ def report(args, results: list[Result], memory: list[dict]) -> dict:
             "reorder_grace_s": args.reorder_grace,
             "send_over": args.send_over,
             "typing_per_message": args.typing_per_message,
+            "reactions_per_message": args.reactions_per_message,
             "chat_receivers": "hidden tabs (no read marking)" if args.hidden else "viewing (read marking on)",
             "database": "DATABASE_URL" if args.database_url else "sqlite (throwaway)",
         },

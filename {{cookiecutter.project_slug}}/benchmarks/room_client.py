@@ -294,6 +294,12 @@ class RoomClient(ReconnectingSocket):
         self.counts["typing_sent"] += 1
         self.send_frame({"type": "typing"})
 
+    def react(self, emoji: str) -> None:
+        """Toggle a reaction on the newest message shown, as the message menu's buttons do."""
+        if self.newest_shown_id:
+            self.counts["react_sent"] += 1
+            self.send_frame({"type": "react", "message_id": self.newest_shown_id, "emoji": emoji})
+
     def on_open(self) -> None:
         # Every open catches up, the first one too: a message sent after the page rendered
         # and before the socket joined the room has no frame for this socket.
@@ -316,6 +322,9 @@ class RoomClient(ReconnectingSocket):
             frame = json.loads(text)
         except ValueError:
             return
+        if frame.get("action") == "react":  # the answer to a reaction: an ack or an error
+            self.counts["react_acked" if frame.get("type") == "ack" else "react_refused"] += 1
+            return
         if self.outbox.on_frame(frame):
             return
         if frame.get("type") == "chat.message":
@@ -324,6 +333,8 @@ class RoomClient(ReconnectingSocket):
             self.last_presence_at = time.monotonic()
         elif frame.get("type") == "chat.typing":
             self.counts["typing"] += 1  # the page shows it for a few seconds; nothing to keep
+        elif frame.get("type") == "chat.reacted":
+            self.counts["reacted"] += 1  # the page swaps the bubble; the benchmark only counts it
         elif frame.get("type") == "chat.revoked":
             self.show_revoked()
 
