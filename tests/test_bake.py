@@ -116,13 +116,16 @@ def test_channel_layer_option_selects_backend_and_dependency(baked):
     answers, project = baked
     settings = (project / "config" / "settings.py").read_text()
     env_files = (project / ".env").read_text() + (project / ".env.example").read_text()
+    layer = project / "config" / "redis_layer.py"
     if answers["channel_layer"] == "redis":
-        assert "channels_redis.core.RedisChannelLayer" in settings
+        assert '"BACKEND": "config.redis_layer.ReconnectingRedisChannelLayer"' in settings
+        assert "class ReconnectingRedisChannelLayer(RedisChannelLayer):" in layer.read_text()
         assert "channels-redis" in dependencies(project)
         assert "REDIS_URL=" in env_files
     else:
         assert "channels.layers.InMemoryChannelLayer" in settings
         assert "RedisChannelLayer" not in settings
+        assert not layer.exists()
         assert "REDIS_URL" not in settings
         assert "channels-redis" not in dependencies(project)
         assert "REDIS_URL" not in env_files
