@@ -14,8 +14,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def fresh_channel_layer():
-    """The project's own layer (Redis when it uses Redis), new for each test's event loop."""
+def in_memory_channel_layer(settings):
+    """These tests are about the handshake (origins, routes, sessions), on the in-memory layer.
+
+    On Redis, a test's event loop can hang on closing: it cancels the process's hub reader,
+    blocked in channels_redis's receive, and a cancelled BZPOPMIN may never return. A server's
+    loop closes once, at exit; the Redis layer is tested over the wire in chat/tests.
+    """
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     channel_layers.backends.clear()
     yield
     channel_layers.backends.clear()
