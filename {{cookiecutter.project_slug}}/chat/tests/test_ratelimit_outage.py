@@ -6,7 +6,6 @@ request or socket with a connection of its own to the old primary would pay it a
 """
 
 import asyncio
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,22 +14,12 @@ from asgiref.sync import sync_to_async
 from django.core.cache import caches
 
 from chat import ratelimit
-from chat.tests.test_ratelimit import RedisProcess
+from chat.tests import test_ratelimit
 
 UNLIMITED = "1000/d"  # a day-long window: the test never straddles two
 
-
-@pytest.fixture
-def redis_cache(settings, tmp_path):
-    """The counts in a real Redis of the test's own, which the test stops and starts again."""
-    pytest.importorskip("redis", reason="the redis package comes with the Redis channel layer")
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    redis = RedisProcess(str(tmp_path))
-    location = f"redis://127.0.0.1:{redis.port}/0"
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": location}}
-    yield redis
-    redis.stop()
+# The counts in a real Redis of the test's own, which the test stops and starts again.
+redis_cache = test_ratelimit.redis_cache
 
 
 def counted(key: object) -> int | None:
