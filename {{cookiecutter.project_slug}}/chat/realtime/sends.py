@@ -6,7 +6,8 @@ sends behind each other for seconds. So a process's room sockets hand their send
 one `SendQueue`, which stores everything that arrived while the previous group was
 being stored in one trip and one transaction: the busier the room, the larger the
 groups, the cheaper each message. Each send still goes through `services.send_message_once`
-in a savepoint of its own, so one refused send (not a member, a bad body) refuses only itself.
+in a savepoint of its own, so one refused send (not a member, a bad body) refuses only itself,
+and the group's messages are counted unread in one UPDATE per chat (`services.UnreadTally`).
 
 Past capacity the queue says so instead of letting sends wait without bound: when its
 oldest send has waited MAX_WAIT_SECONDS, or this process's room hub delivers frames more
@@ -103,17 +104,21 @@ def store_together(sends: list[Send]) -> list[int | Exception]:
     circle; each chat's sends keep their arrival order."""
     order = sorted(range(len(sends)), key=lambda i: sends[i].chat_id)
     results: list[int | Exception] = [Busy() for _ in sends]
+    unread = services.UnreadTally()
     try:
         with transaction.atomic():
             for i in order:
-                results[i] = store_one(sends[i])
+                results[i] = store_one(sends[i], unread=unread)
+            unread.count()
     except OperationalError:  # SQLite's writer lock, a deadlock, a database restarting
         logger.warning("Database unavailable for %d sends", len(sends), exc_info=True)
         return [Busy() for _ in sends]
     return results
 
 
-def store_one(send: Send) -> int | Exception:
+def store_one(send: Send, *, unread: services.UnreadTally) -> int | Exception:
+    """One send in a savepoint of its own; its message is counted unread with the group's."""
+    stored_now = services.UnreadTally()
     try:
         with transaction.atomic():
             message = services.send_message_within_rate(
@@ -122,7 +127,9 @@ def store_one(send: Send) -> int | Exception:
                 body=send.body,
                 client_id=send.client_id,
                 reply_to_id=send.reply_to_id,
+                unread=stored_now,
             )
     except (ValidationError, Membership.DoesNotExist, RateLimited, services.Blocked) as refused:
         return refused
+    unread.add(stored_now)
     return message.pk

@@ -227,6 +227,8 @@ async def test_sends_arriving_together_are_each_stored_once_in_order_and_one_ref
     connect, alice, bob, carol, group
 ):
     rooms = {person: (await connect(person, f"/ws/chat/{group.pk}/"))[0] for person in (alice, bob, carol)}
+    for room in rooms.values():
+        await look_away(room)
     for number in range(10):  # all in flight at once: stored in groups, not one by one
         for person, room in rooms.items():
             await room.send_to(text_data=send_frame(f"{person.username}-{number}", f"{person.username} {number}"))
@@ -242,10 +244,60 @@ async def test_sends_arriving_together_are_each_stored_once_in_order_and_one_ref
         ids = [ack["message_id"] for ack in person_acks]
         assert ids == sorted(ids)  # each person's messages keep the order they were sent in
         assert [m.body for m in messages if m.pk in ids] == [f"{person.username} {n}" for n in range(10)]
-    unread = await database_sync_to_async(lambda: dict(group.memberships.values_list("user_id", "unread_count")))()
-    last = messages[-1].sender_id
-    assert unread[last] == 0  # the last sender has read everything up to their own message
-    assert all(count <= 30 for count in unread.values())
+    assert await unread_counts(group) == await unread_counts_one_by_one(group)
+
+
+async def test_sends_to_several_chats_arriving_together_are_counted_unread_for_each_member_of_each(
+    connect, alice, bob, carol, group
+):
+    pair = await database_sync_to_async(services.create_group_chat)(creator=alice, name="Pair", members=[bob])
+    sockets = [
+        (person, chat, (await connect(person, f"/ws/chat/{chat.pk}/"))[0])
+        for chat in (group, pair)
+        for person in (alice, bob, carol)
+        if chat is group or person is not carol
+    ]
+    for _, _, room in sockets:
+        await look_away(room)
+    for number in range(6):
+        for person, chat, room in sockets:
+            await room.send_to(text_data=send_frame(f"{person.username}-{chat.pk}-{number}", f"{number}"))
+    await sockets[0][2].send_to(text_data=send_frame("empty", "   "))  # refused: never counted
+    for _, _, room in sockets:
+        for _ in range(6):
+            await receive_until(room, "ack")
+
+    assert (await receive_until(sockets[0][2], "error"))["client_id"] == "empty"
+    for chat in (group, pair):
+        assert await unread_counts(chat) == await unread_counts_one_by_one(chat)
+    assert (await unread_counts(pair)).keys() == {alice.pk, bob.pk}
+
+
+async def look_away(room) -> None:
+    """The tab is hidden: the messages arriving on this socket are not marked read."""
+    await room.send_to(text_data=json.dumps({"type": "visibility", "visible": False}))
+    await room.send_to(text_data=json.dumps({"type": "ping"}))
+    await receive_until(room, "pong")
+
+
+async def unread_counts(chat) -> dict[int, int]:
+    return await database_sync_to_async(lambda: dict(chat.memberships.values_list("user_id", "unread_count")))()
+
+
+async def unread_counts_one_by_one(chat) -> dict[int, int]:
+    """What each member's unread count is after the chat's messages stored one at a time:
+    the messages of the others after that member's own last one."""
+
+    def count():
+        senders = list(Message.objects.filter(chat=chat).order_by("pk").values_list("sender_id", flat=True))
+        counts = {}
+        for user_id in chat.memberships.values_list("user_id", flat=True):
+            own = [position for position, sender in enumerate(senders) if sender == user_id]
+            after = own[-1] + 1 if own else 0
+            counts[user_id] = sum(1 for sender in senders[after:] if sender != user_id)
+        return counts
+
+    return await database_sync_to_async(count)()
 
 
 @pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
