@@ -136,13 +136,13 @@ def send_message_within_rate(
     body: str,
     client_id: str | None = None,
     reply_to_id: int | None = None,
-    unread: UnreadTally | None = None,
+    group: SendGroup | None = None,
 ) -> Message:
     """`send_message`, counted against the sender's send rate (RateLimited past it).
 
     A retried client id is answered with the message stored the first time, and costs
     nothing: a client that resends after a lost ack is not pushed into the limit by it.
-    With `unread`, see `UnreadTally`.
+    With `group`, see `SendGroup`.
     """
     client_id = clean_client_id(client_id)
     try:
@@ -153,7 +153,7 @@ def send_message_within_rate(
         raise
     try:
         message, stored_now = send_message_once(
-            chat=chat, sender=sender, body=body, client_id=client_id, reply_to_id=reply_to_id, unread=unread
+            chat=chat, sender=sender, body=body, client_id=client_id, reply_to_id=reply_to_id, group=group
         )
     except Exception:
         refund(action="send", key=sender.pk)  # refused or failed: nothing was stored
@@ -170,7 +170,7 @@ def send_message_once(
     body: str,
     client_id: str | None = None,
     reply_to_id: int | None = None,
-    unread: UnreadTally | None = None,
+    group: SendGroup | None = None,
 ) -> tuple[Message, bool]:
     """`send_message`, and whether the message was stored now (False: a retried client id)."""
     body = clean_message_body(body)
@@ -186,7 +186,7 @@ def send_message_once(
                 client_id=client_id,
                 reply_to=reply_to,
                 mentions=mentions,
-                unread=unread,
+                group=group,
             )
     except IntegrityError:
         # A retry of a message already stored (the unique client id): no second one, and
@@ -194,6 +194,8 @@ def send_message_once(
         if client_id and (earlier := earlier_send(chat=chat, sender=sender, client_id=client_id)):
             return earlier, False
         raise
+    if group is not None:  # its savepoint is released: the message stays if the group commits
+        group.stored(message)
     metrics.count(metrics.MESSAGES_SENT)
     chat.last_message = message
     return message, True
@@ -227,58 +229,72 @@ def store_message(
     client_id: str,
     reply_to: Message | None = None,
     mentions=(),
-    unread: UnreadTally | None = None,
+    group: SendGroup | None = None,
 ) -> Message:
-    locked = Chat.objects.select_for_update().only("id", "last_message_id", "direct_key").filter(pk=chat.pk).first()
-    if locked is None:  # deleted since the caller looked
-        raise Membership.DoesNotExist("Not a member of this chat.")
+    locked = group.locked_chat(chat.pk) if group is not None else None
+    if locked is None:
+        locked = Chat.objects.select_for_update().only("id", "last_message_id", "direct_key").filter(pk=chat.pk).first()
+        if locked is None:  # deleted since the caller looked
+            raise Membership.DoesNotExist("Not a member of this chat.")
     refuse_direct_message_if_blocked(direct_key=locked.direct_key, sender=sender)
     prev_id = locked.last_message_id or 0
     message = Message.objects.create(
         chat_id=chat.pk, sender=sender, body=body, client_id=client_id, reply_to=reply_to, mentions=list(mentions)
     )
     note_mentions(message=message)
-    Chat.objects.filter(pk=chat.pk).update(last_message=message, last_activity_at=message.created_at)
     is_member = Membership.objects.filter(chat_id=chat.pk, user=sender).update(
         last_read_message_id=message.pk, unread_count=0, is_hidden=False
     )
     if not is_member:  # left or removed since the caller looked: nothing is stored
         raise Membership.DoesNotExist("Not a member of this chat.")
-    if unread is None:
+    if group is None:
+        Chat.objects.filter(pk=chat.pk).update(last_message=message, last_activity_at=message.created_at)
         count_unread(chat_id=chat.pk, sender_ids=[sender.pk])
     else:
-        unread.note(chat_id=chat.pk, sender_id=sender.pk)
+        group.locking(locked)
     after_commit(lambda: events.message_created(message=message, prev_id=prev_id))
     return message
 
 
-class UnreadTally:
-    """The messages a group of sends stored, so they are counted unread once per chat.
+class SendGroup:
+    """Messages stored together in one transaction, and what they change once per chat.
 
-    Counting a message unread updates the row of every other member: in a room of 100 at
-    100 messages a second that is 10,000 row updates a second, each touching the row's
-    indexes, and it was most of a send's database time. A group of sends stored in one
-    transaction (`chat.realtime.sends`) notes each stored message here instead, and
-    `count()` adds them up in one UPDATE per chat (and one per distinct count for the
-    group's senders) before the commit. A caller storing each send in a savepoint of its
-    own notes a send's tally into the group's with `add()` once its savepoint is
-    released, so a send rolled back is never counted.
+    A message changes its chat's row (the last message) and the row of every other member
+    (one more unread): in a room of 100 at 100 messages a second, one by one, that is
+    10,000 row updates a second, each touching the row's indexes, and most of a send's
+    database time. Sends stored in one transaction (`chat.realtime.sends`) go through
+    this instead: the first of a chat locks its row, the others know it is locked (and
+    its last message), and `finish()`, before the commit, updates each chat's row once
+    and counts its messages unread in one UPDATE (and one per distinct count for the
+    group's senders). Each send has a savepoint of its own (`send_message_once`); only
+    once it is released is the message `stored()` here, so a send rolled back is never
+    counted, and the row lock it took (released with it) is taken again by the next.
     """
 
     def __init__(self):
+        self.chats: dict[int, Chat] = {}  # locked by a stored message: its current last message
+        self.taking: Chat | None = None
         self.sender_ids_by_chat: dict[int, list[int]] = defaultdict(list)
+        self.last_messages: dict[int, Message] = {}
 
-    def note(self, *, chat_id: int, sender_id: int) -> None:
-        self.sender_ids_by_chat[chat_id].append(sender_id)
+    def locked_chat(self, chat_id: int) -> Chat | None:
+        return self.chats.get(chat_id)
 
-    def add(self, other: UnreadTally) -> None:
-        for chat_id, sender_ids in other.sender_ids_by_chat.items():
-            self.sender_ids_by_chat[chat_id].extend(sender_ids)
+    def locking(self, chat: Chat) -> None:
+        self.taking = chat
 
-    def count(self) -> None:
-        for chat_id, sender_ids in self.sender_ids_by_chat.items():
-            count_unread(chat_id=chat_id, sender_ids=sender_ids)
-        self.sender_ids_by_chat.clear()
+    def stored(self, message: Message) -> None:
+        chat = self.chats.get(message.chat_id)
+        if chat is None:
+            chat = self.chats[message.chat_id] = self.taking
+        chat.last_message_id = message.pk
+        self.sender_ids_by_chat[message.chat_id].append(message.sender_id)
+        self.last_messages[message.chat_id] = message
+
+    def finish(self) -> None:
+        for chat_id, message in self.last_messages.items():
+            Chat.objects.filter(pk=chat_id).update(last_message=message, last_activity_at=message.created_at)
+            count_unread(chat_id=chat_id, sender_ids=self.sender_ids_by_chat[chat_id])
 
 
 def count_unread(*, chat_id: int, sender_ids: list[int]) -> None:

@@ -7,7 +7,7 @@ one `SendQueue`, which stores everything that arrived while the previous group w
 being stored in one trip and one transaction: the busier the room, the larger the
 groups, the cheaper each message. Each send still goes through `services.send_message_once`
 in a savepoint of its own, so one refused send (not a member, a bad body) refuses only itself,
-and the group's messages are counted unread in one UPDATE per chat (`services.UnreadTally`).
+and each chat's row and unread counts are updated once per group (`services.SendGroup`).
 
 Past capacity the queue says so instead of letting sends wait without bound: when its
 oldest send has waited MAX_WAIT_SECONDS, or this process's room hub delivers frames more
@@ -104,32 +104,29 @@ def store_together(sends: list[Send]) -> list[int | Exception]:
     circle; each chat's sends keep their arrival order."""
     order = sorted(range(len(sends)), key=lambda i: sends[i].chat_id)
     results: list[int | Exception] = [Busy() for _ in sends]
-    unread = services.UnreadTally()
+    group = services.SendGroup()
     try:
         with transaction.atomic():
             for i in order:
-                results[i] = store_one(sends[i], unread=unread)
-            unread.count()
+                results[i] = store_one(sends[i], group=group)
+            group.finish()
     except OperationalError:  # SQLite's writer lock, a deadlock, a database restarting
         logger.warning("Database unavailable for %d sends", len(sends), exc_info=True)
         return [Busy() for _ in sends]
     return results
 
 
-def store_one(send: Send, *, unread: services.UnreadTally) -> int | Exception:
-    """One send in a savepoint of its own; its message is counted unread with the group's."""
-    stored_now = services.UnreadTally()
+def store_one(send: Send, *, group: services.SendGroup) -> int | Exception:
+    """One send: its message id, or the exception that refused it (its savepoint rolled back)."""
     try:
-        with transaction.atomic():
-            message = services.send_message_within_rate(
-                chat=Chat(pk=send.chat_id),
-                sender=send.sender,
-                body=send.body,
-                client_id=send.client_id,
-                reply_to_id=send.reply_to_id,
-                unread=stored_now,
-            )
+        message = services.send_message_within_rate(
+            chat=Chat(pk=send.chat_id),
+            sender=send.sender,
+            body=send.body,
+            client_id=send.client_id,
+            reply_to_id=send.reply_to_id,
+            group=group,
+        )
     except (ValidationError, Membership.DoesNotExist, RateLimited, services.Blocked) as refused:
         return refused
-    unread.add(stored_now)
     return message.pk

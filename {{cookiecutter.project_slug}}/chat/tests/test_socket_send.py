@@ -257,7 +257,8 @@ async def test_sends_to_several_chats_arriving_together_are_counted_unread_for_e
         for person in (alice, bob, carol)
         if chat is group or person is not carol
     ]
-    for _, _, room in sockets:
+    watchers = {chat: (await connect(bob, f"/ws/chat/{chat.pk}/"))[0] for chat in (group, pair)}  # another tab
+    for _, _, room in [*sockets, *[(None, None, watcher) for watcher in watchers.values()]]:
         await look_away(room)
     for number in range(6):
         for person, chat, room in sockets:
@@ -270,6 +271,10 @@ async def test_sends_to_several_chats_arriving_together_are_counted_unread_for_e
     assert (await receive_until(sockets[0][2], "error"))["client_id"] == "empty"
     for chat in (group, pair):
         assert await unread_counts(chat) == await unread_counts_one_by_one(chat)
+        # Each message names the one stored before it in its chat: a client notices a gap by it.
+        ids = [message.pk for message in await stored(chat=chat)]
+        frames = [await receive_until(watchers[chat], "chat.message") for _ in ids]
+        assert [(frame["message_id"], frame["prev_id"]) for frame in frames] == list(zip(ids, [0, *ids[:-1]]))
     assert (await unread_counts(pair)).keys() == {alice.pk, bob.pk}
 
 
