@@ -274,7 +274,8 @@ async def test_sends_to_several_chats_arriving_together_are_counted_unread_for_e
         # Each message names the one stored before it in its chat: a client notices a gap by it.
         ids = [message.pk for message in await stored(chat=chat)]
         frames = [await receive_until(watchers[chat], "chat.message") for _ in ids]
-        assert [(frame["message_id"], frame["prev_id"]) for frame in frames] == list(zip(ids, [0, *ids[:-1]], strict=True))
+        previous = [0, *ids[:-1]]
+        assert [(frame["message_id"], frame["prev_id"]) for frame in frames] == list(zip(ids, previous, strict=True))
     assert (await unread_counts(pair)).keys() == {alice.pk, bob.pk}
 
 
