@@ -1,12 +1,18 @@
-"""The channel layer: channels_redis's, starting its connections over after a failure."""
+"""The channel layer: channels_redis's, starting its connections over after a failure and
+stopping its receives for sure when they are cancelled."""
+
+import asyncio
 
 from channels_redis.core import RedisChannelLayer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from chat.realtime.loop import cancel_until_done, stop_if_cancelled
+
 
 class ReconnectingRedisChannelLayer(RedisChannelLayer):
-    """channels_redis's layer, which lets all its connections go when a receive fails.
+    """channels_redis's layer, which lets all its connections go when a receive fails, and
+    whose receives stop when they are cancelled (`receive`).
 
     A receive is always in flight (each process's sockets and room hub wait on one), so it is
     the first to notice a primary that died or stopped answering. The pools' idle connections
@@ -17,6 +23,23 @@ class ReconnectingRedisChannelLayer(RedisChannelLayer):
     """
 
     async def receive(self, channel):
+        """channels_redis's receive, run in a task of its own that stops when its caller is cancelled.
+
+        A cancel can be lost inside channels_redis's receive (on Python 3.11, see
+        `cancel_until_done`), which then blocks on Redis again, five seconds after five
+        seconds: a socket or room hub cancelled as its event loop closes (a server shutting
+        down, a test ending) would keep the loop from ever closing. Here the caller gets its
+        CancelledError at once, and the receive is cancelled again until it has stopped.
+        """
+        stop_if_cancelled()
+        receiving = asyncio.ensure_future(self.receive_reconnecting(channel))
+        try:
+            return await asyncio.shield(receiving)
+        except asyncio.CancelledError:
+            await cancel_until_done(receiving)
+            raise
+
+    async def receive_reconnecting(self, channel):
         try:
             return await super().receive(channel)
         except RedisConnectionError:

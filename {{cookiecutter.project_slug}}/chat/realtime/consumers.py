@@ -86,7 +86,7 @@ from chat.models import Membership
 from chat.ratelimit import RateLimited, check_rate
 from chat.realtime import presence, read_marks
 from chat.realtime.hub import RoomHub, UserHub
-from chat.realtime.loop import note_serving_loop
+from chat.realtime.loop import note_serving_loop, stop_if_cancelled
 from chat.realtime.sends import Busy, Send, SendQueue
 from chat.realtime.writer import MAX_QUEUED_FRAMES, SocketWriter
 
@@ -145,6 +145,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
+        # A cancel (the server stopping) lost inside the handler's layer calls must still
+        # end the socket, not leave it waiting for the next message.
+        stop_if_cancelled()
 
     async def admission(self) -> int | None:
         """Let in a logged-in user under their socket cap: None, or the close code refusing them."""

@@ -24,7 +24,7 @@ from channels.consumer import get_handler_name
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from chat import events, metrics
-from chat.realtime.loop import PerLoop
+from chat.realtime.loop import PerLoop, cancel_until_done, stop_if_cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ class ProcessHub(PerLoop):
                     await self.layer.group_discard(group, self.channel)
             except Exception:  # the layer is down; the groups expire there on its own
                 logger.warning("%s could not leave the groups of %s", type(self).__name__, key, exc_info=True)
+            if not self.sockets:
+                await self.stop_reading()
 
     async def start(self) -> None:
         """A channel and a reader for it (again, after a reset); under the `changing` lock."""
@@ -96,6 +98,16 @@ class ProcessHub(PerLoop):
             self.check_capacity()
         if self.reader is None or self.reader.done():
             self.reader = self.loop.create_task(self.read(self.channel))
+
+    async def stop_reading(self) -> None:
+        """The last socket left: the reader stops (the next join starts another), so an idle
+        process waits on no receive, and a loop that closes has no reader left to cancel.
+        Under the `changing` lock."""
+        reader = self.reader
+        if reader is None or reader is asyncio.current_task():
+            return  # the reader let its last socket go itself; it reads on for the next ones
+        self.reader = None
+        await cancel_until_done(reader)
 
     def check_capacity(self) -> None:
         if self.layer.get_capacity(self.channel) >= HUB_CHANNEL_CAPACITY:
@@ -119,6 +131,7 @@ class ProcessHub(PerLoop):
             while True:
                 event = await self.layer.receive(channel)
                 await self.deliver(event)
+                stop_if_cancelled()
         except asyncio.CancelledError:
             raise
         except Exception:

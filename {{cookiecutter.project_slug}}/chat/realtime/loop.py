@@ -98,6 +98,37 @@ class LoopTask:
         return self.task is asyncio.current_task()
 
 
+# Between two cancels of a task that has not stopped yet (see `cancel_until_done`).
+CANCEL_AGAIN_AFTER = 0.1
+
+
+async def cancel_until_done(task: asyncio.Task) -> None:
+    """Cancel the task and wait until it has stopped, cancelling it again while it runs on.
+
+    A cancel can be lost on Python 3.11: `asyncio.wait_for`, which redis-py sends every
+    command through, returns the command's result instead of raising when the cancel
+    comes just as the command completes, and the task goes on (a receive blocks again).
+    A cancel of the caller meanwhile does not cut this short; it is raised at the end.
+    """
+    cancelled = False
+    while not task.done():
+        task.cancel()
+        try:
+            await asyncio.wait([task], timeout=CANCEL_AGAIN_AFTER)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+def stop_if_cancelled() -> None:
+    """Raise CancelledError in a task that was cancelled but went on (a cancel lost on the way,
+    see `cancel_until_done`): called before it waits again, so it stops instead."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def queue_on_this_loop(send_events, args: tuple) -> None:
     EventQueue.for_running_loop().put(send_events, args)
 

@@ -1,7 +1,7 @@
 """The websocket consumers, tested over the wire with Channels' WebsocketCommunicator.
 
 Every test runs on the in-memory layer and, when REDIS_URL is set and channels_redis is
-installed, again on Redis.
+installed, again on Redis (through the project's own Redis layer if it has one).
 """
 
 import asyncio
@@ -17,6 +17,7 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 from django.urls import reverse
+from django.utils.module_loading import import_string
 from django.utils.text import Truncator
 
 from chat import services
@@ -37,6 +38,14 @@ def redis_layer_available() -> bool:
     return bool(os.environ.get("REDIS_URL"))
 
 
+def redis_layer_backend() -> str:
+    """The project's own Redis layer if it has one (a subclass may add to channels_redis's), else channels_redis's."""
+    from channels_redis.core import RedisChannelLayer
+
+    backend = django_settings.CHANNEL_LAYERS["default"]["BACKEND"]
+    return backend if issubclass(import_string(backend), RedisChannelLayer) else "channels_redis.core.RedisChannelLayer"
+
+
 @pytest.fixture(
     params=[
         "memory",
@@ -52,7 +61,7 @@ def channel_layer(request, settings):
     if request.param == "redis":
         settings.CHANNEL_LAYERS = {
             "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "BACKEND": redis_layer_backend(),
                 "CONFIG": {
                     "hosts": [os.environ["REDIS_URL"]],
                     "prefix": f"test-{uuid.uuid4().hex[:8]}",

@@ -89,3 +89,23 @@ async def test_a_socket_that_stops_reading_is_let_go_and_nobody_else_waits_for_i
         closed = output.get("code") if output["type"] == "websocket.close" else None
     assert closed == consumers.CLOSE_TOO_SLOW
     await stalled.wait(timeout=3)
+
+
+def hub_readers() -> list[asyncio.Task]:
+    return [task for task in asyncio.all_tasks() if task.get_coro().__qualname__ == "ProcessHub.read"]
+
+
+async def test_once_every_socket_has_left_no_hub_reads_on(connect, alice, bob, group):
+    """An idle process waits on no receive (on Redis, a connection blocked for nothing), and
+    an event loop that closes has no reader left to cancel."""
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    inbox, _, _ = await connect(bob, "/ws/chat/inbox/")
+    assert len(hub_readers()) == 2  # the room hub's and the user hub's
+
+    await room.disconnect()
+    await inbox.disconnect()
+    assert hub_readers() == []
+
+    again, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    message = await database_sync_to_async(services.send_message)(chat=group, sender=bob, body="back again")
+    assert (await receive_until(again, "chat.message"))["message_id"] == message.pk
