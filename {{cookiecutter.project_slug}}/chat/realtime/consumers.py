@@ -114,7 +114,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     groups_joined: tuple[str, ...] = ()
     user_id: int | None = None
-    writer: SocketWriter | None = None  # room sockets: frames go out through their own task
+    writer: SocketWriter | None = None  # room sockets: frames go out through a task of their own
     cleaned_up = False
     warned_window = -1.0
 
@@ -207,6 +207,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.writer.put_text(text_data)
         if close:
             self.writer.put_close(None if close is True else close)
+
+    async def send_text_now(self, text: str) -> None:
+        await self.send_now(text_data=text)
 
     async def send_now(self, text_data=None, bytes_data=None, close=False):
         try:
@@ -347,8 +350,9 @@ class RoomConsumer(ChatConsumer):
         if refusal is not None:
             return refusal
         self.chat_id = self.scope["url_route"]["kwargs"]["chat_id"]
-        self.membership = await database_sync_to_async(self.get_membership)()
-        return CLOSE_FORBIDDEN if self.membership is None else None
+        # Not kept: every later use checks the membership again (it may have ended since).
+        membership = await database_sync_to_async(self.get_membership)()
+        return CLOSE_FORBIDDEN if membership is None else None
 
     async def connect(self):
         self.viewing = True
@@ -360,10 +364,7 @@ class RoomConsumer(ChatConsumer):
         await RoomHub.for_running_loop().join(self)
         self.in_hub = True
         await self.accept()
-        self.writer = SocketWriter(
-            send_text=lambda text: self.send_now(text_data=text), close=self.close_now, too_slow=self.fell_behind
-        )
-        self.writer.start()
+        self.writer = SocketWriter(send_text=self.send_text_now, close=self.close_now, too_slow=self.fell_behind)
         await presence.track(self.channel_name)
         presence.recount_soon(self.chat_id)
 

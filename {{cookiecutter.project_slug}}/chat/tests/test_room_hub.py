@@ -7,11 +7,13 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
+from django.urls import reverse
 
 from chat import events, services
+from chat.realtime import consumers
 from chat.routing import websocket_urlpatterns
 from chat.tests import test_consumers
-from chat.tests.test_consumers import receive_until
+from chat.tests.test_consumers import expect_close, logged_in_session, receive_until
 
 # The socket fixtures of test_consumers: each test on the in-memory layer and on Redis.
 channel_layer = test_consumers.channel_layer
@@ -89,3 +91,27 @@ async def test_a_socket_that_stops_reading_is_let_go_and_nobody_else_waits_for_i
         closed = output.get("code") if output["type"] == "websocket.close" else None
     assert closed == consumers.CLOSE_TOO_SLOW
     await stalled.wait(timeout=3)
+
+
+@pytest.mark.parametrize("ending", ["logout", "password"])
+async def test_a_room_socket_idle_after_its_frames_still_gets_the_next_one_and_its_close(
+    connect, client, alice, bob, group, ending
+):
+    """A room socket writes only while it has frames queued: once they are out it holds no
+    writer task, and the next frame or close must start one."""
+    session = await database_sync_to_async(logged_in_session)(client, bob)
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/", session=session)
+    await receive_until(room, "chat.presence")
+    await asyncio.sleep(0.2)  # idle: every frame so far written
+
+    message = await database_sync_to_async(services.send_message)(chat=group, sender=alice, body="after a pause")
+    assert (await receive_until(room, "chat.message"))["message_id"] == message.pk
+    await asyncio.sleep(0.2)
+
+    if ending == "logout":
+        await database_sync_to_async(client.post)(reverse("logout"))
+        await expect_close(room, consumers.CLOSE_UNAUTHENTICATED)
+    else:
+        bob.set_password("a-new-password")
+        await database_sync_to_async(bob.save)()
+        await expect_close(room, consumers.CLOSE_SESSION_CHANGED)
