@@ -219,7 +219,11 @@ async def storm_layer(args, layer: str, redis_url: str | None, workdir: Path, ro
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--rates", type=float, nargs="*", default=[20.0, 50.0], help="total msg/s offered (each; none: idle sockets only)"
+        "--rates",
+        type=float,
+        nargs="*",
+        default=[20.0, 50.0],
+        help="total msg/s offered (each; none: idle sockets only)",
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of sending per run")
     parser.add_argument("--members", type=int, default=100, help="room sockets (members), senders included")

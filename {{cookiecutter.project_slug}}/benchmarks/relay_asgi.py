@@ -55,7 +55,6 @@ websocket_urlpatterns = [
 ]
 
 
-
 class AllocationsSince:
     """GET /bench/tracemalloc/ with BENCH_TRACEMALLOC set: the top allocations since the
     previous GET (the first GET only takes the snapshot), as text, grouped by traceback."""
@@ -70,7 +69,9 @@ class AllocationsSince:
             return await self.app(scope, receive, send)
         gc.collect()
         snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
-        text = "snapshot taken\n" if self.previous is None else self.top(snapshot.compare_to(self.previous, "traceback"))
+        text = (
+            "snapshot taken\n" if self.previous is None else self.top(snapshot.compare_to(self.previous, "traceback"))
+        )
         self.previous = snapshot
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": text.encode()})
