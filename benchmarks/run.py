@@ -190,7 +190,7 @@ def bench_fanout(args: argparse.Namespace, services: Services) -> list[dict]:
         rate, senders = fanout_rate(args, members), min(10, members)
         out = BUILD_DIR / f"fanout-{members}.json"
         command = [project.python, "benchmarks/bench_fanout.py", "--members", str(members), "--senders", str(senders)]
-        command += ["--rates", str(rate), "--duration", str(args.fanout_duration), "--idle-sockets", "20"]
+        command += ["--rates", str(rate), "--duration", str(args.fanout_duration), "--idle-sockets", "0"]  # see "idle"
         command += ["--phase-timeout", "30", "--redis", services.redis, "--json", str(out), "--server", args.server]
         print(f"  {members} members at {rate:g} msg/s (bench_fanout.py) ...", flush=True)
         result = subprocess.run(
