@@ -188,27 +188,29 @@ def chat_renamed(*, chat_id: int, name: str, user_ids) -> None:
     chat_list_changed(user_ids=user_ids, chat_id=chat_id)
 
 
-def access_revoked(*, chat_id: int, user_ids, channel_names, deleted: bool = False) -> None:
+def access_revoked(*, chat_id: int, user_ids, socket_user_ids, deleted: bool = False) -> None:
     """Close the rooms of people who lost access, and drop the chat from their lists.
 
-    The frame goes to the room's group and to each of their sockets: were one dropped (a
-    full channel), the other still closes them.
+    The frame goes to the room's group and to the sockets group of each of them with a
+    socket in the room (`socket_user_ids`): were one dropped (a full channel), the other
+    still closes them.
     """
     layer = get_channel_layer()
     if layer is None:
         return chat_list_changed(user_ids=user_ids, chat_id=chat_id)
     revoked = {"type": "chat.revoked", "chat_id": chat_id, "user_ids": list(user_ids), "deleted": deleted}
     # Waited for: a message sent right after must not reach a socket still in the group.
-    run_on_serving_loop(revoke, layer, room_group(chat_id), revoked, channel_names, wait=True)
+    run_on_serving_loop(revoke, layer, room_group(chat_id), revoked, socket_user_ids, wait=True)
     chat_list_changed(user_ids=user_ids, chat_id=chat_id)
 
 
-async def revoke(layer, group: str, revoked: dict, channel_names: list[str]) -> None:
-    """To the room (each process's hub takes those sockets out of it), and to each of the
-    sockets itself, so a frame dropped on one path still closes them."""
+async def revoke(layer, group: str, revoked: dict, socket_user_ids) -> None:
+    """To the room (each process's room hub takes those sockets out of it), and to each of
+    those people's sockets (through each process's user hub), so a frame dropped on one path
+    still closes them."""
     await layer.group_send(group, revoked)
-    for channel_name in channel_names:
-        await layer.send(channel_name, revoked)
+    for user_id in socket_user_ids:
+        await layer.group_send(sockets_group(user_id), {**revoked, "user_id": user_id})
 
 
 async def presence_changed(*, chat_id: int, online: int) -> None:

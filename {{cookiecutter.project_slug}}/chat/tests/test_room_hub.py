@@ -11,6 +11,7 @@ from django.urls import reverse
 
 from chat import events, services
 from chat.realtime import consumers
+from chat.realtime.hub import RoomHub
 from chat.routing import websocket_urlpatterns
 from chat.tests import test_consumers
 from chat.tests.test_consumers import expect_close, logged_in_session, receive_until
@@ -25,6 +26,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def group(alice, bob, carol):
     return services.create_group_chat(creator=alice, name="Team", members=[bob, carol])
+
+
+@pytest.fixture
+def other_group(alice, bob):
+    return services.create_group_chat(creator=alice, name="Other", members=[bob])
 
 
 @pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
@@ -115,3 +121,51 @@ async def test_a_room_socket_idle_after_its_frames_still_gets_the_next_one_and_i
         bob.set_password("a-new-password")
         await database_sync_to_async(bob.save)()
         await expect_close(room, consumers.CLOSE_SESSION_CHANGED)
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_a_person_s_sockets_group_holds_one_channel_per_process_whatever_their_sockets(
+    connect, channel_layer, bob, group, other_group
+):
+    layer = get_channel_layer()
+    paths = [f"/ws/chat/{group.pk}/", f"/ws/chat/{group.pk}/", f"/ws/chat/{other_group.pk}/", "/ws/chat/inbox/"]
+    sockets = [(await connect(bob, path))[0] for path in paths]
+
+    assert len(layer.groups[events.sockets_group(bob.pk)]) == 1
+
+    for socket in sockets:
+        await socket.disconnect()
+    assert not layer.groups.get(events.sockets_group(bob.pk))
+
+
+async def test_a_revocation_lost_on_the_room_s_path_still_closes_the_room_through_the_person_s_sockets(
+    connect, alice, bob, group, monkeypatch
+):
+    deliver = RoomHub.deliver
+
+    async def revocations_lost(self, event):
+        if event.get("type") != "chat.revoked":
+            await deliver(self, event)
+
+    monkeypatch.setattr(RoomHub, "deliver", revocations_lost)
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    await receive_until(room, "chat.presence")
+
+    await database_sync_to_async(services.remove_member)(chat=group, actor=alice, user=bob)
+
+    assert (await receive_until(room, "chat.revoked"))["chat_id"] == group.pk
+    await expect_close(room, consumers.CLOSE_FORBIDDEN)
+
+
+async def test_losing_one_room_leaves_the_person_s_other_rooms_open(connect, alice, bob, group, other_group):
+    leaving, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    staying, _, _ = await connect(bob, f"/ws/chat/{other_group.pk}/")
+    await receive_until(staying, "chat.presence")
+
+    await database_sync_to_async(services.remove_member)(chat=group, actor=alice, user=bob)
+    await expect_close(leaving, consumers.CLOSE_FORBIDDEN)
+
+    message = await database_sync_to_async(services.send_message)(chat=other_group, sender=alice, body="still here")
+    assert (await receive_until(staying, "chat.message"))["message_id"] == message.pk
+    await staying.send_to(text_data='{"type": "ping"}')
+    await receive_until(staying, "pong")
