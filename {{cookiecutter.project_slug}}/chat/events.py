@@ -24,8 +24,8 @@ room group ``chat.room.<chat_id>``
     chat.edited    a message's text changed: message id, change_seq, the re-rendered bubble
     chat.deleted   a message was deleted for everyone: message id, change_seq, the placeholder bubble
     chat.reacted   a message's reactions changed: message id, change_seq, the re-rendered bubble
-Every event to a user or sockets group carries its person's "user_id": a process's inbox
-sockets get them through one channel in many people's groups (`chat.realtime.hub.UserHub`).
+Every event to a user or sockets group carries its person's "user_id": a process's sockets
+get them through one channel in many people's groups (`chat.realtime.hub.UserHub`).
 
 user group ``chat.user.<user_id>`` (the inbox socket of every tab)
     inbox.message  a new message in one of their chats, with unread counts and whether
@@ -40,6 +40,8 @@ user group ``chat.user.<user_id>`` (the inbox socket of every tab)
 sockets group ``chat.sockets.<user_id>`` (every socket of the user, room and inbox)
     session.ended  close the sockets of one session (logged out) or of all (password
                    changed, account deactivated or deleted), on every server process
+    chat.revoked   as in the room group, for their room sockets of that chat: the second
+                   path, in case the room's copy is dropped
 """
 
 from __future__ import annotations
