@@ -40,8 +40,9 @@ user group ``chat.user.<user_id>`` (the inbox socket of every tab)
 sockets group ``chat.sockets.<user_id>`` (every socket of the user, room and inbox)
     session.ended  close the sockets of one session (logged out) or of all (password
                    changed, account deactivated or deleted), on every server process
-    chat.revoked   as in the room group, for their room sockets of that chat: the second
-                   path, in case the room's copy is dropped
+    chat.revoked   as in the room group, for their room sockets of that chat (the second
+                   path, in case the room's copy is dropped), addressed by "user_id" with
+                   "chat_deleted" instead of "user_ids" and "deleted"
 """
 
 from __future__ import annotations
@@ -211,8 +212,12 @@ async def revoke(layer, group: str, revoked: dict, socket_user_ids) -> None:
     those people's sockets (through each process's user hub), so a frame dropped on one path
     still closes them."""
     await layer.group_send(group, revoked)
+    # Addressed by "user_id" alone: a process still on the previous version (a rolling
+    # deploy) has room sockets in this group too, which would take a revocation naming
+    # their person, or a deleted chat, as one of their own room, whatever the chat.
+    copy = {**revoked, "user_ids": [], "deleted": False, "chat_deleted": revoked["deleted"]}
     for user_id in socket_user_ids:
-        await layer.group_send(sockets_group(user_id), {**revoked, "user_id": user_id})
+        await layer.group_send(sockets_group(user_id), {**copy, "user_id": user_id})
 
 
 async def presence_changed(*, chat_id: int, online: int) -> None:

@@ -420,9 +420,10 @@ class RoomConsumer(ChatConsumer):
     async def chat_revoked(self, event):
         if event["chat_id"] != self.chat_id or getattr(self, "revoked", False):
             return  # it comes both through the room and through its person's sockets, in any room
-        if event["deleted"] or self.user_id in event["user_ids"]:
+        deleted = event.get("chat_deleted", event["deleted"])
+        if deleted or self.user_id in event["user_ids"] or event.get("user_id") == self.user_id:
             self.revoked = True
-            await self.send_json({"type": "chat.revoked", "chat_id": self.chat_id, "deleted": event["deleted"]})
+            await self.send_json({"type": "chat.revoked", "chat_id": self.chat_id, "deleted": deleted})
             await self.close(code=CLOSE_FORBIDDEN)
 
     # Frames from the client

@@ -138,8 +138,9 @@ async def test_a_person_s_sockets_group_holds_one_channel_per_process_whatever_t
     assert not layer.groups.get(events.sockets_group(bob.pk))
 
 
+@pytest.mark.parametrize("deleted", [False, True], ids=["removed", "group-deleted"])
 async def test_a_revocation_lost_on_the_room_s_path_still_closes_the_room_through_the_person_s_sockets(
-    connect, alice, bob, group, monkeypatch
+    connect, alice, bob, group, monkeypatch, deleted
 ):
     deliver = RoomHub.deliver
 
@@ -148,12 +149,17 @@ async def test_a_revocation_lost_on_the_room_s_path_still_closes_the_room_throug
             await deliver(self, event)
 
     monkeypatch.setattr(RoomHub, "deliver", revocations_lost)
-    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    chat_id = group.pk  # a deleted group's instance has none afterwards
+    room, _, _ = await connect(bob, f"/ws/chat/{chat_id}/")
     await receive_until(room, "chat.presence")
 
-    await database_sync_to_async(services.remove_member)(chat=group, actor=alice, user=bob)
+    if deleted:
+        await database_sync_to_async(services.delete_group)(chat=group, actor=alice)
+    else:
+        await database_sync_to_async(services.remove_member)(chat=group, actor=alice, user=bob)
 
-    assert (await receive_until(room, "chat.revoked"))["chat_id"] == group.pk
+    frame = await receive_until(room, "chat.revoked")
+    assert (frame["chat_id"], frame["deleted"]) == (chat_id, deleted)
     await expect_close(room, consumers.CLOSE_FORBIDDEN)
 
 
@@ -169,3 +175,23 @@ async def test_losing_one_room_leaves_the_person_s_other_rooms_open(connect, ali
     assert (await receive_until(staying, "chat.message"))["message_id"] == message.pk
     await staying.send_to(text_data='{"type": "ping"}')
     await receive_until(staying, "pong")
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_the_sockets_group_copy_of_a_revocation_is_ignored_by_a_previous_version_s_room_sockets(
+    connect, channel_layer, alice, bob, group
+):
+    """During a rolling deploy the previous version's room sockets, each in its person's
+    sockets group, close on a revocation that names their person or a deleted chat, whatever
+    the chat: the copy sent there names nobody and no deletion."""
+    layer = get_channel_layer()
+    previous_version_socket = await layer.new_channel()
+    await layer.group_add(events.sockets_group(bob.pk), previous_version_socket)
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    await receive_until(room, "chat.presence")
+
+    await database_sync_to_async(services.delete_group)(chat=group, actor=alice)
+
+    event = await asyncio.wait_for(layer.receive(previous_version_socket), 3)
+    assert (event["type"], event["user_ids"], event["deleted"]) == ("chat.revoked", [], False)
+    assert (event["user_id"], event["chat_deleted"]) == (bob.pk, True)
