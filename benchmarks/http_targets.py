@@ -1,7 +1,8 @@
 """Print, as JSON, what the HTTP and idle-socket benchmarks request from a seeded project.
 
 Runs inside a baked project (its venv, its directory as working directory, its settings):
-logged-in sessions for the benchmark user and a few others, and the URLs of each page.
+logged-in sessions for the benchmark user and a few others (with a room of each, for idle room
+sockets), and the URLs of each page.
 The room, "Load older" and send use the benchmark user's longest chat, as bench_pages.py does.
 """
 
@@ -39,6 +40,9 @@ def main() -> None:
     )
     newest_page = selectors.messages_page(membership=selectors.membership_or_404(user=user, chat_id=longest))
     others = users.exclude(pk=user.pk).order_by("pk")[:OTHER_SESSIONS]
+    sessions = [forge_session(other) for other in others]
+    # A room of each of them, for idle room sockets (None for someone in no chat).
+    rooms = {m.user_id: m.chat_id for m in Membership.objects.filter(user__in=others).order_by("-chat_id")}
     targets = {
         "login": {"method": "GET", "path": reverse("login"), "auth": False},
         "static": {"method": "GET", "path": staticfiles_storage.url("css/chat.css"), "auth": False},
@@ -59,7 +63,12 @@ def main() -> None:
                 "user_chats": Membership.objects.filter(user=user).count(),
                 "messages": Message.objects.count(),
                 "session": forge_session(user),
-                "other_sessions": [forge_session(other) for other in others],
+                "other_sessions": sessions,
+                "room_sessions": [
+                    {**session, "path": f"/ws/chat/{rooms[session['user_id']]}/"}
+                    for session in sessions
+                    if session["user_id"] in rooms
+                ],
                 "targets": targets,
             }
         )

@@ -4,10 +4,12 @@
         --greeting < sessions.json
 
 Runs in a baked project's venv (websockets). Sessions (a JSON list of {"cookie": ...}) are
-used round robin. With --greeting each socket counts as open once its first frame (the
-inbox's sync) arrived. The sockets then stay idle for --hold seconds; the server's RSS is
-read from /proc before opening and after the hold. Errors: handshakes that failed or timed
-out, and sockets the server closed during the hold. Prints one JSON line.
+used round robin; a session with a "path" opens that path of --url's server instead (a room).
+With --greeting each socket counts as open once its first frame (the inbox's sync, a room's
+presence) arrived. The sockets then stay idle for --hold seconds; the server's RSS is read
+from /proc before opening (after --warm-up sockets were opened and closed) and after the
+hold. Errors: handshakes that failed or timed out, and sockets the server closed during the
+hold. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -32,18 +34,20 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS in /proc")
 
 
-async def open_all(args: argparse.Namespace, cookies: list[str]) -> tuple[list, list[str]]:
+async def open_all(args: argparse.Namespace, sessions: list[dict], count: int) -> tuple[list, list[str]]:
     gate = asyncio.Semaphore(args.concurrency)
     origin = args.url.replace("ws://", "http://", 1).split("/ws/")[0].rstrip("/")
     errors: list[str] = []
 
     async def open_one(number: int):
+        session = sessions[number % len(sessions)] if sessions else {}
+        url = origin.replace("http://", "ws://", 1) + session["path"] if "path" in session else args.url
         async with gate:
             try:
                 websocket = await connect(
-                    args.url,
+                    url,
                     origin=origin,
-                    additional_headers={"Cookie": cookies[number % len(cookies)]} if cookies else None,
+                    additional_headers={"Cookie": session["cookie"]} if session else None,
                     compression=None,
                     ping_interval=None,
                     open_timeout=args.timeout,
@@ -55,16 +59,19 @@ async def open_all(args: argparse.Namespace, cookies: list[str]) -> tuple[list, 
                 errors.append(type(exc).__name__)
                 return None
 
-    opened = await asyncio.gather(*(open_one(number) for number in range(args.count)))
+    opened = await asyncio.gather(*(open_one(number) for number in range(count)))
     return [websocket for websocket in opened if websocket is not None], errors
 
 
 async def main(args: argparse.Namespace) -> dict:
-    cookies = [session["cookie"] for session in json.load(sys.stdin)] if args.sessions else []
+    sessions = json.load(sys.stdin) if args.sessions else []
+    if args.warm_up:
+        warm, _ = await open_all(args, sessions, args.warm_up)
+        await asyncio.gather(*(ws.close() for ws in warm), return_exceptions=True)
     await asyncio.sleep(1)
     before = rss_kib(args.server_pid)
     started = time.perf_counter()
-    sockets, errors = await open_all(args, cookies)
+    sockets, errors = await open_all(args, sessions, args.count)
     connect_seconds = time.perf_counter() - started
     await asyncio.sleep(args.hold)
     after = rss_kib(args.server_pid)
@@ -92,6 +99,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sessions", action="store_true", help="read a JSON list of sessions on stdin")
     parser.add_argument("--greeting", action="store_true", help="a socket is open once its first frame arrived")
     parser.add_argument("--hold", type=float, default=5.0, help="idle seconds before measuring")
+    parser.add_argument(
+        "--warm-up",
+        type=int,
+        default=20,
+        help="sockets opened and closed before measuring: the first ones pay for what the server keeps "
+        "whatever the count (lazy imports, a database connection, threads)",
+    )
     parser.add_argument("--concurrency", type=int, default=25, help="handshakes in flight (small listen backlogs)")
     parser.add_argument("--timeout", type=float, default=60.0, help="bound on one handshake")
     return parser.parse_args()

@@ -87,7 +87,12 @@ def print_fanout(runs: list[dict], server: str) -> None:
 def print_idle(results: dict, server: str) -> None:
     print("\nIdle websockets held by one process")
     rows = []
-    for name, label in (("app", f"{server}, inbox sockets"), ("raw", "raw websockets (reference)")):
+    kinds = (
+        ("app", f"{server}, inbox sockets"),
+        ("room", f"{server}, room sockets"),
+        ("raw", "raw websockets (reference)"),
+    )
+    for name, label in kinds:
         figures = results.get(name)
         if figures:
             rows.append(

@@ -11,7 +11,8 @@ Phases, each figure beside its reference measured in the same run:
   beside a trivial Django view (the login page) and a static file on the same server.
 - fanout: bench_fanout.py (our room vs the Channels relay, in-memory and Redis layers) per
   room size, beside a bare `websockets` broadcast server (raw_broadcast.py).
-- idle: --idle-sockets idle inbox sockets to one server process, beside the raw server.
+- idle: --idle-sockets idle inbox sockets to one server process, then as many room sockets
+  to another, beside the raw server.
 
 The app server is --server: gunicorn with the project's uvicorn worker (config/gunicorn.py,
 as `make serve-prod` runs it) or daphne (`make run`).
@@ -189,7 +190,7 @@ def bench_fanout(args: argparse.Namespace, services: Services) -> list[dict]:
         rate, senders = fanout_rate(args, members), min(10, members)
         out = BUILD_DIR / f"fanout-{members}.json"
         command = [project.python, "benchmarks/bench_fanout.py", "--members", str(members), "--senders", str(senders)]
-        command += ["--rates", str(rate), "--duration", str(args.fanout_duration), "--idle-sockets", "20"]
+        command += ["--rates", str(rate), "--duration", str(args.fanout_duration), "--idle-sockets", "0"]  # see "idle"
         command += ["--phase-timeout", "30", "--redis", services.redis, "--json", str(out), "--server", args.server]
         print(f"  {members} members at {rate:g} msg/s (bench_fanout.py) ...", flush=True)
         result = subprocess.run(
@@ -237,20 +238,22 @@ def bench_idle(args: argparse.Namespace) -> dict:
         leftover.unlink()
     project = Project("idle", {}, database_url=f"sqlite:///{db_file}", redis_url=None)
     project.prepare(users=50, chats=20, messages=200)
+    # Thousands of sockets of 50 people: the per-person cap would refuse most of them.
+    project.env["CHAT_MAX_SOCKETS_PER_USER"] = str(args.idle_sockets)
     spec = project.run_json(str(BENCH_DIR / "http_targets.py"))
     client = [project.python, str(BENCH_DIR / "idle_sockets.py"), "--count", str(args.idle_sockets)]
     client += ["--hold", str(args.idle_hold)]
     results = {}
-    server = start_server(project, BUILD_DIR / f"{args.server}-idle.log", server=args.server)
-    try:
-        # The process that holds the sockets: gunicorn's worker, not its arbiter.
-        pid = (tooling.child_pids(server.process.pid) or [server.process.pid])[0]
-        command = [*client, "--url", f"ws://{HOST}:{server.port}/ws/chat/inbox/", "--server-pid", str(pid)]
-        command += ["--sessions", "--greeting"]
-        sessions = json.dumps(spec["other_sessions"])
-        results["app"] = run_client(command, sessions)
-    finally:
-        server.stop()
+    # Each kind on a server process of its own: memory freed by one kind would be reused by the next.
+    for kind, sessions in (("app", spec["other_sessions"]), ("room", spec["room_sessions"])):
+        server = start_server(project, BUILD_DIR / f"{args.server}-idle-{kind}.log", server=args.server)
+        try:
+            # The process that holds the sockets: gunicorn's worker, not its arbiter.
+            pid = (tooling.child_pids(server.process.pid) or [server.process.pid])[0]
+            command = [*client, "--url", f"ws://{HOST}:{server.port}/ws/chat/inbox/", "--server-pid", str(pid)]
+            results[kind] = run_client([*command, "--sessions", "--greeting"], json.dumps(sessions))
+        finally:
+            server.stop()
     port = free_port()
     raw = [project.python, str(BENCH_DIR / "raw_broadcast.py"), "serve", "--port", str(port)]
     raw_server = subprocess.Popen(raw, stdout=subprocess.DEVNULL)

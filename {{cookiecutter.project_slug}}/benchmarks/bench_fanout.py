@@ -31,7 +31,9 @@ N room and inbox sockets on one process, the process restarted under them.
 Latency runs from the scheduled send time (open loop: a slow server cannot slow the
 senders down and hide its queueing) to the frame's arrival. "lost" counts deliveries
 that never arrived as frames; "recovered" those the catch-up GETs then fetched. Also
-reported: the server's RSS per idle inbox socket. Figures only: nothing is asserted.
+reported, before the load, on server processes of their own: the RSS per idle socket, inbox
+and room sockets apart (`--idle-sockets`, `--idle-kinds`; `--tracemalloc` shows where it
+goes). Figures only: nothing is asserted.
 
 The parts: tooling.py (ports, server processes, sessions), seeding.py (settings, members,
 rooms), fanout_load.py (the offered load on each target), fanout_storm.py (the reconnect
@@ -61,7 +63,7 @@ try:
 except ImportError as exc:  # pragma: no cover - a hint, not a feature
     sys.exit(f"{exc.name} is missing: pip install -e '.[dev]' (the dev extra has websockets and httpx)")
 
-from benchmarks.fanout_load import idle_memory, run_chat, run_relay  # noqa: E402
+from benchmarks.fanout_load import IDLE_KINDS, IDLE_WARM_UP, idle_memory, run_chat, run_relay  # noqa: E402
 from benchmarks.fanout_report import Result, print_table, report  # noqa: E402
 from benchmarks.fanout_storm import StormResult, print_storm, run_storm  # noqa: E402
 from benchmarks.room_client import REORDER_GRACE_SECONDS, new_http_client  # noqa: E402
@@ -72,14 +74,24 @@ ASGI_APPLICATION = "benchmarks.relay_asgi:application"
 
 
 def start_server(
-    args, workdir: Path, layer: str, redis_url: str | None, *, prefix: str | None = None, port: int | None = None
+    args,
+    workdir: Path,
+    layer: str,
+    redis_url: str | None,
+    *,
+    prefix: str | None = None,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> ServerProcess:
-    env = server_env(
-        database_url=args.database_url,
-        workdir=workdir,
-        redis_url=redis_url,
-        prefix=prefix or f"bench-{secrets.token_hex(3)}",
-    )
+    env = {
+        **server_env(
+            database_url=args.database_url,
+            workdir=workdir,
+            redis_url=redis_url,
+            prefix=prefix or f"bench-{secrets.token_hex(3)}",
+        ),
+        **(env or {}),
+    }
     log_path = workdir / f"{args.server}-{layer}.log"
     server = ServerProcess(log_path=log_path, env=env, application=ASGI_APPLICATION, server=args.server, port=port)
     try:
@@ -106,16 +118,10 @@ def start_servers(args, workdir: Path, layer: str, redis_url: str | None) -> lis
 
 
 async def bench_layer(args, layer: str, redis_url: str | None, seed_state: Seed, workdir: Path):
-    """Its server(s), every rate, both targets; the layer's results and its idle-socket memory (first server)."""
+    """Its server(s), every rate, both targets: the layer's results."""
     servers = start_servers(args, workdir, layer, redis_url)
     results: list[Result] = []
     try:
-        memory = {}
-        if args.idle_sockets:
-            memory = await idle_memory(
-                servers[0], seed_state.members, count=args.idle_sockets, timeout=args.phase_timeout
-            )
-            await asyncio.sleep(2)
         async with new_http_client(timeout=args.phase_timeout, connections=args.senders * 4) as http:
             for rate, chat_id in zip(args.rates, seed_state.chat_ids, strict=True):
                 for target in ("relay", "chat"):
@@ -128,7 +134,30 @@ async def bench_layer(args, layer: str, redis_url: str | None, seed_state: Seed,
     finally:
         for server in servers:
             server.stop()
-    return results, ({"layer": layer, **memory} if memory else None)
+    return results
+
+
+async def idle_layer(args, layer: str, redis_url: str | None, rooms: list[Room], workdir: Path) -> list[dict]:
+    """RSS per idle socket of each kind, each on a server process of its own that served nothing else."""
+    memory = []
+    for kind in args.idle_kinds:
+        server = start_server(args, workdir, f"idle-{kind}-{layer}", redis_url, env=idle_server_env(args))
+        try:
+            print(f"  {layer}: {args.idle_sockets} idle {kind} sockets ...", flush=True)
+            figures = await idle_memory(server, rooms, kind=kind, count=args.idle_sockets, timeout=args.phase_timeout)
+        finally:
+            server.stop()
+        memory.append({"layer": layer, **figures})
+        if "tracemalloc" in figures:
+            print(f"    the server's top allocations while they sat idle:\n{figures['tracemalloc']}", flush=True)
+    return memory
+
+
+def idle_server_env(args) -> dict[str, str]:
+    if not args.tracemalloc:
+        return {}
+    # A snapshot of the whole heap blocks the worker longer than gunicorn's heartbeat timeout.
+    return {"BENCH_TRACEMALLOC": str(args.tracemalloc), "GUNICORN_CMD_ARGS": "--timeout 0"}
 
 
 async def run_target(args, servers, http, seed_state: Seed, result: Result, *, chat_id: int) -> None:
@@ -189,12 +218,35 @@ async def storm_layer(args, layer: str, redis_url: str | None, workdir: Path, ro
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", type=float, nargs="+", default=[20.0, 50.0], help="total msg/s offered (each)")
+    parser.add_argument(
+        "--rates",
+        type=float,
+        nargs="*",
+        default=[20.0, 50.0],
+        help="total msg/s offered (each; none: idle sockets only)",
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of sending per run")
     parser.add_argument("--members", type=int, default=100, help="room sockets (members), senders included")
     parser.add_argument("--senders", type=int, default=10)
     parser.add_argument("--server", choices=SERVERS, default=SERVERS[0], help="the app server (default: %(default)s)")
-    parser.add_argument("--idle-sockets", type=int, default=1000, help="inbox sockets for the memory figure")
+    parser.add_argument(
+        "--idle-sockets", type=int, default=1000, help="idle sockets of each kind for the memory figures (0: none)"
+    )
+    parser.add_argument(
+        "--idle-kinds",
+        nargs="+",
+        choices=IDLE_KINDS,
+        default=list(IDLE_KINDS),
+        help="the kinds of idle socket measured, each on a fresh server process (default: both)",
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="idle sockets: the servers trace allocations (tracemalloc, this many frames a traceback) and "
+        "print where the idle sockets' memory went; their RSS then includes tracemalloc's own",
+    )
     parser.add_argument("--redis", default=None, help="also run on Redis (default: REDIS_URL, if channels_redis)")
     parser.add_argument("--no-memory-layer", action="store_true", help="skip the in-memory layer")
     parser.add_argument(
@@ -266,16 +318,17 @@ def layers(args) -> list[tuple[str, str | None]]:
     return chosen + ([("redis", args.redis)] if args.redis else [])
 
 
-async def bench(args, seed_state: Seed, workdir: Path) -> tuple[list[Result], list[dict]]:
-    """Each layer gets its own server and its own rooms (one per rate)."""
+async def bench(args, seed_state: Seed, idle_rooms: list[Room], workdir: Path) -> tuple[list[Result], list[dict]]:
+    """Each layer gets its own servers and its own rooms (one per rate)."""
     results, memory = [], []
     rooms = iter(seed_state.chat_ids)
     for layer, redis_url in layers(args):
+        if args.idle_sockets:
+            memory += await idle_layer(args, layer, redis_url, idle_rooms, workdir)
+        if not args.rates:
+            continue
         layer_seed = Seed(members=seed_state.members, chat_ids=[next(rooms) for _ in args.rates])
-        layer_results, layer_memory = await bench_layer(args, layer, redis_url, layer_seed, workdir)
-        results += layer_results
-        if layer_memory:
-            memory.append(layer_memory)
+        results += await bench_layer(args, layer, redis_url, layer_seed, workdir)
     return results, memory
 
 
@@ -288,9 +341,14 @@ def main(argv: list[str] | None = None) -> None:
         setup_django(server_env(database_url=args.database_url, workdir=workdir, redis_url=None, prefix="bench"))
         rooms = len(args.rates) * len(layers(args))
         seed_state = seed(run_id=secrets.token_hex(3), members=args.members, rooms=rooms)
+        # The idle sockets' people: one socket each, in rooms of --members (a room kind's sockets
+        # are spread over its rooms as people with a room page open would be).
+        people = args.idle_sockets + IDLE_WARM_UP if args.idle_sockets else 0
+        idle_rooms = seed_rooms(run_id=secrets.token_hex(3), users=people, room_size=args.members) if people else []
         on = f"{args.processes} {args.server} processes" if args.processes > 1 else f"one {args.server} process"
         print(f"{args.members} members, {args.senders} senders, {args.duration:g} s per run on {on}", flush=True)
-        results, memory = asyncio.run(bench(args, seed_state, workdir))
+        raise_open_files_limit()  # a descriptor per idle socket, in this process too
+        results, memory = asyncio.run(bench(args, seed_state, idle_rooms, workdir))
     if args.json:
         args.json.write_text(json.dumps(report(args, results, memory), indent=2) + "\n")
     print_table(results, memory)

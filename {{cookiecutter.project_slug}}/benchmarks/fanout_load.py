@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 
 from .fanout_report import Result, percentile
 from .room_client import Member, RoomClient
+from .seeding import Room
 
 CONNECT_CONCURRENCY = 25  # handshakes at a time: the listen backlog is small
 
@@ -127,23 +128,58 @@ async def run_relay(server, members: list[Member], result: Result, *, room: str,
     return result
 
 
-async def idle_memory(server, members: list[Member], *, count: int, timeout: float) -> dict:
-    """RSS growth of the server while `count` inbox sockets sit idle, per socket."""
-    await asyncio.sleep(1)
+IDLE_KINDS = ("inbox", "room")
+# Sockets opened and closed before measuring: the first ones pay for what the process then
+# keeps whatever the count (lazy imports, database and Redis connections, the hubs, threads).
+IDLE_WARM_UP = 20
+
+
+async def idle_memory(server, rooms: list[Room], *, kind: str, count: int, timeout: float) -> dict:
+    """RSS growth of the server while `count` idle sockets of `kind` are open, per socket.
+
+    One socket per person of `rooms`, in turn (their room's socket for "room", their inbox's
+    for "inbox"), after IDLE_WARM_UP of them were opened and closed. A socket counts as open
+    once the server greeted it: the inbox's sync, a room's first presence frame. With
+    BENCH_TRACEMALLOC set for the server, it also returns the server's top allocations
+    between the two readings ("tracemalloc"); the RSS then includes tracemalloc's own.
+    """
+    people = [(room.chat_id, member) for room in rooms for member in room.members]
+    if len(people) < count + IDLE_WARM_UP:
+        raise ValueError(f"{count} idle sockets need {count + IDLE_WARM_UP} people, not {len(people)}")
+    paths = [("/ws/chat/inbox/" if kind == "inbox" else f"/ws/chat/{chat_id}/") for chat_id, _ in people]
+    cookies = [member.cookie for _, member in people]
+
+    async def open_greeted(start: int, stop: int) -> list:
+        sockets = await open_sockets(server, paths[start:stop], cookies[start:stop], timeout=timeout)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(ws.recv() for ws in sockets)), timeout)
+        return sockets
+
+    await close_sockets(await open_greeted(0, IDLE_WARM_UP))
+    await asyncio.sleep(2)
+    traced = await memory_snapshot(server)
     before = server.rss_kib()
-    cookies = [members[n % len(members)].cookie for n in range(count)]
-    sockets = await open_sockets(server, ["/ws/chat/inbox/"] * count, cookies, timeout=timeout)
-    with suppress(TimeoutError):  # every inbox is set up once it has sent its greeting
-        await asyncio.wait_for(asyncio.gather(*(ws.recv() for ws in sockets)), timeout)
+    sockets = await open_greeted(IDLE_WARM_UP, IDLE_WARM_UP + count)
     await asyncio.sleep(2)
     after = server.rss_kib()
+    growth = await memory_snapshot(server) if traced is not None else None
     await close_sockets(sockets)
-    return {
+    figures = {
+        "kind": kind,
         "sockets": count,
         "rss_before_kib": before,
         "rss_after_kib": after,
         "kib_per_socket": round((after - before) / count, 1),
     }
+    return figures if growth is None else {**figures, "tracemalloc": growth}
+
+
+async def memory_snapshot(server) -> str | None:
+    """The benchmark server's allocations since its previous snapshot (benchmarks.relay_asgi),
+    or None when it is not tracing."""
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=300) as http:  # a snapshot takes a while
+        answer = await http.get("/bench/tracemalloc/")
+    return answer.text if answer.status_code == 200 else None
 
 
 # --- our chat -------------------------------------------------------------------------------

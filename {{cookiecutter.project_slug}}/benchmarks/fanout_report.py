@@ -124,6 +124,16 @@ def row(r: Result) -> tuple[str, ...]:
 
 
 def print_table(results: list[Result], memory: list[dict]) -> None:
+    if results:
+        print_runs(results)
+    for entry in memory:
+        print(
+            f"{entry['layer']}: {entry['kib_per_socket']:g} KiB RSS per idle {entry['kind']} socket "
+            f"({entry['sockets']} sockets, {entry['rss_before_kib']} -> {entry['rss_after_kib']} KiB)"
+        )
+
+
+def print_runs(results: list[Result]) -> None:
     rows = [row(r) for r in results]
     widths = [max(len(cells[i]) for cells in [HEADER, *rows]) for i in range(len(HEADER))]
     print()
@@ -137,11 +147,6 @@ def print_table(results: list[Result], memory: list[dict]) -> None:
     print()
     for relay, ours in pairs(results):
         print(f"{row(ours)[0]} at {ours.rate:g} msg/s: " + "; ".join(verdicts(relay, ours)))
-    for entry in memory:
-        print(
-            f"{entry['layer']}: {entry['kib_per_socket']:g} KiB RSS per idle inbox socket "
-            f"({entry['sockets']} sockets, {entry['rss_before_kib']} -> {entry['rss_after_kib']} KiB)"
-        )
 
 
 def verdicts(relay: Result, ours: Result) -> list[str]:
@@ -186,6 +191,7 @@ def report(args, results: list[Result], memory: list[dict]) -> dict:
             "senders": args.senders,
             "processes": args.processes,
             "idle_sockets": args.idle_sockets,
+            "idle_kinds": args.idle_kinds,
             "reorder_grace_s": args.reorder_grace,
             "send_over": args.send_over,
             "typing_per_message": args.typing_per_message,

@@ -5,12 +5,16 @@ room, send each group event back out. It authorizes nothing and stores nothing, 
 makes it the floor our consumers are measured against. Both share the middleware stack,
 the channel layer and the process, so the comparison is like for like.
 
+With BENCH_TRACEMALLOC=<frames> (benchmarks.settings), GET /bench/tracemalloc/ reports the
+allocations since the previous such GET: where idle sockets' memory goes.
+
     gunicorn -c python:config.gunicorn --bind 127.0.0.1:8001 benchmarks.relay_asgi:application
 """
 
 import gc
 import json
 import os
+import tracemalloc
 
 from django.core.asgi import get_asgi_application
 
@@ -50,9 +54,46 @@ websocket_urlpatterns = [
     *chat.routing.websocket_urlpatterns,
 ]
 
+
+class AllocationsSince:
+    """GET /bench/tracemalloc/ with BENCH_TRACEMALLOC set: the top allocations since the
+    previous GET (the first GET only takes the snapshot), as text, grouped by traceback."""
+
+    path = "/bench/tracemalloc/"
+
+    def __init__(self, app):
+        self.app, self.previous = app, None
+
+    async def __call__(self, scope, receive, send):
+        if scope["path"] != self.path or not tracemalloc.is_tracing():
+            return await self.app(scope, receive, send)
+        gc.collect()
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        text = (
+            "snapshot taken\n" if self.previous is None else self.top(snapshot.compare_to(self.previous, "traceback"))
+        )
+        self.previous = snapshot
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": text.encode()})
+
+    @staticmethod
+    def top(differences, count: int = 25, frames: int = 6) -> str:
+        """The biggest growths, each with the innermost `frames` of its traceback."""
+        lines = [f"total {sum(d.size_diff for d in differences) / 1024:+,.0f} KiB"]
+        for difference in differences[:count]:
+            lines.append(f"{difference.size_diff / 1024:+,.1f} KiB in {difference.count_diff:+,} blocks")
+            innermost = list(reversed(difference.traceback))[:frames]
+            lines += [f"    {short_path(frame.filename)}:{frame.lineno}" for frame in innermost]
+        return "\n".join(lines) + "\n"
+
+
+def short_path(filename: str) -> str:
+    return filename.split("site-packages/")[-1].removeprefix(os.getcwd() + "/")
+
+
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": AllocationsSince(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

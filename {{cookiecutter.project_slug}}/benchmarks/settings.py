@@ -5,8 +5,13 @@ the template option: Redis when BENCH_REDIS_URL is set, otherwise the in-memory 
 """
 
 import os
+import tracemalloc
 
 from config.settings import *  # noqa: F403
+
+# Where the server's memory goes (benchmarks.relay_asgi reports it): the number of frames kept per traceback.
+if os.environ.get("BENCH_TRACEMALLOC"):
+    tracemalloc.start(int(os.environ["BENCH_TRACEMALLOC"]))
 
 if os.environ.get("BENCH_REDIS_URL"):
     CHANNEL_LAYERS = {

@@ -24,8 +24,8 @@ room group ``chat.room.<chat_id>``
     chat.edited    a message's text changed: message id, change_seq, the re-rendered bubble
     chat.deleted   a message was deleted for everyone: message id, change_seq, the placeholder bubble
     chat.reacted   a message's reactions changed: message id, change_seq, the re-rendered bubble
-Every event to a user or sockets group carries its person's "user_id": a process's inbox
-sockets get them through one channel in many people's groups (`chat.realtime.hub.UserHub`).
+Every event to a user or sockets group carries its person's "user_id": a process's sockets
+get them through one channel in many people's groups (`chat.realtime.hub.UserHub`).
 
 user group ``chat.user.<user_id>`` (the inbox socket of every tab)
     inbox.message  a new message in one of their chats, with unread counts and whether
@@ -40,6 +40,9 @@ user group ``chat.user.<user_id>`` (the inbox socket of every tab)
 sockets group ``chat.sockets.<user_id>`` (every socket of the user, room and inbox)
     session.ended  close the sockets of one session (logged out) or of all (password
                    changed, account deactivated or deleted), on every server process
+    chat.revoked   as in the room group, for their room sockets of that chat (the second
+                   path, in case the room's copy is dropped), addressed by "user_id" with
+                   "chat_deleted" instead of "user_ids" and "deleted"
 """
 
 from __future__ import annotations
@@ -188,27 +191,33 @@ def chat_renamed(*, chat_id: int, name: str, user_ids) -> None:
     chat_list_changed(user_ids=user_ids, chat_id=chat_id)
 
 
-def access_revoked(*, chat_id: int, user_ids, channel_names, deleted: bool = False) -> None:
+def access_revoked(*, chat_id: int, user_ids, socket_user_ids, deleted: bool = False) -> None:
     """Close the rooms of people who lost access, and drop the chat from their lists.
 
-    The frame goes to the room's group and to each of their sockets: were one dropped (a
-    full channel), the other still closes them.
+    The frame goes to the room's group and to the sockets group of each of them with a
+    socket in the room (`socket_user_ids`): were one dropped (a full channel), the other
+    still closes them.
     """
     layer = get_channel_layer()
     if layer is None:
         return chat_list_changed(user_ids=user_ids, chat_id=chat_id)
     revoked = {"type": "chat.revoked", "chat_id": chat_id, "user_ids": list(user_ids), "deleted": deleted}
     # Waited for: a message sent right after must not reach a socket still in the group.
-    run_on_serving_loop(revoke, layer, room_group(chat_id), revoked, channel_names, wait=True)
+    run_on_serving_loop(revoke, layer, room_group(chat_id), revoked, socket_user_ids, wait=True)
     chat_list_changed(user_ids=user_ids, chat_id=chat_id)
 
 
-async def revoke(layer, group: str, revoked: dict, channel_names: list[str]) -> None:
-    """To the room (each process's hub takes those sockets out of it), and to each of the
-    sockets itself, so a frame dropped on one path still closes them."""
+async def revoke(layer, group: str, revoked: dict, socket_user_ids) -> None:
+    """To the room (each process's room hub takes those sockets out of it), and to each of
+    those people's sockets (through each process's user hub), so a frame dropped on one path
+    still closes them."""
     await layer.group_send(group, revoked)
-    for channel_name in channel_names:
-        await layer.send(channel_name, revoked)
+    # Addressed by "user_id" alone: a process still on the previous version (a rolling
+    # deploy) has room sockets in this group too, which would take a revocation naming
+    # their person, or a deleted chat, as one of their own room, whatever the chat.
+    copy = {**revoked, "user_ids": [], "deleted": False, "chat_deleted": revoked["deleted"]}
+    for user_id in socket_user_ids:
+        await layer.group_send(sockets_group(user_id), {**copy, "user_id": user_id})
 
 
 async def presence_changed(*, chat_id: int, online: int) -> None:

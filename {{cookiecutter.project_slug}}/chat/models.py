@@ -239,7 +239,7 @@ class RoomPresence(models.Model):
     """One open room socket. Kept in the database so every server process counts the
     same people online; rows of a crashed process expire after `chat.realtime.presence.STALE_AFTER`."""
 
-    channel_name = models.CharField(max_length=255, unique=True)
+    channel_name = models.CharField(max_length=255, unique=True)  # the socket's name, unique across processes
     chat = models.ForeignKey(Chat, on_delete=models.CASCADE, related_name="+")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     seen_at = models.DateTimeField(default=timezone.now)

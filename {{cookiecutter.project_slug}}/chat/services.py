@@ -591,11 +591,13 @@ def purge_deleted_chats(*, older_than_days: int = 0, dry_run: bool = False) -> l
 
 def revoke_access(*, chat_id: int, user_ids: list[int], deleted: bool = False) -> None:
     """After commit, close these people's open rooms of the chat and take their sockets out
-    of its group. Their sockets are looked up now, before a deleted chat takes its
+    of its group. Who has a socket there is looked up now, before a deleted chat takes its
     presence rows with it."""
-    channel_names = presence.room_channel_names(chat_id=chat_id, user_ids=None if deleted else user_ids)
+    socket_user_ids = presence.room_user_ids(chat_id=chat_id, user_ids=None if deleted else user_ids)
     after_commit(
-        lambda: events.access_revoked(chat_id=chat_id, user_ids=user_ids, channel_names=channel_names, deleted=deleted)
+        lambda: events.access_revoked(
+            chat_id=chat_id, user_ids=user_ids, socket_user_ids=socket_user_ids, deleted=deleted
+        )
     )
 
 

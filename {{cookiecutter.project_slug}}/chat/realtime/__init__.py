@@ -4,7 +4,7 @@
     hub.py         RoomHub: one room-group subscription per process, fanned out to its sockets
     mailbox.py     new messages to the room at once, inbox counts merged per person and second
     sends.py       socket sends stored in groups, one transaction each; "busy" past capacity
-    writer.py      a room socket's frames, queued and written by its own task (4008 past the bound)
+    writer.py      a room socket's frames, written by a task that runs only while some wait (4008 past the bound)
     presence.py    who is online in a room, counted the same way by every process
     read_marks.py  read marks from room sockets, written in batches
     loop.py        handing work to the server's event loop; per-loop instances and tasks

@@ -58,7 +58,8 @@ longer a member; the socket closes with 4403). A user's sockets on one process s
 FRAME_WINDOW_SECONDS; sends are counted by the per-user send rate instead.
 
 Room events reach a room socket through its process's `RoomHub` (chat/realtime/hub.py), which
-is in the room's group once for all of the process's sockets.
+is in the room's group once for all of the process's sockets; a person's own events (their
+inbox, a session ended) through its `UserHub`. No socket has a channel of its own on the layer.
 
 Whatever ends a socket (a close, an error in a handler, the server closing it with 1012 or
 cancelling it on shutdown) leaves its groups and its presence: `ChatConsumer.__call__`
@@ -71,6 +72,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections import Counter
 
 from channels.consumer import get_handler_name
@@ -110,11 +112,19 @@ _frame_windows: dict[int, list[float]] = {}
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
-    """Admission, clean-up and parsing of client frames; subclasses handle the frame types they accept."""
+    """Admission, clean-up and parsing of client frames; subclasses handle the frame types they accept.
 
-    groups_joined: tuple[str, ...] = ()
+    A socket has no channel of its own on the layer (an alias no layer is configured
+    under): its person's events (a session ended; their inbox) reach it through this
+    process's `UserHub`, which is in that person's groups once for all their sockets, and
+    a room's events through the `RoomHub`. An idle socket then costs the layer nothing,
+    and the process no receive waiting on a channel.
+    """
+
+    channel_layer_alias = "chat.no-channel-of-its-own"
     user_id: int | None = None
-    writer: SocketWriter | None = None  # room sockets: frames go out through their own task
+    in_user_hub = False
+    writer: SocketWriter | None = None  # room sockets: frames go out through a task of their own
     cleaned_up = False
     warned_window = -1.0
 
@@ -123,8 +133,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             refusal = await self.admission()
             if refusal is not None:
-                # Refused before it has a channel on the layer: a socket closed at once
-                # never waits on the layer (nor costs it anything, however many come).
+                # Refused before it joins a hub: a socket closed at once never waits on
+                # the layer (nor costs it anything, however many come).
                 return await refuse_handshake(receive, send, refusal)
             await super().__call__(scope, receive, send)
         finally:
@@ -163,17 +173,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.session_tag = events.session_tag(getattr(session, "session_key", None))
         return None
 
-    async def join(self, *groups: str) -> None:
+    async def join_user_hub(self) -> None:
         note_serving_loop()
-        self.groups_joined = (events.sockets_group(self.user_id), *groups)
-        for group in self.groups_joined:
-            await self.channel_layer.group_add(group, self.channel_name)
+        await UserHub.for_running_loop().join(self)
+        self.in_user_hub = True
 
     async def disconnect(self, code):
         await self.clean_up()
 
     async def clean_up(self) -> None:
-        """Leave every group and give back the socket's slot; once, whatever ended the socket."""
+        """Leave the user hub and give back the socket's slot; once, whatever ended the socket."""
         if self.cleaned_up:
             return
         self.cleaned_up = True
@@ -182,11 +191,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             metrics.socket_closed(type(self).__name__)
             if _open_sockets[self.user_id] <= 0:
                 del _open_sockets[self.user_id]
-        try:
-            for group in self.groups_joined:
-                await self.channel_layer.group_discard(group, self.channel_name)
-        except Exception:  # the layer is down; its groups expire on their own
-            logger.exception("Leaving the groups of %s failed", self.channel_name)
+        if self.in_user_hub:
+            await UserHub.for_running_loop().leave(self)  # which logs and survives a layer outage
 
     async def end(self, code: int) -> None:
         """Close the socket now, out of its groups before the client has even seen the close."""
@@ -210,6 +216,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.writer.put_text(text_data)
         if close:
             self.writer.put_close(None if close is True else close)
+
+    async def send_text_now(self, text: str) -> None:
+        await self.send_now(text_data=text)
 
     async def send_now(self, text_data=None, bytes_data=None, close=False):
         try:
@@ -296,28 +305,13 @@ async def refuse_handshake(receive, send, code: int) -> None:
 
 
 class InboxConsumer(ChatConsumer):
-    """One per tab of a logged-in user: list changes, unread counts, the total.
-
-    It has no channel of its own on the layer (an alias no layer is configured under):
-    its person's events reach it through this process's `UserHub`, which is in that
-    person's groups once for all their tabs.
-    """
-
-    channel_layer_alias = "chat.no-channel-of-its-own"
-    in_hub = False
+    """One per tab of a logged-in user: list changes, unread counts, the total."""
 
     async def connect(self):
-        note_serving_loop()
-        await UserHub.for_running_loop().join(self)
-        self.in_hub = True
+        await self.join_user_hub()
         await self.accept()
         total = await database_sync_to_async(selectors.total_unread_for_user_id)(user_id=self.user_id)
         await self.send_json({"type": "inbox.sync", "total_unread": total})
-
-    async def clean_up(self) -> None:
-        if not self.cleaned_up and self.in_hub:
-            await UserHub.for_running_loop().leave(self)
-        await super().clean_up()
 
     async def inbox_message(self, event):
         await self.send_json(event)
@@ -344,30 +338,32 @@ class RoomConsumer(ChatConsumer):
 
     present = False
     viewing = False
+    in_hub = False
 
     async def admission(self) -> int | None:
         refusal = await super().admission()
         if refusal is not None:
             return refusal
         self.chat_id = self.scope["url_route"]["kwargs"]["chat_id"]
-        self.membership = await database_sync_to_async(self.get_membership)()
-        return CLOSE_FORBIDDEN if self.membership is None else None
+        # The key of its presence row (`RoomPresence.channel_name`): unique among every
+        # process's sockets.
+        self.socket_name = f"chat-room-socket.{uuid.uuid4().hex}"
+        # Not kept: every later use checks the membership again (it may have ended since).
+        membership = await database_sync_to_async(self.get_membership)()
+        return CLOSE_FORBIDDEN if membership is None else None
 
     async def connect(self):
         self.viewing = True
         await database_sync_to_async(presence.join)(
-            chat_id=self.chat_id, user_id=self.user_id, channel_name=self.channel_name
+            chat_id=self.chat_id, user_id=self.user_id, channel_name=self.socket_name
         )
         self.present = True  # its presence row exists: clean_up removes it, whatever happens next
-        await self.join()
+        await self.join_user_hub()
         await RoomHub.for_running_loop().join(self)
         self.in_hub = True
         await self.accept()
-        self.writer = SocketWriter(
-            send_text=lambda text: self.send_now(text_data=text), close=self.close_now, too_slow=self.fell_behind
-        )
-        self.writer.start()
-        await presence.track(self.channel_name)
+        self.writer = SocketWriter(send_text=self.send_text_now, close=self.close_now, too_slow=self.fell_behind)
+        await presence.track(self.socket_name)
         presence.recount_soon(self.chat_id)
 
     def get_membership(self) -> Membership | None:
@@ -375,7 +371,7 @@ class RoomConsumer(ChatConsumer):
 
     def fell_behind(self) -> None:
         """Its writer gave up on it: out of the room now, closed once the clean-up is done."""
-        logger.info("Closing %s: %d frames behind", self.channel_name, MAX_QUEUED_FRAMES)
+        logger.info("Closing %s: %d frames behind", self, MAX_QUEUED_FRAMES)
         metrics.count(metrics.SOCKETS_CLOSED_TOO_SLOW)
         self.letting_go = asyncio.get_running_loop().create_task(self.let_go(CLOSE_TOO_SLOW))
 
@@ -387,15 +383,15 @@ class RoomConsumer(ChatConsumer):
         if self.cleaned_up:
             return
         self.viewing = False  # no read marks from a socket on its way out
-        if getattr(self, "in_hub", False):
+        if self.in_hub:
             await RoomHub.for_running_loop().leave(self)
         await super().clean_up()
         if not self.present:
             return
         try:
-            await presence.leave(self.channel_name)
+            await presence.leave(self.socket_name)
         except Exception:  # the database is restarting: the row expires with presence.STALE_AFTER
-            logger.exception("Removing the presence of %s failed", self.channel_name)
+            logger.exception("Removing the presence of %s failed", self)
         presence.recount_soon(self.chat_id)
 
     # Events from the channel layer
@@ -425,11 +421,12 @@ class RoomConsumer(ChatConsumer):
     chat_deleted = chat_reacted = chat_edited
 
     async def chat_revoked(self, event):
-        if getattr(self, "revoked", False):
-            return  # it comes both through the room and to this socket
-        if event["deleted"] or self.user_id in event["user_ids"]:
+        if event["chat_id"] != self.chat_id or getattr(self, "revoked", False):
+            return  # it comes both through the room and through its person's sockets, in any room
+        deleted = event.get("chat_deleted", event["deleted"])
+        if deleted or self.user_id in event["user_ids"] or event.get("user_id") == self.user_id:
             self.revoked = True
-            await self.send_json({"type": "chat.revoked", "chat_id": self.chat_id, "deleted": event["deleted"]})
+            await self.send_json({"type": "chat.revoked", "chat_id": self.chat_id, "deleted": deleted})
             await self.close(code=CLOSE_FORBIDDEN)
 
     # Frames from the client
@@ -444,7 +441,7 @@ class RoomConsumer(ChatConsumer):
         viewing = bool(frame.get("visible"))
         if viewing != self.viewing:
             self.viewing = viewing
-            await database_sync_to_async(presence.set_visible)(channel_name=self.channel_name, visible=viewing)
+            await database_sync_to_async(presence.set_visible)(channel_name=self.socket_name, visible=viewing)
 
     async def client_send(self, frame: dict) -> None:
         client_id, body = frame.get("client_id"), frame.get("body")

@@ -4,9 +4,9 @@ Each process has one `RoomHub` (per event loop) holding its open room sockets by
 The hub, not every socket, is in the channel layer's room group: a message to a room of
 a hundred is one delivery to each process that has someone in it (one Redis push instead
 of a hundred), and the hub hands the already-encoded frame to its local sockets in turn.
-Likewise one `UserHub` holds the inbox sockets by person, in each person's inbox and
-sockets groups once per process however many tabs they have open: an inbox socket has
-no channel of its own on the layer, so an idle one costs the layer nothing.
+Likewise one `UserHub` holds the sockets by person, in each person's inbox and sockets
+groups once per process however many tabs they have open. No socket has a channel of its
+own on the layer, so an idle one costs the layer nothing.
 
 The hub's channel carries every room event of its process, so it must not be small: on
 Redis, `channel_capacity` in CHANNEL_LAYERS gives it HUB_CHANNEL_CAPACITY (a warning is
@@ -149,7 +149,7 @@ class ProcessHub(PerLoop):
                 try:
                     await consumer.close(code=1011)
                 except Exception:
-                    logger.debug("Closing %s failed", consumer.channel_name, exc_info=True)
+                    logger.debug("Closing %s failed", consumer, exc_info=True)
 
     async def deliver(self, event: dict) -> None:
         raise NotImplementedError
@@ -202,7 +202,8 @@ class RoomHub(ProcessHub):
 
 
 class UserHub(ProcessHub):
-    """The process's inbox sockets by person, in each person's inbox and sockets groups once.
+    """The process's sockets (inbox and room) by person, in each person's inbox and sockets
+    groups once. A socket takes only the events it has a handler for.
 
     Every event sent to those groups names its person ("user_id"): the hub's one channel is
     in many people's groups, and an event does not say which group it came through.

@@ -58,12 +58,12 @@ def set_visible(*, channel_name: str, visible: bool) -> None:
     RoomPresence.objects.filter(channel_name=channel_name).exclude(visible=visible).update(visible=visible)
 
 
-def room_channel_names(*, chat_id: int, user_ids: list[int] | None = None) -> list[str]:
-    """The channels of the open sockets in a room (of these users, or everyone's)."""
+def room_user_ids(*, chat_id: int, user_ids: list[int] | None = None) -> list[int]:
+    """The people (of these, or anyone) with a socket open in a room."""
     sockets = RoomPresence.objects.filter(chat_id=chat_id)
     if user_ids is not None:
         sockets = sockets.filter(user_id__in=user_ids)
-    return list(sockets.values_list("channel_name", flat=True))
+    return list(sockets.values_list("user_id", flat=True).distinct())
 
 
 def join(*, chat_id: int, user_id: int, channel_name: str) -> None:

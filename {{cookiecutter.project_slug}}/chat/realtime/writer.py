@@ -24,6 +24,14 @@ CLOSE = object()  # in the queue: close the socket once the frames before it are
 
 
 class SocketWriter:
+    """The frames waiting for one socket, and the task writing them while there are any.
+
+    An idle socket has neither a task nor a queue: most sockets are idle most of the time,
+    and each would otherwise hold a waiting task, an event and an empty deque (a few KiB).
+    """
+
+    __slots__ = ("send_text", "close", "too_slow", "frames", "task", "closing")
+
     def __init__(
         self,
         *,
@@ -32,45 +40,45 @@ class SocketWriter:
         too_slow: Callable[[], None],
     ):
         self.send_text, self.close, self.too_slow = send_text, close, too_slow
-        self.frames: collections.deque = collections.deque()
-        self.ready = asyncio.Event()
+        self.frames: collections.deque | None = None  # made with the first frame
         self.task: asyncio.Task | None = None
         self.closing = False
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self.write())
 
     def put_text(self, text: str) -> None:
         if self.closing:
             return
-        if len(self.frames) >= MAX_QUEUED_FRAMES:
-            self.closing = True
+        if self.frames is not None and len(self.frames) >= MAX_QUEUED_FRAMES:
             self.stop()
             self.too_slow()
             return
-        self.frames.append(text)
-        self.ready.set()
+        self.queue(text)
 
     def put_close(self, code: int | None) -> None:
         if not self.closing:
+            self.queue((CLOSE, code))
             self.closing = True
-            self.frames.append((CLOSE, code))
-            self.ready.set()
+
+    def queue(self, frame) -> None:
+        if self.frames is None:
+            self.frames = collections.deque()
+        self.frames.append(frame)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self.write())
 
     def stop(self) -> None:
-        """Drop what is queued and stop writing (the socket is gone, or being let go)."""
-        self.frames.clear()
+        """Drop what is queued and write nothing more (the socket is gone, or being let go)."""
+        self.closing = True
+        self.frames = None
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
     async def write(self) -> None:
-        while True:
-            await self.ready.wait()
-            self.ready.clear()
-            while self.frames:
-                frame = self.frames.popleft()
-                if isinstance(frame, str):
-                    await self.send_text(frame)
-                else:
-                    await self.close(frame[1])
-                    return
+        """Until the queue is empty; then the socket is idle again, and its next frame starts a new task."""
+        while self.frames:
+            frame = self.frames.popleft()
+            if isinstance(frame, str):
+                await self.send_text(frame)
+            else:
+                await self.close(frame[1])
+                return
+        self.frames = self.task = None

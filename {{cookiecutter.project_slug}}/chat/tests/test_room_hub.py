@@ -7,11 +7,14 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
+from django.urls import reverse
 
 from chat import events, services
+from chat.realtime import consumers
+from chat.realtime.hub import RoomHub
 from chat.routing import websocket_urlpatterns
 from chat.tests import test_consumers
-from chat.tests.test_consumers import receive_until
+from chat.tests.test_consumers import expect_close, logged_in_session, receive_until
 
 # The socket fixtures of test_consumers: each test on the in-memory layer and on Redis.
 channel_layer = test_consumers.channel_layer
@@ -23,6 +26,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def group(alice, bob, carol):
     return services.create_group_chat(creator=alice, name="Team", members=[bob, carol])
+
+
+@pytest.fixture
+def other_group(alice, bob):
+    return services.create_group_chat(creator=alice, name="Other", members=[bob])
 
 
 @pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
@@ -109,3 +117,101 @@ async def test_once_every_socket_has_left_no_hub_reads_on(connect, alice, bob, g
     again, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
     message = await database_sync_to_async(services.send_message)(chat=group, sender=bob, body="back again")
     assert (await receive_until(again, "chat.message"))["message_id"] == message.pk
+
+
+@pytest.mark.parametrize("ending", ["logout", "password"])
+async def test_a_room_socket_idle_after_its_frames_still_gets_the_next_one_and_its_close(
+    connect, client, alice, bob, group, ending
+):
+    """A room socket writes only while it has frames queued: once they are out it holds no
+    writer task, and the next frame or close must start one."""
+    session = await database_sync_to_async(logged_in_session)(client, bob)
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/", session=session)
+    await receive_until(room, "chat.presence")
+    await asyncio.sleep(0.2)  # idle: every frame so far written
+
+    message = await database_sync_to_async(services.send_message)(chat=group, sender=alice, body="after a pause")
+    assert (await receive_until(room, "chat.message"))["message_id"] == message.pk
+    await asyncio.sleep(0.2)
+
+    if ending == "logout":
+        await database_sync_to_async(client.post)(reverse("logout"))
+        await expect_close(room, consumers.CLOSE_UNAUTHENTICATED)
+    else:
+        bob.set_password("a-new-password")
+        await database_sync_to_async(bob.save)()
+        await expect_close(room, consumers.CLOSE_SESSION_CHANGED)
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_a_person_s_sockets_group_holds_one_channel_per_process_whatever_their_sockets(
+    connect, channel_layer, bob, group, other_group
+):
+    layer = get_channel_layer()
+    paths = [f"/ws/chat/{group.pk}/", f"/ws/chat/{group.pk}/", f"/ws/chat/{other_group.pk}/", "/ws/chat/inbox/"]
+    sockets = [(await connect(bob, path))[0] for path in paths]
+
+    assert len(layer.groups[events.sockets_group(bob.pk)]) == 1
+
+    for socket in sockets:
+        await socket.disconnect()
+    assert not layer.groups.get(events.sockets_group(bob.pk))
+
+
+@pytest.mark.parametrize("deleted", [False, True], ids=["removed", "group-deleted"])
+async def test_a_revocation_lost_on_the_room_s_path_still_closes_the_room_through_the_person_s_sockets(
+    connect, alice, bob, group, monkeypatch, deleted
+):
+    deliver = RoomHub.deliver
+
+    async def revocations_lost(self, event):
+        if event.get("type") != "chat.revoked":
+            await deliver(self, event)
+
+    monkeypatch.setattr(RoomHub, "deliver", revocations_lost)
+    chat_id = group.pk  # a deleted group's instance has none afterwards
+    room, _, _ = await connect(bob, f"/ws/chat/{chat_id}/")
+    await receive_until(room, "chat.presence")
+
+    if deleted:
+        await database_sync_to_async(services.delete_group)(chat=group, actor=alice)
+    else:
+        await database_sync_to_async(services.remove_member)(chat=group, actor=alice, user=bob)
+
+    frame = await receive_until(room, "chat.revoked")
+    assert (frame["chat_id"], frame["deleted"]) == (chat_id, deleted)
+    await expect_close(room, consumers.CLOSE_FORBIDDEN)
+
+
+async def test_losing_one_room_leaves_the_person_s_other_rooms_open(connect, alice, bob, group, other_group):
+    leaving, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    staying, _, _ = await connect(bob, f"/ws/chat/{other_group.pk}/")
+    await receive_until(staying, "chat.presence")
+
+    await database_sync_to_async(services.remove_member)(chat=group, actor=alice, user=bob)
+    await expect_close(leaving, consumers.CLOSE_FORBIDDEN)
+
+    message = await database_sync_to_async(services.send_message)(chat=other_group, sender=alice, body="still here")
+    assert (await receive_until(staying, "chat.message"))["message_id"] == message.pk
+    await staying.send_to(text_data='{"type": "ping"}')
+    await receive_until(staying, "pong")
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_the_sockets_group_copy_of_a_revocation_is_ignored_by_a_previous_version_s_room_sockets(
+    connect, channel_layer, alice, bob, group
+):
+    """During a rolling deploy the previous version's room sockets, each in its person's
+    sockets group, close on a revocation that names their person or a deleted chat, whatever
+    the chat: the copy sent there names nobody and no deletion."""
+    layer = get_channel_layer()
+    previous_version_socket = await layer.new_channel()
+    await layer.group_add(events.sockets_group(bob.pk), previous_version_socket)
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    await receive_until(room, "chat.presence")
+
+    await database_sync_to_async(services.delete_group)(chat=group, actor=alice)
+
+    event = await asyncio.wait_for(layer.receive(previous_version_socket), 3)
+    assert (event["type"], event["user_ids"], event["deleted"]) == ("chat.revoked", [], False)
+    assert (event["user_id"], event["chat_deleted"]) == (bob.pk, True)
