@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 import signal
 import subprocess
 import sys
@@ -247,9 +248,13 @@ async def run_storm(rooms: list[Room], *, layer: str, server, stop, start, rate:
 
 
 def start_profiler(pid: int, output: Path) -> subprocess.Popen:
-    """py-spy (from this interpreter's environment) sampling the server until stopped."""
+    """py-spy (from this interpreter's environment, else from PATH) sampling the server and its
+    children (gunicorn's worker is one) until stopped."""
     py_spy = Path(sys.executable).with_name("py-spy")
-    command = [str(py_spy), "record", "--pid", str(pid), "--format", "raw", "--output", str(output), "--nonblocking"]
+    if not py_spy.exists():
+        py_spy = shutil.which("py-spy") or py_spy
+    command = [str(py_spy), "record", "--pid", str(pid), "--subprocesses", "--format", "raw", "--output", str(output)]
+    command.append("--nonblocking")
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # noqa: S603
 
 

@@ -72,6 +72,7 @@ import json
 import logging
 import time
 from collections import Counter
+from functools import partial
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
@@ -84,7 +85,7 @@ from chat import events, metrics, selectors, services
 from chat.conf import chat_setting
 from chat.models import Membership
 from chat.ratelimit import RateLimited, check_rate
-from chat.realtime import presence, read_marks
+from chat.realtime import handshakes, presence, read_marks
 from chat.realtime.hub import RoomHub, UserHub
 from chat.realtime.loop import note_serving_loop
 from chat.realtime.sends import Busy, Send, SendQueue
@@ -147,17 +148,31 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def admission(self) -> int | None:
-        """Let in a logged-in user under their socket cap: None, or the close code refusing them."""
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            return CLOSE_UNAUTHENTICATED
-        if _open_sockets[user.pk] >= chat_setting("CHAT_MAX_SOCKETS_PER_USER"):
+        """Let in a logged-in user under their socket cap: None, or the close code refusing them.
+
+        The user (from the session, unless Channels' AuthMiddleware loaded it already) and
+        whatever the socket type needs to know before it accepts are read in one trip to the
+        database thread, shared with the other sockets opening meanwhile (`handshakes`).
+        """
+        refusal = await handshakes.in_shared_trip(self.look_up)
+        if refusal is not None:
+            return refusal
+        if _open_sockets[self.user.pk] >= chat_setting("CHAT_MAX_SOCKETS_PER_USER"):
             return CLOSE_TOO_MANY_SOCKETS
-        self.user, self.user_id = user, user.pk
-        _open_sockets[user.pk] += 1
+        self.user_id = self.user.pk
+        _open_sockets[self.user_id] += 1
         metrics.socket_opened(type(self).__name__)
         session = self.scope.get("session")
         self.session_tag = events.session_tag(getattr(session, "session_key", None))
+        return None
+
+    def look_up(self) -> int | None:
+        """On the database thread: the user, and what the socket type checks before its socket
+        cap; None if it may go on, or the close code refusing it."""
+        user = handshakes.user_for_scope(self.scope)
+        if not user.is_authenticated:
+            return CLOSE_UNAUTHENTICATED
+        self.user = user
         return None
 
     async def join(self, *groups: str) -> None:
@@ -308,7 +323,8 @@ class InboxConsumer(ChatConsumer):
         await UserHub.for_running_loop().join(self)
         self.in_hub = True
         await self.accept()
-        total = await database_sync_to_async(selectors.total_unread_for_user_id)(user_id=self.user_id)
+        # Counted once in the person's groups, so no change after the count is missed.
+        total = await handshakes.in_shared_trip(partial(selectors.total_unread_for_user_id, user_id=self.user_id))
         await self.send_json({"type": "inbox.sync", "total_unread": total})
 
     async def clean_up(self) -> None:
@@ -342,19 +358,18 @@ class RoomConsumer(ChatConsumer):
     present = False
     viewing = False
 
-    async def admission(self) -> int | None:
-        refusal = await super().admission()
+    def look_up(self) -> int | None:
+        refusal = super().look_up()
         if refusal is not None:
             return refusal
         self.chat_id = self.scope["url_route"]["kwargs"]["chat_id"]
-        self.membership = await database_sync_to_async(self.get_membership)()
+        self.membership = self.get_membership()
         return CLOSE_FORBIDDEN if self.membership is None else None
 
     async def connect(self):
         self.viewing = True
-        await database_sync_to_async(presence.join)(
-            chat_id=self.chat_id, user_id=self.user_id, channel_name=self.channel_name
-        )
+        join = partial(presence.join, chat_id=self.chat_id, user_id=self.user_id, channel_name=self.channel_name)
+        await handshakes.in_shared_trip(join)
         self.present = True  # its presence row exists: clean_up removes it, whatever happens next
         await self.join()
         await RoomHub.for_running_loop().join(self)
