@@ -1,5 +1,8 @@
 """The channel layer: channels_redis's, starting its connections over after a failure."""
 
+import asyncio
+from contextlib import suppress
+
 from channels_redis.core import RedisChannelLayer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -17,6 +20,26 @@ class ReconnectingRedisChannelLayer(RedisChannelLayer):
     """
 
     async def receive(self, channel):
+        """channels_redis's receive, ended for sure when cancelled.
+
+        A cancellation that meets the blocking pop's read timeout can be lost inside redis-py
+        (the timeout swallows it and the command is retried): the receive then goes on popping,
+        and the socket whose receive it was never finishes closing, which holds up a server's
+        graceful shutdown until its timeout. Run as a task of its own, the receive is cancelled
+        again until it has ended.
+        """
+        receiving = asyncio.ensure_future(self.receive_reconnecting(channel))
+        try:
+            return await asyncio.shield(receiving)
+        except asyncio.CancelledError:
+            while not receiving.done():
+                receiving.cancel()
+                await asyncio.wait({receiving}, timeout=0.1)
+            with suppress(BaseException):
+                receiving.result()  # retrieved, so asyncio does not report it
+            raise
+
+    async def receive_reconnecting(self, channel):
         try:
             return await super().receive(channel)
         except RedisConnectionError:

@@ -87,7 +87,7 @@ from chat.models import Membership
 from chat.ratelimit import RateLimited, check_rate
 from chat.realtime import handshakes, presence, read_marks
 from chat.realtime.hub import RoomHub, UserHub
-from chat.realtime.loop import note_serving_loop
+from chat.realtime.loop import group_add, group_discard, note_serving_loop
 from chat.realtime.sends import Busy, Send, SendQueue
 from chat.realtime.writer import MAX_QUEUED_FRAMES, SocketWriter
 
@@ -179,7 +179,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         note_serving_loop()
         self.groups_joined = (events.sockets_group(self.user_id), *groups)
         for group in self.groups_joined:
-            await self.channel_layer.group_add(group, self.channel_name)
+            await group_add(self.channel_layer, group, self.channel_name)
 
     async def disconnect(self, code):
         await self.clean_up()
@@ -196,7 +196,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 del _open_sockets[self.user_id]
         try:
             for group in self.groups_joined:
-                await self.channel_layer.group_discard(group, self.channel_name)
+                await group_discard(self.channel_layer, group, self.channel_name)
         except Exception:  # the layer is down; its groups expire on their own
             logger.exception("Leaving the groups of %s failed", self.channel_name)
 
