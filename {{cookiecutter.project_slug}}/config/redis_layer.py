@@ -4,8 +4,14 @@ import asyncio
 from contextlib import suppress
 
 from channels_redis.core import RedisChannelLayer
+from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+# Connections per process (channels_redis's default), and how long a command waits for one.
+POOL_SIZE = 100
+POOL_WAIT_SECONDS = 20
 
 
 class ReconnectingRedisChannelLayer(RedisChannelLayer):
@@ -18,6 +24,18 @@ class ReconnectingRedisChannelLayer(RedisChannelLayer):
     A broken connection always lets them go (after a restart the idle ones are broken too);
     a read that timed out only through Sentinel, since one Redis may just be slow.
     """
+
+    def create_pool(self, index):
+        """A pool that makes a command wait for a free connection when all are busy, where
+        redis-py's default pool raises "Too many connections": thousands of sockets opening
+        at once (a server restarting under them) would otherwise fail handshakes and sends.
+        Through Sentinel, channels_redis's own pool."""
+        host = dict(self.hosts[index])
+        if "address" not in host:
+            return super().create_pool(index)
+        host.setdefault("max_connections", POOL_SIZE)
+        host.setdefault("timeout", POOL_WAIT_SECONDS)
+        return BlockingConnectionPool.from_url(host.pop("address"), **host)
 
     async def receive(self, channel):
         """channels_redis's receive, ended for sure when cancelled.

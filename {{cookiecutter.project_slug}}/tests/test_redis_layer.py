@@ -91,3 +91,16 @@ async def test_a_receive_whose_cancellation_redis_py_loses_still_ends(redis, mon
     waiting.cancel()
     done, _ = await asyncio.wait({waiting}, timeout=TIMEOUT)
     assert waiting in done and waiting.cancelled()
+
+
+async def test_commands_wait_for_a_free_connection_rather_than_fail(redis, settings):
+    """Past the pool's size (thousands of sockets joining their groups at once, after a
+    restart) commands queue for a connection instead of raising "Too many connections"."""
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    config["hosts"] = [{"address": config["hosts"][0], "max_connections": 2}]
+    channel_layers.backends.clear()
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    async with asyncio.timeout(TIMEOUT):
+        await asyncio.gather(*(layer.group_add(f"group{n}", channel) for n in range(20)))
+    await layer.flush()
