@@ -242,7 +242,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--storm-rate", type=float, default=10.0, help="msg/s sent into the rooms during the storm (0: none)"
     )
-    parser.add_argument("--logs", type=Path, default=None, help="storm: keep the server logs (and a SQLite database) in this directory")
+    parser.add_argument(
+        "--logs", type=Path, default=None, help="storm: keep the server logs (and a SQLite database) in this directory"
+    )
     parser.add_argument("--profile", type=Path, default=None, help="storm: py-spy raw samples of the reconnect here")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)

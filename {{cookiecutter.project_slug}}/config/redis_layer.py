@@ -8,7 +8,6 @@ from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-
 # Connections per process (channels_redis's default), and how long a command waits for one.
 POOL_SIZE = 100
 POOL_WAIT_SECONDS = 20
