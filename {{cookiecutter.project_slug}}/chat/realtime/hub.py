@@ -16,6 +16,7 @@ logged at start if it would drop frames earlier); in memory the hub sizes its ow
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -24,7 +25,7 @@ from channels.consumer import get_handler_name
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from chat import events, metrics
-from chat.realtime.loop import PerLoop
+from chat.realtime.loop import PerLoop, group_add, group_discard
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,9 @@ class ProcessHub(PerLoop):
         self.channel: str | None = None
         self.sockets: dict[int, set] = {}  # key -> its local sockets
         self.reader: asyncio.Task | None = None
-        self.changing = asyncio.Lock()
+        self.changing = asyncio.Lock()  # the channel and its reader (a start, a reset)
+        # A key's subscription (its joins and leaves): its lock, and how many hold or await it.
+        self.key_locks: dict[int, tuple[asyncio.Lock, list[int]]] = {}
 
     def key_of(self, consumer) -> int:
         raise NotImplementedError
@@ -60,22 +63,26 @@ class ProcessHub(PerLoop):
     async def join(self, consumer) -> None:
         """Deliver the events of the socket's key to it from now on.
 
-        The subscriptions change under one lock (joins, leaves, a reset after the layer
-        failed), so a key's set of sockets and the hub's group membership never disagree.
+        A key's subscription changes under its own lock, so its set of sockets and the hub's
+        group membership never disagree; different keys (the people of a restart's thousands
+        of sockets) subscribe side by side rather than one Redis round trip after another.
         """
         key = self.key_of(consumer)
-        async with self.changing:
-            await self.start()
-            if not self.sockets.get(key):
-                # First the groups, then the socket: a socket whose join failed (the layer
-                # is down) must not stand there and keep the next one from subscribing.
-                for group in self.groups_of(key):
-                    await self.layer.group_add(group, self.channel)
-            self.sockets.setdefault(key, set()).add(consumer)
+        while True:
+            channel = await self.start()
+            async with self.holding(key):
+                if not self.sockets.get(key):
+                    # First the groups, then the socket: a socket whose join failed (the layer
+                    # is down) must not stand there and keep the next one from subscribing.
+                    await asyncio.gather(*(group_add(self.layer, group, channel) for group in self.groups_of(key)))
+                if self.channel == channel:
+                    self.sockets.setdefault(key, set()).add(consumer)
+                    return
+            # The layer failed and the hub was reset meanwhile: subscribe its new channel.
 
     async def leave(self, consumer) -> None:
         key = self.key_of(consumer)
-        async with self.changing:
+        async with self.holding(key):
             sockets = self.sockets.get(key)
             if sockets is None or consumer not in sockets:
                 return
@@ -84,18 +91,34 @@ class ProcessHub(PerLoop):
                 return
             del self.sockets[key]
             try:
-                for group in self.groups_of(key):
-                    await self.layer.group_discard(group, self.channel)
+                await asyncio.gather(
+                    *(group_discard(self.layer, group, self.channel) for group in self.groups_of(key))
+                )
             except Exception:  # the layer is down; the groups expire there on its own
                 logger.warning("%s could not leave the groups of %s", type(self).__name__, key, exc_info=True)
 
-    async def start(self) -> None:
-        """A channel and a reader for it (again, after a reset); under the `changing` lock."""
-        if self.channel is None:
-            self.channel = hub_channel_name(await self.layer.new_channel())
-            self.check_capacity()
-        if self.reader is None or self.reader.done():
-            self.reader = self.loop.create_task(self.read(self.channel))
+    @contextlib.asynccontextmanager
+    async def holding(self, key: int):
+        """The key's lock, forgotten once nobody holds or awaits it (people come and go)."""
+        lock, users = self.key_locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self.key_locks[key]
+
+    async def start(self) -> str:
+        """The hub's channel, with a reader for it (made again after a reset)."""
+        async with self.changing:
+            if self.channel is None:
+                self.channel = hub_channel_name(await self.layer.new_channel())
+                self.check_capacity()
+            if self.reader is None or self.reader.done():
+                self.reader = self.loop.create_task(self.read(self.channel))
+            return self.channel
 
     def check_capacity(self) -> None:
         if self.layer.get_capacity(self.channel) >= HUB_CHANNEL_CAPACITY:

@@ -89,3 +89,38 @@ async def test_a_socket_that_stops_reading_is_let_go_and_nobody_else_waits_for_i
         closed = output.get("code") if output["type"] == "websocket.close" else None
     assert closed == consumers.CLOSE_TOO_SLOW
     await stalled.wait(timeout=3)
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_people_joining_the_hub_do_not_wait_for_each_others_groups(channel_layer, alice, bob, monkeypatch):
+    """After a restart thousands of people reconnect at once: one whose group join is slow
+    (a Redis round trip) holds up nobody else's socket."""
+    layer = get_channel_layer()
+    add = layer.group_add
+    alice_joining, alice_may_join = asyncio.Event(), asyncio.Event()
+
+    async def slow_for_alice(group, channel):
+        if group == events.user_group(alice.pk):
+            alice_joining.set()
+            await alice_may_join.wait()
+        await add(group, channel)
+
+    monkeypatch.setattr(layer, "group_add", slow_for_alice)
+    sockets = []
+    for user in (alice, bob):
+        socket = WebsocketCommunicator(URLRouter(websocket_urlpatterns), "/ws/chat/inbox/")
+        socket.scope["user"] = user
+        sockets.append(socket)
+    alices_connect = asyncio.ensure_future(sockets[0].connect(timeout=test_consumers.TIMEOUT))
+    try:
+        await asyncio.wait_for(alice_joining.wait(), test_consumers.TIMEOUT)
+        connected, _ = await sockets[1].connect(timeout=test_consumers.TIMEOUT)
+        assert connected
+        assert (await receive_until(sockets[1], "inbox.sync"))["total_unread"] == 0
+        assert not alices_connect.done()
+    finally:
+        alice_may_join.set()
+    assert (await alices_connect)[0]
+    assert (await receive_until(sockets[0], "inbox.sync"))["total_unread"] == 0
+    for socket in sockets:
+        await socket.disconnect()
