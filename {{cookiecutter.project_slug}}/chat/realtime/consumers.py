@@ -87,7 +87,7 @@ from chat.models import Membership
 from chat.ratelimit import RateLimited, check_rate
 from chat.realtime import handshakes, presence, read_marks
 from chat.realtime.hub import RoomHub, UserHub
-from chat.realtime.loop import group_add, group_discard, note_serving_loop
+from chat.realtime.loop import note_serving_loop
 from chat.realtime.sends import Busy, Send, SendQueue
 from chat.realtime.writer import MAX_QUEUED_FRAMES, SocketWriter
 
@@ -113,7 +113,7 @@ _frame_windows: dict[int, list[float]] = {}
 class ChatConsumer(AsyncWebsocketConsumer):
     """Admission, clean-up and parsing of client frames; subclasses handle the frame types they accept."""
 
-    groups_joined: tuple[str, ...] = ()
+    in_user_hub = False
     user_id: int | None = None
     writer: SocketWriter | None = None  # room sockets: frames go out through their own task
     cleaned_up = False
@@ -175,17 +175,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.user = user
         return None
 
-    async def join(self, *groups: str) -> None:
+    async def join(self) -> None:
+        """The person's events (a session ending, inbox changes) from now on, through this
+        process's `UserHub`: it is in their groups once for all their sockets, so a socket
+        opening or closing costs the layer nothing unless it is their first or last here."""
         note_serving_loop()
-        self.groups_joined = (events.sockets_group(self.user_id), *groups)
-        for group in self.groups_joined:
-            await group_add(self.channel_layer, group, self.channel_name)
+        await UserHub.for_running_loop().join(self)
+        self.in_user_hub = True
 
     async def disconnect(self, code):
         await self.clean_up()
 
     async def clean_up(self) -> None:
-        """Leave every group and give back the socket's slot; once, whatever ended the socket."""
+        """Leave the person's hub and give back the socket's slot; once, whatever ended the socket."""
         if self.cleaned_up:
             return
         self.cleaned_up = True
@@ -194,11 +196,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             metrics.socket_closed(type(self).__name__)
             if _open_sockets[self.user_id] <= 0:
                 del _open_sockets[self.user_id]
-        try:
-            for group in self.groups_joined:
-                await group_discard(self.channel_layer, group, self.channel_name)
-        except Exception:  # the layer is down; its groups expire on their own
-            logger.exception("Leaving the groups of %s failed", self.channel_name)
+        if self.in_user_hub:
+            await UserHub.for_running_loop().leave(self)  # logs a layer failure itself
 
     async def end(self, code: int) -> None:
         """Close the socket now, out of its groups before the client has even seen the close."""
@@ -316,21 +315,13 @@ class InboxConsumer(ChatConsumer):
     """
 
     channel_layer_alias = "chat.no-channel-of-its-own"
-    in_hub = False
 
     async def connect(self):
-        note_serving_loop()
-        await UserHub.for_running_loop().join(self)
-        self.in_hub = True
+        await self.join()
         await self.accept()
         # Counted once in the person's groups, so no change after the count is missed.
         total = await handshakes.in_shared_trip(partial(selectors.total_unread_for_user_id, user_id=self.user_id))
         await self.send_json({"type": "inbox.sync", "total_unread": total})
-
-    async def clean_up(self) -> None:
-        if not self.cleaned_up and self.in_hub:
-            await UserHub.for_running_loop().leave(self)
-        await super().clean_up()
 
     async def inbox_message(self, event):
         await self.send_json(event)

@@ -4,9 +4,10 @@ Each process has one `RoomHub` (per event loop) holding its open room sockets by
 The hub, not every socket, is in the channel layer's room group: a message to a room of
 a hundred is one delivery to each process that has someone in it (one Redis push instead
 of a hundred), and the hub hands the already-encoded frame to its local sockets in turn.
-Likewise one `UserHub` holds the inbox sockets by person, in each person's inbox and
-sockets groups once per process however many tabs they have open: an inbox socket has
-no channel of its own on the layer, so an idle one costs the layer nothing.
+Likewise one `UserHub` holds every socket by person, in each person's inbox and sockets
+groups once per process however many tabs they have open: an inbox socket has no channel
+of its own on the layer, so an idle one costs the layer nothing, and a room socket joins
+no group of its own (it keeps its channel for what is sent to it alone).
 
 The hub's channel carries every room event of its process, so it must not be small: on
 Redis, `channel_capacity` in CHANNEL_LAYERS gives it HUB_CHANNEL_CAPACITY (a warning is
@@ -91,9 +92,7 @@ class ProcessHub(PerLoop):
                 return
             del self.sockets[key]
             try:
-                await asyncio.gather(
-                    *(group_discard(self.layer, group, self.channel) for group in self.groups_of(key))
-                )
+                await asyncio.gather(*(group_discard(self.layer, group, self.channel) for group in self.groups_of(key)))
             except Exception:  # the layer is down; the groups expire there on its own
                 logger.warning("%s could not leave the groups of %s", type(self).__name__, key, exc_info=True)
 
@@ -212,7 +211,8 @@ class RoomHub(ProcessHub):
 
 
 class UserHub(ProcessHub):
-    """The process's inbox sockets by person, in each person's inbox and sockets groups once.
+    """The process's sockets by person, in each person's inbox and sockets groups once; each
+    socket gets the events it has a handler for (room sockets: a session ending).
 
     Every event sent to those groups names its person ("user_id"): the hub's one channel is
     in many people's groups, and an event does not say which group it came through.

@@ -124,3 +124,21 @@ async def test_people_joining_the_hub_do_not_wait_for_each_others_groups(channel
     assert (await receive_until(sockets[0], "inbox.sync"))["total_unread"] == 0
     for socket in sockets:
         await socket.disconnect()
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_a_persons_sockets_group_holds_one_channel_per_process_whatever_their_sockets(
+    connect, channel_layer, alice, group
+):
+    """Room sockets take no group of their own either: after a restart their thousands of
+    joins (and at shutdown their leaves) would each be a Redis round trip."""
+    layer = get_channel_layer()
+    sockets = [
+        (await connect(alice, path))[0]
+        for path in (f"/ws/chat/{group.pk}/", f"/ws/chat/{group.pk}/", "/ws/chat/inbox/")
+    ]
+    assert len(layer.groups[events.sockets_group(alice.pk)]) == 1
+
+    for socket in sockets:
+        await socket.disconnect()
+    assert not layer.groups.get(events.sockets_group(alice.pk))
