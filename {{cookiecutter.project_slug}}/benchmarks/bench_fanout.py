@@ -291,7 +291,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="instead of the rate runs: a reconnect storm of N sockets on one process (half room sockets "
         "in rooms of --members, half inbox sockets), the server restarted under them",
     )
-    parser.add_argument("--storm-rate", type=float, default=10.0, help="msg/s sent into the rooms during the storm")
+    parser.add_argument(
+        "--storm-rate", type=float, default=10.0, help="msg/s sent into the rooms during the storm (0: none)"
+    )
+    parser.add_argument(
+        "--logs", type=Path, default=None, help="storm: keep the server logs (and a SQLite database) in this directory"
+    )
     parser.add_argument("--profile", type=Path, default=None, help="storm: py-spy raw samples of the reconnect here")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -360,6 +365,9 @@ def main_storm(args) -> None:
     raise_open_files_limit()  # a socket each, in this process too
     with tempfile.TemporaryDirectory(prefix="bench-storm-") as tmp:
         workdir = Path(tmp)
+        if args.logs:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            workdir = args.logs
         setup_django(server_env(database_url=args.database_url, workdir=workdir, redis_url=None, prefix="bench"))
         results = []
         for layer, redis_url in layers(args):

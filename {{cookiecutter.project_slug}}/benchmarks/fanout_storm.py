@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,6 +45,8 @@ class StormResult:
     back_s: float | None = None  # from the stop until every socket is open again
     caught_up_s: float | None = None  # ... and every room caught up, every inbox greeted
     reopened_per_s: float | None = None  # sockets reopened per second, from the new process's start
+    server_cpu_s: float | None = None  # CPU the restarted process used until every socket caught up (or the bound)
+    client_cpu_s: float | None = None  # ... and this process, the clients of every socket, meanwhile
     down_at_end: int = 0
     sent: int = 0
     refused: int = 0
@@ -137,10 +140,13 @@ class Storm:
         result.restart_s = round(time.monotonic() - stopped_at, 2)
         print(f"    stopped in {result.stop_s:g} s, listening again after {result.restart_s:g} s", flush=True)
         spy = start_profiler(self.server.process.pid, profile) if profile else None
+        cpu_at_start, client_cpu_at_start = self.server.cpu_seconds(), time.process_time()
         try:
             back = asyncio.create_task(self.all_back(since=stopped_at))
             with suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(back), self.timeout)
+            result.server_cpu_s = round(self.server.cpu_seconds() - cpu_at_start, 1)
+            result.client_cpu_s = round(time.process_time() - client_cpu_at_start, 1)
             if self.back_at is not None:
                 result.back_s = round(self.back_at - stopped_at, 2)
                 result.reopened_per_s = round(len(self.clients) / max(0.01, result.back_s - result.restart_s))
@@ -189,7 +195,9 @@ class Storm:
         return client.contiguous_id >= due
 
     async def offer_load(self) -> None:
-        """`rate` messages a second in all, whatever the answers (open loop)."""
+        """`rate` messages a second in all, whatever the answers (open loop); none at 0."""
+        if not self.rate:
+            return
         start = time.monotonic()
         pending = []
         for seq in itertools.count():
@@ -247,9 +255,13 @@ async def run_storm(rooms: list[Room], *, layer: str, server, stop, start, rate:
 
 
 def start_profiler(pid: int, output: Path) -> subprocess.Popen:
-    """py-spy (from this interpreter's environment) sampling the server until stopped."""
+    """py-spy (from this interpreter's environment, else from PATH) sampling the server and its
+    children (gunicorn's worker is one) until stopped."""
     py_spy = Path(sys.executable).with_name("py-spy")
-    command = [str(py_spy), "record", "--pid", str(pid), "--format", "raw", "--output", str(output), "--nonblocking"]
+    if not py_spy.exists():
+        py_spy = shutil.which("py-spy") or py_spy
+    command = [str(py_spy), "record", "--pid", str(pid), "--subprocesses", "--format", "raw", "--output", str(output)]
+    command.append("--nonblocking")
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # noqa: S603
 
 
@@ -268,7 +280,7 @@ def seconds(value: float | None) -> str:
 
 def print_storm(results: list[StormResult]) -> None:
     header = ("layer", "sockets", "rooms", "msg/s", "open s", "open/s", "stop s", "restart s", "back s", "caught up s")
-    header += ("reopen/s", "sent", "lost", "failed connects", "GETs", "")
+    header += ("reopen/s", "server CPU s", "client CPU s", "sent", "lost", "failed connects", "GETs", "")
     rows = [
         (
             r.layer,
@@ -276,7 +288,7 @@ def print_storm(results: list[StormResult]) -> None:
             str(r.rooms),
             f"{r.rate:g}",
             *(seconds(value) for value in (r.open_s, r.opened_per_s, r.stop_s, r.restart_s)),
-            *(seconds(value) for value in (r.back_s, r.caught_up_s, r.reopened_per_s)),
+            *(seconds(value) for value in (r.back_s, r.caught_up_s, r.reopened_per_s, r.server_cpu_s, r.client_cpu_s)),
             str(r.sent),
             str(r.lost),
             str(r.failed_connects),
@@ -301,6 +313,8 @@ def print_storm(results: list[StormResult]) -> None:
     print("back / caught up: seconds from the stop until every socket is open again / and caught up")
     print("(room sockets: every message stored before they reopened is shown; inbox sockets: greeted);")
     print("reopen/s: sockets over (back - restart); lost: stored messages a member lacks after catch-up")
+    print("server CPU s: what the restarted process used (user + system) from its start until every socket caught up;")
+    print("client CPU s: what the benchmark's own clients used meanwhile (on the same cores)")
     for r in results:
         if r.failures:
             print(f"{r.layer}: failed connects and closes by kind: {r.failures}")

@@ -2,8 +2,10 @@
 
 `RelayConsumer` is the Channels tutorial's chat: receive a frame, `group_send` it to the
 room, send each group event back out. It authorizes nothing and stores nothing, which
-makes it the floor our consumers are measured against. Both share the middleware stack,
-the channel layer and the process, so the comparison is like for like.
+makes it the floor our consumers are measured against. Both share the session stack,
+the channel layer and the process, so the comparison is like for like; the relay loads its
+user through Channels' AuthMiddleware as the tutorial does, ours in their own handshake
+(config/asgi.py).
 
 With BENCH_TRACEMALLOC=<frames> (benchmarks.settings), GET /bench/tracemalloc/ reports the
 allocations since the previous such GET: where idle sockets' memory goes.
@@ -23,10 +25,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.settings")
 # Initialise Django (apps, models) before importing anything that touches the ORM.
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.auth import AuthMiddleware  # noqa: E402
 from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels.sessions import SessionMiddlewareStack  # noqa: E402
 from django.urls import path  # noqa: E402
 
 import chat.routing  # noqa: E402
@@ -50,7 +53,7 @@ class RelayConsumer(AsyncWebsocketConsumer):
 
 
 websocket_urlpatterns = [
-    path("ws/bench/relay/<slug:room>/", RelayConsumer.as_asgi()),
+    path("ws/bench/relay/<slug:room>/", AuthMiddleware(RelayConsumer.as_asgi())),  # as the tutorial's stack
     *chat.routing.websocket_urlpatterns,
 ]
 
@@ -94,7 +97,7 @@ def short_path(filename: str) -> str:
 application = ProtocolTypeRouter(
     {
         "http": AllocationsSince(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": AllowedHostsOriginValidator(SessionMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
 

@@ -16,7 +16,7 @@ if os.environ.get("BENCH_TRACEMALLOC"):
 if os.environ.get("BENCH_REDIS_URL"):
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "config.redis_layer.ReconnectingRedisChannelLayer",  # as config/settings.py
             # A prefix per benchmark run keeps its groups apart from anything else on that Redis.
             "CONFIG": {
                 # As config/settings.py: longer than channels_redis's 5 s blocking receive.

@@ -125,6 +125,10 @@ class ServerProcess:
         """Resident memory of the process and its children (gunicorn's worker), in KiB."""
         return sum(rss_kib(pid) for pid in (self.process.pid, *child_pids(self.process.pid)))
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the process and its children (gunicorn's worker) so far."""
+        return sum(cpu_seconds(pid) for pid in (self.process.pid, *child_pids(self.process.pid)))
+
     def kill(self) -> None:
         """SIGKILL to the whole process group: nothing gets a chance to close its sockets or clean up."""
         with suppress(ProcessLookupError):
@@ -150,6 +154,15 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS in /proc")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a running process, from /proc (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
 
 
 def child_pids(pid: int) -> list[int]:

@@ -10,9 +10,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 # Initialise Django (apps, models) before importing anything that touches the ORM.
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import WebsocketDenier  # noqa: E402
+from channels.sessions import SessionMiddlewareStack  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 import chat.routing  # noqa: E402
@@ -24,10 +24,14 @@ websocket_urlpatterns = [
     re_path(r"", WebsocketDenier.as_asgi()),
 ]
 
+# Sockets get the session; the chat's consumers load the user from it themselves, as
+# Channels' AuthMiddleware would, in the one trip to the database thread their handshake
+# makes anyway (chat/realtime/handshakes.py). A consumer of your own that reads
+# scope["user"] wraps its route in channels.auth.AuthMiddleware.
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": SameOriginValidator(SessionMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
 

@@ -2,12 +2,18 @@
 stopping its receives for sure when they are cancelled."""
 
 import asyncio
+from contextlib import suppress
 
 from channels_redis.core import RedisChannelLayer
+from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chat.realtime.loop import cancel_until_done, stop_if_cancelled
+
+# Connections per process (channels_redis's default), and how long a command waits for one.
+POOL_SIZE = 100
+POOL_WAIT_SECONDS = 20
 
 
 class ReconnectingRedisChannelLayer(RedisChannelLayer):
@@ -21,6 +27,18 @@ class ReconnectingRedisChannelLayer(RedisChannelLayer):
     A broken connection always lets them go (after a restart the idle ones are broken too);
     a read that timed out only through Sentinel, since one Redis may just be slow.
     """
+
+    def create_pool(self, index):
+        """A pool that makes a command wait for a free connection when all are busy, where
+        redis-py's default pool raises "Too many connections": thousands of sockets opening
+        at once (a server restarting under them) would otherwise fail handshakes and sends.
+        Through Sentinel, channels_redis's own pool."""
+        host = dict(self.hosts[index])
+        if "address" not in host:
+            return super().create_pool(index)
+        host.setdefault("max_connections", POOL_SIZE)
+        host.setdefault("timeout", POOL_WAIT_SECONDS)
+        return BlockingConnectionPool.from_url(host.pop("address"), **host)
 
     async def receive(self, channel):
         """channels_redis's receive, run in a task of its own that stops when its caller is cancelled.
@@ -37,6 +55,8 @@ class ReconnectingRedisChannelLayer(RedisChannelLayer):
             return await asyncio.shield(receiving)
         except asyncio.CancelledError:
             await cancel_until_done(receiving)
+            with suppress(BaseException):
+                receiving.result()  # retrieved, so asyncio does not report it
             raise
 
     async def receive_reconnecting(self, channel):

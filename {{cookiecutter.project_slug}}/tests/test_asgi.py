@@ -198,6 +198,43 @@ def run_in_a_loop_of_its_own(coroutine_function, *args) -> None:
         raise outcome[0]
 
 
+async def test_a_session_from_before_a_password_change_is_refused_with_4401(client):
+    """The session's auth hash is checked as Channels' AuthMiddleware checks it."""
+    user = await get_user_model().objects.acreate(username="fay", email="fay@example.com")
+    cookie = await _sync(session_cookie_for, client, user)
+    user.set_password("a new password")
+    await user.asave()
+    socket = communicator("/ws/chat/inbox/", cookie=cookie)
+    connected, _ = await socket.connect()
+    assert connected
+    assert (await socket.receive_output())["code"] == 4401
+
+
+async def test_a_deactivated_users_session_is_refused_with_4401(client):
+    user = await get_user_model().objects.acreate(username="gus", email="gus@example.com")
+    cookie = await _sync(session_cookie_for, client, user)
+    user.is_active = False
+    await user.asave()
+    socket = communicator("/ws/chat/inbox/", cookie=cookie)
+    connected, _ = await socket.connect()
+    assert connected
+    assert (await socket.receive_output())["code"] == 4401
+
+
+async def test_a_members_room_socket_opens_with_the_session_alone(client):
+    from chat import services
+
+    user = await get_user_model().objects.acreate(username="hal", email="hal@example.com")
+    other = await get_user_model().objects.acreate(username="ida", email="ida@example.com")
+    chat, _ = await _sync(lambda: services.get_or_create_direct_chat(user=user, other=other))
+    cookie = await _sync(session_cookie_for, client, user)
+    socket = communicator(f"/ws/chat/{chat.pk}/", cookie=cookie)
+    connected, _ = await socket.connect()
+    assert connected
+    assert json.loads(await socket.receive_from())["type"] == "chat.presence"
+    await socket.disconnect()
+
+
 async def _sync(function, *args):
     from asgiref.sync import sync_to_async
 

@@ -68,3 +68,39 @@ async def receive_fails(redis) -> set[str]:
 def test_after_a_receive_fails_no_connection_from_before_is_used_again(redis):
     still_open = asyncio.run(receive_fails(redis))
     assert still_open == set(), "the layer closed every connection it had pooled"
+
+
+async def test_a_receive_whose_cancellation_redis_py_loses_still_ends(redis, monkeypatch):
+    """A cancel that meets the blocking pop's read timeout is swallowed inside redis-py and the
+    pop retried; a socket's receive must end anyway, or the server's shutdown waits for it."""
+    layer = get_channel_layer()
+    receive_single = type(layer).receive_single
+
+    async def losing_the_first_cancel(self, channel):
+        try:
+            return await receive_single(self, channel)
+        except asyncio.CancelledError:  # as when the read's timeout turned it into a retry
+            asyncio.current_task().uncancel()
+            return await receive_single(self, channel)
+
+    monkeypatch.setattr(type(layer), "receive_single", losing_the_first_cancel)
+    waiting = asyncio.create_task(layer.receive(await layer.new_channel()))
+    async with asyncio.timeout(TIMEOUT):
+        while not any(client["cmd"] == "bzpopmin" for client in await asyncio.to_thread(clients, redis)):
+            await asyncio.sleep(0.05)
+    waiting.cancel()
+    done, _ = await asyncio.wait({waiting}, timeout=TIMEOUT)
+    assert waiting in done and waiting.cancelled()
+
+
+async def test_commands_wait_for_a_free_connection_rather_than_fail(redis, settings):
+    """Past the pool's size (thousands of sockets joining their groups at once, after a
+    restart) commands queue for a connection instead of raising "Too many connections"."""
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    config["hosts"] = [{"address": config["hosts"][0], "max_connections": 2}]
+    channel_layers.backends.clear()
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    async with asyncio.timeout(TIMEOUT):
+        await asyncio.gather(*(layer.group_add(f"group{n}", channel) for n in range(20)))
+    await layer.flush()

@@ -74,6 +74,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from functools import partial
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
@@ -86,7 +87,7 @@ from chat import events, metrics, selectors, services
 from chat.conf import chat_setting
 from chat.models import Membership
 from chat.ratelimit import RateLimited, check_rate
-from chat.realtime import presence, read_marks
+from chat.realtime import handshakes, presence, read_marks
 from chat.realtime.hub import RoomHub, UserHub
 from chat.realtime.loop import note_serving_loop, stop_if_cancelled
 from chat.realtime.sends import Busy, Send, SendQueue
@@ -124,6 +125,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     channel_layer_alias = "chat.no-channel-of-its-own"
     user_id: int | None = None
     in_user_hub = False
+    takes_inbox_events = False  # its person's inbox events: only inbox sockets handle them
     writer: SocketWriter | None = None  # room sockets: frames go out through a task of their own
     cleaned_up = False
     warned_window = -1.0
@@ -160,20 +162,37 @@ class ChatConsumer(AsyncWebsocketConsumer):
         stop_if_cancelled()
 
     async def admission(self) -> int | None:
-        """Let in a logged-in user under their socket cap: None, or the close code refusing them."""
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            return CLOSE_UNAUTHENTICATED
-        if _open_sockets[user.pk] >= chat_setting("CHAT_MAX_SOCKETS_PER_USER"):
+        """Let in a logged-in user under their socket cap: None, or the close code refusing them.
+
+        The user (from the session, unless Channels' AuthMiddleware loaded it already) and
+        whatever the socket type needs to know before it accepts are read in one trip to the
+        database thread, shared with the other sockets opening meanwhile (`handshakes`).
+        """
+        refusal = await handshakes.in_shared_trip(self.look_up)
+        if refusal is not None:
+            return refusal
+        if _open_sockets[self.user.pk] >= chat_setting("CHAT_MAX_SOCKETS_PER_USER"):
             return CLOSE_TOO_MANY_SOCKETS
-        self.user, self.user_id = user, user.pk
-        _open_sockets[user.pk] += 1
+        self.user_id = self.user.pk
+        _open_sockets[self.user_id] += 1
         metrics.socket_opened(type(self).__name__)
         session = self.scope.get("session")
         self.session_tag = events.session_tag(getattr(session, "session_key", None))
         return None
 
+    def look_up(self) -> int | None:
+        """On the database thread: the user, and what the socket type checks before its socket
+        cap; None if it may go on, or the close code refusing it."""
+        user = handshakes.user_for_scope(self.scope)
+        if not user.is_authenticated:
+            return CLOSE_UNAUTHENTICATED
+        self.user = user
+        return None
+
     async def join_user_hub(self) -> None:
+        """The person's events (a session ending, inbox changes) from now on, through this
+        process's `UserHub`: it is in their groups once for all their sockets, so a socket
+        opening or closing costs the layer nothing unless it is their first or last here."""
         note_serving_loop()
         await UserHub.for_running_loop().join(self)
         self.in_user_hub = True
@@ -307,10 +326,13 @@ async def refuse_handshake(receive, send, code: int) -> None:
 class InboxConsumer(ChatConsumer):
     """One per tab of a logged-in user: list changes, unread counts, the total."""
 
+    takes_inbox_events = True  # the user hub is in its person's inbox group while it is open
+
     async def connect(self):
         await self.join_user_hub()
         await self.accept()
-        total = await database_sync_to_async(selectors.total_unread_for_user_id)(user_id=self.user_id)
+        # Counted once in the person's groups, so no change after the count is missed.
+        total = await handshakes.in_shared_trip(partial(selectors.total_unread_for_user_id, user_id=self.user_id))
         await self.send_json({"type": "inbox.sync", "total_unread": total})
 
     async def inbox_message(self, event):
@@ -340,8 +362,8 @@ class RoomConsumer(ChatConsumer):
     viewing = False
     in_hub = False
 
-    async def admission(self) -> int | None:
-        refusal = await super().admission()
+    def look_up(self) -> int | None:
+        refusal = super().look_up()
         if refusal is not None:
             return refusal
         self.chat_id = self.scope["url_route"]["kwargs"]["chat_id"]
@@ -349,14 +371,12 @@ class RoomConsumer(ChatConsumer):
         # process's sockets.
         self.socket_name = f"chat-room-socket.{uuid.uuid4().hex}"
         # Not kept: every later use checks the membership again (it may have ended since).
-        membership = await database_sync_to_async(self.get_membership)()
-        return CLOSE_FORBIDDEN if membership is None else None
+        return CLOSE_FORBIDDEN if self.get_membership() is None else None
 
     async def connect(self):
         self.viewing = True
-        await database_sync_to_async(presence.join)(
-            chat_id=self.chat_id, user_id=self.user_id, channel_name=self.socket_name
-        )
+        join = partial(presence.join, chat_id=self.chat_id, user_id=self.user_id, channel_name=self.socket_name)
+        await handshakes.in_shared_trip(join)
         self.present = True  # its presence row exists: clean_up removes it, whatever happens next
         await self.join_user_hub()
         await RoomHub.for_running_loop().join(self)

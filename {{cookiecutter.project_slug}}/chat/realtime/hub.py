@@ -4,9 +4,10 @@ Each process has one `RoomHub` (per event loop) holding its open room sockets by
 The hub, not every socket, is in the channel layer's room group: a message to a room of
 a hundred is one delivery to each process that has someone in it (one Redis push instead
 of a hundred), and the hub hands the already-encoded frame to its local sockets in turn.
-Likewise one `UserHub` holds the sockets by person, in each person's inbox and sockets
-groups once per process however many tabs they have open. No socket has a channel of its
-own on the layer, so an idle one costs the layer nothing.
+Likewise one `UserHub` holds every socket by person, in each person's sockets group (and
+inbox group, while they have an inbox socket here) once per process however many tabs they
+have open. No socket has a channel of its own on the layer, so an idle one costs the layer
+nothing, and a restart's thousands of reopening sockets change no group of their own.
 
 The hub's channel carries every room event of its process, so it must not be small: on
 Redis, `channel_capacity` in CHANNEL_LAYERS gives it HUB_CHANNEL_CAPACITY (a warning is
@@ -16,6 +17,7 @@ logged at start if it would drop frames earlier); in memory the hub sizes its ow
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -24,7 +26,7 @@ from channels.consumer import get_handler_name
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from chat import events, metrics
-from chat.realtime.loop import PerLoop, cancel_until_done, stop_if_cancelled
+from chat.realtime.loop import PerLoop, cancel_until_done, group_add, group_discard, stop_if_cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -49,65 +51,90 @@ class ProcessHub(PerLoop):
         self.channel: str | None = None
         self.sockets: dict[int, set] = {}  # key -> its local sockets
         self.reader: asyncio.Task | None = None
-        self.changing = asyncio.Lock()
+        self.changing = asyncio.Lock()  # the channel and its reader (a start, a reset)
+        # A key's subscription (its joins and leaves): its lock, and how many hold or await it.
+        self.key_locks: dict[int, tuple[asyncio.Lock, list[int]]] = {}
 
     def key_of(self, consumer) -> int:
         raise NotImplementedError
 
-    def groups_of(self, key: int) -> list[str]:
+    def groups_of(self, key: int, sockets: set) -> set[str]:
+        """The groups the hub must be in for these sockets of a key (none for none)."""
         raise NotImplementedError
 
     async def join(self, consumer) -> None:
         """Deliver the events of the socket's key to it from now on.
 
-        The subscriptions change under one lock (joins, leaves, a reset after the layer
-        failed), so a key's set of sockets and the hub's group membership never disagree.
+        A key's subscription changes under its own lock, so its set of sockets and the hub's
+        group membership never disagree; different keys (the people of a restart's thousands
+        of sockets) subscribe side by side rather than one Redis round trip after another.
         """
         key = self.key_of(consumer)
-        async with self.changing:
-            await self.start()
-            if not self.sockets.get(key):
+        while True:
+            channel = await self.start()
+            async with self.holding(key):
+                sockets = self.sockets.get(key, set())
+                needed = self.groups_of(key, sockets | {consumer}) - self.groups_of(key, sockets)
                 # First the groups, then the socket: a socket whose join failed (the layer
                 # is down) must not stand there and keep the next one from subscribing.
-                for group in self.groups_of(key):
-                    await self.layer.group_add(group, self.channel)
-            self.sockets.setdefault(key, set()).add(consumer)
+                await asyncio.gather(*(group_add(self.layer, group, channel) for group in needed))
+                if self.channel == channel:
+                    self.sockets.setdefault(key, set()).add(consumer)
+                    break
+            # The layer failed and the hub was reset meanwhile: subscribe its new channel.
+        await self.start()  # the last socket of another key may have stopped the reader meanwhile
 
     async def leave(self, consumer) -> None:
         key = self.key_of(consumer)
-        async with self.changing:
+        async with self.holding(key):
             sockets = self.sockets.get(key)
             if sockets is None or consumer not in sockets:
                 return
-            sockets.discard(consumer)
-            if sockets:
-                return
-            del self.sockets[key]
+            remaining = sockets - {consumer}
+            unneeded = self.groups_of(key, sockets) - self.groups_of(key, remaining)
+            if remaining:
+                self.sockets[key] = remaining
+            else:
+                del self.sockets[key]
             try:
-                for group in self.groups_of(key):
-                    await self.layer.group_discard(group, self.channel)
+                await asyncio.gather(*(group_discard(self.layer, group, self.channel) for group in unneeded))
             except Exception:  # the layer is down; the groups expire there on its own
                 logger.warning("%s could not leave the groups of %s", type(self).__name__, key, exc_info=True)
-            if not self.sockets:
-                await self.stop_reading()
+        if not self.sockets:
+            await self.stop_reading()
 
-    async def start(self) -> None:
-        """A channel and a reader for it (again, after a reset); under the `changing` lock."""
-        if self.channel is None:
-            self.channel = hub_channel_name(await self.layer.new_channel())
-            self.check_capacity()
-        if self.reader is None or self.reader.done():
-            self.reader = self.loop.create_task(self.read(self.channel))
+    @contextlib.asynccontextmanager
+    async def holding(self, key: int):
+        """The key's lock, forgotten once nobody holds or awaits it (people come and go)."""
+        lock, users = self.key_locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self.key_locks[key]
+
+    async def start(self) -> str:
+        """The hub's channel, with a reader for it (made again after a reset)."""
+        async with self.changing:
+            if self.channel is None:
+                self.channel = hub_channel_name(await self.layer.new_channel())
+                self.check_capacity()
+            if self.reader is None or self.reader.done():
+                self.reader = self.loop.create_task(self.read(self.channel))
+            return self.channel
 
     async def stop_reading(self) -> None:
         """The last socket left: the reader stops (the next join starts another), so an idle
-        process waits on no receive, and a loop that closes has no reader left to cancel.
-        Under the `changing` lock."""
-        reader = self.reader
-        if reader is None or reader is asyncio.current_task():
-            return  # the reader let its last socket go itself; it reads on for the next ones
-        self.reader = None
-        await cancel_until_done(reader)
+        process waits on no receive, and a loop that closes has no reader left to cancel."""
+        async with self.changing:
+            reader = self.reader
+            if self.sockets or reader is None or reader is asyncio.current_task():
+                return  # someone joined meanwhile, or the reader let its last socket go itself
+            self.reader = None
+            await cancel_until_done(reader)
 
     def check_capacity(self) -> None:
         if self.layer.get_capacity(self.channel) >= HUB_CHANNEL_CAPACITY:
@@ -180,8 +207,8 @@ class RoomHub(ProcessHub):
     def key_of(self, consumer) -> int:
         return consumer.chat_id
 
-    def groups_of(self, key: int) -> list[str]:
-        return [events.room_group(key)]
+    def groups_of(self, key: int, sockets: set) -> set[str]:
+        return {events.room_group(key)} if sockets else set()
 
     def lag(self) -> float:
         """Seconds the room messages delivered in the last second waited for this hub (0 if
@@ -202,8 +229,12 @@ class RoomHub(ProcessHub):
 
 
 class UserHub(ProcessHub):
-    """The process's sockets (inbox and room) by person, in each person's inbox and sockets
-    groups once. A socket takes only the events it has a handler for.
+    """The process's sockets by person, in each person's sockets group once, and in their
+    inbox group while they have an inbox socket here; each socket gets the events it has a
+    handler for (room sockets: a session ending, a revocation).
+
+    A person with only rooms open here does not pull their inbox events into this process:
+    in a busy room every reader's read mark sends one to their inbox group.
 
     Every event sent to those groups names its person ("user_id"): the hub's one channel is
     in many people's groups, and an event does not say which group it came through.
@@ -212,8 +243,12 @@ class UserHub(ProcessHub):
     def key_of(self, consumer) -> int:
         return consumer.user_id
 
-    def groups_of(self, key: int) -> list[str]:
-        return [events.user_group(key), events.sockets_group(key)]
+    def groups_of(self, key: int, sockets: set) -> set[str]:
+        if not sockets:
+            return set()
+        if any(socket.takes_inbox_events for socket in sockets):
+            return {events.sockets_group(key), events.user_group(key)}
+        return {events.sockets_group(key)}
 
     async def deliver(self, event: dict) -> None:
         await self.hand_over(event, list(self.sockets.get(event.get("user_id"), ())))

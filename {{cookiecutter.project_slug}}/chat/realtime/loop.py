@@ -184,3 +184,28 @@ async def group_send_all(layer, group_events: list[tuple[str, dict]]) -> None:
     for start in range(0, len(group_events), CONCURRENT_GROUP_SENDS):
         chunk = group_events[start : start + CONCURRENT_GROUP_SENDS]
         await asyncio.gather(*(layer.group_send(group, event) for group, event in chunk))
+
+
+# Group joins and leaves of sockets in flight at once. A server restarting under thousands
+# of sockets sees them all open (or close) together; on Redis each change takes a pooled
+# connection, and redis-py raises "Too many connections" past its pool's 100 instead of
+# waiting, failing handshakes and the room hub's reads alike.
+CONCURRENT_GROUP_CHANGES = 32
+
+
+class GroupChanges(PerLoop):
+    """The slots for group changes on this loop (`CONCURRENT_GROUP_CHANGES`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        super().__init__(loop)
+        self.slots = asyncio.Semaphore(CONCURRENT_GROUP_CHANGES)
+
+
+async def group_add(layer, group: str, channel: str) -> None:
+    async with GroupChanges.for_running_loop().slots:
+        await layer.group_add(group, channel)
+
+
+async def group_discard(layer, group: str, channel: str) -> None:
+    async with GroupChanges.for_running_loop().slots:
+        await layer.group_discard(group, channel)

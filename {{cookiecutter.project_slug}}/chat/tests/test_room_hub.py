@@ -215,3 +215,55 @@ async def test_the_sockets_group_copy_of_a_revocation_is_ignored_by_a_previous_v
     event = await asyncio.wait_for(layer.receive(previous_version_socket), 3)
     assert (event["type"], event["user_ids"], event["deleted"]) == ("chat.revoked", [], False)
     assert (event["user_id"], event["chat_deleted"]) == (bob.pk, True)
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_people_joining_the_hub_do_not_wait_for_each_others_groups(channel_layer, alice, bob, monkeypatch):
+    """After a restart thousands of people reconnect at once: one whose group join is slow
+    (a Redis round trip) holds up nobody else's socket."""
+    layer = get_channel_layer()
+    add = layer.group_add
+    alice_joining, alice_may_join = asyncio.Event(), asyncio.Event()
+
+    async def slow_for_alice(group, channel):
+        if group == events.user_group(alice.pk):
+            alice_joining.set()
+            await alice_may_join.wait()
+        await add(group, channel)
+
+    monkeypatch.setattr(layer, "group_add", slow_for_alice)
+    sockets = []
+    for user in (alice, bob):
+        socket = WebsocketCommunicator(URLRouter(websocket_urlpatterns), "/ws/chat/inbox/")
+        socket.scope["user"] = user
+        sockets.append(socket)
+    alices_connect = asyncio.ensure_future(sockets[0].connect(timeout=test_consumers.TIMEOUT))
+    try:
+        await asyncio.wait_for(alice_joining.wait(), test_consumers.TIMEOUT)
+        connected, _ = await sockets[1].connect(timeout=test_consumers.TIMEOUT)
+        assert connected
+        assert (await receive_until(sockets[1], "inbox.sync"))["total_unread"] == 0
+        assert not alices_connect.done()
+    finally:
+        alice_may_join.set()
+    assert (await alices_connect)[0]
+    assert (await receive_until(sockets[0], "inbox.sync"))["total_unread"] == 0
+    for socket in sockets:
+        await socket.disconnect()
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_a_person_with_only_rooms_open_here_takes_no_inbox_events_here(connect, channel_layer, bob, group):
+    """In a busy room every reader's read mark sends an event to their inbox group: a process
+    where they have no inbox open must not receive (and drop) them all."""
+    layer = get_channel_layer()
+    inbox_group = events.user_group(bob.pk)
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    assert not layer.groups.get(inbox_group)
+
+    inbox, _, _ = await connect(bob, "/ws/chat/inbox/")
+    assert len(layer.groups[inbox_group]) == 1
+    await inbox.disconnect()
+    assert not layer.groups.get(inbox_group)
+    assert len(layer.groups[events.sockets_group(bob.pk)]) == 1  # the room socket still hears a logout
+    await room.disconnect()
