@@ -17,7 +17,7 @@ MESSAGES_SENT = "messages_sent"  # messages stored by a send (over a socket or H
 CATCH_UP_FETCHES = "catch_up_fetches"  # messages/?after=<id>: a room filling what it missed
 FRAMES_DROPPED = "frames_dropped"  # client frames over the per-user frame budget, not handled
 SOCKETS_DROPPED = "sockets_dropped"  # room sockets let go because a delivery to them failed
-SOCKETS_CLOSED_LAYER_LOST = "sockets_closed_layer_lost"  # closed with 1011: the channel layer failed
+SOCKETS_CLOSED_LAYER_LOST = "sockets_closed_layer_lost"  # closed with 4011: the channel layer failed
 SOCKETS_CLOSED_TOO_SLOW = "sockets_closed_too_slow"  # closed with 4008: fell too far behind reading
 SENDS_BUSY = "sends_busy"  # socket sends answered "busy" (past capacity, database busy): nothing stored
 

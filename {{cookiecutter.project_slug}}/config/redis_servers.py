@@ -17,7 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 SENTINEL_SOCKET_TIMEOUT = 2.0
 # The channel layer's reads time out after this long: past channels_redis's 5 s blocking
 # receive (BZPOPMIN; redis-py 8's 5 s default would cut it short and close idle sockets with
-# 1011). Through Sentinel, sooner: a primary that stops answering (a partition) then holds
+# 4011). Through Sentinel, sooner: a primary that stops answering (a partition) then holds
 # live frames for at most that long before the processes move to the one Sentinel promotes.
 LAYER_SOCKET_TIMEOUT = 30.0
 SENTINEL_LAYER_SOCKET_TIMEOUT = 10.0

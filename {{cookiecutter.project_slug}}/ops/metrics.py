@@ -55,7 +55,7 @@ class ChatCollector(Collector):
             yield CounterMetricFamily(f"chat_{name}", description, value=chat_metrics.totals[name])
         closed = CounterMetricFamily(
             "chat_sockets_closed_by_server",
-            "Sockets the server let go: a delivery failed, the channel layer failed (1011), or too slow (4008).",
+            "Sockets the server let go: a delivery failed, the channel layer failed (4011), or too slow (4008).",
             labels=["reason"],
         )
         for reason, name in SOCKETS_CLOSED.items():

@@ -7,6 +7,8 @@ Close codes (the socket is accepted first so browsers can read them):
     4429  this user has CHAT_MAX_SOCKETS_PER_USER sockets open on this server process already
     4008  the client fell too far behind reading a room's frames (a slow or stalled network):
           reconnect and catch up (`chat.realtime.writer`)
+    4011  the server process lost its channel layer (Redis restarting or failing over): its
+          hubs let their sockets go; reconnect with backoff and catch up (`chat.realtime.hub`)
     1012  the server process is restarting (SIGTERM: a deploy; sent by the production server,
           config/gunicorn.py): reconnect at once, with up to a second of jitter, which lands on
           another process behind the proxy, and catch up with `messages/?after=<id>`

@@ -31,6 +31,9 @@ from chat.realtime.loop import PerLoop, cancel_until_done, group_add, group_disc
 logger = logging.getLogger(__name__)
 
 HUB_CHANNEL_CAPACITY = 10_000
+# The close code of the sockets a hub lets go when its layer failed: reconnect and catch up.
+# An application's own code (daphne's websocket library refuses to send 1011 from one).
+CLOSE_LAYER_LOST = 4011
 # The layer's `channel_capacity` pattern for hub channels.
 HUB_CHANNEL_PATTERN = "*!chat-hub-*"
 
@@ -174,7 +177,7 @@ class ProcessHub(PerLoop):
         for sockets in by_key.values():
             for consumer in sockets:
                 try:
-                    await consumer.close(code=1011)
+                    await consumer.close(code=CLOSE_LAYER_LOST)
                 except Exception:
                     logger.debug("Closing %s failed", consumer, exc_info=True)
 

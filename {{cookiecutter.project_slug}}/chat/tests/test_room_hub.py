@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from chat import events, services
 from chat.realtime import consumers
-from chat.realtime.hub import RoomHub
+from chat.realtime.hub import CLOSE_LAYER_LOST, RoomHub, UserHub
 from chat.routing import websocket_urlpatterns
 from chat.tests import test_consumers
 from chat.tests.test_consumers import expect_close, logged_in_session, receive_until
@@ -267,3 +267,20 @@ async def test_a_person_with_only_rooms_open_here_takes_no_inbox_events_here(con
     assert not layer.groups.get(inbox_group)
     assert len(layer.groups[events.sockets_group(bob.pk)]) == 1  # the room socket still hears a logout
     await room.disconnect()
+
+
+async def test_sockets_a_hub_lets_go_when_its_layer_failed_close_with_a_code_every_server_sends(
+    connect, alice, bob, group
+):
+    """An application may close with 1000 or 3000-4999 only on daphne (its websocket library
+    refuses the rest): a 1011 never reached the client, whose socket stayed open, deaf."""
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    inbox, _, _ = await connect(bob, "/ws/chat/inbox/")
+    await receive_until(inbox, "inbox.sync")
+
+    await RoomHub.for_running_loop().reset()
+    await UserHub.for_running_loop().reset()
+
+    await expect_close(room, CLOSE_LAYER_LOST)
+    await expect_close(inbox, CLOSE_LAYER_LOST)
+    assert CLOSE_LAYER_LOST == 1000 or 3000 <= CLOSE_LAYER_LOST <= 4999
