@@ -248,8 +248,7 @@ def store_message(
     if not is_member:  # left or removed since the caller looked: nothing is stored
         raise Membership.DoesNotExist("Not a member of this chat.")
     if group is None:
-        Chat.objects.filter(pk=chat.pk).update(last_message=message, last_activity_at=message.created_at)
-        count_unread(chat_id=chat.pk, sender_ids=[sender.pk])
+        record_new_messages(chat_id=chat.pk, messages=[message])
     else:
         group.locking(locked)
     after_commit(lambda: events.message_created(message=message, prev_id=prev_id))
@@ -274,8 +273,7 @@ class SendGroup:
     def __init__(self):
         self.chats: dict[int, Chat] = {}  # locked by a stored message: its current last message
         self.taking: Chat | None = None
-        self.sender_ids_by_chat: dict[int, list[int]] = defaultdict(list)
-        self.last_messages: dict[int, Message] = {}
+        self.stored_by_chat: dict[int, list[Message]] = defaultdict(list)
 
     def locked_chat(self, chat_id: int) -> Chat | None:
         return self.chats.get(chat_id)
@@ -288,13 +286,19 @@ class SendGroup:
         if chat is None:
             chat = self.chats[message.chat_id] = self.taking
         chat.last_message_id = message.pk
-        self.sender_ids_by_chat[message.chat_id].append(message.sender_id)
-        self.last_messages[message.chat_id] = message
+        self.stored_by_chat[message.chat_id].append(message)
 
     def finish(self) -> None:
-        for chat_id, message in self.last_messages.items():
-            Chat.objects.filter(pk=chat_id).update(last_message=message, last_activity_at=message.created_at)
-            count_unread(chat_id=chat_id, sender_ids=self.sender_ids_by_chat[chat_id])
+        for chat_id, messages in self.stored_by_chat.items():
+            record_new_messages(chat_id=chat_id, messages=messages)
+
+
+def record_new_messages(*, chat_id: int, messages: list[Message]) -> None:
+    """What messages just stored in a chat (in the order stored) change besides themselves:
+    the chat's last message and activity, and the members' unread counts."""
+    last = messages[-1]
+    Chat.objects.filter(pk=chat_id).update(last_message=last, last_activity_at=last.created_at)
+    count_unread(chat_id=chat_id, sender_ids=[message.sender_id for message in messages])
 
 
 def count_unread(*, chat_id: int, sender_ids: list[int]) -> None:
