@@ -188,8 +188,10 @@ async def group_send_all(layer, group_events: list[tuple[str, dict]]) -> None:
 
 # Group joins and leaves of sockets in flight at once. A server restarting under thousands
 # of sockets sees them all open (or close) together; on Redis each change takes a pooled
-# connection, and redis-py raises "Too many connections" past its pool's 100 instead of
-# waiting, failing handshakes and the room hub's reads alike.
+# connection. The project's layer waits for a free one (config/redis_layer.py), but
+# channels_redis's own pool (through Sentinel, or in a project that keeps channels_redis's
+# layer) raises "Too many connections" past its 100 instead of waiting, failing handshakes
+# and the room hub's reads alike.
 CONCURRENT_GROUP_CHANGES = 32
 
 
