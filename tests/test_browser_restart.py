@@ -2,7 +2,8 @@
 
 The default project is served by its production server (gunicorn with the uvicorn worker,
 config/gunicorn.py). SIGTERM closes the room's socket with 1012 (service restart); the page
-keeps reconnecting until the server is back, then shows what was sent meanwhile.
+keeps reconnecting until the server is back, then shows what was sent meanwhile, fetching
+only what the reopened socket's greeting (`chat.sync`) says it missed.
 
 Uses test_browser's Chromium and `open_as` (imported), with a server of its own.
 """
@@ -92,3 +93,47 @@ def test_room_reconnects_after_a_graceful_restart_and_shows_what_it_missed(serve
 
     expect(walt.locator("main .bubble-body")).to_have_text(["Before the deploy", "Sent while the server restarted"])
     expect(hint).to_be_hidden()
+
+
+# The type of every frame the page's sockets received, in window.frameTypes (test instrumentation only).
+RECORD_FRAME_TYPES = """
+window.frameTypes = [];
+const PageSocket = window.WebSocket;
+window.WebSocket = class extends PageSocket {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("message", (event) => window.frameTypes.push(JSON.parse(event.data).type));
+  }
+};
+"""
+
+# Runs in `manage.py shell`, outside the server: an edit no open room hears of.
+EDIT_SCRIPT = """
+from chat import services
+from chat.models import Message
+message = Message.objects.get(chat_id=CHAT_ID, body=BODY)
+print(json.dumps(services.edit_message(message=message, user=message.sender, body=NEW_BODY).change_seq))
+"""
+
+
+def test_a_reopened_room_fetches_only_what_its_greeting_says_it_missed(server, open_as):
+    ids = server.set_up(users=["xena", "yuri"], chats=[("xena", "yuri", ["Written before the deploy"])])
+    chat_id = ids["chats"]["xena:yuri"]
+    yuri = open_as("yuri")
+    yuri.add_init_script(RECORD_FRAME_TYPES)
+    fetched = []
+    yuri.on("request", lambda request: fetched.append(request.url) if "/messages/" in request.url else None)
+    goto_with_socket(yuri, room_path(chat_id), f"/ws/chat/{chat_id}/")
+    greetings = "window.frameTypes.filter((type) => type === 'chat.sync').length"
+    yuri.wait_for_function(f"{greetings} === 1")
+    assert fetched == []  # the page was rendered with the room's newest message: nothing to fetch
+
+    assert server.terminate() == 0
+    edit = {"CHAT_ID": chat_id, "BODY": "Written before the deploy", "NEW_BODY": "Edited during the deploy"}
+    server.shell(EDIT_SCRIPT, **edit)
+    server.start()
+
+    expect(yuri.locator("main .bubble-body")).to_have_text(["Edited during the deploy"])
+    assert yuri.evaluate(greetings) == 2
+    # The greeting's change cursor was ahead: the changes were fetched, and no messages (none were new).
+    assert [url.partition("?")[2] for url in fetched] == ["changed_since=0"]

@@ -45,6 +45,7 @@ class StormResult:
     back_s: float | None = None  # from the stop until every socket is open again
     caught_up_s: float | None = None  # ... and every room caught up, every inbox greeted
     reopened_per_s: float | None = None  # sockets reopened per second, from the new process's start
+    reopened_quantiles_s: dict | None = None  # seconds from the stop until half, 90% and 99% had reopened
     server_cpu_s: float | None = None  # CPU the restarted process used until every socket caught up (or the bound)
     client_cpu_s: float | None = None  # ... and this process, the clients of every socket, meanwhile
     down_at_end: int = 0
@@ -147,6 +148,7 @@ class Storm:
                 await asyncio.wait_for(asyncio.shield(back), self.timeout)
             result.server_cpu_s = round(self.server.cpu_seconds() - cpu_at_start, 1)
             result.client_cpu_s = round(time.process_time() - client_cpu_at_start, 1)
+            result.reopened_quantiles_s = self.reopened_quantiles(since=stopped_at)
             if self.back_at is not None:
                 result.back_s = round(self.back_at - stopped_at, 2)
                 result.reopened_per_s = round(len(self.clients) / max(0.01, result.back_s - result.restart_s))
@@ -181,6 +183,15 @@ class Storm:
             if reopened and self.everyone_caught_up(since):
                 return now
             await asyncio.sleep(0.05)
+
+    def reopened_quantiles(self, *, since: float) -> dict:
+        """When half, 90% and 99% of the sockets had reopened: a long tail is backoff, a late middle the server."""
+        reopened = sorted(c.opened_at[-1] - since for c in self.clients if c.opened_at and c.opened_at[-1] > since)
+        return {
+            f"p{q}": round(reopened[min(len(reopened), -(-len(self.clients) * q // 100)) - 1], 2)
+            for q in (50, 90, 99)
+            if len(reopened) * 100 >= len(self.clients) * q
+        }
 
     def everyone_caught_up(self, since: float) -> bool:
         greeted = all(inbox.synced_at and inbox.synced_at[-1] > since for inbox in self.inbox_clients)
@@ -316,5 +327,8 @@ def print_storm(results: list[StormResult]) -> None:
     print("server CPU s: what the restarted process used (user + system) from its start until every socket caught up;")
     print("client CPU s: what the benchmark's own clients used meanwhile (on the same cores)")
     for r in results:
+        if r.reopened_quantiles_s:
+            reopened = ", ".join(f"{q} {s:g} s" for q, s in r.reopened_quantiles_s.items())
+            print(f"{r.layer}: sockets reopened after the stop by {reopened}")
         if r.failures:
             print(f"{r.layer}: failed connects and closes by kind: {r.failures}")

@@ -5,7 +5,8 @@ It follows the room's JavaScript (static/js/components/chat/): `chat-websocket.j
 (1012), stop on 4401/4403), `chat-inbox.js` (`InboxClient`: the inbox socket every page
 opens), `message-send.js` (frames chained by `prev_id`, an early frame held for the reorder
 grace, catch-up over HTTP with `messages/?after=<id>`, and `&before=<id>` while frames past a
-gap are held) and, in room_outbox.py, `message-outbox.js`
+gap are held, when a frame skips one or the socket's greeting on opening names a newer
+message) and, in room_outbox.py, `message-outbox.js`
 (sends over the socket with an ack, over HTTP when the socket is down or the ack is late,
 overload answers waited out, always with the message's client id). The protocol itself is
 documented in `chat/realtime/consumers.py`.
@@ -39,6 +40,7 @@ RECONNECT_MAX_SECONDS = 15.0
 RESTART_JITTER_SECONDS = 1.0
 # message-send.js
 REORDER_GRACE_SECONDS = 0.4
+SYNC_WAIT_SECONDS = 5.0  # no greeting this long after an open (an older server): catch up anyway
 MAX_CATCH_UP_PAGES = 40
 CATCH_UP_RETRY_MAX_SECONDS = 30.0
 
@@ -255,6 +257,8 @@ class RoomClient(ReconnectingSocket):
         self.contiguous_id = self.newest_shown_id = start_id
         self.held_frames: dict[int, dict] = {}  # prev_id -> frame, for frames that came early
         self.grace_timer: asyncio.TimerHandle | None = None
+        self.sync_timer: asyncio.TimerHandle | None = None
+        self.synced_at: list[float] = []  # time.monotonic() of each greeting
         self.catching_up: asyncio.Task | None = None
         self.catch_up_again = False
         self.catch_up_retry_delay = 0.0
@@ -276,7 +280,7 @@ class RoomClient(ReconnectingSocket):
     async def stop(self) -> None:
         self.stopped = True
         self.outbox.stop()
-        for timer in (self.grace_timer, self.catch_up_retry_timer):
+        for timer in (self.grace_timer, self.sync_timer, self.catch_up_retry_timer):
             if timer is not None:
                 timer.cancel()
         await super().stop()
@@ -301,14 +305,33 @@ class RoomClient(ReconnectingSocket):
             self.send_frame({"type": "react", "message_id": self.newest_shown_id, "emoji": emoji})
 
     def on_open(self) -> None:
-        # Every open catches up, the first one too: a message sent after the page rendered
-        # and before the socket joined the room has no frame for this socket.
+        # Every open is followed by the server's greeting, the first one too: a message sent
+        # after the page rendered and before the socket joined the room has no frame for it.
         self.report_visibility()
-        self.catch_up()
+        self.cancel_sync_timer()
+        self.sync_timer = asyncio.get_running_loop().call_later(SYNC_WAIT_SECONDS, self.no_greeting)
         self.outbox.on_socket_opened()
 
     def on_closed(self) -> None:
+        self.cancel_sync_timer()
         self.outbox.on_socket_closed()
+
+    def cancel_sync_timer(self) -> None:
+        if self.sync_timer is not None:
+            self.sync_timer.cancel()
+            self.sync_timer = None
+
+    def no_greeting(self) -> None:
+        self.sync_timer = None
+        self.counts["no_greeting"] += 1
+        self.catch_up()
+
+    def on_greeting(self, frame: dict) -> None:
+        """The room's newest message when the socket joined: fetch only if this shows less."""
+        self.cancel_sync_timer()
+        self.synced_at.append(time.monotonic())
+        if frame["last_message_id"] > self.contiguous_id or self.held_frames:
+            self.catch_up()
 
     def report_visibility(self) -> None:
         self.send_frame({"type": "visibility", "visible": self.visible})
@@ -329,6 +352,8 @@ class RoomClient(ReconnectingSocket):
             return
         if frame.get("type") == "chat.message":
             self.on_message_frame(frame)
+        elif frame.get("type") == "chat.sync":
+            self.on_greeting(frame)
         elif frame.get("type") == "chat.presence":
             self.last_presence_at = time.monotonic()
         elif frame.get("type") == "chat.typing":

@@ -9,8 +9,9 @@ the `chat.realtime` package.
 Changes to messages already sent (edits, deletes for everyone, reactions) have a cursor of
 their own: each takes the chat's next `change_seq` (1, 2, 3, ... per chat) and its frame
 carries it. A room renders the chat's cursor into the page and keeps the highest it has
-seen; a frame that skips a number, and every socket (re)open, makes it fetch
-`messages/?changed_since=<cursor>`: the current bubbles of the messages changed since.
+seen; a frame that skips a number, or a socket (re)open greeting (`chat.sync`) with a
+higher cursor, makes it fetch `messages/?changed_since=<cursor>`: the current bubbles of the
+messages changed since.
 
 Event vocabulary (the consumer method that handles each is named after it):
 
@@ -79,6 +80,11 @@ def to_user(user_id: int, event: dict) -> tuple[str, dict]:
     """An event for one person's inbox sockets: their group, and the event naming them
     (the process's `UserHub` receives many people's events through one channel)."""
     return user_group(user_id), {**event, "user_id": user_id}
+
+
+def room_sync_frame(*, chat_id: int, last_message_id: int | None, change_seq: int) -> dict:
+    """A room socket's greeting on each open (not an event: the socket sends it itself)."""
+    return {"type": "chat.sync", "chat_id": chat_id, "last_message_id": last_message_id or 0, "change_seq": change_seq}
 
 
 def session_tag(session_key: str | None) -> str | None:

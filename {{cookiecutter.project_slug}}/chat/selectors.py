@@ -109,6 +109,12 @@ def total_unread_for_user_id(*, user_id: int) -> int:
     return memberships.aggregate(total=Sum("unread_count"))["total"] or 0
 
 
+def room_cursors(*, chat_id: int) -> dict | None:
+    """The chat's newest message id and change cursor (None if the chat is gone): what a
+    room that reopens compares with what it shows, to fetch only when something is new."""
+    return Chat.objects.filter(pk=chat_id).values("last_message_id", "change_seq").first()
+
+
 def membership_for(*, user, chat_id) -> Membership | None:
     """The user's membership of a chat, with the chat; None for any chat they are not in,
     including ids no database could hold."""

@@ -13,6 +13,7 @@ running after GRACEFUL_TIMEOUT seconds is cancelled, and gunicorn kills the work
 seconds later if it has not exited by then.
 """
 
+import logging
 import os
 
 from uvicorn_worker import UvicornWorker
@@ -29,8 +30,8 @@ worker_class = "config.gunicorn.ChatUvicornWorker"
 # so the worker's clean-up (read marks, inbox updates, leaving groups) runs before it.
 GRACEFUL_TIMEOUT = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
 graceful_timeout = GRACEFUL_TIMEOUT + 5
-# The server's own messages (start, stop, signals, socket opens) to stderr at the project's
-# LOG_LEVEL; one line per request only with ACCESS_LOG=true.
+# The server's own messages (start, stop, signals) to stderr at the project's LOG_LEVEL; one
+# line per request and per websocket opened only with ACCESS_LOG=true.
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "INFO").lower()
 accesslog = "-" if env_flag("ACCESS_LOG") else None
@@ -58,3 +59,13 @@ class ChatUvicornWorker(UvicornWorker):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.config.timeout_graceful_shutdown = GRACEFUL_TIMEOUT
+        if not env_flag("ACCESS_LOG"):
+            logging.getLogger("uvicorn.error").addFilter(leave_out_socket_opens)
+
+
+def leave_out_socket_opens(record: logging.LogRecord) -> bool:
+    """The lines uvicorn (and the websockets library, through uvicorn's logger) write for each
+    websocket are access log lines: after a restart thousands of sockets reopen at once, and
+    the error log would be nothing else."""
+    message = str(record.msg)
+    return not (message.startswith('%s - "WebSocket %s"') or message in {"connection open", "connection closed"})

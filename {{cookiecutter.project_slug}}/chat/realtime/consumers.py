@@ -14,7 +14,17 @@ Close codes (the socket is accepted first so browsers can read them):
           another process behind the proxy, and catch up with `messages/?after=<id>`
 
 Frames the server sends are JSON objects with a "type": see `chat.events` for the
-vocabulary. Frames a client may send to a room:
+vocabulary. Soon after every open a room socket gets its greeting (live frames may come
+before it):
+
+    {"type": "chat.sync", "chat_id": N, "last_message_id": M, "change_seq": S}
+        The room's newest message id (0 for none) and change cursor, read after the socket
+        joined the room: anything newer comes as a frame. A page that shows messages up to
+        M and has seen changes up to S needs no catch-up; one that shows less fetches
+        `messages/?after=<id>` (or `?changed_since=<cursor>`). After a restart, thousands
+        of rooms that missed nothing reconnect without a request each.
+
+Frames a client may send to a room:
 
     {"type": "send", "client_id": "<1-64 characters>", "body": "...", "reply_to": N}
         Send a message, as the `send/` route does. Answered with
@@ -387,6 +397,16 @@ class RoomConsumer(ChatConsumer):
         self.writer = SocketWriter(send_text=self.send_text_now, close=self.close_now, too_slow=self.fell_behind)
         await presence.track(self.socket_name)
         presence.recount_soon(self.chat_id)
+        await self.greet()
+
+    async def greet(self) -> None:
+        """Tell the page what is newest in its room, read once it is in the room's hub:
+        anything newer reaches it as a frame, so it fetches only if it shows less than this.
+        The room's sockets opening together (a restart) share one read."""
+        read = partial(selectors.room_cursors, chat_id=self.chat_id)
+        cursors = await handshakes.in_shared_trip(read, key=("room_cursors", self.chat_id))
+        if cursors is not None:  # a deleted chat: its revocation closes the socket
+            await self.send_json(events.room_sync_frame(chat_id=self.chat_id, **cursors))
 
     def get_membership(self) -> Membership | None:
         return selectors.membership_for(user=self.user, chat_id=self.chat_id)

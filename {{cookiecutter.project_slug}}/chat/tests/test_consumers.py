@@ -103,6 +103,10 @@ async def connect(channel_layer):
         await communicator.wait(timeout=0) if communicator.future.done() else communicator.future.cancel()
 
 
+# Frames a room socket gets without asking: its greeting, and presence counts.
+UNASKED = {"chat.sync", "chat.presence"}
+
+
 async def receive_until(communicator, frame_type, timeout=TIMEOUT):
     """The next frame of this type, skipping others (presence, sync...)."""
     while True:
@@ -182,6 +186,26 @@ async def test_member_joins_room_and_sees_presence(connect, alice, group):
     frame = await receive_until(room, "chat.presence")
     assert frame["online"] == 1
     await room.disconnect()
+
+
+async def test_a_room_greets_each_open_with_its_newest_message_and_change_cursor(connect, alice, bob, group):
+    room, connected, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    assert connected
+    assert await receive_until(room, "chat.sync") == {
+        "type": "chat.sync",
+        "chat_id": group.pk,
+        "last_message_id": 0,
+        "change_seq": 0,
+    }
+    await room.disconnect()
+
+    first = await database_sync_to_async(services.send_message)(chat=group, sender=bob, body="one")
+    await database_sync_to_async(services.edit_message)(message=first, user=bob, body="one, edited")
+    newest = await database_sync_to_async(services.send_message)(chat=group, sender=bob, body="two")
+    reopened, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    frame = await receive_until(reopened, "chat.sync")
+    assert (frame["last_message_id"], frame["change_seq"]) == (newest.pk, 1)
+    await reopened.disconnect()
 
 
 async def test_inbox_greets_with_total_unread(connect, alice, bob, group):
@@ -352,7 +376,7 @@ async def test_frame_floods_are_dropped_with_one_error(connect, alice, group, mo
     frames = []
     while not await room.receive_nothing(timeout=0.2):
         frames.append(json.loads(await room.receive_from()))
-    replies = [(frame["type"], frame.get("code")) for frame in frames if frame["type"] != "chat.presence"]
+    replies = [(frame["type"], frame.get("code")) for frame in frames if frame["type"] not in UNASKED]
     assert replies == [("pong", None)] * 3 + [("error", "rate_limited")]
     await room.disconnect()
 
@@ -511,8 +535,8 @@ async def test_sockets_past_the_per_user_cap_are_closed_with_4429(connect, setti
 
 
 async def next_reply(communicator) -> str:
-    """The type of the next frame that is not a presence count (or the error's code)."""
-    while (frame := json.loads(await communicator.receive_from(timeout=TIMEOUT)))["type"] == "chat.presence":
+    """The type of the next frame that is not a greeting or a presence count (or the error's code)."""
+    while (frame := json.loads(await communicator.receive_from(timeout=TIMEOUT)))["type"] in UNASKED:
         pass
     return frame.get("code") or frame["type"]
 

@@ -4,8 +4,9 @@
 // Every change of a chat's messages takes the chat's next change cursor (1, 2, 3, …); its
 // frame carries it and so does the bubble (data-change-seq). The room starts from the
 // cursor the page was rendered with (data-change-seq on the room) and keeps the highest it
-// has seen in order. A frame that skips a number, and every socket (re)open, fetch
-// `messages/?changed_since=<cursor>`: the current bubbles of the messages changed since.
+// has seen in order. A frame that skips a number, or a socket (re)open greeting with a
+// higher cursor, fetches `messages/?changed_since=<cursor>`: the current bubbles of the
+// messages changed since.
 // A bubble is only replaced by a newer version of itself, and not while its edit form is
 // open (the newer version waits until the form closes).
 
@@ -55,6 +56,11 @@ export class MessageChanges {
     this.apply(parseBubbles(frame.html));
     if (frame.change_seq === this.cursor + 1) this.cursor = frame.change_seq;
     else if (frame.change_seq > this.cursor) this.catchUp(); // one or more frames were missed
+  }
+
+  // The room's cursor when the socket (re)opened (its `chat.sync` greeting).
+  catchUpTo(changeSeq) {
+    if (changeSeq > this.cursor) this.catchUp();
   }
 
   bubbleFor(id) {

@@ -3,7 +3,8 @@
 //
 // The database is the truth: each frame names the message before it in the chat
 // (prev_id). While frames chain onto the newest message we know we have everything
-// (`contiguousId`); on a gap or when the socket (re)opens we fetch `messages/?after=<contiguousId>`.
+// (`contiguousId`); on a gap, or when the socket's greeting on (re)opening (`chat.sync`) names
+// a newer message, we fetch `messages/?after=<contiguousId>`.
 // Bubbles are inserted in id order and never twice, whichever of the send's answer and
 // the socket frame arrives first. Sending goes through the room's outbox
 // (message-outbox.js): over the socket when it is open, over HTTP otherwise. Times and
@@ -26,6 +27,9 @@ import { ReadingPosition } from "./unread-divider.js";
 
 const NEAR_BOTTOM_PX = 120;
 const REORDER_GRACE_MS = 400;
+// A server that sends no greeting (the previous version, during a rolling deploy): catch up
+// anyway this long after the socket opened.
+const SYNC_WAIT_MS = 5000;
 const CATCH_UP_RETRY_MAX_MS = 30000;
 const MAX_CATCH_UP_PAGES = 40;
 const MINUTE_MS = 60 * 1000;
@@ -96,15 +100,17 @@ class ChatRoom {
     window.addEventListener("pageshow", this.onPageShow);
     this.socket = new ReconnectingSocket(`/ws/chat/${this.chatId}/`, {
       onMessage: (frame) => this.onFrame(frame),
-      // Every open catches up, the first one too: a message sent after the page rendered
-      // and before the socket joined the room has no frame for this socket.
+      // Every open is followed by the server's greeting, the first one too: a message sent
+      // after the page rendered and before the socket joined the room has no frame for it.
       onOpen: () => {
         this.reportVisibility();
-        this.catchUp();
-        this.changes.catchUp();
+        this.awaitGreeting();
         this.outbox?.onSocketOpened();
       },
-      onClose: () => this.outbox?.onSocketClosed(),
+      onClose: () => {
+        clearTimeout(this.syncTimer);
+        this.outbox?.onSocketClosed();
+      },
       onFinalClose: () => this.showRevoked(false),
     });
     this.bindComposer(); // before bindForm: its keys (Enter in the @mention list, Escape) come first
@@ -112,6 +118,7 @@ class ChatRoom {
   }
 
   destroy() {
+    clearTimeout(this.syncTimer);
     clearTimeout(this.catchUpRetryTimer);
     clearTimeout(this.graceTimer);
     this.outbox?.stop();
@@ -144,10 +151,27 @@ class ChatRoom {
       this.typing?.onMessage(frame);
       this.onMessageFrame(frame);
     } else if (frame.type === "chat.typing") this.typing?.onTyping(frame);
+    else if (frame.type === "chat.sync") this.onGreeting(frame);
     else if (frame.type === "chat.presence") this.showPresence(frame.online);
     else if (frame.type === "chat.revoked") this.showRevoked(frame.deleted);
     else if (frame.type === "chat.renamed") this.showName(frame.name);
     else if (CHANGE_FRAMES.has(frame.type)) this.changes.onFrame(frame);
+  }
+
+  awaitGreeting() {
+    clearTimeout(this.syncTimer);
+    this.syncTimer = setTimeout(() => {
+      this.catchUp();
+      this.changes.catchUp();
+    }, SYNC_WAIT_MS);
+  }
+
+  // The room's newest message and change cursor, read once the socket was in the room:
+  // fetch only what this page does not show yet (after a restart, most rooms have nothing).
+  onGreeting(frame) {
+    clearTimeout(this.syncTimer);
+    if (frame.last_message_id > this.contiguousId || this.heldFrames.size) this.catchUp();
+    this.changes.catchUpTo(frame.change_seq);
   }
 
   // Frames of messages sent at the same moment can arrive out of order: hold a frame that
