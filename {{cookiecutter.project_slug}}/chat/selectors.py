@@ -93,7 +93,7 @@ def total_unread(*, user) -> int:
     return total_unread_for_user_id(user_id=user.pk)
 
 
-def total_unread_by_user(*, user_ids) -> dict[int, int]:
+def total_unread_by_user(user_ids) -> dict[int, int]:
     """Total unread per user (users with none are absent). One query."""
     rows = (
         Membership.objects.filter(user_id__in=user_ids, unread_count__gt=0, is_hidden=False, is_muted=False)
@@ -109,10 +109,23 @@ def total_unread_for_user_id(*, user_id: int) -> int:
     return memberships.aggregate(total=Sum("unread_count"))["total"] or 0
 
 
-def room_cursors(*, chat_id: int) -> dict | None:
-    """The chat's newest message id and change cursor (None if the chat is gone): what a
+def room_cursors_by_chat(chat_ids) -> dict[int, dict]:
+    """Each chat's newest message id and change cursor (chats gone are absent): what a
     room that reopens compares with what it shows, to fetch only when something is new."""
-    return Chat.objects.filter(pk=chat_id).values("last_message_id", "change_seq").first()
+    rows = Chat.objects.filter(pk__in=chat_ids).values("pk", "last_message_id", "change_seq")
+    return {row.pop("pk"): row for row in rows}
+
+
+def memberships_by_pair(pairs) -> dict[tuple[int, int], Membership]:
+    """The memberships, with their chats, of these (user id, chat id) pairs (pairs of no
+    membership are absent), in one query: the rooms of many sockets opening together."""
+    pairs = {(user_id, chat_id) for user_id, chat_id in pairs if 0 < chat_id <= MAX_ID}
+    if not pairs:
+        return {}
+    memberships = Membership.objects.select_related("chat").filter(
+        user_id__in={user_id for user_id, _ in pairs}, chat_id__in={chat_id for _, chat_id in pairs}
+    )
+    return {key: m for m in memberships if (key := (m.user_id, m.chat_id)) in pairs}
 
 
 def membership_for(*, user, chat_id) -> Membership | None:

@@ -86,7 +86,6 @@ import logging
 import time
 import uuid
 from collections import Counter
-from functools import partial
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
@@ -177,10 +176,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Let in a logged-in user under their socket cap: None, or the close code refusing them.
 
         The user (from the session, unless Channels' AuthMiddleware loaded it already) and
-        whatever the socket type needs to know before it accepts are read in one trip to the
-        database thread, shared with the other sockets opening meanwhile (`handshakes`).
+        whatever the socket type needs to know before it accepts are read in trips to the
+        database thread shared with the other sockets opening meanwhile (`handshakes`).
         """
         refusal = await handshakes.in_shared_trip(self.look_up)
+        if refusal is None:
+            refusal = await self.may_open()
         if refusal is not None:
             return refusal
         if _open_sockets[self.user.pk] >= chat_setting("CHAT_MAX_SOCKETS_PER_USER"):
@@ -193,12 +194,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return None
 
     def look_up(self) -> int | None:
-        """On the database thread: the user, and what the socket type checks before its socket
-        cap; None if it may go on, or the close code refusing it."""
+        """On the database thread: the user; None if logged in, else the close code refusing them."""
         user = handshakes.user_for_scope(self.scope)
         if not user.is_authenticated:
             return CLOSE_UNAUTHENTICATED
         self.user = user
+        return None
+
+    async def may_open(self) -> int | None:
+        """What the socket type checks of a logged-in user before their socket cap: None if
+        the socket may open, else the close code refusing it."""
         return None
 
     async def join_user_hub(self) -> None:
@@ -344,7 +349,7 @@ class InboxConsumer(ChatConsumer):
         await self.join_user_hub()
         await self.accept()
         # Counted once in the person's groups, so no change after the count is missed.
-        total = await handshakes.in_shared_trip(partial(selectors.total_unread_for_user_id, user_id=self.user_id))
+        total = await handshakes.in_shared_batch(selectors.total_unread_by_user, self.user_id, default=0)
         await self.send_json({"type": "inbox.sync", "total_unread": total})
 
     async def inbox_message(self, event):
@@ -382,13 +387,17 @@ class RoomConsumer(ChatConsumer):
         # The key of its presence row (`RoomPresence.channel_name`): unique among every
         # process's sockets.
         self.socket_name = f"chat-room-socket.{uuid.uuid4().hex}"
-        # Not kept: every later use checks the membership again (it may have ended since).
-        return CLOSE_FORBIDDEN if self.get_membership() is None else None
+        return None
+
+    async def may_open(self) -> int | None:
+        # Read with the memberships of the other rooms opening meanwhile, in one query. Not
+        # kept: every later use checks the membership again (it may have ended since).
+        membership = await handshakes.in_shared_batch(selectors.memberships_by_pair, (self.user.pk, self.chat_id))
+        return CLOSE_FORBIDDEN if membership is None else None
 
     async def connect(self):
         self.viewing = True
-        join = partial(presence.join, chat_id=self.chat_id, user_id=self.user_id, channel_name=self.socket_name)
-        await handshakes.in_shared_trip(join)
+        await handshakes.in_shared_batch(presence.join_many, (self.socket_name, self.chat_id, self.user_id))
         self.present = True  # its presence row exists: clean_up removes it, whatever happens next
         await self.join_user_hub()
         await RoomHub.for_running_loop().join(self)
@@ -402,9 +411,8 @@ class RoomConsumer(ChatConsumer):
     async def greet(self) -> None:
         """Tell the page what is newest in its room, read once it is in the room's hub:
         anything newer reaches it as a frame, so it fetches only if it shows less than this.
-        The room's sockets opening together (a restart) share one read."""
-        read = partial(selectors.room_cursors, chat_id=self.chat_id)
-        cursors = await handshakes.in_shared_trip(read, key=("room_cursors", self.chat_id))
+        The rooms of the sockets opening together (a restart) are read in one query."""
+        cursors = await handshakes.in_shared_batch(selectors.room_cursors_by_chat, self.chat_id)
         if cursors is not None:  # a deleted chat: its revocation closes the socket
             await self.send_json(events.room_sync_frame(chat_id=self.chat_id, **cursors))
 

@@ -5,17 +5,21 @@ and its presence row, or its inbox total. Each trip to Django's database thread 
 hand-over and, with CONN_MAX_AGE=0, a connection of its own (on SQLite a file opened and
 its PRAGMAs run each time). When a server restarts, thousands of sockets open at once:
 here the work of every handshake that arrives while a trip is under way goes together in
-the next one (at most TRIP_SIZE), on one connection. Each piece of work still runs on its
-own: one that fails fails alone, and the others are unaffected; work given the same `key`
-(what a room looks like now, asked by each of its reopening sockets) runs once per trip.
+the next one (at most TRIP_SIZE), on one connection.
+
+Work of a socket's own (its session and user, checked as Channels checks them) runs on its
+own: one that fails fails alone. Reads and writes that do for many sockets what each would
+do alone (their memberships, their presence rows, their inbox totals, their rooms' newest
+message) are batched: one query for all the sockets of the trip that asked for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from channels.auth import get_user
 from channels.db import database_sync_to_async
@@ -24,11 +28,9 @@ from chat.realtime.loop import LoopTask
 
 T = TypeVar("T")
 
-# Work items of one trip at most: a trip holds the database thread, which HTTP requests
+# Sockets' asks in one trip at most: a trip holds the database thread, which HTTP requests
 # and the other sockets' work wait for.
 TRIP_SIZE = 200
-
-_waiting: list[tuple[Callable, object, asyncio.Future]] = []
 
 # Channels' own `get_user` without its trip to the database thread: the same checks
 # (the session's auth hash, so a password change logs out; the backend's, so inactive
@@ -36,13 +38,35 @@ _waiting: list[tuple[Callable, object, asyncio.Future]] = []
 _user_for_scope = inspect.unwrap(get_user)
 
 
-async def in_shared_trip(work: Callable[[], T], *, key: object = None) -> T:
+@dataclass
+class _Ask:
+    done: asyncio.Future
+    work: Callable[[], Any] | None = None  # a socket's own work, or
+    read_many: Callable[[list], dict] | None = None  # a batched one, for
+    item: Hashable = None  # this socket's item of it,
+    default: Any = field(default=None)  # and its result when the batch has none for the item
+
+
+_waiting: list[_Ask] = []
+
+
+async def in_shared_trip(work: Callable[[], T]) -> T:
     """`work()` run on the database thread together with the work of other handshakes:
-    its result, or what it raised. Work with the same (not None) `key` in one trip runs
-    once, and each of its askers gets that result: give a key only to reads whose answer
-    is the same for every asker."""
+    its result, or what it raised."""
+    return await _ask(work=work)
+
+
+async def in_shared_batch(read_many: Callable[[list], dict], item: Hashable, default: Any = None) -> Any:
+    """`read_many(items)`, called once per trip with every item asked of it in that trip
+    (each once), returns a dict by item: this item's value in it, else `default`; or what
+    `read_many` raised. Give it a module-level function (the batches of a trip are told
+    apart by it) that does for many items what each would need on its own."""
+    return await _ask(read_many=read_many, item=item, default=default)
+
+
+async def _ask(**ask) -> Any:
     done = asyncio.get_running_loop().create_future()
-    _waiting.append((work, key, done))
+    _waiting.append(_Ask(done=done, **ask))
     _trips.ensure_running()
     return await done
 
@@ -61,31 +85,38 @@ async def _run_trips() -> None:
         trip = _waiting[:TRIP_SIZE]
         del _waiting[:TRIP_SIZE]
         try:
-            outcomes = await database_sync_to_async(_run_all)([(work, key) for work, key, _ in trip])
+            outcomes = await database_sync_to_async(_run_all)(trip)
         except Exception as exc:  # the trip itself failed: each of its handshakes fails with it
             outcomes = [(None, exc)] * len(trip)
-        for (_, _, done), (result, error) in zip(trip, outcomes, strict=True):
-            if done.done() or done.get_loop().is_closed():  # the socket went away meanwhile
+        for ask, (result, error) in zip(trip, outcomes, strict=True):
+            if ask.done.done() or ask.done.get_loop().is_closed():  # the socket went away meanwhile
                 continue
             if error is None:
-                done.set_result(result)
+                ask.done.set_result(result)
             else:
-                done.set_exception(error)
+                ask.done.set_exception(error)
 
 
-def _run_all(works: list[tuple[Callable, object]]) -> list[tuple[object, BaseException | None]]:
-    outcomes, by_key = [], {}
-    for work, key in works:
-        if key is not None and key in by_key:
-            outcomes.append(by_key[key])
+def _run_all(trip: list[_Ask]) -> list[tuple[Any, BaseException | None]]:
+    outcomes: list[tuple[Any, BaseException | None]] = [(None, None)] * len(trip)
+    batches: dict[Callable, list[int]] = {}
+    for index, ask in enumerate(trip):
+        if ask.read_many is not None:
+            batches.setdefault(ask.read_many, []).append(index)
             continue
         try:
-            outcome = (work(), None)
+            outcomes[index] = (ask.work(), None)
         except Exception as exc:
-            outcome = (None, exc)
-        outcomes.append(outcome)
-        if key is not None:
-            by_key[key] = outcome
+            outcomes[index] = (None, exc)
+    for read_many, indexes in batches.items():
+        try:
+            found = read_many(list(dict.fromkeys(trip[index].item for index in indexes)))
+        except Exception as exc:
+            for index in indexes:
+                outcomes[index] = (None, exc)
+            continue
+        for index in indexes:
+            outcomes[index] = (found.get(trip[index].item, trip[index].default), None)
     return outcomes
 
 

@@ -66,9 +66,14 @@ def room_user_ids(*, chat_id: int, user_ids: list[int] | None = None) -> list[in
     return list(sockets.values_list("user_id", flat=True).distinct())
 
 
-def join(*, chat_id: int, user_id: int, channel_name: str) -> None:
-    # One INSERT: a channel name is new with each socket (no row to update first).
-    RoomPresence.objects.create(channel_name=channel_name, chat_id=chat_id, user_id=user_id, seen_at=timezone.now())
+def join_many(sockets) -> dict:
+    """The presence rows of sockets opening together, (channel name, chat id, user id) each,
+    in one INSERT (`chat.realtime.handshakes.in_shared_batch`); a channel name is new with
+    each socket, so there is no row to update first."""
+    now = timezone.now()
+    rows = [RoomPresence(channel_name=name, chat_id=chat, user_id=user, seen_at=now) for name, chat, user in sockets]
+    RoomPresence.objects.bulk_create(rows)
+    return {}
 
 
 def remove(*, channel_names: list[str]) -> None:

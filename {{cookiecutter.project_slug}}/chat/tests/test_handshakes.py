@@ -1,7 +1,6 @@
 """The database work of sockets opening together goes in shared trips (`chat.realtime.handshakes`)."""
 
 import asyncio
-from functools import partial
 
 import pytest
 
@@ -9,36 +8,44 @@ from chat.realtime import handshakes
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+batches = []
 
-async def test_work_with_the_same_key_runs_once_per_trip_and_each_asker_gets_its_result():
-    calls = []
 
-    def read(name):
-        calls.append(name)
-        return f"{name}: read"
+def squares(numbers):
+    batches.append(numbers)
+    return {number: number * number for number in numbers if number >= 0}
 
+
+def fails(items):
+    raise LookupError("the database went away")
+
+
+@pytest.fixture(autouse=True)
+def no_batches_yet():
+    batches.clear()
+
+
+async def test_a_trip_reads_the_items_asked_of_one_batch_together_once_each():
     results = await asyncio.gather(
-        handshakes.in_shared_trip(partial(read, "room 1"), key=("cursors", 1)),
-        handshakes.in_shared_trip(partial(read, "room 1, another socket"), key=("cursors", 1)),
-        handshakes.in_shared_trip(partial(read, "room 2"), key=("cursors", 2)),
-        handshakes.in_shared_trip(partial(read, "a socket's own")),
-        handshakes.in_shared_trip(partial(read, "a socket's own")),
+        handshakes.in_shared_batch(squares, 3),
+        handshakes.in_shared_batch(squares, 4),
+        handshakes.in_shared_batch(squares, 3),  # a second socket of the same room
+        handshakes.in_shared_batch(squares, -1, default="none"),  # absent from what the batch found
+        handshakes.in_shared_trip(lambda: "a socket's own"),
     )
 
-    assert results == ["room 1: read", "room 1: read", "room 2: read", "a socket's own: read", "a socket's own: read"]
-    assert sorted(calls) == ["a socket's own", "a socket's own", "room 1", "room 2"]
+    assert results == [9, 16, 9, "none", "a socket's own"]
+    assert batches == [[3, 4, -1]]
 
 
-async def test_what_keyed_work_raised_reaches_each_asker_and_no_other_work():
-    def fails():
-        raise LookupError("the chat is gone")
-
+async def test_what_a_batch_raised_reaches_each_of_its_askers_and_no_other():
     results = await asyncio.gather(
-        handshakes.in_shared_trip(fails, key=("cursors", 1)),
-        handshakes.in_shared_trip(fails, key=("cursors", 1)),
+        handshakes.in_shared_batch(fails, 1),
+        handshakes.in_shared_batch(fails, 2),
+        handshakes.in_shared_batch(squares, 5),
         handshakes.in_shared_trip(lambda: "fine"),
         return_exceptions=True,
     )
 
     assert [type(result) for result in results[:2]] == [LookupError, LookupError]
-    assert results[2] == "fine"
+    assert results[2:] == [25, "fine"]

@@ -254,3 +254,16 @@ def test_history_pages_run_the_same_queries_however_long_the_chat(django_assert_
         [message.sender for message in page.messages]
 
     assert len(page.messages) == 50
+
+
+def test_memberships_of_rooms_opening_together_are_read_in_one_query(alice, bob, carol, django_assert_num_queries):
+    team = services.create_group_chat(creator=alice, name="Team", members=[bob])
+    direct, _ = services.get_or_create_direct_chat(user=alice, other=carol)
+    asked = [(alice.pk, team.pk), (bob.pk, team.pk), (carol.pk, team.pk), (carol.pk, direct.pk), (bob.pk, 2**70)]
+
+    with django_assert_num_queries(1):
+        found = selectors.memberships_by_pair(asked)
+        chat_names = {pair: membership.chat.name for pair, membership in found.items()}
+
+    assert set(found) == {(alice.pk, team.pk), (bob.pk, team.pk), (carol.pk, direct.pk)}
+    assert chat_names[(bob.pk, team.pk)] == "Team"
