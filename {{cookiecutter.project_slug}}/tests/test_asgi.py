@@ -231,7 +231,8 @@ async def test_a_members_room_socket_opens_with_the_session_alone(client):
     socket = communicator(f"/ws/chat/{chat.pk}/", cookie=cookie)
     connected, _ = await socket.connect()
     assert connected
-    assert json.loads(await socket.receive_from())["type"] == "chat.presence"
+    greeting = json.loads(await socket.receive_from())
+    assert (greeting["type"], greeting["chat_id"]) == ("chat.sync", chat.pk)
     await socket.disconnect()
 
 

@@ -91,7 +91,7 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import OperationalError
+from django.db import DatabaseError, OperationalError
 from django.http import Http404
 
 from chat import events, metrics, selectors, services
@@ -411,8 +411,14 @@ class RoomConsumer(ChatConsumer):
     async def greet(self) -> None:
         """Tell the page what is newest in its room, read once it is in the room's hub:
         anything newer reaches it as a frame, so it fetches only if it shows less than this.
-        The rooms of the sockets opening together (a restart) are read in one query."""
-        cursors = await handshakes.in_shared_batch(selectors.room_cursors_by_chat, self.chat_id)
+        The rooms of the sockets opening together (a restart) are read in one query. A page
+        that gets no greeting (the database is busy or restarting) catches up all the same,
+        a few seconds later: the socket stays open."""
+        try:
+            cursors = await handshakes.in_shared_batch(selectors.room_cursors_by_chat, self.chat_id)
+        except DatabaseError:
+            logger.warning("No greeting for %s: its room could not be read", self, exc_info=True)
+            return
         if cursors is not None:  # a deleted chat: its revocation closes the socket
             await self.send_json(events.room_sync_frame(chat_id=self.chat_id, **cursors))
 

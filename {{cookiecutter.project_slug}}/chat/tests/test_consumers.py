@@ -16,11 +16,12 @@ from channels.layers import channel_layers
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
+from django.db import OperationalError
 from django.urls import reverse
 from django.utils.module_loading import import_string
 from django.utils.text import Truncator
 
-from chat import services
+from chat import selectors, services
 from chat.models import Membership, RoomPresence
 from chat.realtime import consumers, presence, read_marks
 from chat.routing import websocket_urlpatterns
@@ -206,6 +207,21 @@ async def test_a_room_greets_each_open_with_its_newest_message_and_change_cursor
     frame = await receive_until(reopened, "chat.sync")
     assert (frame["last_message_id"], frame["change_seq"]) == (newest.pk, 1)
     await reopened.disconnect()
+
+
+async def test_a_room_whose_greeting_cannot_be_read_stays_open(connect, alice, group, monkeypatch):
+    def database_restarting(chat_ids):
+        raise OperationalError("the database system is shutting down")
+
+    monkeypatch.setattr(selectors, "room_cursors_by_chat", database_restarting)
+    room, connected, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    assert connected
+    await room.send_to(text_data='{"type": "ping"}')
+    types = []
+    while not types or types[-1] != "pong":
+        types.append(json.loads(await room.receive_from(timeout=TIMEOUT))["type"])
+    assert "chat.sync" not in types  # the page catches up on its own after a few seconds
+    await room.disconnect()
 
 
 async def test_inbox_greets_with_total_unread(connect, alice, bob, group):

@@ -166,6 +166,7 @@ async def test_a_send_that_finds_the_database_busy_gets_a_retryable_error_and_a_
     if connection.vendor != "sqlite":
         pytest.skip("SQLite's writer lock")
     room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await receive_until(room, "chat.sync")  # its handshake's reads are done
     locker = await database_sync_to_async(hold_sqlite_write_lock)()
     try:
         await room.send_to(text_data=send_frame("busy-1", "wait for it"))
