@@ -432,7 +432,6 @@ def test_bubble_renders_without_a_request(direct_chat, bob):
     assert f'data-sender-id="{bob.pk}"' in html
 
 
-
 def test_a_bubble_shows_its_time_in_the_sites_zone_and_locale(alice_client, direct_chat, bob, settings):
     settings.TIME_ZONE = "Asia/Kolkata"  # +05:30: the message's local date is the next day
     message = services.send_message(chat=direct_chat, sender=bob, body="when?")
@@ -446,6 +445,7 @@ def test_a_bubble_shows_its_time_in_the_sites_zone_and_locale(alice_client, dire
         assert 'datetime="2026-03-02T01:30:00+05:30"' in html
         assert 'title="March 2, 2026, 1:30 a.m."' in html  # DATETIME_FORMAT in English
         assert ">01:30</time>" in html
+
 
 # --- inbox paging --------------------------------------------------------------------
 
