@@ -1,10 +1,11 @@
 """Small display filters for the chat templates."""
 
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django import template
 from django.template.defaultfilters import linebreaksbr
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.utils.dateformat import format as format_date
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
@@ -48,6 +49,22 @@ def chat_time(value) -> str:
     if local.year == today.year:
         return format_date(local, "j M")
     return format_date(local, "j M Y")
+
+
+@dataclass(frozen=True)
+class Moment:
+    """An instant the three ways a bubble shows it: `date:"c"`, `date:"DATETIME_FORMAT"` and
+    `time:"H:i"`, worked out in one filter call instead of three (a page shows fifty)."""
+
+    iso: str
+    full: str
+    clock: str
+
+
+@register.filter(expects_localtime=True)
+def moment(value: datetime) -> Moment:
+    """`value` in the current time zone (the template engine converts it, as for `date`)."""
+    return Moment(iso=value.isoformat(), full=formats.date_format(value, "DATETIME_FORMAT"), clock=f"{value:%H:%M}")
 
 
 @register.filter
@@ -96,6 +113,8 @@ def valid_mentions(message) -> list[tuple[int, int, int]]:
 def message_body(message, viewer_id=None) -> str:
     """The body, escaped, with line breaks and each @mention in a highlight (a stronger
     one for the person viewing, when known: live frames are marked by the page)."""
+    if not message.mentions:  # most messages: no spans to place
+        return linebreaksbr(message.body, autoescape=True)
     parts, position = [], 0
     for start, end, user_id in valid_mentions(message):
         parts.append(linebreaksbr(message.body[position:start], autoescape=True))

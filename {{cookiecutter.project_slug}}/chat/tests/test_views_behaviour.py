@@ -1,6 +1,7 @@
 """What people can do through the chat pages and HTMX fragments."""
 
 import re
+from datetime import UTC, datetime
 
 import pytest
 from django.template import TemplateDoesNotExist
@@ -429,6 +430,21 @@ def test_bubble_renders_without_a_request(direct_chat, bob):
     assert "from a socket" in html
     assert "bubble--mine" not in html
     assert f'data-sender-id="{bob.pk}"' in html
+
+
+def test_a_bubble_shows_its_time_in_the_sites_zone_and_locale(alice_client, direct_chat, bob, settings):
+    settings.TIME_ZONE = "Asia/Kolkata"  # +05:30: the message's local date is the next day
+    message = services.send_message(chat=direct_chat, sender=bob, body="when?")
+    Message.objects.filter(pk=message.pk).update(created_at=datetime(2026, 3, 1, 20, 0, tzinfo=UTC))
+
+    for url, headers in [
+        (reverse("chat:room", args=[direct_chat.pk]), {}),
+        (reverse("chat:message", args=[direct_chat.pk, message.pk]), HTMX),
+    ]:
+        html = alice_client.get(url, headers=headers).content.decode()
+        assert 'datetime="2026-03-02T01:30:00+05:30"' in html
+        assert 'title="March 2, 2026, 1:30 a.m."' in html  # DATETIME_FORMAT in English
+        assert ">01:30</time>" in html
 
 
 # --- inbox paging --------------------------------------------------------------------
