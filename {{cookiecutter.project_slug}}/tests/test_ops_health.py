@@ -9,7 +9,6 @@ import pytest
 {%- if cookiecutter.channel_layer == "redis" %}
 from channels.layers import channel_layers
 {%- endif %}
-from django.core.handlers.wsgi import WSGIHandler
 from django.test import Client
 
 PROBE_HOST = "10.0.0.7:8000"  # a load balancer probes the machine's own address
@@ -33,22 +32,6 @@ def test_probes_skip_the_https_redirect_the_host_check_and_the_session(client, s
     # The same request to a page is still redirected, and refused for its host.
     assert client.get("/accounts/login/", HTTP_HOST="127.0.0.1").status_code == 301
     assert client.get("/accounts/login/", HTTP_HOST=PROBE_HOST, secure=True).status_code == 400
-
-
-def test_a_sync_caller_gets_a_sync_middleware_chain(settings, caplog):
-    # Called synchronously (WSGI, the test Client) pages run without an event loop: an
-    # async-only middleware would send every request through one in another thread and back.
-    settings.DEBUG = True  # Django logs each adaptation only then
-    with caplog.at_level(logging.DEBUG, logger="django.request"):
-        WSGIHandler()
-    assert [record.getMessage() for record in caplog.records if "adapted" in record.getMessage()] == []
-
-
-@pytest.mark.django_db
-async def test_the_async_chain_answers_probes_and_passes_pages_on(async_client):
-    assert (await async_client.get("/healthz")).content == b"ok\n"
-    assert (await async_client.post("/healthz")).status_code == 405
-    assert (await async_client.get("/accounts/login/")).status_code == 200
 
 
 @pytest.mark.django_db
