@@ -89,6 +89,7 @@ from collections import Counter
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import DatabaseError, OperationalError
@@ -213,6 +214,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         note_serving_loop()
         await UserHub.for_running_loop().join(self)
         self.in_user_hub = True
+
+    async def websocket_disconnect(self, message):
+        """Channels' disconnect without its hop to the sync thread to close stale database
+        connections (as `dispatch`): a server stopping closes all its sockets at once, and
+        thousands of hops queued behind each other held its exit up by seconds. A socket has
+        no groups of its own to leave; `clean_up` does the rest."""
+        await self.disconnect(message["code"])
+        raise StopConsumer()
 
     async def disconnect(self, code):
         await self.clean_up()

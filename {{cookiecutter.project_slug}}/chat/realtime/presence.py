@@ -27,8 +27,11 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 30
 STALE_AFTER = timedelta(seconds=HEARTBEAT_SECONDS * 3)
 
-# A burst of joins (a page of people opening the room) becomes one count.
+# A burst of joins (a page of people opening the room) becomes one count; while people keep
+# coming and going (a restart's thousands of sockets reopening), a room's count goes out at
+# most once per interval: each one is a frame to every socket in the room.
 RECOUNT_DELAY_SECONDS = 0.2
+RECOUNT_INTERVAL_SECONDS = 1.0
 
 # Rows deleted in one statement at most (SQLite takes a limited number of parameters).
 LEAVE_BATCH = 500
@@ -152,10 +155,13 @@ def recount_soon(chat_id: int) -> None:
 
 async def _recount(chat_id: int) -> None:
     # A change while counting is counted again: the room's last number is never stale.
+    loop = asyncio.get_running_loop()
+    counted_at = float("-inf")
     try:
         while chat_id in _recount_wanted:
-            await asyncio.sleep(RECOUNT_DELAY_SECONDS)
+            await asyncio.sleep(max(RECOUNT_DELAY_SECONDS, counted_at + RECOUNT_INTERVAL_SECONDS - loop.time()))
             _recount_wanted.discard(chat_id)
+            counted_at = loop.time()
             try:
                 online = await database_sync_to_async(online_count)(chat_id=chat_id)
                 await events.presence_changed(chat_id=chat_id, online=online)

@@ -81,6 +81,7 @@ def channel_layer(request, settings):
 def fast_debounce(monkeypatch):
     monkeypatch.setattr(read_marks, "FLUSH_SECONDS", 0.01)
     monkeypatch.setattr(presence, "RECOUNT_DELAY_SECONDS", 0.01)
+    monkeypatch.setattr(presence, "RECOUNT_INTERVAL_SECONDS", 0.01)
     # Users of earlier tests may have had the same ids: each test starts with fresh budgets.
     monkeypatch.setattr(consumers, "_frame_windows", {})
 
