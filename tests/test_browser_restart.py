@@ -30,14 +30,17 @@ except ImportError:  # the `browser` fixture skips or fails
     expect = None
 
 SERVICE_RESTART = 1012
-# Every close code the page's sockets saw, in window.closeCodes (test instrumentation only).
-RECORD_CLOSE_CODES = """
+# Every close code the page's sockets saw, in window.closeCodes, and the type of every frame
+# they received, in window.frameTypes (test instrumentation only).
+RECORD_SOCKETS = """
 window.closeCodes = [];
+window.frameTypes = [];
 const PageWebSocket = window.WebSocket;
 window.WebSocket = class extends PageWebSocket {
   constructor(...args) {
     super(...args);
     this.addEventListener("close", (event) => window.closeCodes.push(event.code));
+    this.addEventListener("message", (event) => window.frameTypes.push(JSON.parse(event.data).type));
   }
 };
 """
@@ -78,7 +81,7 @@ def test_room_reconnects_after_a_graceful_restart_and_shows_what_it_missed(serve
     ids = server.set_up(users=["vera", "walt"], chats=[("vera", "walt", ["Before the deploy"])])
     chat_id = ids["chats"]["vera:walt"]
     walt = open_as("walt")
-    walt.add_init_script(RECORD_CLOSE_CODES)
+    walt.add_init_script(RECORD_SOCKETS)
     goto_with_socket(walt, room_path(chat_id), f"/ws/chat/{chat_id}/")
     expect(walt.locator("main .bubble-body")).to_have_text(["Before the deploy"])
     # Stored from outside the server: the open room hears nothing of it, only a catch-up shows it.
@@ -95,18 +98,6 @@ def test_room_reconnects_after_a_graceful_restart_and_shows_what_it_missed(serve
     expect(hint).to_be_hidden()
 
 
-# The type of every frame the page's sockets received, in window.frameTypes (test instrumentation only).
-RECORD_FRAME_TYPES = """
-window.frameTypes = [];
-const PageSocket = window.WebSocket;
-window.WebSocket = class extends PageSocket {
-  constructor(...args) {
-    super(...args);
-    this.addEventListener("message", (event) => window.frameTypes.push(JSON.parse(event.data).type));
-  }
-};
-"""
-
 # Runs in `manage.py shell`, outside the server: an edit no open room hears of.
 EDIT_SCRIPT = """
 from chat import services
@@ -120,7 +111,7 @@ def test_a_reopened_room_fetches_only_what_its_greeting_says_it_missed(server, o
     ids = server.set_up(users=["xena", "yuri"], chats=[("xena", "yuri", ["Written before the deploy"])])
     chat_id = ids["chats"]["xena:yuri"]
     yuri = open_as("yuri")
-    yuri.add_init_script(RECORD_FRAME_TYPES)
+    yuri.add_init_script(RECORD_SOCKETS)
     fetched = []
     yuri.on("request", lambda request: fetched.append(request.url) if "/messages/" in request.url else None)
     goto_with_socket(yuri, room_path(chat_id), f"/ws/chat/{chat_id}/")
