@@ -117,12 +117,12 @@ def room_cursors_by_chat(chat_ids) -> dict[int, dict]:
 
 
 def memberships_by_pair(pairs) -> dict[tuple[int, int], Membership]:
-    """The memberships, with their chats, of these (user id, chat id) pairs (pairs of no
-    membership are absent), in one query: the rooms of many sockets opening together."""
+    """The memberships of these (user id, chat id) pairs (pairs of no membership are
+    absent), in one query: the rooms of many sockets opening together."""
     pairs = {(user_id, chat_id) for user_id, chat_id in pairs if 0 < chat_id <= MAX_ID}
     if not pairs:
         return {}
-    memberships = Membership.objects.select_related("chat").filter(
+    memberships = Membership.objects.filter(
         user_id__in={user_id for user_id, _ in pairs}, chat_id__in={chat_id for _, chat_id in pairs}
     )
     return {key: m for m in memberships if (key := (m.user_id, m.chat_id)) in pairs}

@@ -431,9 +431,6 @@ class RoomConsumer(ChatConsumer):
         if cursors is not None:  # a deleted chat: its revocation closes the socket
             await self.send_json(events.room_sync_frame(chat_id=self.chat_id, **cursors))
 
-    def get_membership(self) -> Membership | None:
-        return selectors.membership_for(user=self.user, chat_id=self.chat_id)
-
     def fell_behind(self) -> None:
         """Its writer gave up on it: out of the room now, closed once the clean-up is done."""
         logger.info("Closing %s: %d frames behind", self, MAX_QUEUED_FRAMES)
