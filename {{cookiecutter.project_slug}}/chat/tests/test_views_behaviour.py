@@ -582,3 +582,24 @@ def test_pages_that_do_not_show_chat_data_run_no_chat_query(alice_client, django
     # The check-user fragment renders neither the badge nor the list: session, user, lookup.
     with django_assert_max_num_queries(3):
         alice_client.get(reverse("chat:check_user"), {"email": "x@example.com"}, headers=HTMX)
+
+
+def test_a_bubbles_id_and_everything_pointing_at_it_are_written_without_thousand_separators(
+    alice_client, direct_chat, alice, bob, settings
+):
+    # Ids past 999 in a project that groups digits: the bubble's id, the reactions form's URL
+    # and target, a reply's link to its original and the edit form's target must all agree.
+    settings.USE_THOUSAND_SEPARATOR = True
+    original = Message.objects.create(id=1233, chat=direct_chat, sender=alice, body="first")
+    reply = Message.objects.create(id=1234, chat=direct_chat, sender=bob, body="second", reply_to=original)
+    services.toggle_reaction(message=reply, user=alice, emoji="👍")
+
+    room = alice_client.get(reverse("chat:room", args=[direct_chat.pk])).content.decode()
+    edit_form = alice_client.get(reverse("chat:edit_message", args=[direct_chat.pk, original.pk]), headers=HTMX)
+
+    assert 'id="message-1234"' in room
+    assert f'action="/chat/{direct_chat.pk}/messages/1234/react/"' in room
+    assert 'hx-target="#message-1234"' in room
+    assert 'href="#message-1233"' in room and 'data-reply-to="1233"' in room
+    assert 'hx-target="#message-1233"' in edit_form.content.decode()
+    assert "1,23" not in room + edit_form.content.decode()
