@@ -105,8 +105,7 @@ def total_unread_by_user(user_ids) -> dict[int, int]:
 
 
 def total_unread_for_user_id(*, user_id: int) -> int:
-    memberships = Membership.objects.filter(user_id=user_id, is_hidden=False, unread_count__gt=0, is_muted=False)
-    return memberships.aggregate(total=Sum("unread_count"))["total"] or 0
+    return total_unread_by_user([user_id]).get(user_id, 0)
 
 
 def room_cursors_by_chat(chat_ids) -> dict[int, dict]:

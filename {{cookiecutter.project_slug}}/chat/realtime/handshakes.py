@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from channels.auth import get_user
@@ -44,7 +44,7 @@ class _Ask:
     work: Callable[[], Any] | None = None  # a socket's own work, or
     read_many: Callable[[list], dict] | None = None  # a batched one, for
     item: Hashable = None  # this socket's item of it,
-    default: Any = field(default=None)  # and its result when the batch has none for the item
+    default: Any = None  # and its result when the batch has none for the item
 
 
 _waiting: list[_Ask] = []
