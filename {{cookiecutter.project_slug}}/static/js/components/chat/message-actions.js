@@ -111,14 +111,22 @@ document.addEventListener("click", (event) => {
   if (!event.target.closest?.("[data-message-menu], [data-message-actions]")) closeAllMenus();
 });
 
+// The browser focuses the edit form's autofocus box as soon as it is swapped in, but htmx
+// wires the form up only when the swap settles (20 ms later): a key pressed in between
+// would post the form as a page without JavaScript does, and reload the room.
+function wiredUp(form) {
+  window.htmx?.process(form);
+  return form;
+}
+
 document.addEventListener("keydown", (event) => {
   const editBox = event.target.closest?.("[data-edit-input]");
   if (editBox && event.key === "Enter" && !event.shiftKey && !event.isComposing) {
     event.preventDefault();
-    editBox.form.requestSubmit();
+    wiredUp(editBox.form).requestSubmit();
   } else if (editBox && event.key === "Escape") {
     event.preventDefault();
-    editBox.form.querySelector("[data-edit-cancel]")?.click();
+    wiredUp(editBox.form).querySelector("[data-edit-cancel]")?.click();
   } else if (event.key === "Escape") {
     const menu = event.target.closest?.("[data-message-menu]");
     if (menu) closeMenu(menu.closest("[data-message-id]"), { focus: true });
