@@ -35,10 +35,12 @@ SERVICE_RESTART = 1012
 RECORD_SOCKETS = """
 window.closeCodes = [];
 window.frameTypes = [];
+window.socketUrls = [];
 const PageWebSocket = window.WebSocket;
 window.WebSocket = class extends PageWebSocket {
   constructor(...args) {
     super(...args);
+    window.socketUrls.push(String(args[0]));
     this.addEventListener("close", (event) => window.closeCodes.push(event.code));
     this.addEventListener("message", (event) => window.frameTypes.push(JSON.parse(event.data).type));
   }
@@ -107,7 +109,7 @@ print(json.dumps(services.edit_message(message=message, user=message.sender, bod
 """
 
 
-def test_a_reopened_room_fetches_only_what_its_greeting_says_it_missed(server, open_as):
+def test_a_reopened_room_gets_what_it_missed_with_its_greeting_and_fetches_only_the_rest(server, open_as):
     ids = server.set_up(users=["xena", "yuri"], chats=[("xena", "yuri", ["Written before the deploy"])])
     chat_id = ids["chats"]["xena:yuri"]
     yuri = open_as("yuri")
@@ -122,9 +124,18 @@ def test_a_reopened_room_fetches_only_what_its_greeting_says_it_missed(server, o
     assert server.terminate() == 0
     edit = {"CHAT_ID": chat_id, "BODY": "Written before the deploy", "NEW_BODY": "Edited during the deploy"}
     server.shell(EDIT_SCRIPT, **edit)
+    server.send(sender="xena", receiver="yuri", bodies=["Sent during the deploy", "And another"])
     server.start()
 
-    expect(yuri.locator("main .bubble-body")).to_have_text(["Edited during the deploy"])
+    expect(yuri.locator("main .bubble-body")).to_have_text(
+        ["Edited during the deploy", "Sent during the deploy", "And another"]
+    )
     assert yuri.evaluate(greetings) == 2
-    # The greeting's change cursor was ahead: the changes were fetched, and no messages (none were new).
+    first_id = min(
+        int(id_)
+        for id_ in yuri.locator("main [data-message-id]").evaluate_all("els => els.map(e => e.dataset.messageId)")
+    )
+    # The reopened socket asked after the message the page showed, and its greeting brought the
+    # two new ones; only the edit (the greeting's change cursor was ahead) was fetched.
+    assert yuri.evaluate("window.socketUrls").pop().endswith(f"/ws/chat/{chat_id}/?after={first_id}")
     assert [url.partition("?")[2] for url in fetched] == ["changed_since=0"]

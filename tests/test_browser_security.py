@@ -71,7 +71,7 @@ def test_logging_out_in_one_tab_closes_the_room_socket_of_another(server, open_a
     closed = []
 
     def watch(ws):
-        if ws.url.endswith(f"/ws/chat/{chat_id}/"):
+        if f"/ws/chat/{chat_id}/?" in ws.url or ws.url.endswith(f"/ws/chat/{chat_id}/"):
             ws.on("close", lambda _: closed.append(ws.url))
 
     second_tab.on("websocket", watch)

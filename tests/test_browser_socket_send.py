@@ -114,7 +114,7 @@ def test_a_message_whose_socket_dies_before_the_ack_is_stored_once(server, open_
 
         ws.on_message(from_page)
 
-    oli.route_web_socket(re.compile(r".*/ws/chat/\d+/$"), relay)
+    oli.route_web_socket(re.compile(r".*/ws/chat/\d+/(\?|$)"), relay)
     seen = watch_sends(oli)
     goto_with_socket(oli, room_path(chat_id), f"/ws/chat/{chat_id}/")
 

@@ -59,7 +59,7 @@ HASHED_FILE_CACHE = "public, max-age=31536000, immutable"
 IDLE_SECONDS = 180
 LOGIN_IP_LIMIT = 3  # failed log-ins per client address, for the deployment
 HEARTBEAT_SECONDS = 25  # HEARTBEAT_MS in static/js/components/chat/socket-heartbeat.js
-ROOM_SOCKET = re.compile(r"/ws/chat/\d+/$")
+ROOM_SOCKET = re.compile(r"/ws/chat/\d+/(\?|$)")  # a room socket asks ?after= the newest message shown
 # The room page's socket (a ReconnectingSocket, chat-websocket.js), as the page keeps it.
 ROOM_SOCKET_JS = "document.querySelector('main [data-chat-room]').chatRoom.socket"
 UPSTREAM_HEADER = "x-upstream-addr"  # added by the test's nginx.conf, never by the site

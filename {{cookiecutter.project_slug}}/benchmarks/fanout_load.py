@@ -263,8 +263,9 @@ async def run_chat(
 
 
 def recovered(client: RoomClient) -> set[int]:
-    """Messages this client showed because a catch-up fetched them, not because a frame came."""
-    return {id_ for id_, via in client.shown_via.items() if via == "catch_up"} - client.framed_at.keys()
+    """Messages this client showed because a catch-up fetched them (or a greeting brought
+    them, after a reconnect), not because a frame came."""
+    return {id_ for id_, via in client.shown_via.items() if via in ("catch_up", "greeting")} - client.framed_at.keys()
 
 
 async def send_load(clients: list[RoomClient], result: Result) -> tuple[float, dict[int, float], list[float]]:

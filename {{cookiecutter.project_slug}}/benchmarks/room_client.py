@@ -4,9 +4,10 @@ It follows the room's JavaScript (static/js/components/chat/): `chat-websocket.j
 (`ReconnectingSocket`: reconnect with full jitter, within a second when the server restarts
 (1012), stop on 4401/4403), `chat-inbox.js` (`InboxClient`: the inbox socket every page
 opens), `message-send.js` (frames chained by `prev_id`, an early frame held for the reorder
-grace, catch-up over HTTP with `messages/?after=<id>`, and `&before=<id>` while frames past a
-gap are held, when a frame skips one or the socket's greeting on opening names a newer
-message) and, in room_outbox.py, `message-outbox.js`
+grace, each open asking after the newest message shown (`?after=<id>`, answered with the
+missed bubbles in the greeting), catch-up over HTTP with `messages/?after=<id>`, and
+`&before=<id>` while frames past a gap are held, when a frame skips one or the greeting
+still names a newer message) and, in room_outbox.py, `message-outbox.js`
 (sends over the socket with an ack, over HTTP when the socket is down or the ack is late,
 overload answers waited out, always with the message's client id). The protocol itself is
 documented in `chat/realtime/consumers.py`.
@@ -157,7 +158,7 @@ class ReconnectingSocket:
                 attempts += 1
 
     async def open_socket(self) -> ClientConnection:
-        url = "ws" + self.server.removeprefix("http") + self.path
+        url = "ws" + self.server.removeprefix("http") + self.socket_path()
         async with self.connect_gate or contextlib.nullcontext():
             return await connect(
                 url,
@@ -175,6 +176,10 @@ class ReconnectingSocket:
         base, ceiling = self.reconnect_delays
         longest = RESTART_JITTER_SECONDS if restarting else min(ceiling, base * 2**attempts)
         await asyncio.sleep(random.uniform(0, longest))  # noqa: S311 - jitter
+
+    def socket_path(self) -> str:
+        """The path to open, asked on every (re)connect."""
+        return self.path
 
     def is_open(self) -> bool:
         return self.ws is not None
@@ -256,6 +261,7 @@ class RoomClient(ReconnectingSocket):
         self.outbox = Outbox(self, ack_timeout=ack_timeout, over_socket=send_over == "socket")
         self.contiguous_id = self.newest_shown_id = start_id
         self.held_frames: dict[int, dict] = {}  # prev_id -> frame, for frames that came early
+        self.awaiting_greeting = False
         self.grace_timer: asyncio.TimerHandle | None = None
         self.sync_timer: asyncio.TimerHandle | None = None
         self.synced_at: list[float] = []  # time.monotonic() of each greeting
@@ -265,13 +271,17 @@ class RoomClient(ReconnectingSocket):
         self.catch_up_retry_timer: asyncio.TimerHandle | None = None
         self.shown: list[int] = []  # in the order they appeared
         self.shown_at: dict[int, float] = {}  # time.monotonic() of each message's first showing
-        self.shown_via: dict[int, str] = {}  # "frame", "catch_up" or "send_answer"
+        self.shown_via: dict[int, str] = {}  # "frame", "catch_up", "greeting" or "send_answer"
         self.framed_at: dict[int, float] = {}  # time.monotonic() of each message's first frame
         self.last_presence_at = 0.0
         self.revoked = False
 
     def headers(self) -> dict[str, str]:
         return {"Cookie": self.member.cookie, "HX-Request": "true"}
+
+    def socket_path(self) -> str:
+        # The greeting brings the messages after this (up to a page): no fetch after a reopen.
+        return f"{self.path}?after={self.contiguous_id}"
 
     def send(self, body: str) -> asyncio.Future[Sent]:
         """Queue a message; the future gives how it left once stored or refused."""
@@ -309,11 +319,13 @@ class RoomClient(ReconnectingSocket):
         # after the page rendered and before the socket joined the room has no frame for it.
         self.report_visibility()
         self.cancel_sync_timer()
+        self.awaiting_greeting = True
         self.sync_timer = asyncio.get_running_loop().call_later(SYNC_WAIT_SECONDS, self.no_greeting)
         self.outbox.on_socket_opened()
 
     def on_closed(self) -> None:
         self.cancel_sync_timer()
+        self.awaiting_greeting = False
         self.outbox.on_socket_closed()
 
     def cancel_sync_timer(self) -> None:
@@ -323,13 +335,21 @@ class RoomClient(ReconnectingSocket):
 
     def no_greeting(self) -> None:
         self.sync_timer = None
+        self.awaiting_greeting = False
         self.counts["no_greeting"] += 1
         self.catch_up()
 
     def on_greeting(self, frame: dict) -> None:
-        """The room's newest message when the socket joined: fetch only if this shows less."""
+        """The room's newest message when the socket joined, and the messages missed since
+        the id the socket asked after (up to a page): fetch only if this still shows less."""
         self.cancel_sync_timer()
+        self.awaiting_greeting = False
         self.synced_at.append(time.monotonic())
+        before = self.contiguous_id
+        if frame.get("html"):
+            self.show_caught_up([int(found) for found in MESSAGE_ID.findall(frame["html"])], via="greeting")
+        if self.contiguous_id > before and self.catching_up is None:
+            self.report_visibility()  # marks them read
         if frame["last_message_id"] > self.contiguous_id or self.held_frames:
             self.catch_up()
 
@@ -373,7 +393,8 @@ class RoomClient(ReconnectingSocket):
             self.counts["gap"] += 1
         self.held_frames[frame["prev_id"]] = frame
         self.apply_chained_frames()
-        if self.held_frames and self.grace_timer is None:
+        # Between an open and its greeting, a gap may be one the greeting fills.
+        if self.held_frames and self.grace_timer is None and not self.awaiting_greeting:
             self.grace_timer = asyncio.get_running_loop().call_later(self.reorder_grace, self.grace_over)
 
     def grace_over(self) -> None:
@@ -448,7 +469,12 @@ class RoomClient(ReconnectingSocket):
                     self.held_frames.clear()  # nothing in the gap after all: fetch everything after
                     continue
                 return
-            self.insert(ids, via="catch_up")
+            self.show_caught_up(ids, via="catch_up")
+
+    def show_caught_up(self, ids: list[int], *, via: str) -> None:
+        """Every message after contiguous_id: a catch-up's answer, or a greeting's."""
+        if ids:
+            self.insert(ids, via=via)
             self.contiguous_id = max(self.contiguous_id, *ids)
             self.apply_chained_frames()
 

@@ -58,6 +58,7 @@ from django.template.loader import render_to_string
 from django.utils.text import Truncator
 
 from chat import selectors
+from chat.conf import chat_setting
 from chat.realtime import mailbox, presence
 from chat.realtime.loop import group_send_all, run_on_serving_loop
 
@@ -85,6 +86,48 @@ def to_user(user_id: int, event: dict) -> tuple[str, dict]:
 def room_sync_frame(*, chat_id: int, last_message_id: int | None, change_seq: int) -> dict:
     """A room socket's greeting on each open (not an event: the socket sends it itself)."""
     return {"type": "chat.sync", "chat_id": chat_id, "last_message_id": last_message_id or 0, "change_seq": change_seq}
+
+
+def room_greetings(asks: list[tuple[int, int | None]]) -> dict[tuple[int, int | None], str]:
+    """The greetings, JSON-encoded, of room sockets opening together, by (chat id, the id
+    after which the socket asked for what it missed, or None); chats gone are absent.
+
+    A greeting carries the bubbles of the messages after that id ("html", oldest first)
+    when there are at most CHAT_PAGE_SIZE of them: after a restart every room that missed
+    a few messages gets them with its greeting instead of fetching them. One query for the
+    rooms, one for their messages and one for the messages' reactions, whatever the number
+    of sockets; each bubble rendered once, each greeting encoded once for all the sockets
+    of a room that ask the same.
+    """
+    cursors = selectors.room_cursors_by_chat({chat_id for chat_id, _ in asks})
+    oldest_asked: dict[int, int] = {}  # per chat, the smallest id a socket that missed something asked after
+    for chat_id, after in asks:
+        if after is not None and chat_id in cursors and after < (cursors[chat_id]["last_message_id"] or 0):
+            oldest_asked[chat_id] = min(after, oldest_asked.get(chat_id, after))
+    limit = chat_setting("CHAT_PAGE_SIZE")
+    # Each chat's newest limit + 1 after its oldest ask: a socket's missed messages are
+    # all there if it missed at most `limit` (more, and it fetches them page by page).
+    newest = selectors.newest_messages_after(oldest_asked, limit=limit + 1)
+    bubbles: dict[int, str] = {}
+    greetings = {}
+    for chat_id, after in asks:
+        if chat_id not in cursors:
+            continue
+        frame = room_sync_frame(chat_id=chat_id, **cursors[chat_id])
+        missed = [message for message in newest.get(chat_id, ()) if message.pk > (after or 0)]
+        if after is not None and 0 < len(missed) <= limit:
+            for message in missed:
+                if message.pk not in bubbles:
+                    bubbles[message.pk] = bubble_html(message)
+            frame["html"] = "".join(bubbles[message.pk] for message in missed)
+        greetings[(chat_id, after)] = json.dumps(frame)
+    return greetings
+
+
+def bubble_html(message) -> str:
+    """A message's bubble as every member gets it (the page marks the viewer's own)."""
+    sender_name = selectors.display_name(message.sender)
+    return render_to_string("chat/partials/message_bubble.html", {"message": message, "sender_name": sender_name})
 
 
 def session_tag(session_key: str | None) -> str | None:
@@ -118,8 +161,7 @@ def message_created(*, message, prev_id: int) -> None:
 
 
 def room_message_event(*, message, prev_id: int) -> dict:
-    sender_name = selectors.display_name(message.sender)
-    html = render_to_string("chat/partials/message_bubble.html", {"message": message, "sender_name": sender_name})
+    html = bubble_html(message)
     frame = {
         "type": "chat.message",
         "chat_id": message.chat_id,

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
-from django.db.models import F, Q, QuerySet, Sum
+from django.db.models import F, Q, QuerySet, Sum, Window
+from django.db.models.functions import RowNumber
 from django.http import Http404
 
 from chat.conf import chat_setting
@@ -187,6 +188,29 @@ def messages_page(
     messages = list(history.order_by("-pk")[: limit + 1])
     has_older = len(messages) > limit
     return MessagePage(messages=with_reactions(messages[:limit][::-1]), has_older=has_older)
+
+
+def newest_messages_after(after_by_chat: dict[int, int], *, limit: int) -> dict[int, list[Message]]:
+    """Each chat's newest `limit` messages after the id given for it, oldest first, with
+    their reactions: what rooms reopening together missed, in one query for every chat
+    (a window over the chats) and one for the reactions."""
+    if not after_by_chat:
+        return {}
+    missed = Q()
+    for chat_id, after in after_by_chat.items():
+        missed |= Q(chat_id=chat_id, pk__gt=after)
+    newest_first = Window(RowNumber(), partition_by=F("chat_id"), order_by=F("pk").desc())
+    rows = (
+        Message.objects.filter(missed)
+        .select_related("sender", "reply_to", "reply_to__sender")
+        .annotate(newness=newest_first)
+        .filter(newness__lte=limit)
+        .order_by("pk")
+    )
+    by_chat: dict[int, list[Message]] = {}
+    for message in with_reactions(list(rows)):
+        by_chat.setdefault(message.chat_id, []).append(message)
+    return by_chat
 
 
 def chat_members(*, chat: Chat) -> list[Membership]:

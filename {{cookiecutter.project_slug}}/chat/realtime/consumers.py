@@ -17,12 +17,18 @@ Frames the server sends are JSON objects with a "type": see `chat.events` for th
 vocabulary. Soon after every open a room socket gets its greeting (live frames may come
 before it):
 
-    {"type": "chat.sync", "chat_id": N, "last_message_id": M, "change_seq": S}
+    {"type": "chat.sync", "chat_id": N, "last_message_id": M, "change_seq": S, "html": "..."}
         The room's newest message id (0 for none) and change cursor, read after the socket
-        joined the room: anything newer comes as a frame. A page that shows messages up to
-        M and has seen changes up to S needs no catch-up; one that shows less fetches
+        joined the room: anything newer comes as a frame. A socket opened with
+        `?after=<id>` (the newest message its page shows with none missing before it)
+        also gets the bubbles of the messages after that id in "html", oldest first, as
+        `messages/?after=<id>` would answer, when there are 1 to CHAT_PAGE_SIZE of them
+        (none: no "html"). A page that then shows messages up to M and has seen changes up
+        to S needs no catch-up; one that shows less (it missed more than a page) fetches
         `messages/?after=<id>` (or `?changed_since=<cursor>`). After a restart, thousands
-        of rooms that missed nothing reconnect without a request each.
+        of rooms reconnect without a request each, even with messages flowing meanwhile.
+        An `after` that is not a message id gets an "invalid" error frame and a greeting
+        without "html".
 
 Frames a client may send to a room:
 
@@ -86,6 +92,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
@@ -97,7 +104,7 @@ from django.http import Http404
 
 from chat import events, metrics, selectors, services
 from chat.conf import chat_setting
-from chat.models import Membership
+from chat.models import MAX_ID, Membership
 from chat.ratelimit import RateLimited, check_rate
 from chat.realtime import handshakes, presence, read_marks
 from chat.realtime.hub import RoomHub, UserHub
@@ -341,6 +348,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "pong"})
 
 
+INVALID_AFTER = -1
+
+
+def after_in_query(query_string: bytes) -> int | None:
+    """The message id a room socket asks its missed messages after (`?after=<id>`): None
+    if it asks none, INVALID_AFTER if the value is not one."""
+    values = parse_qs(query_string.decode("latin-1")).get("after")
+    if not values:
+        return None
+    raw = values[-1]
+    # isascii: str.isdigit() is also true for "²" and other digits int() rejects.
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_ID:
+        return INVALID_AFTER
+    return int(raw)
+
+
 async def refuse_handshake(receive, send, code: int) -> None:
     """Accept the handshake and close at once with `code`: browsers can read a close code,
     not a refused handshake's reason."""
@@ -387,12 +410,15 @@ class RoomConsumer(ChatConsumer):
     present = False
     viewing = False
     in_hub = False
+    asked_after: int | None = None  # its ?after=<id>: the messages its greeting brings
+    cleared_message_id = 0
 
     def look_up(self) -> int | None:
         refusal = super().look_up()
         if refusal is not None:
             return refusal
         self.chat_id = self.scope["url_route"]["kwargs"]["chat_id"]
+        self.asked_after = after_in_query(self.scope.get("query_string", b""))
         # The key of its presence row (`RoomPresence.channel_name`): unique among every
         # process's sockets.
         self.socket_name = f"chat-room-socket.{uuid.uuid4().hex}"
@@ -402,7 +428,10 @@ class RoomConsumer(ChatConsumer):
         # Read with the memberships of the other rooms opening meanwhile, in one query. Not
         # kept: every later use checks the membership again (it may have ended since).
         membership = await handshakes.in_shared_batch(selectors.memberships_by_pair, (self.user.pk, self.chat_id))
-        return CLOSE_FORBIDDEN if membership is None else None
+        if membership is None:
+            return CLOSE_FORBIDDEN
+        self.cleared_message_id = membership.cleared_message_id  # what its greeting leaves out
+        return None
 
     async def connect(self):
         self.viewing = True
@@ -420,16 +449,24 @@ class RoomConsumer(ChatConsumer):
     async def greet(self) -> None:
         """Tell the page what is newest in its room, read once it is in the room's hub:
         anything newer reaches it as a frame, so it fetches only if it shows less than this.
-        The rooms of the sockets opening together (a restart) are read in one query. A page
-        that gets no greeting (the database is busy or restarting) catches up all the same,
-        a few seconds later: the socket stays open."""
+        With the greeting come the messages it missed since the id it asked after, if a
+        page's worth at most. The greetings of the sockets opening together (a restart) are
+        read in a few queries and each encoded once (`events.room_greetings`). A page that
+        gets no greeting (the database is busy or restarting) catches up all the same, a
+        few seconds later: the socket stays open."""
+        after = self.asked_after
+        if after is INVALID_AFTER:
+            await self.send_error("invalid", "“after” must be the id of a message.")
+            after = None
+        elif after is not None:
+            after = max(after, self.cleared_message_id)
         try:
-            cursors = await handshakes.in_shared_batch(selectors.room_cursors_by_chat, self.chat_id)
+            greeting = await handshakes.in_shared_batch(events.room_greetings, (self.chat_id, after))
         except DatabaseError:
             logger.warning("No greeting for %s: its room could not be read", self, exc_info=True)
             return
-        if cursors is not None:  # a deleted chat: its revocation closes the socket
-            await self.send_json(events.room_sync_frame(chat_id=self.chat_id, **cursors))
+        if greeting is not None:  # a deleted chat: its revocation closes the socket
+            await self.send(text_data=greeting)
 
     def fell_behind(self) -> None:
         """Its writer gave up on it: out of the room now, closed once the clean-up is done."""

@@ -7,6 +7,7 @@ installed, again on Redis (through the project's own Redis layer if it has one).
 import asyncio
 import json
 import os
+import re
 import uuid
 from importlib import import_module
 
@@ -208,6 +209,49 @@ async def test_a_room_greets_each_open_with_its_newest_message_and_change_cursor
     frame = await receive_until(reopened, "chat.sync")
     assert (frame["last_message_id"], frame["change_seq"]) == (newest.pk, 1)
     await reopened.disconnect()
+
+
+def bubble_ids(html: str) -> list[int]:
+    return [int(found) for found in re.findall(r'data-message-id="(\d+)"', html)]
+
+
+async def test_a_room_opened_after_a_message_gets_the_messages_since_with_its_greeting(connect, alice, bob, group):
+    send = database_sync_to_async(services.send_message)
+    seen, missed, newest = [await send(chat=group, sender=bob, body=f"m{n}") for n in range(3)]
+
+    reopened, _, _ = await connect(alice, f"/ws/chat/{group.pk}/?after={seen.pk}")
+    greeting = await receive_until(reopened, "chat.sync")
+    assert greeting["last_message_id"] == newest.pk
+    assert bubble_ids(greeting["html"]) == [missed.pk, newest.pk]  # oldest first, as messages/?after= answers
+    assert "m1" in greeting["html"] and "Bob" in greeting["html"]
+
+    for path in (f"/ws/chat/{group.pk}/?after={newest.pk}", f"/ws/chat/{group.pk}/"):  # nothing missed; not asked
+        room, _, _ = await connect(alice, path)
+        assert "html" not in await receive_until(room, "chat.sync")
+
+
+async def test_a_greeting_brings_no_more_than_a_page_nor_what_the_member_cleared(connect, alice, bob, group, settings):
+    settings.CHAT_PAGE_SIZE = 2
+    send = database_sync_to_async(services.send_message)
+    cleared = [await send(chat=group, sender=bob, body=f"old {n}") for n in range(2)][-1]
+    await database_sync_to_async(services.soft_delete_chat)(chat=group, user=alice)
+    kept = [await send(chat=group, sender=bob, body=f"new {n}") for n in range(2)]
+
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/?after=0")  # all: but not what she cleared
+    assert bubble_ids((await receive_until(room, "chat.sync"))["html"]) == [kept[0].pk, kept[1].pk]
+
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/?after=0")  # four missed, more than a page
+    greeting = await receive_until(room, "chat.sync")
+    assert "html" not in greeting and greeting["last_message_id"] == kept[1].pk > cleared.pk  # so the page fetches
+
+
+@pytest.mark.parametrize("after", ["abc", "-1", "1.5", "²", str(2**63)])
+async def test_a_room_asking_after_no_message_id_is_told_and_greeted_without_messages(connect, alice, group, after):
+    room, connected, _ = await connect(alice, f"/ws/chat/{group.pk}/?after={after}")
+    assert connected
+    error = await receive_until(room, "error")
+    assert (error["code"], error["error"]) == ("invalid", "“after” must be the id of a message.")
+    assert "html" not in await receive_until(room, "chat.sync")  # and the socket stays open
 
 
 async def test_a_room_whose_greeting_cannot_be_read_stays_open(connect, alice, group, monkeypatch):

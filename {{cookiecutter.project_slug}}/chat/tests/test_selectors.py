@@ -1,12 +1,14 @@
 """Every read of the chat app, through chat.selectors."""
 
+import json
+import re
 from datetime import timedelta
 
 import pytest
 from django.http import Http404
 from django.utils import timezone
 
-from chat import selectors, services
+from chat import events, selectors, services
 from chat.models import Membership
 from chat.ratelimit import RateLimited
 
@@ -266,3 +268,31 @@ def test_memberships_of_rooms_opening_together_are_read_in_one_query(alice, bob,
 
     assert set(found) == {(alice.pk, team.pk), (bob.pk, team.pk), (carol.pk, direct.pk)}
     assert (found[(bob.pk, team.pk)].user_id, found[(bob.pk, team.pk)].chat_id) == (bob.pk, team.pk)
+
+
+def test_the_greetings_of_rooms_opening_together_take_three_queries_however_many(
+    alice, bob, carol, django_assert_num_queries
+):
+    """One for the rooms, one for their missed messages, one for those messages' reactions."""
+    rooms = [services.create_group_chat(creator=alice, name=f"Room {n}", members=[bob, carol]) for n in range(4)]
+    sent = {room.pk: [services.send_message(chat=room, sender=bob, body=f"m{n}") for n in range(3)] for room in rooms}
+    services.toggle_reaction(message=sent[rooms[0].pk][2], user=carol, emoji="👍")
+
+    def asks(few_rooms):
+        # Per room: a socket that saw the first message, one that saw them all, one that asks nothing.
+        return [(room.pk, ask) for room in few_rooms for ask in (sent[room.pk][0].pk, sent[room.pk][2].pk, None)]
+
+    with django_assert_num_queries(3):
+        events.room_greetings(asks(rooms[:1]))
+    with django_assert_num_queries(3):
+        greetings = events.room_greetings([*asks(rooms), (2**60, 0)])  # and a chat that is gone
+
+    assert len(greetings) == 12
+    for room in rooms:
+        first, second, newest = sent[room.pk]
+        behind = json.loads(greetings[(room.pk, first.pk)])
+        assert behind["last_message_id"] == newest.pk
+        assert [int(id_) for id_ in re.findall(r'data-message-id="(\d+)"', behind["html"])] == [second.pk, newest.pk]
+        assert "html" not in json.loads(greetings[(room.pk, newest.pk)])
+        assert "html" not in json.loads(greetings[(room.pk, None)])
+    assert "👍" in json.loads(greetings[(rooms[0].pk, sent[rooms[0].pk][0].pk)])["html"]

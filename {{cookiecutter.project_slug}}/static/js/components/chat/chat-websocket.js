@@ -48,7 +48,8 @@ export class ReconnectingSocket {
 
   connect() {
     clearTimeout(this.timer);
-    const socket = new WebSocket(socketUrl(this.path));
+    // A path that is a function is asked again on each connect (a room's says what it shows).
+    const socket = new WebSocket(socketUrl(typeof this.path === "function" ? this.path() : this.path));
     this.socket = socket;
     // Each connection has its own heartbeat; one dropped by `drop` stops at its close.
     const current = () => this.socket === socket && socket.readyState === WebSocket.OPEN;

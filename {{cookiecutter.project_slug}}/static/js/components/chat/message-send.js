@@ -3,8 +3,9 @@
 //
 // The database is the truth: each frame names the message before it in the chat
 // (prev_id). While frames chain onto the newest message we know we have everything
-// (`contiguousId`); on a gap, or when the socket's greeting on (re)opening (`chat.sync`) names
-// a newer message, we fetch `messages/?after=<contiguousId>`.
+// (`contiguousId`). Each (re)open asks after contiguousId and the socket's greeting
+// (`chat.sync`) brings what came since, up to a page; on a gap, or when the greeting still
+// names a newer message, we fetch `messages/?after=<contiguousId>`.
 // Bubbles are inserted in id order and never twice, whichever of the send's answer and
 // the socket frame arrives first. Sending goes through the room's outbox
 // (message-outbox.js): over the socket when it is open, over HTTP otherwise. Times and
@@ -98,7 +99,9 @@ class ChatRoom {
       if (event.persisted) this.catchUp(); // back from the back/forward cache
     };
     window.addEventListener("pageshow", this.onPageShow);
-    this.socket = new ReconnectingSocket(`/ws/chat/${this.chatId}/`, {
+    // Each (re)open names the newest message shown with none missing before it: the
+    // greeting brings what came after it (up to a page), so a reopened room needs no fetch.
+    this.socket = new ReconnectingSocket(() => `/ws/chat/${this.chatId}/?after=${this.contiguousId}`, {
       onMessage: (frame) => this.onFrame(frame),
       // Every open is followed by the server's greeting, the first one too: a message sent
       // after the page rendered and before the socket joined the room has no frame for it.
@@ -109,6 +112,7 @@ class ChatRoom {
       },
       onClose: () => {
         clearTimeout(this.syncTimer);
+        this.awaitingGreeting = false;
         this.outbox?.onSocketClosed();
       },
       onFinalClose: () => this.showRevoked(false),
@@ -160,18 +164,33 @@ class ChatRoom {
 
   awaitGreeting() {
     clearTimeout(this.syncTimer);
+    this.awaitingGreeting = true;
     this.syncTimer = setTimeout(() => {
+      this.awaitingGreeting = false;
       this.catchUp();
       this.changes.catchUp();
     }, SYNC_WAIT_MS);
   }
 
-  // The room's newest message and change cursor, read once the socket was in the room:
-  // fetch only what this page does not show yet (after a restart, most rooms have nothing).
+  // The room's newest message and change cursor, read once the socket was in the room,
+  // with the messages missed since the socket opened (`?after=`, up to a page): fetch only
+  // what this page still does not show (after a restart, most rooms have nothing to fetch).
   onGreeting(frame) {
     clearTimeout(this.syncTimer);
+    this.awaitingGreeting = false;
+    if (frame.html) this.showCaughtUp(parseBubbles(frame.html));
     if (frame.last_message_id > this.contiguousId || this.heldFrames.size) this.catchUp();
     this.changes.catchUpTo(frame.change_seq);
+  }
+
+  // Bubbles of every message after contiguousId (a catch-up's answer, or a greeting's).
+  showCaughtUp(bubbles) {
+    if (!bubbles.length) return;
+    const before = this.contiguousId;
+    this.insert(bubbles);
+    this.contiguousId = Math.max(this.contiguousId, ...bubbles.map(bubbleId));
+    this.applyChainedFrames();
+    if (this.contiguousId > before && !this.catchingUp) this.reportVisibility(); // marks them read
   }
 
   // Frames of messages sent at the same moment can arrive out of order: hold a frame that
@@ -181,7 +200,9 @@ class ChatRoom {
     if (frame.message_id <= this.contiguousId) return;
     this.heldFrames.set(frame.prev_id, frame);
     this.applyChainedFrames();
-    if (this.heldFrames.size && !this.graceTimer) {
+    // Frames that come between an open and its greeting may follow messages the greeting
+    // brings: a gap then is only fetched if the greeting does not fill it.
+    if (this.heldFrames.size && !this.graceTimer && !this.awaitingGreeting) {
       this.graceTimer = setTimeout(() => {
         this.graceTimer = null;
         if (this.heldFrames.size) this.catchUp();
