@@ -31,6 +31,8 @@ from .fanout_load import CONNECT_CONCURRENCY, drain
 from .room_client import InboxClient, RoomClient, new_http_client
 from .seeding import Room
 
+RECONNECT_COUNTS = ("greeting", "catch_up", "catch_up_request", "no_greeting", "greeting_behind", "grace_over")
+
 
 @dataclass
 class StormResult:
@@ -56,6 +58,10 @@ class StormResult:
     failed_connects: int = 0
     failures: dict | None = None  # failed connects by exception, and the closes seen
     catch_up_requests: int = 0
+    # What the room sockets did from the restart until all caught up (or the bound): messages
+    # shown from greetings, catch-up GETs, and what set those off (no greeting within the
+    # page's wait, a greeting still naming a newer message, a gap past the reorder grace).
+    reconnect_counts: dict | None = None
     error: str | None = None
 
     def figures(self) -> dict:
@@ -123,8 +129,8 @@ class Storm:
         # What the senders still hold goes out; then every room catches up once, as after a reconnect.
         with suppress(TimeoutError):
             await asyncio.wait_for(self.senders_done(), self.timeout)
-        for client in self.room_clients:
-            client.catch_up()
+        with suppress(TimeoutError):  # each, and any catch-up still under way, done
+            await asyncio.wait_for(asyncio.gather(*(c.caught_up() for c in self.room_clients)), self.timeout)
         newest = {chat_id: max(ids, default=0) for chat_id, ids in self.stored.items()}
 
         def shown() -> int:
@@ -142,11 +148,13 @@ class Storm:
         print(f"    stopped in {result.stop_s:g} s, listening again after {result.restart_s:g} s", flush=True)
         spy = start_profiler(self.server.process.pid, profile) if profile else None
         cpu_at_start, client_cpu_at_start = self.server.cpu_seconds(), time.process_time()
+        counts_at_restart = self.room_counts(RECONNECT_COUNTS)
         try:
             back = asyncio.create_task(self.all_back(since=stopped_at))
             with suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(back), self.timeout)
             result.server_cpu_s = round(self.server.cpu_seconds() - cpu_at_start, 1)
+            result.reconnect_counts = self.room_counts(RECONNECT_COUNTS, minus=counts_at_restart)
             result.client_cpu_s = round(time.process_time() - client_cpu_at_start, 1)
             result.reopened_quantiles_s = self.reopened_quantiles(since=stopped_at)
             if self.back_at is not None:
@@ -183,6 +191,12 @@ class Storm:
             if reopened and self.everyone_caught_up(since):
                 return now
             await asyncio.sleep(0.05)
+
+    def room_counts(self, keys: tuple[str, ...], minus: dict | None = None) -> dict:
+        total = Counter()
+        for client in self.room_clients:
+            total.update({key: client.counts[key] for key in keys})
+        return {key: total[key] - (minus or {}).get(key, 0) for key in keys}
 
     def reopened_quantiles(self, *, since: float) -> dict:
         """When half, 90% and 99% of the sockets had reopened: a long tail is backoff, a late middle the server."""
@@ -332,3 +346,5 @@ def print_storm(results: list[StormResult]) -> None:
             print(f"{r.layer}: sockets reopened after the stop by {reopened}")
         if r.failures:
             print(f"{r.layer}: failed connects and closes by kind: {r.failures}")
+        if r.reconnect_counts:
+            print(f"{r.layer}: room sockets from the restart until caught up: {r.reconnect_counts}")

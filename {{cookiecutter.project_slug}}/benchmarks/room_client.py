@@ -351,6 +351,7 @@ class RoomClient(ReconnectingSocket):
         if self.contiguous_id > before and self.catching_up is None:
             self.report_visibility()  # marks them read
         if frame["last_message_id"] > self.contiguous_id or self.held_frames:
+            self.counts["greeting_behind"] += 1
             self.catch_up()
 
     def report_visibility(self) -> None:

@@ -378,8 +378,9 @@ class InboxConsumer(ChatConsumer):
     takes_inbox_events = True  # the user hub is in its person's inbox group while it is open
 
     async def connect(self):
-        await self.join_user_hub()
+        # Accepted first: an inbox event that reached it before the accept would break the handshake.
         await self.accept()
+        await self.join_user_hub()
         # Counted once in the person's groups, so no change after the count is missed.
         total = await handshakes.in_shared_batch(selectors.total_unread_by_user, self.user_id, default=0)
         await self.send_json({"type": "inbox.sync", "total_unread": total})
@@ -437,11 +438,16 @@ class RoomConsumer(ChatConsumer):
         self.viewing = True
         await handshakes.in_shared_batch(presence.join_many, (self.socket_name, self.chat_id, self.user_id))
         self.present = True  # its presence row exists: clean_up removes it, whatever happens next
+        # Frames from the hubs wait in the writer until the socket is accepted: sent before
+        # it, one would break the handshake (the server refuses anything but the accept).
+        self.writer = SocketWriter(
+            send_text=self.send_text_now, close=self.close_now, too_slow=self.fell_behind, held=True
+        )
         await self.join_user_hub()
         await RoomHub.for_running_loop().join(self)
         self.in_hub = True
-        await self.accept()
-        self.writer = SocketWriter(send_text=self.send_text_now, close=self.close_now, too_slow=self.fell_behind)
+        await self.accept()  # straight to the server (Channels' accept bypasses `send`)
+        self.writer.release()
         await presence.track(self.socket_name)
         presence.recount_soon(self.chat_id)
         await self.greet()

@@ -7,7 +7,8 @@ every socket after it in the room waits too. So a room socket's frames wait in a
 of its own, which its writer task empties; the hub only appends. A client that falls
 MAX_QUEUED_FRAMES behind cannot keep up: its queue is dropped and it is closed with
 CLOSE_TOO_SLOW, reconnects, and catches up from the database like any client that
-missed frames.
+missed frames. A socket's writer is made before it joins its room, held until the socket is
+accepted: a frame that comes in between waits for the accept instead of breaking the handshake.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class SocketWriter:
     and each would otherwise hold a waiting task, an event and an empty deque (a few KiB).
     """
 
-    __slots__ = ("send_text", "close", "too_slow", "frames", "task", "closing")
+    __slots__ = ("send_text", "close", "too_slow", "frames", "task", "closing", "held")
 
     def __init__(
         self,
@@ -38,11 +39,13 @@ class SocketWriter:
         send_text: Callable[[str], Awaitable[None]],
         close: Callable[[int | None], Awaitable[None]],
         too_slow: Callable[[], None],
+        held: bool = False,
     ):
         self.send_text, self.close, self.too_slow = send_text, close, too_slow
         self.frames: collections.deque | None = None  # made with the first frame
         self.task: asyncio.Task | None = None
         self.closing = False
+        self.held = held  # frames wait until `release` (the socket is not accepted yet)
 
     def put_text(self, text: str) -> None:
         if self.closing:
@@ -62,7 +65,13 @@ class SocketWriter:
         if self.frames is None:
             self.frames = collections.deque()
         self.frames.append(frame)
-        if self.task is None or self.task.done():
+        if not self.held and (self.task is None or self.task.done()):
+            self.task = asyncio.get_running_loop().create_task(self.write())
+
+    def release(self) -> None:
+        """The socket is accepted: write what waited, and every frame from now on."""
+        self.held = False
+        if self.frames and (self.task is None or self.task.done()):
             self.task = asyncio.get_running_loop().create_task(self.write())
 
     def stop(self) -> None:

@@ -237,16 +237,15 @@ async def test_people_joining_the_hub_do_not_wait_for_each_others_groups(channel
         socket = WebsocketCommunicator(URLRouter(websocket_urlpatterns), "/ws/chat/inbox/")
         socket.scope["user"] = user
         sockets.append(socket)
-    alices_connect = asyncio.ensure_future(sockets[0].connect(timeout=test_consumers.TIMEOUT))
+    assert (await sockets[0].connect(timeout=test_consumers.TIMEOUT))[0]  # accepted; her groups next
     try:
         await asyncio.wait_for(alice_joining.wait(), test_consumers.TIMEOUT)
         connected, _ = await sockets[1].connect(timeout=test_consumers.TIMEOUT)
         assert connected
         assert (await receive_until(sockets[1], "inbox.sync"))["total_unread"] == 0
-        assert not alices_connect.done()
+        assert await sockets[0].receive_nothing(timeout=0.1)  # her greeting waits for her group
     finally:
         alice_may_join.set()
-    assert (await alices_connect)[0]
     assert (await receive_until(sockets[0], "inbox.sync"))["total_unread"] == 0
     for socket in sockets:
         await socket.disconnect()
@@ -262,6 +261,7 @@ async def test_a_person_with_only_rooms_open_here_takes_no_inbox_events_here(con
     assert not layer.groups.get(inbox_group)
 
     inbox, _, _ = await connect(bob, "/ws/chat/inbox/")
+    await receive_until(inbox, "inbox.sync")  # greeted once in his groups
     assert len(layer.groups[inbox_group]) == 1
     await inbox.disconnect()
     assert not layer.groups.get(inbox_group)
@@ -284,3 +284,38 @@ async def test_sockets_a_hub_lets_go_when_its_layer_failed_close_with_a_code_eve
     await expect_close(room, CLOSE_LAYER_LOST)
     await expect_close(inbox, CLOSE_LAYER_LOST)
     assert CLOSE_LAYER_LOST == 1000 or 3000 <= CLOSE_LAYER_LOST <= 4999
+
+
+async def test_frames_that_reach_sockets_before_their_accept_wait_for_it(connect, alice, bob, group, monkeypatch):
+    """A room socket is in its room's hub, and an inbox socket in its person's, a moment
+    before the accept: what a hub hands them meanwhile is sent after the accept, and both
+    stay in their hubs (the server refuses anything but the accept first)."""
+    message = await database_sync_to_async(services.send_message)(chat=group, sender=bob, body="just then")
+    room_frame = events.room_message_event(message=message, prev_id=0)
+    inbox_frame = {"type": "inbox.changed", "chat_id": group.pk, "user_id": alice.pk}
+
+    def delivering_at_once(hub_class, event):
+        joined = hub_class.join
+
+        async def join(hub, consumer):
+            await joined(hub, consumer)
+            await hub.deliver(event)
+
+        monkeypatch.setattr(hub_class, "join", join)
+
+    delivering_at_once(RoomHub, room_frame)
+    room, connected, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    assert connected  # the accept came first
+    assert (await receive_until(room, "chat.message"))["message_id"] == message.pk
+
+    monkeypatch.undo()
+    delivering_at_once(UserHub, inbox_frame)
+    inbox, connected, _ = await connect(alice, "/ws/chat/inbox/")
+    assert connected
+    assert await receive_until(inbox, "inbox.changed") == inbox_frame
+    monkeypatch.undo()
+
+    later = await database_sync_to_async(services.send_message)(chat=group, sender=bob, body="and later")
+    assert (await receive_until(room, "chat.message"))["message_id"] == later.pk  # still in the room's hub
+    await database_sync_to_async(services.rename_group)(chat=group, actor=alice, name="Renamed")
+    assert (await receive_until(inbox, "inbox.changed"))["chat_id"] == group.pk  # still in her hub
