@@ -25,10 +25,13 @@ room group ``chat.room.<chat_id>``
     chat.edited    a message's text changed: message id, change_seq, the re-rendered bubble
     chat.deleted   a message was deleted for everyone: message id, change_seq, the placeholder bubble
     chat.reacted   a message's reactions changed: message id, change_seq, the re-rendered bubble
-Every event to a user or sockets group carries its person's "user_id": a process's sockets
-get them through one channel in many people's groups (`chat.realtime.hub.UserHub`).
+Every event to the inboxes or a sockets group carries its person's "user_id": a process's
+sockets get them through one channel in many groups (`chat.realtime.hub.UserHub`).
 
-user group ``chat.user.<user_id>`` (the inbox socket of every tab)
+inboxes group ``chat.inboxes`` (every process with an inbox socket, for the inbox socket of
+every tab of the person the event names)
+    inbox.batch    many people's events below, in "events", sent as one (the mailbox's
+                   merged updates, a list change for every member)
     inbox.message  a new message in one of their chats, with unread counts and whether
                    it holds an @mention of them they have not read ("mentioned")
     inbox.unread   their unread count of one chat changed (read elsewhere)
@@ -69,8 +72,11 @@ def room_group(chat_id: int) -> str:
     return f"chat.room.{chat_id}"
 
 
-def user_group(user_id: int) -> str:
-    return f"chat.user.{user_id}"
+# Every process with an inbox socket open is in this group once (its `UserHub`): inbox
+# events name their person ("user_id") and go to every such process, which hands them to
+# that person's inbox sockets there, if any. Many people's updates travel together as one
+# "inbox.batch": a message to a room of a hundred is one group send, not a hundred.
+INBOXES_GROUP = "chat.inboxes"
 
 
 def sockets_group(user_id: int) -> str:
@@ -78,9 +84,13 @@ def sockets_group(user_id: int) -> str:
 
 
 def to_user(user_id: int, event: dict) -> tuple[str, dict]:
-    """An event for one person's inbox sockets: their group, and the event naming them
-    (the process's `UserHub` receives many people's events through one channel)."""
-    return user_group(user_id), {**event, "user_id": user_id}
+    """An event for one person's inbox sockets: the inboxes group, and the event naming them."""
+    return INBOXES_GROUP, {**event, "user_id": user_id}
+
+
+def inbox_batch(inbox_events: list[dict]) -> tuple[str, dict]:
+    """Inbox events of many people (each naming its "user_id"), sent as one."""
+    return INBOXES_GROUP, {"type": "inbox.batch", "events": inbox_events}
 
 
 def room_sync_frame(*, chat_id: int, last_message_id: int | None, change_seq: int) -> dict:
@@ -230,7 +240,9 @@ def send_to_inboxes(inbox_events: list[dict]) -> None:
 
 
 def chat_list_changed(*, user_ids, chat_id: int) -> None:
-    send_many([to_user(user_id, {"type": "inbox.changed", "chat_id": chat_id}) for user_id in user_ids])
+    changed = [{"type": "inbox.changed", "chat_id": chat_id, "user_id": user_id} for user_id in user_ids]
+    if changed:
+        send(*inbox_batch(changed))
 
 
 def chat_renamed(*, chat_id: int, name: str, user_ids) -> None:

@@ -145,7 +145,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     user_id: int | None = None
     in_user_hub = False
     takes_inbox_events = False  # its person's inbox events: only inbox sockets handle them
-    writer: SocketWriter | None = None  # room sockets: frames go out through a task of their own
+    writer: SocketWriter | None = None  # frames go out through a task of their own (see writer.py)
     cleaned_up = False
     warned_window = -1.0
 
@@ -213,6 +213,28 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """What the socket type checks of a logged-in user before their socket cap: None if
         the socket may open, else the close code refusing it."""
         return None
+
+    def hold_frames_until_accepted(self) -> None:
+        """Frames the hubs hand the socket wait in a writer of its own until `accept_held`:
+        sent before the accept, one would break the handshake (the server refuses anything
+        but the accept first). Call it before the socket joins a hub."""
+        self.writer = SocketWriter(
+            send_text=self.send_text_now, close=self.close_now, too_slow=self.fell_behind, held=True
+        )
+
+    async def accept_held(self) -> None:
+        await self.accept()  # straight to the server: Channels' accept does not go through `send`
+        self.writer.release()
+
+    def fell_behind(self) -> None:
+        """Its writer gave up on it: out of its hubs now, closed once the clean-up is done."""
+        logger.info("Closing %s: %d frames behind", self, MAX_QUEUED_FRAMES)
+        metrics.count(metrics.SOCKETS_CLOSED_TOO_SLOW)
+        self.letting_go = asyncio.get_running_loop().create_task(self.let_go(CLOSE_TOO_SLOW))
+
+    async def let_go(self, code: int) -> None:
+        await self.clean_up()
+        await self.close_now(code)
 
     async def join_user_hub(self) -> None:
         """The person's events (a session ending, inbox changes) from now on, through this
@@ -375,12 +397,12 @@ async def refuse_handshake(receive, send, code: int) -> None:
 class InboxConsumer(ChatConsumer):
     """One per tab of a logged-in user: list changes, unread counts, the total."""
 
-    takes_inbox_events = True  # the user hub is in its person's inbox group while it is open
+    takes_inbox_events = True  # the user hub is in the inboxes group while one is open
 
     async def connect(self):
-        # Accepted first: an inbox event that reached it before the accept would break the handshake.
-        await self.accept()
+        self.hold_frames_until_accepted()
         await self.join_user_hub()
+        await self.accept_held()
         # Counted once in the person's groups, so no change after the count is missed.
         total = await handshakes.in_shared_batch(selectors.total_unread_by_user, self.user_id, default=0)
         await self.send_json({"type": "inbox.sync", "total_unread": total})
@@ -438,16 +460,11 @@ class RoomConsumer(ChatConsumer):
         self.viewing = True
         await handshakes.in_shared_batch(presence.join_many, (self.socket_name, self.chat_id, self.user_id))
         self.present = True  # its presence row exists: clean_up removes it, whatever happens next
-        # Frames from the hubs wait in the writer until the socket is accepted: sent before
-        # it, one would break the handshake (the server refuses anything but the accept).
-        self.writer = SocketWriter(
-            send_text=self.send_text_now, close=self.close_now, too_slow=self.fell_behind, held=True
-        )
+        self.hold_frames_until_accepted()
         await self.join_user_hub()
         await RoomHub.for_running_loop().join(self)
         self.in_hub = True
-        await self.accept()  # straight to the server (Channels' accept bypasses `send`)
-        self.writer.release()
+        await self.accept_held()
         await presence.track(self.socket_name)
         presence.recount_soon(self.chat_id)
         await self.greet()
@@ -473,16 +490,6 @@ class RoomConsumer(ChatConsumer):
             return
         if greeting is not None:  # a deleted chat: its revocation closes the socket
             await self.send(text_data=greeting)
-
-    def fell_behind(self) -> None:
-        """Its writer gave up on it: out of the room now, closed once the clean-up is done."""
-        logger.info("Closing %s: %d frames behind", self, MAX_QUEUED_FRAMES)
-        metrics.count(metrics.SOCKETS_CLOSED_TOO_SLOW)
-        self.letting_go = asyncio.get_running_loop().create_task(self.let_go(CLOSE_TOO_SLOW))
-
-    async def let_go(self, code: int) -> None:
-        await self.clean_up()
-        await self.close_now(code)
 
     async def clean_up(self) -> None:
         if self.cleaned_up:

@@ -4,9 +4,9 @@ Each process has one `RoomHub` (per event loop) holding its open room sockets by
 The hub, not every socket, is in the channel layer's room group: a message to a room of
 a hundred is one delivery to each process that has someone in it (one Redis push instead
 of a hundred), and the hub hands the already-encoded frame to its local sockets in turn.
-Likewise one `UserHub` holds every socket by person, in each person's sockets group (and
-inbox group, while they have an inbox socket here) once per process however many tabs they
-have open. No socket has a channel of its own on the layer, so an idle one costs the layer
+Likewise one `UserHub` holds every socket by person, in each person's sockets group once
+per process however many tabs they have open, and in the inboxes group while the process
+has any inbox socket. No socket has a channel of its own on the layer, so an idle one costs the layer
 nothing, and a restart's thousands of reopening sockets change no group of their own.
 
 The hub's channel carries every room event of its process, so it must not be small: on
@@ -66,13 +66,19 @@ class ProcessHub(PerLoop):
         raise NotImplementedError
 
     async def join(self, consumer) -> None:
-        """Deliver the events of the socket's key to it from now on.
+        """Deliver the events of the socket's key to it from now on."""
+        await self.subscribe(self.key_of(consumer), consumer)
+
+    async def leave(self, consumer) -> None:
+        await self.unsubscribe(self.key_of(consumer), consumer)
+
+    async def subscribe(self, key: int, consumer) -> None:
+        """Count the socket among the key's, the hub in the key's groups before it.
 
         A key's subscription changes under its own lock, so its set of sockets and the hub's
         group membership never disagree; different keys (the people of a restart's thousands
         of sockets) subscribe side by side rather than one Redis round trip after another.
         """
-        key = self.key_of(consumer)
         while True:
             channel = await self.start()
             async with self.holding(key):
@@ -87,8 +93,7 @@ class ProcessHub(PerLoop):
             # The layer failed and the hub was reset meanwhile: subscribe its new channel.
         await self.start()  # the last socket of another key may have stopped the reader meanwhile
 
-    async def leave(self, consumer) -> None:
-        key = self.key_of(consumer)
+    async def unsubscribe(self, key: int, consumer) -> None:
         async with self.holding(key):
             sockets = self.sockets.get(key)
             if sockets is None or consumer not in sockets:
@@ -173,13 +178,13 @@ class ProcessHub(PerLoop):
     async def reset(self) -> None:
         async with self.changing:
             by_key, self.sockets, self.channel, self.reader = self.sockets, {}, None, None
-        metrics.count(metrics.SOCKETS_CLOSED_LAYER_LOST, sum(map(len, by_key.values())))
-        for sockets in by_key.values():
-            for consumer in sockets:
-                try:
-                    await consumer.close(code=CLOSE_LAYER_LOST)
-                except Exception:
-                    logger.debug("Closing %s failed", consumer, exc_info=True)
+        consumers = {consumer for sockets in by_key.values() for consumer in sockets}  # some under two keys
+        metrics.count(metrics.SOCKETS_CLOSED_LAYER_LOST, len(consumers))
+        for consumer in consumers:
+            try:
+                await consumer.close(code=CLOSE_LAYER_LOST)
+            except Exception:
+                logger.debug("Closing %s failed", consumer, exc_info=True)
 
     async def deliver(self, event: dict) -> None:
         raise NotImplementedError
@@ -231,16 +236,22 @@ class RoomHub(ProcessHub):
         await self.hand_over(event, consumers)
 
 
+# The UserHub's key of every inbox socket besides its person's: no user has the id 0.
+INBOX_SOCKETS = 0
+
+
 class UserHub(ProcessHub):
-    """The process's sockets by person, in each person's sockets group once, and in their
-    inbox group while they have an inbox socket here; each socket gets the events it has a
-    handler for (room sockets: a session ending, a revocation).
+    """The process's sockets by person, in each person's sockets group once, and in the
+    inboxes group (`events.INBOXES_GROUP`) while any inbox socket is open here; each socket
+    gets the events it has a handler for (room sockets: a session ending, a revocation).
 
-    A person with only rooms open here does not pull their inbox events into this process:
-    in a busy room every reader's read mark sends one to their inbox group.
+    Inbox events go to every process with inbox sockets, many people's in one
+    "inbox.batch": a message to a room of a hundred, or their hundred read marks, is one
+    group send and one delivery per process, where it was a group send per person. A
+    process with only room sockets takes none.
 
-    Every event sent to those groups names its person ("user_id"): the hub's one channel is
-    in many people's groups, and an event does not say which group it came through.
+    Every event names its person ("user_id"): the hub's one channel is in many people's
+    groups, and an event does not say which group it came through.
     """
 
     def key_of(self, consumer) -> int:
@@ -249,9 +260,21 @@ class UserHub(ProcessHub):
     def groups_of(self, key: int, sockets: set) -> set[str]:
         if not sockets:
             return set()
-        if any(socket.takes_inbox_events for socket in sockets):
-            return {events.sockets_group(key), events.user_group(key)}
-        return {events.sockets_group(key)}
+        return {events.INBOXES_GROUP} if key == INBOX_SOCKETS else {events.sockets_group(key)}
+
+    async def join(self, consumer) -> None:
+        await super().join(consumer)
+        if consumer.takes_inbox_events:
+            await self.subscribe(INBOX_SOCKETS, consumer)
+
+    async def leave(self, consumer) -> None:
+        if consumer.takes_inbox_events:
+            await self.unsubscribe(INBOX_SOCKETS, consumer)
+        await super().leave(consumer)
 
     async def deliver(self, event: dict) -> None:
+        if event.get("type") == "inbox.batch":
+            for one in event["events"]:
+                await self.hand_over(one, list(self.sockets.get(one.get("user_id"), ())))
+            return
         await self.hand_over(event, list(self.sockets.get(event.get("user_id"), ())))

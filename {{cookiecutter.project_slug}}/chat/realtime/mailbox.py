@@ -15,7 +15,7 @@ import logging
 from asgiref.sync import sync_to_async
 
 from chat import events
-from chat.realtime.loop import CONCURRENT_GROUP_SENDS, PerLoop, group_send_all, serving_here
+from chat.realtime.loop import PerLoop, serving_here
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 FINAL_SEND_SECONDS = 2.0
 # A person's inbox gets at most one update per chat this often; the first goes at once.
 INBOX_UPDATE_INTERVAL = 1.0
+# Updates sent together, as one "inbox.batch" to every process with inbox sockets.
+BATCH_SIZE = 500
 
 
 async def deliver_message(layer, room_event: dict, message) -> None:
@@ -92,11 +94,13 @@ async def post_to_mailbox(layer, inbox_events: list[dict]) -> None:
 class InboxMailbox(PerLoop):
     """Inbox count updates on their way out, at most one per person and chat a second.
 
-    Every message is an `inbox.message` to each member not viewing the room: a group send
-    each, a few Redis round trips. A busy room of a hundred would spend the server on
-    them; a badge needs only the latest counts. So an update to a chat's row in one
-    person's inbox goes at once if none went in the last INBOX_UPDATE_INTERVAL, and
-    otherwise waits out the interval, replaced meanwhile by any newer one. One mailbox
+    Every message is an `inbox.message` to each member not viewing the room, and every read
+    mark an `inbox.unread`. A busy room of a hundred would spend the server on them; a
+    badge needs only the latest counts. So an update to a chat's row in one person's inbox
+    goes at once if none went in the last INBOX_UPDATE_INTERVAL, and otherwise waits out
+    the interval, replaced meanwhile by any newer one. The updates due together go as one
+    "inbox.batch" to the processes with inbox sockets (one group send for a room of a
+    hundred; sent one per person, they had cost a few Redis round trips each). One mailbox
     per event loop: a management command's `async_to_sync` gets a fresh one, with
     everything due at once; a server's sends whatever still waits when it shuts down.
     """
@@ -142,13 +146,14 @@ class InboxMailbox(PerLoop):
             raise
 
     def take_batch(self, keys: list[tuple[int, int]]) -> list[dict]:
-        """Up to CONCURRENT_GROUP_SENDS of these updates that are due, one per person in flight."""
+        """Up to BATCH_SIZE of these updates that are due, one per person (an update per
+        chat of theirs goes with the next batch, in order)."""
         now = self.loop.time()
         if now - self.pruned_at >= INBOX_UPDATE_INTERVAL:
             self.prune(now)
         batch, people = [], set()
         for key in keys:
-            if len(batch) == CONCURRENT_GROUP_SENDS:
+            if len(batch) == BATCH_SIZE:
                 break
             due = now - self.last_sent.get(key, -INBOX_UPDATE_INTERVAL) >= INBOX_UPDATE_INTERVAL
             if due and key in self.waiting and key[0] not in people:
@@ -175,7 +180,7 @@ class InboxMailbox(PerLoop):
 
     async def send(self, updates: list[dict]) -> None:
         try:
-            await group_send_all(self.layer, [(events.user_group(update["user_id"]), update) for update in updates])
+            await self.layer.group_send(*events.inbox_batch(updates))
         except Exception:  # a layer that is down: they wait out the interval and go again, unless replaced
             logger.exception("Sending %d inbox updates failed", len(updates))
             for update in updates:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from chat.events import room_group, user_group
+from chat.events import room_group, to_user
 from chat.realtime import loop, mailbox
 from chat.realtime.loop import EventQueue
 from chat.realtime.mailbox import InboxMailbox
@@ -70,4 +70,4 @@ async def test_inbox_updates_that_fail_go_again_after_the_interval():
     update = {"type": "inbox.unread", "user_id": 7, "chat_id": 1, "unread": 0, "total_unread": 0}
     await InboxMailbox.for_running_loop().post(layer, [update])
     await eventually(lambda: layer.sent)
-    assert layer.sent == [(user_group(7), update)]
+    assert layer.sent == [(to_user(7, {})[0], {"type": "inbox.batch", "events": [update]})]

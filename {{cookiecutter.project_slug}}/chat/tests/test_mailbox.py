@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from chat.events import user_group
+from chat.events import INBOXES_GROUP
 from chat.realtime import mailbox
 from chat.realtime.mailbox import InboxMailbox
 
@@ -19,10 +19,14 @@ def short_interval(monkeypatch):
 
 class RecordingLayer:
     def __init__(self):
-        self.sent: list[tuple[str, dict, float]] = []
+        self.group_sends: list[tuple[str, dict]] = []
+        self.sent: list[tuple[str, dict, float]] = []  # each update of each batch
 
     async def group_send(self, group: str, event: dict) -> None:
-        self.sent.append((group, event, asyncio.get_running_loop().time()))
+        self.group_sends.append((group, event))
+        assert event["type"] == "inbox.batch"
+        now = asyncio.get_running_loop().time()
+        self.sent.extend((group, update, now) for update in event["events"])
 
 
 def new_message(user_id: int, chat_id: int, message_id: int, unread: int, total: int) -> dict:
@@ -44,7 +48,15 @@ def read(user_id: int, chat_id: int, unread: int, total: int) -> dict:
 async def test_an_update_to_a_quiet_chat_is_sent_before_post_returns():
     layer = RecordingLayer()
     await InboxMailbox.for_running_loop().post(layer, [new_message(7, 1, 10, unread=1, total=1)])
-    assert [(group, event["message_id"]) for group, event, _ in layer.sent] == [(user_group(7), 10)]
+    assert [(group, event["message_id"]) for group, event, _ in layer.sent] == [(INBOXES_GROUP, 10)]
+
+
+async def test_the_updates_of_a_rooms_members_go_as_one_group_send():
+    layer = RecordingLayer()
+    members = range(100, 200)
+    await InboxMailbox.for_running_loop().post(layer, [new_message(m, 1, 10, unread=1, total=1) for m in members])
+    assert len(layer.group_sends) == 1
+    assert [event["user_id"] for _, event, _ in layer.sent] == list(members)
 
 
 async def wait_for_sends(layer: RecordingLayer, count: int) -> None:
