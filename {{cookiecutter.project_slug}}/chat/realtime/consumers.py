@@ -187,7 +187,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         whatever the socket type needs to know before it accepts are read in trips to the
         database thread shared with the other sockets opening meanwhile (`handshakes`).
         """
-        refusal = await handshakes.in_shared_trip(self.look_up)
+        refusal = await handshakes.in_shared_trip(self.look_up, session=self.scope.get("session"))
         if refusal is None:
             refusal = await self.may_open()
         if refusal is not None:

@@ -8,25 +8,33 @@ here the work of every handshake that arrives while a trip is under way goes tog
 the next one (at most TRIP_SIZE), on one connection.
 
 Work of a socket's own (its session and user, checked as Channels checks them) runs on its
-own: one that fails fails alone. Reads and writes that do for many sockets what each would
-do alone (their memberships, their presence rows, their inbox totals, their rooms' newest
-message) are batched: one query for all the sockets of the trip that asked for them.
+own: one that fails fails alone. Only the sessions' rows are read for the whole trip first,
+in one query, when sessions are stored in the database (Django's default engine). Reads and
+writes that do for many sockets what each would do alone (their memberships, their presence
+rows, their inbox totals, their rooms' greetings) are batched: one query for all the sockets
+of the trip that asked for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from channels.auth import get_user
 from channels.db import database_sync_to_async
+from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
+from django.utils import timezone
+from django.utils.functional import LazyObject
 
 from chat.realtime.loop import LoopTask
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 # Sockets' asks in one trip at most: a trip holds the database thread, which HTTP requests
 # and the other sockets' work wait for.
@@ -41,7 +49,8 @@ _user_for_scope = inspect.unwrap(get_user)
 @dataclass
 class _Ask:
     done: asyncio.Future
-    work: Callable[[], Any] | None = None  # a socket's own work, or
+    work: Callable[[], Any] | None = None  # a socket's own work (with the socket's session, if any), or
+    session: Any = None
     read_many: Callable[[list], dict] | None = None  # a batched one, for
     item: Hashable = None  # this socket's item of it,
     default: Any = None  # and its result when the batch has none for the item
@@ -50,10 +59,11 @@ class _Ask:
 _waiting: list[_Ask] = []
 
 
-async def in_shared_trip(work: Callable[[], T]) -> T:
+async def in_shared_trip(work: Callable[[], T], *, session=None) -> T:
     """`work()` run on the database thread together with the work of other handshakes:
-    its result, or what it raised."""
-    return await _ask(work=work)
+    its result, or what it raised. Give the socket's `session` (its scope's) if the work
+    reads it: the trip loads the sessions of all its sockets in one query."""
+    return await _ask(work=work, session=session)
 
 
 async def in_shared_batch(read_many: Callable[[list], dict], item: Hashable, default: Any = None) -> Any:
@@ -97,8 +107,35 @@ async def _run_trips() -> None:
                 ask.done.set_exception(error)
 
 
+def load_sessions(sessions) -> None:
+    """Load these sessions, not loaded yet, in one query, each as it would load itself:
+    those of Django's database engine that exist and have not expired (any other engine,
+    and a session not found, load on their own when read)."""
+    stores = {}
+    for session in sessions:
+        store = session._wrapped if isinstance(session, LazyObject) else session
+        if (
+            type(store) is DatabaseSessionStore
+            and store.session_key is not None
+            and not hasattr(store, "_session_cache")
+        ):
+            stores.setdefault(store.session_key, []).append(store)
+    if not stores:
+        return
+    found = DatabaseSessionStore.get_model_class().objects.filter(
+        session_key__in=list(stores), expire_date__gt=timezone.now()
+    )
+    for row in found:
+        for store in stores[row.session_key]:
+            store._session_cache = store.decode(row.session_data)  # what SessionBase caches of load()
+
+
 def _run_all(trip: list[_Ask]) -> list[tuple[Any, BaseException | None]]:
     outcomes: list[tuple[Any, BaseException | None]] = [(None, None)] * len(trip)
+    try:
+        load_sessions(ask.session for ask in trip if ask.session is not None)
+    except Exception:  # each socket's own work then loads its session itself, and fails alone
+        logger.warning("Loading the sessions of %d handshakes together failed", len(trip), exc_info=True)
     batches: dict[Callable, list[int]] = {}
     for index, ask in enumerate(trip):
         if ask.read_many is not None:
