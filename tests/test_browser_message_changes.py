@@ -107,17 +107,17 @@ def test_an_edit_and_a_delete_for_everyone_are_seen_live_by_the_other_person(ser
 def test_an_edit_saved_before_htmx_settles_its_form_is_still_saved_in_place(server, open_as):
     """The browser focuses the edit box as soon as it is swapped in; htmx wires its form up
     only when the swap settles. Enter pressed in between must not post the form as a page."""
-    chat_id, (gus, _) = open_chat(server, open_as, "gus", "hal", ["quick fix"])
-    gus.evaluate("window.htmx.config.defaultSettleDelay = 1500; window.stillTheSamePage = true")
+    chat_id, (pam, _) = open_chat(server, open_as, "pam", "rex", ["quick fix"])
+    pam.evaluate("window.htmx.config.defaultSettleDelay = 1500; window.stillTheSamePage = true")
 
-    open_menu(gus, "quick fix").get_by_role("link", name="Edit").click()
-    box = gus.locator("main [data-edit-input]")
+    open_menu(pam, "quick fix").get_by_role("link", name="Edit").click()
+    box = pam.locator("main [data-edit-input]")
     box.fill("quicker fix")  # well within the 1.5 s the swap takes to settle
     box.press("Enter")
 
-    expect(bubble(gus, "quicker fix").locator(".bubble-edited")).to_be_visible()
-    expect(bubble(gus, "quicker fix").locator("[data-message-actions]")).to_be_focused()
-    assert gus.evaluate("window.stillTheSamePage === true")  # no page load: the room stayed
+    expect(bubble(pam, "quicker fix").locator(".bubble-edited")).to_be_visible()
+    expect(bubble(pam, "quicker fix").locator("[data-message-actions]")).to_be_focused()
+    assert pam.evaluate("window.stillTheSamePage === true")  # no page load: the room stayed
     assert server.shell(BODIES_SCRIPT, CHAT_ID=chat_id) == ["quicker fix"]
 
 
