@@ -11,7 +11,7 @@ Close codes (the socket is accepted first so browsers can read them):
           hubs let their sockets go; reconnect with backoff and catch up (`chat.realtime.hub`)
     1012  the server process is restarting (SIGTERM: a deploy; sent by the production server,
           config/gunicorn.py): reconnect at once, with up to a second of jitter, which lands on
-          another process behind the proxy, and catch up with `messages/?after=<id>`
+          another process behind the proxy, and catch up (`?after=<id>`: the greeting brings it)
 
 Frames the server sends are JSON objects with a "type": see `chat.events` for the
 vocabulary. Soon after every open a room socket gets its greeting (live frames may come
