@@ -241,8 +241,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         process's `UserHub`: it is in their groups once for all their sockets, so a socket
         opening or closing costs the layer nothing unless it is their first or last here."""
         note_serving_loop()
-        await UserHub.for_running_loop().join(self)
+        # Set first: an inbox socket joins under two keys (its person's, the inboxes'), and
+        # one that failed half-way must still leave the first (leaving a key it is not under
+        # does nothing).
         self.in_user_hub = True
+        await UserHub.for_running_loop().join(self)
 
     async def websocket_disconnect(self, message):
         """Channels' disconnect without its hop to the sync thread to close stale database

@@ -327,3 +327,25 @@ async def test_frames_that_reach_sockets_before_their_accept_wait_for_it(connect
     assert (await receive_until(room, "chat.message"))["message_id"] == later.pk  # still in the room's hub
     await database_sync_to_async(services.rename_group)(chat=group, actor=alice, name="Renamed")
     assert (await receive_until(inbox, "inbox.changed"))["chat_id"] == group.pk  # still in her hub
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_an_inbox_socket_whose_inboxes_group_join_fails_is_left_nowhere(
+    connect, channel_layer, alice, monkeypatch
+):
+    layer = get_channel_layer()
+    add = layer.group_add
+
+    async def inboxes_group_down(group, channel):
+        if group == events.INBOXES_GROUP:
+            raise ConnectionError("Redis is restarting")
+        await add(group, channel)
+
+    monkeypatch.setattr(layer, "group_add", inboxes_group_down)
+    socket = WebsocketCommunicator(URLRouter(websocket_urlpatterns), "/ws/chat/inbox/")
+    socket.scope["user"] = alice
+    with pytest.raises(ConnectionError):
+        await socket.connect(timeout=test_consumers.TIMEOUT)
+    hub = UserHub.for_running_loop()
+    assert alice.pk not in hub.sockets  # not under her key either: nothing stays for a socket that is gone
+    assert not layer.groups.get(events.sockets_group(alice.pk))
