@@ -124,8 +124,8 @@ def room_greetings(asks: list[tuple[int, int | None]]) -> dict[tuple[int, int | 
         if chat_id not in cursors:
             continue
         frame = room_sync_frame(chat_id=chat_id, **cursors[chat_id])
-        missed = [message for message in newest.get(chat_id, ()) if message.pk > (after or 0)]
-        if after is not None and 0 < len(missed) <= limit:
+        missed = [message for message in newest.get(chat_id, ()) if message.pk > after] if after is not None else []
+        if 0 < len(missed) <= limit:
             for message in missed:
                 if message.pk not in bubbles:
                     bubbles[message.pk] = bubble_html(message)

@@ -12,6 +12,14 @@ from django.utils import timezone
 MAX_ID = 2**62
 
 
+def whole_number(raw: str) -> int | None:
+    """`raw` (a query parameter) as a non-negative integer no larger than MAX_ID, else None."""
+    # isascii: str.isdigit() is also true for "²" and other digits int() rejects.
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_ID:
+        return None
+    return int(raw)
+
+
 class Chat(models.Model):
     class Kind(models.TextChoices):
         DIRECT = "direct", "Direct"

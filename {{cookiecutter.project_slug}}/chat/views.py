@@ -37,7 +37,7 @@ from chat.forms import (
     RenameGroupForm,
     ReportForm,
 )
-from chat.models import MAX_ID, Membership
+from chat.models import Membership, whole_number
 from chat.ratelimit import RateLimited, RateLimitUnavailable, check_rate
 
 logger = logging.getLogger(__name__)
@@ -152,10 +152,10 @@ def int_param(request, name: str) -> int | None:
     raw = request.GET.get(name, "")
     if raw == "":
         return None
-    # isascii: str.isdigit() is also true for "²" and other digits int() rejects.
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_ID:
+    number = whole_number(raw)
+    if number is None:
         raise BadRequest(f"“{name}” must be a whole number.")
-    return int(raw)
+    return number
 
 
 def in_widget(request) -> bool:

@@ -104,7 +104,7 @@ from django.http import Http404
 
 from chat import events, metrics, selectors, services
 from chat.conf import chat_setting
-from chat.models import MAX_ID, Membership
+from chat.models import Membership, whole_number
 from chat.ratelimit import RateLimited, check_rate
 from chat.realtime import handshakes, presence, read_marks
 from chat.realtime.hub import RoomHub, UserHub
@@ -382,11 +382,8 @@ def after_in_query(query_string: bytes) -> int | None:
     values = parse_qs(query_string.decode("latin-1")).get("after")
     if not values:
         return None
-    raw = values[-1]
-    # isascii: str.isdigit() is also true for "²" and other digits int() rejects.
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_ID:
-        return INVALID_AFTER
-    return int(raw)
+    number = whole_number(values[-1])
+    return INVALID_AFTER if number is None else number
 
 
 async def refuse_handshake(receive, send, code: int) -> None:
@@ -481,7 +478,7 @@ class RoomConsumer(ChatConsumer):
         gets no greeting (the database is busy or restarting) catches up all the same, a
         few seconds later: the socket stays open."""
         after = self.asked_after
-        if after is INVALID_AFTER:
+        if after == INVALID_AFTER:
             await self.send_error("invalid", "“after” must be the id of a message.")
             after = None
         elif after is not None:

@@ -6,8 +6,9 @@ a hundred is one delivery to each process that has someone in it (one Redis push
 of a hundred), and the hub hands the already-encoded frame to its local sockets in turn.
 Likewise one `UserHub` holds every socket by person, in each person's sockets group once
 per process however many tabs they have open, and in the inboxes group while the process
-has any inbox socket. No socket has a channel of its own on the layer, so an idle one costs the layer
-nothing, and a restart's thousands of reopening sockets change no group of their own.
+has any inbox socket. No socket has a channel of its own on the layer, so an idle one costs
+the layer nothing, and a restart's thousands of reopening sockets change no group of their
+own.
 
 The hub's channel carries every room event of its process, so it must not be small: on
 Redis, `channel_capacity` in CHANNEL_LAYERS gives it HUB_CHANNEL_CAPACITY (a warning is

@@ -178,7 +178,9 @@ class ChatRoom {
   onGreeting(frame) {
     clearTimeout(this.syncTimer);
     this.awaitingGreeting = false;
+    const before = this.contiguousId;
     if (frame.html) this.showCaughtUp(parseBubbles(frame.html));
+    if (this.contiguousId > before && !this.catchingUp) this.reportVisibility(); // marks them read
     if (frame.last_message_id > this.contiguousId || this.heldFrames.size) this.catchUp();
     this.changes.catchUpTo(frame.change_seq);
   }
@@ -186,11 +188,9 @@ class ChatRoom {
   // Bubbles of every message after contiguousId (a catch-up's answer, or a greeting's).
   showCaughtUp(bubbles) {
     if (!bubbles.length) return;
-    const before = this.contiguousId;
     this.insert(bubbles);
     this.contiguousId = Math.max(this.contiguousId, ...bubbles.map(bubbleId));
     this.applyChainedFrames();
-    if (this.contiguousId > before && !this.catchingUp) this.reportVisibility(); // marks them read
   }
 
   // Frames of messages sent at the same moment can arrive out of order: hold a frame that
@@ -279,9 +279,7 @@ class ChatRoom {
         }
         return;
       }
-      this.insert(bubbles);
-      this.contiguousId = Math.max(this.contiguousId, ...bubbles.map(bubbleId));
-      this.applyChainedFrames();
+      this.showCaughtUp(bubbles);
     }
   }
 
