@@ -87,6 +87,7 @@ cleans up last.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -157,12 +158,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 # Refused before it joins a hub: a socket closed at once never waits on
                 # the layer (nor costs it anything, however many come).
                 return await refuse_handshake(receive, send, refusal)
-            await super().__call__(scope, receive, send)
+            await self.serve(receive, send)
         finally:
             # Shielded: a second cancel (daphne's shutdown) must not cut the clean-up short.
             await asyncio.shield(self.clean_up())
             if self.writer is not None:
                 self.writer.stop()
+
+    async def serve(self, receive, send) -> None:
+        """Channels' `AsyncConsumer.__call__` for a consumer with no channel: each message
+        from the server straight to `dispatch`. Channels waits on a new task per message so
+        that it can listen to a channel at the same time; a restart's thousands of sockets
+        paid for that on the one event loop they all open on."""
+        self.channel_layer = None
+        self.base_send = send
+        with contextlib.suppress(StopConsumer):
+            while True:
+                await self.dispatch(await receive())
 
     async def dispatch(self, message):
         """Channels' dispatch without its hop to the sync thread before every message.
@@ -187,7 +199,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         whatever the socket type needs to know before it accepts are read in trips to the
         database thread shared with the other sockets opening meanwhile (`handshakes`).
         """
-        refusal = await handshakes.in_shared_trip(self.look_up, session=self.scope.get("session"))
+        refusal = await handshakes.in_shared_trip(self.look_up, scope=self.scope)
         if refusal is None:
             refusal = await self.may_open()
         if refusal is not None:

@@ -7,12 +7,12 @@ its PRAGMAs run each time). When a server restarts, thousands of sockets open at
 here the work of every handshake that arrives while a trip is under way goes together in
 the next one (at most TRIP_SIZE), on one connection.
 
-Work of a socket's own (its session and user, checked as Channels checks them) runs on its
-own: one that fails fails alone. Only the sessions' rows are read for the whole trip first,
-in one query, when sessions are stored in the database (Django's default engine). Reads and
-writes that do for many sockets what each would do alone (their memberships, their presence
-rows, their inbox totals, their rooms' greetings) are batched: one query for all the sockets
-of the trip that asked for them.
+Work of a socket's own runs on its own: one that fails fails alone. Only the sessions and
+users of the trip's sockets are read for all of them first, one query each, and each is then
+checked as Channels checks it (`load_sessions`, `load_users`). Reads and writes that do for
+many sockets what each would do alone (their memberships, their presence rows, their inbox
+totals, their rooms' greetings) are batched: one query for all the sockets of the trip that
+asked for them.
 """
 
 from __future__ import annotations
@@ -26,8 +26,14 @@ from typing import Any, TypeVar
 
 from channels.auth import get_user
 from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
+from django.contrib.auth.backends import ModelBackend
+from django.contrib.auth.models import AnonymousUser
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
+from django.core.exceptions import ValidationError
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
 from django.utils.functional import LazyObject
 
 from chat.realtime.loop import LoopTask
@@ -49,8 +55,8 @@ _user_for_scope = inspect.unwrap(get_user)
 @dataclass
 class _Ask:
     done: asyncio.Future
-    work: Callable[[], Any] | None = None  # a socket's own work (with the socket's session, if any), or
-    session: Any = None
+    work: Callable[[], Any] | None = None  # a socket's own work (with the socket's scope, if it reads it), or
+    scope: dict | None = None
     read_many: Callable[[list], dict] | None = None  # a batched one, for
     item: Hashable = None  # this socket's item of it,
     default: Any = None  # and its result when the batch has none for the item
@@ -59,11 +65,12 @@ class _Ask:
 _waiting: list[_Ask] = []
 
 
-async def in_shared_trip(work: Callable[[], T], *, session=None) -> T:
+async def in_shared_trip(work: Callable[[], T], *, scope: dict | None = None) -> T:
     """`work()` run on the database thread together with the work of other handshakes:
-    its result, or what it raised. Give the socket's `session` (its scope's) if the work
-    reads it: the trip loads the sessions of all its sockets in one query."""
-    return await _ask(work=work, session=session)
+    its result, or what it raised. Give the socket's `scope` if the work reads its session
+    or its user (`user_for_scope`): the trip loads the sessions, then the users, of all its
+    sockets in one query each."""
+    return await _ask(work=work, scope=scope)
 
 
 async def in_shared_batch(read_many: Callable[[list], dict], item: Hashable, default: Any = None) -> Any:
@@ -82,8 +89,9 @@ async def _ask(**ask) -> Any:
 
 
 def user_for_scope(scope):
-    """The socket's user: loaded by Channels' AuthMiddleware already (its `scope["user"]`),
-    or from the session here, as that middleware would. On the database thread."""
+    """The socket's user: loaded already (by Channels' AuthMiddleware, or with the other
+    users of its trip by `load_users`: its `scope["user"]`), or from the session here, as
+    that middleware would. On the database thread."""
     user = scope.get("user")
     if user is None:
         user = scope["user"] = _user_for_scope(scope)
@@ -130,12 +138,56 @@ def load_sessions(sessions) -> None:
             store._session_cache = store.decode(row.session_data)  # what SessionBase caches of load()
 
 
+def load_users(scopes) -> None:
+    """Set the user of each scope that has a session and no user yet, as Channels' `get_user`
+    (`user_for_scope`) would, reading the users of every session logged in through Django's
+    `ModelBackend` (or a backend that keeps its `get_user`) in one query.
+
+    The checks are Channels': the session's backend must still be in AUTHENTICATION_BACKENDS;
+    the backend must let the user authenticate (ModelBackend refuses inactive users); the
+    session's auth hash must match the user's (a password change logs its other sessions
+    out), else the session is flushed and the socket is anonymous. A scope this cannot
+    decide (no session key, another backend's `get_user`, a user id the model rejects) is
+    left for `user_for_scope`, which reads it alone.
+    """
+    pending = []
+    for scope in scopes:
+        session = scope.get("session")
+        if session is None or scope.get("user") is not None:
+            continue
+        try:
+            user_id = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
+            backend_path = session[BACKEND_SESSION_KEY]
+        except (KeyError, ValidationError):
+            continue
+        if backend_path not in settings.AUTHENTICATION_BACKENDS:
+            continue
+        backend = load_backend(backend_path)
+        if type(backend).get_user is ModelBackend.get_user:
+            pending.append((scope, session, user_id, backend))
+    if not pending:
+        return
+    found = get_user_model()._default_manager.in_bulk({user_id for _, _, user_id, _ in pending})
+    for scope, session, user_id, backend in pending:
+        user = found.get(user_id)
+        if user is not None and not backend.user_can_authenticate(user):
+            user = None
+        if user is not None:
+            session_hash = session.get(HASH_SESSION_KEY)
+            if not (session_hash and constant_time_compare(session_hash, user.get_session_auth_hash())):
+                session.flush()
+                user = None
+        scope["user"] = user or AnonymousUser()
+
+
 def _run_all(trip: list[_Ask]) -> list[tuple[Any, BaseException | None]]:
     outcomes: list[tuple[Any, BaseException | None]] = [(None, None)] * len(trip)
+    scopes = [ask.scope for ask in trip if ask.scope is not None]
     try:
-        load_sessions(ask.session for ask in trip if ask.session is not None)
-    except Exception:  # each socket's own work then loads its session itself, and fails alone
-        logger.warning("Loading the sessions of %d handshakes together failed", len(trip), exc_info=True)
+        load_sessions(scope["session"] for scope in scopes if scope.get("session") is not None)
+        load_users(scopes)
+    except Exception:  # each socket's own work then loads its session and user itself, and fails alone
+        logger.warning("Loading the sessions and users of %d handshakes together failed", len(trip), exc_info=True)
     batches: dict[Callable, list[int]] = {}
     for index, ask in enumerate(trip):
         if ask.read_many is not None:

@@ -62,8 +62,8 @@ class ProcessHub(PerLoop):
     def key_of(self, consumer) -> int:
         raise NotImplementedError
 
-    def groups_of(self, key: int, sockets: set) -> set[str]:
-        """The groups the hub must be in for these sockets of a key (none for none)."""
+    def groups_of(self, key: int) -> set[str]:
+        """The groups the hub is in while the key has a socket here."""
         raise NotImplementedError
 
     async def join(self, consumer) -> None:
@@ -79,15 +79,19 @@ class ProcessHub(PerLoop):
         A key's subscription changes under its own lock, so its set of sockets and the hub's
         group membership never disagree; different keys (the people of a restart's thousands
         of sockets) subscribe side by side rather than one Redis round trip after another.
+        Only a key's first socket joins groups and only its last leaves them, so a key with
+        thousands of sockets (the inboxes') takes one more or one less at constant cost.
         """
         while True:
             channel = await self.start()
+            if key in self.sockets:  # the hub is in the key's groups already: no lock to queue for
+                self.sockets[key].add(consumer)
+                return
             async with self.holding(key):
-                sockets = self.sockets.get(key, set())
-                needed = self.groups_of(key, sockets | {consumer}) - self.groups_of(key, sockets)
-                # First the groups, then the socket: a socket whose join failed (the layer
-                # is down) must not stand there and keep the next one from subscribing.
-                await asyncio.gather(*(group_add(self.layer, group, channel) for group in needed))
+                if key not in self.sockets:
+                    # First the groups, then the socket: a socket whose join failed (the layer
+                    # is down) must not stand there and keep the next one from subscribing.
+                    await asyncio.gather(*(group_add(self.layer, group, channel) for group in self.groups_of(key)))
                 if self.channel == channel:
                     self.sockets.setdefault(key, set()).add(consumer)
                     break
@@ -99,14 +103,12 @@ class ProcessHub(PerLoop):
             sockets = self.sockets.get(key)
             if sockets is None or consumer not in sockets:
                 return
-            remaining = sockets - {consumer}
-            unneeded = self.groups_of(key, sockets) - self.groups_of(key, remaining)
-            if remaining:
-                self.sockets[key] = remaining
-            else:
-                del self.sockets[key]
+            sockets.discard(consumer)  # in place: deliveries hand events to a copy
+            if sockets:
+                return
+            del self.sockets[key]
             try:
-                await asyncio.gather(*(group_discard(self.layer, group, self.channel) for group in unneeded))
+                await asyncio.gather(*(group_discard(self.layer, group, self.channel) for group in self.groups_of(key)))
             except Exception:  # the layer is down; the groups expire there on its own
                 logger.warning("%s could not leave the groups of %s", type(self).__name__, key, exc_info=True)
         if not self.sockets:
@@ -127,6 +129,8 @@ class ProcessHub(PerLoop):
 
     async def start(self) -> str:
         """The hub's channel, with a reader for it (made again after a reset)."""
+        if self.channel is not None and self.reader is not None and not self.reader.done():
+            return self.channel
         async with self.changing:
             if self.channel is None:
                 self.channel = hub_channel_name(await self.layer.new_channel())
@@ -216,8 +220,8 @@ class RoomHub(ProcessHub):
     def key_of(self, consumer) -> int:
         return consumer.chat_id
 
-    def groups_of(self, key: int, sockets: set) -> set[str]:
-        return {events.room_group(key)} if sockets else set()
+    def groups_of(self, key: int) -> set[str]:
+        return {events.room_group(key)}
 
     def lag(self) -> float:
         """Seconds the room messages delivered in the last second waited for this hub (0 if
@@ -258,9 +262,7 @@ class UserHub(ProcessHub):
     def key_of(self, consumer) -> int:
         return consumer.user_id
 
-    def groups_of(self, key: int, sockets: set) -> set[str]:
-        if not sockets:
-            return set()
+    def groups_of(self, key: int) -> set[str]:
         return {events.INBOXES_GROUP} if key == INBOX_SOCKETS else {events.sockets_group(key)}
 
     async def join(self, consumer) -> None:
