@@ -75,3 +75,83 @@ def test_the_sessions_of_a_trip_load_in_one_query_each_as_it_would_alone(alice, 
     assert [int(data["_auth_user_id"]) for data in loaded] == [alice.pk, bob.pk, alice.pk]
     with django_assert_num_queries(1):  # a session not found loads on its own, as before
         assert dict(unknown.items()) == {}
+
+
+class OwnLookupBackend:
+    """A backend with a `get_user` of its own: its users are never read in the trip's query."""
+
+    def authenticate(self, request, **credentials):
+        return None
+
+    def get_user(self, user_id):
+        from django.contrib.auth.backends import ModelBackend
+
+        return ModelBackend().get_user(user_id)
+
+
+def test_the_users_of_a_trip_load_in_one_query_each_as_channels_would_load_it(
+    alice, bob, carol, dave, make_user, settings, django_assert_num_queries
+):
+    """Same users, same refusals as Channels' `get_user`: a changed password (its session
+    flushed), an inactive user, a deleted one, a backend no longer configured, a session
+    never logged in; a backend with a `get_user` of its own still reads its user itself."""
+    import inspect
+
+    from channels.auth import get_user
+    from django.contrib.auth import BACKEND_SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.test import Client
+
+    own_lookup = f"{__name__}.OwnLookupBackend"
+    settings.AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend", own_lookup]
+    erin, gone = make_user("erin"), make_user("gone")
+
+    def logged_in(user, backend=None):
+        browser = Client()
+        browser.force_login(user, backend=backend)
+        return browser.session.session_key
+
+    def anonymous_session():
+        store = SessionStore()
+        store["seen_the_welcome"] = True
+        store.create()
+        return store.session_key
+
+    def sessions():
+        keys = {
+            "alice": logged_in(alice),
+            "alice again": logged_in(alice),
+            "bob, password changed since": logged_in(bob),
+            "carol, made inactive since": logged_in(carol),
+            "dave, through a backend with its own get_user": logged_in(dave, own_lookup),
+            "erin, through a backend no longer configured": logged_in(erin),
+            "gone, deleted since": logged_in(gone),
+            "never logged in": anonymous_session(),
+        }
+        stale = SessionStore(keys["erin, through a backend no longer configured"])
+        stale[BACKEND_SESSION_KEY] = "some.removed.Backend"
+        stale.save()
+        return keys
+
+    for_channels, for_the_trip = sessions(), sessions()  # a flush deletes a session: one set each
+    bob.set_password("a-new-password")
+    bob.save()
+    carol.is_active = False
+    carol.save()
+    gone.delete()
+
+    as_channels = {name: inspect.unwrap(get_user)({"session": SessionStore(key)}) for name, key in for_channels.items()}
+    trip = {name: {"session": SessionStore(key)} for name, key in for_the_trip.items()}
+    handshakes.load_sessions(scope["session"] for scope in trip.values())
+    with django_assert_num_queries(3):  # the users; the flush of bob's session (its SELECT and DELETE)
+        handshakes.load_users(list(trip.values()))
+    with django_assert_num_queries(1):  # dave's backend reads his alone
+        trip_users = {name: handshakes.user_for_scope(scope) for name, scope in trip.items()}
+
+    assert {name: user.pk for name, user in trip_users.items()} == {name: user.pk for name, user in as_channels.items()}
+    assert {name for name, user in trip_users.items() if user.is_authenticated} == {
+        "alice",
+        "alice again",
+        "dave, through a backend with its own get_user",
+    }
+    assert not SessionStore().exists(for_the_trip["bob, password changed since"])
