@@ -33,6 +33,7 @@ from channels.sessions import SessionMiddlewareStack  # noqa: E402
 from django.urls import path  # noqa: E402
 
 import chat.routing  # noqa: E402
+from config.collector import tune_after_startup  # noqa: E402
 
 
 class RelayConsumer(AsyncWebsocketConsumer):
@@ -101,5 +102,4 @@ application = ProtocolTypeRouter(
     }
 )
 
-gc.collect()  # as config/asgi.py does
-gc.freeze()
+tune_after_startup()  # as config/asgi.py does

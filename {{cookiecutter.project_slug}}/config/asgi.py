@@ -1,6 +1,5 @@
 """ASGI entry point: Django for HTTP, Channels for the chat websockets."""
 
-import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -17,6 +16,7 @@ from django.urls import re_path  # noqa: E402
 
 import chat.routing  # noqa: E402
 from chat.origins import SameOriginValidator  # noqa: E402
+from config.collector import tune_after_startup  # noqa: E402
 
 websocket_urlpatterns = [
     *chat.routing.websocket_urlpatterns,
@@ -35,10 +35,5 @@ application = ProtocolTypeRouter(
     }
 )
 
-# Everything loaded so far (Django, the apps, their modules) lives as long as the process.
-# Frozen, it is skipped by the garbage collector's full collections, which otherwise walk
-# it every second or so under load and stall every socket of the process meanwhile
-# (measured on 2 cores: about 50 ms a collection, 10 ms with it frozen). Startup's own
-# garbage is collected first rather than kept forever.
-gc.collect()
-gc.freeze()
+# Loaded: from here on the process serves, and its garbage collector is tuned for that.
+tune_after_startup()

@@ -416,7 +416,9 @@ class InboxConsumer(ChatConsumer):
         await self.join_user_hub()
         await self.accept_held()
         # Counted once in the person's groups, so no change after the count is missed.
-        total = await handshakes.in_shared_batch(selectors.total_unread_by_user, self.user_id, default=0)
+        total = await handshakes.in_shared_batch(
+            selectors.total_unread_by_user, self.user_id, default=0, socket_open=True
+        )
         await self.send_json({"type": "inbox.sync", "total_unread": total})
 
     async def inbox_message(self, event):
@@ -496,7 +498,9 @@ class RoomConsumer(ChatConsumer):
         elif after is not None:
             after = max(after, self.cleared_message_id)
         try:
-            greeting = await handshakes.in_shared_batch(events.room_greetings, (self.chat_id, after))
+            greeting = await handshakes.in_shared_batch(
+                events.room_greetings, (self.chat_id, after), socket_open=True
+            )
         except DatabaseError:
             logger.warning("No greeting for %s: its room could not be read", self, exc_info=True)
             return

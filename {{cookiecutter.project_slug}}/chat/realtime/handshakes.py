@@ -63,6 +63,7 @@ class _Ask:
 
 
 _waiting: list[_Ask] = []
+_waiting_first: list[_Ask] = []  # the asks of sockets already open: in the next trip
 
 
 async def in_shared_trip(work: Callable[[], T], *, scope: dict | None = None) -> T:
@@ -73,17 +74,24 @@ async def in_shared_trip(work: Callable[[], T], *, scope: dict | None = None) ->
     return await _ask(work=work, scope=scope)
 
 
-async def in_shared_batch(read_many: Callable[[list], dict], item: Hashable, default: Any = None) -> Any:
+async def in_shared_batch(
+    read_many: Callable[[list], dict], item: Hashable, default: Any = None, *, socket_open: bool = False
+) -> Any:
     """`read_many(items)`, called once per trip with every item asked of it in that trip
     (each once), returns a dict by item: this item's value in it, else `default`; or what
     `read_many` raised. Give it a module-level function (the batches of a trip are told
-    apart by it) that does for many items what each would need on its own."""
-    return await _ask(read_many=read_many, item=item, default=default)
+    apart by it) that does for many items what each would need on its own.
+
+    `socket_open`: asked for a socket already accepted (its greeting), whose client now
+    waits for it: it goes in the next trip, ahead of the handshakes still waiting. After a
+    restart thousands of those queue up, and a page whose greeting is late fetches instead.
+    """
+    return await _ask(read_many=read_many, item=item, default=default, first=socket_open)
 
 
-async def _ask(**ask) -> Any:
+async def _ask(*, first: bool = False, **ask) -> Any:
     done = asyncio.get_running_loop().create_future()
-    _waiting.append(_Ask(done=done, **ask))
+    (_waiting_first if first else _waiting).append(_Ask(done=done, **ask))
     _trips.ensure_running()
     return await done
 
@@ -98,10 +106,18 @@ def user_for_scope(scope):
     return user
 
 
+def _next_trip() -> list[_Ask]:
+    trip = _waiting_first[:TRIP_SIZE]
+    del _waiting_first[:TRIP_SIZE]
+    room = TRIP_SIZE - len(trip)
+    trip += _waiting[:room]
+    del _waiting[:room]
+    return trip
+
+
 async def _run_trips() -> None:
-    while _waiting:
-        trip = _waiting[:TRIP_SIZE]
-        del _waiting[:TRIP_SIZE]
+    while _waiting_first or _waiting:
+        trip = _next_trip()
         try:
             outcomes = await database_sync_to_async(_run_all)(trip)
         except Exception as exc:  # the trip itself failed: each of its handshakes fails with it

@@ -91,7 +91,8 @@ class ProcessHub(PerLoop):
                 if key not in self.sockets:
                     # First the groups, then the socket: a socket whose join failed (the layer
                     # is down) must not stand there and keep the next one from subscribing.
-                    await asyncio.gather(*(group_add(self.layer, group, channel) for group in self.groups_of(key)))
+                    for group in self.groups_of(key):  # one, in practice: no task to gather it in
+                        await group_add(self.layer, group, channel)
                 if self.channel == channel:
                     self.sockets.setdefault(key, set()).add(consumer)
                     break
@@ -108,7 +109,8 @@ class ProcessHub(PerLoop):
                 return
             del self.sockets[key]
             try:
-                await asyncio.gather(*(group_discard(self.layer, group, self.channel) for group in self.groups_of(key)))
+                for group in self.groups_of(key):
+                    await group_discard(self.layer, group, self.channel)
             except Exception:  # the layer is down; the groups expire there on its own
                 logger.warning("%s could not leave the groups of %s", type(self).__name__, key, exc_info=True)
         if not self.sockets:
