@@ -7,7 +7,7 @@ of the process and stalls every socket meanwhile, after each 25% growth of the l
 ones. Measured on 2 cores while 5,000 sockets reopened after a restart: 13 full collections
 of up to 440 ms each, 2.6 s in all, about a third of the process's CPU. With the settings
 below: 2 full collections and 0.5 s of collecting in all, and every socket back and caught
-up in 9 to 12 s instead of 15 to 18 (docs/performance.md, "The garbage collector").
+up in 9 to 13 s instead of 13 to 18 (`benchmarks/bench_fanout.py --storm 5000`).
 """
 
 import gc

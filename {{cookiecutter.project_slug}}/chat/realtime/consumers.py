@@ -99,6 +99,7 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import DatabaseError, OperationalError
 from django.http import Http404
@@ -169,7 +170,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Channels' `AsyncConsumer.__call__` for a consumer with no channel: each message
         from the server straight to `dispatch`. Channels waits on a new task per message so
         that it can listen to a channel at the same time; a restart's thousands of sockets
-        paid for that on the one event loop they all open on."""
+        paid for that on the one event loop they all open on. A subclass given a channel
+        layer (`channel_layer_alias`) is served by Channels as usual."""
+        if get_channel_layer(self.channel_layer_alias) is not None:
+            return await super().__call__(self.scope, receive, send)
         self.channel_layer = None
         self.base_send = send
         with contextlib.suppress(StopConsumer):
@@ -195,7 +199,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def admission(self) -> int | None:
         """Let in a logged-in user under their socket cap: None, or the close code refusing them.
 
-        The user (from the session, unless Channels' AuthMiddleware loaded it already) and
+        The user (from the session, read with the other sockets' users of its trip, unless
+        Channels' AuthMiddleware loaded it already) and
         whatever the socket type needs to know before it accepts are read in trips to the
         database thread shared with the other sockets opening meanwhile (`handshakes`).
         """
@@ -498,9 +503,7 @@ class RoomConsumer(ChatConsumer):
         elif after is not None:
             after = max(after, self.cleared_message_id)
         try:
-            greeting = await handshakes.in_shared_batch(
-                events.room_greetings, (self.chat_id, after), socket_open=True
-            )
+            greeting = await handshakes.in_shared_batch(events.room_greetings, (self.chat_id, after), socket_open=True)
         except DatabaseError:
             logger.warning("No greeting for %s: its room could not be read", self, exc_info=True)
             return

@@ -18,6 +18,7 @@ asked for them.
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import logging
 from collections.abc import Callable, Hashable
@@ -82,8 +83,8 @@ async def in_shared_batch(
     `read_many` raised. Give it a module-level function (the batches of a trip are told
     apart by it) that does for many items what each would need on its own.
 
-    `socket_open`: asked for a socket already accepted (its greeting), whose client now
-    waits for it: it goes in the next trip, ahead of the handshakes still waiting. After a
+    `socket_open`: asked for a socket already accepted (its greeting, its inbox total),
+    whose client now waits for it: it goes in the next trip, ahead of the handshakes still waiting. After a
     restart thousands of those queue up, and a page whose greeting is late fetches instead.
     """
     return await _ask(read_many=read_many, item=item, default=default, first=socket_open)
@@ -160,7 +161,8 @@ def load_users(scopes) -> None:
     `ModelBackend` (or a backend that keeps its `get_user`) in one query.
 
     The checks are Channels': the session's backend must still be in AUTHENTICATION_BACKENDS;
-    the backend must let the user authenticate (ModelBackend refuses inactive users); the
+    the backend must let the user authenticate (its `user_can_authenticate`: ModelBackend's
+    refuses inactive users); the
     session's auth hash must match the user's (a password change logs its other sessions
     out), else the session is flushed and the socket is anonymous. A scope this cannot
     decide (no session key, another backend's `get_user`, a user id the model rejects) is
@@ -184,11 +186,15 @@ def load_users(scopes) -> None:
     if not pending:
         return
     found = get_user_model()._default_manager.in_bulk({user_id for _, _, user_id, _ in pending})
+    handed_out = set()
     for scope, session, user_id, backend in pending:
         user = found.get(user_id)
+        if user_id in handed_out:  # each socket its own instance, as when each reads its own
+            user = copy.copy(user)
+        handed_out.add(user_id)
         if user is not None and not backend.user_can_authenticate(user):
             user = None
-        if user is not None:
+        if hasattr(user, "get_session_auth_hash"):
             session_hash = session.get(HASH_SESSION_KEY)
             if not (session_hash and constant_time_compare(session_hash, user.get_session_auth_hash())):
                 session.flush()

@@ -76,11 +76,12 @@ class ProcessHub(PerLoop):
     async def subscribe(self, key: int, consumer) -> None:
         """Count the socket among the key's, the hub in the key's groups before it.
 
-        A key's subscription changes under its own lock, so its set of sockets and the hub's
-        group membership never disagree; different keys (the people of a restart's thousands
-        of sockets) subscribe side by side rather than one Redis round trip after another.
-        Only a key's first socket joins groups and only its last leaves them, so a key with
-        thousands of sockets (the inboxes') takes one more or one less at constant cost.
+        Only a key's first socket joins its groups and only its last leaves them, under the
+        key's own lock, so its set of sockets and the hub's group membership never disagree;
+        different keys (the people of a restart's thousands of sockets) subscribe side by side
+        rather than one Redis round trip after another. A socket whose key has sockets already
+        joins without the lock: a key with thousands (the inboxes') takes one more or one less
+        at constant cost.
         """
         while True:
             channel = await self.start()

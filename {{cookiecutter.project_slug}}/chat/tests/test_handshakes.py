@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+from django.contrib.auth.backends import ModelBackend
 
 from chat.realtime import handshakes
 
@@ -51,6 +52,17 @@ async def test_what_a_batch_raised_reaches_each_of_its_askers_and_no_other():
     assert results[2:] == [25, "fine"]
 
 
+async def test_the_asks_of_open_sockets_go_in_the_next_trip_ahead_of_waiting_handshakes(monkeypatch):
+    monkeypatch.setattr(handshakes, "TRIP_SIZE", 3)
+
+    await asyncio.gather(
+        *(handshakes.in_shared_batch(squares, number) for number in range(5)),
+        handshakes.in_shared_batch(squares, 10, socket_open=True),  # asked last, an open socket's greeting
+    )
+
+    assert batches == [[10, 0, 1], [2, 3, 4]]
+
+
 def test_the_sessions_of_a_trip_load_in_one_query_each_as_it_would_alone(alice, bob, django_assert_num_queries):
     from django.contrib.sessions.backends.db import SessionStore
     from django.test import Client
@@ -89,22 +101,30 @@ class OwnLookupBackend:
         return ModelBackend().get_user(user_id)
 
 
+class RefusesErinBackend(ModelBackend):
+    """ModelBackend's `get_user` (so read in the trip's query) with a refusal of its own."""
+
+    def user_can_authenticate(self, user):
+        return user.username != "erin" and super().user_can_authenticate(user)
+
+
 def test_the_users_of_a_trip_load_in_one_query_each_as_channels_would_load_it(
     alice, bob, carol, dave, make_user, settings, django_assert_num_queries
 ):
     """Same users, same refusals as Channels' `get_user`: a changed password (its session
-    flushed), an inactive user, a deleted one, a backend no longer configured, a session
-    never logged in; a backend with a `get_user` of its own still reads its user itself."""
+    flushed), no auth hash, an inactive user, one the backend's own rule refuses, a deleted
+    one, a backend no longer configured, a session never logged in; a backend with a
+    `get_user` of its own still reads its user itself."""
     import inspect
 
     from channels.auth import get_user
-    from django.contrib.auth import BACKEND_SESSION_KEY
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY
     from django.contrib.sessions.backends.db import SessionStore
     from django.test import Client
 
-    own_lookup = f"{__name__}.OwnLookupBackend"
-    settings.AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend", own_lookup]
-    erin, gone = make_user("erin"), make_user("gone")
+    own_lookup, refuses_erin = f"{__name__}.OwnLookupBackend", f"{__name__}.RefusesErinBackend"
+    settings.AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend", own_lookup, refuses_erin]
+    erin, frank, gone = make_user("erin"), make_user("frank"), make_user("gone")
 
     def logged_in(user, backend=None):
         browser = Client()
@@ -124,13 +144,18 @@ def test_the_users_of_a_trip_load_in_one_query_each_as_channels_would_load_it(
             "bob, password changed since": logged_in(bob),
             "carol, made inactive since": logged_in(carol),
             "dave, through a backend with its own get_user": logged_in(dave, own_lookup),
-            "erin, through a backend no longer configured": logged_in(erin),
+            "erin, through a backend that refuses her": logged_in(erin, refuses_erin),
+            "frank, through a backend no longer configured": logged_in(frank),
+            "frank, without an auth hash": logged_in(frank),
             "gone, deleted since": logged_in(gone),
             "never logged in": anonymous_session(),
         }
-        stale = SessionStore(keys["erin, through a backend no longer configured"])
-        stale[BACKEND_SESSION_KEY] = "some.removed.Backend"
-        stale.save()
+        removed_backend = SessionStore(keys["frank, through a backend no longer configured"])
+        removed_backend[BACKEND_SESSION_KEY] = "some.removed.Backend"
+        removed_backend.save()
+        no_hash = SessionStore(keys["frank, without an auth hash"])
+        del no_hash[HASH_SESSION_KEY]
+        no_hash.save()
         return keys
 
     for_channels, for_the_trip = sessions(), sessions()  # a flush deletes a session: one set each
@@ -143,7 +168,7 @@ def test_the_users_of_a_trip_load_in_one_query_each_as_channels_would_load_it(
     as_channels = {name: inspect.unwrap(get_user)({"session": SessionStore(key)}) for name, key in for_channels.items()}
     trip = {name: {"session": SessionStore(key)} for name, key in for_the_trip.items()}
     handshakes.load_sessions(scope["session"] for scope in trip.values())
-    with django_assert_num_queries(3):  # the users; the flush of bob's session (its SELECT and DELETE)
+    with django_assert_num_queries(5):  # the users; the flushes of bob's and frank's sessions (a SELECT, a DELETE)
         handshakes.load_users(list(trip.values()))
     with django_assert_num_queries(1):  # dave's backend reads his alone
         trip_users = {name: handshakes.user_for_scope(scope) for name, scope in trip.items()}
@@ -155,3 +180,4 @@ def test_the_users_of_a_trip_load_in_one_query_each_as_channels_would_load_it(
         "dave, through a backend with its own get_user",
     }
     assert not SessionStore().exists(for_the_trip["bob, password changed since"])
+    assert trip["alice"]["user"] is not trip["alice again"]["user"]  # each socket its own, as with Channels
