@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 
 from asgiref.sync import sync_to_async
@@ -61,7 +62,10 @@ class InboxFanout(PerLoop):
         if wait <= 0 and not serving_here(self.loop):
             await self.run(chat_id)  # a management command's or a test's own loop: now, before it closes
             return
-        self.timers[chat_id] = self.loop.call_later(max(0.0, wait), self.start, chat_id)
+        # In a context of its own: the caller's may be a request's (a process with no socket
+        # yet sends a view's events from the view's thread, `run_on_serving_loop`), whose
+        # thread is gone by the time the fan-out is due.
+        self.timers[chat_id] = self.loop.call_later(max(0.0, wait), self.start, chat_id, context=contextvars.Context())
 
     def start(self, chat_id: int) -> None:
         self.timers.pop(chat_id, None)
@@ -129,7 +133,7 @@ class InboxMailbox(PerLoop):
         while batch := self.take_batch(posted):
             await self.send(batch)
         if self.waiting and (self.sender is None or self.sender.done()):
-            self.sender = self.loop.create_task(self.send_when_due())
+            self.sender = self.loop.create_task(self.send_when_due(), context=contextvars.Context())  # as the timers
 
     async def send_when_due(self) -> None:
         try:

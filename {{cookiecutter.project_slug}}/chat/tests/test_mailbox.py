@@ -115,3 +115,35 @@ def test_updates_still_waiting_when_the_loop_closes_are_sent():
 
     asyncio.run(two_quick_messages())
     assert [event["message_id"] for _, event, _ in layer.sent] == [10, 11]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_busy_chats_held_back_fan_out_goes_out_after_the_request_that_sent_it_ended(
+    direct_chat, alice, bob, monkeypatch, caplog
+):
+    """A server process with no socket open yet sends a request's events from the request's
+    own thread (`async_to_sync`, as a command does). The chat's next inbox fan-out, held
+    back for the interval, runs after that request has ended: not in its context, whose
+    thread executor is gone by then."""
+    from asgiref.sync import sync_to_async
+    from channels.layers import get_channel_layer
+
+    from chat import services
+    from chat.realtime import loop as realtime_loop
+
+    monkeypatch.setattr(realtime_loop, "_serving_loop", None)
+    layer = get_channel_layer()
+    inboxes = await layer.new_channel()
+    await layer.group_add(INBOXES_GROUP, inboxes)
+
+    def a_request_sending_two_messages():
+        return [services.send_message(chat=direct_chat, sender=alice, body=f"hi {n}").pk for n in (1, 2)]
+
+    sent = await sync_to_async(a_request_sending_two_messages)()
+    seen = []
+    with caplog.at_level(logging.ERROR, logger="chat.realtime.mailbox"):
+        while len(seen) < 2:
+            batch = await asyncio.wait_for(layer.receive(inboxes), INTERVAL * 10)
+            seen += [event["message_id"] for event in batch["events"] if event["user_id"] == bob.pk]
+    assert seen == sent
+    assert "failed" not in caplog.text
