@@ -346,11 +346,24 @@ async def warm_up(servers: list, http: httpx.AsyncClient, chat_id: int, senders:
     finally:
         await asyncio.gather(*(client.stop() for client in clients))
     pages = (
-        http.get(f"{base}/chat/{chat_id}/messages/", headers={"Cookie": m.cookie})
+        get_page(http, f"{base}/chat/{chat_id}/messages/", cookie=m.cookie)
         for m, base in zip(senders * 2, bases * 2, strict=True)
     )
     await asyncio.gather(*pages)
     return max((answer.message_id or 0 for answer in sent), default=0)
+
+
+async def get_page(http: httpx.AsyncClient, url: str, *, cookie: str, attempts: int = 3) -> httpx.Response:
+    """A GET, asked again if its keep-alive connection was closed under it (the server closes
+    idle ones after a few seconds: a hundred senders' warm-up outlasts that), as a browser
+    does."""
+    for attempt in range(attempts):
+        try:
+            return await http.get(url, headers={"Cookie": cookie})
+        except httpx.TransportError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def settle_presence(clients: list[RoomClient], *, timeout: float, quiet: float = 0.7) -> None:
