@@ -357,13 +357,10 @@ async def get_page(http: httpx.AsyncClient, url: str, *, cookie: str, attempts: 
     """A GET, asked again if its keep-alive connection was closed under it (the server closes
     idle ones after a few seconds: a hundred senders' warm-up outlasts that), as a browser
     does."""
-    for attempt in range(attempts):
-        try:
+    for _ in range(attempts - 1):
+        with suppress(httpx.TransportError):
             return await http.get(url, headers={"Cookie": cookie})
-        except httpx.TransportError:
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
+    return await http.get(url, headers={"Cookie": cookie})
 
 
 async def settle_presence(clients: list[RoomClient], *, timeout: float, quiet: float = 0.7) -> None:

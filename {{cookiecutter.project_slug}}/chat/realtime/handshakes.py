@@ -168,13 +168,14 @@ def load_users(scopes) -> None:
     decide (no session key, another backend's `get_user`, a user id the model rejects) is
     left for `user_for_scope`, which reads it alone.
     """
+    user_model = get_user_model()
     pending = []
     for scope in scopes:
         session = scope.get("session")
         if session is None or scope.get("user") is not None:
             continue
         try:
-            user_id = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
+            user_id = user_model._meta.pk.to_python(session[SESSION_KEY])
             backend_path = session[BACKEND_SESSION_KEY]
         except (KeyError, ValidationError):
             continue
@@ -185,7 +186,7 @@ def load_users(scopes) -> None:
             pending.append((scope, session, user_id, backend))
     if not pending:
         return
-    found = get_user_model()._default_manager.in_bulk({user_id for _, _, user_id, _ in pending})
+    found = user_model._default_manager.in_bulk({user_id for _, _, user_id, _ in pending})
     handed_out = set()
     for scope, session, user_id, backend in pending:
         user = found.get(user_id)
