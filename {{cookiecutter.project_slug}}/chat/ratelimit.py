@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import caches
+from django.core.cache.backends.redis import RedisCache
 from django.core.exceptions import ImproperlyConfigured
 
 logger = logging.getLogger(__name__)
@@ -149,6 +150,25 @@ def window_key(action: str, key: object, window: int) -> str:
     return f"chat:rate:{action}:{digest}:{window}"
 
 
+def count_uses(cache, current_key: str, previous_key: str, cost: int, *, timeout: int) -> tuple[int, int]:
+    """Add `cost` to the current window's count; both windows' counts, after it.
+
+    On Django's Redis cache this is one round trip (a pipeline) instead of three: the
+    check runs on the thread that serves every view and socket of the process, before
+    every message, reaction and typing signal. The counts stay plain integers under the
+    cache's own keys, so `cache.get` and `cache.decr` read and take back what this wrote.
+    """
+    if isinstance(cache, RedisCache):
+        current, previous = cache.make_and_validate_key(current_key), cache.make_and_validate_key(previous_key)
+        pipeline = cache._cache.get_client(write=True).pipeline(transaction=False)
+        pipeline.set(current, 0, ex=timeout, nx=True)  # the window's first use starts it, with its expiry
+        pipeline.incrby(current, cost)
+        pipeline.get(previous)
+        _, counted, before = pipeline.execute()
+        return counted, int(before or 0)
+    return add_uses(cache, current_key, cost, timeout=timeout), cache.get(previous_key, 0)
+
+
 def add_uses(cache, key: str, cost: int, *, timeout: int) -> int:
     try:
         return cache.incr(key, cost)  # all but a window's first use skip the add
@@ -169,8 +189,9 @@ def check_rate(*, action: str, key: object, cost: int = 1, rate: str | None = No
     current_key = window_key(action, key, window)
     try:
         cache = usable_cache()  # inside: a cache that cannot even be opened is an outage too
-        current = add_uses(cache, current_key, cost, timeout=2 * limit.seconds + 1)
-        previous = cache.get(window_key(action, key, window - 1), 0)
+        current, previous = count_uses(
+            cache, current_key, window_key(action, key, window - 1), cost, timeout=2 * limit.seconds + 1
+        )
     except Exception as exc:
         note_failure(exc)
         # The failure itself with its traceback; uses during the pause after it in a line.

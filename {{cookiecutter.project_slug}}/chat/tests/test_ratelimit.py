@@ -84,6 +84,15 @@ def test_new_direct_chats_are_limited(alice_client, bob, carol, tight_limits):
     assert alice_client.post(url, {"email": "carol@example.com"}, headers={"HX-Request": "true"}).status_code == 429
 
 
+@pytest.fixture(params=["test-cache", "redis"])
+def counts_in(request):
+    """The sliding-window tests run on the tests' cache and on a real Redis, where a check
+    is one pipeline of its own commands (`ratelimit.count_uses`)."""
+    if request.param == "redis":
+        request.getfixturevalue("redis_cache")
+
+
+@pytest.mark.usefixtures("counts_in")
 def test_a_burst_across_a_window_boundary_gets_no_more_than_the_rate(alice_client, direct, tight_limits, monkeypatch):
     url = reverse("chat:send", args=[direct.pk])
     monkeypatch.setattr(ratelimit.time, "time", lambda: 6_059.5)
@@ -96,6 +105,7 @@ def test_a_burst_across_a_window_boundary_gets_no_more_than_the_rate(alice_clien
     assert Message.objects.filter(chat=direct).count() == 3
 
 
+@pytest.mark.usefixtures("counts_in")
 @pytest.mark.parametrize("start", [6_000, 6_030, 6_059])
 def test_retry_after_is_when_the_sliding_count_has_room_again(alice_client, direct, tight_limits, monkeypatch, start):
     url = reverse("chat:send", args=[direct.pk])
@@ -330,3 +340,28 @@ def test_with_redis_down_lookups_are_503_and_messages_still_send(alice_client, d
     assert sends == [200] * 5
     assert "not limiting send" in caplog.text
     assert Message.objects.filter(chat=direct).count() == 6
+
+
+def test_on_redis_a_check_is_one_pipeline_whose_counts_the_cache_reads_and_takes_back(redis_cache, monkeypatch):
+    monkeypatch.setattr(ratelimit.time, "time", lambda: 6_030.0)
+    client = cache._cache.get_client(write=True)
+    client.config_resetstat()
+
+    ratelimit.check_rate(action="send", key=7, rate="3/m", cost=2)
+    ratelimit.check_rate(action="send", key=7, rate="3/m")
+    with pytest.raises(ratelimit.RateLimited):
+        ratelimit.check_rate(action="send", key=7, rate="3/m")  # counted, then taken back
+    ratelimit.refund(action="send", key=7, rate="3/m")
+    calls = {name: stats["calls"] for name, stats in client.info("commandstats").items()}
+
+    current = ratelimit.window_key("send", 7, 100)
+    assert cache.get(current) == 2  # 2 + 1 + 1, one taken back as refused and one refunded
+    assert 60 < client.ttl(cache.make_and_validate_key(current)) <= 121  # the window expires on its own
+    # Three checks, one pipeline of SET, INCRBY and GET each (no EXISTS of Django's incr);
+    # the refusal's and the refund's take-backs are Django's decr (EXISTS, INCRBY).
+    assert {name: count for name, count in calls.items() if "config" not in name and "hello" not in name} == {
+        "cmdstat_set": 3,
+        "cmdstat_incrby": 3 + 2,
+        "cmdstat_get": 3,
+        "cmdstat_exists": 2,
+    }
