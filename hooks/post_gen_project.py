@@ -44,6 +44,8 @@ def paths_to_prune(answers: dict) -> list[str]:
         paths.append("LICENSE")
     if answers["channel_layer"] != "redis":
         paths += REDIS_ONLY_PATHS
+    if answers["database"] != "postgresql":
+        paths.append("config/postgresql")
     return paths
 
 

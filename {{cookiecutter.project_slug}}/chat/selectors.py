@@ -402,9 +402,10 @@ def with_reactions(messages: list[Message]) -> list[Message]:
     return messages
 
 
-def message_or_404(*, membership: Membership, message_id) -> Message:
+def message_or_404(*, membership: Membership, message_id, reactions: bool = True) -> Message:
     """A message of the member's chat that they can see; a 404 for any other id (another
-    chat's message, one before their "delete for me", one that does not exist)."""
+    chat's message, one before their "delete for me", one that does not exist). With its
+    reactions unless `reactions` is False (a change that reads it again under its lock)."""
     try:
         if int(message_id) > MAX_ID:
             raise Http404("No such message.")
@@ -417,7 +418,7 @@ def message_or_404(*, membership: Membership, message_id) -> Message:
     )
     if message is None:
         raise Http404("No such message.")
-    return with_reactions([message])[0]
+    return with_reactions([message])[0] if reactions else message
 
 
 @dataclass(frozen=True)

@@ -145,12 +145,46 @@ def send_message_within_rate(
     With `group`, see `SendGroup`.
     """
     client_id = clean_client_id(client_id)
+    return send_counted_message(
+        chat=chat,
+        sender=sender,
+        body=body,
+        client_id=client_id,
+        reply_to_id=reply_to_id,
+        group=group,
+        over_rate=count_send(sender),
+    )
+
+
+def count_send(sender) -> RateLimited | None:
+    """Count a send against the sender's rate: the refusal if it is over, else None.
+
+    A group of sends (`chat.realtime.sends`) counts them all before its transaction, so
+    the cache's round trips are never made while the group holds a chat's row lock, which
+    every other server process's sends to that chat wait for."""
     try:
         check_rate(action="send", key=sender.pk)
-    except RateLimited:
+    except RateLimited as refused:
+        return refused
+    return None
+
+
+def send_counted_message(
+    *,
+    chat: Chat,
+    sender,
+    body: str,
+    client_id: str,
+    reply_to_id: int | None,
+    group: SendGroup | None,
+    over_rate: RateLimited | None,
+) -> Message:
+    """`send_message_within_rate` for a send counted by `count_send` (`over_rate`, its
+    answer), with a clean client id."""
+    if over_rate is not None:
         if client_id and (earlier := earlier_send(chat=chat, sender=sender, client_id=client_id)):
             return earlier
-        raise
+        raise over_rate
     try:
         message, stored_now = send_message_once(
             chat=chat, sender=sender, body=body, client_id=client_id, reply_to_id=reply_to_id, group=group

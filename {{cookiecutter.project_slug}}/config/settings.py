@@ -109,7 +109,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env.boo
     if DATABASES["default"]["CONN_MAX_AGE"]:
         raise ImproperlyConfigured("Set CONN_MAX_AGE=0 with the connection pool (DB_POOL=true): the pool keeps them.")
     # A connection the pool hands out is checked first: after PostgreSQL restarts, the
-    # first request of each process gets a fresh connection instead of an error.
+    # first request of each process gets a fresh connection instead of an error. The
+    # engine is Django's own, with that check made without a round trip to the server
+    # unless the connection's socket shows it was closed (config/postgresql/base.py).
+    DATABASES["default"]["ENGINE"] = "config.postgresql"
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env.int("DB_POOL_MIN_SIZE", default=2),

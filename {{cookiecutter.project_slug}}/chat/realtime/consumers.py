@@ -652,7 +652,7 @@ class RoomConsumer(ChatConsumer):
         membership = selectors.membership_for(user=self.user, chat_id=self.chat_id)
         if membership is None:
             raise Membership.DoesNotExist("Not a member of this chat.")
-        message = selectors.message_or_404(membership=membership, message_id=message_id)
+        message = selectors.message_or_404(membership=membership, message_id=message_id, reactions=False)
         check_rate(action="react" if action == "react" else "edit", key=self.user_id)
         if action == "edit":
             message = services.edit_message(message=message, user=self.user, body=frame["body"])

@@ -104,11 +104,12 @@ def store_together(sends: list[Send]) -> list[int | Exception]:
     circle; each chat's sends keep their arrival order."""
     order = sorted(range(len(sends)), key=lambda i: sends[i].chat_id)
     results: list[int | Exception] = [Busy() for _ in sends]
+    counted = [count(send) for send in sends]  # before any chat is locked (`services.count_send`)
     group = services.SendGroup()
     try:
         with transaction.atomic():
             for i in order:
-                results[i] = store_one(sends[i], group=group)
+                results[i] = store_one(sends[i], counted[i], group=group)
             group.finish()
     except OperationalError:  # SQLite's writer lock, a deadlock, a database restarting
         logger.warning("Database unavailable for %d sends", len(sends), exc_info=True)
@@ -116,16 +117,30 @@ def store_together(sends: list[Send]) -> list[int | Exception]:
     return results
 
 
-def store_one(send: Send, *, group: services.SendGroup) -> int | Exception:
-    """One send: its message id, or the exception that refused it (its savepoint rolled back)."""
+def count(send: Send) -> tuple[str, RateLimited | None] | ValidationError:
+    """The send's clean client id and its count against the rate, or why its client id is refused."""
     try:
-        message = services.send_message_within_rate(
+        client_id = services.clean_client_id(send.client_id)
+    except ValidationError as refused:
+        return refused
+    return client_id, services.count_send(send.sender)
+
+
+def store_one(send: Send, counted, *, group: services.SendGroup) -> int | Exception:
+    """One send, as `count` left it: its message id, or the exception that refused it
+    (its savepoint rolled back)."""
+    if isinstance(counted, ValidationError):
+        return counted
+    client_id, over_rate = counted
+    try:
+        message = services.send_counted_message(
             chat=Chat(pk=send.chat_id),
             sender=send.sender,
             body=send.body,
-            client_id=send.client_id,
+            client_id=client_id,
             reply_to_id=send.reply_to_id,
             group=group,
+            over_rate=over_rate,
         )
     except (ValidationError, Membership.DoesNotExist, RateLimited, services.Blocked) as refused:
         return refused

@@ -9,6 +9,7 @@ import sqlite3
 
 import pytest
 from channels.db import database_sync_to_async
+from django.db import connection
 
 from chat import services
 from chat.models import Message
@@ -246,6 +247,32 @@ async def test_sends_arriving_together_are_each_stored_once_in_order_and_one_ref
         assert ids == sorted(ids)  # each person's messages keep the order they were sent in
         assert [m.body for m in messages if m.pk in ids] == [f"{person.username} {n}" for n in range(10)]
     assert await unread_counts(group) == await unread_counts_one_by_one(group)
+
+
+async def test_sends_are_counted_against_the_rate_before_their_group_locks_the_chat(
+    connect, alice, bob, group, monkeypatch
+):
+    """The rate's cache round trips are made before the group's transaction: the chat's row
+    lock, which every other server process's sends to this chat wait for, is not held
+    through them."""
+    in_transaction = []
+    check_rate = services.check_rate
+
+    def noting_the_transaction(**kwargs):
+        in_transaction.append(connection.in_atomic_block)  # on the thread that stores the group
+        return check_rate(**kwargs)
+
+    monkeypatch.setattr(services, "check_rate", noting_the_transaction)
+    rooms = [(await connect(person, f"/ws/chat/{group.pk}/"))[0] for person in (alice, bob)]
+    for number in range(5):
+        for index, room in enumerate(rooms):
+            await room.send_to(text_data=send_frame(f"{index}-{number}", f"message {number}"))
+    for room in rooms:
+        for _ in range(5):
+            await receive_until(room, "ack")
+
+    assert len(await stored(chat=group)) == 10
+    assert in_transaction == [False] * 10
 
 
 async def test_sends_to_several_chats_arriving_together_are_counted_unread_for_each_member_of_each(

@@ -1,0 +1,60 @@
+"""The pool's check of PostgreSQL connections (config/postgresql/base.py): no round trip
+for a healthy connection, and a connection PostgreSQL closed is never handed out."""
+
+import time
+
+import psycopg
+import pytest
+from django.db import connection
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(connection.vendor != "postgresql", reason="the pool is PostgreSQL's"),
+]
+
+
+@pytest.fixture
+def server_checks(monkeypatch):
+    """The connections checked with a round trip: psycopg_pool's check is an empty query."""
+    checked = []
+    execute = psycopg.Connection.execute
+
+    def noting_checks(conn, query, *args, **kwargs):
+        if query == "":
+            checked.append(conn)
+        return execute(conn, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", noting_checks)
+    return checked
+
+
+def backend_pid() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def test_a_healthy_pooled_connection_is_handed_out_without_a_round_trip(server_checks):
+    for _ in range(5):
+        connection.close()  # back to the pool
+        backend_pid()
+
+    assert server_checks == []
+
+
+def test_connections_postgresql_closed_are_replaced_before_anyone_uses_them(server_checks):
+    before = backend_pid()
+    connection.close()
+    params = connection.get_connection_params()
+    admin_params = {key: params[key] for key in ("dbname", "user", "password", "host", "port") if params.get(key)}
+    with psycopg.connect(**admin_params, autocommit=True) as admin:
+        others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        admin.execute(f"SELECT pg_terminate_backend(pid) {others}")  # noqa: S608 (no input in it)
+        deadline = time.monotonic() + 10
+        while admin.execute(f"SELECT count(*) {others}").fetchone()[0] and time.monotonic() < deadline:  # noqa: S608
+            time.sleep(0.05)
+
+    after = backend_pid()  # no error: the pool's closed connections were checked and dropped
+
+    assert after != before
+    assert server_checks, "a closed connection is checked with the server before it is dropped"
