@@ -150,23 +150,29 @@ def window_key(action: str, key: object, window: int) -> str:
     return f"chat:rate:{action}:{digest}:{window}"
 
 
-def count_uses(cache, current_key: str, previous_key: str, cost: int, *, timeout: int) -> tuple[int, int]:
-    """Add `cost` to the current window's count; both windows' counts, after it.
+def count_uses(cache, uses: list[tuple[str, str]], cost: int, *, timeout: int) -> list[tuple[int, int]]:
+    """Add `cost` to each use's current window (`uses`: its current and previous window's
+    keys, a key perhaps more than once); for each, both windows' counts right after it.
 
-    On Django's Redis cache this is one round trip (a pipeline) instead of three: the
-    check runs on the thread that serves every view and socket of the process, before
-    every message, reaction and typing signal. The counts stay plain integers under the
-    cache's own keys, so `cache.get` and `cache.decr` read and take back what this wrote.
+    On Django's Redis cache this is one round trip (a pipeline) for all of them, instead
+    of three each: the checks run on the thread that serves every view and socket of the
+    process, before every message, reaction and typing signal. The counts stay plain
+    integers under the cache's own keys, so `cache.get` and `cache.decr` read and take
+    back what this wrote.
     """
     if isinstance(cache, RedisCache):
-        current, previous = cache.make_and_validate_key(current_key), cache.make_and_validate_key(previous_key)
         pipeline = cache._cache.get_client(write=True).pipeline(transaction=False)
-        pipeline.set(current, 0, ex=timeout, nx=True)  # the window's first use starts it, with its expiry
-        pipeline.incrby(current, cost)
-        pipeline.get(previous)
-        _, counted, before = pipeline.execute()
-        return counted, int(before or 0)
-    return add_uses(cache, current_key, cost, timeout=timeout), cache.get(previous_key, 0)
+        for current_key, previous_key in uses:
+            current = cache.make_and_validate_key(current_key)
+            pipeline.set(current, 0, ex=timeout, nx=True)  # the window's first use starts it, with its expiry
+            pipeline.incrby(current, cost)
+            pipeline.get(cache.make_and_validate_key(previous_key))
+        replies = pipeline.execute()
+        return [(replies[i + 1], int(replies[i + 2] or 0)) for i in range(0, len(replies), 3)]
+    return [
+        (add_uses(cache, current_key, cost, timeout=timeout), cache.get(previous_key, 0))
+        for current_key, previous_key in uses
+    ]
 
 
 def add_uses(cache, key: str, cost: int, *, timeout: int) -> int:
@@ -184,14 +190,28 @@ def check_rate(*, action: str, key: object, cost: int = 1, rate: str | None = No
     limit = parse_rate(rate) if rate else rate_for(action)
     if limit is None or cost <= 0:
         return
+    refusal = count_and_judge(action, limit, [key], cost=cost, fail_open=fail_open)[0]
+    if refusal is not None:
+        raise refusal
+
+
+def check_rates(*, action: str, keys: list) -> list[RateLimited | None]:
+    """One use of `action` by each of `keys` (a key may come more than once), counted in one
+    round trip on Redis: for each, the RateLimited that `check_rate` would have raised,
+    called for them one after the other, or None."""
+    limit = rate_for(action)
+    if limit is None or not keys:
+        return [None] * len(keys)
+    return count_and_judge(action, limit, keys, cost=1, fail_open=True)
+
+
+def count_and_judge(action: str, limit: Rate, keys: list, *, cost: int, fail_open: bool) -> list[RateLimited | None]:
     window, elapsed = divmod(time.time(), limit.seconds)
     window = int(window)
-    current_key = window_key(action, key, window)
+    uses = [(window_key(action, key, window), window_key(action, key, window - 1)) for key in keys]
     try:
         cache = usable_cache()  # inside: a cache that cannot even be opened is an outage too
-        current, previous = count_uses(
-            cache, current_key, window_key(action, key, window - 1), cost, timeout=2 * limit.seconds + 1
-        )
+        counts = count_uses(cache, uses, cost, timeout=2 * limit.seconds + 1)
     except Exception as exc:
         note_failure(exc)
         # The failure itself with its traceback; uses during the pause after it in a line.
@@ -200,13 +220,21 @@ def check_rate(*, action: str, key: object, cost: int = 1, rate: str | None = No
             logger.error("Rate-limit cache unavailable; refusing %s", action, exc_info=failed)
             raise RateLimitUnavailable(action) from exc
         logger.warning("Rate-limit cache unavailable; not limiting %s", action, exc_info=failed)
-        return
+        return [None] * len(keys)
     share_of_previous = 1 - elapsed / limit.seconds
-    if previous * share_of_previous + current > limit.count:
+    refusals: list[RateLimited | None] = []
+    taken_back: dict[str, int] = {}  # a refused use no longer counts for the uses after it
+    for (current_key, _), (current, previous) in zip(uses, counts, strict=True):
+        current -= taken_back.get(current_key, 0)
+        if previous * share_of_previous + current <= limit.count:
+            refusals.append(None)
+            continue
         take_back(cache, current_key, cost)
+        taken_back[current_key] = taken_back.get(current_key, 0) + cost
         counted = current - cost
         retry_after = seconds_until_room(limit, previous=previous, current=counted, elapsed=elapsed, cost=cost)
-        raise RateLimited(action, retry_after=retry_after)
+        refusals.append(RateLimited(action, retry_after=retry_after))
+    return refusals
 
 
 def take_back(cache, key: str, cost: int) -> None:

@@ -19,7 +19,7 @@ from django.utils import timezone
 from chat import events, metrics, selectors
 from chat.conf import chat_setting
 from chat.models import MAX_ID, Block, Chat, FormerMembership, Membership, Message, Reaction, Report
-from chat.ratelimit import RateLimited, check_rate, refund, wait_text
+from chat.ratelimit import RateLimited, check_rate, check_rates, refund, wait_text
 from chat.realtime import presence
 
 
@@ -152,21 +152,18 @@ def send_message_within_rate(
         client_id=client_id,
         reply_to_id=reply_to_id,
         group=group,
-        over_rate=count_send(sender),
+        over_rate=count_sends([sender])[0],
     )
 
 
-def count_send(sender) -> RateLimited | None:
-    """Count a send against the sender's rate: the refusal if it is over, else None.
+def count_sends(senders: list) -> list[RateLimited | None]:
+    """Count one send by each of `senders` against their send rate, in one round trip to
+    the cache: for each, the refusal if it is over, else None.
 
     A group of sends (`chat.realtime.sends`) counts them all before its transaction, so
-    the cache's round trips are never made while the group holds a chat's row lock, which
-    every other server process's sends to that chat wait for."""
-    try:
-        check_rate(action="send", key=sender.pk)
-    except RateLimited as refused:
-        return refused
-    return None
+    the cache is never waited for while the group holds a chat's row lock, which every
+    other server process's sends to that chat wait for."""
+    return check_rates(action="send", keys=[sender.pk for sender in senders])
 
 
 def send_counted_message(
@@ -179,7 +176,7 @@ def send_counted_message(
     group: SendGroup | None,
     over_rate: RateLimited | None,
 ) -> Message:
-    """`send_message_within_rate` for a send counted by `count_send` (`over_rate`, its
+    """`send_message_within_rate` for a send counted by `count_sends` (`over_rate`, its
     answer), with a clean client id."""
     if over_rate is not None:
         if client_id and (earlier := earlier_send(chat=chat, sender=sender, client_id=client_id)):

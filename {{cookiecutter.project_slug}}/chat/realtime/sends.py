@@ -104,7 +104,7 @@ def store_together(sends: list[Send]) -> list[int | Exception]:
     circle; each chat's sends keep their arrival order."""
     order = sorted(range(len(sends)), key=lambda i: sends[i].chat_id)
     results: list[int | Exception] = [Busy() for _ in sends]
-    counted = [count(send) for send in sends]  # before any chat is locked (`services.count_send`)
+    counted = count(sends)  # before any chat is locked (`services.count_sends`)
     group = services.SendGroup()
     try:
         with transaction.atomic():
@@ -117,13 +117,20 @@ def store_together(sends: list[Send]) -> list[int | Exception]:
     return results
 
 
-def count(send: Send) -> tuple[str, RateLimited | None] | ValidationError:
-    """The send's clean client id and its count against the rate, or why its client id is refused."""
-    try:
-        client_id = services.clean_client_id(send.client_id)
-    except ValidationError as refused:
-        return refused
-    return client_id, services.count_send(send.sender)
+def count(sends: list[Send]) -> list[tuple[str, RateLimited | None] | ValidationError]:
+    """Each send's clean client id and its count against the rate, or why its client id is refused."""
+    client_ids: list[str | ValidationError] = []
+    for send in sends:
+        try:
+            client_ids.append(services.clean_client_id(send.client_id))
+        except ValidationError as refused:
+            client_ids.append(refused)
+    valid = [send for send, client_id in zip(sends, client_ids, strict=True) if isinstance(client_id, str)]
+    over_rate = iter(services.count_sends([send.sender for send in valid]))
+    return [
+        client_id if isinstance(client_id, ValidationError) else (client_id, next(over_rate))
+        for client_id in client_ids
+    ]
 
 
 def store_one(send: Send, counted, *, group: services.SendGroup) -> int | Exception:

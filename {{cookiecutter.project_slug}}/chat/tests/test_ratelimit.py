@@ -127,6 +127,34 @@ def test_retry_after_is_when_the_sliding_count_has_room_again(alice_client, dire
     assert (too_early, on_time) == (429, 200)
 
 
+@pytest.mark.usefixtures("counts_in")
+def test_uses_counted_together_get_the_answers_of_checks_made_one_after_the_other(settings, monkeypatch):
+    settings.CHAT_RATE_LIMITS = {"send": "3/m"}
+    monkeypatch.setattr(ratelimit.time, "time", lambda: 6_030.0)
+    people = [1, 2, 1, 1, 1, 2]  # person 1 past the rate in the middle of the batch
+
+    def one_after_the_other(first, second):
+        answers = []
+        for key in [first if person == 1 else second for person in people]:
+            try:
+                ratelimit.check_rate(action="send", key=key)
+            except ratelimit.RateLimited as refused:
+                answers.append(refused.retry_after)
+            else:
+                answers.append(None)
+        return answers
+
+    ratelimit.check_rate(action="send", key=11)  # each person 1 has used one already
+    ratelimit.check_rate(action="send", key=21)
+    expected = one_after_the_other(11, 12)
+    together = ratelimit.check_rates(action="send", keys=[21 if person == 1 else 22 for person in people])
+
+    assert expected == [None, None, None, expected[3], expected[3], None]
+    assert expected[3] > 0
+    assert [None if answer is None else answer.retry_after for answer in together] == expected
+    assert cache.get(ratelimit.window_key("send", 21, 100)) == 3  # the refused uses were taken back
+
+
 def test_a_rate_of_none_disables_the_limit(alice_client, direct, settings):
     settings.CHAT_RATE_LIMITS = {"send": None}
     url = reverse("chat:send", args=[direct.pk])
