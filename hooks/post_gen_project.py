@@ -45,7 +45,7 @@ def paths_to_prune(answers: dict) -> list[str]:
     if answers["channel_layer"] != "redis":
         paths += REDIS_ONLY_PATHS
     if answers["database"] != "postgresql":
-        paths.append("config/postgresql")
+        paths += ["config/postgresql", "tests/test_postgresql_pool.py"]
     return paths
 
 

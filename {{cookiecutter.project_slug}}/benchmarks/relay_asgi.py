@@ -33,7 +33,7 @@ from channels.sessions import SessionMiddlewareStack  # noqa: E402
 from django.urls import path  # noqa: E402
 
 import chat.routing  # noqa: E402
-from config.collector import tune_after_startup  # noqa: E402
+from config.interpreter import tune_after_startup  # noqa: E402
 
 
 class RelayConsumer(AsyncWebsocketConsumer):

@@ -16,7 +16,7 @@ from django.urls import re_path  # noqa: E402
 
 import chat.routing  # noqa: E402
 from chat.origins import SameOriginValidator  # noqa: E402
-from config.collector import tune_after_startup  # noqa: E402
+from config.interpreter import tune_after_startup  # noqa: E402
 
 websocket_urlpatterns = [
     *chat.routing.websocket_urlpatterns,
@@ -35,5 +35,5 @@ application = ProtocolTypeRouter(
     }
 )
 
-# Loaded: from here on the process serves, and its garbage collector is tuned for that.
+# Loaded: from here on the process serves, and its interpreter is tuned for that.
 tune_after_startup()
