@@ -33,6 +33,7 @@ from channels.sessions import SessionMiddlewareStack  # noqa: E402
 from django.urls import path  # noqa: E402
 
 import chat.routing  # noqa: E402
+from chat.realtime.shutdown import Lifespan  # noqa: E402
 from config.interpreter import tune_after_startup  # noqa: E402
 
 
@@ -99,6 +100,7 @@ application = ProtocolTypeRouter(
     {
         "http": AllocationsSince(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(SessionMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "lifespan": Lifespan(),  # as config/asgi.py
     }
 )
 

@@ -16,6 +16,7 @@ from django.urls import re_path  # noqa: E402
 
 import chat.routing  # noqa: E402
 from chat.origins import SameOriginValidator  # noqa: E402
+from chat.realtime.shutdown import Lifespan  # noqa: E402
 from config.interpreter import tune_after_startup  # noqa: E402
 
 websocket_urlpatterns = [
@@ -28,10 +29,13 @@ websocket_urlpatterns = [
 # Channels' AuthMiddleware would, in the one trip to the database thread their handshake
 # makes anyway (chat/realtime/handshakes.py). A consumer of your own that reads
 # scope["user"] wraps its route in channels.auth.AuthMiddleware.
+# "lifespan": a process that stops sends the events and inbox counts its sockets' last work
+# left waiting (chat/realtime/shutdown.py).
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": SameOriginValidator(SessionMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "lifespan": Lifespan(),
     }
 )
 

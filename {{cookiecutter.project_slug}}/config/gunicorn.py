@@ -8,9 +8,9 @@ proxy can route around while it restarts.
 
 On SIGTERM the worker stops accepting, closes its websockets with 1012 (service restart:
 the pages reconnect at once, to another process behind the proxy, and catch up), lets
-in-flight requests finish and writes the read marks it still holds; whatever is still
-running after GRACEFUL_TIMEOUT seconds is cancelled, and gunicorn kills the worker a few
-seconds later if it has not exited by then.
+in-flight requests finish, writes the read marks it still holds and sends the events and
+inbox counts still waiting; whatever is still running after GRACEFUL_TIMEOUT seconds is
+cancelled, and gunicorn kills the worker a few seconds later if it has not exited by then.
 """
 
 import logging
@@ -41,8 +41,9 @@ control_socket_disable = True
 
 
 class ChatUvicornWorker(UvicornWorker):
-    """uvicorn's worker without the lifespan protocol (Django has no use for it), with the
-    sans-I/O websockets implementation, and a bounded graceful shutdown.
+    """uvicorn's worker with the lifespan protocol (at shutdown the chat sends what its
+    sockets' last work left waiting: chat/realtime/shutdown.py), the sans-I/O websockets
+    implementation, and a bounded graceful shutdown.
 
     The client's address and scheme come from nginx's X-Forwarded-* headers only behind the
     proxy (BEHIND_TLS_PROXY=true, from FORWARDED_ALLOW_IPS, 127.0.0.1 by default): on a port
@@ -51,7 +52,7 @@ class ChatUvicornWorker(UvicornWorker):
 
     CONFIG_KWARGS = {
         **UvicornWorker.CONFIG_KWARGS,
-        "lifespan": "off",
+        "lifespan": "on",
         "ws": "websockets-sansio",
         "proxy_headers": env_flag("BEHIND_TLS_PROXY"),
     }

@@ -5,11 +5,15 @@ import json
 import threading
 
 import pytest
-from channels.layers import channel_layers
+from channels.db import database_sync_to_async
+from channels.layers import channel_layers, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
+from chat import events, services
+from chat.realtime import mailbox
+from chat.realtime.loop import note_serving_loop
 from config.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -148,6 +152,39 @@ async def test_chat_ids_beyond_any_database_integer_are_refused_as_not_a_member(
     connected, _ = await socket.connect()
     assert connected
     assert (await socket.receive_output())["code"] == 4403
+
+
+async def test_a_stopping_server_sends_the_inbox_counts_its_last_messages_left_waiting():
+    """A busy chat's inbox counts wait up to a second (chat/realtime/mailbox.py). uvicorn sends
+    the lifespan's shutdown once every socket has closed, before it cancels what still runs
+    and closes the loop: they go out then, not a second later or never."""
+    alice = await get_user_model().objects.acreate(username="alice", email="alice@example.com")
+    bob = await get_user_model().objects.acreate(username="bob", email="bob@example.com")
+    chat = await database_sync_to_async(services.create_group_chat)(creator=alice, name="Team", members=[bob])
+    note_serving_loop()  # as the first socket of a server does
+    layer = get_channel_layer()
+    inboxes = await layer.new_channel()
+    await layer.group_add(events.INBOXES_GROUP, inboxes)
+    for body in ("first", "second"):  # the second's counts are held back for a second
+        last = await database_sync_to_async(services.send_message)(chat=chat, sender=alice, body=body)
+    await asyncio.wait_for(layer.receive(inboxes), 5)  # the first message's, at once
+
+    stopping_at = asyncio.get_running_loop().time()
+    lifespan = asyncio.Queue()
+    for stage in ("startup", "shutdown"):
+        lifespan.put_nowait({"type": f"lifespan.{stage}"})
+    answers = []
+
+    async def answer(message):
+        answers.append(message)
+
+    await application({"type": "lifespan", "asgi": {"version": "3.0"}}, lifespan.get, answer)
+    held = await asyncio.wait_for(layer.receive(inboxes), 5)
+
+    assert answers == [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
+    assert asyncio.get_running_loop().time() - stopping_at < mailbox.INBOX_UPDATE_INTERVAL / 2
+    bobs = [update for update in held["events"] if update["user_id"] == bob.pk]
+    assert [(update["message_id"], update["unread"]) for update in bobs] == [(last.pk, 2)]
 
 
 def test_an_event_loop_closes_with_sockets_still_connecting(client):

@@ -156,6 +156,11 @@ class EventQueue(PerLoop):
         if self.runner is None or self.runner.done():
             self.runner = self.loop.create_task(self.run())
 
+    async def finished(self) -> None:
+        """Once every send handed over so far has been made (or has failed)."""
+        while self.runner is not None and not self.runner.done():
+            await asyncio.wait([self.runner])
+
     async def run(self) -> None:
         while self.waiting:
             send_events, args = self.waiting.popleft()

@@ -71,6 +71,12 @@ class InboxFanout(PerLoop):
         self.timers.pop(chat_id, None)
         self.loop.create_task(self.run(chat_id))
 
+    async def run_all_now(self) -> None:
+        """Every fan-out held back, now (the server is stopping: see `chat.realtime.shutdown`)."""
+        for chat_id in list(self.timers):
+            self.timers.pop(chat_id).cancel()
+            await self.run(chat_id)
+
     async def run(self, chat_id: int) -> None:
         message = self.newest.pop(chat_id, None)
         if message is None:
@@ -143,11 +149,16 @@ class InboxMailbox(PerLoop):
                 while batch := self.take_batch(list(self.waiting)):
                     await self.send(batch)
         except asyncio.CancelledError:  # the loop is closing: nothing stays behind, if it can go quickly
-            last = [self.with_latest_total(event) for event in self.take_all()]
             with contextlib.suppress(TimeoutError):
                 # Bounded: a layer already shutting down must not hold the loop's close forever.
-                await asyncio.wait_for(self.send(last), FINAL_SEND_SECONDS)
+                await asyncio.wait_for(self.send_all_now(), FINAL_SEND_SECONDS)
             raise
+
+    async def send_all_now(self) -> None:
+        """Every update waiting, now, each with its person's newest total (the server is stopping)."""
+        last = [self.with_latest_total(event) for event in self.take_all()]
+        if last:
+            await self.send(last)
 
     def take_batch(self, keys: list[tuple[int, int]]) -> list[dict]:
         """Up to BATCH_SIZE of these updates that are due, one per person (an update per
