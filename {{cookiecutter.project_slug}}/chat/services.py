@@ -725,8 +725,7 @@ def edit_message(*, message: Message, user, body: str) -> Message:
     """Change the text of one's own message, within CHAT_EDIT_WINDOW_SECONDS of sending it."""
     body = clean_message_body(body)
     with transaction.atomic():
-        message, chat = lock_for_change(message)
-        require_member(chat_id=chat.pk, user=user)
+        message, chat = lock_for_change(message, member=user)
         require_editable(message=message, user=user)
         if body != message.body:
             mentions = resolve_mentions(chat=chat, sender=user, body=body)
@@ -812,8 +811,7 @@ def toggle_reaction(*, message: Message, user, emoji: str) -> Message:
     """Add the person's `emoji` to the message, or take it back; returns the message as now stored."""
     emoji = clean_reaction(emoji)
     with transaction.atomic():
-        message, chat = lock_for_change(message)
-        require_member(chat_id=chat.pk, user=user)
+        message, chat = lock_for_change(message, member=user)
         if message.deleted_at is not None:
             raise ValidationError("This message was deleted.")
         removed, _ = Reaction.objects.filter(message=message, user=user, emoji=emoji).delete()
@@ -863,16 +861,21 @@ def resolve_reports(*, reports) -> int:
     )
 
 
-def lock_for_change(message: Message) -> tuple[Message, Chat]:
-    """Lock the message's chat (the order of its changes) and read the message again under it."""
+def lock_for_change(message: Message, *, member=None) -> tuple[Message, Chat]:
+    """Lock the message's chat (the order of its changes) and read the message again under it;
+    with `member`, only while they are still a member of the chat (in the same query: the
+    lock is held by every other change and send of the chat meanwhile)."""
     chat = (
         Chat.objects.select_for_update()
         .only("id", "kind", "change_seq", "last_message_id")
         .filter(pk=message.chat_id)
         .first()
     )
-    fresh = Message.objects.select_related("sender").filter(pk=message.pk, chat_id=message.chat_id).first()
-    if chat is None or fresh is None:  # deleted since the caller looked
+    fresh = Message.objects.select_related("sender").filter(pk=message.pk, chat_id=message.chat_id)
+    if member is not None:
+        fresh = fresh.filter(chat__memberships__user=member)
+    fresh = fresh.first()
+    if chat is None or fresh is None:  # deleted, or left or removed, since the caller looked
         raise Membership.DoesNotExist("Not a member of this chat.")
     return fresh, chat
 

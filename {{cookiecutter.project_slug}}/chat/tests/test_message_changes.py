@@ -5,7 +5,9 @@ from datetime import timedelta
 
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -178,6 +180,30 @@ def test_reactions_toggle_per_person_and_count_per_emoji(bob_says, alice, carol)
     [counts] = [m.reaction_counts for m in selectors.with_reactions([refreshed(bob_says)])]
     assert [(c.emoji, c.count, c.who) for c in counts] == [(THUMBS, 2, "Alice, Carol")]
     assert refreshed(bob_says).change_seq == 4
+
+
+def test_a_former_member_cannot_react(bob_says, alice, group_chat):
+    services.leave_group(chat=group_chat, user=alice)
+    with pytest.raises(Membership.DoesNotExist):
+        services.toggle_reaction(message=bob_says, user=alice, emoji=THUMBS)
+    assert not Reaction.objects.exists()
+
+
+def test_a_reaction_holds_its_chats_lock_for_six_statements(bob_says, alice):
+    """Every send and change of the chat, on every server process, waits for that lock: the
+    lock, the message read again only while the reactor is a member, the reaction taken back
+    or added, and the change cursor on the chat and the message."""
+    with CaptureQueriesContext(connection) as queries:
+        services.toggle_reaction(message=bob_says, user=alice, emoji=THUMBS)
+    statements = [query["sql"].split()[0] for query in queries.captured_queries]
+    assert [s for s in statements if s not in ("SAVEPOINT", "RELEASE")] == [
+        "SELECT",  # the chat, locked
+        "SELECT",  # the message, with the membership
+        "DELETE",
+        "INSERT",
+        "UPDATE",
+        "UPDATE",
+    ]
 
 
 @pytest.mark.parametrize("emoji", ["🦄", "", None, 7, THUMBS * 2])
