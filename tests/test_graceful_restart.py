@@ -64,7 +64,7 @@ pytestmark = pytest.mark.slow
 SERVER_LOGS = TEMPLATE_DIR / "test-artifacts" / "graceful_restart"
 SERVICE_RESTART = 1012
 RECONNECT_BOUND_SECONDS = 10  # every socket of a stopped process is open again within this
-EXIT_BOUND_SECONDS = 30  # config/gunicorn.py: GRACEFUL_TIMEOUT (10 s) + 5 s before gunicorn kills its worker
+EXIT_BOUND_SECONDS = 30  # config/gunicorn.py: GRACEFUL_TIMEOUT (10 s) + 10 s before gunicorn kills its worker
 SECONDS_BETWEEN_RESTARTS = 5  # sending on both processes before the next one stops
 UNLIMITED = "send=,email_lookup=,new_chat=,new_group="
 

@@ -220,7 +220,7 @@ def test_as_bool_reads_falsy_answers(post_gen, value):
 
 
 def test_paths_to_prune_keeps_everything_with_all_options_on(post_gen):
-    assert post_gen.paths_to_prune(answers(channel_layer="redis")) == []
+    assert post_gen.paths_to_prune(answers(channel_layer="redis", database="postgresql")) == []
 
 
 @pytest.mark.parametrize(
@@ -240,10 +240,12 @@ def test_paths_to_prune_keeps_everything_with_all_options_on(post_gen):
                 "tests/test_redis_servers.py",
             ],
         ),
+        ({"database": "sqlite"}, ["config/postgresql", "tests/test_postgresql_pool.py"]),
     ],
 )
 def test_paths_to_prune_drops_what_a_disabled_option_needs(post_gen, changes, pruned):
-    assert post_gen.paths_to_prune({**answers(channel_layer="redis"), **changes}) == pruned
+    all_on = answers(channel_layer="redis", database="postgresql")
+    assert post_gen.paths_to_prune({**all_on, **changes}) == pruned
 
 
 def test_prune_removes_files_and_folders_and_ignores_missing(post_gen, tmp_path):

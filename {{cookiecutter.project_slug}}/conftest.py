@@ -17,7 +17,8 @@ def python_defaults():
     Importing config/asgi.py tunes the interpreter for a server process (config/interpreter.py):
     it collects rarely. In a test run, what one test leaves to the collector (the tasks of an
     event loop it closed) would then be collected, and reported as an error, during a later
-    test that checks its logs.
+    test that checks its logs. And the tests' timings stay those of Python's own thread
+    switching, which is what they were written against.
     """
     gc.set_threshold(*PYTHON_DEFAULT_THRESHOLDS)
     sys.setswitchinterval(PYTHON_DEFAULT_SWITCH_INTERVAL)

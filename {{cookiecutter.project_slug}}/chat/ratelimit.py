@@ -158,7 +158,7 @@ def count_uses(cache, uses: list[tuple[str, str]], cost: int, *, timeout: int) -
     of three each: the checks run on the thread that serves every view and socket of the
     process, before every message, reaction and typing signal. The counts stay plain
     integers under the cache's own keys, so `cache.get` and `cache.decr` read and take
-    back what this wrote.
+    back what this wrote (with Django's own serializer, which stores integers as they are).
     """
     if isinstance(cache, RedisCache):
         pipeline = cache._cache.get_client(write=True).pipeline(transaction=False)

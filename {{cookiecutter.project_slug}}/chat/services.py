@@ -136,34 +136,43 @@ def send_message_within_rate(
     body: str,
     client_id: str | None = None,
     reply_to_id: int | None = None,
-    group: SendGroup | None = None,
 ) -> Message:
     """`send_message`, counted against the sender's send rate (RateLimited past it).
 
     A retried client id is answered with the message stored the first time, and costs
     nothing: a client that resends after a lost ack is not pushed into the limit by it.
-    With `group`, see `SendGroup`.
     """
     client_id = clean_client_id(client_id)
-    return send_counted_message(
-        chat=chat,
-        sender=sender,
-        body=body,
-        client_id=client_id,
-        reply_to_id=reply_to_id,
-        group=group,
-        over_rate=count_sends([sender])[0],
-    )
+    over_rate = count_sends([sender])[0]
+    try:
+        message, stored_now = send_counted_message(
+            chat=chat, sender=sender, body=body, client_id=client_id, reply_to_id=reply_to_id, over_rate=over_rate
+        )
+    except Exception:
+        if over_rate is None:
+            refund_sends([sender])  # refused or failed: nothing was stored
+        raise
+    if not stored_now and over_rate is None:
+        refund_sends([sender])
+    return message
 
 
 def count_sends(senders: list) -> list[RateLimited | None]:
     """Count one send by each of `senders` against their send rate, in one round trip to
-    the cache: for each, the refusal if it is over, else None.
+    the cache: for each, the refusal if it is over (that use already taken back), else None.
 
-    A group of sends (`chat.realtime.sends`) counts them all before its transaction, so
-    the cache is never waited for while the group holds a chat's row lock, which every
-    other server process's sends to that chat wait for."""
+    A group of sends (`chat.realtime.sends`) counts them all before its transaction and
+    takes back what it did not store after it (`refund_sends`), so the cache is never
+    waited for while the group holds a chat's row lock, which every other server process's
+    sends to that chat wait for."""
     return check_rates(action="send", keys=[sender.pk for sender in senders])
+
+
+def refund_sends(senders: list) -> None:
+    """Take back a counted send of each of `senders`: nothing new was stored for it (refused,
+    failed, or a retried client id answered with the message stored the first time)."""
+    for sender in senders:
+        refund(action="send", key=sender.pk)
 
 
 def send_counted_message(
@@ -173,25 +182,20 @@ def send_counted_message(
     body: str,
     client_id: str,
     reply_to_id: int | None,
-    group: SendGroup | None,
     over_rate: RateLimited | None,
-) -> Message:
-    """`send_message_within_rate` for a send counted by `count_sends` (`over_rate`, its
-    answer), with a clean client id."""
+    group: SendGroup | None = None,
+) -> tuple[Message, bool]:
+    """`send_message_once` for a send counted by `count_sends` (`over_rate`, its answer),
+    with a clean client id: over the rate, only a retried client id is answered (with the
+    message stored the first time). Taking back the count of a send not stored now is the
+    caller's (`refund_sends`)."""
     if over_rate is not None:
         if client_id and (earlier := earlier_send(chat=chat, sender=sender, client_id=client_id)):
-            return earlier
+            return earlier, False
         raise over_rate
-    try:
-        message, stored_now = send_message_once(
-            chat=chat, sender=sender, body=body, client_id=client_id, reply_to_id=reply_to_id, group=group
-        )
-    except Exception:
-        refund(action="send", key=sender.pk)  # refused or failed: nothing was stored
-        raise
-    if not stored_now:
-        refund(action="send", key=sender.pk)
-    return message
+    return send_message_once(
+        chat=chat, sender=sender, body=body, client_id=client_id, reply_to_id=reply_to_id, group=group
+    )
 
 
 def send_message_once(

@@ -26,10 +26,11 @@ def env_flag(name: str) -> bool:
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = 1
 worker_class = "config.gunicorn.ChatUvicornWorker"
-# Requests and sockets get this long to finish; gunicorn's own kill comes a little later,
-# so the worker's clean-up (read marks, inbox updates, leaving groups) runs before it.
+# Requests and sockets get this long to finish; gunicorn's own kill comes 10 s later, so
+# the worker's clean-up (read marks, the events and inbox counts still waiting, at most
+# 4.5 s: chat/realtime/shutdown.py; leaving groups) runs before it.
 GRACEFUL_TIMEOUT = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
-graceful_timeout = GRACEFUL_TIMEOUT + 5
+graceful_timeout = GRACEFUL_TIMEOUT + 10
 # The server's own messages (start, stop, signals) to stderr at the project's LOG_LEVEL; one
 # line per request and per websocket opened only with ACCESS_LOG=true.
 errorlog = "-"

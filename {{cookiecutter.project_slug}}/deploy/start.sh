@@ -8,7 +8,7 @@
 # the environment and .env, as for manage.py. On SIGTERM (systemctl stop/restart, docker
 # stop) the process stops accepting, closes its websockets with 1012 so browsers reconnect
 # at once to another process, finishes its requests and exits within GRACEFUL_TIMEOUT
-# (10 s) + 5 s. Behind the proxy (BEHIND_TLS_PROXY=true) the client's address and scheme
+# (10 s) + 10 s. Behind the proxy (BEHIND_TLS_PROXY=true) the client's address and scheme
 # come from nginx's X-Forwarded-* headers (config/gunicorn.py), never otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -7,9 +7,14 @@ import psycopg
 import pytest
 from django.db import connection
 
+from config.postgresql import base as pool_backend
+
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(connection.vendor != "postgresql", reason="the pool is PostgreSQL's"),
+    pytest.mark.skipif(
+        connection.vendor != "postgresql" or not connection.settings_dict.get("OPTIONS", {}).get("pool"),
+        reason="PostgreSQL's pool (DB_POOL=true)",
+    ),
 ]
 
 
@@ -34,12 +39,29 @@ def backend_pid() -> int:
         return cursor.fetchone()[0]
 
 
-def test_a_healthy_pooled_connection_is_handed_out_without_a_round_trip(server_checks):
-    for _ in range(5):
+def use_pooled_connections(times: int) -> None:
+    for _ in range(times):
         connection.close()  # back to the pool
         backend_pid()
 
+
+def test_a_busy_pooled_connection_is_handed_out_without_a_round_trip(server_checks):
+    use_pooled_connections(5)  # each connection new to the pool is asked once
+    server_checks.clear()
+
+    use_pooled_connections(5)
+
     assert server_checks == []
+
+
+def test_a_connection_quiet_for_a_while_is_checked_with_the_server(server_checks, monkeypatch):
+    use_pooled_connections(5)
+    server_checks.clear()
+    monkeypatch.setattr(pool_backend, "QUIET_SECONDS", 0.0)
+
+    use_pooled_connections(2)
+
+    assert len(server_checks) == 2
 
 
 def test_connections_postgresql_closed_are_replaced_before_anyone_uses_them(server_checks):

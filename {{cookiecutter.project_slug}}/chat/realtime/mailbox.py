@@ -49,6 +49,7 @@ class InboxFanout(PerLoop):
         self.newest: dict[int, object] = {}  # chat id -> the newest message not fanned out
         self.last_run: dict[int, float] = {}
         self.timers: dict[int, asyncio.TimerHandle] = {}
+        self.running: set[asyncio.Task] = set()  # fan-outs whose timer has fired
 
     async def note(self, layer, message) -> None:
         self.layer = layer
@@ -69,13 +70,21 @@ class InboxFanout(PerLoop):
 
     def start(self, chat_id: int) -> None:
         self.timers.pop(chat_id, None)
-        self.loop.create_task(self.run(chat_id))
+        task = self.loop.create_task(self.run(chat_id))
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
 
     async def run_all_now(self) -> None:
-        """Every fan-out held back, now (the server is stopping: see `chat.realtime.shutdown`)."""
-        for chat_id in list(self.timers):
-            self.timers.pop(chat_id).cancel()
-            await self.run(chat_id)
+        """Every fan-out held back, now, and every one already running, finished (the server
+        is stopping: see `chat.realtime.shutdown`)."""
+        while self.timers or self.running:
+            for chat_id in list(self.timers):
+                timer = self.timers.pop(chat_id, None)  # another's run may have let its timer fire
+                if timer is not None:
+                    timer.cancel()
+                    await self.run(chat_id)
+            if self.running:
+                await asyncio.wait(list(self.running))
 
     async def run(self, chat_id: int) -> None:
         message = self.newest.pop(chat_id, None)

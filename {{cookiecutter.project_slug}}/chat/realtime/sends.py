@@ -101,24 +101,41 @@ def store_together(sends: list[Send]) -> list[int | Exception]:
     """Store the sends in one transaction, each in its own savepoint: a message id, or
     the exception that refused that send. Chats are locked in id order (a send locks its
     chat's row until the commit), so two processes' groups never wait on each other in a
-    circle; each chat's sends keep their arrival order."""
+    circle; each chat's sends keep their arrival order.
+
+    The sends are counted against the rate before the transaction, in one round trip, and
+    the counts of those not stored now are taken back after it: refused, answered with an
+    earlier message, or lost with a group that failed (a client resending through a
+    database outage is not pushed into the limit by it)."""
     order = sorted(range(len(sends)), key=lambda i: sends[i].chat_id)
     results: list[int | Exception] = [Busy() for _ in sends]
-    counted = count(sends)  # before any chat is locked (`services.count_sends`)
+    stored_now = [False] * len(sends)
+    counted = count_against_rate(sends)
+    committed = False
     group = services.SendGroup()
     try:
         with transaction.atomic():
             for i in order:
-                results[i] = store_one(sends[i], counted[i], group=group)
+                results[i], stored_now[i] = store_one(sends[i], counted[i], group=group)
             group.finish()
+        committed = True
     except OperationalError:  # SQLite's writer lock, a deadlock, a database restarting
         logger.warning("Database unavailable for %d sends", len(sends), exc_info=True)
-        return [Busy() for _ in sends]
+        results = [Busy() for _ in sends]
+    finally:
+        services.refund_sends(
+            [
+                send.sender
+                for send, count, now in zip(sends, counted, stored_now, strict=True)
+                if isinstance(count, tuple) and count[1] is None and not (committed and now)
+            ]
+        )
     return results
 
 
-def count(sends: list[Send]) -> list[tuple[str, RateLimited | None] | ValidationError]:
-    """Each send's clean client id and its count against the rate, or why its client id is refused."""
+def count_against_rate(sends: list[Send]) -> list[tuple[str, RateLimited | None] | ValidationError]:
+    """Each send's clean client id and its count against the rate (`services.count_sends`:
+    one round trip for all), or why its client id is refused."""
     client_ids: list[str | ValidationError] = []
     for send in sends:
         try:
@@ -133,22 +150,24 @@ def count(sends: list[Send]) -> list[tuple[str, RateLimited | None] | Validation
     ]
 
 
-def store_one(send: Send, counted, *, group: services.SendGroup) -> int | Exception:
-    """One send, as `count` left it: its message id, or the exception that refused it
-    (its savepoint rolled back)."""
+def store_one(
+    send: Send, counted: tuple[str, RateLimited | None] | ValidationError, *, group: services.SendGroup
+) -> tuple[int | Exception, bool]:
+    """One send, as `count_against_rate` left it: its message id and whether it was stored now, or the
+    exception that refused it (its savepoint rolled back)."""
     if isinstance(counted, ValidationError):
-        return counted
+        return counted, False
     client_id, over_rate = counted
     try:
-        message = services.send_counted_message(
+        message, stored_now = services.send_counted_message(
             chat=Chat(pk=send.chat_id),
             sender=send.sender,
             body=send.body,
             client_id=client_id,
             reply_to_id=send.reply_to_id,
-            group=group,
             over_rate=over_rate,
+            group=group,
         )
     except (ValidationError, Membership.DoesNotExist, RateLimited, services.Blocked) as refused:
-        return refused
-    return message.pk
+        return refused, False
+    return message.pk, stored_now

@@ -182,6 +182,31 @@ async def test_a_send_that_finds_the_database_busy_gets_a_retryable_error_and_a_
     assert [m.pk for m in await stored(chat=group)] == [ack["message_id"]]
 
 
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_sends_answered_busy_are_not_counted_against_the_rate(connect, alice, group, settings):
+    """A page resends a "busy" send every second: through a database outage that must not use
+    up the person's rate (the group counted it before its transaction, which then failed)."""
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's writer lock")
+    settings.CHAT_RATE_LIMITS = {"send": "2/m"}
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await receive_until(room, "chat.sync")
+    locker = await database_sync_to_async(hold_sqlite_write_lock)()
+    try:
+        for _ in range(3):
+            await room.send_to(text_data=send_frame("busy-1", "wait for it"))
+            assert (await receive_until(room, "error"))["code"] == "busy"
+    finally:
+        await database_sync_to_async(release_lock)(locker)
+
+    for number in (1, 2):  # the whole rate is still there
+        await room.send_to(text_data=send_frame(f"after-{number}", "stored"))
+        await receive_until(room, "ack")
+    assert len(await stored(chat=group)) == 2
+
+
 def test_an_http_send_that_finds_the_database_busy_is_a_503_with_retry_after(client, alice, group):
     from django.db import connection
     from django.urls import reverse
@@ -259,7 +284,7 @@ async def test_sends_are_counted_against_the_rate_before_their_group_locks_the_c
     check_rates = services.check_rates
 
     def noting_the_transaction(**kwargs):
-        # On the thread that stores the group: one call (one round trip) per group.
+        # On the thread that stores the group; each call counts a whole group, in one round trip.
         in_transaction.extend([connection.in_atomic_block] * len(kwargs["keys"]))
         return check_rates(**kwargs)
 
