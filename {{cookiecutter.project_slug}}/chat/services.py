@@ -12,8 +12,8 @@ from collections.abc import Iterable
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.validators import ProhibitNullCharactersValidator
-from django.db import IntegrityError, transaction
-from django.db.models import Count, F, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Case, Count, F, Q, Value, When
 from django.utils import timezone
 
 from chat import events, metrics, selectors
@@ -326,6 +326,124 @@ class SendGroup:
     def finish(self) -> None:
         for chat_id, messages in self.stored_by_chat.items():
             record_new_messages(chat_id=chat_id, messages=messages)
+
+
+def store_sends_together(*, chat_id: int, sends: list[tuple]) -> list[tuple[Message | Exception, bool]]:
+    """`send_message_once` for sends to one chat, inside the caller's transaction, in a
+    few statements however many they are: for each, the message and whether it was stored
+    now (False: a retried client id), or the exception that refused it.
+
+    `sends`: (sender, body, clean client id, reply_to_id) in arrival order, each counted
+    against the rate already. One by one, each send was a savepoint, its insert, its
+    sender's read mark and the savepoint's release, all while holding the chat's row lock,
+    which every other server process's sends to the chat wait for. Here, under the lock:
+    the senders' memberships and the client ids already used are read once, the messages
+    inserted together, and the chat, the senders' and the other members' rows updated once
+    each. A client id taken meanwhile (a retry racing its first send through another chat)
+    raises IntegrityError: the caller rolls back and stores the sends one by one.
+    """
+    results: list[tuple[Message | Exception, bool] | None] = [None] * len(sends)
+    chat = Chat(pk=chat_id)
+    prepared = []
+    for index, (sender, body, client_id, reply_to_id) in enumerate(sends):
+        try:
+            body = clean_message_body(body)
+            reply_to = reply_target(chat=chat, reply_to_id=reply_to_id)
+            mentions = resolve_mentions(chat=chat, sender=sender, body=body)
+        except ValidationError as refused:
+            results[index] = (refused, False)
+            continue
+        prepared.append((index, sender, body, client_id, reply_to, mentions))
+    if not prepared:
+        return results
+    locked = Chat.objects.select_for_update().only("id", "last_message_id", "direct_key").filter(pk=chat_id).first()
+    senders = {sender.pk for _, sender, *_ in prepared}
+    members = set(Membership.objects.filter(chat_id=chat_id, user_id__in=senders).values_list("user_id", flat=True))
+    client_ids = {client_id for _, _, _, client_id, _, _ in prepared if client_id}
+    earlier = {
+        (message.sender_id, message.client_id): message
+        for message in Message.objects.filter(sender_id__in=senders, client_id__in=client_ids)
+    }
+    blocked: dict[int, Blocked | None] = {}
+    new: list[Message] = []
+    for index, sender, body, client_id, reply_to, mentions in prepared:
+        if locked is None or sender.pk not in members:  # deleted, left or removed since the caller looked
+            results[index] = (Membership.DoesNotExist("Not a member of this chat."), False)
+            continue
+        if sender.pk not in blocked:
+            try:
+                refuse_direct_message_if_blocked(direct_key=locked.direct_key, sender=sender)
+                blocked[sender.pk] = None
+            except Blocked as refused:
+                blocked[sender.pk] = refused
+        if blocked[sender.pk] is not None:
+            results[index] = (blocked[sender.pk], False)
+            continue
+        if client_id and (sender.pk, client_id) in earlier:  # a retry (or the same send twice in the group)
+            message = earlier[(sender.pk, client_id)]
+            if message.chat_id != chat_id:
+                refused = ValidationError("This client_id was already used for a message in another chat.")
+                results[index] = (refused, False)
+            else:
+                results[index] = (message, False)
+            continue
+        message = Message(
+            chat_id=chat_id, sender=sender, body=body, client_id=client_id, reply_to=reply_to, mentions=list(mentions)
+        )
+        new.append(message)
+        results[index] = (message, True)
+        if client_id:
+            earlier[(sender.pk, client_id)] = message
+    if new:
+        insert_in_order(new)
+        prev_id = locked.last_message_id or 0
+        for message in new:
+            note_mentions(message=message)
+            metrics.count(metrics.MESSAGES_SENT)
+            after_commit(
+                lambda message=message, prev_id=prev_id: events.message_created(message=message, prev_id=prev_id)
+            )
+            prev_id = message.pk
+        record_sent_together(chat_id=chat_id, messages=new)
+    return results
+
+
+def insert_in_order(messages: list[Message]) -> None:
+    """Insert the messages, their ids in list order: in one statement where the database
+    returns the new ids from it (PostgreSQL; SQLite 3.35 and later)."""
+    if connection.features.can_return_rows_from_bulk_insert:
+        Message.objects.bulk_create(messages)
+    else:
+        for message in messages:
+            message.save(force_insert=True)
+
+
+def record_sent_together(*, chat_id: int, messages: list[Message]) -> None:
+    """`record_new_messages` for messages stored together (`store_sends_together`), with the
+    senders' own read marks, which a send stored alone sets as it is stored: each sender has
+    read up to their last one, and has the ones after it unread."""
+    last = messages[-1]
+    Chat.objects.filter(pk=chat_id).update(last_message=last, last_activity_at=last.created_at)
+    last_by_sender, later_by_sender = {}, {}
+    for position, message in enumerate(messages):
+        last_by_sender[message.sender_id] = message.pk
+        later_by_sender[message.sender_id] = len(messages) - 1 - position
+    Membership.objects.filter(chat_id=chat_id).exclude(user_id__in=last_by_sender).update(
+        unread_count=F("unread_count") + len(messages), is_hidden=False
+    )
+    Membership.objects.filter(chat_id=chat_id, user_id__in=last_by_sender).update(
+        last_read_message_id=Case(
+            *(When(user_id=user, then=Value(pk)) for user, pk in last_by_sender.items()),
+            default=F("last_read_message_id"),
+            output_field=Membership._meta.get_field("last_read_message_id"),
+        ),
+        unread_count=Case(
+            *(When(user_id=user, then=Value(later)) for user, later in later_by_sender.items()),
+            default=F("unread_count"),
+            output_field=Membership._meta.get_field("unread_count"),
+        ),
+        is_hidden=False,
+    )
 
 
 def record_new_messages(*, chat_id: int, messages: list[Message]) -> None:

@@ -5,9 +5,11 @@ send is a trip to that thread and a transaction of its own, and a busy room queu
 sends behind each other for seconds. So a process's room sockets hand their sends to
 one `SendQueue`, which stores everything that arrived while the previous group was
 being stored in one trip and one transaction: the busier the room, the larger the
-groups, the cheaper each message. Each send still goes through `services.send_message_once`
-in a savepoint of its own, so one refused send (not a member, a bad body) refuses only itself,
-and each chat's row and unread counts are updated once per group (`services.SendGroup`).
+groups, the cheaper each message. Each chat's sends in a group are stored together, in a
+few statements however many they are (`services.store_sends_together`); one refused send
+(not a member, a bad body) refuses only itself, and each chat's row and unread counts are
+updated once per group. Should a client id be taken meanwhile (a retry racing its first
+send), the group is stored again one send per savepoint (`services.SendGroup`).
 
 Past capacity the queue says so instead of letting sends wait without bound: when its
 oldest send has waited MAX_WAIT_SECONDS, or this process's room hub delivers frames more
@@ -25,10 +27,10 @@ from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
 from django.core.exceptions import ValidationError
-from django.db import OperationalError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 
 from chat import services
-from chat.models import Chat, Membership
+from chat.models import Chat, Membership, Message
 from chat.ratelimit import RateLimited
 from chat.realtime.loop import PerLoop
 
@@ -98,26 +100,24 @@ class SendQueue(PerLoop):
 
 
 def store_together(sends: list[Send]) -> list[int | Exception]:
-    """Store the sends in one transaction, each in its own savepoint: a message id, or
-    the exception that refused that send. Chats are locked in id order (a send locks its
-    chat's row until the commit), so two processes' groups never wait on each other in a
-    circle; each chat's sends keep their arrival order.
+    """Store the sends in one transaction: a message id, or the exception that refused that
+    send. Chats are locked in id order (a send locks its chat's row until the commit), so
+    two processes' groups never wait on each other in a circle; each chat's sends keep
+    their arrival order, and are stored together (`services.store_sends_together`).
 
     The sends are counted against the rate before the transaction, in one round trip, and
     the counts of those not stored now are taken back after it: refused, answered with an
     earlier message, or lost with a group that failed (a client resending through a
     database outage is not pushed into the limit by it)."""
-    order = sorted(range(len(sends)), key=lambda i: sends[i].chat_id)
+    counted = count_against_rate(sends)
     results: list[int | Exception] = [Busy() for _ in sends]
     stored_now = [False] * len(sends)
-    counted = count_against_rate(sends)
     committed = False
-    group = services.SendGroup()
     try:
-        with transaction.atomic():
-            for i in order:
-                results[i], stored_now[i] = store_one(sends[i], counted[i], group=group)
-            group.finish()
+        try:
+            results, stored_now = store_in_bulk(sends, counted)
+        except IntegrityError:  # a client id taken meanwhile: each send in a savepoint of its own
+            results, stored_now = store_one_by_one(sends, counted)
         committed = True
     except OperationalError:  # SQLite's writer lock, a deadlock, a database restarting
         logger.warning("Database unavailable for %d sends", len(sends), exc_info=True)
@@ -131,6 +131,39 @@ def store_together(sends: list[Send]) -> list[int | Exception]:
             ]
         )
     return results
+
+
+def store_in_bulk(sends: list[Send], counted: list) -> tuple[list[int | Exception], list[bool]]:
+    results: list[int | Exception] = [Busy() for _ in sends]
+    stored_now = [False] * len(sends)
+    by_chat: dict[int, list[int]] = collections.defaultdict(list)
+    for index, send in enumerate(sends):
+        if isinstance(counted[index], tuple) and counted[index][1] is None:
+            by_chat[send.chat_id].append(index)
+        else:  # refused before the transaction, or over the rate (only a retry is answered)
+            results[index], stored_now[index] = store_one(send, counted[index], group=None)
+    with transaction.atomic():
+        for chat_id in sorted(by_chat):
+            indexes = by_chat[chat_id]
+            chat_sends = [(sends[i].sender, sends[i].body, counted[i][0], sends[i].reply_to_id) for i in indexes]
+            for index, (outcome, now) in zip(
+                indexes, services.store_sends_together(chat_id=chat_id, sends=chat_sends), strict=True
+            ):
+                results[index] = outcome.pk if isinstance(outcome, Message) else outcome
+                stored_now[index] = now
+    return results, stored_now
+
+
+def store_one_by_one(sends: list[Send], counted: list) -> tuple[list[int | Exception], list[bool]]:
+    """Each send in a savepoint of its own, so one refused send refuses only itself (`services.SendGroup`)."""
+    results: list[int | Exception] = [Busy() for _ in sends]
+    stored_now = [False] * len(sends)
+    group = services.SendGroup()
+    with transaction.atomic():
+        for index in sorted(range(len(sends)), key=lambda i: sends[i].chat_id):
+            results[index], stored_now[index] = store_one(sends[index], counted[index], group=group)
+        group.finish()
+    return results, stored_now
 
 
 def count_against_rate(sends: list[Send]) -> list[tuple[str, RateLimited | None] | ValidationError]:
@@ -151,7 +184,7 @@ def count_against_rate(sends: list[Send]) -> list[tuple[str, RateLimited | None]
 
 
 def store_one(
-    send: Send, counted: tuple[str, RateLimited | None] | ValidationError, *, group: services.SendGroup
+    send: Send, counted: tuple[str, RateLimited | None] | ValidationError, *, group: services.SendGroup | None
 ) -> tuple[int | Exception, bool]:
     """One send, as `count_against_rate` left it: its message id and whether it was stored now, or the
     exception that refused it (its savepoint rolled back)."""

@@ -10,10 +10,11 @@ import sqlite3
 import pytest
 from channels.db import database_sync_to_async
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from chat import services
 from chat.models import Message
-from chat.realtime import consumers
+from chat.realtime import consumers, sends
 from chat.tests import test_consumers
 from chat.tests.test_consumers import expect_close, receive_until
 
@@ -299,6 +300,52 @@ async def test_sends_are_counted_against_the_rate_before_their_group_locks_the_c
 
     assert len(await stored(chat=group)) == 10
     assert in_transaction == [False] * 10
+
+
+def test_the_statements_of_a_group_of_sends_do_not_grow_with_its_sends(alice, bob, carol, group):
+    """Every other server process's sends to the chat wait for its row lock while a group
+    holds it: the group's statements are as many for twelve sends as for three."""
+
+    def statements_until_commit(count: int) -> int:
+        people = (alice, bob, carol)
+        group_sends = [
+            sends.Send(chat_id=group.pk, sender=people[i % 3], body=f"message {i}", client_id=f"{count}-{i}")
+            for i in range(count)
+        ]
+        with CaptureQueriesContext(connection) as queries:
+            results = sends.store_together(group_sends)
+        assert all(isinstance(result, int) for result in results)
+        statements = [query["sql"] for query in queries.captured_queries]
+        return next(i for i, sql in enumerate(statements) if sql.startswith("COMMIT"))
+
+    assert statements_until_commit(3) == statements_until_commit(12)
+    assert Message.objects.filter(chat=group).count() == 15
+
+
+def test_a_client_id_taken_while_a_group_is_stored_stores_the_group_one_send_at_a_time(
+    alice, bob, carol, group, monkeypatch
+):
+    """A retry racing its first send through another process: the group's insert fails on
+    the unique client id, and its sends are stored again each in a savepoint of its own."""
+    insert, raced = services.insert_in_order, []
+
+    def taken_meanwhile(messages):
+        if not raced:
+            raced.append(Message.objects.create(chat=group, sender=alice, body="raced", client_id="a-1"))
+        insert(messages)
+
+    monkeypatch.setattr(services, "insert_in_order", taken_meanwhile)
+    group_sends = [
+        sends.Send(chat_id=group.pk, sender=alice, body="one", client_id="a-1"),
+        sends.Send(chat_id=group.pk, sender=bob, body="two", client_id="b-1"),
+    ]
+
+    results = sends.store_together(group_sends)
+
+    stored = list(Message.objects.filter(chat=group).order_by("pk"))
+    assert [message.body for message in stored] == ["one", "two"]  # the raced row went with the rollback
+    assert results == [message.pk for message in stored]
+    assert dict(group.memberships.values_list("user_id", "unread_count")) == {alice.pk: 1, bob.pk: 0, carol.pk: 2}
 
 
 async def test_sends_to_several_chats_arriving_together_are_counted_unread_for_each_member_of_each(
