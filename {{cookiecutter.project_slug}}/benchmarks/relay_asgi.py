@@ -34,7 +34,7 @@ from django.urls import path  # noqa: E402
 
 import chat.routing  # noqa: E402
 from chat.realtime.shutdown import Lifespan  # noqa: E402
-from config.interpreter import tune_after_startup  # noqa: E402
+from config.collector import tune_after_startup  # noqa: E402
 
 
 class RelayConsumer(AsyncWebsocketConsumer):

@@ -17,7 +17,7 @@ from django.urls import re_path  # noqa: E402
 import chat.routing  # noqa: E402
 from chat.origins import SameOriginValidator  # noqa: E402
 from chat.realtime.shutdown import Lifespan  # noqa: E402
-from config.interpreter import tune_after_startup  # noqa: E402
+from config.collector import tune_after_startup  # noqa: E402
 
 websocket_urlpatterns = [
     *chat.routing.websocket_urlpatterns,
@@ -39,5 +39,5 @@ application = ProtocolTypeRouter(
     }
 )
 
-# Loaded: from here on the process serves, and its interpreter is tuned for that.
+# Loaded: from here on the process serves, and its garbage collector is tuned for that.
 tune_after_startup()
