@@ -623,6 +623,7 @@ def test_dockerfile_and_compose_use_the_scripts_ci_runs(cookies, answers, servic
         assert app["environment"]["PORT"] == f"800{number}"
         assert f"server 127.0.0.1:800{number};" in site  # the site's upstream, used as it is
         assert app["depends_on"]["release"]["condition"] == "service_completed_successfully"
+        assert app["stop_grace_period"] == "25s"  # past gunicorn's own kill: GRACEFUL_TIMEOUT + 10 s
         url = app["environment"]["DATABASE_URL"]
         assert url.startswith("postgres://") == (answers["database"] == "postgresql")
         assert ("REDIS_URL" in app["environment"]) == (answers["channel_layer"] == "redis")
