@@ -134,6 +134,8 @@ def store_together(sends: list[Send]) -> list[int | Exception]:
 
 
 def store_in_bulk(sends: list[Send], counted: list) -> tuple[list[int | Exception], list[bool]]:
+    """Each chat's sends together (`services.store_sends_together`), chats in id order; each
+    send's result and whether it was stored now. IntegrityError: see `store_together`."""
     results: list[int | Exception] = [Busy() for _ in sends]
     stored_now = [False] * len(sends)
     by_chat: dict[int, list[int]] = collections.defaultdict(list)
@@ -186,8 +188,8 @@ def count_against_rate(sends: list[Send]) -> list[tuple[str, RateLimited | None]
 def store_one(
     send: Send, counted: tuple[str, RateLimited | None] | ValidationError, *, group: services.SendGroup | None
 ) -> tuple[int | Exception, bool]:
-    """One send, as `count_against_rate` left it: its message id and whether it was stored now, or the
-    exception that refused it (its savepoint rolled back)."""
+    """One send, as `count_against_rate` left it: its message id and whether it was stored
+    now, or the exception that refused it (its savepoint rolled back)."""
     if isinstance(counted, ValidationError):
         return counted, False
     client_id, over_rate = counted
