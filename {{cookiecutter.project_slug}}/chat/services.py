@@ -251,9 +251,15 @@ CLIENT_ID_MAX_LENGTH = 64
 def earlier_send(*, chat: Chat, sender, client_id: str) -> Message | None:
     """The message this sender already stored under this client id, if it is in this chat."""
     message = Message.objects.filter(sender=sender, client_id=client_id).first()
-    if message is not None and message.chat_id != chat.pk:
-        raise ValidationError("This client_id was already used for a message in another chat.")
+    if message is not None:
+        refuse_if_of_another_chat(message, chat_id=chat.pk)
     return message
+
+
+def refuse_if_of_another_chat(earlier: Message, *, chat_id: int) -> None:
+    """A client id names one message of one chat: a send to another chat under it is refused."""
+    if earlier.chat_id != chat_id:
+        raise ValidationError("This client_id was already used for a message in another chat.")
 
 
 def store_message(
@@ -381,11 +387,11 @@ def store_sends_together(*, chat_id: int, sends: list[tuple]) -> list[tuple[Mess
             continue
         if client_id and (sender.pk, client_id) in earlier:  # a retry (or the same send twice in the group)
             message = earlier[(sender.pk, client_id)]
-            if message.chat_id != chat_id:
-                refused = ValidationError("This client_id was already used for a message in another chat.")
-                results[index] = (refused, False)
-            else:
+            try:
+                refuse_if_of_another_chat(message, chat_id=chat_id)
                 results[index] = (message, False)
+            except ValidationError as refused:
+                results[index] = (refused, False)
             continue
         message = Message(
             chat_id=chat_id, sender=sender, body=body, client_id=client_id, reply_to=reply_to, mentions=list(mentions)
@@ -422,15 +428,10 @@ def record_sent_together(*, chat_id: int, messages: list[Message]) -> None:
     """`record_new_messages` for messages stored together (`store_sends_together`), with the
     senders' own read marks, which a send stored alone sets as it is stored: each sender has
     read up to their last one, and has the ones after it unread."""
-    last = messages[-1]
-    Chat.objects.filter(pk=chat_id).update(last_message=last, last_activity_at=last.created_at)
-    last_by_sender, later_by_sender = {}, {}
-    for position, message in enumerate(messages):
-        last_by_sender[message.sender_id] = message.pk
-        later_by_sender[message.sender_id] = len(messages) - 1 - position
-    Membership.objects.filter(chat_id=chat_id).exclude(user_id__in=last_by_sender).update(
-        unread_count=F("unread_count") + len(messages), is_hidden=False
-    )
+    note_last_message(chat_id=chat_id, last=messages[-1])
+    sender_ids = [message.sender_id for message in messages]
+    count_unread_for_the_others(chat_id=chat_id, sender_ids=sender_ids)
+    last_by_sender = {message.sender_id: message.pk for message in messages}
     Membership.objects.filter(chat_id=chat_id, user_id__in=last_by_sender).update(
         last_read_message_id=Case(
             *(When(user_id=user, then=Value(pk)) for user, pk in last_by_sender.items()),
@@ -438,7 +439,7 @@ def record_sent_together(*, chat_id: int, messages: list[Message]) -> None:
             output_field=Membership._meta.get_field("last_read_message_id"),
         ),
         unread_count=Case(
-            *(When(user_id=user, then=Value(later)) for user, later in later_by_sender.items()),
+            *(When(user_id=user, then=Value(later)) for user, later in stored_after_own(sender_ids).items()),
             default=F("unread_count"),
             output_field=Membership._meta.get_field("unread_count"),
         ),
@@ -449,9 +450,12 @@ def record_sent_together(*, chat_id: int, messages: list[Message]) -> None:
 def record_new_messages(*, chat_id: int, messages: list[Message]) -> None:
     """What messages just stored in a chat (in the order stored) change besides themselves:
     the chat's last message and activity, and the members' unread counts."""
-    last = messages[-1]
-    Chat.objects.filter(pk=chat_id).update(last_message=last, last_activity_at=last.created_at)
+    note_last_message(chat_id=chat_id, last=messages[-1])
     count_unread(chat_id=chat_id, sender_ids=[message.sender_id for message in messages])
+
+
+def note_last_message(*, chat_id: int, last: Message) -> None:
+    Chat.objects.filter(pk=chat_id).update(last_message=last, last_activity_at=last.created_at)
 
 
 def count_unread(*, chat_id: int, sender_ids: list[int]) -> None:
@@ -460,16 +464,25 @@ def count_unread(*, chat_id: int, sender_ids: list[int]) -> None:
     Members who sent none of them get them all. A sender's own send marked the chat read
     up to their message, so they get only the messages stored after their last one.
     """
-    Membership.objects.filter(chat_id=chat_id).exclude(user_id__in=set(sender_ids)).update(
-        unread_count=F("unread_count") + len(sender_ids), is_hidden=False
-    )
-    later_by_sender = {sender_id: len(sender_ids) - 1 - position for position, sender_id in enumerate(sender_ids)}
+    count_unread_for_the_others(chat_id=chat_id, sender_ids=sender_ids)
     senders_by_later = defaultdict(list)
-    for sender_id, later in later_by_sender.items():
+    for sender_id, later in stored_after_own(sender_ids).items():
         if later:
             senders_by_later[later].append(sender_id)
     for later, ids in senders_by_later.items():
         Membership.objects.filter(chat_id=chat_id, user_id__in=ids).update(unread_count=F("unread_count") + later)
+
+
+def count_unread_for_the_others(*, chat_id: int, sender_ids: list[int]) -> None:
+    """The members who sent none of the messages just stored (by `sender_ids`) get them all unread."""
+    Membership.objects.filter(chat_id=chat_id).exclude(user_id__in=set(sender_ids)).update(
+        unread_count=F("unread_count") + len(sender_ids), is_hidden=False
+    )
+
+
+def stored_after_own(sender_ids: list[int]) -> dict[int, int]:
+    """For each sender of messages stored in this order, how many were stored after their last one."""
+    return {sender_id: len(sender_ids) - 1 - position for position, sender_id in enumerate(sender_ids)}
 
 
 # --- replies, typing and @mentions ----------------------------------------------------

@@ -127,7 +127,7 @@ def store_together(sends: list[Send]) -> list[int | Exception]:
             [
                 send.sender
                 for send, count, now in zip(sends, counted, stored_now, strict=True)
-                if isinstance(count, tuple) and count[1] is None and not (committed and now)
+                if counted_now(count) and not (committed and now)
             ]
         )
     return results
@@ -140,7 +140,7 @@ def store_in_bulk(sends: list[Send], counted: list) -> tuple[list[int | Exceptio
     stored_now = [False] * len(sends)
     by_chat: dict[int, list[int]] = collections.defaultdict(list)
     for index, send in enumerate(sends):
-        if isinstance(counted[index], tuple) and counted[index][1] is None:
+        if counted_now(counted[index]):
             by_chat[send.chat_id].append(index)
         else:  # refused before the transaction, or over the rate (only a retry is answered)
             results[index], stored_now[index] = store_one(send, counted[index], group=None)
@@ -183,6 +183,11 @@ def count_against_rate(sends: list[Send]) -> list[tuple[str, RateLimited | None]
         client_id if isinstance(client_id, ValidationError) else (client_id, next(over_rate))
         for client_id in client_ids
     ]
+
+
+def counted_now(count: tuple[str, RateLimited | None] | ValidationError) -> bool:
+    """Whether `count_against_rate` counted this send (not refused, and within the rate)."""
+    return isinstance(count, tuple) and count[1] is None
 
 
 def store_one(
