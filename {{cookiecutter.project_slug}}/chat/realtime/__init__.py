@@ -8,6 +8,7 @@
     presence.py    who is online in a room, counted the same way by every process
     read_marks.py  read marks from room sockets, written in batches
     loop.py        handing work to the server's event loop; per-loop instances and tasks
+    database.py    the sockets' trips to the database thread (an SQLite connection kept between them)
 
 The event vocabulary, group names and frame builders are in `chat.events`; every write
 is in `chat.services`.

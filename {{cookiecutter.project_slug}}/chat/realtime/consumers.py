@@ -96,7 +96,6 @@ from collections import Counter
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
@@ -109,6 +108,7 @@ from chat.conf import chat_setting
 from chat.models import Membership, whole_number
 from chat.ratelimit import RateLimited, check_rate
 from chat.realtime import handshakes, presence, read_marks
+from chat.realtime.database import database_trip
 from chat.realtime.hub import RoomHub, UserHub
 from chat.realtime.loop import note_serving_loop, stop_if_cancelled
 from chat.realtime.sends import Busy, Send, SendQueue
@@ -186,7 +186,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         Channels closes stale database connections before each handler, on the one thread
         that also serves Django's HTTP views: in a busy room every frame to every socket
         then waits behind the requests being served. These handlers reach the database only
-        through `database_sync_to_async`, which closes stale connections itself.
+        through `database_trip`, which lets go of spent connections itself.
         """
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
@@ -572,7 +572,7 @@ class RoomConsumer(ChatConsumer):
         viewing = bool(frame.get("visible"))
         if viewing != self.viewing:
             self.viewing = viewing
-            await database_sync_to_async(presence.set_visible)(channel_name=self.socket_name, visible=viewing)
+            await database_trip(presence.set_visible)(channel_name=self.socket_name, visible=viewing)
 
     async def client_send(self, frame: dict) -> None:
         client_id, body = frame.get("client_id"), frame.get("body")
@@ -602,7 +602,7 @@ class RoomConsumer(ChatConsumer):
 
     async def client_typing(self, frame: dict) -> None:
         try:
-            await database_sync_to_async(services.signal_typing)(chat_id=self.chat_id, user=self.user)
+            await database_trip(services.signal_typing)(chat_id=self.chat_id, user=self.user)
         except RateLimited:
             return  # dropped silently: the page signals again while its person keeps typing
         except OperationalError:  # the database is restarting: one "is typing" less
@@ -630,7 +630,7 @@ class RoomConsumer(ChatConsumer):
             return await self.send_error("malformed", f"{action} needs an integer message_id.", action=action)
         about = {"action": action, "message_id": message_id}
         try:
-            change_seq = await database_sync_to_async(self.apply_change)(action, message_id, frame)
+            change_seq = await database_trip(self.apply_change)(action, message_id, frame)
         except Http404:
             return await self.send_error("not_found", "No such message in this chat.", **about)
         except PermissionDenied as exc:

@@ -2,8 +2,8 @@
 
 Opening a socket needs the database: its session and user, its membership of the room
 and its presence row, or its inbox total. Each trip to Django's database thread costs a
-hand-over and, with CONN_MAX_AGE=0, a connection of its own (on SQLite a file opened and
-its PRAGMAs run each time). When a server restarts, thousands of sockets open at once:
+hand-over and, on a database server, a connection taken from the pool and given back
+(`chat.realtime.database`). When a server restarts, thousands of sockets open at once:
 here the work of every handshake that arrives while a trip is under way goes together in
 the next one (at most TRIP_SIZE), on one connection.
 
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from channels.auth import get_user
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
 from django.contrib.auth.backends import ModelBackend
@@ -37,6 +36,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from django.utils.functional import LazyObject
 
+from chat.realtime.database import database_trip
 from chat.realtime.loop import LoopTask
 
 T = TypeVar("T")
@@ -120,7 +120,7 @@ async def _run_trips() -> None:
     while _waiting_first or _waiting:
         trip = _next_trip()
         try:
-            outcomes = await database_sync_to_async(_run_all)(trip)
+            outcomes = await database_trip(_run_all)(trip)
         except Exception as exc:  # the trip itself failed: each of its handshakes fails with it
             outcomes = [(None, exc)] * len(trip)
         for ask, (result, error) in zip(trip, outcomes, strict=True):

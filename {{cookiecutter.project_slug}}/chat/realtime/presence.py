@@ -15,11 +15,11 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from chat import events
 from chat.models import RoomPresence
+from chat.realtime.database import database_trip
 from chat.realtime.loop import LoopTask
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ async def _remove_leavers() -> None:
     while _leaving:
         batch = {name: _leaving.pop(name) for name in list(_leaving)[:LEAVE_BATCH]}
         try:
-            await database_sync_to_async(remove)(channel_names=list(batch))
+            await database_trip(remove)(channel_names=list(batch))
         except Exception as exc:
             _settle(batch.values(), exc)
         else:
@@ -136,7 +136,7 @@ async def _beat_while_tracking() -> None:
     while _local_channels:
         await asyncio.sleep(HEARTBEAT_SECONDS)
         try:
-            await database_sync_to_async(refresh)(sorted(_local_channels))
+            await database_trip(refresh)(sorted(_local_channels))
         except Exception:  # a failed beat (database restarting) is retried at the next one
             logger.exception("Room presence heartbeat failed")
 
@@ -163,7 +163,7 @@ async def _recount(chat_id: int) -> None:
             _recount_wanted.discard(chat_id)
             counted_at = loop.time()
             try:
-                online = await database_sync_to_async(online_count)(chat_id=chat_id)
+                online = await database_trip(online_count)(chat_id=chat_id)
                 await events.presence_changed(chat_id=chat_id, online=online)
             except Exception:  # the database or the layer is restarting; the next change recounts
                 logger.exception("Recounting presence in chat %s failed", chat_id)

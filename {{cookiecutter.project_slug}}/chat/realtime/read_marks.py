@@ -13,9 +13,8 @@ import asyncio
 import contextlib
 import logging
 
-from channels.db import database_sync_to_async
-
 from chat import services
+from chat.realtime.database import database_trip
 from chat.realtime.loop import LoopTask
 
 logger = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ def _take_pending() -> dict[tuple[int, int], int]:
 
 async def _write(batch: dict[tuple[int, int], int]) -> None:
     try:
-        await database_sync_to_async(services.mark_read_many)(marks=batch)
+        await database_trip(services.mark_read_many)(marks=batch)
     except Exception:  # the database is restarting; viewers mark read again on their next message
         logger.exception("Writing %d read marks failed", len(batch))
 

@@ -25,13 +25,13 @@ import collections
 import logging
 from dataclasses import dataclass
 
-from channels.db import database_sync_to_async
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, OperationalError, transaction
 
 from chat import services
 from chat.models import Chat, Membership, Message
 from chat.ratelimit import RateLimited
+from chat.realtime.database import database_trip
 from chat.realtime.loop import PerLoop
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class SendQueue(PerLoop):
         while self.waiting:
             group = [self.waiting.popleft() for _ in range(min(MAX_GROUP, len(self.waiting)))]
             try:
-                results = await database_sync_to_async(store_together)([send for send, _, _ in group])
+                results = await database_trip(store_together)([send for send, _, _ in group])
             except Exception as exc:  # not one send's fault (e.g. the connection broke)
                 logger.exception("Storing %d sends failed", len(group))
                 results = [Busy() if isinstance(exc, OperationalError) else exc for _ in group]

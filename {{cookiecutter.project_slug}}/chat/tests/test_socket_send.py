@@ -322,6 +322,21 @@ def test_the_statements_of_a_group_of_sends_do_not_grow_with_its_sends(alice, bo
     assert Message.objects.filter(chat=group).count() == 15
 
 
+def test_a_group_of_one_senders_sends_marks_them_read_up_to_their_last_as_one_by_one(alice, bob, carol, group):
+    """The usual group, one person's sends (a plain UPDATE marks them read, not the CASE of
+    several senders): the messages before theirs are read too, as when stored one by one."""
+    before = services.send_message(chat=group, sender=bob, body="before")
+    group_sends = [sends.Send(chat_id=group.pk, sender=alice, body=f"m{i}", client_id=f"a-{i}") for i in range(3)]
+
+    results = sends.store_together(group_sends)
+
+    assert [message.pk for message in Message.objects.filter(chat=group).order_by("pk")] == [before.pk, *results]
+    read = dict(group.memberships.values_list("user_id", "last_read_message_id"))
+    unread = dict(group.memberships.values_list("user_id", "unread_count"))
+    assert read[alice.pk] == results[-1]
+    assert unread == {alice.pk: 0, bob.pk: 3, carol.pk: 4}
+
+
 def test_a_client_id_taken_while_a_group_is_stored_stores_the_group_one_send_at_a_time(
     alice, bob, carol, group, monkeypatch
 ):
