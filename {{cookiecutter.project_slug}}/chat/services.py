@@ -491,10 +491,16 @@ def count_unread(*, chat_id: int, sender_ids: list[int]) -> None:
 
 
 def count_unread_for_the_others(*, chat_id: int, sender_ids: list[int]) -> None:
-    """The members who sent none of the messages just stored (by `sender_ids`) get them all unread."""
-    Membership.objects.filter(chat_id=chat_id).exclude(user_id__in=set(sender_ids)).update(
-        unread_count=F("unread_count") + len(sender_ids), is_hidden=False
-    )
+    """The members who sent none of the messages just stored (by `sender_ids`) get them all
+    unread, and see the chat in their inbox again if they had hidden it.
+
+    Two UPDATEs, the second for the few who hid it: `is_hidden` set on every member made
+    SQLite rewrite each one's entry of the inbox index (`membership_user_visible`), ten
+    times the cost of the count alone (1.2 ms against 0.11 for a room of 100).
+    """
+    others = Membership.objects.filter(chat_id=chat_id).exclude(user_id__in=set(sender_ids))
+    others.update(unread_count=F("unread_count") + len(sender_ids))
+    others.filter(is_hidden=True).update(is_hidden=False)
 
 
 def stored_after_own(sender_ids: list[int]) -> dict[int, int]:

@@ -337,6 +337,18 @@ def test_a_group_of_one_senders_sends_marks_them_read_up_to_their_last_as_one_by
     assert unread == {alice.pk: 0, bob.pk: 3, carol.pk: 4}
 
 
+def test_a_group_of_sends_brings_the_chat_back_for_a_member_who_deleted_it(alice, bob, carol, group):
+    services.soft_delete_chat(chat=group, user=carol)
+    group_sends = [sends.Send(chat_id=group.pk, sender=alice, body=f"back {i}", client_id=f"a-{i}") for i in range(2)]
+
+    sends.store_together(group_sends)
+
+    shown = dict(group.memberships.values_list("user_id", "is_hidden"))
+    unread = dict(group.memberships.values_list("user_id", "unread_count"))
+    assert shown == {alice.pk: False, bob.pk: False, carol.pk: False}
+    assert unread == {alice.pk: 0, bob.pk: 2, carol.pk: 2}
+
+
 def test_a_client_id_taken_while_a_group_is_stored_stores_the_group_one_send_at_a_time(
     alice, bob, carol, group, monkeypatch
 ):

@@ -1,0 +1,17 @@
+from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    """Every message changes `unread_count` on every member's row: an index holding it made
+    each of those updates rewrite all the row's index entries (chat/models.py)."""
+
+    dependencies = [
+        ("chat", "0007_message_changes"),
+    ]
+
+    operations = [
+        migrations.RemoveIndex(
+            model_name="membership",
+            name="membership_user_unread",
+        ),
+    ]
