@@ -183,10 +183,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def dispatch(self, message):
         """Channels' dispatch without its hop to the sync thread before every message.
 
-        Channels closes stale database connections before each handler, on the one thread
-        that also serves Django's HTTP views: in a busy room every frame to every socket
-        then waits behind the requests being served. These handlers reach the database only
-        through `database_trip`, which lets go of spent connections itself.
+        Channels closes stale database connections before each handler, on asgiref's one
+        thread for sync code outside a request, which every socket's database work shares:
+        in a busy room every frame to every socket then waits behind that work. These
+        handlers reach the database only through `database_trip`, which lets go of spent
+        connections itself.
         """
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:

@@ -11,10 +11,14 @@ CONN_MAX_AGE=60, 300 pages left a server process 330 more descriptors of SQLite'
 So `database_trip` keeps an SQLite connection open on the thread the sockets' trips run
 on: asgiref's one thread for sync code outside a request. A file has no server that could
 drop the connection, so it stays open for the process's lifetime: one per process (Django
-still closes it should a trip leave it outside autocommit). Inside a request's
-thread, and for a database server, connections are let go as Channels lets them go:
-PostgreSQL's pool checks a connection when it is taken again, which is how a restarted
-server is noticed.
+still closes it should a trip leave it outside autocommit). Where async code is driven
+from a sync thread (a management command, a test), the trips run on that thread and keep
+its connection, which the thread keeps anyway. Inside a request's thread, and for a
+database server, connections are let go as Channels lets them go: PostgreSQL's pool checks
+a connection when it is taken again, which is how a restarted server is noticed.
+
+The open file is the one the server started with: replacing `db.sqlite3` under a running
+server (`rm db.sqlite3 && manage.py migrate`) needs a restart, or its sockets keep the old one.
 """
 
 from __future__ import annotations
@@ -47,8 +51,16 @@ def database_trip(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
 def let_go_of_spent_connections() -> None:
     """Django's `close_old_connections`, but an SQLite connection outside a request's thread
     has no age limit (see the module's docstring)."""
-    keep_sqlite = SyncToAsync.thread_sensitive_context.get(None) is None  # no request's thread
+    keep_sqlite = not in_a_requests_thread()
     for connection in connections.all(initialized_only=True):
         if keep_sqlite and connection.vendor == "sqlite" and connection.connection is not None:
             connection.close_at = None
         connection.close_if_unusable_or_obsolete()
+
+
+def in_a_requests_thread() -> bool:
+    """Whether this runs on the thread of one request (Django serves each request under
+    asgiref's `ThreadSensitiveContext`, on a thread of its own). Should asgiref stop keeping
+    that context where it does now, every thread counts as one: nothing is kept."""
+    context = getattr(SyncToAsync, "thread_sensitive_context", None)
+    return context is None or context.get(None) is not None

@@ -2,10 +2,10 @@
 
 Opening a socket needs the database: its session and user, its membership of the room
 and its presence row, or its inbox total. Each trip to Django's database thread costs a
-hand-over and, on a database server, a connection taken from the pool and given back
-(`chat.realtime.database`). When a server restarts, thousands of sockets open at once:
-here the work of every handshake that arrives while a trip is under way goes together in
-the next one (at most TRIP_SIZE), on one connection.
+hand-over and, on a database server, a connection taken from the pool and given back (or
+opened and closed, without the pool: `chat.realtime.database`). When a server restarts,
+thousands of sockets open at once: here the work of every handshake that arrives while a
+trip is under way goes together in the next one (at most TRIP_SIZE), on one connection.
 
 Work of a socket's own runs on its own: one that fails fails alone. Only the sessions and
 users of the trip's sockets are read for all of them first, one query each, and each is then

@@ -349,6 +349,14 @@ def test_a_group_of_sends_brings_the_chat_back_for_a_member_who_deleted_it(alice
     assert unread == {alice.pk: 0, bob.pk: 2, carol.pk: 2}
 
 
+def test_a_group_of_sends_shows_the_chat_again_to_its_sender_who_had_deleted_it(alice, group):
+    services.soft_delete_chat(chat=group, user=alice)
+
+    sends.store_together([sends.Send(chat_id=group.pk, sender=alice, body="back", client_id="a-1")])
+
+    assert not group.memberships.get(user=alice).is_hidden
+
+
 def test_a_client_id_taken_while_a_group_is_stored_stores_the_group_one_send_at_a_time(
     alice, bob, carol, group, monkeypatch
 ):
