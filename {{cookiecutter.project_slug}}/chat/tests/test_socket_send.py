@@ -144,10 +144,13 @@ async def test_a_removed_member_cannot_send_over_a_socket_that_missed_its_revoca
     assert await stored(chat=group) == []
 
 
+# A database busy with another writer: SQLite refuses at once past its timeout, where
+# PostgreSQL would wait for the row locks instead of failing.
+needs_sqlite_writer_lock = pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's writer lock")
+
+
 def hold_sqlite_write_lock():
     """A second connection to the test database that takes SQLite's one write lock."""
-    from django.db import connection
-
     other = sqlite3.connect(connection.settings_dict["NAME"], uri=True, timeout=0.1)
     other.execute("BEGIN IMMEDIATE")
     other.execute("UPDATE chat_chat SET name = name")
@@ -159,14 +162,11 @@ def release_lock(other) -> None:
     other.close()
 
 
+@needs_sqlite_writer_lock
 @pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
 async def test_a_send_that_finds_the_database_busy_gets_a_retryable_error_and_a_retry_stores_it(
     connect, alice, group, settings
 ):
-    from django.db import connection
-
-    if connection.vendor != "sqlite":
-        pytest.skip("SQLite's writer lock")
     room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
     await receive_until(room, "chat.sync")  # its handshake's reads are done
     locker = await database_sync_to_async(hold_sqlite_write_lock)()
@@ -183,14 +183,11 @@ async def test_a_send_that_finds_the_database_busy_gets_a_retryable_error_and_a_
     assert [m.pk for m in await stored(chat=group)] == [ack["message_id"]]
 
 
+@needs_sqlite_writer_lock
 @pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
 async def test_sends_answered_busy_are_not_counted_against_the_rate(connect, alice, group, settings):
     """A page resends a "busy" send every second: through a database outage that must not use
     up the person's rate (the group counted it before its transaction, which then failed)."""
-    from django.db import connection
-
-    if connection.vendor != "sqlite":
-        pytest.skip("SQLite's writer lock")
     settings.CHAT_RATE_LIMITS = {"send": "2/m"}
     room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
     await receive_until(room, "chat.sync")
@@ -208,12 +205,10 @@ async def test_sends_answered_busy_are_not_counted_against_the_rate(connect, ali
     assert len(await stored(chat=group)) == 2
 
 
+@needs_sqlite_writer_lock
 def test_an_http_send_that_finds_the_database_busy_is_a_503_with_retry_after(client, alice, group):
-    from django.db import connection
     from django.urls import reverse
 
-    if connection.vendor != "sqlite":
-        pytest.skip("SQLite's writer lock")
     client.force_login(alice)
     url = reverse("chat:send", args=[group.pk])
     locker = hold_sqlite_write_lock()
