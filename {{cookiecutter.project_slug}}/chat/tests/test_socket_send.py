@@ -352,6 +352,27 @@ def test_a_group_of_sends_shows_the_chat_again_to_its_sender_who_had_deleted_it(
     assert not group.memberships.get(user=alice).is_hidden
 
 
+def test_a_retry_among_new_sends_is_answered_with_its_first_message_and_the_new_ones_stored_once(
+    alice, bob, carol, group
+):
+    """A retry is found by the unique client id, not by reading the client ids before every
+    insert: the group is stored again one send at a time, the retry answered with its message."""
+    (first,) = sends.store_together([sends.Send(chat_id=group.pk, sender=alice, body="first", client_id="a-1")])
+    group_sends = [
+        sends.Send(chat_id=group.pk, sender=bob, body="new", client_id="b-1"),
+        sends.Send(chat_id=group.pk, sender=alice, body="first", client_id="a-1"),
+        sends.Send(chat_id=group.pk, sender=carol, body="also new", client_id="c-1"),
+        sends.Send(chat_id=group.pk, sender=carol, body="also new", client_id="c-1"),  # twice in the group
+    ]
+
+    results = sends.store_together(group_sends)
+
+    stored = list(Message.objects.filter(chat=group).order_by("pk"))
+    assert [message.body for message in stored] == ["first", "new", "also new"]
+    assert results == [stored[1].pk, first, stored[2].pk, stored[2].pk]
+    assert dict(group.memberships.values_list("user_id", "unread_count")) == {alice.pk: 2, bob.pk: 1, carol.pk: 0}
+
+
 def test_a_client_id_taken_while_a_group_is_stored_stores_the_group_one_send_at_a_time(
     alice, bob, carol, group, monkeypatch
 ):
