@@ -25,8 +25,6 @@ room group ``chat.room.<chat_id>``
     chat.edited    a message's text changed: message id, change_seq, the re-rendered bubble
     chat.deleted   a message was deleted for everyone: message id, change_seq, the placeholder bubble
     chat.reacted   a message's reactions changed: message id, change_seq, the re-rendered bubble
-Room events all go through `send_to_room`: the sending process's own sockets get them from
-its room hub at once, the other processes' through the group.
 Every event to the inboxes or a sockets group carries its person's "user_id": a process's
 sockets get them through one channel in many groups (`chat.realtime.hub.UserHub`).
 
@@ -64,7 +62,7 @@ from django.utils.text import Truncator
 
 from chat import selectors
 from chat.conf import chat_setting
-from chat.realtime import hub, mailbox, presence
+from chat.realtime import mailbox, presence
 from chat.realtime.loop import group_send_all, run_on_serving_loop
 
 logger = logging.getLogger(__name__)
@@ -149,13 +147,6 @@ def session_tag(session_key: str | None) -> str | None:
 
 def send(group: str, event: dict) -> None:
     send_many([(group, event)])
-
-
-def send_to_room(event: dict) -> None:
-    """A room event (naming its "chat_id") to the room's sockets in every process (`hub.send_to_room`)."""
-    layer = get_channel_layer()
-    if layer is not None:
-        run_on_serving_loop(hub.send_to_room, layer, event)
 
 
 def send_many(group_events: list[tuple[str, dict]]) -> None:
@@ -256,7 +247,7 @@ def chat_list_changed(*, user_ids, chat_id: int) -> None:
 
 def chat_renamed(*, chat_id: int, name: str, user_ids) -> None:
     """The open rooms show the new name in their headers; the inboxes refresh their rows."""
-    send_to_room({"type": "chat.renamed", "chat_id": chat_id, "name": name})
+    send(room_group(chat_id), {"type": "chat.renamed", "chat_id": chat_id, "name": name})
     chat_list_changed(user_ids=user_ids, chat_id=chat_id)
 
 
@@ -272,15 +263,15 @@ def access_revoked(*, chat_id: int, user_ids, socket_user_ids, deleted: bool = F
         return chat_list_changed(user_ids=user_ids, chat_id=chat_id)
     revoked = {"type": "chat.revoked", "chat_id": chat_id, "user_ids": list(user_ids), "deleted": deleted}
     # Waited for: a message sent right after must not reach a socket still in the group.
-    run_on_serving_loop(revoke, layer, revoked, socket_user_ids, wait=True)
+    run_on_serving_loop(revoke, layer, room_group(chat_id), revoked, socket_user_ids, wait=True)
     chat_list_changed(user_ids=user_ids, chat_id=chat_id)
 
 
-async def revoke(layer, revoked: dict, socket_user_ids) -> None:
+async def revoke(layer, group: str, revoked: dict, socket_user_ids) -> None:
     """To the room (each process's room hub takes those sockets out of it), and to each of
     those people's sockets (through each process's user hub), so a frame dropped on one path
     still closes them."""
-    await hub.send_to_room(layer, revoked)
+    await layer.group_send(group, revoked)
     # Addressed by "user_id" alone: a process still on the previous version (a rolling
     # deploy) has room sockets in this group too, which would take a revocation naming
     # their person, or a deleted chat, as one of their own room, whatever the chat.
@@ -292,14 +283,14 @@ async def revoke(layer, revoked: dict, socket_user_ids) -> None:
 async def presence_changed(*, chat_id: int, online: int) -> None:
     """Tell every socket in the room how many people are online (counted once, in `chat.presence`)."""
     event = {"type": "chat.presence", "chat_id": chat_id, "online": online}
-    await hub.send_to_room(get_channel_layer(), event)
+    await get_channel_layer().group_send(room_group(chat_id), event)
 
 
 def typing(*, chat_id: int, user_id: int, name: str) -> None:
     """Tell the room someone is typing; each process's hub hands it to its sockets there.
     Encoded once here, as a message's frame is: every socket but the typist's sends the same text."""
     frame = {"type": "chat.typing", "chat_id": chat_id, "user_id": user_id, "name": name}
-    send_to_room({**frame, "text": json.dumps(frame)})
+    send(room_group(chat_id), {**frame, "text": json.dumps(frame)})
 
 
 def session_ended(*, user_id: int, close_code: int, session_key: str | None = None) -> None:
@@ -373,4 +364,4 @@ def send_message_change(event_type: str, *, message) -> None:
         "html": html,
     }
     event = {"type": event_type, "chat_id": message.chat_id, "message_id": message.pk, "text": json.dumps(frame)}
-    send_to_room(event)
+    send(room_group(message.chat_id), event)

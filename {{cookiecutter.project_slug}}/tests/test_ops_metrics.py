@@ -86,7 +86,7 @@ def value(samples: dict, name: str, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # a message is counted once its transaction commits
 def test_sends_and_catch_up_fetches_are_counted(client, metrics_token):
     alice, bob = (get_user_model().objects.create_user(username=n, email=f"{n}@example.com") for n in "ab")
     chat, _ = services.get_or_create_direct_chat(user=alice, other=bob)

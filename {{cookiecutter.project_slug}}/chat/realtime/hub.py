@@ -10,12 +10,6 @@ has any inbox socket. No socket has a channel of its own on the layer, so an idl
 the layer nothing, and a restart's thousands of reopening sockets change no group of their
 own.
 
-A room event sent from a process reaches that process's own sockets straight from its hub
-(`send_to_room`), and the other processes' through the layer: its copy coming back through
-the layer is skipped. Through the layer alone, the frames of a room's own process waited
-for Redis twice (the group send, then the hub's receive), a tenth of a message's way to
-its room.
-
 The hub's channel carries every room event of its process, so it must not be small: on
 Redis, `channel_capacity` in CHANNEL_LAYERS gives it HUB_CHANNEL_CAPACITY (a warning is
 logged at start if it would drop frames earlier); in memory the hub sizes its own queue.
@@ -27,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import secrets
 import time
 
 from channels.consumer import get_handler_name
@@ -44,8 +37,6 @@ HUB_CHANNEL_CAPACITY = 10_000
 CLOSE_LAYER_LOST = 4011
 # The layer's `channel_capacity` pattern for hub channels.
 HUB_CHANNEL_PATTERN = "*!chat-hub-*"
-# In a room event sent through the layer: the hub that handed it to its own sockets already.
-HANDED_OVER_BY = "handed_over_by"
 
 
 def hub_channel_name(process_channel: str) -> str:
@@ -67,8 +58,6 @@ class ProcessHub(PerLoop):
         self.changing = asyncio.Lock()  # the channel and its reader (a start, a reset)
         # A key's subscription (its joins and leaves): its lock, and how many hold or await it.
         self.key_locks: dict[int, tuple[asyncio.Lock, list[int]]] = {}
-        # Names this hub on the events it handed to its sockets itself (`send_to_room`).
-        self.name = secrets.token_hex(8)
 
     def key_of(self, consumer) -> int:
         raise NotImplementedError
@@ -184,8 +173,7 @@ class ProcessHub(PerLoop):
         try:
             while True:
                 event = await self.layer.receive(channel)
-                if event.pop(HANDED_OVER_BY, None) != self.name:  # else its sockets have it already
-                    await self.deliver(event)
+                await self.deliver(event)
                 stop_if_cancelled()
         except asyncio.CancelledError:
             raise
@@ -254,21 +242,6 @@ class RoomHub(ProcessHub):
             for consumer in consumers:
                 await self.leave(consumer)
         await self.hand_over(event, consumers)
-
-
-async def send_to_room(layer, event: dict) -> None:
-    """A room event (naming its "chat_id") to the room's sockets in every process: this
-    process's straight from its hub, the others' through the room's group on the layer.
-
-    Every room event of the process goes this way, so its sockets get them in the order
-    sent: a revocation before the next message. Should the layer's send fail and be made
-    again (`loop.EventQueue`), the sockets here are not handed the event twice.
-    """
-    hub = RoomHub.made_for_running_loop()
-    if hub is not None and event.get(HANDED_OVER_BY) != hub.name:
-        await hub.deliver(event)
-        event[HANDED_OVER_BY] = hub.name  # kept for a retry of the layer's send; never in a frame
-    await layer.group_send(events.room_group(event["chat_id"]), event)
 
 
 # The UserHub's key of every inbox socket besides its person's: no user has the id 0.

@@ -16,7 +16,6 @@ import logging
 from asgiref.sync import sync_to_async
 
 from chat import events
-from chat.realtime import hub
 from chat.realtime.loop import PerLoop, serving_here
 
 logger = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ BATCH_SIZE = 500
 
 
 async def deliver_message(layer, room_event: dict, message) -> None:
-    await hub.send_to_room(layer, room_event)
+    await layer.group_send(events.room_group(message.chat_id), room_event)
     await InboxFanout.for_running_loop().note(layer, message)
 
 
