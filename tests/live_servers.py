@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import secrets
 import subprocess
 from pathlib import Path
@@ -40,6 +41,13 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+def redis_database_of_this_worker(url: str) -> str:
+    """The Redis URL with a database of this xdist worker's own (1-15): chat ids start at 1 in
+    every test database, so two projects on one Redis database would hear each other's rooms."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    return urlunsplit(urlsplit(url)._replace(path=f"/{1 + worker % 15}"))
+
+
 class Project:
     """The baked project, run with its shared venv and this test's environment."""
 
@@ -68,7 +76,7 @@ def bake_project(cookies_session, request, *, postgres_url: str, redis_url: str,
     assert result.exit_code == 0, result.exception
     path = Path(result.project_path)
     name = f"chat_{name}_{secrets.token_hex(4)}"
-    env = served_env(DATABASE_URL=with_database(postgres_url, name), REDIS_URL=redis_url)
+    env = served_env(DATABASE_URL=with_database(postgres_url, name), REDIS_URL=redis_database_of_this_worker(redis_url))
     baked = Project(path, venv_for(path), env)
     # The test suite's venv has no PostgreSQL driver; the project's has psycopg.
     admin = ["-c", "import psycopg, sys; psycopg.connect(sys.argv[1], autocommit=True).execute(sys.argv[2])"]

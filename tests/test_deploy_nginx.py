@@ -30,14 +30,13 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import test_browser
 import yaml
 from baking import served_env, stop_process, tail
 from conftest import unavailable
-from live_servers import HOST, free_port, with_database
+from live_servers import HOST, free_port, redis_database_of_this_worker, with_database
 from served_project import DEMO_PASSWORD, SETUP_SCRIPT, tooling
 from test_browser import DESKTOP, goto_with_socket, room_path, send
 
@@ -244,13 +243,6 @@ class Deployment:
             self.nginx.stop()
         for _, process in self.apps:
             stop_process(process)
-
-
-def redis_database_of_this_worker(url: str) -> str:
-    """The Redis URL with a database of this xdist worker's own (1-15): chat ids start at 1 in
-    every test database, so two deployments on one Redis database would hear each other's rooms."""
-    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-    return urlunsplit(urlsplit(url)._replace(path=f"/{1 + worker % 15}"))
 
 
 @pytest.fixture(scope="module")

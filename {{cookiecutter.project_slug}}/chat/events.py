@@ -16,7 +16,9 @@ messages changed since.
 Event vocabulary (the consumer method that handles each is named after it):
 
 room group ``chat.room.<chat_id>``
-    chat.message   a new message: ids, previous id in the chat, sender, rendered bubble
+    chat.message   a new message: ids, previous id in the chat, sender, rendered bubble (one
+                   sent over a room socket reaches its own process's sockets from the hub
+                   directly: `chat.realtime.hub.send_message_to_room`)
     chat.revoked   these users lost access (removed, left) or the group was deleted
     chat.renamed   the group has a new name: update the room's header
     chat.presence  how many people are online in the room now (counted once per change)
@@ -156,8 +158,9 @@ def send_many(group_events: list[tuple[str, dict]]) -> None:
         run_on_serving_loop(group_send_all, layer, group_events)
 
 
-def message_created(*, message, prev_id: int) -> None:
+def message_created(*, message, prev_id: int, outsiders: frozenset[int] | None = None) -> None:
     """Tell the room (the bubble) at once, then the inboxes of the members not viewing it.
+    `outsiders`: see `chat.realtime.hub.send_message_to_room`.
 
     Members with the room open see the message there and their room socket marks it
     read, which sends them `inbox.unread`; an `inbox.message` too would only make their
@@ -167,7 +170,7 @@ def message_created(*, message, prev_id: int) -> None:
     layer = get_channel_layer()
     if layer is not None:
         room_event = room_message_event(message=message, prev_id=prev_id)
-        run_on_serving_loop(mailbox.deliver_message, layer, room_event, message)
+        run_on_serving_loop(mailbox.deliver_message, layer, room_event, message, outsiders)
 
 
 def room_message_event(*, message, prev_id: int) -> dict:

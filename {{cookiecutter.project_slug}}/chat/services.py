@@ -334,10 +334,17 @@ class SendGroup:
             record_new_messages(chat_id=chat_id, messages=messages)
 
 
-def store_sends_together(*, chat_id: int, sends: list[tuple]) -> list[tuple[Message | Exception, bool]]:
+def store_sends_together(
+    *, chat_id: int, sends: list[tuple], here: frozenset[int] | None = None
+) -> list[tuple[Message | Exception, bool]]:
     """`send_message_once` for sends to one chat, inside the caller's transaction, in a
     few statements however many they are: for each, the message and whether it was stored
     now (False: a retried client id), or the exception that refused it.
+
+    `here`: the people with a socket of this chat in this server process. The membership
+    read under the lock covers them too, and the messages' events name those no longer
+    members, so this process hands the messages to its own sockets straight away without
+    reaching theirs (`chat.realtime.hub.send_message_to_room`).
 
     `sends`: (sender, body, clean client id, reply_to_id) in arrival order, each counted
     against the rate already. One by one, each send was a savepoint, its insert, its
@@ -368,7 +375,9 @@ def store_sends_together(*, chat_id: int, sends: list[tuple]) -> list[tuple[Mess
         return results
     locked = Chat.objects.select_for_update().only("id", "last_message_id", "direct_key").filter(pk=chat_id).first()
     senders = {sender.pk for _, sender, *_ in prepared}
-    members = set(Membership.objects.filter(chat_id=chat_id, user_id__in=senders).values_list("user_id", flat=True))
+    asked = senders | (here or frozenset())
+    members = set(Membership.objects.filter(chat_id=chat_id, user_id__in=asked).values_list("user_id", flat=True))
+    outsiders = None if here is None else frozenset(here - members)
     client_ids = {client_id for _, _, _, client_id, _, _ in prepared if client_id}
     earlier = {
         (message.sender_id, message.client_id): message
@@ -412,7 +421,9 @@ def store_sends_together(*, chat_id: int, sends: list[tuple]) -> list[tuple[Mess
         for message in new:
             note_mentions(message=message)
             after_commit(
-                lambda message=message, prev_id=prev_id: events.message_created(message=message, prev_id=prev_id)
+                lambda message=message, prev_id=prev_id: events.message_created(
+                    message=message, prev_id=prev_id, outsiders=outsiders
+                )
             )
             prev_id = message.pk
         record_sent_together(chat_id=chat_id, messages=new)

@@ -10,6 +10,14 @@ has any inbox socket. No socket has a channel of its own on the layer, so an idl
 the layer nothing, and a restart's thousands of reopening sockets change no group of their
 own.
 
+A message stored from this process's room sockets reaches this process's sockets in its
+room straight from the hub (`send_message_to_room`), and the other processes' through the
+layer; the hub skips its own copy coming back. Through the layer alone, those frames waited
+for Redis twice (the group send, then the hub's receive). The send's database trip reads,
+under the chat's row lock, which of the people with a socket here are still members: a
+socket whose person was removed by another process, whose revocation may still wait in the
+hub's channel, is left out, so the shortcut never overtakes a revocation to reach it.
+
 The hub's channel carries every room event of its process, so it must not be small: on
 Redis, `channel_capacity` in CHANNEL_LAYERS gives it HUB_CHANNEL_CAPACITY (a warning is
 logged at start if it would drop frames earlier); in memory the hub sizes its own queue.
@@ -21,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import secrets
 import time
 
 from channels.consumer import get_handler_name
@@ -37,6 +46,8 @@ HUB_CHANNEL_CAPACITY = 10_000
 CLOSE_LAYER_LOST = 4011
 # The layer's `channel_capacity` pattern for hub channels.
 HUB_CHANNEL_PATTERN = "*!chat-hub-*"
+# In a message's event sent through the layer: the hub that handed it to its sockets already.
+HANDED_OVER_BY = "handed_over_by"
 
 
 def hub_channel_name(process_channel: str) -> str:
@@ -58,6 +69,8 @@ class ProcessHub(PerLoop):
         self.changing = asyncio.Lock()  # the channel and its reader (a start, a reset)
         # A key's subscription (its joins and leaves): its lock, and how many hold or await it.
         self.key_locks: dict[int, tuple[asyncio.Lock, list[int]]] = {}
+        # Names this hub on the events it handed to its sockets itself (`send_message_to_room`).
+        self.name = secrets.token_hex(8)
 
     def key_of(self, consumer) -> int:
         raise NotImplementedError
@@ -173,7 +186,8 @@ class ProcessHub(PerLoop):
         try:
             while True:
                 event = await self.layer.receive(channel)
-                await self.deliver(event)
+                if event.pop(HANDED_OVER_BY, None) != self.name:  # else its sockets have it already
+                    await self.deliver(event)
                 stop_if_cancelled()
         except asyncio.CancelledError:
             raise
@@ -231,17 +245,42 @@ class RoomHub(ProcessHub):
         none were): the sends queue's measure of whether this process keeps up."""
         return self.last_lag if self.loop.time() - self.last_lag_at < 1.0 else 0.0
 
-    async def deliver(self, event: dict) -> None:
-        """Hand one room event to each local socket of its chat, one after the other."""
+    def user_ids_by_chat(self, chat_ids) -> dict[int, frozenset[int]]:
+        """The people with a room socket here, for each of these chats."""
+        return {
+            chat_id: frozenset(consumer.user_id for consumer in self.sockets.get(chat_id, ())) for chat_id in chat_ids
+        }
+
+    async def deliver(self, event: dict, *, outsiders: frozenset[int] = frozenset()) -> None:
+        """Hand one room event to each local socket of its chat, one after the other (not to
+        the sockets of `outsiders`, people no longer members)."""
         if "queued_at" in event:
             self.last_lag, self.last_lag_at = max(0.0, time.time() - event["queued_at"]), self.loop.time()
-        consumers = list(self.sockets.get(event.get("chat_id"), ()))
+        consumers = [c for c in self.sockets.get(event.get("chat_id"), ()) if c.user_id not in outsiders]
         if event.get("type") == "chat.revoked":
             # Out of the room here, whatever their own handler does: nothing more reaches them.
             consumers = [c for c in consumers if event["deleted"] or c.user.pk in event["user_ids"]]
             for consumer in consumers:
                 await self.leave(consumer)
         await self.hand_over(event, consumers)
+
+
+async def send_message_to_room(layer, event: dict, *, outsiders: frozenset[int] | None) -> None:
+    """A new message's event to its room's sockets in every process.
+
+    `outsiders`: the people with a socket here in that room whom the send found not to be
+    members (None: the send did not look, as for a message sent over HTTP). Knowing them,
+    this process's sockets get the event straight from its hub, all but theirs, and the
+    layer brings it to the other processes; else the layer brings it here too. A retry of
+    the layer's send (`loop.EventQueue`) does not hand it to the sockets here twice.
+    """
+    hub = RoomHub.made_for_running_loop()
+    if outsiders is not None and hub is not None and event.get(HANDED_OVER_BY) != hub.name:
+        await hub.deliver(event, outsiders=outsiders)
+        # Kept for a retry; hubs take it off before handing an event over (a process still
+        # on an earlier version, in a rolling deploy, takes no notice of it).
+        event[HANDED_OVER_BY] = hub.name
+    await layer.group_send(events.room_group(event["chat_id"]), event)
 
 
 # The UserHub's key of every inbox socket besides its person's: no user has the id 0.

@@ -79,6 +79,12 @@ class PerLoop:
             cls._current = current
         return current
 
+    @classmethod
+    def made_for_running_loop(cls):
+        """The running loop's instance if it has one, else None (none is made)."""
+        current = cls.__dict__.get("_current")
+        return current if current is not None and on_loop(current.loop) else None
+
 
 class LoopTask:
     """A background task that runs while it has work: `ensure_running()` starts it on the

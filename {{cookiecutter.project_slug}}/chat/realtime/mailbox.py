@@ -16,6 +16,7 @@ import logging
 from asgiref.sync import sync_to_async
 
 from chat import events
+from chat.realtime import hub
 from chat.realtime.loop import PerLoop, serving_here
 
 logger = logging.getLogger(__name__)
@@ -28,8 +29,8 @@ INBOX_UPDATE_INTERVAL = 1.0
 BATCH_SIZE = 500
 
 
-async def deliver_message(layer, room_event: dict, message) -> None:
-    await layer.group_send(events.room_group(message.chat_id), room_event)
+async def deliver_message(layer, room_event: dict, message, outsiders: frozenset[int] | None = None) -> None:
+    await hub.send_message_to_room(layer, room_event, outsiders=outsiders)
     await InboxFanout.for_running_loop().note(layer, message)
 
 

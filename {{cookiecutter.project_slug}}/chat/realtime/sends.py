@@ -32,6 +32,7 @@ from chat import services
 from chat.models import Chat, Membership, Message
 from chat.ratelimit import RateLimited
 from chat.realtime.database import database_trip
+from chat.realtime.hub import RoomHub
 from chat.realtime.loop import PerLoop
 
 logger = logging.getLogger(__name__)
@@ -89,8 +90,10 @@ class SendQueue(PerLoop):
     async def run(self) -> None:
         while self.waiting:
             group = [self.waiting.popleft() for _ in range(min(MAX_GROUP, len(self.waiting)))]
+            sends = [send for send, _, _ in group]
+            here = RoomHub.for_running_loop().user_ids_by_chat({send.chat_id for send in sends})
             try:
-                results = await database_trip(store_together)([send for send, _, _ in group])
+                results = await database_trip(store_together)(sends, here)
             except Exception as exc:  # not one send's fault (e.g. the connection broke)
                 logger.exception("Storing %d sends failed", len(group))
                 results = [Busy() if isinstance(exc, OperationalError) else exc for _ in group]
@@ -99,11 +102,12 @@ class SendQueue(PerLoop):
                     stored.set_result(result)
 
 
-def store_together(sends: list[Send]) -> list[int | Exception]:
+def store_together(sends: list[Send], here: dict[int, frozenset[int]] | None = None) -> list[int | Exception]:
     """Store the sends in one transaction: a message id, or the exception that refused that
     send. Chats are locked in id order (a send locks its chat's row until the commit), so
     two processes' groups never wait on each other in a circle; each chat's sends keep
-    their arrival order, and are stored together (`services.store_sends_together`).
+    their arrival order, and are stored together (`services.store_sends_together`, which
+    `here`, the people with a socket of each chat in this process, is handed to).
 
     The sends are counted against the rate before the transaction, in one round trip, and
     the counts of those not stored now are taken back after it: refused, answered with an
@@ -115,7 +119,7 @@ def store_together(sends: list[Send]) -> list[int | Exception]:
     committed = False
     try:
         try:
-            results, stored_now = store_in_bulk(sends, counted)
+            results, stored_now = store_in_bulk(sends, counted, here or {})
         except IntegrityError:  # a client id taken meanwhile: each send in a savepoint of its own
             results, stored_now = store_one_by_one(sends, counted)
         committed = True
@@ -133,7 +137,9 @@ def store_together(sends: list[Send]) -> list[int | Exception]:
     return results
 
 
-def store_in_bulk(sends: list[Send], counted: list) -> tuple[list[int | Exception], list[bool]]:
+def store_in_bulk(
+    sends: list[Send], counted: list, here: dict[int, frozenset[int]]
+) -> tuple[list[int | Exception], list[bool]]:
     """Each chat's sends together (`services.store_sends_together`), chats in id order; each
     send's result and whether it was stored now. IntegrityError: see `store_together`."""
     results: list[int | Exception] = [Busy() for _ in sends]
@@ -149,7 +155,9 @@ def store_in_bulk(sends: list[Send], counted: list) -> tuple[list[int | Exceptio
             indexes = by_chat[chat_id]
             chat_sends = [(sends[i].sender, sends[i].body, counted[i][0], sends[i].reply_to_id) for i in indexes]
             for index, (outcome, now) in zip(
-                indexes, services.store_sends_together(chat_id=chat_id, sends=chat_sends), strict=True
+                indexes,
+                services.store_sends_together(chat_id=chat_id, sends=chat_sends, here=here.get(chat_id)),
+                strict=True,
             ):
                 results[index] = outcome.pk if isinstance(outcome, Message) else outcome
                 stored_now[index] = now

@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from chat import events, services
 from chat.models import Membership
-from chat.realtime import consumers
+from chat.realtime import consumers, loop
 from chat.realtime.hub import CLOSE_LAYER_LOST, RoomHub, UserHub
 from chat.routing import websocket_urlpatterns
 from chat.tests import test_consumers
@@ -63,22 +63,24 @@ async def test_a_socket_that_leaves_gets_nothing_more_and_the_others_still_do(co
     assert (await receive_until(staying, "chat.message"))["message_id"] == message.pk
 
 
+@pytest.mark.parametrize("sent_over", ["http", "socket"])
 async def test_a_message_stored_here_does_not_overtake_a_revocation_the_hub_is_still_handing_over(
-    connect, alice, bob, group, monkeypatch
+    connect, alice, bob, group, monkeypatch, sent_over
 ):
     """Another process removed bob: its revocation reached this process's hub, which is busy
-    handing it over. A message stored here meanwhile reaches the room's sockets after it
-    (both wait in the hub's channel), never bob's. A shortcut that handed this process's own
-    events straight to its sockets would break this."""
+    handing it over. A message stored here meanwhile never reaches bob's socket: sent over
+    HTTP it waits behind the revocation in the hub's channel; sent over a socket, this
+    process's hub hands it over at once, but the send found bob no longer a member."""
+    sender, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
     room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
     await receive_until(room, "chat.presence")
     deliver, parked, release = RoomHub.deliver, asyncio.Event(), asyncio.Event()
 
-    async def slow_revocation(self, event):
+    async def slow_revocation(self, event, **how):
         if event["type"] == "chat.revoked":
             parked.set()
             await release.wait()
-        await deliver(self, event)
+        await deliver(self, event, **how)
 
     monkeypatch.setattr(RoomHub, "deliver", slow_revocation)
     await database_sync_to_async(Membership.objects.filter(chat=group, user=bob).delete)()
@@ -86,7 +88,11 @@ async def test_a_message_stored_here_does_not_overtake_a_revocation_the_hub_is_s
     await get_channel_layer().group_send(events.room_group(group.pk), revoked)  # as the other process does
     await asyncio.wait_for(parked.wait(), 3)
 
-    await database_sync_to_async(services.send_message)(chat=group, sender=alice, body="not for bob")
+    if sent_over == "http":
+        await database_sync_to_async(services.send_message)(chat=group, sender=alice, body="not for bob")
+    else:
+        await sender.send_to(text_data=send_frame("not-for-bob", "not for bob"))
+        assert (await receive_until(sender, "chat.message"))["html"]  # the shortcut was taken
 
     assert await room.receive_nothing(timeout=0.3)
     release.set()
@@ -94,6 +100,79 @@ async def test_a_message_stored_here_does_not_overtake_a_revocation_the_hub_is_s
     while (output := await room.receive_output(timeout=3))["type"] != "websocket.close":
         frames.append(json.loads(output["text"])["type"])
     assert "chat.revoked" in frames and "chat.message" not in frames
+
+
+class RoomSendsHeldBack:
+    """The layer's room group sends wait for `released` (Redis slow to answer), the first
+    `failing` of them then fail (Redis restarting); every other call goes straight through."""
+
+    def __init__(self, layer, *, failing: int = 0):
+        self.group_send, self.failing = layer.group_send, failing
+        self.released = asyncio.Event()
+
+    async def __call__(self, group: str, event: dict) -> None:
+        if group.startswith("chat.room."):
+            await self.released.wait()
+            if self.failing:
+                self.failing -= 1
+                raise ConnectionError("Redis is restarting")
+        await self.group_send(group, event)
+
+
+async def layer_event(layer, channel: str, event_type: str) -> dict:
+    """The next event of this type on a channel of the layer, skipping others (presence)."""
+    while (event := await asyncio.wait_for(layer.receive(channel), 3))["type"] != event_type:
+        pass
+    return event
+
+
+def send_frame(client_id: str, body: str) -> str:
+    return json.dumps({"type": "send", "client_id": client_id, "body": body})
+
+
+async def test_a_message_sent_over_a_socket_reaches_the_room_s_sockets_here_without_waiting_for_the_layer(
+    connect, alice, bob, group, monkeypatch
+):
+    """This process's hub hands it to its sockets at once; the other processes (a channel in
+    the room group stands for one) get it through the layer, and the hub skips its own copy."""
+    layer = get_channel_layer()
+    other_process = await layer.new_channel()
+    await layer.group_add(events.room_group(group.pk), other_process)
+    sender, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    await receive_until(room, "chat.presence")
+    held_back = RoomSendsHeldBack(layer)
+    monkeypatch.setattr(layer, "group_send", held_back)
+
+    await sender.send_to(text_data=send_frame("straight-1", "straight here"))
+    ack = await receive_until(sender, "ack")
+
+    assert (await receive_until(room, "chat.message"))["message_id"] == ack["message_id"]
+    held_back.released.set()
+    assert (await layer_event(layer, other_process, "chat.message"))["message_id"] == ack["message_id"]
+    assert await room.receive_nothing(timeout=0.5), "the hub's own copy from the layer is not handed over again"
+
+
+async def test_a_message_whose_layer_send_is_retried_reaches_the_sockets_here_once(
+    connect, alice, bob, group, monkeypatch
+):
+    monkeypatch.setattr(loop, "SEND_RETRY_PAUSES", (0.05, 0.05))
+    layer = get_channel_layer()
+    other_process = await layer.new_channel()
+    await layer.group_add(events.room_group(group.pk), other_process)
+    sender, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    await receive_until(room, "chat.presence")
+    held_back = RoomSendsHeldBack(layer, failing=1)
+    held_back.released.set()
+    monkeypatch.setattr(layer, "group_send", held_back)
+
+    await sender.send_to(text_data=send_frame("retried-1", "once here"))
+    ack = await receive_until(sender, "ack")
+
+    assert (await receive_until(room, "chat.message"))["message_id"] == ack["message_id"]
+    assert (await layer_event(layer, other_process, "chat.message"))["message_id"] == ack["message_id"]
+    assert await room.receive_nothing(timeout=0.5), "the retry went to the layer, not to the sockets here again"
 
 
 class StalledNetwork(WebsocketCommunicator):
@@ -199,9 +278,9 @@ async def test_a_revocation_lost_on_the_room_s_path_still_closes_the_room_throug
 ):
     deliver = RoomHub.deliver
 
-    async def revocations_lost(self, event):
+    async def revocations_lost(self, event, **how):
         if event.get("type") != "chat.revoked":
-            await deliver(self, event)
+            await deliver(self, event, **how)
 
     monkeypatch.setattr(RoomHub, "deliver", revocations_lost)
     chat_id = group.pk  # a deleted group's instance has none afterwards
