@@ -241,8 +241,11 @@ class RoomHub(ProcessHub):
         return {events.room_group(key)}
 
     def lag(self) -> float:
-        """Seconds the room messages delivered in the last second waited for this hub (0 if
-        none were): the sends queue's measure of whether this process keeps up."""
+        """Seconds a room message delivered in the last second waited for this hub: the
+        largest noted within that second, which a smaller one does not replace (0 if none).
+        The sends queue's measure of whether this process keeps up; a message from this
+        process's own sockets counts from the database thread's hand-over, the others' from
+        their process's, through the layer."""
         return self.last_lag if self.loop.time() - self.last_lag_at < 1.0 else 0.0
 
     def user_ids_by_chat(self, chat_ids) -> dict[int, frozenset[int]]:
@@ -255,7 +258,9 @@ class RoomHub(ProcessHub):
         """Hand one room event to each local socket of its chat, one after the other (not to
         the sockets of `outsiders`, people no longer members)."""
         if "queued_at" in event:
-            self.last_lag, self.last_lag_at = max(0.0, time.time() - event["queued_at"]), self.loop.time()
+            lag = max(0.0, time.time() - event["queued_at"])
+            if lag >= self.lag():  # a later, smaller one does not hide it within the second
+                self.last_lag, self.last_lag_at = lag, self.loop.time()
         consumers = [c for c in self.sockets.get(event.get("chat_id"), ()) if c.user_id not in outsiders]
         if event.get("type") == "chat.revoked":
             # Out of the room here, whatever their own handler does: nothing more reaches them.

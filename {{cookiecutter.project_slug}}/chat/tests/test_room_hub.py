@@ -130,17 +130,25 @@ def send_frame(client_id: str, body: str) -> str:
     return json.dumps({"type": "send", "client_id": client_id, "body": body})
 
 
-async def test_a_message_sent_over_a_socket_reaches_the_room_s_sockets_here_without_waiting_for_the_layer(
-    connect, alice, bob, group, monkeypatch
-):
-    """This process's hub hands it to its sockets at once; the other processes (a channel in
-    the room group stands for one) get it through the layer, and the hub skips its own copy."""
+async def room_of_two_processes(connect, alice, bob, group) -> tuple[str, object, object]:
+    """A channel in the room's group standing for another process's hub, and two sockets in
+    the room here: Alice's, to send with, and Bob's."""
     layer = get_channel_layer()
     other_process = await layer.new_channel()
     await layer.group_add(events.room_group(group.pk), other_process)
     sender, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
     room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
     await receive_until(room, "chat.presence")
+    return other_process, sender, room
+
+
+async def test_a_message_sent_over_a_socket_reaches_the_room_s_sockets_here_without_waiting_for_the_layer(
+    connect, alice, bob, group, monkeypatch
+):
+    """This process's hub hands it to its sockets at once; the other processes get it through
+    the layer, and the hub skips its own copy."""
+    layer = get_channel_layer()
+    other_process, sender, room = await room_of_two_processes(connect, alice, bob, group)
     held_back = RoomSendsHeldBack(layer)
     monkeypatch.setattr(layer, "group_send", held_back)
 
@@ -158,11 +166,7 @@ async def test_a_message_whose_layer_send_is_retried_reaches_the_sockets_here_on
 ):
     monkeypatch.setattr(loop, "SEND_RETRY_PAUSES", (0.05, 0.05))
     layer = get_channel_layer()
-    other_process = await layer.new_channel()
-    await layer.group_add(events.room_group(group.pk), other_process)
-    sender, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
-    room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
-    await receive_until(room, "chat.presence")
+    other_process, sender, room = await room_of_two_processes(connect, alice, bob, group)
     held_back = RoomSendsHeldBack(layer, failing=1)
     held_back.released.set()
     monkeypatch.setattr(layer, "group_send", held_back)

@@ -495,8 +495,8 @@ class ChatRoom {
     });
   }
 
-  // A sent message: its bubble came with an HTTP answer, or comes as the room frame that
-  // follows an ack; if that frame was lost, the catch-up fetches it.
+  // A sent message: its bubble came with an HTTP answer, or as the room frame that comes
+  // with its ack (usually just before it); if that frame was lost, the catch-up fetches it.
   showSent(bubblesHtml, messageId) {
     if (bubblesHtml) this.insert(parseBubbles(bubblesHtml));
     if (messageId && messageId > this.contiguousId) {
