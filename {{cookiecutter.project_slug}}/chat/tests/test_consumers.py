@@ -24,7 +24,7 @@ from django.utils.text import Truncator
 
 from chat import selectors, services
 from chat.models import Membership, RoomPresence
-from chat.realtime import consumers, presence, read_marks
+from chat.realtime import consumers, presence, read_marks, shutdown
 from chat.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -104,6 +104,12 @@ async def connect(channel_layer):
     yield open_socket
     for communicator in opened:
         await communicator.wait(timeout=0) if communicator.future.done() else communicator.future.cancel()
+    # What the sockets set going (their clean-up, events, inbox fan-outs) is done before the
+    # test's database is emptied: SQLite's shared in-memory database refuses to be flushed
+    # while a trip of theirs still reads it, and the next test then finds this one's users.
+    if stopping := [communicator.future for communicator in opened if not communicator.future.done()]:
+        await asyncio.wait(stopping, timeout=TIMEOUT)
+    await shutdown.send_what_is_waiting()
 
 
 # Frames a room socket gets without asking: its greeting, and presence counts.
