@@ -17,6 +17,7 @@ from chat.realtime.hub import CLOSE_LAYER_LOST, RoomHub, UserHub
 from chat.routing import websocket_urlpatterns
 from chat.tests import test_consumers
 from chat.tests.test_consumers import expect_close, logged_in_session, receive_until
+from chat.tests.test_socket_send import send_frame
 
 # The socket fixtures of test_consumers: each test on the in-memory layer and on Redis.
 channel_layer = test_consumers.channel_layer
@@ -124,10 +125,6 @@ async def layer_event(layer, channel: str, event_type: str) -> dict:
     while (event := await asyncio.wait_for(layer.receive(channel), 3))["type"] != event_type:
         pass
     return event
-
-
-def send_frame(client_id: str, body: str) -> str:
-    return json.dumps({"type": "send", "client_id": client_id, "body": body})
 
 
 async def room_of_two_processes(connect, alice, bob, group) -> tuple[str, object, object]:
