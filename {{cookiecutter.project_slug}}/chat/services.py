@@ -100,12 +100,15 @@ def clean_message_body(body: str) -> str:
 
     Line breaks become "\n": browsers post a textarea's as "\r\n", which would count
     twice against the limit the page's counter shows. Null characters are refused, as
-    Django's form fields refuse them: PostgreSQL cannot store them in text.
+    Django's form fields refuse them: PostgreSQL cannot store them in text. So is text
+    that is not Unicode (a lone surrogate, which a JSON frame can spell "\\ud800"):
+    no database can store it.
     """
     body = (body or "").replace("\r\n", "\n").replace("\r", "\n").strip()
     if not body:
         raise ValidationError("Write a message before sending.")
     ProhibitNullCharactersValidator()(body)
+    refuse_lone_surrogates(body)
     limit = chat_setting("CHAT_MAX_MESSAGE_LENGTH")
     if len(body) > limit:
         raise ValidationError(
@@ -242,7 +245,17 @@ def clean_client_id(client_id: str | None) -> str:
     if not isinstance(client_id, str) or len(client_id) > CLIENT_ID_MAX_LENGTH:
         raise ValidationError(f"client_id must be text of 1 to {CLIENT_ID_MAX_LENGTH} characters.")
     ProhibitNullCharactersValidator()(client_id)
+    refuse_lone_surrogates(client_id)
     return client_id
+
+
+def refuse_lone_surrogates(text: str) -> None:
+    """A ValidationError for text with a lone surrogate: not Unicode, it cannot be encoded
+    for any database (Django's form fields never produce one; a JSON frame can)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValidationError("Text must be valid Unicode.") from None
 
 
 CLIENT_ID_MAX_LENGTH = 64

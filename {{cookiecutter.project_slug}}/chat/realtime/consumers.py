@@ -67,13 +67,19 @@ Frames a client may send to a room:
         25 s in which its socket heard nothing, so proxies never see a quiet connection, and
         drops a socket that stays silent 10 s after it (socket-heartbeat.js).
 
-Anything else, malformed JSON or a frame over CHAT_WS_MAX_FRAME_BYTES gets
-{"type": "error", "code": ..., "error": "<a sentence>"} back; errors about a send also
-carry its "client_id", and those worth retrying ("rate_limited", "busy") a "retry_after"
-in seconds. A send refused for good says why: "invalid" (the body), "blocked" (a direct
-chat where either person blocked the other; the socket stays open), "forbidden" (no
-longer a member; the socket closes with 4403). A user's sockets on one process share FRAME_BUDGET frames per
-FRAME_WINDOW_SECONDS; sends are counted by the per-user send rate instead.
+Anything else gets {"type": "error", "code": ..., "error": "<a sentence>"} back:
+"unknown_type", "binary_frame", "frame_too_large" (over CHAT_WS_MAX_FRAME_BYTES), or
+"malformed" (not a JSON object with a string "type", a field of the wrong kind, or text
+that is not valid Unicode: a lone surrogate spelled "\\ud800"). Errors about a send also
+carry its "client_id" (once the frame is well formed), and those worth retrying
+("rate_limited", "busy") a "retry_after" in seconds. A send refused for good says why:
+"invalid" (the body), "blocked" (a direct chat where either person blocked the other; the
+socket stays open), "forbidden" (no longer a member; the socket closes with 4403), "failed"
+(the server could not store it: a fault of its own, logged, as a 500 would be; the socket
+stays open). A user's sockets on one process share FRAME_BUDGET frames per
+FRAME_WINDOW_SECONDS; past it frames are dropped with one "rate_limited" error per socket
+and window, whose "retry_after" is when the window ends. Sends are counted by the per-user
+send rate instead.
 
 Room events reach a room socket through its process's `RoomHub` (chat/realtime/hub.py), which
 is in the room's group once for all of the process's sockets; a person's own events (their
@@ -90,6 +96,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -347,7 +354,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 metrics.count(metrics.FRAMES_DROPPED)
                 if self.warned_window != window_started:
                     self.warned_window = window_started
-                    await self.send_error("rate_limited", "Too many frames; slow down.")
+                    left = window_started + FRAME_WINDOW_SECONDS - time.monotonic()
+                    await self.send_error("rate_limited", "Too many frames; slow down.", retry_after=math.ceil(left))
                 return
         if problem:
             return await self.send_error(*problem)
@@ -369,6 +377,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return None, ("malformed", "Frames must be JSON objects.")
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
             return None, ("malformed", "Frames must be JSON objects with a type.")
+        if "\\u" in text_data and not is_unicode(frame):
+            return None, ("malformed", "Frames must be valid Unicode text.")
         return frame, None
 
     def spend_frame(self) -> float | None:
@@ -389,6 +399,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def client_ping(self, frame: dict) -> None:
         await self.send_json({"type": "pong"})
+
+
+def is_unicode(frame: dict) -> bool:
+    """Whether the frame's text holds no lone surrogate: JSON can spell one ("\\ud800"),
+    and no database, nor a UTF-8 frame to another client, can carry it."""
+    try:
+        json.dumps(frame, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 INVALID_AFTER = -1
@@ -599,6 +619,8 @@ class RoomConsumer(ChatConsumer):
         except Membership.DoesNotExist:
             await self.send_error("forbidden", "You are no longer a member of this chat.", client_id=client_id)
             return await self.end(CLOSE_FORBIDDEN)
+        except Exception:  # the server's fault, logged where it failed: as a 500, the socket stays open
+            return await self.send_error("failed", "The message could not be stored.", client_id=client_id)
         await self.send_json({"type": "ack", "client_id": client_id, "message_id": message_id})
 
     async def client_typing(self, frame: dict) -> None:

@@ -92,14 +92,27 @@ class SendQueue(PerLoop):
             group = [self.waiting.popleft() for _ in range(min(MAX_GROUP, len(self.waiting)))]
             sends = [send for send, _, _ in group]
             here = RoomHub.for_running_loop().user_ids_by_chat({send.chat_id for send in sends})
-            try:
-                results = await database_trip(store_together)(sends, here)
-            except Exception as exc:  # not one send's fault (e.g. the connection broke)
-                logger.exception("Storing %d sends failed", len(group))
-                results = [Busy() if isinstance(exc, OperationalError) else exc for _ in group]
+            results = await store_group(sends, here)
             for (_, stored, _), result in zip(group, results, strict=True):
                 if not stored.done():  # its socket may have gone meanwhile
                     stored.set_result(result)
+
+
+async def store_group(sends: list[Send], here: dict[int, frozenset[int]]) -> list[int | Exception]:
+    """`store_together` on the database thread. The database unavailable: every send is
+    answered Busy. Should it fail on something it did not expect (a bug), each send is
+    stored again in a trip of its own: one send's fault is then only its own, and the
+    sockets of the others get their acks."""
+    try:
+        return await database_trip(store_together)(sends, here)
+    except OperationalError:
+        logger.warning("Database unavailable for %d sends", len(sends), exc_info=True)
+        return [Busy() for _ in sends]
+    except Exception as exc:
+        logger.exception("Storing %d sends failed", len(sends))
+        if len(sends) == 1:
+            return [exc]
+    return [(await store_group([send], here))[0] for send in sends]
 
 
 def store_together(sends: list[Send], here: dict[int, frozenset[int]] | None = None) -> list[int | Exception]:

@@ -416,6 +416,8 @@ async def test_new_group_appears_in_every_members_list(connect, alice, bob, caro
         ('{"type": "ping", "pad": "' + "x" * 40_000 + '"}', "frame_too_large"),
         ('{"type": "ping", "x": ' + "[" * 3000, "malformed"),
         ("[" * 4000, "malformed"),
+        ('{"type": "edit", "message_id": 1, "body": "a\\ud800b"}', "malformed"),
+        ('{"type": "react", "message_id": 1, "emoji": "\\udfff"}', "malformed"),
     ],
 )
 async def test_bad_frames_get_an_error_and_the_socket_stays_open(connect, alice, group, frame, code):
@@ -445,6 +447,8 @@ async def test_frame_floods_are_dropped_with_one_error(connect, alice, group, mo
         frames.append(json.loads(await room.receive_from()))
     replies = [(frame["type"], frame.get("code")) for frame in frames if frame["type"] not in UNASKED]
     assert replies == [("pong", None)] * 3 + [("error", "rate_limited")]
+    error = next(frame for frame in frames if frame["type"] == "error")
+    assert 0 < error["retry_after"] <= consumers.FRAME_WINDOW_SECONDS  # when the window ends
     await room.disconnect()
 
 

@@ -326,6 +326,14 @@ def test_sending_marks_the_chat_read_for_the_sender(direct_chat, alice, bob):
     assert membership(direct_chat, bob).unread_count == 1
 
 
+@pytest.mark.parametrize(("body", "client_id"), [("a\ud800b", ""), ("hi", "c\udfff")])
+def test_text_that_is_not_unicode_is_refused_and_nothing_is_stored(direct_chat, alice, body, client_id):
+    with pytest.raises(ValidationError, match="valid Unicode"):
+        services.send_message(chat=direct_chat, sender=alice, body=body, client_id=client_id)
+
+    assert not Message.objects.filter(chat=direct_chat).exists()
+
+
 def test_mark_read_zeroes_the_unread_count(direct_chat, alice, bob):
     messages = send_many(direct_chat, bob, 3)
 

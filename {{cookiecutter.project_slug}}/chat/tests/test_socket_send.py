@@ -4,8 +4,10 @@ Runs on the in-memory layer and, with REDIS_URL, on Redis (the `connect` fixture
 test_consumers).
 """
 
+import asyncio
 import json
 import sqlite3
+import time
 
 import pytest
 from channels.db import database_sync_to_async
@@ -89,6 +91,9 @@ async def test_the_same_client_id_from_two_people_is_two_messages(connect, alice
         ({"type": "send", "client_id": "c", "body": "x" * 4001}, "invalid", "c"),
         ({"type": "send", "client_id": "c", "body": "a\x00b"}, "invalid", "c"),
         ({"type": "send", "client_id": "c\x00", "body": "hi"}, "invalid", "c\x00"),
+        # A lone surrogate, which JSON can spell ("\\ud800") and no database can store.
+        ({"type": "send", "client_id": "c", "body": "a\ud800b"}, "malformed", None),
+        ({"type": "send", "client_id": "c\udfff", "body": "hi"}, "malformed", None),
     ],
 )
 async def test_bad_send_frames_get_an_error_and_store_nothing(connect, alice, group, frame, code, client_id):
@@ -147,6 +152,50 @@ async def test_a_removed_member_cannot_send_over_a_socket_that_missed_its_revoca
 # A database busy with another writer: SQLite refuses at once past its timeout, where
 # PostgreSQL would wait for the row locks instead of failing.
 needs_sqlite_writer_lock = pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's writer lock")
+
+
+async def test_an_emoji_spelled_as_an_escaped_surrogate_pair_is_stored(connect, alice, group):
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await room.send_to(text_data='{"type": "send", "client_id": "pair", "body": "\\ud83d\\ude00 hi"}')
+    ack = await receive_until(room, "ack")
+    assert [(m.pk, m.body) for m in await stored(chat=group)] == [(ack["message_id"], "\U0001f600 hi")]
+
+
+async def test_a_send_that_fails_unexpectedly_fails_alone_and_its_socket_stays_open(
+    connect, alice, bob, carol, group, monkeypatch
+):
+    """A bug hit by one send of a group: the group is stored again one send per trip, the
+    others are acked, and the one gets a "failed" error frame (as a 500 would be)."""
+    resolve_mentions, store_together, groups = services.resolve_mentions, sends.store_together, []
+
+    def failing_on_boom(*, chat, sender, body):
+        if body == "boom":
+            raise RuntimeError("a bug")
+        return resolve_mentions(chat=chat, sender=sender, body=body)
+
+    def slow_first_trip(group_sends, here=None):
+        groups.append(len(group_sends))
+        if len(groups) == 1:
+            time.sleep(0.3)  # the next sends arrive meanwhile, and are stored as one group
+        return store_together(group_sends, here)
+
+    monkeypatch.setattr(services, "resolve_mentions", failing_on_boom)
+    monkeypatch.setattr(sends, "store_together", slow_first_trip)
+    rooms = {person: (await connect(person, f"/ws/chat/{group.pk}/"))[0] for person in (alice, bob, carol)}
+    await rooms[alice].send_to(text_data=send_frame("first", "first"))
+    await asyncio.sleep(0.1)
+    await rooms[bob].send_to(text_data=send_frame("boom", "boom"))
+    await rooms[carol].send_to(text_data=send_frame("second", "second"))
+
+    acks = [await receive_until(rooms[alice], "ack"), await receive_until(rooms[carol], "ack")]
+    failed = await receive_until(rooms[bob], "error")
+
+    assert groups[:2] == [1, 2], "first alone, then boom and second together"
+    assert (failed["code"], failed["client_id"]) == ("failed", "boom")
+    assert [m.body for m in await stored(chat=group)] == ["first", "second"]
+    assert [ack["client_id"] for ack in acks] == ["first", "second"]
+    await rooms[bob].send_to(text_data='{"type": "ping"}')
+    await receive_until(rooms[bob], "pong")
 
 
 def hold_sqlite_write_lock():
