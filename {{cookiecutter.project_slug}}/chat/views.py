@@ -39,6 +39,7 @@ from chat.forms import (
 )
 from chat.models import Membership, whole_number
 from chat.ratelimit import RateLimited, RateLimitUnavailable, check_rate
+from chat.realtime.sends import Busy, refusing_sends
 
 logger = logging.getLogger(__name__)
 
@@ -369,6 +370,11 @@ def send(request, pk):
     form = MessageForm(request.POST)
     if not form.is_valid():  # e.g. a null character, which Django's fields refuse
         return send_error(request, pk, " ".join(message for errors in form.errors.values() for message in errors))
+    if refusing_sends():  # past the process's capacity, as its sockets' sends are: nothing stored
+        metrics.count(metrics.SENDS_BUSY)
+        response = send_error(request, pk, "The server is busy. Try again in a moment.", status=503)
+        response["Retry-After"] = str(Busy.retry_after)
+        return response
     try:
         message = services.send_message_within_rate(
             chat=membership.chat,

@@ -39,7 +39,11 @@ Frames a client may send to a room:
         this message: sending it again (a retry after a reconnect, or over HTTP) stores
         nothing new, is acked with the first message's id, and does not count against
         the send rate. Sends are stored in groups (`chat.realtime.sends`); past this
-        process's capacity they are answered "busy" at once, with nothing stored.
+        process's capacity they are answered "busy" at once, with nothing stored. The
+        socket reads on meanwhile, up to MAX_SENDS_IN_FLIGHT sends unanswered (then it
+        reads nothing more until one is), and acks them in the order sent; a send
+        answered "busy" and sent again may then be stored after later ones, so a client
+        that must keep its order (the page) waits for each answer.
         "reply_to" (optional) is the id of the message of this chat it answers; any
         other id is an "invalid" error.
     {"type": "typing"}
@@ -134,6 +138,10 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_MANY_SOCKETS = 4429
 CLOSE_TOO_SLOW = 4008
+
+# A room socket's sends stored or waiting to be, at most: past them it reads no more frames
+# until one is answered. A page keeps one in flight.
+MAX_SENDS_IN_FLIGHT = 16
 
 # This process's open sockets per user id, and each user's frame window [started, frames].
 _open_sockets: Counter[int] = Counter()
@@ -475,6 +483,8 @@ class RoomConsumer(ChatConsumer):
     in_hub = False
     asked_after: int | None = None  # its ?after=<id>: the messages its greeting brings
     cleared_message_id = 0
+    send_slots: asyncio.Semaphore | None = None  # MAX_SENDS_IN_FLIGHT, made at its first send
+    answering: set[asyncio.Task]  # its sends' tasks, until each is answered
 
     def look_up(self) -> int | None:
         refusal = super().look_up()
@@ -604,6 +614,23 @@ class RoomConsumer(ChatConsumer):
         send = Send(
             chat_id=self.chat_id, sender=self.user, body=body, client_id=client_id, reply_to_id=frame.get("reply_to")
         )
+        # Answered by a task of its own, so the socket reads on: a client that sends without
+        # waiting for acks has its sends stored together, and the queue sees them all (it
+        # answers "busy" past capacity). Past MAX_SENDS_IN_FLIGHT unanswered, the socket reads
+        # nothing more until one is answered: the client's network waits.
+        if self.send_slots is None:
+            self.send_slots, self.answering = asyncio.Semaphore(MAX_SENDS_IN_FLIGHT), set()
+        await self.send_slots.acquire()
+        answering = asyncio.get_running_loop().create_task(self.store_and_answer(send))
+        self.answering.add(answering)
+        answering.add_done_callback(self.answered)
+
+    def answered(self, task: asyncio.Task) -> None:
+        self.answering.discard(task)
+        self.send_slots.release()
+
+    async def store_and_answer(self, send: Send) -> None:
+        client_id = send.client_id
         try:
             message_id = await SendQueue.for_running_loop().store(send, delivery_lag=RoomHub.for_running_loop().lag())
         except ValidationError as exc:

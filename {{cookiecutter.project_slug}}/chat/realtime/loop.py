@@ -85,6 +85,13 @@ class PerLoop:
         current = cls.__dict__.get("_current")
         return current if current is not None and on_loop(current.loop) else None
 
+    @classmethod
+    def of_serving_loop(cls):
+        """The websocket server's loop's instance if it has one, else None: from any
+        thread, for reads only."""
+        current = cls.__dict__.get("_current")
+        return current if current is not None and serving_here(current.loop) else None
+
 
 class LoopTask:
     """A background task that runs while it has work: `ensure_running()` starts it on the

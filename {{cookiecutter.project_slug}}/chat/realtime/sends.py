@@ -12,10 +12,12 @@ updated once per group. Should a client id be taken meanwhile (a retry racing it
 send), the group is stored again one send per savepoint (`services.SendGroup`).
 
 Past capacity the queue says so instead of letting sends wait without bound: when its
-oldest send has waited MAX_WAIT_SECONDS, or this process's room hub delivers frames more
-than MAX_DELIVERY_LAG_SECONDS late, new sends are answered `busy` with a `retry_after`
-at once (nothing stored), and the client sends again. A message is then either stored
-once and delivered promptly, or not stored and still in the client's outbox.
+oldest send has waited MAX_WAIT_SECONDS, the group on the database thread has been there
+that long, or this process's room hub delivers frames more than MAX_DELIVERY_LAG_SECONDS
+late, new sends are answered `busy` with a `retry_after` at once (nothing stored), and the
+client sends again; so are sends that have waited MAX_WAIT_SECONDS (`SendQueue.shed`), and
+the HTTP route answers 503 by the same measure (`refusing_sends`). A message is then either
+stored once and delivered promptly, or not stored and still in the client's outbox.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class SendQueue(PerLoop):
         super().__init__(loop)
         self.waiting: collections.deque[tuple[Send, asyncio.Future, float]] = collections.deque()
         self.runner: asyncio.Task | None = None
+        self.trip_started: float | None = None  # loop time the group on the database thread left
+        self.shedding: asyncio.TimerHandle | None = None
 
     async def store(self, send: Send, *, delivery_lag: float = 0.0) -> int:
         """The stored message's id, once its group has committed. Raises what the send
@@ -75,6 +79,7 @@ class SendQueue(PerLoop):
             raise Busy
         stored = self.loop.create_future()
         self.waiting.append((send, stored, self.loop.time()))
+        self.shed_later()
         if self.runner is None or self.runner.done():
             self.runner = self.loop.create_task(self.run())
         result = await stored
@@ -83,19 +88,62 @@ class SendQueue(PerLoop):
         return result
 
     def over_capacity(self, delivery_lag: float) -> bool:
+        """Whether a send would wait over MAX_WAIT_SECONDS: the oldest waiting has, or the
+        group on the database thread has been there that long (SQLite's writer lock held
+        elsewhere, a database restarting); or the room hub delivers frames late. Also read
+        from Django's thread, for the HTTP route (`refusing_sends`): plain reads only."""
         if delivery_lag > MAX_DELIVERY_LAG_SECONDS:
             return True
-        return bool(self.waiting) and self.loop.time() - self.waiting[0][2] > MAX_WAIT_SECONDS
+        now, trip_started = self.loop.time(), self.trip_started
+        if trip_started is not None and now - trip_started > MAX_WAIT_SECONDS:
+            return True
+        try:
+            return now - self.waiting[0][2] > MAX_WAIT_SECONDS
+        except IndexError:  # nothing waits (or the last was taken meanwhile)
+            return False
+
+    def shed_later(self) -> None:
+        """`shed` when the oldest waiting send will have waited MAX_WAIT_SECONDS."""
+        if self.shedding is None and self.waiting:
+            self.shedding = self.loop.call_at(self.waiting[0][2] + MAX_WAIT_SECONDS, self.shed)
+
+    def shed(self) -> None:
+        """Answer Busy to the sends that waited MAX_WAIT_SECONDS and are still waiting,
+        nothing stored: behind a group stuck on the database thread they would wait for
+        as long as it does (SQLite gives up on its writer lock after 20 s), where their
+        clients can send again in a second, or over HTTP."""
+        self.shedding = None
+        now = self.loop.time()
+        while self.waiting and now - self.waiting[0][2] >= MAX_WAIT_SECONDS:
+            _, stored, _ = self.waiting.popleft()
+            if not stored.done():
+                stored.set_result(Busy())
+        self.shed_later()
 
     async def run(self) -> None:
         while self.waiting:
             group = [self.waiting.popleft() for _ in range(min(MAX_GROUP, len(self.waiting)))]
             sends = [send for send, _, _ in group]
             here = RoomHub.for_running_loop().user_ids_by_chat({send.chat_id for send in sends})
-            results = await store_group(sends, here)
+            self.trip_started = self.loop.time()
+            try:
+                results = await store_group(sends, here)
+            finally:
+                self.trip_started = None
             for (_, stored, _), result in zip(group, results, strict=True):
                 if not stored.done():  # its socket may have gone meanwhile
                     stored.set_result(result)
+
+
+def refusing_sends() -> bool:
+    """Whether this process refuses new socket sends as over capacity: asked on Django's
+    thread by the HTTP route, so that past capacity it answers 503 as the sockets answer
+    "busy", instead of letting HTTP sends past the sockets' queue."""
+    queue, hub = SendQueue.of_serving_loop(), RoomHub.of_serving_loop()
+    lag = hub.lag() if hub is not None else 0.0
+    if queue is None:  # no socket sent anything yet
+        return lag > MAX_DELIVERY_LAG_SECONDS
+    return queue.over_capacity(lag)
 
 
 async def store_group(sends: list[Send], here: dict[int, frozenset[int]]) -> list[int | Exception]:

@@ -545,3 +545,106 @@ def test_an_http_retry_of_a_stored_message_is_answered_at_the_rate_limit_and_cos
     assert client.post(url, {"body": "one", "client_id": "h-1"}, headers=htmx).status_code == 200  # at the limit
     assert client.post(url, {"body": "three", "client_id": "h-3"}, headers=htmx).status_code == 429
     assert list(Message.objects.order_by("pk").values_list("client_id", flat=True)) == ["h-1", "h-2"]
+
+
+def recording_trips(monkeypatch, *, first_trip_takes: float = 0.0) -> list[int]:
+    """The number of sends of each group stored, in order; the first group's trip takes
+    `first_trip_takes` seconds on the database thread (a database slow to answer)."""
+    store_together, groups = sends.store_together, []
+
+    def recorded(group_sends, here=None):
+        groups.append(len(group_sends))
+        if len(groups) == 1:
+            time.sleep(first_trip_takes)
+        return store_together(group_sends, here)
+
+    monkeypatch.setattr(sends, "store_together", recorded)
+    return groups
+
+
+async def test_sends_a_socket_pipelines_are_stored_together_and_acked_in_order(connect, alice, group, monkeypatch):
+    """A client that does not wait for each ack: the socket reads on, and its sends go in
+    groups, not one trip each."""
+    groups = recording_trips(monkeypatch, first_trip_takes=0.2)
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    for number in range(10):
+        await room.send_to(text_data=send_frame(f"p-{number}", f"pipelined {number}"))
+
+    acks = [await receive_until(room, "ack") for _ in range(10)]
+
+    assert [ack["client_id"] for ack in acks] == [f"p-{number}" for number in range(10)]
+    messages = await stored(chat=group)
+    assert [m.pk for m in messages] == [ack["message_id"] for ack in acks]
+    assert [m.body for m in messages] == [f"pipelined {number}" for number in range(10)]
+    assert len(groups) < 10 and sum(groups) == 10
+
+
+async def test_past_its_sends_in_flight_a_socket_reads_no_more_frames_until_one_is_answered(
+    connect, alice, group, monkeypatch
+):
+    monkeypatch.setattr(consumers, "MAX_SENDS_IN_FLIGHT", 2)
+    recording_trips(monkeypatch, first_trip_takes=0.5)
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await receive_until(room, "chat.sync")
+    for number in range(3):
+        await room.send_to(text_data=send_frame(f"f-{number}", f"in flight {number}"))
+    await room.send_to(text_data='{"type": "ping"}')
+
+    answers = []
+    while len(answers) < 4:
+        frame = json.loads(await room.receive_from(timeout=3))
+        if frame["type"] in ("ack", "pong"):
+            answers.append(frame.get("client_id", "pong"))
+
+    assert answers[0] == "f-0", "the ping waited behind the third send, which waited for a slot"
+    assert sorted(answers) == ["f-0", "f-1", "f-2", "pong"]
+
+
+async def test_a_send_waiting_behind_a_stuck_database_is_answered_busy_within_the_wait(
+    connect, alice, bob, carol, group, monkeypatch
+):
+    """The group on the database thread takes longer than MAX_WAIT_SECONDS (SQLite's writer
+    lock held elsewhere waits up to 20 s): the send waiting behind it, and a send arriving
+    meanwhile, are answered "busy" within the wait, nothing stored; the stuck one is stored
+    once the database answers."""
+    monkeypatch.setattr(sends, "MAX_WAIT_SECONDS", 0.3)
+    recording_trips(monkeypatch, first_trip_takes=1.5)
+    rooms = {person: (await connect(person, f"/ws/chat/{group.pk}/"))[0] for person in (alice, bob, carol)}
+    await rooms[alice].send_to(text_data=send_frame("stuck", "stuck"))
+    await asyncio.sleep(0.1)
+    await rooms[bob].send_to(text_data=send_frame("behind", "behind"))
+    await asyncio.sleep(0.4)
+    await rooms[carol].send_to(text_data=send_frame("later", "later"))
+
+    behind = await asyncio.wait_for(receive_until(rooms[bob], "error"), 0.8)
+    later = await asyncio.wait_for(receive_until(rooms[carol], "error"), 0.5)
+    ack = await receive_until(rooms[alice], "ack")
+
+    assert [(e["code"], e["client_id"], e["retry_after"]) for e in (behind, later)] == [
+        ("busy", "behind", sends.BUSY_RETRY_AFTER),
+        ("busy", "later", sends.BUSY_RETRY_AFTER),
+    ]
+    assert [m.pk for m in await stored(chat=group)] == [ack["message_id"]]
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_past_capacity_an_http_send_is_a_503_with_retry_after_as_socket_sends_are_busy(
+    connect, async_client, alice, group, monkeypatch
+):
+    """HTTP sends do not get past the sockets' queue: the same capacity answers both."""
+    from django.urls import reverse
+
+    await connect(alice, f"/ws/chat/{group.pk}/")  # the server's loop and its room hub
+    await async_client.aforce_login(alice)
+    url, htmx = reverse("chat:send", args=[group.pk]), {"HX-Request": "true"}
+    monkeypatch.setattr(sends, "MAX_DELIVERY_LAG_SECONDS", -1.0)  # frames leave late here
+
+    refused = await async_client.post(url, {"body": "over HTTP", "client_id": "h-busy"}, headers=htmx)
+
+    assert (refused.status_code, refused["Retry-After"]) == (503, str(sends.BUSY_RETRY_AFTER))
+    assert "busy" in refused.content.decode()
+    assert await stored(chat=group) == []
+    monkeypatch.setattr(sends, "MAX_DELIVERY_LAG_SECONDS", 1.0)
+    accepted = await async_client.post(url, {"body": "over HTTP", "client_id": "h-busy"}, headers=htmx)
+    assert accepted.status_code == 200
+    assert [m.client_id for m in await stored(chat=group)] == ["h-busy"]
