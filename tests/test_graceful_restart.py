@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -252,6 +253,25 @@ def test_start_script_serves_and_on_sigterm_closes_sockets_with_1012_and_exits(p
     request.addfinalizer(lambda: kill_group(process))
     tooling.wait_for_port(port, 60, process=process)
     assert http_request(port, "GET", f"{room}messages/", member)[0] == 200  # a page fragment (no static files)
+
+    async def frames_over_the_limits() -> tuple[str, int | None]:
+        """Over CHAT_WS_MAX_FRAME_BYTES: an error frame; over 1 MiB (ws_max_size): not read, 1009."""
+        socket = await open_socket(SimpleNamespace(port=port), f"/ws{room}", member)
+        await socket.send(json.dumps({"type": "ping", "pad": "x" * 40_000}))
+        while (frame := json.loads(await asyncio.wait_for(socket.recv(), 10)))["type"] != "error":
+            pass
+        await socket.send("x" * (1024 * 1024 + 1))
+
+        async def until_closed() -> None:
+            with contextlib.suppress(Exception):  # closed with an error code: the code is what this is about
+                async for _ in socket:
+                    pass
+
+        with contextlib.suppress(TimeoutError):  # still open: no close code
+            await asyncio.wait_for(until_closed(), 10)
+        return frame["code"], socket.close_code
+
+    assert asyncio.run(frames_over_the_limits()) == ("frame_too_large", 1009)
 
     async def close_code_on_sigterm() -> int | None:
         socket = await open_socket(SimpleNamespace(port=port), f"/ws{room}", member)

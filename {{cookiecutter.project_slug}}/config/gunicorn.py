@@ -55,6 +55,10 @@ class ChatUvicornWorker(UvicornWorker):
         **UvicornWorker.CONFIG_KWARGS,
         "lifespan": "on",
         "ws": "websockets-sansio",
+        # As daphne's (make run): a frame over it closes its socket (1009), unread. Frames up
+        # to it are read, and those over CHAT_WS_MAX_FRAME_BYTES get an error frame. uvicorn's
+        # own 16 MiB let each socket make the process hold that much for one frame.
+        "ws_max_size": 1024 * 1024,
         "proxy_headers": env_flag("BEHIND_TLS_PROXY"),
     }
 
