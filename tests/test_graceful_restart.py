@@ -223,6 +223,19 @@ def test_rolling_restart_under_load_answers_every_send_and_loses_nothing(project
         assert not late, f"server {restart['server']}: sockets back after {late} s (bound {RECONNECT_BOUND_SECONDS} s)"
 
 
+async def close_code(socket) -> int | None:
+    """The socket's close code once the server closes it (None: still open after 10 s)."""
+
+    async def until_closed() -> None:
+        with contextlib.suppress(Exception):  # closed with an error code: the code is what this is about
+            async for _ in socket:
+                pass
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(until_closed(), 10)
+    return socket.close_code
+
+
 def kill_group(process: subprocess.Popen) -> None:
     """gunicorn and its worker, whatever state the test left them in (a killed arbiter orphans its worker)."""
     with contextlib.suppress(ProcessLookupError):
@@ -261,17 +274,16 @@ def test_start_script_serves_and_on_sigterm_closes_sockets_with_1012_and_exits(p
         while (frame := json.loads(await asyncio.wait_for(socket.recv(), 10)))["type"] != "error":
             pass
         await socket.send("x" * (1024 * 1024 + 1))
+        return frame["code"], await close_code(socket)
 
-        async def until_closed() -> None:
-            with contextlib.suppress(Exception):  # closed with an error code: the code is what this is about
-                async for _ in socket:
-                    pass
-
-        with contextlib.suppress(TimeoutError):  # still open: no close code
-            await asyncio.wait_for(until_closed(), 10)
-        return frame["code"], socket.close_code
+    async def text_that_is_not_utf8() -> int | None:
+        """Closed with 1007; logged as one line, without a traceback (checked below)."""
+        socket = await open_socket(SimpleNamespace(port=port), f"/ws{room}", member)
+        await socket.send(b"\xed\xa0\x80", text=True)
+        return await close_code(socket)
 
     assert asyncio.run(frames_over_the_limits()) == ("frame_too_large", 1009)
+    assert asyncio.run(text_that_is_not_utf8()) == 1007
 
     async def close_code_on_sigterm() -> int | None:
         socket = await open_socket(SimpleNamespace(port=port), f"/ws{room}", member)
@@ -289,4 +301,5 @@ def test_start_script_serves_and_on_sigterm_closes_sockets_with_1012_and_exits(p
     # reopens thousands at once); the server's own messages are there.
     log = (tmp_path / "start.log").read_text()
     assert "Booting worker" in log and "Shutting down" in log
+    assert "Invalid UTF-8 sequence" in log and "Traceback" not in log
     assert f'"WebSocket /ws{room}' not in log and "connection open" not in log and f'"GET {room}' not in log

@@ -65,6 +65,7 @@ class ChatUvicornWorker(UvicornWorker):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.config.timeout_graceful_shutdown = GRACEFUL_TIMEOUT
+        logging.getLogger("uvicorn.error").addFilter(client_faults_without_traceback)
         if not env_flag("ACCESS_LOG"):
             logging.getLogger("uvicorn.error").addFilter(leave_out_socket_opens)
 
@@ -75,3 +76,18 @@ def leave_out_socket_opens(record: logging.LogRecord) -> bool:
     the error log would be nothing else."""
     message = str(record.msg)
     return not (message.startswith('%s - "WebSocket %s"') or message in {"connection open", "connection closed"})
+
+
+# What uvicorn logs with a traceback, at ERROR, when a client sends a text frame that is not
+# UTF-8 (the socket is closed with 1007, as it should be): any logged-in client could fill the
+# error log, and an error tracker, with them at will.
+CLIENT_FAULTS = {"Invalid UTF-8 sequence received from client."}
+
+
+def client_faults_without_traceback(record: logging.LogRecord) -> bool:
+    """A client's fault, kept as one warning line without the traceback."""
+    if str(record.msg) in CLIENT_FAULTS:
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
+
