@@ -90,4 +90,3 @@ def client_faults_without_traceback(record: logging.LogRecord) -> bool:
         record.exc_info, record.exc_text = None, None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
     return True
-
