@@ -284,7 +284,12 @@ async def test_typing_past_the_rate_is_dropped_silently(connect, alice, bob, gro
         await alice_room.send_to(text_data='{"type": "typing"}')
     await alice_room.send_to(text_data=send_frame("after", "done typing"))
 
-    assert [frame["type"] for frame in await room_frames_until_message(bob_room)] == ["chat.typing"] * 2
+    frames = await room_frames_until_message(bob_room)
+    # The message (handed to this process's sockets by its hub) may overtake typing frames
+    # still on their way through the layer: take what follows it for a moment too.
+    while not await bob_room.receive_nothing(timeout=0.3):
+        frames.append(json.loads(await bob_room.receive_from()))
+    assert [frame["type"] for frame in frames if frame["type"] == "chat.typing"] == ["chat.typing"] * 2
     assert await room_frames_until_message(alice_room) == []  # no error frame either
 
 
