@@ -161,26 +161,36 @@ async def test_an_emoji_spelled_as_an_escaped_surrogate_pair_is_stored(connect, 
     assert [(m.pk, m.body) for m in await stored(chat=group)] == [(ack["message_id"], "\U0001f600 hi")]
 
 
+def recording_trips(monkeypatch, *, first_trip_takes: float = 0.0) -> list[int]:
+    """The number of sends of each group stored, in order; the first group's trip takes
+    `first_trip_takes` seconds on the database thread (a database slow to answer)."""
+    store_together, groups = sends.store_together, []
+
+    def recorded(group_sends, here=None):
+        groups.append(len(group_sends))
+        if len(groups) == 1:
+            time.sleep(first_trip_takes)
+        return store_together(group_sends, here)
+
+    monkeypatch.setattr(sends, "store_together", recorded)
+    return groups
+
+
 async def test_a_send_that_fails_unexpectedly_fails_alone_and_its_socket_stays_open(
     connect, alice, bob, carol, group, monkeypatch
 ):
     """A bug hit by one send of a group: the group is stored again one send per trip, the
     others are acked, and the one gets a "failed" error frame (as a 500 would be)."""
-    resolve_mentions, store_together, groups = services.resolve_mentions, sends.store_together, []
+    resolve_mentions = services.resolve_mentions
 
     def failing_on_boom(*, chat, sender, body):
         if body == "boom":
             raise RuntimeError("a bug")
         return resolve_mentions(chat=chat, sender=sender, body=body)
 
-    def slow_first_trip(group_sends, here=None):
-        groups.append(len(group_sends))
-        if len(groups) == 1:
-            time.sleep(0.3)  # the next sends arrive meanwhile, and are stored as one group
-        return store_together(group_sends, here)
-
     monkeypatch.setattr(services, "resolve_mentions", failing_on_boom)
-    monkeypatch.setattr(sends, "store_together", slow_first_trip)
+    # The next sends arrive during the first trip, and are stored as one group.
+    groups = recording_trips(monkeypatch, first_trip_takes=0.3)
     rooms = {person: (await connect(person, f"/ws/chat/{group.pk}/"))[0] for person in (alice, bob, carol)}
     await rooms[alice].send_to(text_data=send_frame("first", "first"))
     await asyncio.sleep(0.1)
@@ -545,21 +555,6 @@ def test_an_http_retry_of_a_stored_message_is_answered_at_the_rate_limit_and_cos
     assert client.post(url, {"body": "one", "client_id": "h-1"}, headers=htmx).status_code == 200  # at the limit
     assert client.post(url, {"body": "three", "client_id": "h-3"}, headers=htmx).status_code == 429
     assert list(Message.objects.order_by("pk").values_list("client_id", flat=True)) == ["h-1", "h-2"]
-
-
-def recording_trips(monkeypatch, *, first_trip_takes: float = 0.0) -> list[int]:
-    """The number of sends of each group stored, in order; the first group's trip takes
-    `first_trip_takes` seconds on the database thread (a database slow to answer)."""
-    store_together, groups = sends.store_together, []
-
-    def recorded(group_sends, here=None):
-        groups.append(len(group_sends))
-        if len(groups) == 1:
-            time.sleep(first_trip_takes)
-        return store_together(group_sends, here)
-
-    monkeypatch.setattr(sends, "store_together", recorded)
-    return groups
 
 
 async def test_sends_a_socket_pipelines_are_stored_together_and_acked_in_order(connect, alice, group, monkeypatch):
