@@ -9,6 +9,7 @@ import fcntl
 import functools
 import importlib.util
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -121,6 +122,15 @@ def load_project_module(name: str) -> ModuleType:
 def tail(text: str, lines: int = 60) -> str:
     """The end of a long command output, for assertion messages."""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def pytest_failures(output: str, lines: int = 100) -> str:
+    """A failed pytest run's first failure, whole, then its summary: when one test leaves
+    something behind and others fail after it, the first is the one that says why."""
+    text = output.splitlines()
+    start = next((i for i, line in enumerate(text) if re.fullmatch(r"=+ (FAILURES|ERRORS) =+", line)), None)
+    first = text[start : start + lines] + ["[...]"] if start is not None else []
+    return "\n".join(first + text[-lines:])
 
 
 @contextmanager

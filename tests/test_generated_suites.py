@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from baking import clean_env, tail
+from baking import clean_env, pytest_failures, tail
 from project_venvs import venv_for
 
 SUITES = {
@@ -59,9 +59,9 @@ def project(request, cookies_session) -> BakedProject:
 
 
 def test_generated_test_suite_passes(project):
-    result = project.run("-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider")
+    result = project.run("-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider")
     output = result.stdout + result.stderr
-    assert result.returncode == 0, tail(output)
+    assert result.returncode == 0, pytest_failures(output)
     assert " passed" in output
 
 

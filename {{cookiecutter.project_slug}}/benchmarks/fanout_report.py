@@ -150,7 +150,8 @@ def print_runs(results: list[Result]) -> None:
 
 
 def verdicts(relay: Result, ours: Result) -> list[str]:
-    """The chat against the relay of the same run, by the targets for a busy room."""
+    """The chat against the relay of the same run, by the targets for a busy room (several
+    processes at 100 msg/s: nothing lost live and p99 within a second, whatever the relay)."""
     throughput = ours.delivered_per_s / relay.delivered_per_s if relay.delivered_per_s else float("inf")
     p99 = (ours.p99_ms or 0) / relay.p99_ms if relay.p99_ms else float("inf")
     lines = [
@@ -161,6 +162,9 @@ def verdicts(relay: Result, ours: Result) -> list[str]:
     ]
     if ours.rate <= 20:
         lines.append(f"p99 <= 1.2x relay: {'met' if p99 <= 1.2 else 'NOT met'}")
+    elif ours.rate <= 100 and ours.processes > 1:
+        met = ours.lost == 0 and (ours.p99_ms or 0) <= 1000
+        lines.append(f"0 lost, p99 <= 1 s: {'met' if met else 'NOT met'}")
     elif ours.rate <= 100:
         met = ours.lost == 0 and (ours.p99_ms or 0) <= 1000 and p99 <= 0.5 and throughput >= 2
         lines.append(f"0 lost, p99 <= 1 s and <= 0.5x relay, >= 2x deliveries/s: {'met' if met else 'NOT met'}")

@@ -57,6 +57,7 @@ import hashlib
 import json
 import logging
 import time
+from typing import NamedTuple
 
 from channels.layers import get_channel_layer
 from django.template.loader import render_to_string
@@ -100,9 +101,14 @@ def room_sync_frame(*, chat_id: int, last_message_id: int | None, change_seq: in
     return {"type": "chat.sync", "chat_id": chat_id, "last_message_id": last_message_id or 0, "change_seq": change_seq}
 
 
-def room_greetings(asks: list[tuple[int, int | None]]) -> dict[tuple[int, int | None], str]:
-    """The greetings, JSON-encoded, of room sockets opening together, by (chat id, the id
-    after which the socket asked for what it missed, or None); chats gone are absent.
+class RoomGreeting(NamedTuple):
+    text: str  # the chat.sync frame, JSON-encoded
+    last_message_id: int  # the room's newest message then: the socket's frames follow it
+
+
+def room_greetings(asks: list[tuple[int, int | None]]) -> dict[tuple[int, int | None], RoomGreeting]:
+    """The greetings of room sockets opening together, by (chat id, the id after which the
+    socket asked for what it missed, or None); chats gone are absent.
 
     A greeting carries the bubbles of the messages after that id ("html", oldest first)
     when there are at most CHAT_PAGE_SIZE of them: after a restart every room that missed
@@ -132,7 +138,7 @@ def room_greetings(asks: list[tuple[int, int | None]]) -> dict[tuple[int, int | 
                 if message.pk not in bubbles:
                     bubbles[message.pk] = bubble_html(message)
             frame["html"] = "".join(bubbles[message.pk] for message in missed)
-        greetings[(chat_id, after)] = json.dumps(frame)
+        greetings[(chat_id, after)] = RoomGreeting(json.dumps(frame), frame["last_message_id"])
     return greetings
 
 

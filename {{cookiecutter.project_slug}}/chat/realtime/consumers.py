@@ -41,8 +41,10 @@ Frames a client may send to a room:
         the send rate. Sends are stored in groups (`chat.realtime.sends`); past this
         process's capacity they are answered "busy" at once, with nothing stored. The
         socket reads on meanwhile, up to MAX_SENDS_IN_FLIGHT sends unanswered (then it
-        reads nothing more until one is), and acks them in the order sent; a send
-        answered "busy" and sent again may then be stored after later ones, so a client
+        reads nothing more until one is), and acks them in the order sent, each once
+        the message's own frame has gone to the socket (`own_frame_sent`). An error
+        answer waits for no frame, so it may come before the acks of earlier sends; a
+        send answered "busy" and sent again may be stored after later ones, so a client
         that must keep its order (the page) waits for each answer.
         "reply_to" (optional) is the id of the message of this chat it answers; any
         other id is an "invalid" error.
@@ -142,6 +144,9 @@ CLOSE_TOO_SLOW = 4008
 # A room socket's sends stored or waiting to be, at most: past them it reads no more frames
 # until one is answered. A page keeps one in flight.
 MAX_SENDS_IN_FLIGHT = 16
+# How long the ack of a stored message waits for the message's own frame on the sending
+# socket, at most (see RoomConsumer.own_frame_sent).
+ACK_WAITS_FOR_FRAME_SECONDS = 2.0
 
 # This process's open sockets per user id, and each user's frame window [started, frames].
 _open_sockets: Counter[int] = Counter()
@@ -485,6 +490,8 @@ class RoomConsumer(ChatConsumer):
     cleared_message_id = 0
     send_slots: asyncio.Semaphore | None = None  # MAX_SENDS_IN_FLIGHT, made at its first send
     answering: set[asyncio.Task]  # its sends' tasks, until each is answered
+    newest_framed_id = 0  # the newest message this socket has had: by its greeting or a frame
+    frame_waiters: dict[int, list[asyncio.Future]]  # its acks waiting for their message's frame, by id
 
     def look_up(self) -> int | None:
         refusal = super().look_up()
@@ -539,7 +546,8 @@ class RoomConsumer(ChatConsumer):
             logger.warning("No greeting for %s: its room could not be read", self, exc_info=True)
             return
         if greeting is not None:  # a deleted chat: its revocation closes the socket
-            await self.send(text_data=greeting)
+            await self.send(text_data=greeting.text)
+            self.note_framed(greeting.last_message_id)
 
     async def clean_up(self) -> None:
         if self.cleaned_up:
@@ -563,6 +571,7 @@ class RoomConsumer(ChatConsumer):
             await self.send(text_data=event["text"])
         else:  # sent by a process still on a version that did not pre-encode (a rolling deploy)
             await self.send_json({**event, "type": "chat.message"})
+        self.note_framed(event["message_id"])
         if event["sender_id"] != self.user_id and self.viewing:
             self.schedule_read(event["message_id"])
 
@@ -619,7 +628,7 @@ class RoomConsumer(ChatConsumer):
         # answers "busy" past capacity). Past MAX_SENDS_IN_FLIGHT unanswered, the socket reads
         # nothing more until one is answered: the client's network waits.
         if self.send_slots is None:
-            self.send_slots, self.answering = asyncio.Semaphore(MAX_SENDS_IN_FLIGHT), set()
+            self.send_slots, self.answering, self.frame_waiters = asyncio.Semaphore(MAX_SENDS_IN_FLIGHT), set(), {}
         await self.send_slots.acquire()
         answering = asyncio.get_running_loop().create_task(self.store_and_answer(send))
         self.answering.add(answering)
@@ -648,7 +657,40 @@ class RoomConsumer(ChatConsumer):
             return await self.end(CLOSE_FORBIDDEN)
         except Exception:  # the server's fault, logged where it failed: as a 500, the socket stays open
             return await self.send_error("failed", "The message could not be stored.", client_id=client_id)
+        await self.own_frame_sent(message_id)
         await self.send_json({"type": "ack", "client_id": client_id, "message_id": message_id})
+
+    async def own_frame_sent(self, message_id: int) -> None:
+        """Until this socket has had the frame of a message it sent (or its greeting came
+        after it), at most ACK_WAITS_FOR_FRAME_SECONDS: the ack follows the message.
+
+        A client that gets an ack before the frame waits a moment for it and then fetches
+        it, as for any gap. When frames leave this process late, the ack would come before
+        the frame every time: each sending page would add a fetch per message to a server
+        already behind. Waiting here also holds the sender's next send (a page keeps one in
+        flight) until the room has its message: back-pressure on the sender, not more work."""
+        if message_id <= self.newest_framed_id:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        waiters = self.frame_waiters.setdefault(message_id, [])  # a client id sent twice: two acks
+        waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, ACK_WAITS_FOR_FRAME_SECONDS)
+        except TimeoutError:
+            logger.debug("No frame of message %s for %s within %g s", message_id, self, ACK_WAITS_FOR_FRAME_SECONDS)
+            waiters.remove(waiter)
+            if not waiters:
+                self.frame_waiters.pop(message_id, None)
+
+    def note_framed(self, message_id: int) -> None:
+        """The socket has had every message up to this id: the acks waiting for them follow."""
+        self.newest_framed_id = max(self.newest_framed_id, message_id)
+        if self.send_slots is None:  # it sent nothing: no ack waits
+            return
+        for waiting_id in sorted(i for i in self.frame_waiters if i <= message_id):
+            for waiter in self.frame_waiters.pop(waiting_id):
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def client_typing(self, frame: dict) -> None:
         try:

@@ -290,9 +290,9 @@ def test_the_greetings_of_rooms_opening_together_take_three_queries_however_many
     assert len(greetings) == 12
     for room in rooms:
         first, second, newest = sent[room.pk]
-        behind = json.loads(greetings[(room.pk, first.pk)])
-        assert behind["last_message_id"] == newest.pk
+        behind = json.loads(greetings[(room.pk, first.pk)].text)
+        assert behind["last_message_id"] == greetings[(room.pk, first.pk)].last_message_id == newest.pk
         assert [int(id_) for id_ in re.findall(r'data-message-id="(\d+)"', behind["html"])] == [second.pk, newest.pk]
-        assert "html" not in json.loads(greetings[(room.pk, newest.pk)])
-        assert "html" not in json.loads(greetings[(room.pk, None)])
-    assert "👍" in json.loads(greetings[(rooms[0].pk, sent[rooms[0].pk][0].pk)])["html"]
+        assert "html" not in json.loads(greetings[(room.pk, newest.pk)].text)
+        assert "html" not in json.loads(greetings[(room.pk, None)].text)
+    assert "👍" in json.loads(greetings[(rooms[0].pk, sent[rooms[0].pk][0].pk)].text)["html"]

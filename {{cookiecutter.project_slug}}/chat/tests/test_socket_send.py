@@ -11,12 +11,14 @@ import time
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from chat import services
+from chat import events, services
 from chat.models import Message
-from chat.realtime import consumers, sends
+from chat.realtime import consumers, sends, shutdown
+from chat.realtime.hub import RoomHub
 from chat.tests import test_consumers
 from chat.tests.test_consumers import expect_close, receive_until
 
@@ -37,6 +39,17 @@ def send_frame(client_id, body):
     return json.dumps({"type": "send", "client_id": client_id, "body": body})
 
 
+async def answers(room, count: int) -> dict[str, dict]:
+    """The socket's next `count` answers to sends (acks and error frames), by client id: an
+    error waits for no frame, so it may come before the acks of earlier sends."""
+    replies = {}
+    while len(replies) < count:
+        frame = json.loads(await room.receive_from(timeout=3))
+        if frame["type"] in ("ack", "error") and "client_id" in frame:
+            replies[frame["client_id"]] = frame
+    return replies
+
+
 async def stored(**filters) -> list[Message]:
     return await database_sync_to_async(lambda: list(Message.objects.filter(**filters).order_by("pk")))()
 
@@ -54,6 +67,59 @@ async def test_a_send_frame_is_stored_acked_and_delivered_to_the_room(connect, a
     frame = await receive_until(bob_room, "chat.message")
     assert frame["message_id"] == message.pk
     assert "&lt;b&gt;hello&lt;/b&gt;" in frame["html"]
+
+
+async def test_the_ack_follows_the_messages_own_frame_when_the_rooms_frames_leave_late(
+    connect, alice, bob, group, monkeypatch
+):
+    """Acked before its frame, a page waits a moment and then fetches the message: when a
+    process's frames leave late, every sender would add a fetch per message to it."""
+    deliver = RoomHub.deliver
+
+    async def late(self, event, **kwargs):
+        await asyncio.sleep(0.3)
+        await deliver(self, event, **kwargs)
+
+    monkeypatch.setattr(RoomHub, "deliver", late)
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await connect(bob, f"/ws/chat/{group.pk}/")
+
+    await room.send_to(text_data=send_frame("c-1", "hello"))
+
+    frames = []
+    while not frames or frames[-1]["type"] != "ack":
+        frames.append(json.loads(await room.receive_from(timeout=3)))
+    [message] = await stored(chat=group)
+    assert [(f["type"], f.get("message_id")) for f in frames if f["type"] in ("chat.message", "ack")] == [
+        ("chat.message", message.pk),
+        ("ack", message.pk),
+    ]
+
+
+async def test_a_client_id_sent_twice_at_once_gets_both_acks_with_its_frame(connect, alice, group):
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    for _ in range(2):  # a client resending before the first answer
+        await room.send_to(text_data=send_frame("twice", "once"))
+
+    acks = [await asyncio.wait_for(receive_until(room, "ack"), 1) for _ in range(2)]
+
+    [message] = await stored(chat=group)
+    assert [ack["message_id"] for ack in acks] == [message.pk, message.pk]
+
+
+async def test_an_ack_whose_frame_never_comes_is_sent_after_a_bounded_wait(connect, alice, group, monkeypatch):
+    monkeypatch.setattr(consumers, "ACK_WAITS_FOR_FRAME_SECONDS", 0.2)
+
+    async def frame_lost(self, event):
+        return None
+
+    monkeypatch.setattr(consumers.RoomConsumer, "chat_message", frame_lost)
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+
+    await room.send_to(text_data=send_frame("c-1", "hello"))
+
+    ack = await asyncio.wait_for(receive_until(room, "ack"), 1)
+    assert [m.pk for m in await stored(chat=group)] == [ack["message_id"]]
 
 
 async def test_a_resent_client_id_is_acked_with_the_first_message_and_stored_once(connect, alice, group):
@@ -114,10 +180,10 @@ async def test_sends_past_the_rate_are_refused_with_retry_after(connect, alice, 
     room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
     for number in range(3):
         await room.send_to(text_data=send_frame(f"c-{number}", f"message {number}"))
-    replies = [await receive_until(room, "ack"), await receive_until(room, "ack"), await receive_until(room, "error")]
-    assert replies[2]["code"] == "rate_limited"
-    assert replies[2]["client_id"] == "c-2"
-    assert 0 < replies[2]["retry_after"] <= 120  # a sliding window: at most two periods
+    replies = await answers(room, 3)
+    assert [replies[f"c-{number}"]["type"] for number in range(3)] == ["ack", "ack", "error"]
+    assert replies["c-2"]["code"] == "rate_limited"
+    assert 0 < replies["c-2"]["retry_after"] <= 120  # a sliding window: at most two periods
     assert len(await stored(chat=group)) == 2
 
 
@@ -316,8 +382,9 @@ async def test_sends_arriving_together_are_each_stored_once_in_order_and_one_ref
             await room.send_to(text_data=send_frame(f"{person.username}-{number}", f"{person.username} {number}"))
     await rooms[bob].send_to(text_data=send_frame("too-long", "x" * 4001))  # over CHAT_MAX_MESSAGE_LENGTH
 
-    acks = {person: [await receive_until(room, "ack") for _ in range(10)] for person, room in rooms.items()}
-    refused = await receive_until(rooms[bob], "error")
+    replies = {person: await answers(room, 11 if person is bob else 10) for person, room in rooms.items()}
+    refused = replies[bob].pop("too-long")
+    acks = {person: [replies[person][f"{person.username}-{n}"] for n in range(10)] for person in rooms}
 
     assert (refused["code"], refused["client_id"]) == ("invalid", "too-long")
     messages = await stored(chat=group)
@@ -478,11 +545,15 @@ async def test_sends_to_several_chats_arriving_together_are_counted_unread_for_e
         for person, chat, room in sockets:
             await room.send_to(text_data=send_frame(f"{person.username}-{chat.pk}-{number}", f"{number}"))
     await sockets[0][2].send_to(text_data=send_frame("empty", "   "))  # refused: never counted
-    for _, _, room in sockets:
-        for _ in range(6):
-            await receive_until(room, "ack")
+    replies = [await answers(room, 7 if index == 0 else 6) for index, (_, _, room) in enumerate(sockets)]
 
-    assert (await receive_until(sockets[0][2], "error"))["client_id"] == "empty"
+    assert replies[0]["empty"]["code"] == "invalid"
+    assert all(
+        reply["type"] == "ack"
+        for replies_of in replies
+        for reply in replies_of.values()
+        if reply is not replies[0]["empty"]
+    )
     for chat in (group, pair):
         assert await unread_counts(chat) == await unread_counts_one_by_one(chat)
         # Each message names the one stored before it in its chat: a client notices a gap by it.
@@ -620,6 +691,49 @@ async def test_a_send_waiting_behind_a_stuck_database_is_answered_busy_within_th
         ("busy", "later", sends.BUSY_RETRY_AFTER),
     ]
     assert [m.pk for m in await stored(chat=group)] == [ack["message_id"]]
+
+
+async def test_a_stopping_server_stores_what_its_closed_sockets_sent_and_tells_the_room(
+    connect, alice, group, monkeypatch
+):
+    """The server closes every socket, then sends the lifespan's shutdown, then cancels what
+    still runs. Sends still waiting for their group's trip when their socket closed are
+    stored, and their messages go to the room's other processes, before the shutdown
+    completes: the socket's clean-up and the shutdown's inbox counts wait for the database
+    thread, which takes the groups in turn."""
+    store_together = sends.store_together
+
+    def slow(group_sends, here=None):  # a database slow to answer, each trip
+        time.sleep(0.4)
+        return store_together(group_sends, here)
+
+    monkeypatch.setattr(sends, "store_together", slow)
+    layer = get_channel_layer()
+    elsewhere = await layer.new_channel()  # another process's room hub
+    await layer.group_add(events.room_group(group.pk), elsewhere)
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await room.send_to(text_data=send_frame("first", "first words"))
+    await asyncio.sleep(0.1)  # its group is on the database thread
+    await room.send_to(text_data=send_frame("last", "last words"))  # waits for the next group
+    await asyncio.sleep(0.1)
+    await room.disconnect()
+
+    lifespan, answers = asyncio.Queue(), []
+    lifespan.put_nowait({"type": "lifespan.startup"})
+    lifespan.put_nowait({"type": "lifespan.shutdown"})
+    await shutdown.Lifespan()(
+        {"type": "lifespan"}, lifespan.get, lambda message: asyncio.sleep(0, answers.append(message))
+    )
+
+    assert answers[-1] == {"type": "lifespan.shutdown.complete"}
+    announced = []
+    async with asyncio.timeout(0.2):  # sent already: a trip takes twice as long
+        while len(announced) < 2:
+            event = await layer.receive(elsewhere)
+            if event["type"] == "chat.message":  # the room's presence counts come too
+                announced.append(event["message_id"])
+    messages = await stored(chat=group)
+    assert [(m.client_id, m.pk) for m in messages] == list(zip(["first", "last"], announced, strict=True))
 
 
 @pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)

@@ -496,7 +496,8 @@ class ChatRoom {
   }
 
   // A sent message: its bubble came with an HTTP answer, or as the room frame that comes
-  // with its ack (usually just before it); if that frame was lost, the catch-up fetches it.
+  // before its ack (the server waits up to 2 s for it); if that frame was lost, the catch-up
+  // fetches it.
   showSent(bubblesHtml, messageId) {
     if (bubblesHtml) this.insert(parseBubbles(bubblesHtml));
     if (messageId && messageId > this.contiguousId) {
