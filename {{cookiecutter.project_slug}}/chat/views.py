@@ -20,6 +20,7 @@ from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers, patch_vary_headers
+from django.utils.log import log_response
 from django_htmx.http import HttpResponseClientRedirect, reswap, retarget
 
 from chat import metrics, selectors, services
@@ -374,6 +375,9 @@ def send(request, pk):
         metrics.count(metrics.SENDS_BUSY)
         response = send_error(request, pk, "The server is busy. Try again in a moment.", status=503)
         response["Retry-After"] = str(Busy.retry_after)
+        # Expected under overload, and retried by the page: a warning on Django's request
+        # logger, not the error it logs for other 5xx (which error trackers report).
+        log_response("Busy: %s", request.path, response=response, request=request, level="warning")
         return response
     try:
         message = services.send_message_within_rate(

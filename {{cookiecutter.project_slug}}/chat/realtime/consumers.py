@@ -77,8 +77,8 @@ Anything else gets {"type": "error", "code": ..., "error": "<a sentence>"} back:
 "unknown_type", "binary_frame", "frame_too_large" (over CHAT_WS_MAX_FRAME_BYTES), or
 "malformed" (not a JSON object with a string "type", a field of the wrong kind, or text
 that is not valid Unicode: a lone surrogate spelled "\\ud800"). Errors about a send also
-carry its "client_id" (once the frame is well formed), and those worth retrying
-("rate_limited", "busy") a "retry_after" in seconds. A send refused for good says why:
+carry its "client_id" (once the frame, or the client id alone, is well formed), and those
+worth retrying ("rate_limited", "busy") a "retry_after" in seconds. A send refused for good says why:
 "invalid" (the body), "blocked" (a direct chat where either person blocked the other; the
 socket stays open), "forbidden" (no longer a member; the socket closes with 4403), "failed"
 (the server could not store it: a fault of its own, logged, as a 500 would be; the socket
@@ -371,27 +371,33 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     await self.send_error("rate_limited", "Too many frames; slow down.", retry_after=math.ceil(left))
                 return
         if problem:
-            return await self.send_error(*problem)
+            code, sentence, details = problem
+            return await self.send_error(code, sentence, **details)
         handler = getattr(self, "client_" + frame["type"].replace(".", "_"), None)
         if handler is None:
             return await self.send_error("unknown_type", f"Unknown frame type {frame['type'][:40]!r}.")
         await handler(frame)
 
     @staticmethod
-    def parse_frame(text_data: str | None) -> tuple[dict | None, tuple[str, str] | None]:
-        """The frame as a dict with a string "type", or the error code and sentence for it."""
+    def parse_frame(text_data: str | None) -> tuple[dict | None, tuple[str, str, dict] | None]:
+        """The frame as a dict with a string "type", or the error code, sentence and details
+        for it (a send's client id, when that alone is sound: the page then shows the error
+        instead of waiting for an ack that will not come)."""
         if text_data is None:
-            return None, ("binary_frame", "Send JSON text frames.")
+            return None, ("binary_frame", "Send JSON text frames.", {})
         if len(text_data.encode()) > chat_setting("CHAT_WS_MAX_FRAME_BYTES"):
-            return None, ("frame_too_large", "Frame too large.")
+            return None, ("frame_too_large", "Frame too large.", {})
         try:
             frame = json.loads(text_data)
         except Exception:  # not only ValueError: 3,000 nested brackets raise RecursionError
-            return None, ("malformed", "Frames must be JSON objects.")
+            return None, ("malformed", "Frames must be JSON objects.", {})
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
-            return None, ("malformed", "Frames must be JSON objects with a type.")
+            return None, ("malformed", "Frames must be JSON objects with a type.", {})
         if "\\u" in text_data and not is_unicode(frame):
-            return None, ("malformed", "Frames must be valid Unicode text.")
+            client_id = frame.get("client_id")
+            sound = isinstance(client_id, str) and 0 < len(client_id) <= services.CLIENT_ID_MAX_LENGTH
+            details = {"client_id": client_id} if sound and is_unicode(client_id) else {}
+            return None, ("malformed", "Frames must be valid Unicode text.", details)
         return frame, None
 
     def spend_frame(self) -> float | None:
@@ -414,11 +420,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "pong"})
 
 
-def is_unicode(frame: dict) -> bool:
-    """Whether the frame's text holds no lone surrogate: JSON can spell one ("\\ud800"),
-    and no database, nor a UTF-8 frame to another client, can carry it."""
+def is_unicode(value) -> bool:
+    """Whether a frame (or one of its values) holds no lone surrogate: JSON can spell one
+    ("\\ud800"), and no database, nor a UTF-8 frame to another client, can carry it."""
     try:
-        json.dumps(frame, ensure_ascii=False).encode()
+        json.dumps(value, ensure_ascii=False).encode()
     except UnicodeEncodeError:
         return False
     return True

@@ -11,13 +11,12 @@ import time
 
 import pytest
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from chat import events, services
+from chat import services
 from chat.models import Message
-from chat.realtime import consumers, sends, shutdown
+from chat.realtime import consumers, sends
 from chat.realtime.hub import RoomHub
 from chat.tests import test_consumers
 from chat.tests.test_consumers import expect_close, receive_until
@@ -158,7 +157,7 @@ async def test_the_same_client_id_from_two_people_is_two_messages(connect, alice
         ({"type": "send", "client_id": "c", "body": "a\x00b"}, "invalid", "c"),
         ({"type": "send", "client_id": "c\x00", "body": "hi"}, "invalid", "c\x00"),
         # A lone surrogate, which JSON can spell ("\\ud800") and no database can store.
-        ({"type": "send", "client_id": "c", "body": "a\ud800b"}, "malformed", None),
+        ({"type": "send", "client_id": "c", "body": "a\ud800b"}, "malformed", "c"),
         ({"type": "send", "client_id": "c\udfff", "body": "hi"}, "malformed", None),
     ],
 )
@@ -693,54 +692,12 @@ async def test_a_send_waiting_behind_a_stuck_database_is_answered_busy_within_th
     assert [m.pk for m in await stored(chat=group)] == [ack["message_id"]]
 
 
-async def test_a_stopping_server_stores_what_its_closed_sockets_sent_and_tells_the_room(
-    connect, alice, group, monkeypatch
-):
-    """The server closes every socket, then sends the lifespan's shutdown, then cancels what
-    still runs. Sends still waiting for their group's trip when their socket closed are
-    stored, and their messages go to the room's other processes, before the shutdown
-    completes: the socket's clean-up and the shutdown's inbox counts wait for the database
-    thread, which takes the groups in turn."""
-    store_together = sends.store_together
-
-    def slow(group_sends, here=None):  # a database slow to answer, each trip
-        time.sleep(0.4)
-        return store_together(group_sends, here)
-
-    monkeypatch.setattr(sends, "store_together", slow)
-    layer = get_channel_layer()
-    elsewhere = await layer.new_channel()  # another process's room hub
-    await layer.group_add(events.room_group(group.pk), elsewhere)
-    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
-    await room.send_to(text_data=send_frame("first", "first words"))
-    await asyncio.sleep(0.1)  # its group is on the database thread
-    await room.send_to(text_data=send_frame("last", "last words"))  # waits for the next group
-    await asyncio.sleep(0.1)
-    await room.disconnect()
-
-    lifespan, answers = asyncio.Queue(), []
-    lifespan.put_nowait({"type": "lifespan.startup"})
-    lifespan.put_nowait({"type": "lifespan.shutdown"})
-    await shutdown.Lifespan()(
-        {"type": "lifespan"}, lifespan.get, lambda message: asyncio.sleep(0, answers.append(message))
-    )
-
-    assert answers[-1] == {"type": "lifespan.shutdown.complete"}
-    announced = []
-    async with asyncio.timeout(0.2):  # sent already: a trip takes twice as long
-        while len(announced) < 2:
-            event = await layer.receive(elsewhere)
-            if event["type"] == "chat.message":  # the room's presence counts come too
-                announced.append(event["message_id"])
-    messages = await stored(chat=group)
-    assert [(m.client_id, m.pk) for m in messages] == list(zip(["first", "last"], announced, strict=True))
-
-
 @pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
 async def test_past_capacity_an_http_send_is_a_503_with_retry_after_as_socket_sends_are_busy(
-    connect, async_client, alice, group, monkeypatch
+    connect, async_client, alice, group, monkeypatch, caplog
 ):
-    """HTTP sends do not get past the sockets' queue: the same capacity answers both."""
+    """HTTP sends do not get past the sockets' queue: the same capacity answers both. The
+    503 is logged as a warning: expected under overload, not an error to report."""
     from django.urls import reverse
 
     await connect(alice, f"/ws/chat/{group.pk}/")  # the server's loop and its room hub
@@ -752,6 +709,7 @@ async def test_past_capacity_an_http_send_is_a_503_with_retry_after_as_socket_se
 
     assert (refused.status_code, refused["Retry-After"]) == (503, str(sends.BUSY_RETRY_AFTER))
     assert "busy" in refused.content.decode()
+    assert [r.levelname for r in caplog.records if r.name == "django.request"] == ["WARNING"]
     assert await stored(chat=group) == []
     monkeypatch.setattr(sends, "MAX_DELIVERY_LAG_SECONDS", 1.0)
     accepted = await async_client.post(url, {"body": "over HTTP", "client_id": "h-busy"}, headers=htmx)
