@@ -395,8 +395,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return None, ("malformed", "Frames must be JSON objects with a type.", {})
         if "\\u" in text_data and not is_unicode(frame):
             client_id = frame.get("client_id")
-            sound = isinstance(client_id, str) and 0 < len(client_id) <= services.CLIENT_ID_MAX_LENGTH
-            details = {"client_id": client_id} if sound and is_unicode(client_id) else {}
+            details = {"client_id": client_id} if is_client_id(client_id) and is_unicode(client_id) else {}
             return None, ("malformed", "Frames must be valid Unicode text.", details)
         return frame, None
 
@@ -418,6 +417,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def client_ping(self, frame: dict) -> None:
         await self.send_json({"type": "pong"})
+
+
+def is_client_id(value) -> bool:
+    """Whether a send frame's "client_id" has the shape of one (1 to 64 characters)."""
+    return isinstance(value, str) and 0 < len(value) <= services.CLIENT_ID_MAX_LENGTH
 
 
 def is_unicode(value) -> bool:
@@ -622,7 +626,7 @@ class RoomConsumer(ChatConsumer):
 
     async def client_send(self, frame: dict) -> None:
         client_id, body = frame.get("client_id"), frame.get("body")
-        if not isinstance(client_id, str) or not 0 < len(client_id) <= services.CLIENT_ID_MAX_LENGTH:
+        if not is_client_id(client_id):
             return await self.send_error("malformed", "send needs a client_id of 1 to 64 characters.")
         if not isinstance(body, str):
             return await self.send_error("malformed", "send needs a text body.", client_id=client_id)
