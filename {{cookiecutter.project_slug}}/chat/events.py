@@ -66,7 +66,7 @@ from django.utils.text import Truncator
 from chat import selectors
 from chat.conf import chat_setting
 from chat.realtime import mailbox, presence
-from chat.realtime.loop import group_send_all, run_on_serving_loop
+from chat.realtime.loop import QueuedSend, group_send_all, run_all_on_serving_loop, run_on_serving_loop
 
 logger = logging.getLogger(__name__)
 
@@ -164,9 +164,17 @@ def send_many(group_events: list[tuple[str, dict]]) -> None:
         run_on_serving_loop(group_send_all, layer, group_events)
 
 
-def message_created(*, message, prev_id: int, outsiders: frozenset[int] | None = None) -> None:
-    """Tell the room (the bubble) at once, then the inboxes of the members not viewing it.
-    `outsiders`: see `chat.realtime.hub.send_message_to_room`.
+def message_created(*, message, prev_id: int) -> None:
+    messages_created(messages=[message], prev_id=prev_id)
+
+
+def messages_created(*, messages: list, prev_id: int, outsiders: frozenset[int] | None = None) -> None:
+    """Tell the room (the bubbles) at once, then the inboxes of the members not viewing it.
+    `messages`: stored together, in order, the first after `prev_id`. `outsiders`: see
+    `chat.realtime.hub.send_message_to_room`.
+
+    Handed to the event loop in one go, so its event queue hands all their frames to this
+    process's sockets before the first goes to the layer (`chat.realtime.loop.EventQueue`).
 
     Members with the room open see the message there and their room socket marks it
     read, which sends them `inbox.unread`; an `inbox.message` too would only make their
@@ -174,9 +182,15 @@ def message_created(*, message, prev_id: int, outsiders: frozenset[int] | None =
     The inbox side goes through `chat.realtime.mailbox`: at most once a second per chat.
     """
     layer = get_channel_layer()
-    if layer is not None:
+    if layer is None:
+        return
+    sends = []
+    for message in messages:
         room_event = room_message_event(message=message, prev_id=prev_id)
-        run_on_serving_loop(mailbox.deliver_message, layer, room_event, message, outsiders)
+        args = (layer, room_event, message, outsiders)
+        sends.append(QueuedSend(mailbox.deliver_message, args, local_part=mailbox.hand_message_over_here))
+        prev_id = message.pk
+    run_all_on_serving_loop(sends)
 
 
 def room_message_event(*, message, prev_id: int) -> dict:

@@ -433,12 +433,7 @@ def store_sends_together(
         after_commit(lambda: metrics.count(metrics.MESSAGES_SENT, stored_count))
         for message in new:
             note_mentions(message=message)
-            after_commit(
-                lambda message=message, prev_id=prev_id: events.message_created(
-                    message=message, prev_id=prev_id, outsiders=outsiders
-                )
-            )
-            prev_id = message.pk
+        after_commit(lambda: events.messages_created(messages=new, prev_id=prev_id, outsiders=outsiders))
         record_sent_together(chat_id=chat_id, messages=new)
     return results
 

@@ -287,17 +287,26 @@ async def send_message_to_room(layer, event: dict, *, outsiders: frozenset[int] 
 
     `outsiders`: the people with a socket here in that room whom the send found not to be
     members (None: the send did not look, as for a message sent over HTTP). Knowing them,
-    this process's sockets get the event straight from its hub, all but theirs, and the
-    layer brings it to the other processes; else the layer brings it here too. A retry of
-    the layer's send (`loop.EventQueue`) does not hand it to the sockets here twice.
+    this process's sockets get the event straight from its hub (`hand_over_here`), all but
+    theirs, and the layer brings it to the other processes; else the layer brings it here too.
+    """
+    await hand_over_here(event, outsiders=outsiders)
+    await layer.group_send(events.room_group(event["chat_id"]), event)
+
+
+async def hand_over_here(event: dict, *, outsiders: frozenset[int] | None) -> None:
+    """A new message's event to this process's sockets in its room, once, if the send knew
+    its `outsiders` (see `send_message_to_room`).
+
+    Once: the event queue hands the messages waiting in it to the sockets here before the
+    first of them goes to the layer (`loop.EventQueue`), and a retry of the layer's send
+    comes back here. Marked on the event, which the hubs take off before handing it over
+    (a process still on an earlier version, in a rolling deploy, takes no notice of it).
     """
     hub = RoomHub.made_for_running_loop()
     if outsiders is not None and hub is not None and event.get(HANDED_OVER_BY) != hub.name:
         await hub.deliver(event, outsiders=outsiders)
-        # Kept for a retry; hubs take it off before handing an event over (a process still
-        # on an earlier version, in a rolling deploy, takes no notice of it).
         event[HANDED_OVER_BY] = hub.name
-    await layer.group_send(events.room_group(event["chat_id"]), event)
 
 
 # The UserHub's key of every inbox socket besides its person's: no user has the id 0.

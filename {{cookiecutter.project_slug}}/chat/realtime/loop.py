@@ -15,6 +15,7 @@ import collections
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 from asgiref.sync import async_to_sync
 
@@ -42,6 +43,19 @@ def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
+class QueuedSend(NamedTuple):
+    """`await send_events(*args)`, one send of the event queue.
+
+    `local_part`: the part of `send_events` that needs no channel layer (frames for this
+    process's sockets), which `EventQueue` may run early with the same arguments; then
+    `send_events` must skip what it did.
+    """
+
+    send_events: Callable[..., Awaitable[None]]
+    args: tuple
+    local_part: Callable[..., Awaitable[None]] | None = None
+
+
 def run_on_serving_loop(send_events, *args, wait: bool = False) -> None:
     """Run `await send_events(*args)` without making the calling thread wait for it.
 
@@ -52,13 +66,23 @@ def run_on_serving_loop(send_events, *args, wait: bool = False) -> None:
     management command, a test without sockets), or with `wait`, the sends are done
     before this returns.
     """
+    run_all_on_serving_loop([QueuedSend(send_events, args)], wait=wait)
+
+
+def run_all_on_serving_loop(sends: list[QueuedSend], *, wait: bool = False) -> None:
+    """`run_on_serving_loop` for several sends, queued on the loop together, in order."""
     loop = _serving_loop
     if not wait and loop is not None and loop.is_running() and not loop.is_closed() and not on_loop(loop):
         # A fresh context: the caller's belongs to its request (and to asgiref's record of
         # the sync thread being busy, which would refuse the sends' own database work).
-        loop.call_soon_threadsafe(queue_on_this_loop, send_events, args, context=contextvars.Context())
+        loop.call_soon_threadsafe(queue_on_this_loop, sends, context=contextvars.Context())
     else:
-        async_to_sync(send_events)(*args)
+        async_to_sync(run_in_order)(sends)
+
+
+async def run_in_order(sends: list[QueuedSend]) -> None:
+    for send in sends:
+        await send.send_events(*send.args)
 
 
 class PerLoop:
@@ -142,8 +166,10 @@ def stop_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
-def queue_on_this_loop(send_events, args: tuple) -> None:
-    EventQueue.for_running_loop().put(send_events, args)
+def queue_on_this_loop(sends: list[QueuedSend]) -> None:
+    queue = EventQueue.for_running_loop()
+    for send in sends:
+        queue.put(send)
 
 
 # Pauses before sending again what failed (Redis restarting, or Sentinel promoting a replica):
@@ -156,16 +182,26 @@ class EventQueue(PerLoop):
     """Event sends handed to the loop, run one after the other in the order handed over,
     so frames of one chat leave in the order their messages were stored. A send that fails
     is tried again after SEND_RETRY_PAUSES, the ones behind it waiting their turn; once one
-    has used them all, the layer counts as down and each send gets one try until one works."""
+    has used them all, the layer counts as down and each send gets one try until one works.
+
+    Before each send, the local parts (see `QueuedSend`) of the sends waiting at the front
+    of the queue run, up to the first send without one, so the order of frames is kept.
+    A group of messages stored together (queued together, `run_all_on_serving_loop`) thus
+    reaches this process's sockets in one go: each socket's writer takes all of them in
+    one write. A layer send between them (a Redis round trip) let every writer run, and
+    the server write to every socket, once per message; on daphne a write costs a few
+    system calls per socket.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         super().__init__(loop)
-        self.waiting: collections.deque = collections.deque()
+        self.waiting: collections.deque[QueuedSend] = collections.deque()
+        self.local_parts_run = 0  # how many sends at the front of `waiting` have had theirs
         self.runner: asyncio.Task | None = None
         self.layer_down = False
 
-    def put(self, send_events, args: tuple) -> None:
-        self.waiting.append((send_events, args))
+    def put(self, send: QueuedSend) -> None:
+        self.waiting.append(send)
         if self.runner is None or self.runner.done():
             self.runner = self.loop.create_task(self.run())
 
@@ -176,7 +212,9 @@ class EventQueue(PerLoop):
 
     async def run(self) -> None:
         while self.waiting:
-            send_events, args = self.waiting.popleft()
+            await self.run_local_parts()
+            send_events, args, _ = self.waiting.popleft()
+            self.local_parts_run = max(0, self.local_parts_run - 1)
             for pause in (*(() if self.layer_down else SEND_RETRY_PAUSES), None):
                 try:
                     await send_events(*args)
@@ -190,6 +228,17 @@ class EventQueue(PerLoop):
                 else:
                     self.layer_down = False
                     break
+
+    async def run_local_parts(self) -> None:
+        while self.local_parts_run < len(self.waiting):
+            _, args, local_part = self.waiting[self.local_parts_run]
+            if local_part is None:
+                return
+            try:
+                await local_part(*args)
+            except Exception:  # its send does it again, and logs why it fails
+                logger.debug("The local part of a send failed", exc_info=True)
+            self.local_parts_run += 1
 
 
 # Group sends in flight at once. On Redis each is a few round trips, so one after the

@@ -34,6 +34,11 @@ async def deliver_message(layer, room_event: dict, message, outsiders: frozenset
     await InboxFanout.for_running_loop().note(layer, message)
 
 
+async def hand_message_over_here(layer, room_event: dict, message, outsiders: frozenset[int] | None = None) -> None:
+    """`deliver_message`'s part that needs no layer: the bubble to this process's sockets."""
+    await hub.hand_over_here(room_event, outsiders=outsiders)
+
+
 class InboxFanout(PerLoop):
     """A chat's new messages reach its members' inboxes at most once per INBOX_UPDATE_INTERVAL.
 

@@ -8,7 +8,7 @@ import pytest
 
 from chat.events import room_group, to_user
 from chat.realtime import loop, mailbox
-from chat.realtime.loop import EventQueue
+from chat.realtime.loop import EventQueue, QueuedSend
 from chat.realtime.mailbox import InboxMailbox
 
 INTERVAL = 0.05
@@ -48,7 +48,7 @@ def renamed(chat_id: int, name: str) -> dict:
 async def test_room_events_that_fail_go_again_in_the_order_they_were_sent():
     layer = FailoverLayer(failing=2)
     for name in ("first", "second"):
-        loop.queue_on_this_loop(loop.group_send_all, (layer, [(room_group(1), renamed(1, name))]))
+        loop.queue_on_this_loop([QueuedSend(loop.group_send_all, (layer, [(room_group(1), renamed(1, name))]))])
     await eventually(lambda: len(layer.sent) == 2)
     assert [event["name"] for _, event in layer.sent] == ["first", "second"]
 
@@ -57,7 +57,7 @@ async def test_a_layer_that_stays_down_costs_each_later_send_one_try_until_one_w
     layer = FailoverLayer(failing=len(loop.SEND_RETRY_PAUSES) + 2)
     queue = EventQueue.for_running_loop()
     for name in ("lost", "lost too", "sent"):
-        loop.queue_on_this_loop(loop.group_send_all, (layer, [(room_group(1), renamed(1, name))]))
+        loop.queue_on_this_loop([QueuedSend(loop.group_send_all, (layer, [(room_group(1), renamed(1, name))]))])
     await eventually(lambda: queue.runner.done())
     # The first send: a try and a retry per pause; the second: one try; the third works.
     assert layer.tries == len(loop.SEND_RETRY_PAUSES) + 1 + 1 + 1
@@ -71,3 +71,36 @@ async def test_inbox_updates_that_fail_go_again_after_the_interval():
     await InboxMailbox.for_running_loop().post(layer, [update])
     await eventually(lambda: layer.sent)
     assert layer.sent == [(to_user(7, {})[0], {"type": "inbox.batch", "events": [update]})]
+
+
+async def test_local_parts_run_before_the_sends_ahead_of_them_but_never_before_a_send_without_one():
+    """A send's local part (frames to this process's sockets) may run before the layer sends
+    queued ahead of it, never before one that has no local part: frames keep their order."""
+    done = []
+
+    async def send(name):
+        done.append(f"send {name}")
+
+    async def local(name):
+        done.append(f"local {name}")
+
+    names = (("a", local), ("b", local), ("c", None), ("d", local))
+    loop.queue_on_this_loop([QueuedSend(send, (name,), local_part) for name, local_part in names])
+    await EventQueue.for_running_loop().finished()
+
+    assert done == ["local a", "local b", "send a", "send b", "send c", "local d", "send d"]
+
+
+async def test_a_send_whose_local_part_failed_is_still_sent():
+    sent = []
+
+    async def send(name):
+        sent.append(name)
+
+    async def failing(name):
+        raise RuntimeError("a bug")
+
+    loop.queue_on_this_loop([QueuedSend(send, ("a",), failing), QueuedSend(send, ("b",))])
+    await EventQueue.for_running_loop().finished()
+
+    assert sent == ["a", "b"]

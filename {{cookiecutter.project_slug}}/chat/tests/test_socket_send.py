@@ -11,6 +11,7 @@ import time
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -93,6 +94,44 @@ async def test_the_ack_follows_the_messages_own_frame_when_the_rooms_frames_leav
         ("chat.message", message.pk),
         ("ack", message.pk),
     ]
+
+
+async def test_messages_stored_together_reach_the_sockets_here_before_the_first_goes_through_the_layer(
+    connect, alice, bob, carol, group, monkeypatch
+):
+    """The frames of a group go to this process's sockets in one go: a layer send between
+    them (a Redis round trip) let every socket's writer, and the server, write once per
+    message. Here the layer's send of the group's first message never finishes."""
+    groups = recording_trips(monkeypatch, first_trip_takes=0.3)
+    layer = get_channel_layer()
+    group_send, message_sends, layer_stuck = layer.group_send, [], asyncio.Event()
+
+    async def stuck_at_the_second_message(group_name, event):
+        if event["type"] == "chat.message":
+            message_sends.append(event["message_id"])
+            if len(message_sends) == 2:
+                await layer_stuck.wait()
+        await group_send(group_name, event)
+
+    monkeypatch.setattr(layer, "group_send", stuck_at_the_second_message)
+    rooms = {person: (await connect(person, f"/ws/chat/{group.pk}/"))[0] for person in (alice, bob, carol)}
+    try:
+        await rooms[bob].send_to(text_data=send_frame("first", "first"))
+        await asyncio.sleep(0.1)  # during the first trip: the next two are stored together
+        await rooms[alice].send_to(text_data=send_frame("second", "second"))
+        await rooms[carol].send_to(text_data=send_frame("third", "third"))
+
+        framed = [(await receive_until(rooms[bob], "chat.message"))["message_id"] for _ in range(3)]
+        acks = [await receive_until(rooms[alice], "ack"), await receive_until(rooms[carol], "ack")]
+        sent_through_the_layer = list(message_sends)
+    finally:
+        layer_stuck.set()
+
+    assert groups[:2] == [1, 2]
+    messages = await stored(chat=group)
+    assert framed == [m.pk for m in messages]
+    assert [ack["message_id"] for ack in acks] == [m.pk for m in messages[1:]]
+    assert sent_through_the_layer == framed[:2], "the third waits behind the second's layer send"
 
 
 async def test_a_client_id_sent_twice_at_once_gets_both_acks_with_its_frame(connect, alice, group):
