@@ -184,11 +184,17 @@ def messages_created(*, messages: list, prev_id: int, outsiders: frozenset[int] 
     layer = get_channel_layer()
     if layer is None:
         return
+    # Without `outsiders` the sockets here get the messages through the layer too: no local
+    # part, so no later message's frame is handed to them before these go to the layer.
+    local_part = None if outsiders is None else mailbox.hand_message_over_here
     sends = []
     for message in messages:
-        room_event = room_message_event(message=message, prev_id=prev_id)
-        args = (layer, room_event, message, outsiders)
-        sends.append(QueuedSend(mailbox.deliver_message, args, local_part=mailbox.hand_message_over_here))
+        try:
+            room_event = room_message_event(message=message, prev_id=prev_id)
+        except Exception:  # as each message's own commit hook: the others still go (clients fill the gap)
+            logger.exception("Announcing message %s failed", message.pk)
+        else:
+            sends.append(QueuedSend(mailbox.deliver_message, (layer, room_event, message, outsiders), local_part))
         prev_id = message.pk
     run_all_on_serving_loop(sends)
 

@@ -77,12 +77,17 @@ def run_all_on_serving_loop(sends: list[QueuedSend], *, wait: bool = False) -> N
         # the sync thread being busy, which would refuse the sends' own database work).
         loop.call_soon_threadsafe(queue_on_this_loop, sends, context=contextvars.Context())
     else:
-        async_to_sync(run_in_order)(sends)
-
-
-async def run_in_order(sends: list[QueuedSend]) -> None:
-    for send in sends:
-        await send.send_events(*send.args)
+        # Each on a loop of its own, as if handed over alone: a management command's or a
+        # test's short-lived loop sends what is due at once (`mailbox.InboxFanout`). One that
+        # fails does not keep the others from going; the first failure is raised after them.
+        failed = None
+        for send in sends:
+            try:
+                async_to_sync(send.send_events)(*send.args)
+            except Exception as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
 
 class PerLoop:

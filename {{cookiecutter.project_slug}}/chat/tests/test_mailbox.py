@@ -147,3 +147,34 @@ async def test_a_busy_chats_held_back_fan_out_goes_out_after_the_request_that_se
             seen += [event["message_id"] for event in batch["events"] if event["user_id"] == bob.pk]
     assert seen == sent
     assert "failed" not in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_messages_stored_together_in_a_command_each_reach_the_inboxes(direct_chat, alice, bob, monkeypatch):
+    """Where no websocket server runs (a management command), each of the messages stored
+    together is announced on a short-lived loop of its own, which runs its inbox fan-out
+    before it closes: on one loop for all, the second's fan-out, held back for the
+    interval, would wait on a loop that is gone."""
+    from django.db import transaction
+
+    from chat import events, services
+    from chat.realtime import loop as realtime_loop
+
+    class Recording:
+        def __init__(self):
+            self.group_sends = []
+
+        async def group_send(self, group, event):
+            self.group_sends.append(event)
+
+    layer = Recording()
+    monkeypatch.setattr(events, "get_channel_layer", lambda: layer)
+    monkeypatch.setattr(realtime_loop, "_serving_loop", None)
+
+    with transaction.atomic():
+        sends = [(alice, "one", "", None), (alice, "two", "", None)]
+        stored = services.store_sends_together(chat_id=direct_chat.pk, sends=sends)
+
+    batches = [event["events"] for event in layer.group_sends if event["type"] == "inbox.batch"]
+    bobs = [update["message_id"] for updates in batches for update in updates if update["user_id"] == bob.pk]
+    assert bobs == [message.pk for message, _ in stored]

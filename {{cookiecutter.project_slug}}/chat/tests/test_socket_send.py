@@ -19,6 +19,7 @@ from chat import services
 from chat.models import Message
 from chat.realtime import consumers, sends
 from chat.realtime.hub import RoomHub
+from chat.realtime.loop import EventQueue
 from chat.tests import test_consumers
 from chat.tests.test_consumers import expect_close, receive_until
 
@@ -132,6 +133,60 @@ async def test_messages_stored_together_reach_the_sockets_here_before_the_first_
     assert framed == [m.pk for m in messages]
     assert [ack["message_id"] for ack in acks] == [m.pk for m in messages[1:]]
     assert sent_through_the_layer == framed[:2], "the third waits behind the second's layer send"
+
+
+async def test_a_message_sent_over_http_is_not_overtaken_here_by_a_socket_send_stored_after_it(
+    connect, alice, bob, group, monkeypatch
+):
+    """A message sent over HTTP reaches this process's sockets through the layer only; a socket
+    send stored after it waits for its layer send before going to them straight from the hub."""
+    layer = get_channel_layer()
+    group_send, message_sends, layer_stuck = layer.group_send, [], [asyncio.Event(), asyncio.Event()]
+
+    async def stuck_at_the_first_two_messages(group_name, event):
+        if event["type"] == "chat.message":
+            message_sends.append(event["message_id"])
+            if len(message_sends) <= len(layer_stuck):
+                await layer_stuck[len(message_sends) - 1].wait()
+        await group_send(group_name, event)
+
+    monkeypatch.setattr(layer, "group_send", stuck_at_the_first_two_messages)
+    alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    bob_room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    queue = EventQueue.for_running_loop()
+    try:
+        await alice_room.send_to(text_data=send_frame("first", "first"))
+        await receive_until(bob_room, "chat.message")  # straight from the hub; its layer send is stuck
+        await database_sync_to_async(services.send_message)(chat=group, sender=bob, body="over http")
+        await alice_room.send_to(text_data=send_frame("third", "third"))
+        await until(lambda: len(queue.waiting) == 2)  # both wait behind the first's layer send
+        layer_stuck[0].set()
+        await until(lambda: len(message_sends) == 2)  # the one sent over HTTP is stuck now
+
+        seen_meanwhile = [f for f in await frames_within(bob_room, 0.3) if f["type"] == "chat.message"]
+    finally:
+        for stuck in layer_stuck:
+            stuck.set()
+
+    assert seen_meanwhile == []
+    _, over_http, third = await stored(chat=group)
+    later = {(await receive_until(bob_room, "chat.message"))["message_id"] for _ in range(2)}
+    assert later == {over_http.pk, third.pk}
+
+
+async def until(condition) -> None:
+    async with asyncio.timeout(5):  # a deadline for a loaded machine, not a measurement
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def frames_within(room, seconds: float) -> list[dict]:
+    """The frames the socket gets in the next `seconds` (a receive that times out would close it)."""
+    frames, deadline = [], asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if not await room.receive_nothing(timeout=0.05):
+            frames.append(json.loads(await room.receive_from()))
+    return frames
 
 
 async def test_a_client_id_sent_twice_at_once_gets_both_acks_with_its_frame(connect, alice, group):
