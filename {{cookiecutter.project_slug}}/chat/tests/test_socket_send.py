@@ -22,6 +22,7 @@ from chat.realtime.hub import RoomHub
 from chat.realtime.loop import EventQueue
 from chat.tests import test_consumers
 from chat.tests.test_consumers import expect_close, receive_until
+from chat.tests.test_events_retry import eventually
 
 # The socket fixtures of test_consumers: each test on the in-memory layer and on Redis.
 channel_layer = test_consumers.channel_layer
@@ -97,6 +98,23 @@ async def test_the_ack_follows_the_messages_own_frame_when_the_rooms_frames_leav
     ]
 
 
+def hold_message_sends(monkeypatch, *held: int) -> tuple[list[int], dict[int, asyncio.Event]]:
+    """The ids of the room messages the layer is asked to send, in order; the sends of the
+    `held` ones (the first is 1) wait until their event is set."""
+    layer = get_channel_layer()
+    group_send, message_sends, releases = layer.group_send, [], {number: asyncio.Event() for number in held}
+
+    async def held_group_send(group_name, event):
+        if event["type"] == "chat.message":
+            message_sends.append(event["message_id"])
+            if len(message_sends) in releases:
+                await releases[len(message_sends)].wait()
+        await group_send(group_name, event)
+
+    monkeypatch.setattr(layer, "group_send", held_group_send)
+    return message_sends, releases
+
+
 async def test_messages_stored_together_reach_the_sockets_here_before_the_first_goes_through_the_layer(
     connect, alice, bob, carol, group, monkeypatch
 ):
@@ -104,17 +122,7 @@ async def test_messages_stored_together_reach_the_sockets_here_before_the_first_
     them (a Redis round trip) let every socket's writer, and the server, write once per
     message. Here the layer's send of the group's first message never finishes."""
     groups = recording_trips(monkeypatch, first_trip_takes=0.3)
-    layer = get_channel_layer()
-    group_send, message_sends, layer_stuck = layer.group_send, [], asyncio.Event()
-
-    async def stuck_at_the_second_message(group_name, event):
-        if event["type"] == "chat.message":
-            message_sends.append(event["message_id"])
-            if len(message_sends) == 2:
-                await layer_stuck.wait()
-        await group_send(group_name, event)
-
-    monkeypatch.setattr(layer, "group_send", stuck_at_the_second_message)
+    message_sends, releases = hold_message_sends(monkeypatch, 2)
     rooms = {person: (await connect(person, f"/ws/chat/{group.pk}/"))[0] for person in (alice, bob, carol)}
     try:
         await rooms[bob].send_to(text_data=send_frame("first", "first"))
@@ -126,7 +134,8 @@ async def test_messages_stored_together_reach_the_sockets_here_before_the_first_
         acks = [await receive_until(rooms[alice], "ack"), await receive_until(rooms[carol], "ack")]
         sent_through_the_layer = list(message_sends)
     finally:
-        layer_stuck.set()
+        for release in releases.values():
+            release.set()
 
     assert groups[:2] == [1, 2]
     messages = await stored(chat=group)
@@ -140,53 +149,30 @@ async def test_a_message_sent_over_http_is_not_overtaken_here_by_a_socket_send_s
 ):
     """A message sent over HTTP reaches this process's sockets through the layer only; a socket
     send stored after it waits for its layer send before going to them straight from the hub."""
-    layer = get_channel_layer()
-    group_send, message_sends, layer_stuck = layer.group_send, [], [asyncio.Event(), asyncio.Event()]
-
-    async def stuck_at_the_first_two_messages(group_name, event):
-        if event["type"] == "chat.message":
-            message_sends.append(event["message_id"])
-            if len(message_sends) <= len(layer_stuck):
-                await layer_stuck[len(message_sends) - 1].wait()
-        await group_send(group_name, event)
-
-    monkeypatch.setattr(layer, "group_send", stuck_at_the_first_two_messages)
+    message_sends, releases = hold_message_sends(monkeypatch, 1, 2)
     alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
     bob_room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
     queue = EventQueue.for_running_loop()
     try:
         await alice_room.send_to(text_data=send_frame("first", "first"))
-        await receive_until(bob_room, "chat.message")  # straight from the hub; its layer send is stuck
+        await receive_until(bob_room, "chat.message")  # straight from the hub; its layer send is held
         await database_sync_to_async(services.send_message)(chat=group, sender=bob, body="over http")
         await alice_room.send_to(text_data=send_frame("third", "third"))
-        await until(lambda: len(queue.waiting) == 2)  # both wait behind the first's layer send
-        layer_stuck[0].set()
-        await until(lambda: len(message_sends) == 2)  # the one sent over HTTP is stuck now
+        await eventually(lambda: len(queue.waiting) == 2)  # both wait behind the first's layer send
+        releases[1].set()
+        await eventually(lambda: len(message_sends) == 2)  # the one sent over HTTP is held now
 
-        seen_meanwhile = [f for f in await frames_within(bob_room, 0.3) if f["type"] == "chat.message"]
+        seen_meanwhile = []
+        while not await bob_room.receive_nothing(timeout=0.3):
+            seen_meanwhile.append(json.loads(await bob_room.receive_from()))
     finally:
-        for stuck in layer_stuck:
-            stuck.set()
+        for release in releases.values():
+            release.set()
 
-    assert seen_meanwhile == []
+    assert [frame for frame in seen_meanwhile if frame["type"] == "chat.message"] == []
     _, over_http, third = await stored(chat=group)
     later = {(await receive_until(bob_room, "chat.message"))["message_id"] for _ in range(2)}
     assert later == {over_http.pk, third.pk}
-
-
-async def until(condition) -> None:
-    async with asyncio.timeout(5):  # a deadline for a loaded machine, not a measurement
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
-async def frames_within(room, seconds: float) -> list[dict]:
-    """The frames the socket gets in the next `seconds` (a receive that times out would close it)."""
-    frames, deadline = [], asyncio.get_running_loop().time() + seconds
-    while asyncio.get_running_loop().time() < deadline:
-        if not await room.receive_nothing(timeout=0.05):
-            frames.append(json.loads(await room.receive_from()))
-    return frames
 
 
 async def test_a_client_id_sent_twice_at_once_gets_both_acks_with_its_frame(connect, alice, group):
