@@ -18,7 +18,7 @@ Event vocabulary (the consumer method that handles each is named after it):
 room group ``chat.room.<chat_id>``
     chat.message   a new message: ids, previous id in the chat, sender, rendered bubble (one
                    sent over a room socket reaches its own process's sockets from the hub
-                   directly: `chat.realtime.hub.send_message_to_room`)
+                   directly: `chat.realtime.hub.send_to_room`)
     chat.revoked   these users lost access (removed, left) or the group was deleted
     chat.renamed   the group has a new name: update the room's header
     chat.presence  how many people are online in the room now (counted once per change)
@@ -65,7 +65,7 @@ from django.utils.text import Truncator
 
 from chat import selectors
 from chat.conf import chat_setting
-from chat.realtime import mailbox, presence
+from chat.realtime import hub, mailbox, presence
 from chat.realtime.loop import QueuedSend, group_send_all, run_all_on_serving_loop, run_on_serving_loop
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def message_created(*, message, prev_id: int) -> None:
 def messages_created(*, messages: list, prev_id: int, outsiders: frozenset[int] | None = None) -> None:
     """Tell the room (the bubbles) at once, then the inboxes of the members not viewing it.
     `messages`: stored together, in order, the first after `prev_id`. `outsiders`: see
-    `chat.realtime.hub.send_message_to_room`.
+    `chat.realtime.hub.send_to_room`.
 
     Handed to the event loop in one go, so its event queue hands all their frames to this
     process's sockets before the first goes to the layer (`chat.realtime.loop.EventQueue`).
@@ -315,11 +315,17 @@ async def presence_changed(*, chat_id: int, online: int) -> None:
     await get_channel_layer().group_send(room_group(chat_id), event)
 
 
-def typing(*, chat_id: int, user_id: int, name: str) -> None:
+def typing(*, chat_id: int, user_id: int, name: str, outsiders: frozenset[int] | None = None) -> None:
     """Tell the room someone is typing; each process's hub hands it to its sockets there.
-    Encoded once here, as a message's frame is: every socket but the typist's sends the same text."""
+    Encoded once here, as a message's frame is: every socket but the typist's sends the same text.
+    `outsiders`: see `chat.realtime.hub.send_to_room`."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
     frame = {"type": "chat.typing", "chat_id": chat_id, "user_id": user_id, "name": name}
-    send(room_group(chat_id), {**frame, "text": json.dumps(frame)})
+    event = {**frame, "text": json.dumps(frame)}
+    local_part = None if outsiders is None else hub.hand_over_here
+    run_all_on_serving_loop([QueuedSend(hub.send_to_room, (layer, event, outsiders), local_part)])
 
 
 def session_ended(*, user_id: int, close_code: int, session_key: str | None = None) -> None:

@@ -357,7 +357,7 @@ def store_sends_together(
     `here`: the people with a socket of this chat in this server process. The membership
     read under the lock covers them too, and the messages' events name those no longer
     members, so this process hands the messages to its own sockets straight away without
-    reaching theirs (`chat.realtime.hub.send_message_to_room`).
+    reaching theirs (`chat.realtime.hub.send_to_room`).
 
     `sends`: (sender, body, clean client id, reply_to_id) in arrival order, each counted
     against the rate already. One by one, each send was a savepoint, its insert, its
@@ -593,17 +593,26 @@ def note_mentions(*, message: Message) -> None:
         )
 
 
-def signal_typing(*, chat_id: int, user) -> None:
+def signal_typing(*, chat_id: int, user, here: frozenset[int] | None = None) -> None:
     """Tell the other people in the room that this person is typing.
 
     Never stored: viewers forget it on their own a few seconds after the last signal, or
     when the person's message arrives. Within the "typing" rate (RateLimited past it) and
     for members only (Membership.DoesNotExist), as every other room frame.
+
+    `here`: the people with a socket of this chat in this server process, as for a send
+    (`store_together`). The same query reads which of them are still members, and this
+    process's sockets get the frame straight away, as they get this person's next message,
+    which must not overtake it. No row lock: a removal committed before this read is seen
+    by it, and one committed after comes after the signal.
     """
     check_rate(action="typing", key=user.pk)
-    if not Membership.objects.filter(chat_id=chat_id, user=user).exists():
+    asked = {user.pk} | (here or frozenset())
+    members = set(Membership.objects.filter(chat_id=chat_id, user_id__in=asked).values_list("user_id", flat=True))
+    if user.pk not in members:
         raise Membership.DoesNotExist("Not a member of this chat.")
-    events.typing(chat_id=chat_id, user_id=user.pk, name=selectors.display_name(user))
+    outsiders = None if here is None else frozenset(here - members)
+    events.typing(chat_id=chat_id, user_id=user.pk, name=selectors.display_name(user), outsiders=outsiders)
 
 
 # --- read positions -------------------------------------------------------------------

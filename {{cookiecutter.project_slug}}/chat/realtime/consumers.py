@@ -704,7 +704,8 @@ class RoomConsumer(ChatConsumer):
 
     async def client_typing(self, frame: dict) -> None:
         try:
-            await database_trip(services.signal_typing)(chat_id=self.chat_id, user=self.user)
+            here = RoomHub.for_running_loop().user_ids_by_chat({self.chat_id}).get(self.chat_id)
+            await database_trip(services.signal_typing)(chat_id=self.chat_id, user=self.user, here=here)
         except RateLimited:
             return  # dropped silently: the page signals again while its person keeps typing
         except OperationalError:  # the database is restarting: one "is typing" less

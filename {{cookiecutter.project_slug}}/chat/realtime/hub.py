@@ -10,14 +10,15 @@ has any inbox socket. No socket has a channel of its own on the layer, so an idl
 the layer nothing, and a restart's thousands of reopening sockets change no group of their
 own.
 
-A message stored from this process's room sockets reaches this process's sockets in its
-room straight from the hub (`send_message_to_room`), and the other processes' through the
-layer; the hub skips its own copy coming back (in a room of more than MAX_SOCKETS_CHECKED
-sockets here, the layer brings it here too). Through the layer alone, those frames waited
-for Redis twice (the group send, then the hub's receive). The send's database trip reads,
-under the chat's row lock, which of the people with a socket here are still members: a
-socket whose person was removed by another process, whose revocation may still wait in the
-hub's channel, is left out, so the shortcut never overtakes a revocation to reach it.
+A message stored from this process's room sockets, and someone typing there, reach this
+process's sockets in the room straight from the hub (`send_to_room`), and the other
+processes' through the layer; the hub skips its own copy coming back (in a room of more
+than MAX_SOCKETS_CHECKED sockets here, the layer brings it here too). Through the layer
+alone, those frames waited for Redis twice (the group send, then the hub's receive). The
+send's database trip reads, under the chat's row lock, which of the people with a socket
+here are still members: a socket whose person was removed by another process, whose
+revocation may still wait in the hub's channel, is left out, so the shortcut never
+overtakes a revocation to reach it.
 
 The hub's channel carries every room event of its process, so it must not be small: on
 Redis, `channel_capacity` in CHANNEL_LAYERS gives it HUB_CHANNEL_CAPACITY (a warning is
@@ -76,7 +77,7 @@ class ProcessHub(PerLoop):
         self.changing = asyncio.Lock()  # the channel and its reader (a start, a reset)
         # A key's subscription (its joins and leaves): its lock, and how many hold or await it.
         self.key_locks: dict[int, tuple[asyncio.Lock, list[int]]] = {}
-        # Names this hub on the events it handed to its sockets itself (`send_message_to_room`).
+        # Names this hub on the events it handed to its sockets itself (`send_to_room`).
         self.name = secrets.token_hex(8)
 
     def key_of(self, consumer) -> int:
@@ -282,26 +283,32 @@ class RoomHub(ProcessHub):
         await self.hand_over(event, consumers)
 
 
-async def send_message_to_room(layer, event: dict, *, outsiders: frozenset[int] | None) -> None:
-    """A new message's event to its room's sockets in every process.
+async def send_to_room(layer, event: dict, outsiders: frozenset[int] | None) -> None:
+    """A room event from this process (a new message, someone typing) to its room's
+    sockets in every process.
 
-    `outsiders`: the people with a socket here in that room whom the send found not to be
-    members (None: the send did not look, as for a message sent over HTTP). Knowing them,
-    this process's sockets get the event straight from its hub (`hand_over_here`), all but
-    theirs, and the layer brings it to the other processes; else the layer brings it here too.
+    `outsiders`: the people with a socket here in that room whom the sender's database trip
+    found not to be members (None: it did not look, as for a message sent over HTTP).
+    Knowing them, this process's sockets get the event straight from its hub
+    (`hand_over_here`), all but theirs, and the layer brings it to the other processes;
+    else the layer brings it here too.
     """
-    await hand_over_here(event, outsiders=outsiders)
+    await hand_over_here(layer, event, outsiders)
     await layer.group_send(events.room_group(event["chat_id"]), event)
 
 
-async def hand_over_here(event: dict, *, outsiders: frozenset[int] | None) -> None:
-    """A new message's event to this process's sockets in its room, once, if the send knew
-    its `outsiders` (see `send_message_to_room`).
+async def hand_over_here(layer, event: dict, outsiders: frozenset[int] | None) -> None:
+    """`send_to_room`'s part that needs no layer (its arguments, as an event queue's local
+    part takes them): the event to this process's sockets in its room, once, if the sender
+    knew its `outsiders`.
 
-    Once: the event queue hands the messages waiting in it to the sockets here before the
+    Once: the event queue hands the events waiting in it to the sockets here before the
     first of them goes to the layer (`loop.EventQueue`), and a retry of the layer's send
     comes back here. Marked on the event, which the hubs take off before handing it over
     (a process still on an earlier version, in a rolling deploy, takes no notice of it).
+    Either all of a process's room events for its sockets go this way or none: one sent
+    through the layer alone would be overtaken here by the next that is not, for as long
+    as Redis takes to bring it back (someone's message before their "is typing").
     """
     hub = RoomHub.made_for_running_loop()
     if outsiders is not None and hub is not None and event.get(HANDED_OVER_BY) != hub.name:

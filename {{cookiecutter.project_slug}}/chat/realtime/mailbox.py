@@ -30,13 +30,13 @@ BATCH_SIZE = 500
 
 
 async def deliver_message(layer, room_event: dict, message, outsiders: frozenset[int] | None = None) -> None:
-    await hub.send_message_to_room(layer, room_event, outsiders=outsiders)
+    await hub.send_to_room(layer, room_event, outsiders)
     await InboxFanout.for_running_loop().note(layer, message)
 
 
 async def hand_message_over_here(layer, room_event: dict, message, outsiders: frozenset[int] | None = None) -> None:
     """`deliver_message`'s part that needs no layer: the bubble to this process's sockets."""
-    await hub.hand_over_here(room_event, outsiders=outsiders)
+    await hub.hand_over_here(layer, room_event, outsiders)
 
 
 class InboxFanout(PerLoop):

@@ -4,10 +4,12 @@ Socket tests run on the in-memory layer and, with REDIS_URL, on Redis (the `conn
 fixture of test_consumers).
 """
 
+import asyncio
 import json
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
@@ -260,6 +262,38 @@ async def test_typing_reaches_the_others_in_the_room_but_not_the_typist(connect,
         assert await room_frames_until_message(other) == [expected]
     for own in (alice_room, alice_other_tab):
         assert await room_frames_until_message(own) == []
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_message_does_not_overtake_its_senders_typing_while_the_layer_is_slow(
+    connect, alice, bob, group_chat, monkeypatch
+):
+    """The layer takes the typing frame at once but brings it back late (a busy Redis): the
+    person's message, which reaches this process's sockets straight from its hub, must
+    still find their "is typing" there before it."""
+    layer = get_channel_layer()
+    group_send, late = layer.group_send, set()
+
+    async def slow_typing_send(group_name, event):
+        if event["type"] != "chat.typing":
+            return await group_send(group_name, event)
+        delivery = asyncio.get_running_loop().call_later(0.5, asyncio.ensure_future, group_send(group_name, event))
+        late.add(delivery)
+
+    monkeypatch.setattr(layer, "group_send", slow_typing_send)
+    alice_room, _, _ = await connect(alice, f"/ws/chat/{group_chat.pk}/")
+    bob_room, _, _ = await connect(bob, f"/ws/chat/{group_chat.pk}/")
+
+    await alice_room.send_to(text_data='{"type": "typing"}')
+    await alice_room.send_to(text_data=send_frame("after", "done typing"))
+
+    assert [frame["user_id"] for frame in await room_frames_until_message(bob_room)] == [alice.pk]
+    assert late
+    await asyncio.sleep(0.6)  # the late copy comes back through the hub, which does not hand it over again
+    later = []
+    while not await bob_room.receive_nothing(timeout=0.3):
+        later.append(json.loads(await bob_room.receive_from())["type"])
+    assert "chat.typing" not in later
 
 
 async def room_frames_until_message(communicator) -> list[dict]:

@@ -64,15 +64,17 @@ async def test_a_socket_that_leaves_gets_nothing_more_and_the_others_still_do(co
     assert (await receive_until(staying, "chat.message"))["message_id"] == message.pk
 
 
-@pytest.mark.parametrize("sent_over", ["http", "socket"])
-async def test_a_message_stored_here_does_not_overtake_a_revocation_the_hub_is_still_handing_over(
-    connect, alice, bob, group, monkeypatch, sent_over
+@pytest.mark.parametrize("sent_over", ["http", "socket", "typing"])
+async def test_a_room_event_from_here_does_not_overtake_a_revocation_the_hub_is_still_handing_over(
+    connect, alice, bob, carol, group, monkeypatch, sent_over
 ):
     """Another process removed bob: its revocation reached this process's hub, which is busy
-    handing it over. A message stored here meanwhile never reaches bob's socket: sent over
-    HTTP it waits behind the revocation in the hub's channel; sent over a socket, this
-    process's hub hands it over at once, but the send found bob no longer a member."""
+    handing it over. A message stored here meanwhile, or alice typing, never reaches bob's
+    socket: sent over HTTP it waits behind the revocation in the hub's channel; from a
+    socket, this process's hub hands it over at once (carol has it while the hub is still
+    busy), but the socket's database trip found bob no longer a member."""
     sender, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    watcher, _, _ = await connect(carol, f"/ws/chat/{group.pk}/")
     room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
     await receive_until(room, "chat.presence")
     deliver, parked, release = RoomHub.deliver, asyncio.Event(), asyncio.Event()
@@ -91,16 +93,19 @@ async def test_a_message_stored_here_does_not_overtake_a_revocation_the_hub_is_s
 
     if sent_over == "http":
         await database_sync_to_async(services.send_message)(chat=group, sender=alice, body="not for bob")
-    else:
+    elif sent_over == "socket":
         await sender.send_to(text_data=send_frame("not-for-bob", "not for bob"))
-        assert (await receive_until(sender, "chat.message"))["html"]  # the shortcut was taken
+        assert (await receive_until(watcher, "chat.message"))["html"]  # the shortcut was taken
+    else:
+        await sender.send_to(text_data='{"type": "typing"}')
+        assert (await receive_until(watcher, "chat.typing"))["user_id"] == alice.pk  # the shortcut was taken
 
     assert await room.receive_nothing(timeout=0.3)
     release.set()
     frames = []
     while (output := await room.receive_output(timeout=3))["type"] != "websocket.close":
         frames.append(json.loads(output["text"])["type"])
-    assert "chat.revoked" in frames and "chat.message" not in frames
+    assert "chat.revoked" in frames and not {"chat.message", "chat.typing"} & set(frames)
 
 
 class RoomSendsHeldBack:
