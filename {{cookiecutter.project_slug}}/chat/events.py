@@ -24,6 +24,7 @@ room group ``chat.room.<chat_id>``
     chat.presence  how many people are online in the room now (counted once per change)
     chat.typing    a member is typing: their id and name; never stored, and forgotten by
                    viewers a few seconds after the last one or when their message arrives
+                   (reaches its own process's sockets from the hub directly, as the message)
     chat.edited    a message's text changed: message id, change_seq, the re-rendered bubble
     chat.deleted   a message was deleted for everyone: message id, change_seq, the placeholder bubble
     chat.reacted   a message's reactions changed: message id, change_seq, the re-rendered bubble

@@ -601,7 +601,7 @@ def signal_typing(*, chat_id: int, user, here: frozenset[int] | None = None) -> 
     for members only (Membership.DoesNotExist), as every other room frame.
 
     `here`: the people with a socket of this chat in this server process, as for a send
-    (`store_together`). The same query reads which of them are still members, and this
+    (`store_sends_together`). The same query reads which of them are still members, and this
     process's sockets get the frame straight away, as they get this person's next message,
     which must not overtake it. No row lock: a removal committed before this read is seen
     by it, and one committed after comes after the signal.

@@ -15,10 +15,10 @@ process's sockets in the room straight from the hub (`send_to_room`), and the ot
 processes' through the layer; the hub skips its own copy coming back (in a room of more
 than MAX_SOCKETS_CHECKED sockets here, the layer brings it here too). Through the layer
 alone, those frames waited for Redis twice (the group send, then the hub's receive). The
-send's database trip reads, under the chat's row lock, which of the people with a socket
-here are still members: a socket whose person was removed by another process, whose
-revocation may still wait in the hub's channel, is left out, so the shortcut never
-overtakes a revocation to reach it.
+send's database trip reads, under the chat's row lock (typing's, which stores nothing,
+without it), which of the people with a socket here are still members: a socket whose
+person was removed by another process, whose revocation may still wait in the hub's
+channel, is left out, so the shortcut never overtakes a revocation to reach it.
 
 The hub's channel carries every room event of its process, so it must not be small: on
 Redis, `channel_capacity` in CHANNEL_LAYERS gives it HUB_CHANNEL_CAPACITY (a warning is
@@ -258,8 +258,8 @@ class RoomHub(ProcessHub):
 
     def user_ids_by_chat(self, chat_ids) -> dict[int, frozenset[int]]:
         """The people with a room socket here, for each of these chats that has at most
-        MAX_SOCKETS_CHECKED sockets here (a busier one is left out: its messages go
-        through the layer)."""
+        MAX_SOCKETS_CHECKED sockets here (a busier one is left out: its messages and typing
+        go through the layer)."""
         by_chat = {}
         for chat_id in chat_ids:
             sockets = self.sockets.get(chat_id, ())
@@ -306,9 +306,9 @@ async def hand_over_here(layer, event: dict, outsiders: frozenset[int] | None) -
     first of them goes to the layer (`loop.EventQueue`), and a retry of the layer's send
     comes back here. Marked on the event, which the hubs take off before handing it over
     (a process still on an earlier version, in a rolling deploy, takes no notice of it).
-    Either all of a process's room events for its sockets go this way or none: one sent
-    through the layer alone would be overtaken here by the next that is not, for as long
-    as Redis takes to bring it back (someone's message before their "is typing").
+    An event whose order against a socket's message matters to the page (its sender's "is
+    typing" before it) takes this way too: sent through the layer alone, it would be
+    overtaken here by the message for as long as Redis takes to bring it back.
     """
     hub = RoomHub.made_for_running_loop()
     if outsiders is not None and hub is not None and event.get(HANDED_OVER_BY) != hub.name:

@@ -172,9 +172,7 @@ def stop_if_cancelled() -> None:
 
 
 def queue_on_this_loop(sends: list[QueuedSend]) -> None:
-    queue = EventQueue.for_running_loop()
-    for send in sends:
-        queue.put(send)
+    EventQueue.for_running_loop().put_all(sends)
 
 
 # Pauses before sending again what failed (Redis restarting, or Sentinel promoting a replica):
@@ -196,43 +194,71 @@ class EventQueue(PerLoop):
     one write. A layer send between them (a Redis round trip) let every writer run, and
     the server write to every socket, once per message; on daphne a write costs a few
     system calls per socket.
+
+    Sends handed over while one is on its way to the layer do not wait for it to have
+    their local parts run, if that one had its own: this process's sockets have its frames
+    already, so nothing here is overtaken, and a sender's ack (which follows its message's
+    frame) does not wait for a Redis round trip, or for the layer's retries, it has no part in.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         super().__init__(loop)
         self.waiting: collections.deque[QueuedSend] = collections.deque()
         self.local_parts_run = 0  # how many sends at the front of `waiting` have had theirs
+        self.running_local_parts = asyncio.Lock()
         self.runner: asyncio.Task | None = None
+        self.early: set[asyncio.Task] = set()  # local parts run while a send is on its way
+        self.sending_after_local_part = False  # a send is on its way whose local part ran
         self.layer_down = False
 
     def put(self, send: QueuedSend) -> None:
-        self.waiting.append(send)
+        self.put_all([send])
+
+    def put_all(self, sends: list[QueuedSend]) -> None:
+        self.waiting.extend(sends)
         if self.runner is None or self.runner.done():
             self.runner = self.loop.create_task(self.run())
+        elif self.sending_after_local_part and not self.running_local_parts.locked():
+            early = self.loop.create_task(self.run_local_parts_while_sending())
+            self.early.add(early)
+            early.add_done_callback(self.early.discard)
 
     async def finished(self) -> None:
         """Once every send handed over so far has been made (or has failed)."""
-        while self.runner is not None and not self.runner.done():
-            await asyncio.wait([self.runner])
+        while pending := [task for task in (self.runner, *self.early) if task is not None and not task.done()]:
+            await asyncio.wait(pending)
 
     async def run(self) -> None:
         while self.waiting:
-            await self.run_local_parts()
-            send_events, args, _ = self.waiting.popleft()
+            async with self.running_local_parts:
+                await self.run_local_parts()
+            send_events, args, local_part = self.waiting.popleft()
             self.local_parts_run = max(0, self.local_parts_run - 1)
-            for pause in (*(() if self.layer_down else SEND_RETRY_PAUSES), None):
-                try:
-                    await send_events(*args)
-                except Exception:
-                    if pause is None:  # a layer that stays down: clients catch up from the database
-                        logger.exception("Sending events failed")
-                        self.layer_down = True
-                        break
-                    logger.warning("Sending events failed; trying again in %g s", pause, exc_info=True)
-                    await asyncio.sleep(pause)
-                else:
-                    self.layer_down = False
-                    break
+            self.sending_after_local_part = local_part is not None
+            try:
+                await self.send(send_events, args)
+            finally:
+                self.sending_after_local_part = False
+
+    async def send(self, send_events, args) -> None:
+        for pause in (*(() if self.layer_down else SEND_RETRY_PAUSES), None):
+            try:
+                await send_events(*args)
+            except Exception:
+                if pause is None:  # a layer that stays down: clients catch up from the database
+                    logger.exception("Sending events failed")
+                    self.layer_down = True
+                    return
+                logger.warning("Sending events failed; trying again in %g s", pause, exc_info=True)
+                await asyncio.sleep(pause)
+            else:
+                self.layer_down = False
+                return
+
+    async def run_local_parts_while_sending(self) -> None:
+        async with self.running_local_parts:
+            if self.sending_after_local_part:  # else the runner runs them before its next send
+                await self.run_local_parts()
 
     async def run_local_parts(self) -> None:
         while self.local_parts_run < len(self.waiting):

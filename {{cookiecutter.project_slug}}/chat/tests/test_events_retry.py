@@ -91,6 +91,42 @@ async def test_local_parts_run_before_the_sends_ahead_of_them_but_never_before_a
     assert done == ["local a", "local b", "send a", "send b", "send c", "local d", "send d"]
 
 
+@pytest.mark.parametrize("on_its_way", ["with a local part", "without one"])
+async def test_a_send_on_its_way_to_the_layer_holds_back_later_local_parts_only_if_it_had_none(on_its_way):
+    """While the layer is slow with a send (Redis busy, or being retried), the local parts
+    handed over after it run at once if its own ran: this process's sockets have its frames,
+    so nothing is overtaken here. Without one (a message sent over HTTP) they wait for it."""
+    done, release = [], asyncio.Event()
+
+    async def slow_send(name):
+        await release.wait()
+        done.append(f"send {name}")
+
+    async def send(name):
+        done.append(f"send {name}")
+
+    async def local(name):
+        done.append(f"local {name}")
+
+    first_local = local if on_its_way == "with a local part" else None
+    loop.queue_on_this_loop([QueuedSend(slow_send, ("a",), first_local)])
+    await asyncio.sleep(INTERVAL)  # "a" is on its way
+    loop.queue_on_this_loop([QueuedSend(send, ("b",), local)])
+    if first_local:
+        await eventually(lambda: "local b" in done)
+        assert done == ["local a", "local b"]
+    else:
+        await asyncio.sleep(INTERVAL)
+        assert done == []
+    release.set()
+    await EventQueue.for_running_loop().finished()
+
+    if first_local:
+        assert done == ["local a", "local b", "send a", "send b"]
+    else:
+        assert done == ["send a", "local b", "send b"]
+
+
 async def test_a_send_whose_local_part_failed_is_still_sent():
     sent = []
 
