@@ -47,8 +47,9 @@ class QueuedSend(NamedTuple):
     """`await send_events(*args)`, one send of the event queue.
 
     `local_part`: the part of `send_events` that needs no channel layer (frames for this
-    process's sockets), which `EventQueue` may run early with the same arguments; then
-    `send_events` must skip what it did.
+    process's sockets), which `EventQueue` may run early with the same arguments, even
+    while an earlier send's `send_events` is still on its way; then `send_events` must skip
+    what it did.
     """
 
     send_events: Callable[..., Awaitable[None]]
@@ -196,19 +197,23 @@ class EventQueue(PerLoop):
     system calls per socket.
 
     Sends handed over while one is on its way to the layer do not wait for it to have
-    their local parts run, if that one had its own: this process's sockets have its frames
-    already, so nothing here is overtaken, and a sender's ack (which follows its message's
-    frame) does not wait for a Redis round trip, or for the layer's retries, it has no part in.
+    their local parts run, if its own local part ran without failing: this process's
+    sockets have its frames already, so nothing here is overtaken, and a sender's ack (which
+    follows its message's frame) does not wait for a Redis round trip, or for the layer's
+    retries, it has no part in. They still stop at the first send waiting without a local
+    part, or whose local part failed (its send hands its frames over itself, later).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         super().__init__(loop)
         self.waiting: collections.deque[QueuedSend] = collections.deque()
-        self.local_parts_run = 0  # how many sends at the front of `waiting` have had theirs
+        # Whether the local part of each send at the front of `waiting` that has had its
+        # turn ran without failing (the first send without one ends them).
+        self.local_parts_run: collections.deque[bool] = collections.deque()
         self.running_local_parts = asyncio.Lock()
         self.runner: asyncio.Task | None = None
         self.early: set[asyncio.Task] = set()  # local parts run while a send is on its way
-        self.sending_after_local_part = False  # a send is on its way whose local part ran
+        self.sending_after_local_part = False  # a send is on its way whose local part ran, and did not fail
         self.layer_down = False
 
     def put(self, send: QueuedSend) -> None:
@@ -218,10 +223,14 @@ class EventQueue(PerLoop):
         self.waiting.extend(sends)
         if self.runner is None or self.runner.done():
             self.runner = self.loop.create_task(self.run())
-        elif self.sending_after_local_part and not self.running_local_parts.locked():
+        elif self.sending_after_local_part and not self.running_local_parts.locked() and not self.early_pending():
             early = self.loop.create_task(self.run_local_parts_while_sending())
             self.early.add(early)
             early.add_done_callback(self.early.discard)
+
+    def early_pending(self) -> bool:
+        """Whether an early run is due that has not started yet: it takes these sends too."""
+        return any(not task.done() for task in self.early)
 
     async def finished(self) -> None:
         """Once every send handed over so far has been made (or has failed)."""
@@ -232,9 +241,9 @@ class EventQueue(PerLoop):
         while self.waiting:
             async with self.running_local_parts:
                 await self.run_local_parts()
-            send_events, args, local_part = self.waiting.popleft()
-            self.local_parts_run = max(0, self.local_parts_run - 1)
-            self.sending_after_local_part = local_part is not None
+            send_events, args, _ = self.waiting.popleft()
+            # The front send's local part ran unless it has none (then none behind it ran).
+            self.sending_after_local_part = self.local_parts_run.popleft() if self.local_parts_run else False
             try:
                 await self.send(send_events, args)
             finally:
@@ -261,15 +270,19 @@ class EventQueue(PerLoop):
                 await self.run_local_parts()
 
     async def run_local_parts(self) -> None:
-        while self.local_parts_run < len(self.waiting):
-            _, args, local_part = self.waiting[self.local_parts_run]
+        while len(self.local_parts_run) < len(self.waiting):
+            if self.local_parts_run and not self.local_parts_run[-1]:
+                return  # after a failed one: its frames come with its send, and these after them
+            _, args, local_part = self.waiting[len(self.local_parts_run)]
             if local_part is None:
                 return
             try:
                 await local_part(*args)
             except Exception:  # its send does it again, and logs why it fails
                 logger.debug("The local part of a send failed", exc_info=True)
-            self.local_parts_run += 1
+                self.local_parts_run.append(False)
+            else:
+                self.local_parts_run.append(True)
 
 
 # Group sends in flight at once. On Redis each is a few round trips, so one after the

@@ -110,21 +110,57 @@ async def test_a_send_on_its_way_to_the_layer_holds_back_later_local_parts_only_
 
     first_local = local if on_its_way == "with a local part" else None
     loop.queue_on_this_loop([QueuedSend(slow_send, ("a",), first_local)])
-    await asyncio.sleep(INTERVAL)  # "a" is on its way
-    loop.queue_on_this_loop([QueuedSend(send, ("b",), local)])
-    if first_local:
-        await eventually(lambda: "local b" in done)
-        assert done == ["local a", "local b"]
-    else:
-        await asyncio.sleep(INTERVAL)
-        assert done == []
-    release.set()
+    try:
+        await asyncio.sleep(INTERVAL)  # "a" is on its way
+        loop.queue_on_this_loop([QueuedSend(send, ("b",), local)])
+        if first_local:
+            await eventually(lambda: "local b" in done)
+            assert done == ["local a", "local b"]
+        else:
+            await asyncio.sleep(INTERVAL)
+            assert done == []
+    finally:
+        release.set()
     await EventQueue.for_running_loop().finished()
 
     if first_local:
         assert done == ["local a", "local b", "send a", "send b"]
     else:
         assert done == ["send a", "local b", "send b"]
+
+
+@pytest.mark.parametrize("between", ["a send without a local part", "a failed local part"])
+async def test_local_parts_run_while_a_send_is_on_its_way_stop_where_the_queue_would(between):
+    """Run early, local parts still stop at a waiting send whose frames reach this process's
+    sockets only with its layer send: one without a local part, or whose local part failed."""
+    done, release = [], asyncio.Event()
+
+    async def slow_send(name):
+        await release.wait()
+        done.append(f"send {name}")
+
+    async def send(name):
+        done.append(f"send {name}")
+
+    async def local(name):
+        done.append(f"local {name}")
+
+    async def failing(name):
+        raise RuntimeError("a bug")
+
+    loop.queue_on_this_loop([QueuedSend(slow_send, ("a",), local)])
+    try:
+        await eventually(lambda: done == ["local a"])
+        await asyncio.sleep(INTERVAL)  # "a" is on its way
+        middle = None if between == "a send without a local part" else failing
+        loop.queue_on_this_loop([QueuedSend(send, ("b",), middle), QueuedSend(send, ("c",), local)])
+        await asyncio.sleep(INTERVAL)
+        assert done == ["local a"]
+    finally:
+        release.set()
+    await EventQueue.for_running_loop().finished()
+
+    assert done == ["local a", "send a", "send b", "local c", "send c"]
 
 
 async def test_a_send_whose_local_part_failed_is_still_sent():
