@@ -73,22 +73,37 @@ async def test_inbox_updates_that_fail_go_again_after_the_interval():
     assert layer.sent == [(to_user(7, {})[0], {"type": "inbox.batch", "events": [update]})]
 
 
+class Steps:
+    """Sends and local parts that note what they did, in order; `slow_send` finishes once
+    `release` is set (the layer slow with it: Redis busy, or a retry)."""
+
+    def __init__(self):
+        self.done: list[str] = []
+        self.release = asyncio.Event()
+
+    async def send(self, name):
+        self.done.append(f"send {name}")
+
+    async def slow_send(self, name):
+        await self.release.wait()
+        await self.send(name)
+
+    async def local(self, name):
+        self.done.append(f"local {name}")
+
+    async def failing(self, name):
+        raise RuntimeError("a bug")
+
+
 async def test_local_parts_run_before_the_sends_ahead_of_them_but_never_before_a_send_without_one():
     """A send's local part (frames to this process's sockets) may run before the layer sends
     queued ahead of it, never before one that has no local part: frames keep their order."""
-    done = []
-
-    async def send(name):
-        done.append(f"send {name}")
-
-    async def local(name):
-        done.append(f"local {name}")
-
-    names = (("a", local), ("b", local), ("c", None), ("d", local))
-    loop.queue_on_this_loop([QueuedSend(send, (name,), local_part) for name, local_part in names])
+    steps = Steps()
+    names = (("a", steps.local), ("b", steps.local), ("c", None), ("d", steps.local))
+    loop.queue_on_this_loop([QueuedSend(steps.send, (name,), local_part) for name, local_part in names])
     await EventQueue.for_running_loop().finished()
 
-    assert done == ["local a", "local b", "send a", "send b", "send c", "local d", "send d"]
+    assert steps.done == ["local a", "local b", "send a", "send b", "send c", "local d", "send d"]
 
 
 @pytest.mark.parametrize("on_its_way", ["with a local part", "without one"])
@@ -96,83 +111,51 @@ async def test_a_send_on_its_way_to_the_layer_holds_back_later_local_parts_only_
     """While the layer is slow with a send (Redis busy, or being retried), the local parts
     handed over after it run at once if its own ran: this process's sockets have its frames,
     so nothing is overtaken here. Without one (a message sent over HTTP) they wait for it."""
-    done, release = [], asyncio.Event()
-
-    async def slow_send(name):
-        await release.wait()
-        done.append(f"send {name}")
-
-    async def send(name):
-        done.append(f"send {name}")
-
-    async def local(name):
-        done.append(f"local {name}")
-
-    first_local = local if on_its_way == "with a local part" else None
-    loop.queue_on_this_loop([QueuedSend(slow_send, ("a",), first_local)])
+    steps = Steps()
+    first_local = steps.local if on_its_way == "with a local part" else None
+    loop.queue_on_this_loop([QueuedSend(steps.slow_send, ("a",), first_local)])
     try:
         await asyncio.sleep(INTERVAL)  # "a" is on its way
-        loop.queue_on_this_loop([QueuedSend(send, ("b",), local)])
+        loop.queue_on_this_loop([QueuedSend(steps.send, ("b",), steps.local)])
         if first_local:
-            await eventually(lambda: "local b" in done)
-            assert done == ["local a", "local b"]
+            await eventually(lambda: "local b" in steps.done)
+            assert steps.done == ["local a", "local b"]
         else:
             await asyncio.sleep(INTERVAL)
-            assert done == []
+            assert steps.done == []
     finally:
-        release.set()
+        steps.release.set()
     await EventQueue.for_running_loop().finished()
 
     if first_local:
-        assert done == ["local a", "local b", "send a", "send b"]
+        assert steps.done == ["local a", "local b", "send a", "send b"]
     else:
-        assert done == ["send a", "local b", "send b"]
+        assert steps.done == ["send a", "local b", "send b"]
 
 
 @pytest.mark.parametrize("between", ["a send without a local part", "a failed local part"])
 async def test_local_parts_run_while_a_send_is_on_its_way_stop_where_the_queue_would(between):
     """Run early, local parts still stop at a waiting send whose frames reach this process's
     sockets only with its layer send: one without a local part, or whose local part failed."""
-    done, release = [], asyncio.Event()
-
-    async def slow_send(name):
-        await release.wait()
-        done.append(f"send {name}")
-
-    async def send(name):
-        done.append(f"send {name}")
-
-    async def local(name):
-        done.append(f"local {name}")
-
-    async def failing(name):
-        raise RuntimeError("a bug")
-
-    loop.queue_on_this_loop([QueuedSend(slow_send, ("a",), local)])
+    steps = Steps()
+    loop.queue_on_this_loop([QueuedSend(steps.slow_send, ("a",), steps.local)])
     try:
-        await eventually(lambda: done == ["local a"])
+        await eventually(lambda: steps.done == ["local a"])
         await asyncio.sleep(INTERVAL)  # "a" is on its way
-        middle = None if between == "a send without a local part" else failing
-        loop.queue_on_this_loop([QueuedSend(send, ("b",), middle), QueuedSend(send, ("c",), local)])
+        middle = None if between == "a send without a local part" else steps.failing
+        loop.queue_on_this_loop([QueuedSend(steps.send, ("b",), middle), QueuedSend(steps.send, ("c",), steps.local)])
         await asyncio.sleep(INTERVAL)
-        assert done == ["local a"]
+        assert steps.done == ["local a"]
     finally:
-        release.set()
+        steps.release.set()
     await EventQueue.for_running_loop().finished()
 
-    assert done == ["local a", "send a", "send b", "local c", "send c"]
+    assert steps.done == ["local a", "send a", "send b", "local c", "send c"]
 
 
 async def test_a_send_whose_local_part_failed_is_still_sent():
-    sent = []
-
-    async def send(name):
-        sent.append(name)
-
-    async def failing(name):
-        raise RuntimeError("a bug")
-
-    loop.queue_on_this_loop([QueuedSend(send, ("a",), failing), QueuedSend(send, ("b",))])
+    steps = Steps()
+    loop.queue_on_this_loop([QueuedSend(steps.send, ("a",), steps.failing), QueuedSend(steps.send, ("b",))])
     await EventQueue.for_running_loop().finished()
 
-    assert sent == ["a", "b"]
+    assert steps.done == ["send a", "send b"]
