@@ -450,5 +450,14 @@ def report_context(*, message: Message, around: int = 3) -> list[Message]:
     return before[::-1] + after
 
 
+def members_among(*, chat_id: int, user_ids, here: frozenset[int] | None) -> tuple[set[int], frozenset[int] | None]:
+    """Which of `user_ids` are members of the chat, read in one query with the people with a
+    socket of it in this server process (`here`); and the outsiders, those of `here` who
+    are not (None when `here` is None: nobody looked). One query."""
+    asked = set(user_ids) | (here or frozenset())
+    members = set(Membership.objects.filter(chat_id=chat_id, user_id__in=asked).values_list("user_id", flat=True))
+    return members, (None if here is None else frozenset(here - members))
+
+
 def member_ids(*, chat_id: int) -> list[int]:
     return list(Membership.objects.filter(chat_id=chat_id).values_list("user_id", flat=True))

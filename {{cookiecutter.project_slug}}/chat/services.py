@@ -388,9 +388,7 @@ def store_sends_together(
         return results
     locked = Chat.objects.select_for_update().only("id", "last_message_id", "direct_key").filter(pk=chat_id).first()
     senders = {sender.pk for _, sender, *_ in prepared}
-    asked = senders | (here or frozenset())
-    members = set(Membership.objects.filter(chat_id=chat_id, user_id__in=asked).values_list("user_id", flat=True))
-    outsiders = None if here is None else frozenset(here - members)
+    members, outsiders = selectors.members_among(chat_id=chat_id, user_ids=senders, here=here)
     client_ids = {client_id for _, _, _, client_id, _, _ in prepared if client_id}
     earlier = {
         (message.sender_id, message.client_id): message
@@ -607,11 +605,9 @@ def signal_typing(*, chat_id: int, user, here: frozenset[int] | None = None) -> 
     by it, and one committed after comes after the signal.
     """
     check_rate(action="typing", key=user.pk)
-    asked = {user.pk} | (here or frozenset())
-    members = set(Membership.objects.filter(chat_id=chat_id, user_id__in=asked).values_list("user_id", flat=True))
+    members, outsiders = selectors.members_among(chat_id=chat_id, user_ids={user.pk}, here=here)
     if user.pk not in members:
         raise Membership.DoesNotExist("Not a member of this chat.")
-    outsiders = None if here is None else frozenset(here - members)
     events.typing(chat_id=chat_id, user_id=user.pk, name=selectors.display_name(user), outsiders=outsiders)
 
 
