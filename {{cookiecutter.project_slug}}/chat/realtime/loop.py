@@ -216,9 +216,6 @@ class EventQueue(PerLoop):
         self.sending_after_local_part = False  # a send is on its way whose local part ran, and did not fail
         self.layer_down = False
 
-    def put(self, send: QueuedSend) -> None:
-        self.put_all([send])
-
     def put_all(self, sends: list[QueuedSend]) -> None:
         self.waiting.extend(sends)
         if self.runner is None or self.runner.done():
