@@ -9,7 +9,6 @@ route needs: login, allowed methods, a cap on the request body, turning bad inpu
 
 from __future__ import annotations
 
-import logging
 from functools import wraps
 
 from django.contrib import messages
@@ -18,6 +17,7 @@ from django.core.exceptions import BadRequest, PermissionDenied, ValidationError
 from django.db import OperationalError
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers, patch_vary_headers
 from django.utils.log import log_response
@@ -42,8 +42,6 @@ from chat.models import Membership, whole_number
 from chat.ratelimit import RateLimited, RateLimitUnavailable, check_rate
 from chat.realtime.sends import Busy, refusing_sends
 
-logger = logging.getLogger(__name__)
-
 DATABASE_RETRY_AFTER_SECONDS = 1
 
 WIDGET_PANEL_ID = "chat-widget-panel"
@@ -64,13 +62,13 @@ def chat_view(*methods: str):
     def decorator(view):
         @wraps(view)
         def wrapper(request, *args, **kwargs):
-            if not request.user.is_authenticated:
-                return login_redirect(request)
-            if request.method not in methods and not (request.method == "HEAD" and "GET" in methods):
-                return method_not_allowed(request, methods)
-            if body_too_large(request):
-                return error_response(request, "That request is too large.", status=413)
             try:
+                if not request.user.is_authenticated:  # the session's read: the first use of the database
+                    return login_redirect(request)
+                if request.method not in methods and not (request.method == "HEAD" and "GET" in methods):
+                    return method_not_allowed(request, methods)
+                if body_too_large(request):
+                    return error_response(request, "That request is too large.", status=413)
                 response = view(request, *args, **kwargs)
             except (Http404, Membership.DoesNotExist):  # the latter: left or removed mid-request
                 response = no_longer_member(request, kwargs.get("pk"))
@@ -82,12 +80,8 @@ def chat_view(*methods: str):
                 status = 429 if isinstance(exc, RateLimited) else 503
                 response = error_response(request, str(exc), status=status)
                 response["Retry-After"] = str(exc.retry_after)
-            except OperationalError:
-                # The database is busy (SQLite's one writer) or restarting: nothing was
-                # saved, and the page retries after Retry-After.
-                logger.warning("Database unavailable for %s", request.path, exc_info=True)
-                response = error_response(request, "The server is busy. Try again in a moment.", status=503)
-                response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+            except OperationalError as exc:
+                response = database_unavailable(request, exc)
             patch_vary_headers(response, ["HX-Request", "HX-Target"])
             add_never_cache_headers(response)
             return response
@@ -95,6 +89,23 @@ def chat_view(*methods: str):
         return wrapper
 
     return decorator
+
+
+def database_unavailable(request, exc: OperationalError) -> HttpResponse:
+    """503 with Retry-After, which the page retries: nothing was saved. The database is busy
+    (SQLite's one writer; every pooled connection in use past the pool's timeout, as under a
+    restart's reconnects) or restarting. The answer reads nothing more from it (a full page
+    would read the person for its header), and is logged as a warning in one line: expected
+    under overload, and a traceback per request would cost the busy process more."""
+    error = "The server is busy. Try again in a moment."
+    template = "chat/partials/error.html" if request.htmx else "chat/unavailable.html"
+    content = render_to_string(template, {"error": error, "path": request.get_full_path()})
+    response = HttpResponse(content, status=503)
+    response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    log_response(
+        "Database unavailable: %s (%s)", request.path, exc, response=response, request=request, level="warning"
+    )
+    return response
 
 
 def body_too_large(request) -> bool:

@@ -430,6 +430,46 @@ def test_an_http_send_that_finds_the_database_busy_is_a_503_with_retry_after(cli
     assert Message.objects.count() == 1
 
 
+needs_connection_pool = pytest.mark.skipif(
+    connection.vendor != "postgresql" or not connection.settings_dict.get("OPTIONS", {}).get("pool"),
+    reason="PostgreSQL's connection pool (DB_POOL=true)",
+)
+
+
+@needs_connection_pool
+def test_with_every_pooled_connection_taken_chat_requests_are_503_with_retry_after(client, alice, group, caplog):
+    """Past the pool (a restart's thousands of reconnects, say), a request waits the pool's
+    timeout for a connection. Its first read is the session, before any view: it gets a
+    503 that the page retries, rendered without the database, never a 500."""
+    from django.urls import reverse
+
+    client.force_login(alice)
+    send_url = reverse("chat:send", args=[group.pk])
+    connection.close()  # the test's own connection, back to the pool
+    pool = connection.pool
+    pool.timeout = 0.2
+    taken = [pool.getconn() for _ in range(pool.max_size)]
+    try:
+        page = client.get(reverse("chat:room", args=[group.pk]))
+        sent = client.post(send_url, {"body": "wait", "client_id": "pool-1"}, headers={"HX-Request": "true"})
+    finally:
+        for conn in taken:
+            pool.putconn(conn)
+        pool.timeout = connection.settings_dict["OPTIONS"]["pool"]["timeout"]
+
+    for response in (page, sent):
+        assert (response.status_code, response["Retry-After"]) == (503, "1")
+        assert "The server is busy. Try again in a moment." in response.content.decode()
+    assert "<!DOCTYPE html>" in page.content.decode() and "<!DOCTYPE html>" not in sent.content.decode()
+    unavailable = [record for record in caplog.records if record.name == "django.request"]
+    assert [record.levelname for record in unavailable] == ["WARNING", "WARNING"]
+    assert not Message.objects.exists()
+
+    retried = client.post(send_url, {"body": "wait", "client_id": "pool-1"}, headers={"HX-Request": "true"})
+    assert retried.status_code == 200
+    assert list(Message.objects.values_list("body", flat=True)) == ["wait"]
+
+
 async def test_a_retry_of_a_stored_message_is_acked_even_at_the_rate_limit_and_costs_nothing(
     connect, alice, group, settings
 ):
