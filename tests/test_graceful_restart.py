@@ -282,6 +282,15 @@ def test_start_script_serves_and_on_sigterm_closes_sockets_with_1012_and_exits(p
         await socket.send(b"\xed\xa0\x80", text=True)
         return await close_code(socket)
 
+    async def extensions_offered_and_agreed() -> tuple[str, str | None]:
+        """Browsers offer permessage-deflate, as the websockets client does: it is declined."""
+        socket = await open_socket(SimpleNamespace(port=port), f"/ws{room}", member)
+        await socket.close()
+        header = "Sec-WebSocket-Extensions"
+        return socket.request.headers[header], socket.response.headers.get(header)
+
+    offered, agreed = asyncio.run(extensions_offered_and_agreed())
+    assert "permessage-deflate" in offered and agreed is None
     assert asyncio.run(frames_over_the_limits()) == ("frame_too_large", 1009)
     assert asyncio.run(text_that_is_not_utf8()) == 1007
 

@@ -72,7 +72,7 @@ async def open_sockets(servers, paths: list[str], cookies: list[str], *, timeout
                 server.ws_base + path,
                 origin=server.base_url,
                 additional_headers={"Cookie": cookie},
-                compression=None,
+                compression="deflate",  # offered, as every browser does (the server declines it)
                 ping_interval=None,
                 max_queue=None,
                 open_timeout=timeout,

@@ -164,7 +164,7 @@ class ReconnectingSocket:
                 url,
                 origin=self.server,
                 additional_headers={"Cookie": self.member.cookie},
-                compression=None,
+                compression="deflate",  # offered, as every browser does (the server declines it)
                 ping_interval=None,
                 max_queue=None,
                 open_timeout=self.open_timeout,

@@ -44,7 +44,7 @@ control_socket_disable = True
 class ChatUvicornWorker(UvicornWorker):
     """uvicorn's worker with the lifespan protocol (at shutdown the chat sends what its
     sockets' last work left waiting: chat/realtime/shutdown.py), the sans-I/O websockets
-    implementation, and a bounded graceful shutdown.
+    implementation without compression, and a bounded graceful shutdown.
 
     The client's address and scheme come from nginx's X-Forwarded-* headers only behind the
     proxy (BEHIND_TLS_PROXY=true, from FORWARDED_ALLOW_IPS, 127.0.0.1 by default): on a port
@@ -59,6 +59,12 @@ class ChatUvicornWorker(UvicornWorker):
         # to it are read, and those over CHAT_WS_MAX_FRAME_BYTES get an error frame. uvicorn's
         # own 16 MiB let each socket make the process hold that much for one frame.
         "ws_max_size": 1024 * 1024,
+        # No permessage-deflate, which every browser offers and uvicorn accepts by default:
+        # each socket would keep its own zlib streams (an idle socket 64 KiB instead of 28)
+        # and compress every frame again, though a room's frame is encoded once for all its
+        # sockets. Daphne (make run) does not compress either; nor do Socket.IO or Phoenix
+        # by default, for the same reasons.
+        "ws_per_message_deflate": False,
         "proxy_headers": env_flag("BEHIND_TLS_PROXY"),
     }
 
