@@ -40,6 +40,7 @@ from chat.forms import (
 )
 from chat.models import Membership, whole_number
 from chat.ratelimit import RateLimited, RateLimitUnavailable, check_rate
+from chat.realtime.database import one_line
 from chat.realtime.sends import Busy, refusing_sends
 
 DATABASE_RETRY_AFTER_SECONDS = 1
@@ -95,15 +96,23 @@ def database_unavailable(request, exc: OperationalError) -> HttpResponse:
     """503 with Retry-After, which the page retries: nothing was saved. The database is busy
     (SQLite's one writer; every pooled connection in use past the pool's timeout, as under a
     restart's reconnects) or restarting. The answer reads nothing more from it (a full page
-    would read the person for its header), and is logged as a warning in one line: expected
+    would read the person for its header), and is logged as a warning on one line: expected
     under overload, and a traceback per request would cost the busy process more."""
     error = "The server is busy. Try again in a moment."
-    template = "chat/partials/error.html" if request.htmx else "chat/unavailable.html"
-    content = render_to_string(template, {"error": error, "path": request.get_full_path()})
+    if request.htmx:
+        content = render_to_string("chat/partials/error.html", {"error": error})
+    else:  # a link to try again: this page, or the chat list after a form's POST
+        again = request.get_full_path() if request.method in ("GET", "HEAD") else reverse("chat:list")
+        content = render_to_string("chat/unavailable.html", {"error": error, "again": again})
     response = HttpResponse(content, status=503)
     response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
     log_response(
-        "Database unavailable: %s (%s)", request.path, exc, response=response, request=request, level="warning"
+        "Database unavailable: %s (%s)",
+        request.path,
+        one_line(exc),
+        response=response,
+        request=request,
+        level="warning",
     )
     return response
 

@@ -9,6 +9,8 @@ Close codes (the socket is accepted first so browsers can read them):
           reconnect and catch up (`chat.realtime.writer`)
     4011  the server process lost its channel layer (Redis restarting or failing over): its
           hubs let their sockets go; reconnect with backoff and catch up (`chat.realtime.hub`)
+    1013  try again later: the database was busy or restarting when the socket opened (no pooled
+          connection free within DB_POOL_TIMEOUT); reconnect with backoff
     1012  the server process is restarting (SIGTERM: a deploy; sent by the production server,
           config/gunicorn.py): reconnect at once, with up to a second of jitter, which lands on
           another process behind the proxy, and catch up (`?after=<id>`: the greeting brings it)
@@ -121,7 +123,7 @@ from chat.conf import chat_setting
 from chat.models import Membership, whole_number
 from chat.ratelimit import RateLimited, check_rate
 from chat.realtime import handshakes, presence, read_marks
-from chat.realtime.database import database_trip
+from chat.realtime.database import database_trip, one_line
 from chat.realtime.hub import RoomHub, UserHub
 from chat.realtime.loop import note_serving_loop, stop_if_cancelled
 from chat.realtime.sends import Busy, Send, SendQueue
@@ -140,6 +142,9 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_MANY_SOCKETS = 4429
 CLOSE_TOO_SLOW = 4008
+# The database is busy (no pooled connection free within its timeout) or restarting: the
+# socket is let in later; the page reconnects with backoff, as from any other close.
+CLOSE_TRY_AGAIN_LATER = 1013
 
 # A room socket's sends stored or waiting to be, at most: past them it reads no more frames
 # until one is answered. A page keeps one in flight.
@@ -225,9 +230,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         whatever the socket type needs to know before it accepts are read in trips to the
         database thread shared with the other sockets opening meanwhile (`handshakes`).
         """
-        refusal = await handshakes.in_shared_trip(self.look_up, scope=self.scope)
-        if refusal is None:
-            refusal = await self.may_open()
+        try:
+            refusal = await handshakes.in_shared_trip(self.look_up, scope=self.scope)
+            if refusal is None:
+                refusal = await self.may_open()
+        except OperationalError as exc:
+            logger.warning("Refusing %s for now, the database is unavailable: %s", self, one_line(exc))
+            return CLOSE_TRY_AGAIN_LATER
         if refusal is not None:
             return refusal
         if _open_sockets[self.user.pk] >= chat_setting("CHAT_MAX_SOCKETS_PER_USER"):

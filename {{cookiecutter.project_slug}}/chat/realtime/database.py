@@ -64,3 +64,9 @@ def in_a_requests_thread() -> bool:
     that context where it does now, every thread counts as one: nothing is kept."""
     context = getattr(SyncToAsync, "thread_sensitive_context", None)
     return context is None or context.get(None) is not None
+
+
+def one_line(exc: Exception) -> str:
+    """A database error's text for one log line (libpq's messages run to several): what a
+    busy server logs for each request or socket it turns away, instead of a traceback each."""
+    return " ".join(str(exc).split())

@@ -5,6 +5,7 @@ test_consumers).
 """
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -14,6 +15,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 
 from chat import services
 from chat.models import Message
@@ -411,8 +413,6 @@ async def test_sends_answered_busy_are_not_counted_against_the_rate(connect, ali
 
 @needs_sqlite_writer_lock
 def test_an_http_send_that_finds_the_database_busy_is_a_503_with_retry_after(client, alice, group):
-    from django.urls import reverse
-
     client.force_login(alice)
     url = reverse("chat:send", args=[group.pk])
     locker = hold_sqlite_write_lock()
@@ -436,31 +436,52 @@ needs_connection_pool = pytest.mark.skipif(
 )
 
 
+@contextlib.contextmanager
+def every_pooled_connection_taken(wait: float = 0.2):
+    """No connection free in the pool (a restart's thousands of reconnects, say): whoever
+    needs one meanwhile waits `wait` seconds for it, then gets PoolTimeout. Yields a
+    function that gives them back before the end."""
+    connection.close()  # the test's own connection, back to the pool
+    pool, taken = connection.pool, []
+    configured = pool.timeout
+
+    def give_back() -> None:
+        pool.timeout = configured
+        while taken:
+            pool.putconn(taken.pop())
+
+    try:
+        for _ in range(pool.max_size):
+            taken.append(pool.getconn(timeout=10))
+        pool.timeout = wait
+        yield give_back
+    finally:
+        give_back()
+
+
+@pytest.fixture
+def pool_taken():
+    """`every_pooled_connection_taken` for an async test, set up on the test's own thread."""
+    with every_pooled_connection_taken() as give_back:
+        yield give_back
+
+
 @needs_connection_pool
 def test_with_every_pooled_connection_taken_chat_requests_are_503_with_retry_after(client, alice, group, caplog):
-    """Past the pool (a restart's thousands of reconnects, say), a request waits the pool's
-    timeout for a connection. Its first read is the session, before any view: it gets a
-    503 that the page retries, rendered without the database, never a 500."""
-    from django.urls import reverse
-
+    """A request past the pool waits its timeout for a connection. Its first read is the
+    session, before any view: it gets a 503 that the page retries, rendered without the
+    database, never a 500."""
     client.force_login(alice)
-    send_url = reverse("chat:send", args=[group.pk])
-    connection.close()  # the test's own connection, back to the pool
-    pool = connection.pool
-    pool.timeout = 0.2
-    taken = [pool.getconn() for _ in range(pool.max_size)]
-    try:
-        page = client.get(reverse("chat:room", args=[group.pk]))
+    room_url, send_url = reverse("chat:room", args=[group.pk]), reverse("chat:send", args=[group.pk])
+    with every_pooled_connection_taken():
+        page = client.get(room_url)
         sent = client.post(send_url, {"body": "wait", "client_id": "pool-1"}, headers={"HX-Request": "true"})
-    finally:
-        for conn in taken:
-            pool.putconn(conn)
-        pool.timeout = connection.settings_dict["OPTIONS"]["pool"]["timeout"]
 
     for response in (page, sent):
         assert (response.status_code, response["Retry-After"]) == (503, "1")
         assert "The server is busy. Try again in a moment." in response.content.decode()
-    assert "<!DOCTYPE html>" in page.content.decode() and "<!DOCTYPE html>" not in sent.content.decode()
+    assert f'<a href="{room_url}">Try again</a>' in page.content.decode()
+    assert "<!DOCTYPE html>" not in sent.content.decode()  # the fragment the send form shows
     unavailable = [record for record in caplog.records if record.name == "django.request"]
     assert [record.levelname for record in unavailable] == ["WARNING", "WARNING"]
     assert not Message.objects.exists()
@@ -468,6 +489,23 @@ def test_with_every_pooled_connection_taken_chat_requests_are_503_with_retry_aft
     retried = client.post(send_url, {"body": "wait", "client_id": "pool-1"}, headers={"HX-Request": "true"})
     assert retried.status_code == 200
     assert list(Message.objects.values_list("body", flat=True)) == ["wait"]
+
+
+@needs_connection_pool
+async def test_with_every_pooled_connection_taken_a_socket_is_closed_with_1013_and_let_in_later(
+    connect, alice, group, pool_taken, caplog
+):
+    """Its handshake's trip to the database found no connection: "try again later", which
+    the page reconnects from with backoff, instead of a failed handshake and a traceback."""
+    refused, connected, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    assert connected
+    await expect_close(refused, consumers.CLOSE_TRY_AGAIN_LATER)
+    assert any("the database is unavailable" in record.getMessage() for record in caplog.records)
+
+    pool_taken()
+    room, connected, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    assert connected
+    assert (await receive_until(room, "chat.sync"))["chat_id"] == group.pk
 
 
 async def test_a_retry_of_a_stored_message_is_acked_even_at_the_rate_limit_and_costs_nothing(
@@ -733,7 +771,6 @@ async def test_past_capacity_a_send_is_answered_busy_at_once_and_its_retry_is_st
 def test_an_http_retry_of_a_stored_message_is_answered_at_the_rate_limit_and_costs_nothing(
     client, alice, group, settings
 ):
-    from django.urls import reverse
 
     settings.CHAT_RATE_LIMITS = {"send": "2/m"}
     client.force_login(alice)
@@ -818,7 +855,6 @@ async def test_past_capacity_an_http_send_is_a_503_with_retry_after_as_socket_se
 ):
     """HTTP sends do not get past the sockets' queue: the same capacity answers both. The
     503 is logged as a warning: expected under overload, not an error to report."""
-    from django.urls import reverse
 
     await connect(alice, f"/ws/chat/{group.pk}/")  # the server's loop and its room hub
     await async_client.aforce_login(alice)
