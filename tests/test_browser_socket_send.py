@@ -1,5 +1,6 @@
 """In a real browser: the room sends over its socket when that is open, over HTTP when it
-is not, and a message whose socket dies before the ack is still stored once.
+is not, a message whose socket dies before the ack is still stored once, and one answered
+busy goes again after Retry-After by itself.
 
 Shares the served project and the Chromium of test_browser (its fixtures are imported).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 import test_browser
@@ -56,6 +58,13 @@ def open_direct_chat(server, open_as, first: str, second: str):
     for page in pages:
         goto_with_socket(page, room_path(chat_id), f"/ws/chat/{chat_id}/")
     return chat_id, pages, seen
+
+
+def form_field(request, name: str) -> str:
+    """A field of a POST the page sent as multipart form data (the outbox's FormData)."""
+    found = re.search(rf'name="{name}"\r\n\r\n(.*?)\r\n', request.post_data, re.DOTALL)
+    assert found, request.post_data
+    return found.group(1)
 
 
 def stored_bodies(server, chat_id: int) -> list[str]:
@@ -127,3 +136,34 @@ def test_a_message_whose_socket_dies_before_the_ack_is_stored_once(server, open_
     assert stored_bodies(server, chat_id) == ["sent once"]
     oli.reload()
     expect(oli.locator("main .bubble-body")).to_have_text(["sent once"])
+
+
+def test_a_message_answered_busy_goes_again_after_retry_after_once_and_before_the_next(server, open_as):
+    """The server was past its capacity (or its database busy) for the first try: 503 with
+    Retry-After. The page says so, waits at least that long, sends it again by itself (the
+    next message typed meanwhile waits behind it), and each is stored once, in order."""
+    chat_id, (uma, vic), seen = open_direct_chat(server, open_as, "uma", "vic")
+    uma.evaluate("document.querySelector('main [data-chat-room]').chatRoom.socket.stop()")
+    posted_at = []
+
+    def busy_the_first_time(route):
+        posted_at.append(time.monotonic())
+        if len(posted_at) > 1:
+            return route.continue_()
+        busy = '<div class="error-box" role="alert"><p>The server is busy. Try again in a moment.</p></div>'
+        return route.fulfill(status=503, headers={"Retry-After": "1", "Content-Type": "text/html"}, body=busy)
+
+    uma.route(re.compile(r".*/send/$"), busy_the_first_time)
+
+    send(uma, "first")
+    expect(uma.locator("main .send-status")).to_contain_text("Sending again in")
+    send(uma, "second")
+
+    expect(vic.locator("main .bubble-body")).to_have_text(["first", "second"])
+    expect(uma.locator("main .bubble-body")).to_have_text(["first", "second"])
+    assert stored_bodies(server, chat_id) == ["first", "second"]
+    posts = [(form_field(post, "body"), form_field(post, "client_id")) for post in seen["posts"]]
+    first_id = posts[0][1]
+    # The same client id again: stored once whatever happened to the first try.
+    assert posts == [("first", first_id), ("first", first_id), ("second", posts[2][1])] and posts[2][1] != first_id
+    assert posted_at[1] - posted_at[0] >= 1.0, posted_at  # Retry-After waited out

@@ -185,7 +185,9 @@ class Outbox:
         self.retries += 1
         self.room.counts[f"retry_{reason}"] += 1
         backoff = min(SEND_RETRY_MAX_SECONDS, SEND_RETRY_BASE_SECONDS * 2 ** (self.retries - 1))
-        delay = retry_after if retry_after else backoff * (0.5 + random.random() / 2)  # noqa: S311 - jitter
+        # Retry-After at least, as message-outbox.js waits: up to half as long again at random.
+        jitter = random.random() / 2  # noqa: S311 - not a secret
+        delay = retry_after * (1 + jitter) if retry_after else backoff * (0.5 + jitter)
         self.in_flight = None
         self.retry_timer = asyncio.get_running_loop().call_later(delay, self.retry_due)
 

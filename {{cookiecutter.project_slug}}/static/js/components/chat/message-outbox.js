@@ -161,7 +161,11 @@ export class MessageOutbox {
     this.ackTimer = null;
     this.retries += 1;
     const backoff = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** (this.retries - 1));
-    const delay = retryAfterSeconds ? retryAfterSeconds * 1000 : backoff * (0.5 + Math.random() / 2);
+    // Retry-After is the least wait: up to half as long again at random, or every page the
+    // server turned away at once (a busy database, a restart) would come back at once too.
+    const delay = retryAfterSeconds
+      ? retryAfterSeconds * 1000 * (1 + Math.random() / 2)
+      : backoff * (0.5 + Math.random() / 2);
     this.delayShown = true;
     this.onDelayed(`${text} Sending again in ${Math.ceil(delay / 1000)} s…`);
     this.inFlight = null;
