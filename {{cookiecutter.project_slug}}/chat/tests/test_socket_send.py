@@ -446,9 +446,13 @@ def every_pooled_connection_taken(wait: float = 0.2):
     configured = pool.timeout
 
     def give_back() -> None:
+        """And a new pool for the tests after: this one grew to its largest, and keeps that."""
+        if not taken:
+            return
         pool.timeout = configured
         while taken:
             pool.putconn(taken.pop())
+        connection.close_pool()
 
     try:
         for _ in range(pool.max_size):
