@@ -44,6 +44,8 @@ from chat.realtime.database import one_line
 from chat.realtime.sends import Busy, refusing_sends
 
 DATABASE_RETRY_AFTER_SECONDS = 1
+# What a send or a page refused for now (past capacity, the database busy) says; the page retries.
+SERVER_BUSY = "The server is busy. Try again in a moment."
 
 WIDGET_PANEL_ID = "chat-widget-panel"
 
@@ -98,12 +100,11 @@ def database_unavailable(request, exc: OperationalError) -> HttpResponse:
     restart's reconnects) or restarting. The answer reads nothing more from it (a full page
     would read the person for its header), and is logged as a warning on one line: expected
     under overload, and a traceback per request would cost the busy process more."""
-    error = "The server is busy. Try again in a moment."
     if request.htmx:
-        content = render_to_string("chat/partials/error.html", {"error": error})
+        content = render_to_string("chat/partials/error.html", {"error": SERVER_BUSY})
     else:  # a link to try again: this page, or the chat list after a form's POST
         again = request.get_full_path() if request.method in ("GET", "HEAD") else reverse("chat:list")
-        content = render_to_string("chat/unavailable.html", {"error": error, "again": again})
+        content = render_to_string("chat/unavailable.html", {"error": SERVER_BUSY, "again": again})
     response = HttpResponse(content, status=503)
     response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
     log_response(
@@ -393,7 +394,7 @@ def send(request, pk):
         return send_error(request, pk, " ".join(message for errors in form.errors.values() for message in errors))
     if refusing_sends():  # past the process's capacity, as its sockets' sends are: nothing stored
         metrics.count(metrics.SENDS_BUSY)
-        response = send_error(request, pk, "The server is busy. Try again in a moment.", status=503)
+        response = send_error(request, pk, SERVER_BUSY, status=503)
         response["Retry-After"] = str(Busy.retry_after)
         # Expected under overload, and retried by the page: a warning on Django's request
         # logger, not the error it logs for other 5xx (which error trackers report).
