@@ -1,6 +1,8 @@
 """In a real browser: the room sends over its socket when that is open, over HTTP when it
 is not, a message whose socket dies before the ack is still stored once, and one answered
-busy goes again after Retry-After by itself.
+busy goes again after Retry-After by itself. Messages typed before the first is acked go
+out at once, each naming the one before it, and are stored in the order typed even when
+the first is answered busy.
 
 Shares the served project and the Chromium of test_browser (its fixtures are imported).
 """
@@ -167,3 +169,88 @@ def test_a_message_answered_busy_goes_again_after_retry_after_once_and_before_th
     # The same client id again: stored once whatever happened to the first try.
     assert posts == [("first", first_id), ("first", first_id), ("second", posts[2][1])] and posts[2][1] != first_id
     assert posted_at[1] - posted_at[0] >= 1.0, posted_at  # Retry-After waited out
+
+
+def relay_room_socket(page, on_send):
+    """Route the page's room sockets through the test: `on_send(frame, raw, to_server, to_page)`
+    decides what becomes of each send frame; everything else passes through."""
+
+    def relay(ws):
+        upstream = ws.connect_to_server()
+
+        def from_page(message):
+            if is_send_frame(message):
+                return on_send(json.loads(message), message, upstream.send, ws.send)
+            upstream.send(message)
+
+        ws.on_message(from_page)
+
+    page.route_web_socket(re.compile(r".*/ws/chat/\d+/(\?|$)"), relay)
+
+
+def test_messages_typed_before_the_first_is_acked_go_out_at_once_each_after_the_one_before(server, open_as):
+    """On a slow network a quick typist's messages do not queue behind each other's round
+    trips: the server sees none of them until the third is sent, and all are stored in order."""
+    chat_id = server.set_up(users=["ari", "bo"], chats=[("ari", "bo", [])])["chats"]["ari:bo"]
+    ari, bo = open_as("ari"), open_as("bo")
+    goto_with_socket(bo, room_path(chat_id), f"/ws/chat/{chat_id}/")
+    frames, held = [], []
+
+    def hold_until_three(frame, raw, to_server, to_page):
+        frames.append(frame)
+        held.append(raw)
+        if len(held) == 3:  # sent without any ack: the server has seen none of them
+            for message in held:
+                to_server(message)
+
+    relay_room_socket(ari, hold_until_three)
+    seen = watch_sends(ari)
+    goto_with_socket(ari, room_path(chat_id), f"/ws/chat/{chat_id}/")
+
+    for body in ("one", "two", "three"):
+        send(ari, body)
+
+    expect(bo.locator("main .bubble-body")).to_have_text(["one", "two", "three"])
+    expect(ari.locator("main .bubble-body")).to_have_text(["one", "two", "three"])
+    assert [frame["body"] for frame in frames] == ["one", "two", "three"]
+    assert "after" not in frames[0]
+    assert [frame["after"] for frame in frames[1:]] == [frames[0]["client_id"], frames[1]["client_id"]]
+    assert seen["posts"] == []
+    assert stored_bodies(server, chat_id) == ["one", "two", "three"]
+
+
+def test_a_message_answered_busy_holds_the_ones_typed_after_it_which_go_again_after_it(server, open_as):
+    """The first message is answered busy while the second is already out: the server
+    refuses the second (the one it follows is not stored), and the page sends both again
+    after Retry-After, in the order typed, each stored once."""
+    chat_id = server.set_up(users=["cy", "di"], chats=[("cy", "di", [])])["chats"]["cy:di"]
+    cy, di = open_as("cy"), open_as("di")
+    goto_with_socket(di, room_path(chat_id), f"/ws/chat/{chat_id}/")
+    frames, first = [], []
+
+    def busy_for_the_first_try(frame, raw, to_server, to_page):
+        frames.append(frame)
+        if not first:  # held until the second is out, then answered busy, never stored
+            first.append(frame)
+            return
+        if len(frames) == 2:
+            busy = {"type": "error", "code": "busy", "error": "The server is busy; sending again."}
+            to_page(json.dumps({**busy, "client_id": first[0]["client_id"], "retry_after": 1}))
+        to_server(raw)
+
+    relay_room_socket(cy, busy_for_the_first_try)
+    seen = watch_sends(cy)
+    goto_with_socket(cy, room_path(chat_id), f"/ws/chat/{chat_id}/")
+
+    send(cy, "first")
+    send(cy, "second")
+
+    expect(cy.locator("main .send-status")).to_contain_text("Sending again in")
+    expect(di.locator("main .bubble-body")).to_have_text(["first", "second"])
+    expect(cy.locator("main .bubble-body")).to_have_text(["first", "second"])
+    expect(cy.locator("main .send-status")).to_be_hidden()
+    assert stored_bodies(server, chat_id) == ["first", "second"]
+    first_id, second_id = frames[0]["client_id"], frames[1]["client_id"]
+    tries = [(frame["body"], frame["client_id"], frame.get("after")) for frame in frames]
+    assert tries == [("first", first_id, None), ("second", second_id, first_id)] * 2
+    assert seen["posts"] == []

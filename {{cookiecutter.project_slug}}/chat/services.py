@@ -187,15 +187,19 @@ def send_counted_message(
     reply_to_id: int | None,
     over_rate: RateLimited | None,
     group: SendGroup | None = None,
+    after: str = "",
 ) -> tuple[Message, bool]:
     """`send_message_once` for a send counted by `count_sends` (`over_rate`, its answer),
     with a clean client id: over the rate, only a retried client id is answered (with the
-    message stored the first time). Taking back the count of a send not stored now is the
-    caller's (`refund_sends`)."""
+    message stored the first time). With `after`, OutOfOrder unless the sender's message
+    of that client id is stored (a retry is answered all the same). Taking back the count
+    of a send not stored now is the caller's (`refund_sends`)."""
+    retried = (over_rate is not None or after) and client_id
+    if retried and (earlier := earlier_send(chat=chat, sender=sender, client_id=client_id)):
+        return earlier, False
     if over_rate is not None:
-        if client_id and (earlier := earlier_send(chat=chat, sender=sender, client_id=client_id)):
-            return earlier, False
         raise over_rate
+    require_stored_after(chat=chat, sender=sender, after=after)
     return send_message_once(
         chat=chat, sender=sender, body=body, client_id=client_id, reply_to_id=reply_to_id, group=group
     )
@@ -237,6 +241,28 @@ def send_message_once(
     after_commit(lambda: metrics.count(metrics.MESSAGES_SENT))  # not for a group that is rolled back
     chat.last_message = message
     return message, True
+
+
+class OutOfOrder(Exception):
+    """A send names the message it must follow (`after`, that message's client id), and that
+    message is not stored: it was refused, answered busy, or is still on its way. Nothing
+    is stored; a client keeping its messages in order sends this one again once the one
+    before it is answered. This lets a client send without waiting for each ack (a slow
+    network, a quick typist) and still never have a message stored before an earlier one."""
+
+    def __init__(self, after: str):
+        super().__init__(f"The message this one follows ({after}) is not stored; send this one again after it.")
+        self.after = after
+
+
+def stored_in_chat(message: Message | None, chat_id: int) -> bool:
+    return message is not None and message.chat_id == chat_id
+
+
+def require_stored_after(*, chat: Chat, sender, after: str) -> None:
+    """OutOfOrder unless the sender's message with client id `after` is stored in this chat."""
+    if after and not Message.objects.filter(sender=sender, client_id=after, chat_id=chat.pk).exists():
+        raise OutOfOrder(after)
 
 
 def clean_client_id(client_id: str | None) -> str:
@@ -359,14 +385,18 @@ def store_sends_together(
     members, so this process hands the messages to its own sockets straight away without
     reaching theirs (`chat.realtime.hub.send_to_room`).
 
-    `sends`: (sender, body, clean client id, reply_to_id) in arrival order, each counted
-    against the rate already. One by one, each send was a savepoint, its insert, its
-    sender's read mark and the savepoint's release, all while holding the chat's row lock,
-    which every other server process's sends to the chat wait for. Here, under the lock:
-    the senders' memberships and the client ids already used are read once, the messages
-    inserted together, and the chat, the senders' and the other members' rows updated once
-    each. A client id taken meanwhile (a retry racing its first send through another chat)
-    raises IntegrityError: the caller rolls back and stores the sends one by one.
+    `sends`: (sender, body, clean client id, reply_to_id, after) in arrival order, each
+    counted against the rate already; `after`, when not empty, is the client id of the
+    sender's message this one must follow (`require_stored_after`): a send whose `after` is
+    neither stored nor stored earlier in this group is refused with OutOfOrder.
+
+    One by one, each send was a savepoint, its insert, its sender's read mark and the
+    savepoint's release, all while holding the chat's row lock, which every other server
+    process's sends to the chat wait for. Here, under the lock: the senders' memberships and
+    the client ids already used are read once, the messages inserted together, and the chat,
+    the senders' and the other members' rows updated once each. A client id taken meanwhile
+    (a retry racing its first send through another chat) raises IntegrityError: the caller
+    rolls back and stores the sends one by one.
 
     The client ids are read even though retries are rare: found by the unique constraint
     instead, every retry would roll its whole group back and store it again one send at a
@@ -375,7 +405,7 @@ def store_sends_together(
     results: list[tuple[Message | Exception, bool] | None] = [None] * len(sends)
     chat = Chat(pk=chat_id)
     prepared = []
-    for index, (sender, body, client_id, reply_to_id) in enumerate(sends):
+    for index, (sender, body, client_id, reply_to_id, after) in enumerate(sends):
         try:
             body = clean_message_body(body)
             reply_to = reply_target(chat=chat, reply_to_id=reply_to_id)
@@ -383,20 +413,20 @@ def store_sends_together(
         except ValidationError as refused:
             results[index] = (refused, False)
             continue
-        prepared.append((index, sender, body, client_id, reply_to, mentions))
+        prepared.append((index, sender, body, client_id, reply_to, mentions, after))
     if not prepared:
         return results
     locked = Chat.objects.select_for_update().only("id", "last_message_id", "direct_key").filter(pk=chat_id).first()
     senders = {sender.pk for _, sender, *_ in prepared}
     members, outsiders = selectors.members_among(chat_id=chat_id, user_ids=senders, here=here)
-    client_ids = {client_id for _, _, _, client_id, _, _ in prepared if client_id}
+    client_ids = {name for _, _, _, client_id, _, _, after in prepared for name in (client_id, after) if name}
     earlier = {
         (message.sender_id, message.client_id): message
         for message in Message.objects.filter(sender_id__in=senders, client_id__in=client_ids)
     }
     blocked: dict[int, Blocked | None] = {}
     new: list[Message] = []
-    for index, sender, body, client_id, reply_to, mentions in prepared:
+    for index, sender, body, client_id, reply_to, mentions, after in prepared:
         if locked is None or sender.pk not in members:  # deleted, left or removed since the caller looked
             results[index] = (Membership.DoesNotExist("Not a member of this chat."), False)
             continue
@@ -416,6 +446,9 @@ def store_sends_together(
                 results[index] = (message, False)
             except ValidationError as refused:
                 results[index] = (refused, False)
+            continue
+        if after and not stored_in_chat(earlier.get((sender.pk, after)), chat_id):
+            results[index] = (OutOfOrder(after), False)
             continue
         message = Message(
             chat_id=chat_id, sender=sender, body=body, client_id=client_id, reply_to=reply_to, mentions=list(mentions)

@@ -34,7 +34,7 @@ before it):
 
 Frames a client may send to a room:
 
-    {"type": "send", "client_id": "<1-64 characters>", "body": "...", "reply_to": N}
+    {"type": "send", "client_id": "<1-64 characters>", "body": "...", "reply_to": N, "after": "<client id>"}
         Send a message, as the `send/` route does. Answered with
         {"type": "ack", "client_id": ..., "message_id": N} once it is stored, or with an
         error frame carrying the same client_id. The client id is the client's name for
@@ -45,11 +45,17 @@ Frames a client may send to a room:
         socket reads on meanwhile, up to MAX_SENDS_IN_FLIGHT sends unanswered (then it
         reads nothing more until one is), and acks them in the order sent, each once
         the message's own frame has gone to the socket (`own_frame_sent`). An error
-        answer waits for no frame, so it may come before the acks of earlier sends; a
-        send answered "busy" and sent again may be stored after later ones, so a client
-        that must keep its order (the page) waits for each answer.
+        answer waits for no frame, so it may come before the acks of earlier sends.
         "reply_to" (optional) is the id of the message of this chat it answers; any
         other id is an "invalid" error.
+        "after" (optional) is the client id of the sender's message this one must follow.
+        Unless that message is stored (in this chat), nothing is stored and the answer is
+        an "out_of_order" error carrying "after": the message before it was refused,
+        answered "busy", or never arrived. A client can so send without waiting for acks
+        and still keep its order: the page sends each message with "after" naming the one
+        before it that is not acked yet and, once every send out is answered, sends what
+        was not stored again from the first. (Sent again with no "after", a send answered
+        "busy" may be stored after later ones.)
     {"type": "typing"}
         The person is typing: the room's other sockets get {"type": "chat.typing",
         "chat_id", "user_id", "name"} (their own sockets do not). Pages send at most one
@@ -80,7 +86,8 @@ Anything else gets {"type": "error", "code": ..., "error": "<a sentence>"} back:
 "malformed" (not a JSON object with a string "type", a field of the wrong kind, or text
 that is not valid Unicode: a lone surrogate spelled "\\ud800"). Errors about a send also
 carry its "client_id" (once the frame, or the client id alone, is well formed), and those
-worth retrying ("rate_limited", "busy") a "retry_after" in seconds. A send refused for good says why:
+worth retrying ("rate_limited", "busy") a "retry_after" in seconds ("out_of_order" is sent
+again once the send it follows is answered). A send refused for good says why:
 "invalid" (the body), "blocked" (a direct chat where either person blocked the other; the
 socket stays open), "forbidden" (no longer a member; the socket closes with 4403), "failed"
 (the server could not store it: a fault of its own, logged, as a 500 would be; the socket
@@ -634,13 +641,25 @@ class RoomConsumer(ChatConsumer):
             await database_trip(presence.set_visible)(channel_name=self.socket_name, visible=viewing)
 
     async def client_send(self, frame: dict) -> None:
-        client_id, body = frame.get("client_id"), frame.get("body")
+        client_id, body, after = frame.get("client_id"), frame.get("body"), frame.get("after")
         if not is_client_id(client_id):
             return await self.send_error("malformed", "send needs a client_id of 1 to 64 characters.")
+        about = {"client_id": client_id}
         if not isinstance(body, str):
             return await self.send_error("malformed", "send needs a text body.", client_id=client_id)
+        if after is not None and not is_client_id(after):
+            return await self.send_error("malformed", "after must be a client_id of 1 to 64 characters.", **about)
+        try:
+            after = services.clean_client_id(after)
+        except ValidationError as exc:
+            return await self.send_error("invalid", " ".join(exc.messages), client_id=client_id)
         send = Send(
-            chat_id=self.chat_id, sender=self.user, body=body, client_id=client_id, reply_to_id=frame.get("reply_to")
+            chat_id=self.chat_id,
+            sender=self.user,
+            body=body,
+            client_id=client_id,
+            reply_to_id=frame.get("reply_to"),
+            after=after,
         )
         # Answered by a task of its own, so the socket reads on: a client that sends without
         # waiting for acks has its sends stored together, and the queue sees them all (it
@@ -671,6 +690,8 @@ class RoomConsumer(ChatConsumer):
             return await self.send_error("busy", busy, client_id=client_id, retry_after=exc.retry_after)
         except services.Blocked as exc:  # a direct chat with a block either way
             return await self.send_error("blocked", str(exc), client_id=client_id)
+        except services.OutOfOrder as exc:  # the message it follows is not stored: sent again after that one
+            return await self.send_error("out_of_order", str(exc), client_id=client_id, after=exc.after)
         except Membership.DoesNotExist:
             await self.send_error("forbidden", "You are no longer a member of this chat.", client_id=client_id)
             return await self.end(CLOSE_FORBIDDEN)

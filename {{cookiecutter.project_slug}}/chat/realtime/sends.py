@@ -60,6 +60,7 @@ class Send:
     body: str
     client_id: str
     reply_to_id: int | None = None
+    after: str = ""  # the client id of the sender's message this one must follow (services.OutOfOrder)
 
 
 class SendQueue(PerLoop):
@@ -214,7 +215,9 @@ def store_in_bulk(
     with transaction.atomic():
         for chat_id in sorted(by_chat):
             indexes = by_chat[chat_id]
-            chat_sends = [(sends[i].sender, sends[i].body, counted[i][0], sends[i].reply_to_id) for i in indexes]
+            chat_sends = [
+                (sends[i].sender, sends[i].body, counted[i][0], sends[i].reply_to_id, sends[i].after) for i in indexes
+            ]
             for index, (outcome, now) in zip(
                 indexes,
                 services.store_sends_together(chat_id=chat_id, sends=chat_sends, here=here.get(chat_id)),
@@ -276,7 +279,8 @@ def store_one(
             reply_to_id=send.reply_to_id,
             over_rate=over_rate,
             group=group,
+            after=send.after,
         )
-    except (ValidationError, Membership.DoesNotExist, RateLimited, services.Blocked) as refused:
+    except (ValidationError, Membership.DoesNotExist, RateLimited, services.Blocked, services.OutOfOrder) as refused:
         return refused, False
     return message.pk, stored_now

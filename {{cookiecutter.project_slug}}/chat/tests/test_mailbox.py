@@ -172,7 +172,7 @@ def test_messages_stored_together_in_a_command_each_reach_the_inboxes(direct_cha
     monkeypatch.setattr(realtime_loop, "_serving_loop", None)
 
     with transaction.atomic():
-        sends = [(alice, "one", "", None), (alice, "two", "", None)]
+        sends = [(alice, "one", "", None, ""), (alice, "two", "", None, "")]
         stored = services.store_sends_together(chat_id=direct_chat.pk, sends=sends)
 
     batches = [event["events"] for event in layer.group_sends if event["type"] == "inbox.batch"]

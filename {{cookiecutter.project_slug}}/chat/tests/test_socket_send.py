@@ -241,6 +241,11 @@ async def test_the_same_client_id_from_two_people_is_two_messages(connect, alice
         # A lone surrogate, which JSON can spell ("\\ud800") and no database can store.
         ({"type": "send", "client_id": "c", "body": "a\ud800b"}, "malformed", "c"),
         ({"type": "send", "client_id": "c\udfff", "body": "hi"}, "malformed", None),
+        ({"type": "send", "client_id": "c", "body": "hi", "after": ""}, "malformed", "c"),
+        ({"type": "send", "client_id": "c", "body": "hi", "after": "x" * 65}, "malformed", "c"),
+        ({"type": "send", "client_id": "c", "body": "hi", "after": 7}, "malformed", "c"),
+        ({"type": "send", "client_id": "c", "body": "hi", "after": "b\x00"}, "invalid", "c"),
+        ({"type": "send", "client_id": "c", "body": "hi", "after": "nobody-sent-this"}, "out_of_order", "c"),
     ],
 )
 async def test_bad_send_frames_get_an_error_and_store_nothing(connect, alice, group, frame, code, client_id):
@@ -661,6 +666,85 @@ def test_a_retry_among_new_sends_is_answered_with_its_first_message_and_the_new_
     assert [message.body for message in stored] == ["first", "new", "also new"]
     assert results == [stored[1].pk, first, stored[2].pk, stored[2].pk]
     assert dict(group.memberships.values_list("user_id", "unread_count")) == {alice.pk: 2, bob.pk: 1, carol.pk: 0}
+
+
+def after_frame(client_id, body, after=None):
+    return json.dumps({"type": "send", "client_id": client_id, "body": body, "after": after})
+
+
+async def test_sends_naming_the_one_before_keep_their_order_when_one_of_them_is_not_stored(connect, alice, bob, group):
+    """A client that sends without waiting for acks names the send before each ("after"):
+    the first refused, the ones after it are not stored before it is dealt with."""
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await room.send_to(text_data=after_frame("m-1", "one"))
+    await room.send_to(text_data=after_frame("m-2", "x" * 4001, after="m-1"))  # too long: refused for good
+    await room.send_to(text_data=after_frame("m-3", "three", after="m-2"))
+    await room.send_to(text_data=after_frame("m-4", "four", after="m-3"))
+
+    replies = await answers(room, 4)
+
+    assert [replies[f"m-{n}"]["type"] for n in range(1, 5)] == ["ack", "error", "error", "error"]
+    assert [replies[f"m-{n}"].get("code") for n in range(2, 5)] == ["invalid", "out_of_order", "out_of_order"]
+    assert (replies["m-3"]["after"], replies["m-4"]["after"]) == ("m-2", "m-3")
+    assert [m.body for m in await stored(chat=group)] == ["one"]
+
+    # The client gives "m-2" back to its writer and sends the others again, after the last stored.
+    await room.send_to(text_data=after_frame("m-3", "three", after="m-1"))
+    await room.send_to(text_data=after_frame("m-4", "four", after="m-3"))
+    replies = await answers(room, 2)
+
+    messages = await stored(chat=group)
+    assert [m.body for m in messages] == ["one", "three", "four"]
+    assert [replies["m-3"]["message_id"], replies["m-4"]["message_id"]] == [m.pk for m in messages[1:]]
+    bob_room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    await bob_room.send_to(text_data=after_frame("b-1", "bob's", after="m-1"))  # alice's client id, not his
+    assert (await receive_until(bob_room, "error"))["code"] == "out_of_order"
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_a_send_after_one_answered_busy_is_not_stored_nor_counted_and_goes_once_that_one_is(
+    connect, alice, group, monkeypatch, settings
+):
+    settings.CHAT_RATE_LIMITS = {"send": "2/m"}
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    monkeypatch.setattr(sends, "MAX_DELIVERY_LAG_SECONDS", -1.0)  # over capacity for this one
+    await room.send_to(text_data=after_frame("b-1", "first"))
+    assert (await receive_until(room, "error"))["code"] == "busy"
+    monkeypatch.setattr(sends, "MAX_DELIVERY_LAG_SECONDS", 1.0)
+    await room.send_to(text_data=after_frame("b-2", "second", after="b-1"))
+    assert (await receive_until(room, "error"))["code"] == "out_of_order"
+
+    await room.send_to(text_data=after_frame("b-1", "first"))
+    await room.send_to(text_data=after_frame("b-2", "second", after="b-1"))
+    replies = await answers(room, 2)
+
+    assert {reply["type"] for reply in replies.values()} == {"ack"}, "out of order cost a send of the rate"
+    assert [m.body for m in await stored(chat=group)] == ["first", "second"]
+    await room.send_to(text_data=after_frame("b-2", "second", after="not-stored"))  # a retry of a stored one
+    assert (await receive_until(room, "ack"))["message_id"] == replies["b-2"]["message_id"]
+
+
+@pytest.mark.parametrize("one_by_one", [False, True], ids=["together", "one_by_one"])
+def test_a_group_stores_a_send_after_one_stored_earlier_in_it_and_refuses_one_after_a_refused_one(
+    alice, bob, group, one_by_one
+):
+    sends.store_together([sends.Send(chat_id=group.pk, sender=alice, body="stored", client_id="a-0")])
+    group_sends = [
+        sends.Send(chat_id=group.pk, sender=alice, body="one", client_id="a-1", after="a-0"),
+        sends.Send(chat_id=group.pk, sender=alice, body="two", client_id="a-2", after="a-1"),
+        sends.Send(chat_id=group.pk, sender=bob, body="", client_id="b-1"),  # refused: empty
+        sends.Send(chat_id=group.pk, sender=bob, body="bob", client_id="b-2", after="b-1"),
+    ]
+    store = sends.store_one_by_one if one_by_one else sends.store_in_bulk
+    counted = sends.count_against_rate(group_sends)
+
+    results, stored_now = store(group_sends, counted, *([] if one_by_one else [{}]))
+
+    messages = list(Message.objects.filter(chat=group).order_by("pk"))
+    assert [m.body for m in messages] == ["stored", "one", "two"]
+    assert results[:2] == [m.pk for m in messages[1:]]
+    assert isinstance(results[3], services.OutOfOrder) and results[3].after == "b-1"
+    assert stored_now == [True, True, False, False]
 
 
 def test_a_client_id_taken_while_a_group_is_stored_stores_the_group_one_send_at_a_time(

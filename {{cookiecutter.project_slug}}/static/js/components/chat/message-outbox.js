@@ -1,15 +1,23 @@
-// Messages on their way out of one room, each delivered exactly once and in the order typed.
+// Messages on their way out of one room, each stored exactly once and in the order typed.
 //
-// Each message gets a client id when it is typed. It goes over the room socket when that is
-// open ({"type": "send"}, answered by an "ack" or an "error" with the same id), and over the
-// form's HTTP route otherwise, or when no ack comes in time. The server stores a client id
-// once per person, so a retry (after a reconnect, a timeout, a 503) never sends it twice.
-// Overload answers (429/503 with Retry-After, or a "rate_limited" frame) are retried on
+// Each message gets a client id when it is typed. While the room socket is open, messages
+// go over it as they are typed, without waiting for the acks of those before them
+// ({"type": "send"}, answered by an "ack" or an "error" with the same id): on a slow
+// network a quick typist's messages do not queue behind each other's round trips. Each
+// names the message before it that is not acked yet ("after"), and the server stores none
+// before the one it follows ("out_of_order" otherwise). Any answer but an ack holds the
+// outbox until every send out is answered; then what was not stored goes again, from the
+// first. With the socket closed, or no answer in time, the first message goes over the
+// form's HTTP route, one at a time. The server stores a client id once per person, so a
+// retry (after a reconnect, a timeout, a 503) never stores a message twice. Overload
+// answers (429/503 with Retry-After, or a "rate_limited"/"busy" frame) are retried on
 // their own; refusals (too long, not a member any more) give the text back to the person.
 
 const ACK_TIMEOUT_MS = 5000;
 const RETRY_BASE_MS = 1000;
 const RETRY_MAX_MS = 30000;
+const MAX_OUT = 16; // sends out over the socket at once (the server reads that many unanswered)
+const RETRIED_CODES = new Set(["rate_limited", "busy"]);
 
 export function newClientId() {
   if (window.crypto?.randomUUID) return window.crypto.randomUUID();
@@ -28,8 +36,11 @@ export class MessageOutbox {
     this.onSent = onSent;
     this.onRefused = onRefused;
     this.onDelayed = onDelayed;
-    this.queue = []; // {clientId, body, fields}, the head is the one in flight
-    this.inFlight = null;
+    // {clientId, body, fields, out}, in the order typed; out: sent over the socket, unanswered.
+    // Those out are always the first ones, unless `held`.
+    this.queue = [];
+    this.held = false; // an answer other than an ack came: nothing goes until every send out is answered
+    this.overHttp = null; // the first message, while it is being sent over HTTP
     this.ackTimer = null;
     this.retryTimer = null;
     this.retries = 0;
@@ -37,8 +48,8 @@ export class MessageOutbox {
 
   // fields: what else the message carries ({reply_to: id}), sent with it every time.
   send(body, fields = {}) {
-    this.queue.push({ clientId: newClientId(), body, fields });
-    if (!this.inFlight && !this.retryTimer) this.next();
+    this.queue.push({ clientId: newClientId(), body, fields, out: false });
+    this.pump();
   }
 
   stop() {
@@ -47,63 +58,92 @@ export class MessageOutbox {
     this.queue = [];
   }
 
-  next() {
-    this.inFlight = this.queue[0] || null;
+  // Send what may go now: over the socket, every message not out yet (up to MAX_OUT out);
+  // over HTTP, the first message, once nothing is out.
+  pump() {
+    if (this.retryTimer || this.overHttp) return;
+    const out = this.queue.filter((message) => message.out).length;
+    if (this.held) {
+      if (out) return;
+      this.held = false;
+    }
+    if (out === this.queue.length) return;
     if (this.delayShown) {
       this.delayShown = false;
       this.onDelayed("");
     }
-    if (!this.inFlight) return;
-    if (this.socket.isOpen()) this.sendOverSocket(this.inFlight);
-    else this.sendOverHttp(this.inFlight);
+    if (!this.socket.isOpen()) {
+      if (!out) this.sendOverHttp(this.queue[0]);
+      return;
+    }
+    for (let index = out; index < Math.min(this.queue.length, MAX_OUT); index += 1) {
+      this.sendOverSocket(index);
+    }
   }
 
-  sendOverSocket(message) {
-    this.socket.send({ ...message.fields, type: "send", client_id: message.clientId, body: message.body });
+  sendOverSocket(index) {
+    const message = this.queue[index];
+    const frame = { ...message.fields, type: "send", client_id: message.clientId, body: message.body };
+    if (index > 0) frame.after = this.queue[index - 1].clientId; // not acked yet: stored before this one or this one is not
+    this.socket.send(frame);
+    message.out = true;
+    if (index === 0) this.waitForAck();
+  }
+
+  // The first message is out over the socket: no answer in time (a socket that died
+  // quietly), it goes over HTTP with the same client id.
+  waitForAck() {
     clearTimeout(this.ackTimer);
-    // No answer in time (a socket that died quietly): the same client id over HTTP.
-    this.ackTimer = setTimeout(() => this.sendOverHttp(message), ACK_TIMEOUT_MS);
+    this.ackTimer = null;
+    const first = this.queue[0];
+    if (!first?.out) return;
+    this.ackTimer = setTimeout(() => {
+      this.ackTimer = null;
+      if (this.queue[0] === first && !this.overHttp && !this.retryTimer) this.sendOverHttp(first);
+    }, ACK_TIMEOUT_MS);
   }
 
-  // The socket is back: a message waiting out a failed attempt goes now.
+  // The socket is back: what waits goes now, a message waiting out a failed attempt too.
   onSocketOpened() {
     if (this.retryTimer) {
       clearTimeout(this.retryTimer);
       this.retryTimer = null;
-      this.next();
     }
+    this.pump();
   }
 
-  // The socket closed: a message sent over it and not yet acked goes over HTTP now.
+  // The socket closed: its answers will not come. What was out over it goes again, the
+  // first over HTTP now.
   onSocketClosed() {
-    if (this.inFlight && this.ackTimer) {
-      clearTimeout(this.ackTimer);
-      this.ackTimer = null;
-      this.sendOverHttp(this.inFlight);
-    }
+    clearTimeout(this.ackTimer);
+    this.ackTimer = null;
+    for (const message of this.queue) message.out = false;
+    this.held = false;
+    this.pump();
   }
 
   // Frames from the room socket that answer a send; returns true if the frame was one.
   onFrame(frame) {
-    const message = this.inFlight;
-    if (!frame.client_id || !message || frame.client_id !== message.clientId) {
-      return frame.type === "ack";
-    }
+    if (!frame.client_id || (frame.type !== "ack" && frame.type !== "error")) return frame.type === "ack";
+    const message = this.queue.find((queued) => queued.clientId === frame.client_id);
+    if (!message) return true; // a message already dealt with
     if (frame.type === "ack") {
       this.done(message, null, frame.message_id);
-    } else if (frame.type === "error" && (frame.code === "rate_limited" || frame.code === "busy")) {
+    } else if (!message.out) {
+      // A late answer to a send already tried again (over HTTP): that try decides.
+    } else if (RETRIED_CODES.has(frame.code)) {
       this.retryLater(message, frame.retry_after, frame.error);
-    } else if (frame.type === "error") {
-      this.refuse(message, { text: frame.error });
+    } else if (frame.code === "out_of_order") {
+      this.answered(message); // the one before it was not stored: it goes again after that one
+      this.pump();
     } else {
-      return false;
+      this.refuse(message, { text: frame.error });
     }
     return true;
   }
 
   async sendOverHttp(message) {
-    clearTimeout(this.ackTimer);
-    this.ackTimer = null;
+    this.overHttp = message;
     const fields = new FormData(this.form);
     fields.set("body", message.body);
     fields.set("client_id", message.clientId);
@@ -118,9 +158,13 @@ export class MessageOutbox {
         credentials: "same-origin",
       });
     } catch {
+      response = null;
+    }
+    if (this.overHttp === message) this.overHttp = null;
+    if (!this.queue.includes(message)) return this.pump(); // an ack got there first
+    if (!response) {
       return this.retryLater(message, null, "Could not reach the server. Your message will be sent when it is back.");
     }
-    if (this.inFlight !== message) return; // an ack got there first
     if (response.ok) return this.done(message, await response.text(), null);
     const retryAfter = Number(response.headers.get("Retry-After"));
     if (response.status === 429 || response.status >= 500) {
@@ -136,29 +180,41 @@ export class MessageOutbox {
     this.refuse(message, { html: await response.text() }); // the server's error fragment (400)
   }
 
+  // An answer other than an ack: the message is no longer out, and nothing more goes
+  // until every send out is answered (they name it, or one before it, as the one they follow).
+  answered(message) {
+    message.out = false;
+    this.held = true;
+    if (message === this.queue[0]) this.waitForAck();
+  }
+
+  remove(message) {
+    const index = this.queue.indexOf(message);
+    if (index === -1) return false;
+    this.queue.splice(index, 1);
+    if (index === 0) this.waitForAck();
+    return true;
+  }
+
   done(message, bubblesHtml, messageId) {
-    if (this.inFlight !== message) return;
-    clearTimeout(this.ackTimer);
-    this.ackTimer = null;
-    this.queue.shift();
+    if (!this.remove(message)) return;
     this.retries = 0;
     this.onSent(bubblesHtml, messageId);
-    this.next();
+    this.pump();
   }
 
   refuse(message, reason) {
-    if (this.inFlight !== message) return;
-    clearTimeout(this.ackTimer);
-    this.ackTimer = null;
-    this.queue.shift();
+    if (!this.queue.includes(message)) return;
+    this.answered(message);
+    this.remove(message);
     this.onRefused(message.body, reason);
-    this.next();
+    this.pump();
   }
 
   retryLater(message, retryAfterSeconds, text) {
-    if (this.inFlight !== message || this.retryTimer) return;
-    clearTimeout(this.ackTimer);
-    this.ackTimer = null;
+    if (!this.queue.includes(message)) return;
+    this.answered(message);
+    if (this.retryTimer) return;
     this.retries += 1;
     const backoff = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** (this.retries - 1));
     // Retry-After is the least wait: up to half as long again at random, or every page the
@@ -168,10 +224,9 @@ export class MessageOutbox {
       : backoff * (0.5 + Math.random() / 2);
     this.delayShown = true;
     this.onDelayed(`${text} Sending again in ${Math.ceil(delay / 1000)} s…`);
-    this.inFlight = null;
     this.retryTimer = setTimeout(() => {
       this.retryTimer = null;
-      this.next();
+      this.pump();
     }, delay);
   }
 }
