@@ -154,7 +154,7 @@ CLOSE_TOO_SLOW = 4008
 CLOSE_TRY_AGAIN_LATER = 1013
 
 # A room socket's sends stored or waiting to be, at most: past them it reads no more frames
-# until one is answered. A page keeps one in flight.
+# until one is answered. A page has as many out at most (message-outbox.js, MAX_OUT).
 MAX_SENDS_IN_FLIGHT = 16
 # How long the ack of a stored message waits for the message's own frame on the sending
 # socket, at most (see RoomConsumer.own_frame_sent).
@@ -707,8 +707,7 @@ class RoomConsumer(ChatConsumer):
         A client that gets an ack before the frame waits a moment for it and then fetches
         it, as for any gap. When frames leave this process late, the ack would come before
         the frame every time: each sending page would add a fetch per message to a server
-        already behind. Waiting here also holds the sender's next send (a page keeps one in
-        flight) until the room has its message: back-pressure on the sender, not more work."""
+        already behind."""
         if message_id <= self.newest_framed_id:
             return
         waiter = asyncio.get_running_loop().create_future()
