@@ -254,3 +254,46 @@ def test_a_message_answered_busy_holds_the_ones_typed_after_it_which_go_again_af
     tries = [(frame["body"], frame["client_id"], frame.get("after")) for frame in frames]
     assert tries == [("first", first_id, None), ("second", second_id, first_id)] * 2
     assert seen["posts"] == []
+
+
+def test_a_message_acked_over_the_socket_while_its_http_try_hangs_does_not_hold_the_next(server, open_as):
+    """No ack within 5 s: the message goes over HTTP too, and that request hangs. The ack
+    then comes over the socket: the next message goes at once, not after the hanging request."""
+    chat_id = server.set_up(users=["eve", "fay"], chats=[("eve", "fay", [])])["chats"]["eve:fay"]
+    eve, fay = open_as("eve"), open_as("fay")
+    goto_with_socket(fay, room_path(chat_id), f"/ws/chat/{chat_id}/")
+    held_acks, hanging_posts, sockets = [], [], []
+
+    def relay(ws):
+        upstream = ws.connect_to_server()
+        sockets.append(ws)
+
+        def from_server(message):
+            if not held_acks and '"ack"' in message:
+                held_acks.append(message)  # the first ack: held until its HTTP try is under way
+                return
+            ws.send(message)
+
+        upstream.on_message(from_server)
+
+    def hang(route):
+        hanging_posts.append(route)
+        if held_acks and sockets:
+            sockets[-1].send(held_acks[0])
+
+    eve.route_web_socket(re.compile(r".*/ws/chat/\d+/(\?|$)"), relay)
+    eve.route(re.compile(r".*/send/$"), hang)
+    goto_with_socket(eve, room_path(chat_id), f"/ws/chat/{chat_id}/")
+
+    send(eve, "first")
+    expect(fay.locator("main .bubble-body")).to_have_text(["first"])
+    eve.wait_for_timeout(6000)  # past the 5 s ack timeout: the HTTP try starts, the ack follows it
+    assert len(hanging_posts) == 1
+    send(eve, "second")
+
+    expect(fay.locator("main .bubble-body")).to_have_text(["first", "second"])
+    assert len(hanging_posts) == 1  # still hanging: the second did not wait for it
+    for route in hanging_posts:
+        route.continue_()
+    expect(eve.locator("main .bubble-body")).to_have_text(["first", "second"])
+    assert stored_bodies(server, chat_id) == ["first", "second"]

@@ -72,6 +72,7 @@ class Outbox:
         self.over_http: Outgoing | None = None  # the first message, while it is being sent over HTTP
         self.ack_timer: asyncio.TimerHandle | None = None
         self.retry_timer: asyncio.TimerHandle | None = None
+        self.retry_for: Outgoing | None = None  # the message whose answer set `retry_timer`
         self.retries = 0
 
     def send(self, body: str) -> asyncio.Future[Sent]:
@@ -102,7 +103,7 @@ class Outbox:
             return
         if not (self.over_socket and self.room.is_open()):
             if not out:
-                self.room.spawn(self.send_over_http(self.queue[0]))
+                self.start_http(self.queue[0])
             return
         for index in range(out, min(len(self.queue), MAX_OUT)):
             self.send_over_socket(index)
@@ -128,15 +129,21 @@ class Outbox:
 
     def ack_timed_out(self, message: Outgoing) -> None:
         self.ack_timer = None
-        if self.queue and self.queue[0] is message and self.over_http is None and self.retry_timer is None:
-            self.room.counts["ack_timeout"] += 1
-            self.room.spawn(self.send_over_http(message))
+        if not (self.queue and self.queue[0] is message and message.out):
+            return
+        if self.over_http is not None or self.retry_timer is not None:
+            self.wait_for_ack()  # another attempt first: look again later
+            return
+        self.room.counts["ack_timeout"] += 1
+        self.start_http(message)
+
+    def start_http(self, message: Outgoing) -> None:
+        self.over_http = message  # at once, as the page's fetch starts: no second one meanwhile
+        self.room.spawn(self.send_over_http(message))
 
     def on_socket_opened(self) -> None:
         """The socket is back: what waits goes now, a message waiting out a failed attempt too."""
-        if self.retry_timer is not None:
-            self.retry_timer.cancel()
-            self.retry_timer = None
+        self.stop_waiting_to_retry()
         self.pump()
 
     def on_socket_closed(self) -> None:
@@ -164,12 +171,13 @@ class Outbox:
             self.room.counts["out_of_order"] += 1
             self.answered(message)  # the one before it was not stored: it goes again after that one
             self.pump()
+        elif self.over_http is message:
+            self.answered(message)  # refused here, perhaps stored over HTTP meanwhile: that answer decides
         else:
             self.refuse(message, frame.get("error") or frame.get("code", "error"))
         return True
 
     async def send_over_http(self, message: Outgoing) -> None:
-        self.over_http = message
         message.tries.append("http")
         message.last_try_at = time.monotonic()
         fields = {"csrfmiddlewaretoken": self.room.member.csrf, "body": message.body, "client_id": message.client_id}
@@ -189,6 +197,8 @@ class Outbox:
         if response.is_success:
             found = MESSAGE_ID.search(response.text)
             return self.done(message, via="http", message_id=int(found.group(1)) if found else None, html=response.text)
+        if message.out and status != 429 and status < 500:
+            return  # refused here while its socket try is unanswered, which may have stored it: that answer decides
         if status == 429 or status >= 500:
             return self.retry_later(message, retry_after_seconds(response), reason=str(status))
         if status in (403, 404):
@@ -215,6 +225,10 @@ class Outbox:
     def done(self, message: Outgoing, *, via: str, message_id: int | None, html: str | None = None) -> None:
         if not self.remove(message):
             return
+        if self.over_http is message:
+            self.over_http = None  # acked over the socket: its HTTP answer no longer matters
+        if self.retry_for is message:
+            self.stop_waiting_to_retry()  # stored after all (its other try)
         self.retries = 0
         self.room.counts[f"sent_{via}"] += 1
         answer = Sent(message.client_id, message.body, message_id, via, None, tuple(message.tries), message.last_try_at)
@@ -239,6 +253,7 @@ class Outbox:
         self.answered(message)
         if self.retry_timer is not None:
             return
+        self.retry_for = message
         self.retries += 1
         self.room.counts[f"retry_{reason}"] += 1
         backoff = min(SEND_RETRY_MAX_SECONDS, SEND_RETRY_BASE_SECONDS * 2 ** (self.retries - 1))
@@ -248,8 +263,13 @@ class Outbox:
         self.retry_timer = asyncio.get_running_loop().call_later(delay, self.retry_due)
 
     def retry_due(self) -> None:
-        self.retry_timer = None
+        self.retry_timer = self.retry_for = None
         self.pump()
+
+    def stop_waiting_to_retry(self) -> None:
+        if self.retry_timer is not None:
+            self.retry_timer.cancel()
+        self.retry_timer = self.retry_for = None
 
     def cancel_ack_timer(self) -> None:
         if self.ack_timer is not None:

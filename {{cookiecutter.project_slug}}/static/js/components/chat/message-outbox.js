@@ -43,6 +43,7 @@ export class MessageOutbox {
     this.overHttp = null; // the first message, while it is being sent over HTTP
     this.ackTimer = null;
     this.retryTimer = null;
+    this.retryFor = null; // the message whose answer set retryTimer
     this.retries = 0;
   }
 
@@ -99,16 +100,15 @@ export class MessageOutbox {
     if (!first?.out) return;
     this.ackTimer = setTimeout(() => {
       this.ackTimer = null;
-      if (this.queue[0] === first && !this.overHttp && !this.retryTimer) this.sendOverHttp(first);
+      if (this.queue[0] !== first || !first.out) return;
+      if (this.overHttp || this.retryTimer) this.waitForAck(); // another attempt first: look again later
+      else this.sendOverHttp(first);
     }, ACK_TIMEOUT_MS);
   }
 
   // The socket is back: what waits goes now, a message waiting out a failed attempt too.
   onSocketOpened() {
-    if (this.retryTimer) {
-      clearTimeout(this.retryTimer);
-      this.retryTimer = null;
-    }
+    this.stopWaitingToRetry();
     this.pump();
   }
 
@@ -136,6 +136,8 @@ export class MessageOutbox {
     } else if (frame.code === "out_of_order") {
       this.answered(message); // the one before it was not stored: it goes again after that one
       this.pump();
+    } else if (this.overHttp === message) {
+      this.answered(message); // refused here, perhaps stored over HTTP meanwhile: that answer decides
     } else {
       this.refuse(message, { text: frame.error });
     }
@@ -166,6 +168,9 @@ export class MessageOutbox {
       return this.retryLater(message, null, "Could not reach the server. Your message will be sent when it is back.");
     }
     if (response.ok) return this.done(message, await response.text(), null);
+    if (message.out && response.status !== 429 && response.status < 500) {
+      return; // refused here while its socket try is unanswered, which may have stored it: that answer decides
+    }
     const retryAfter = Number(response.headers.get("Retry-After"));
     if (response.status === 429 || response.status >= 500) {
       const text = response.status === 429 ? "Too many messages at once." : "The server is busy.";
@@ -198,6 +203,8 @@ export class MessageOutbox {
 
   done(message, bubblesHtml, messageId) {
     if (!this.remove(message)) return;
+    if (this.overHttp === message) this.overHttp = null; // acked over the socket: its HTTP answer no longer matters
+    if (this.retryFor === message) this.stopWaitingToRetry(); // stored after all (its other try)
     this.retries = 0;
     this.onSent(bubblesHtml, messageId);
     this.pump();
@@ -215,6 +222,7 @@ export class MessageOutbox {
     if (!this.queue.includes(message)) return;
     this.answered(message);
     if (this.retryTimer) return;
+    this.retryFor = message;
     this.retries += 1;
     const backoff = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** (this.retries - 1));
     // Retry-After is the least wait: up to half as long again at random, or every page the
@@ -226,7 +234,14 @@ export class MessageOutbox {
     this.onDelayed(`${text} Sending again in ${Math.ceil(delay / 1000)} s…`);
     this.retryTimer = setTimeout(() => {
       this.retryTimer = null;
+      this.retryFor = null;
       this.pump();
     }, delay);
+  }
+
+  stopWaitingToRetry() {
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.retryFor = null;
   }
 }
