@@ -215,6 +215,7 @@ def room_message_event(*, message, prev_id: int) -> dict:
         "type": "chat.message",
         "chat_id": message.chat_id,
         "message_id": message.pk,
+        "prev_id": prev_id,  # the room hubs hand a chat's messages to their sockets in this order
         "sender_id": message.sender_id,
         "text": json.dumps(frame),
         "queued_at": time.time(),  # the room hubs measure how far behind they deliver

@@ -56,6 +56,8 @@ HANDED_OVER_BY = "handed_over_by"
 # for, and its cost grows with them (on PostgreSQL: 0.2 ms for 1 person, 0.6 for 100, 0.9
 # for 200, 4.1 for 1,000), while the trip through the layer it saves is about 1.3 ms.
 MAX_SOCKETS_CHECKED = 200
+# How long a room message waits here for the one before it, at most (see RoomHub.deliver).
+HOLD_FOR_PREVIOUS_SECONDS = 1.0
 
 
 def hub_channel_name(process_channel: str) -> str:
@@ -130,6 +132,7 @@ class ProcessHub(PerLoop):
             if sockets:
                 return
             del self.sockets[key]
+            self.forget(key)
             try:
                 for group in self.groups_of(key):
                     await group_discard(self.layer, group, self.channel)
@@ -208,6 +211,8 @@ class ProcessHub(PerLoop):
     async def reset(self) -> None:
         async with self.changing:
             by_key, self.sockets, self.channel, self.reader = self.sockets, {}, None, None
+        for key in by_key:
+            self.forget(key)
         consumers = {consumer for sockets in by_key.values() for consumer in sockets}  # some under two keys
         metrics.count(metrics.SOCKETS_CLOSED_LAYER_LOST, len(consumers))
         for consumer in consumers:
@@ -218,6 +223,9 @@ class ProcessHub(PerLoop):
 
     async def deliver(self, event: dict) -> None:
         raise NotImplementedError
+
+    def forget(self, key: int) -> None:
+        """The key's last socket here left: what the hub kept for it goes too."""
 
     async def hand_over(self, event: dict, consumers) -> None:
         """One event to each of these sockets, one after the other."""
@@ -241,9 +249,18 @@ class RoomHub(ProcessHub):
         # How late the last room message reached this process's sockets, and when.
         self.last_lag = 0.0
         self.last_lag_at = float("-inf")
+        # By chat: the newest message handed to its sockets here, and the messages waiting
+        # for the one before them (by that one's id), with the timer that lets them go.
+        self.newest_handed: dict[int, int] = {}
+        self.waiting: dict[int, dict[int, tuple[dict, frozenset[int]]]] = {}
+        self.waiting_timers: dict[int, asyncio.TimerHandle] = {}
 
     def key_of(self, consumer) -> int:
         return consumer.chat_id
+
+    def forget(self, key: int) -> None:
+        self.newest_handed.pop(key, None)
+        self.stop_waiting(key)
 
     def groups_of(self, key: int) -> set[str]:
         return {events.room_group(key)}
@@ -268,6 +285,58 @@ class RoomHub(ProcessHub):
         return by_chat
 
     async def deliver(self, event: dict, *, outsiders: frozenset[int] = frozenset()) -> None:
+        """Hand one room event to each local socket of its chat (`hand_to_room`), a chat's
+        messages in their order.
+
+        A message from another process comes through the layer, one from here straight from
+        this hub, so the next message, sent here, can come first; each page would see a gap,
+        wait for it and, once the layer is a little slow, fetch it: a busy process would get
+        a fetch from every page of the room for each message the layer brought late. So a
+        message whose previous one (`prev_id`) has not been handed over here waits for it,
+        at most HOLD_FOR_PREVIOUS_SECONDS, and goes right after it; past that (the layer
+        lost it) it goes anyway and the pages fetch the gap. A chat's first message here
+        waits for nothing."""
+        chat_id, prev_id = event.get("chat_id"), event.get("prev_id")
+        if event.get("type") != "chat.message" or prev_id is None:
+            return await self.hand_to_room(event, outsiders)
+        newest = self.newest_handed.get(chat_id)
+        if newest is not None and prev_id > newest and chat_id in self.sockets:
+            self.hold(chat_id, prev_id, event, outsiders)
+            return
+        await self.hand_message_to_room(event, outsiders)
+        while (waiting := self.waiting.get(chat_id)) and (follower := waiting.pop(event["message_id"], None)):
+            event, outsiders = follower
+            await self.hand_message_to_room(event, outsiders)
+        if chat_id in self.waiting and not self.waiting[chat_id]:
+            self.stop_waiting(chat_id)
+
+    def hold(self, chat_id: int, prev_id: int, event: dict, outsiders: frozenset[int]) -> None:
+        self.waiting.setdefault(chat_id, {})[prev_id] = (event, outsiders)
+        if chat_id not in self.waiting_timers:
+            self.waiting_timers[chat_id] = self.loop.call_later(
+                HOLD_FOR_PREVIOUS_SECONDS, lambda: self.loop.create_task(self.let_waiting_go(chat_id))
+            )
+
+    async def let_waiting_go(self, chat_id: int) -> None:
+        """The messages that waited for a previous one too long go, oldest first."""
+        waiting = self.waiting.pop(chat_id, {})
+        self.waiting_timers.pop(chat_id, None)
+        for _, (event, outsiders) in sorted(waiting.items()):
+            await self.hand_message_to_room(event, outsiders)
+
+    def stop_waiting(self, chat_id: int) -> None:
+        self.waiting.pop(chat_id, None)
+        timer = self.waiting_timers.pop(chat_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def hand_message_to_room(self, event: dict, outsiders: frozenset[int]) -> None:
+        chat_id = event["chat_id"]
+        if chat_id in self.sockets:
+            self.newest_handed[chat_id] = max(self.newest_handed.get(chat_id, 0), event["message_id"])
+        await self.hand_to_room(event, outsiders)
+
+    async def hand_to_room(self, event: dict, outsiders: frozenset[int]) -> None:
         """Hand one room event to each local socket of its chat, one after the other (not to
         the sockets of `outsiders`, people no longer members)."""
         if "queued_at" in event:

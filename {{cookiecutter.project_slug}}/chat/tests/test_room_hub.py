@@ -13,6 +13,7 @@ from django.urls import reverse
 from chat import events, services
 from chat.models import Membership
 from chat.realtime import consumers, loop
+from chat.realtime import hub as hub_module
 from chat.realtime.hub import CLOSE_LAYER_LOST, RoomHub, UserHub
 from chat.routing import websocket_urlpatterns
 from chat.tests import test_consumers
@@ -492,3 +493,54 @@ async def test_an_inbox_socket_whose_inboxes_group_join_fails_is_left_nowhere(
     hub = UserHub.for_running_loop()
     assert alice.pk not in hub.sockets  # not under her key either: nothing stays for a socket that is gone
     assert not layer.groups.get(events.sockets_group(alice.pk))
+
+
+def message_from_another_process(group, message_id: int, prev_id: int) -> dict:
+    """A message's room event as another server process sends it through the layer."""
+    frame = {"type": "chat.message", "chat_id": group.pk, "message_id": message_id, "prev_id": prev_id}
+    return {
+        "type": "chat.message",
+        "chat_id": group.pk,
+        "message_id": message_id,
+        "prev_id": prev_id,
+        "sender_id": 0,
+        "text": json.dumps({**frame, "html": f"<p>{message_id}</p>"}),
+    }
+
+
+async def message_ids(room, count: int) -> list[int]:
+    return [(await receive_until(room, "chat.message"))["message_id"] for _ in range(count)]
+
+
+async def test_a_message_that_comes_before_the_one_it_follows_waits_for_it_here(connect, alice, group):
+    """Messages from two processes: the later one comes first. The sockets here get them in
+    their order, so no page sees a gap to wait for and fetch."""
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    layer = get_channel_layer()
+    await layer.group_send(events.room_group(group.pk), message_from_another_process(group, 101, 100))
+    assert await message_ids(room, 1) == [101]
+
+    await layer.group_send(events.room_group(group.pk), message_from_another_process(group, 103, 102))
+    await layer.group_send(events.room_group(group.pk), message_from_another_process(group, 104, 103))
+    await asyncio.sleep(0.2)
+    await layer.group_send(events.room_group(group.pk), message_from_another_process(group, 102, 101))
+
+    assert await message_ids(room, 3) == [102, 103, 104]
+
+
+async def test_a_message_whose_previous_one_never_comes_goes_after_a_bounded_wait(connect, alice, group, monkeypatch):
+    monkeypatch.setattr(hub_module, "HOLD_FOR_PREVIOUS_SECONDS", 0.3)
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    layer = get_channel_layer()
+    await layer.group_send(events.room_group(group.pk), message_from_another_process(group, 201, 200))
+    assert await message_ids(room, 1) == [201]
+    started = asyncio.get_running_loop().time()
+
+    # 202 was lost on the way: 204 and 203 wait for it, then go in their order; the page fetches the gap.
+    await layer.group_send(events.room_group(group.pk), message_from_another_process(group, 204, 203))
+    await layer.group_send(events.room_group(group.pk), message_from_another_process(group, 203, 202))
+
+    assert await message_ids(room, 2) == [203, 204]
+    assert asyncio.get_running_loop().time() - started >= 0.3
+    await layer.group_send(events.room_group(group.pk), message_from_another_process(group, 205, 204))
+    assert await message_ids(room, 1) == [205]  # after them, without waiting
