@@ -250,10 +250,12 @@ class RoomHub(ProcessHub):
         self.last_lag = 0.0
         self.last_lag_at = float("-inf")
         # By chat: the newest message handed to its sockets here, and the messages waiting
-        # for the one before them (by that one's id), with the timer that lets them go.
+        # for the one before them (by that one's id; each with its changes meanwhile), with
+        # the timer that lets them go.
         self.newest_handed: dict[int, int] = {}
-        self.waiting: dict[int, dict[int, tuple[dict, frozenset[int]]]] = {}
+        self.waiting: dict[int, dict[int, tuple[dict, frozenset[int], list]]] = {}
         self.waiting_timers: dict[int, asyncio.TimerHandle] = {}
+        self.handing_late: set[asyncio.Task] = set()
 
     def key_of(self, consumer) -> int:
         return consumer.chat_id
@@ -294,35 +296,66 @@ class RoomHub(ProcessHub):
         a fetch from every page of the room for each message the layer brought late. So a
         message whose previous one (`prev_id`) has not been handed over here waits for it,
         at most HOLD_FOR_PREVIOUS_SECONDS, and goes right after it; past that (the layer
-        lost it) it goes anyway and the pages fetch the gap. A chat's first message here
-        waits for nothing."""
+        lost it) it goes anyway and the pages fetch the gap. The edits, deletes and
+        reactions of a waiting message wait with it (a page ignores a change to a message
+        it does not show). A chat's first message here waits for nothing, nor does one from
+        an earlier version, without `prev_id`. Lag is noted as the event reaches the hub:
+        waiting for another process's message is not this process falling behind."""
+        self.note_lag(event)
         chat_id, prev_id = event.get("chat_id"), event.get("prev_id")
-        if event.get("type") != "chat.message" or prev_id is None:
+        if event.get("type") != "chat.message":
+            if (waiting_message := self.waiting_message(chat_id, event.get("message_id"))) is not None:
+                waiting_message[2].append((event, outsiders))
+                return
             return await self.hand_to_room(event, outsiders)
         newest = self.newest_handed.get(chat_id)
-        if newest is not None and prev_id > newest and chat_id in self.sockets:
-            self.hold(chat_id, prev_id, event, outsiders)
+        if prev_id is not None and newest is not None and prev_id > newest and chat_id in self.sockets:
+            self.waiting.setdefault(chat_id, {})[prev_id] = (event, outsiders, [])
+            if chat_id not in self.waiting_timers:
+                self.waiting_timers[chat_id] = self.loop.call_later(HOLD_FOR_PREVIOUS_SECONDS, self.wait_over, chat_id)
             return
-        await self.hand_message_to_room(event, outsiders)
-        while (waiting := self.waiting.get(chat_id)) and (follower := waiting.pop(event["message_id"], None)):
-            event, outsiders = follower
-            await self.hand_message_to_room(event, outsiders)
-        if chat_id in self.waiting and not self.waiting[chat_id]:
-            self.stop_waiting(chat_id)
+        await self.hand_message_and_followers(event, outsiders, [])
 
-    def hold(self, chat_id: int, prev_id: int, event: dict, outsiders: frozenset[int]) -> None:
-        self.waiting.setdefault(chat_id, {})[prev_id] = (event, outsiders)
-        if chat_id not in self.waiting_timers:
-            self.waiting_timers[chat_id] = self.loop.call_later(
-                HOLD_FOR_PREVIOUS_SECONDS, lambda: self.loop.create_task(self.let_waiting_go(chat_id))
-            )
+    def waiting_message(self, chat_id, message_id) -> tuple | None:
+        """The waiting message of this id, if any: (event, outsiders, its changes meanwhile)."""
+        for waiting_message in self.waiting.get(chat_id, {}).values():
+            if waiting_message[0]["message_id"] == message_id:
+                return waiting_message
+        return None
 
-    async def let_waiting_go(self, chat_id: int) -> None:
-        """The messages that waited for a previous one too long go, oldest first."""
-        waiting = self.waiting.pop(chat_id, {})
+    async def hand_message_and_followers(self, event: dict, outsiders: frozenset[int], changes: list) -> None:
+        """The message, the changes that waited with it, then each message waiting for it in turn."""
+        chat_id = event["chat_id"]
+        while True:
+            if chat_id in self.sockets:
+                self.newest_handed[chat_id] = max(self.newest_handed.get(chat_id, 0), event["message_id"])
+            await self.hand_to_room(event, outsiders)
+            for change, change_outsiders in changes:
+                await self.hand_to_room(change, change_outsiders)
+            waiting = self.waiting.get(chat_id)
+            follower = waiting.pop(event["message_id"], None) if waiting else None
+            if waiting is not None and not waiting:
+                self.stop_waiting(chat_id)
+            if follower is None:
+                return
+            event, outsiders, changes = follower
+
+    def wait_over(self, chat_id: int) -> None:
+        """The messages that waited for a previous one too long go, oldest first. Taken at
+        once, so that a chat's new waiting messages get a timer and a wait of their own."""
         self.waiting_timers.pop(chat_id, None)
-        for _, (event, outsiders) in sorted(waiting.items()):
-            await self.hand_message_to_room(event, outsiders)
+        waiting = self.waiting.pop(chat_id, None)
+        if waiting:
+            task = self.loop.create_task(self.hand_late(waiting))
+            self.handing_late.add(task)
+            task.add_done_callback(self.handing_late.discard)
+
+    async def hand_late(self, waiting: dict[int, tuple]) -> None:
+        for _, (event, outsiders, changes) in sorted(waiting.items()):
+            try:
+                await self.hand_message_and_followers(event, outsiders, changes)
+            except Exception:  # the next one still goes; its pages fetch what this one lacked
+                logger.exception("Handing over message %s failed", event.get("message_id"))
 
     def stop_waiting(self, chat_id: int) -> None:
         self.waiting.pop(chat_id, None)
@@ -330,19 +363,15 @@ class RoomHub(ProcessHub):
         if timer is not None:
             timer.cancel()
 
-    async def hand_message_to_room(self, event: dict, outsiders: frozenset[int]) -> None:
-        chat_id = event["chat_id"]
-        if chat_id in self.sockets:
-            self.newest_handed[chat_id] = max(self.newest_handed.get(chat_id, 0), event["message_id"])
-        await self.hand_to_room(event, outsiders)
-
-    async def hand_to_room(self, event: dict, outsiders: frozenset[int]) -> None:
-        """Hand one room event to each local socket of its chat, one after the other (not to
-        the sockets of `outsiders`, people no longer members)."""
+    def note_lag(self, event: dict) -> None:
         if "queued_at" in event:
             lag = max(0.0, time.time() - event["queued_at"])
             if lag >= self.lag():  # a later, smaller one does not hide it within the second
                 self.last_lag, self.last_lag_at = lag, self.loop.time()
+
+    async def hand_to_room(self, event: dict, outsiders: frozenset[int]) -> None:
+        """Hand one room event to each local socket of its chat, one after the other (not to
+        the sockets of `outsiders`, people no longer members)."""
         consumers = [c for c in self.sockets.get(event.get("chat_id"), ()) if c.user_id not in outsiders]
         if event.get("type") == "chat.revoked":
             # Out of the room here, whatever their own handler does: nothing more reaches them.
