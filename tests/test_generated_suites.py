@@ -59,7 +59,8 @@ def project(request, cookies_session) -> BakedProject:
 
 
 def test_generated_test_suite_passes(project):
-    result = project.run("-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider")
+    # As the project's `make test` runs it: on xdist's workers, one per core.
+    result = project.run("-m", "pytest", "-n", "auto", "-q", "-rfE", "-p", "no:cacheprovider")
     output = result.stdout + result.stderr
     assert result.returncode == 0, pytest_failures(output)
     assert " passed" in output
