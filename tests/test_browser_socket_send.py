@@ -52,10 +52,37 @@ def watch_sends(page):
     return seen
 
 
-def open_direct_chat(server, open_as, first: str, second: str):
-    """Both people in their direct chat's room; what the first one sends is watched."""
+def is_send_frame(message) -> bool:
+    try:
+        return json.loads(message).get("type") == "send"
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+def relay_room_socket(page, on_send):
+    """Route the page's room sockets through the test: `on_send(frame, raw, to_server, to_page)`
+    decides what becomes of each send frame; everything else passes through."""
+
+    def relay(ws):
+        upstream = ws.connect_to_server()
+
+        def from_page(message):
+            if is_send_frame(message):
+                return on_send(json.loads(message), message, upstream.send, ws.send)
+            upstream.send(message)
+
+        ws.on_message(from_page)
+
+    page.route_web_socket(re.compile(r".*/ws/chat/\d+/(\?|$)"), relay)
+
+
+def open_direct_chat(server, open_as, first: str, second: str, *, on_send=None):
+    """Both people in their direct chat's room; what the first one sends is watched (and
+    with `on_send`, relayed through the test: `relay_room_socket`)."""
     chat_id = server.set_up(users=[first, second], chats=[(first, second, [])])["chats"][f"{first}:{second}"]
     pages = open_as(first), open_as(second)
+    if on_send is not None:
+        relay_room_socket(pages[0], on_send)
     seen = watch_sends(pages[0])
     for page in pages:
         goto_with_socket(page, room_path(chat_id), f"/ws/chat/{chat_id}/")
@@ -96,13 +123,6 @@ def test_with_the_socket_down_a_message_goes_over_http(server, open_as):
     assert seen["frames"] == []
     assert len(seen["posts"]) == 1
     assert stored_bodies(server, chat_id) == ["over http"]
-
-
-def is_send_frame(message) -> bool:
-    try:
-        return json.loads(message).get("type") == "send"
-    except (TypeError, ValueError, AttributeError):
-        return False
 
 
 def test_a_message_whose_socket_dies_before_the_ack_is_stored_once(server, open_as):
@@ -171,29 +191,9 @@ def test_a_message_answered_busy_goes_again_after_retry_after_once_and_before_th
     assert posted_at[1] - posted_at[0] >= 1.0, posted_at  # Retry-After waited out
 
 
-def relay_room_socket(page, on_send):
-    """Route the page's room sockets through the test: `on_send(frame, raw, to_server, to_page)`
-    decides what becomes of each send frame; everything else passes through."""
-
-    def relay(ws):
-        upstream = ws.connect_to_server()
-
-        def from_page(message):
-            if is_send_frame(message):
-                return on_send(json.loads(message), message, upstream.send, ws.send)
-            upstream.send(message)
-
-        ws.on_message(from_page)
-
-    page.route_web_socket(re.compile(r".*/ws/chat/\d+/(\?|$)"), relay)
-
-
 def test_messages_typed_before_the_first_is_acked_go_out_at_once_each_after_the_one_before(server, open_as):
     """On a slow network a quick typist's messages do not queue behind each other's round
     trips: the server sees none of them until the third is sent, and all are stored in order."""
-    chat_id = server.set_up(users=["ari", "bo"], chats=[("ari", "bo", [])])["chats"]["ari:bo"]
-    ari, bo = open_as("ari"), open_as("bo")
-    goto_with_socket(bo, room_path(chat_id), f"/ws/chat/{chat_id}/")
     frames, held = [], []
 
     def hold_until_three(frame, raw, to_server, to_page):
@@ -203,9 +203,7 @@ def test_messages_typed_before_the_first_is_acked_go_out_at_once_each_after_the_
             for message in held:
                 to_server(message)
 
-    relay_room_socket(ari, hold_until_three)
-    seen = watch_sends(ari)
-    goto_with_socket(ari, room_path(chat_id), f"/ws/chat/{chat_id}/")
+    chat_id, (ari, bo), seen = open_direct_chat(server, open_as, "ari", "bo", on_send=hold_until_three)
 
     for body in ("one", "two", "three"):
         send(ari, body)
@@ -223,9 +221,6 @@ def test_a_message_answered_busy_holds_the_ones_typed_after_it_which_go_again_af
     """The first message is answered busy while the second is already out: the server
     refuses the second (the one it follows is not stored), and the page sends both again
     after Retry-After, in the order typed, each stored once."""
-    chat_id = server.set_up(users=["cy", "di"], chats=[("cy", "di", [])])["chats"]["cy:di"]
-    cy, di = open_as("cy"), open_as("di")
-    goto_with_socket(di, room_path(chat_id), f"/ws/chat/{chat_id}/")
     frames, first = [], []
 
     def busy_for_the_first_try(frame, raw, to_server, to_page):
@@ -238,9 +233,7 @@ def test_a_message_answered_busy_holds_the_ones_typed_after_it_which_go_again_af
             to_page(json.dumps({**busy, "client_id": first[0]["client_id"], "retry_after": 1}))
         to_server(raw)
 
-    relay_room_socket(cy, busy_for_the_first_try)
-    seen = watch_sends(cy)
-    goto_with_socket(cy, room_path(chat_id), f"/ws/chat/{chat_id}/")
+    chat_id, (cy, di), seen = open_direct_chat(server, open_as, "cy", "di", on_send=busy_for_the_first_try)
 
     send(cy, "first")
     send(cy, "second")

@@ -83,8 +83,7 @@ class Outbox:
 
     def stop(self) -> None:
         self.cancel_ack_timer()
-        if self.retry_timer is not None:
-            self.retry_timer.cancel()
+        self.stop_waiting_to_retry()
         for message in self.queue:
             message.answered.cancel()
         self.queue = []

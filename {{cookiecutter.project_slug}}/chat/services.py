@@ -194,8 +194,8 @@ def send_counted_message(
     message stored the first time). With `after`, OutOfOrder unless the sender's message
     of that client id is stored (a retry is answered all the same). Taking back the count
     of a send not stored now is the caller's (`refund_sends`)."""
-    retried = (over_rate is not None or after) and client_id
-    if retried and (earlier := earlier_send(chat=chat, sender=sender, client_id=client_id)):
+    may_be_a_retry = (over_rate is not None or after) and client_id  # answered before either refusal
+    if may_be_a_retry and (earlier := earlier_send(chat=chat, sender=sender, client_id=client_id)):
         return earlier, False
     if over_rate is not None:
         raise over_rate

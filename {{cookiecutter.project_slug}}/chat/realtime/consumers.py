@@ -644,11 +644,12 @@ class RoomConsumer(ChatConsumer):
         client_id, body, after = frame.get("client_id"), frame.get("body"), frame.get("after")
         if not is_client_id(client_id):
             return await self.send_error("malformed", "send needs a client_id of 1 to 64 characters.")
-        about = {"client_id": client_id}
         if not isinstance(body, str):
             return await self.send_error("malformed", "send needs a text body.", client_id=client_id)
         if after is not None and not is_client_id(after):
-            return await self.send_error("malformed", "after must be a client_id of 1 to 64 characters.", **about)
+            return await self.send_error(
+                "malformed", "after must be a client_id of 1 to 64 characters.", client_id=client_id
+            )
         try:
             after = services.clean_client_id(after)
         except ValidationError as exc:

@@ -33,6 +33,7 @@ import logging
 import re
 import secrets
 import time
+from typing import NamedTuple
 
 from channels.consumer import get_handler_name
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -58,6 +59,14 @@ HANDED_OVER_BY = "handed_over_by"
 MAX_SOCKETS_CHECKED = 200
 # How long a room message waits here for the one before it, at most (see RoomHub.deliver).
 HOLD_FOR_PREVIOUS_SECONDS = 1.0
+
+
+class WaitingMessage(NamedTuple):
+    """A room message waiting here for the one before it (RoomHub.deliver)."""
+
+    event: dict
+    outsiders: frozenset[int]
+    changes: list  # (event, outsiders) of its edits, deletes and reactions meanwhile
 
 
 def hub_channel_name(process_channel: str) -> str:
@@ -253,7 +262,7 @@ class RoomHub(ProcessHub):
         # for the one before them (by that one's id; each with its changes meanwhile), with
         # the timer that lets them go.
         self.newest_handed: dict[int, int] = {}
-        self.waiting: dict[int, dict[int, tuple[dict, frozenset[int], list]]] = {}
+        self.waiting: dict[int, dict[int, WaitingMessage]] = {}
         self.waiting_timers: dict[int, asyncio.TimerHandle] = {}
         self.handing_late: set[asyncio.Task] = set()
 
@@ -305,21 +314,20 @@ class RoomHub(ProcessHub):
         chat_id, prev_id = event.get("chat_id"), event.get("prev_id")
         if event.get("type") != "chat.message":
             if (waiting_message := self.waiting_message(chat_id, event.get("message_id"))) is not None:
-                waiting_message[2].append((event, outsiders))
+                waiting_message.changes.append((event, outsiders))
                 return
             return await self.hand_to_room(event, outsiders)
         newest = self.newest_handed.get(chat_id)
         if prev_id is not None and newest is not None and prev_id > newest and chat_id in self.sockets:
-            self.waiting.setdefault(chat_id, {})[prev_id] = (event, outsiders, [])
+            self.waiting.setdefault(chat_id, {})[prev_id] = WaitingMessage(event, outsiders, [])
             if chat_id not in self.waiting_timers:
                 self.waiting_timers[chat_id] = self.loop.call_later(HOLD_FOR_PREVIOUS_SECONDS, self.wait_over, chat_id)
             return
         await self.hand_message_and_followers(event, outsiders, [])
 
-    def waiting_message(self, chat_id, message_id) -> tuple | None:
-        """The waiting message of this id, if any: (event, outsiders, its changes meanwhile)."""
+    def waiting_message(self, chat_id, message_id) -> WaitingMessage | None:
         for waiting_message in self.waiting.get(chat_id, {}).values():
-            if waiting_message[0]["message_id"] == message_id:
+            if waiting_message.event["message_id"] == message_id:
                 return waiting_message
         return None
 
@@ -350,7 +358,7 @@ class RoomHub(ProcessHub):
             self.handing_late.add(task)
             task.add_done_callback(self.handing_late.discard)
 
-    async def hand_late(self, waiting: dict[int, tuple]) -> None:
+    async def hand_late(self, waiting: dict[int, WaitingMessage]) -> None:
         for _, (event, outsiders, changes) in sorted(waiting.items()):
             try:
                 await self.hand_message_and_followers(event, outsiders, changes)

@@ -55,7 +55,7 @@ export class MessageOutbox {
 
   stop() {
     clearTimeout(this.ackTimer);
-    clearTimeout(this.retryTimer);
+    this.stopWaitingToRetry();
     this.queue = [];
   }
 
