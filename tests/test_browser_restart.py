@@ -18,7 +18,7 @@ import pytest
 import test_browser
 from baking import clean_env
 from served_project import ServedProject, tooling
-from test_browser import goto_with_socket, room_path
+from test_browser import REOPENED_WITHIN_MS, goto_with_socket, room_path
 
 pytestmark = pytest.mark.slow
 
@@ -96,8 +96,8 @@ def test_room_reconnects_after_a_graceful_restart_and_shows_what_it_missed(serve
     expect(hint).to_have_text(re.compile("reconnecting", re.IGNORECASE))
     server.start()
 
+    expect(hint).to_be_hidden(timeout=REOPENED_WITHIN_MS)
     expect(walt.locator("main .bubble-body")).to_have_text(["Before the deploy", "Sent while the server restarted"])
-    expect(hint).to_be_hidden()
 
 
 # Runs in `manage.py shell`, outside the server: an edit no open room hears of.
@@ -125,8 +125,11 @@ def test_a_reopened_room_gets_what_it_missed_with_its_greeting_and_fetches_only_
     edit = {"CHAT_ID": chat_id, "BODY": "Written before the deploy", "NEW_BODY": "Edited during the deploy"}
     server.shell(EDIT_SCRIPT, **edit)
     server.send(sender="xena", receiver="yuri", bodies=["Sent during the deploy", "And another"])
+    hint = yuri.locator("main [data-connection-status]")
+    expect(hint).to_be_visible()
     server.start()
 
+    expect(hint).to_be_hidden(timeout=REOPENED_WITHIN_MS)
     expect(yuri.locator("main .bubble-body")).to_have_text(
         ["Edited during the deploy", "Sent during the deploy", "And another"]
     )
