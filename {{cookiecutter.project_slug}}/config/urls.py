@@ -22,3 +22,6 @@ urlpatterns = [
     path("chat/", include("chat.urls")),
     path(settings.ADMIN_URL, admin.site.urls),
 ]
+
+# A page that could not reach the database in time is a 503 the person can retry (config/errors.py).
+handler500 = "config.errors.server_error"

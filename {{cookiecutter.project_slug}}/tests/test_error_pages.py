@@ -1,10 +1,20 @@
 """Project-wide pages for what went wrong, and the icon every page asks for."""
 
+import contextlib
+
 import pytest
 from django.contrib.staticfiles import finders
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
-from django.views.defaults import server_error
+
+from chat.tests.database_faults import (
+    every_pooled_connection_taken,
+    hold_sqlite_write_lock,
+    needs_connection_pool,
+    release_lock,
+)
+from config.errors import server_error
 
 pytestmark = pytest.mark.django_db
 
@@ -41,7 +51,8 @@ def test_logout_typed_into_the_address_bar_gets_a_405_page(client, django_user_m
 
 
 def test_the_500_page_stands_alone(rf):
-    """Rendered with no context processors: it must not need the database or a session."""
+    """Rendered with no context processors: it must not need the database or a session.
+    (The handler answers a 500 for anything but a database it could not reach.)"""
     response = server_error(rf.get("/"))
 
     assert response.status_code == 500
@@ -72,3 +83,57 @@ def test_head_on_a_chat_page_is_answered_like_get(client, django_user_model):
     response = client.head(reverse("chat:list"))
 
     assert response.status_code == 200
+
+
+@contextlib.contextmanager
+def database_busy():
+    """The database cannot answer for a moment: every pooled PostgreSQL connection is taken,
+    or another connection holds SQLite's one writer lock."""
+    if connection.vendor == "sqlite":
+        locker = hold_sqlite_write_lock()
+        try:
+            yield
+        finally:
+            release_lock(locker)
+    elif connection.settings_dict.get("OPTIONS", {}).get("pool"):
+        with every_pooled_connection_taken():
+            yield
+    else:
+        pytest.skip("PostgreSQL without the connection pool: nothing to take")
+
+
+# Committed rows, as a server sees them: another connection takes the lock or the pool.
+@pytest.mark.django_db(transaction=True)
+def test_a_login_while_the_database_is_busy_is_a_503_to_retry_and_the_retry_logs_in(django_user_model, caplog):
+    """The login reads the person and writes their session: with the database busy past its
+    timeout that fails, as any page outside the chat might. The answer is the busy page with
+    Retry-After, never a 500, and the same form sent again once it is free logs in."""
+    django_user_model.objects.create_user("erin", "erin@example.com", "pw")
+    browser = Client(raise_request_exception=False)
+    form = {"username": "erin", "password": "pw"}
+    with database_busy():
+        busy = browser.post(reverse("login"), form)
+
+    assert (busy.status_code, busy["Retry-After"]) == (503, "1")
+    page = busy.content.decode()
+    assert "The server is busy. Try again in a moment." in page
+    assert "Try again</a>" not in page  # a POST: the page links back to the start instead
+    assert '<a href="/">' in page
+    assert [record.status_code for record in caplog.records if record.name == "django.request"] == [503]
+
+    retried = browser.post(reverse("login"), form)
+    assert (retried.status_code, retried["Location"]) == (302, reverse("chat:list"))
+
+
+@needs_connection_pool
+@pytest.mark.django_db(transaction=True)
+def test_an_admin_page_while_every_pooled_connection_is_taken_is_a_503_linking_to_itself(admin_user):
+    """Its first read, the session's, waits the pool's timeout for a connection."""
+    browser = Client(raise_request_exception=False)
+    browser.force_login(admin_user)
+    with every_pooled_connection_taken():
+        busy = browser.get(reverse("admin:index"))
+
+    assert (busy.status_code, busy["Retry-After"]) == (503, "1")
+    assert f'<a href="{reverse("admin:index")}">Try again</a>' in busy.content.decode()
+    assert browser.get(reverse("admin:index")).status_code == 200

@@ -5,9 +5,7 @@ test_consumers).
 """
 
 import asyncio
-import contextlib
 import json
-import sqlite3
 import time
 
 import pytest
@@ -23,6 +21,13 @@ from chat.realtime import consumers, sends
 from chat.realtime.hub import RoomHub
 from chat.realtime.loop import EventQueue
 from chat.tests import test_consumers
+from chat.tests.database_faults import (
+    every_pooled_connection_taken,
+    hold_sqlite_write_lock,
+    needs_connection_pool,
+    needs_sqlite_writer_lock,
+    release_lock,
+)
 from chat.tests.test_consumers import expect_close, receive_until
 from chat.tests.test_events_retry import eventually
 
@@ -303,9 +308,6 @@ async def test_a_removed_member_cannot_send_over_a_socket_that_missed_its_revoca
 
 # A database busy with another writer: SQLite refuses at once past its timeout, where
 # PostgreSQL would wait for the row locks instead of failing.
-needs_sqlite_writer_lock = pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's writer lock")
-
-
 async def test_an_emoji_spelled_as_an_escaped_surrogate_pair_is_stored(connect, alice, group):
     room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
     await room.send_to(text_data='{"type": "send", "client_id": "pair", "body": "\\ud83d\\ude00 hi"}')
@@ -358,19 +360,6 @@ async def test_a_send_that_fails_unexpectedly_fails_alone_and_its_socket_stays_o
     assert [ack["client_id"] for ack in acks] == ["first", "second"]
     await rooms[bob].send_to(text_data='{"type": "ping"}')
     await receive_until(rooms[bob], "pong")
-
-
-def hold_sqlite_write_lock():
-    """A second connection to the test database that takes SQLite's one write lock."""
-    other = sqlite3.connect(connection.settings_dict["NAME"], uri=True, timeout=0.1)
-    other.execute("BEGIN IMMEDIATE")
-    other.execute("UPDATE chat_chat SET name = name")
-    return other
-
-
-def release_lock(other) -> None:
-    other.rollback()
-    other.close()
 
 
 @needs_sqlite_writer_lock
@@ -433,39 +422,6 @@ def test_an_http_send_that_finds_the_database_busy_is_a_503_with_retry_after(cli
     retried = client.post(url, {"body": "wait", "client_id": "http-1"}, headers={"HX-Request": "true"})
     assert retried.status_code == 200
     assert Message.objects.count() == 1
-
-
-needs_connection_pool = pytest.mark.skipif(
-    connection.vendor != "postgresql" or not connection.settings_dict.get("OPTIONS", {}).get("pool"),
-    reason="PostgreSQL's connection pool (DB_POOL=true)",
-)
-
-
-@contextlib.contextmanager
-def every_pooled_connection_taken(wait: float = 0.2):
-    """No connection free in the pool (a restart's thousands of reconnects, say): whoever
-    needs one meanwhile waits `wait` seconds for it, then gets PoolTimeout. Yields a
-    function that gives them back before the end."""
-    connection.close()  # the test's own connection, back to the pool
-    pool, taken = connection.pool, []
-    configured = pool.timeout
-
-    def give_back() -> None:
-        """And a new pool for the tests after: this one grew to its largest, and keeps that."""
-        if not taken:
-            return
-        pool.timeout = configured
-        while taken:
-            pool.putconn(taken.pop())
-        connection.close_pool()
-
-    try:
-        for _ in range(pool.max_size):
-            taken.append(pool.getconn(timeout=10))
-        pool.timeout = wait
-        yield give_back
-    finally:
-        give_back()
 
 
 @pytest.fixture

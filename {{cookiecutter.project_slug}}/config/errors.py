@@ -1,0 +1,29 @@
+"""What the project answers when a view, or a middleware around it, raised (handler500)."""
+
+import sys
+
+from django.db import OperationalError
+from django.http import HttpResponse
+from django.template.loader import render_to_string
+from django.views.defaults import server_error as page_for_a_server_error
+
+# How long a page or a client waits before trying again when the database was busy.
+DATABASE_RETRY_AFTER_SECONDS = 1
+
+
+def server_error(request) -> HttpResponse:
+    """The 500 page, unless the database could not be reached in time: then a 503 with
+    Retry-After: trying again in a moment is what helps, and clients that honour it do.
+
+    That happens under overload or during a restart (every pooled connection in use past the
+    pool's timeout, SQLite's one writer lock held past its busy timeout, PostgreSQL
+    restarting), on any page: the login, the sign-up, the admin. The chat's views answer it
+    themselves; this covers the rest of the project and what fails around a view (saving the
+    session). Django has already logged the error with its traceback. Rendered without the
+    database or a session, as the 500 page is."""
+    if not isinstance(sys.exc_info()[1], OperationalError):
+        return page_for_a_server_error(request)
+    again = request.get_full_path() if request.method in ("GET", "HEAD") else None
+    response = HttpResponse(render_to_string("503.html", {"again": again}), status=503)
+    response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    return response
