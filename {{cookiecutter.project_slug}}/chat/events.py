@@ -222,6 +222,28 @@ def room_message_event(*, message, prev_id: int) -> dict:
     }
 
 
+def late_message_events(asks: list[tuple[int, int, int]]) -> dict[tuple[int, int, int], list[dict]]:
+    """By (chat id, message id, up to id): the room events of the chat's messages after that
+    message, up to the second id, oldest first, each naming the one before it. For the room
+    hubs, which read what the layer brought late or lost instead of letting every page
+    fetch it (`RoomHub.hand_late`): one query for all the chats of a trip, one for their
+    reactions, each bubble rendered once."""
+    ranges: dict[int, tuple[int, int]] = {}
+    for chat_id, after, up_to in asks:
+        known = ranges.get(chat_id, (after, up_to))
+        ranges[chat_id] = (min(after, known[0]), max(up_to, known[1]))
+    by_chat = selectors.messages_between(ranges)
+    late = {}
+    for chat_id, after, up_to in asks:
+        prev_id, chain = after, []
+        for message in by_chat.get(chat_id, ()):
+            if after < message.pk <= up_to:
+                chain.append(room_message_event(message=message, prev_id=prev_id))
+                prev_id = message.pk
+        late[(chat_id, after, up_to)] = chain
+    return late
+
+
 def inbox_message_events(*, message) -> list[dict]:
     """`inbox.message` for each member not reading the chat: the message and their counts."""
     sender_name = selectors.display_name(message.sender)

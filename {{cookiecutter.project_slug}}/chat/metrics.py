@@ -19,6 +19,7 @@ FRAMES_DROPPED = "frames_dropped"  # client frames over the per-user frame budge
 SOCKETS_DROPPED = "sockets_dropped"  # room sockets let go because a delivery to them failed
 SOCKETS_CLOSED_LAYER_LOST = "sockets_closed_layer_lost"  # closed with 4011: the channel layer failed
 SOCKETS_CLOSED_TOO_SLOW = "sockets_closed_too_slow"  # closed with 4008: fell too far behind reading
+LATE_MESSAGES_READ = "late_messages_read"  # read by a room hub that waited too long for their events
 SENDS_BUSY = "sends_busy"  # socket sends answered "busy", HTTP sends 503, past capacity: nothing stored
 
 open_sockets: Counter[str] = Counter()

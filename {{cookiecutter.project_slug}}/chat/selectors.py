@@ -213,6 +213,21 @@ def newest_messages_after(after_by_chat: dict[int, int], *, limit: int) -> dict[
     return by_chat
 
 
+def messages_between(ranges: dict[int, tuple[int, int]]) -> dict[int, list[Message]]:
+    """Each chat's messages with an id after the first of its two ids, up to the second,
+    oldest first, with their reactions: one query for every chat and one for the reactions."""
+    if not ranges:
+        return {}
+    wanted = Q()
+    for chat_id, (after, up_to) in ranges.items():
+        wanted |= Q(chat_id=chat_id, pk__gt=after, pk__lte=up_to)
+    rows = Message.objects.filter(wanted).select_related("sender", "reply_to", "reply_to__sender").order_by("pk")
+    by_chat: dict[int, list[Message]] = {}
+    for message in with_reactions(list(rows)):
+        by_chat.setdefault(message.chat_id, []).append(message)
+    return by_chat
+
+
 def chat_members(*, chat: Chat) -> list[Membership]:
     # "admin" sorts before "member", so admins come first.
     return list(Membership.objects.filter(chat=chat).select_related("user").order_by("role", "joined_at", "pk"))

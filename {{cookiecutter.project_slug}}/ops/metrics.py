@@ -35,6 +35,7 @@ TOTALS = {
     chat_metrics.CATCH_UP_FETCHES: "Rooms fetching the messages they missed (messages/?after=).",
     chat_metrics.FRAMES_DROPPED: "Client frames dropped unhandled: over the per-user frame budget.",
     chat_metrics.SENDS_BUSY: "Socket sends answered busy (over capacity or the database busy); the client resends.",
+    chat_metrics.LATE_MESSAGES_READ: "Room messages whose events came late to this process: read and handed in order.",
 }
 SOCKETS_CLOSED = {
     "delivery_failed": chat_metrics.SOCKETS_DROPPED,

@@ -39,6 +39,7 @@ from channels.consumer import get_handler_name
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from chat import events, metrics
+from chat.realtime import handshakes
 from chat.realtime.loop import PerLoop, cancel_until_done, group_add, group_discard, stop_if_cancelled
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ HANDED_OVER_BY = "handed_over_by"
 MAX_SOCKETS_CHECKED = 200
 # How long a room message waits here for the one before it, at most (see RoomHub.deliver).
 HOLD_FOR_PREVIOUS_SECONDS = 1.0
+# The most messages a room hub remembers having read ahead of their late events, per chat.
+MAX_READ_AHEAD = 1_000
 
 
 class WaitingMessage(NamedTuple):
@@ -265,12 +268,15 @@ class RoomHub(ProcessHub):
         self.waiting: dict[int, dict[int, WaitingMessage]] = {}
         self.waiting_timers: dict[int, asyncio.TimerHandle] = {}
         self.handing_late: set[asyncio.Task] = set()
+        # By chat: the messages read here because their events were late, until those come.
+        self.read_ahead: dict[int, set[int]] = {}
 
     def key_of(self, consumer) -> int:
         return consumer.chat_id
 
     def forget(self, key: int) -> None:
         self.newest_handed.pop(key, None)
+        self.read_ahead.pop(key, None)
         self.stop_waiting(key)
 
     def groups_of(self, key: int) -> set[str]:
@@ -305,7 +311,8 @@ class RoomHub(ProcessHub):
         a fetch from every page of the room for each message the layer brought late. So a
         message whose previous one (`prev_id`) has not been handed over here waits for it,
         at most HOLD_FOR_PREVIOUS_SECONDS, and goes right after it; past that (the layer
-        lost it) it goes anyway and the pages fetch the gap. The edits, deletes and
+        is slow or lost it) the hub reads what it waited for from the database and hands
+        that first (`hand_late`). The edits, deletes and
         reactions of a waiting message wait with it (a page ignores a change to a message
         it does not show). A chat's first message here waits for nothing, nor does one from
         an earlier version, without `prev_id`. Lag is noted as the event reaches the hub:
@@ -317,6 +324,8 @@ class RoomHub(ProcessHub):
                 waiting_message.changes.append((event, outsiders))
                 return
             return await self.hand_to_room(event, outsiders)
+        if self.came_after_its_read(chat_id, event["message_id"]):
+            return
         newest = self.newest_handed.get(chat_id)
         if prev_id is not None and newest is not None and prev_id > newest and chat_id in self.sockets:
             self.waiting.setdefault(chat_id, {})[prev_id] = WaitingMessage(event, outsiders, [])
@@ -349,21 +358,64 @@ class RoomHub(ProcessHub):
             event, outsiders, changes = follower
 
     def wait_over(self, chat_id: int) -> None:
-        """The messages that waited for a previous one too long go, oldest first. Taken at
+        """The messages that waited for a previous one too long go (`hand_late`). Taken at
         once, so that a chat's new waiting messages get a timer and a wait of their own."""
         self.waiting_timers.pop(chat_id, None)
         waiting = self.waiting.pop(chat_id, None)
         if waiting:
-            task = self.loop.create_task(self.hand_late(waiting))
+            task = self.loop.create_task(self.hand_late(chat_id, waiting))
             self.handing_late.add(task)
             task.add_done_callback(self.handing_late.discard)
 
-    async def hand_late(self, waiting: dict[int, WaitingMessage]) -> None:
-        for _, (event, outsiders, changes) in sorted(waiting.items()):
+    async def hand_late(self, chat_id: int, waiting: dict[int, WaitingMessage]) -> None:
+        """The messages these waited for, read from the database (`read_late`), then these,
+        in their order: no page sees a gap. A busy process, or a slow layer, brings another
+        process's message late to every process at once; each page fetching it over HTTP
+        would cost the room's processes a request per page (a hundred for one message)
+        just when they are behind, which made them later still. Here it is one shared trip
+        per process, each bubble rendered once. If the read fails, these go alone and the
+        pages fetch the gap, as before."""
+        by_id = {waiting_message.event["message_id"]: waiting_message for waiting_message in waiting.values()}
+        for event in await self.read_late(chat_id, up_to=max(waiting)):
+            if event["message_id"] not in by_id:
+                by_id[event["message_id"]] = WaitingMessage(event, frozenset(), [])
+                self.read_ahead.setdefault(chat_id, set()).add(event["message_id"])
+        for message_id, (event, outsiders, changes) in sorted(by_id.items()):
+            if message_id <= self.newest_handed.get(chat_id, 0) and message_id not in waiting:
+                continue  # read, but its own event came meanwhile and went
             try:
                 await self.hand_message_and_followers(event, outsiders, changes)
             except Exception:  # the next one still goes; its pages fetch what this one lacked
                 logger.exception("Handing over message %s failed", event.get("message_id"))
+
+    def came_after_its_read(self, chat_id: int, message_id: int) -> bool:
+        """Whether this is the late event of a message read and handed here already: its
+        sockets have it, and would only write it to each of them again. (Ids whose events
+        never come, lost by the layer, are let go once a chat has more than MAX_READ_AHEAD.)"""
+        read = self.read_ahead.get(chat_id)
+        if not read:
+            return False
+        if len(read) > MAX_READ_AHEAD:
+            read.difference_update(sorted(read)[:-MAX_READ_AHEAD])
+        if message_id not in read:
+            return False
+        read.discard(message_id)
+        return True
+
+    async def read_late(self, chat_id: int, *, up_to: int) -> list[dict]:
+        """The events of the chat's messages after the newest handed here, up to `up_to`
+        (the newest a waiting message waits for), oldest first; none if that read fails."""
+        newest = self.newest_handed.get(chat_id)
+        if newest is None or chat_id not in self.sockets:
+            return []
+        try:
+            ask = (chat_id, newest, up_to)
+            late = await handshakes.in_shared_batch(events.late_message_events, ask, socket_open=True)
+        except Exception:
+            logger.warning("Messages of chat %s waited for here could not be read", chat_id, exc_info=True)
+            return []
+        metrics.count(metrics.LATE_MESSAGES_READ, len(late))
+        return late
 
     def stop_waiting(self, chat_id: int) -> None:
         self.waiting.pop(chat_id, None)

@@ -11,8 +11,8 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.urls import reverse
 
-from chat import events, services
-from chat.models import Membership
+from chat import events, metrics, services
+from chat.models import Membership, Message
 from chat.realtime import consumers, loop
 from chat.realtime import hub as hub_module
 from chat.realtime.hub import CLOSE_LAYER_LOST, RoomHub, UserHub
@@ -546,6 +546,43 @@ async def test_a_message_whose_previous_one_never_comes_goes_after_a_bounded_wai
     assert asyncio.get_running_loop().time() - started >= 0.3
     await layer.group_send(events.room_group(group.pk), message_from_another_process(group, 205, 204))
     assert await message_ids(room, 1) == [205]  # after them, without waiting
+
+
+async def test_messages_whose_events_came_too_late_are_read_here_and_handed_in_order(
+    connect, alice, bob, group, monkeypatch
+):
+    """Another process stored two messages whose events the layer is slow to bring (or
+    lost), then a third whose event came: once the third has waited long enough, the hub
+    reads the two from the database and hands all three in their order. The pages see no
+    gap, so none of them fetches the same messages over HTTP."""
+    monkeypatch.setattr(hub_module, "HOLD_FOR_PREVIOUS_SECONDS", 0.3)
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    first, slow, lost, third = [
+        await database_sync_to_async(Message.objects.create)(chat=group, sender=bob, body=body)
+        for body in ("first", "slow on the way", "lost on the way", "third")
+    ]
+    layer = get_channel_layer()
+    await layer.group_send(events.room_group(group.pk), message_from_another_process(group, first.pk, 0))
+    assert await message_ids(room, 1) == [first.pk]
+    read_before = metrics.totals[metrics.LATE_MESSAGES_READ]
+
+    await layer.group_send(events.room_group(group.pk), message_from_another_process(group, third.pk, lost.pk))
+    frames = [await receive_until(room, "chat.message") for _ in range(3)]
+
+    assert [(frame["message_id"], frame["prev_id"]) for frame in frames] == [
+        (slow.pk, first.pk),
+        (lost.pk, slow.pk),
+        (third.pk, lost.pk),
+    ]
+    assert "slow on the way" in frames[0]["html"] and "lost on the way" in frames[1]["html"]
+    assert metrics.totals[metrics.LATE_MESSAGES_READ] - read_before == 2
+    # The slow one's own event comes at last: its sockets have it, so it goes no further;
+    # the next message chains on the three and goes at once.
+    await layer.group_send(events.room_group(group.pk), message_from_another_process(group, slow.pk, first.pk))
+    await layer.group_send(events.room_group(group.pk), message_from_another_process(group, third.pk + 1, third.pk))
+    started = asyncio.get_running_loop().time()
+    assert await message_ids(room, 1) == [third.pk + 1]
+    assert asyncio.get_running_loop().time() - started < 0.3
 
 
 @pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
