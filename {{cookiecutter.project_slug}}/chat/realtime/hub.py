@@ -376,13 +376,15 @@ class RoomHub(ProcessHub):
         per process, each bubble rendered once. If the read fails, these go alone and the
         pages fetch the gap, as before."""
         by_id = {waiting_message.event["message_id"]: waiting_message for waiting_message in waiting.values()}
+        read = {}
         for event in await self.read_late(chat_id, up_to=max(waiting)):
             if event["message_id"] not in by_id:
-                by_id[event["message_id"]] = WaitingMessage(event, frozenset(), [])
-                self.read_ahead.setdefault(chat_id, set()).add(event["message_id"])
+                read[event["message_id"]] = by_id[event["message_id"]] = WaitingMessage(event, frozenset(), [])
         for message_id, (event, outsiders, changes) in sorted(by_id.items()):
-            if message_id <= self.newest_handed.get(chat_id, 0) and message_id not in waiting:
-                continue  # read, but its own event came meanwhile and went
+            if message_id in read:
+                if message_id <= self.newest_handed.get(chat_id, 0):
+                    continue  # its own event came during the read, and went
+                self.read_ahead.setdefault(chat_id, set()).add(message_id)
             try:
                 await self.hand_message_and_followers(event, outsiders, changes)
             except Exception:  # the next one still goes; its pages fetch what this one lacked
