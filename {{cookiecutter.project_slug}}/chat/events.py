@@ -227,12 +227,13 @@ def late_message_events(asks: list[tuple[int, int, int]]) -> dict[tuple[int, int
     message, up to the second id, oldest first, each naming the one before it. For the room
     hubs, which read what the layer brought late or lost instead of letting every page
     fetch it (`RoomHub.hand_late`): one query for all the chats of a trip, one for their
-    reactions, each bubble rendered once."""
+    reactions, each bubble rendered once. At most a page of them (CHAT_PAGE_SIZE) a chat:
+    past that (the layer lost many), the pages fetch the rest as they would."""
     ranges: dict[int, tuple[int, int]] = {}
     for chat_id, after, up_to in asks:
         known = ranges.get(chat_id, (after, up_to))
         ranges[chat_id] = (min(after, known[0]), max(up_to, known[1]))
-    by_chat = selectors.messages_between(ranges)
+    by_chat = selectors.messages_between(ranges, limit=chat_setting("CHAT_PAGE_SIZE"))
     late = {}
     for chat_id, after, up_to in asks:
         prev_id, chain = after, []

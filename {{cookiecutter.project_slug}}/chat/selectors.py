@@ -213,15 +213,23 @@ def newest_messages_after(after_by_chat: dict[int, int], *, limit: int) -> dict[
     return by_chat
 
 
-def messages_between(ranges: dict[int, tuple[int, int]]) -> dict[int, list[Message]]:
-    """Each chat's messages with an id after the first of its two ids, up to the second,
-    oldest first, with their reactions: one query for every chat and one for the reactions."""
+def messages_between(ranges: dict[int, tuple[int, int]], *, limit: int) -> dict[int, list[Message]]:
+    """Each chat's oldest `limit` messages with an id after the first of its two ids, up to
+    the second, oldest first, with their reactions: one query for every chat (a window over
+    the chats) and one for the reactions."""
     if not ranges:
         return {}
     wanted = Q()
     for chat_id, (after, up_to) in ranges.items():
         wanted |= Q(chat_id=chat_id, pk__gt=after, pk__lte=up_to)
-    rows = Message.objects.filter(wanted).select_related("sender", "reply_to", "reply_to__sender").order_by("pk")
+    oldest_first = Window(RowNumber(), partition_by=F("chat_id"), order_by=F("pk").asc())
+    rows = (
+        Message.objects.filter(wanted)
+        .select_related("sender", "reply_to", "reply_to__sender")
+        .annotate(oldness=oldest_first)
+        .filter(oldness__lte=limit)
+        .order_by("pk")
+    )
     by_chat: dict[int, list[Message]] = {}
     for message in with_reactions(list(rows)):
         by_chat.setdefault(message.chat_id, []).append(message)

@@ -20,6 +20,7 @@ from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers, patch_vary_headers
+from django.utils.http import escape_leading_slashes
 from django.utils.log import log_response
 from django_htmx.http import HttpResponseClientRedirect, reswap, retarget
 
@@ -103,7 +104,8 @@ def database_unavailable(request, exc: OperationalError) -> HttpResponse:
     if request.htmx:
         content = render_to_string("chat/partials/error.html", {"error": SERVER_BUSY})
     else:  # a link to try again: this page, or the chat list after a form's POST
-        again = request.get_full_path() if request.method in ("GET", "HEAD") else reverse("chat:list")
+        this_page = escape_leading_slashes(request.get_full_path())
+        again = this_page if request.method in ("GET", "HEAD") else reverse("chat:list")
         content = render_to_string("chat/unavailable.html", {"error": SERVER_BUSY, "again": again})
     response = HttpResponse(content, status=503)
     response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)

@@ -59,6 +59,34 @@ def test_the_500_page_stands_alone(rf):
     assert "Something went wrong" in response.content.decode()
 
 
+def test_an_error_of_a_database_that_answers_is_still_a_500(rf):
+    """A missing table (a `migrate` not run) is no "busy, try again": it would never end."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM no_such_table_here")
+    except Exception:  # SQLite: OperationalError; PostgreSQL: ProgrammingError
+        response = server_error(rf.get("/"))
+
+    assert response.status_code == 500
+    assert "Retry-After" not in response
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_busy_page_links_back_to_this_site_only(rf):
+    """A request line naming another host (`GET //example.org/...`) gets no link there."""
+    with database_busy():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(BUSY_STATEMENT[connection.vendor])
+        except Exception:
+            request = rf.get("/")
+            request.path = "//example.org/login/"  # as a server passes it on (RequestFactory would not)
+            response = server_error(request)
+
+    assert response.status_code == 503
+    assert '<a href="/%2Fexample.org/login/">Try again</a>' in response.content.decode()
+
+
 def test_a_form_sent_without_a_valid_csrf_token_gets_a_page_saying_what_to_do(django_user_model):
     client = Client(enforce_csrf_checks=True)
     client.force_login(django_user_model.objects.create_user("erin", "erin@example.com", "pw"))
@@ -83,6 +111,10 @@ def test_head_on_a_chat_page_is_answered_like_get(client, django_user_model):
     response = client.head(reverse("chat:list"))
 
     assert response.status_code == 200
+
+
+# A statement that needs what `database_busy` takes away: a write, or a connection.
+BUSY_STATEMENT = {"sqlite": "UPDATE chat_chat SET name = name", "postgresql": "SELECT 1"}
 
 
 @contextlib.contextmanager

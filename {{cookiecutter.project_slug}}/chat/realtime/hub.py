@@ -268,8 +268,11 @@ class RoomHub(ProcessHub):
         self.waiting: dict[int, dict[int, WaitingMessage]] = {}
         self.waiting_timers: dict[int, asyncio.TimerHandle] = {}
         self.handing_late: set[asyncio.Task] = set()
-        # By chat: the messages read here because their events were late, until those come.
+        # By chat: the messages read here because their events were late, until those come;
+        # and, while such a read runs, the newest message handed before it with the changes
+        # of later messages that came meanwhile (they go after the messages read).
         self.read_ahead: dict[int, set[int]] = {}
+        self.reading_late: dict[int, tuple[int, list]] = {}
 
     def key_of(self, consumer) -> int:
         return consumer.chat_id
@@ -277,7 +280,7 @@ class RoomHub(ProcessHub):
     def forget(self, key: int) -> None:
         self.newest_handed.pop(key, None)
         self.read_ahead.pop(key, None)
-        self.stop_waiting(key)
+        self.stop_waiting(key)  # a late read under way finds no socket and hands nothing
 
     def groups_of(self, key: int) -> set[str]:
         return {events.room_group(key)}
@@ -320,10 +323,9 @@ class RoomHub(ProcessHub):
         self.note_lag(event)
         chat_id, prev_id = event.get("chat_id"), event.get("prev_id")
         if event.get("type") != "chat.message":
-            if (waiting_message := self.waiting_message(chat_id, event.get("message_id"))) is not None:
-                waiting_message.changes.append((event, outsiders))
-                return
-            return await self.hand_to_room(event, outsiders)
+            if not self.held_with_its_message(event, outsiders):
+                await self.hand_to_room(event, outsiders)
+            return
         if self.came_after_its_read(chat_id, event["message_id"]):
             return
         newest = self.newest_handed.get(chat_id)
@@ -333,6 +335,19 @@ class RoomHub(ProcessHub):
                 self.waiting_timers[chat_id] = self.loop.call_later(HOLD_FOR_PREVIOUS_SECONDS, self.wait_over, chat_id)
             return
         await self.hand_message_and_followers(event, outsiders, [])
+
+    def held_with_its_message(self, event: dict, outsiders: frozenset[int]) -> bool:
+        """Whether this change (an edit, delete or reaction) waits: with its message, still
+        waiting here, or until the messages being read late have gone (it may be one of them)."""
+        chat_id, message_id = event.get("chat_id"), event.get("message_id")
+        if (waiting_message := self.waiting_message(chat_id, message_id)) is not None:
+            waiting_message.changes.append((event, outsiders))
+            return True
+        reading = self.reading_late.get(chat_id)
+        if reading is not None and isinstance(message_id, int) and message_id > reading[0]:
+            reading[1].append((event, outsiders))
+            return True
+        return False
 
     def waiting_message(self, chat_id, message_id) -> WaitingMessage | None:
         for waiting_message in self.waiting.get(chat_id, {}).values():
@@ -359,10 +374,16 @@ class RoomHub(ProcessHub):
 
     def wait_over(self, chat_id: int) -> None:
         """The messages that waited for a previous one too long go (`hand_late`). Taken at
-        once, so that a chat's new waiting messages get a timer and a wait of their own."""
+        once, so that a chat's new waiting messages get a timer and a wait of their own;
+        while a chat's earlier late read runs, they wait on (as its followers, they may go
+        with it)."""
+        if chat_id in self.reading_late:
+            self.waiting_timers[chat_id] = self.loop.call_later(HOLD_FOR_PREVIOUS_SECONDS, self.wait_over, chat_id)
+            return
         self.waiting_timers.pop(chat_id, None)
         waiting = self.waiting.pop(chat_id, None)
         if waiting:
+            self.reading_late[chat_id] = (self.newest_handed.get(chat_id, 0), [])
             task = self.loop.create_task(self.hand_late(chat_id, waiting))
             self.handing_late.add(task)
             task.add_done_callback(self.handing_late.discard)
@@ -374,18 +395,37 @@ class RoomHub(ProcessHub):
         would cost the room's processes a request per page (a hundred for one message)
         just when they are behind, which made them later still. Here it is one shared trip
         per process, each bubble rendered once. If the read fails, these go alone and the
-        pages fetch the gap, as before."""
+        pages fetch the gap, as before. Changes that came during the read go last."""
+        try:
+            await self.hand_late_messages(chat_id, waiting)
+        finally:
+            _, changes = self.reading_late.pop(chat_id)
+            for change, outsiders in changes:
+                try:
+                    if not self.held_with_its_message(change, outsiders):
+                        await self.hand_to_room(change, outsiders)
+                except Exception:
+                    logger.exception("Handing over a change of message %s failed", change.get("message_id"))
+
+    async def hand_late_messages(self, chat_id: int, waiting: dict[int, WaitingMessage]) -> None:
         by_id = {waiting_message.event["message_id"]: waiting_message for waiting_message in waiting.values()}
         read = {}
         for event in await self.read_late(chat_id, up_to=max(waiting)):
             if event["message_id"] not in by_id:
                 read[event["message_id"]] = by_id[event["message_id"]] = WaitingMessage(event, frozenset(), [])
+        if chat_id not in self.sockets:
+            return  # everyone here left during the read: nothing to hand, nothing to remember
         for message_id, (event, outsiders, changes) in sorted(by_id.items()):
-            if message_id in read:
-                if message_id <= self.newest_handed.get(chat_id, 0):
-                    continue  # its own event came during the read, and went
-                self.read_ahead.setdefault(chat_id, set()).add(message_id)
             try:
+                if message_id <= self.newest_handed.get(chat_id, 0):
+                    # Its own event came during the read and went (or a socket that joined
+                    # meanwhile had it with its greeting): only its changes are news.
+                    for change, change_outsiders in changes:
+                        await self.hand_to_room(change, change_outsiders)
+                    continue
+                if message_id in read:
+                    self.read_ahead.setdefault(chat_id, set()).add(message_id)
+                    metrics.count(metrics.LATE_MESSAGES_READ)
                 await self.hand_message_and_followers(event, outsiders, changes)
             except Exception:  # the next one still goes; its pages fetch what this one lacked
                 logger.exception("Handing over message %s failed", event.get("message_id"))
@@ -412,12 +452,10 @@ class RoomHub(ProcessHub):
             return []
         try:
             ask = (chat_id, newest, up_to)
-            late = await handshakes.in_shared_batch(events.late_message_events, ask, socket_open=True)
+            return await handshakes.in_shared_batch(events.late_message_events, ask, socket_open=True)
         except Exception:
             logger.warning("Messages of chat %s waited for here could not be read", chat_id, exc_info=True)
             return []
-        metrics.count(metrics.LATE_MESSAGES_READ, len(late))
-        return late
 
     def stop_waiting(self, chat_id: int) -> None:
         self.waiting.pop(chat_id, None)

@@ -585,6 +585,40 @@ async def test_messages_whose_events_came_too_late_are_read_here_and_handed_in_o
     assert asyncio.get_running_loop().time() - started < 0.3
 
 
+async def test_a_change_coming_while_late_messages_are_read_goes_after_them(connect, alice, bob, group, monkeypatch):
+    """A reaction to a message whose wait ran out, arriving while the hub reads the one
+    before it from the database, still reaches the pages after its message (a page ignores
+    a change to a message it does not show)."""
+    monkeypatch.setattr(hub_module, "HOLD_FOR_PREVIOUS_SECONDS", 0.3)
+    read_late = events.late_message_events
+
+    def slow_read(asks):
+        time.sleep(0.5)  # a busy database
+        return read_late(asks)
+
+    monkeypatch.setattr(events, "late_message_events", slow_read)
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    first, lost, last = [
+        await database_sync_to_async(Message.objects.create)(chat=group, sender=bob, body=body)
+        for body in ("first", "lost on the way", "last")
+    ]
+    layer = get_channel_layer()
+    await layer.group_send(events.room_group(group.pk), message_from_another_process(group, first.pk, 0))
+    assert await message_ids(room, 1) == [first.pk]
+
+    await layer.group_send(events.room_group(group.pk), message_from_another_process(group, last.pk, lost.pk))
+    await asyncio.sleep(0.5)  # its wait is over, the read under way
+    reacted = {"type": "chat.reacted", "chat_id": group.pk, "message_id": last.pk}
+    await layer.group_send(events.room_group(group.pk), {**reacted, "text": json.dumps(reacted)})
+    frames = []
+    while len(frames) < 3:
+        frame = json.loads(await room.receive_from(timeout=3))
+        if frame["type"] in ("chat.message", "chat.reacted"):
+            frames.append((frame["type"], frame["message_id"]))
+
+    assert frames == [("chat.message", lost.pk), ("chat.message", last.pk), ("chat.reacted", last.pk)]
+
+
 @pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
 async def test_a_waiting_message_s_changes_wait_with_it_and_its_wait_is_not_counted_as_lag(
     connect, alice, group, monkeypatch
