@@ -192,42 +192,32 @@ def messages_page(
 
 def newest_messages_after(after_by_chat: dict[int, int], *, limit: int) -> dict[int, list[Message]]:
     """Each chat's newest `limit` messages after the id given for it, oldest first, with
-    their reactions: what rooms reopening together missed, in one query for every chat
-    (a window over the chats) and one for the reactions."""
-    if not after_by_chat:
-        return {}
+    their reactions: what rooms reopening together missed."""
     missed = Q()
     for chat_id, after in after_by_chat.items():
         missed |= Q(chat_id=chat_id, pk__gt=after)
-    newest_first = Window(RowNumber(), partition_by=F("chat_id"), order_by=F("pk").desc())
-    rows = (
-        Message.objects.filter(missed)
-        .select_related("sender", "reply_to", "reply_to__sender")
-        .annotate(newness=newest_first)
-        .filter(newness__lte=limit)
-        .order_by("pk")
-    )
-    by_chat: dict[int, list[Message]] = {}
-    for message in with_reactions(list(rows)):
-        by_chat.setdefault(message.chat_id, []).append(message)
-    return by_chat
+    return first_messages_by_chat(missed, order_by=F("pk").desc(), limit=limit) if after_by_chat else {}
 
 
 def messages_between(ranges: dict[int, tuple[int, int]], *, limit: int) -> dict[int, list[Message]]:
     """Each chat's oldest `limit` messages with an id after the first of its two ids, up to
-    the second, oldest first, with their reactions: one query for every chat (a window over
-    the chats) and one for the reactions."""
-    if not ranges:
-        return {}
+    the second, oldest first, with their reactions."""
     wanted = Q()
     for chat_id, (after, up_to) in ranges.items():
         wanted |= Q(chat_id=chat_id, pk__gt=after, pk__lte=up_to)
-    oldest_first = Window(RowNumber(), partition_by=F("chat_id"), order_by=F("pk").asc())
+    return first_messages_by_chat(wanted, order_by=F("pk").asc(), limit=limit) if ranges else {}
+
+
+def first_messages_by_chat(wanted: Q, *, order_by, limit: int) -> dict[int, list[Message]]:
+    """By chat, the first `limit` of the messages `wanted` in `order_by` order, oldest first,
+    with what their bubbles show: one query for every chat (a window over the chats) and one
+    for the reactions."""
+    rank = Window(RowNumber(), partition_by=F("chat_id"), order_by=order_by)
     rows = (
         Message.objects.filter(wanted)
         .select_related("sender", "reply_to", "reply_to__sender")
-        .annotate(oldness=oldest_first)
-        .filter(oldness__lte=limit)
+        .annotate(rank_in_chat=rank)
+        .filter(rank_in_chat__lte=limit)
         .order_by("pk")
     )
     by_chat: dict[int, list[Message]] = {}

@@ -514,6 +514,16 @@ async def message_ids(room, count: int) -> list[int]:
     return [(await receive_until(room, "chat.message"))["message_id"] for _ in range(count)]
 
 
+async def messages_and_reactions(room, count: int) -> list[tuple[str, int]]:
+    """The type and message id of the room's next `count` message and reaction frames."""
+    frames = []
+    while len(frames) < count:
+        frame = json.loads(await room.receive_from(timeout=3))
+        if frame["type"] in ("chat.message", "chat.reacted"):
+            frames.append((frame["type"], frame["message_id"]))
+    return frames
+
+
 async def test_a_message_that_comes_before_the_one_it_follows_waits_for_it_here(connect, alice, group):
     """Messages from two processes: the later one comes first. The sockets here get them in
     their order, so no page sees a gap to wait for and fetch."""
@@ -610,11 +620,7 @@ async def test_a_change_coming_while_late_messages_are_read_goes_after_them(conn
     await asyncio.sleep(0.5)  # its wait is over, the read under way
     reacted = {"type": "chat.reacted", "chat_id": group.pk, "message_id": last.pk}
     await layer.group_send(events.room_group(group.pk), {**reacted, "text": json.dumps(reacted)})
-    frames = []
-    while len(frames) < 3:
-        frame = json.loads(await room.receive_from(timeout=3))
-        if frame["type"] in ("chat.message", "chat.reacted"):
-            frames.append((frame["type"], frame["message_id"]))
+    frames = await messages_and_reactions(room, 3)
 
     assert frames == [("chat.message", lost.pk), ("chat.message", last.pk), ("chat.reacted", last.pk)]
 
@@ -635,11 +641,7 @@ async def test_a_waiting_message_s_changes_wait_with_it_and_its_wait_is_not_coun
     reacted = {"type": "chat.reacted", "chat_id": group.pk, "message_id": 303}
     await layer.group_send(events.room_group(group.pk), message_from_another_process(group, 303, 302))
     await layer.group_send(events.room_group(group.pk), {**reacted, "text": json.dumps(reacted)})
-    frames = []
-    while len(frames) < 2:
-        frame = json.loads(await room.receive_from(timeout=3))
-        if frame["type"] in ("chat.message", "chat.reacted"):
-            frames.append((frame["type"], frame["message_id"]))
+    frames = await messages_and_reactions(room, 2)
 
     assert frames == [("chat.message", 303), ("chat.reacted", 303)]
     assert RoomHub.for_running_loop().lag() < 0.2  # it waited 0.3 s, for the other process
