@@ -8,8 +8,7 @@ from django.template.loader import render_to_string
 from django.utils.http import escape_leading_slashes
 from django.views.defaults import server_error as page_for_a_server_error
 
-# How long a page or a client waits before trying again when the database was busy.
-DATABASE_RETRY_AFTER_SECONDS = 1
+from chat.views import DATABASE_RETRY_AFTER_SECONDS
 
 
 def server_error(request) -> HttpResponse:

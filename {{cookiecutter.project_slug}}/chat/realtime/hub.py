@@ -72,6 +72,14 @@ class WaitingMessage(NamedTuple):
     changes: list  # (event, outsiders) of its edits, deletes and reactions meanwhile
 
 
+class LateRead(NamedTuple):
+    """A chat's late read under way here (RoomHub.hand_late): the newest message handed
+    before it, and the changes of later messages that came meanwhile."""
+
+    after: int
+    changes: list  # (event, outsiders), handed once the messages read have gone
+
+
 def hub_channel_name(process_channel: str) -> str:
     """A process-local channel ("<prefix>!<id>"), renamed so a capacity pattern finds it."""
     local, _, name = process_channel.partition("!")
@@ -269,10 +277,9 @@ class RoomHub(ProcessHub):
         self.waiting_timers: dict[int, asyncio.TimerHandle] = {}
         self.handing_late: set[asyncio.Task] = set()
         # By chat: the messages read here because their events were late, until those come;
-        # and, while such a read runs, the newest message handed before it with the changes
-        # of later messages that came meanwhile (they go after the messages read).
+        # and the late read under way, if any.
         self.read_ahead: dict[int, set[int]] = {}
-        self.reading_late: dict[int, tuple[int, list]] = {}
+        self.reading_late: dict[int, LateRead] = {}
 
     def key_of(self, consumer) -> int:
         return consumer.chat_id
@@ -344,8 +351,8 @@ class RoomHub(ProcessHub):
             waiting_message.changes.append((event, outsiders))
             return True
         reading = self.reading_late.get(chat_id)
-        if reading is not None and isinstance(message_id, int) and message_id > reading[0]:
-            reading[1].append((event, outsiders))
+        if reading is not None and isinstance(message_id, int) and message_id > reading.after:
+            reading.changes.append((event, outsiders))
             return True
         return False
 
@@ -383,7 +390,7 @@ class RoomHub(ProcessHub):
         self.waiting_timers.pop(chat_id, None)
         waiting = self.waiting.pop(chat_id, None)
         if waiting:
-            self.reading_late[chat_id] = (self.newest_handed.get(chat_id, 0), [])
+            self.reading_late[chat_id] = LateRead(self.newest_handed.get(chat_id, 0), [])
             task = self.loop.create_task(self.hand_late(chat_id, waiting))
             self.handing_late.add(task)
             task.add_done_callback(self.handing_late.discard)
@@ -399,8 +406,7 @@ class RoomHub(ProcessHub):
         try:
             await self.hand_late_messages(chat_id, waiting)
         finally:
-            _, changes = self.reading_late.pop(chat_id)
-            for change, outsiders in changes:
+            for change, outsiders in self.reading_late.pop(chat_id).changes:
                 try:
                     if not self.held_with_its_message(change, outsiders):
                         await self.hand_to_room(change, outsiders)
