@@ -222,26 +222,30 @@ def room_message_event(*, message, prev_id: int) -> dict:
     }
 
 
-def late_message_events(asks: list[tuple[int, int, int]]) -> dict[tuple[int, int, int], list[dict]]:
-    """By (chat id, message id, up to id): the room events of the chat's messages after that
-    message, up to the second id, oldest first, each naming the one before it. For the room
-    hubs, which read what the layer brought late or lost instead of letting every page
-    fetch it (`RoomHub.hand_late`): one query for all the chats of a trip, one for their
-    reactions, each bubble rendered once. At most a page of them (CHAT_PAGE_SIZE) a chat:
-    past that (the layer lost many), the pages fetch the rest as they would."""
-    ranges: dict[int, tuple[int, int]] = {}
-    for chat_id, after, up_to in asks:
-        known = ranges.get(chat_id, (after, up_to))
-        ranges[chat_id] = (min(after, known[0]), max(up_to, known[1]))
-    by_chat = selectors.messages_between(ranges, limit=chat_setting("CHAT_PAGE_SIZE"))
+# The most messages a room hub reads for one chat at once (`late_message_events`): past
+# that (the layer lost many), the pages fetch the rest as they would.
+MAX_LATE_MESSAGES = 500
+
+
+def late_message_events(asks: list[tuple[int, tuple[tuple[int, int], ...]]]) -> dict[tuple, list[dict]]:
+    """By (chat id, gaps): the room events of the chat's messages in each gap, an (after,
+    up to) pair of ids, oldest first, each naming the one before it. For the room hubs,
+    which read what the layer brought late or lost instead of letting every page fetch it
+    (`RoomHub.hand_late`): one query for all the chats of a trip, one for their reactions,
+    each bubble rendered once. Only the gaps: the messages waiting between them are at the
+    hub already. At most MAX_LATE_MESSAGES a chat."""
+    ranges = [(chat_id, after, up_to) for chat_id, gaps in asks for after, up_to in gaps]
+    by_chat = selectors.messages_between(ranges, limit=MAX_LATE_MESSAGES)
     late = {}
-    for chat_id, after, up_to in asks:
-        prev_id, chain = after, []
-        for message in by_chat.get(chat_id, ()):
-            if after < message.pk <= up_to:
-                chain.append(room_message_event(message=message, prev_id=prev_id))
-                prev_id = message.pk
-        late[(chat_id, after, up_to)] = chain
+    for chat_id, gaps in asks:
+        chain = []
+        for after, up_to in gaps:
+            prev_id = after
+            for message in by_chat.get(chat_id, ()):
+                if after < message.pk <= up_to:
+                    chain.append(room_message_event(message=message, prev_id=prev_id))
+                    prev_id = message.pk
+        late[(chat_id, gaps)] = chain
     return late
 
 

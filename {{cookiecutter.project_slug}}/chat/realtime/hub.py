@@ -416,7 +416,7 @@ class RoomHub(ProcessHub):
     async def hand_late_messages(self, chat_id: int, waiting: dict[int, WaitingMessage]) -> None:
         by_id = {waiting_message.event["message_id"]: waiting_message for waiting_message in waiting.values()}
         read = {}
-        for event in await self.read_late(chat_id, up_to=max(waiting)):
+        for event in await self.read_late(chat_id, waiting):
             if event["message_id"] not in by_id:
                 read[event["message_id"]] = by_id[event["message_id"]] = WaitingMessage(event, frozenset(), [])
         if chat_id not in self.sockets:
@@ -450,14 +450,14 @@ class RoomHub(ProcessHub):
         read.discard(message_id)
         return True
 
-    async def read_late(self, chat_id: int, *, up_to: int) -> list[dict]:
-        """The events of the chat's messages after the newest handed here, up to `up_to`
-        (the newest a waiting message waits for), oldest first; none if that read fails."""
+    async def read_late(self, chat_id: int, waiting: dict[int, WaitingMessage]) -> list[dict]:
+        """The events of the chat's messages the waiting ones wait for (`gaps_waited_for`), oldest
+        first; none if that read fails."""
         newest = self.newest_handed.get(chat_id)
         if newest is None or chat_id not in self.sockets:
             return []
         try:
-            ask = (chat_id, newest, up_to)
+            ask = (chat_id, gaps_waited_for(newest, waiting))
             return await handshakes.in_shared_batch(events.late_message_events, ask, socket_open=True)
         except Exception:
             logger.warning("Messages of chat %s waited for here could not be read", chat_id, exc_info=True)
@@ -485,6 +485,20 @@ class RoomHub(ProcessHub):
             for consumer in consumers:
                 await self.leave(consumer)
         await self.hand_over(event, consumers)
+
+
+def gaps_waited_for(newest: int, waiting: dict[int, WaitingMessage]) -> tuple[tuple[int, int], ...]:
+    """The (after, up to) id ranges of a chat's messages neither handed here (up to
+    `newest`) nor waiting: each ends at the message a waiting one follows, and starts
+    after the last message before it known here. Read as one range from `newest` on, the
+    messages waiting between the gaps took a page's worth of the read, and the gaps past
+    them were left for every page to fetch."""
+    gaps, known = [], newest
+    for prev_id in sorted(waiting):
+        if prev_id > known:
+            gaps.append((known, prev_id))
+        known = max(known, waiting[prev_id].event["message_id"])
+    return tuple(gaps)
 
 
 async def send_to_room(layer, event: dict, outsiders: frozenset[int] | None) -> None:

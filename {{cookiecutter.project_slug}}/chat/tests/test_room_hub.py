@@ -595,6 +595,35 @@ async def test_messages_whose_events_came_too_late_are_read_here_and_handed_in_o
     assert asyncio.get_running_loop().time() - started < 0.3
 
 
+async def test_only_the_gaps_between_waiting_messages_are_read_however_many_wait_between(
+    connect, alice, bob, group, monkeypatch, settings
+):
+    """Two gaps, with more messages waiting between them than a page holds: the hub reads
+    the gaps alone and hands everything in order (read as one range, the waiting messages
+    took the page, and every page of the room fetched the second gap)."""
+    monkeypatch.setattr(hub_module, "HOLD_FOR_PREVIOUS_SECONDS", 0.3)
+    settings.CHAT_PAGE_SIZE = 5
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    ids = [
+        (await database_sync_to_async(Message.objects.create)(chat=group, sender=bob, body=f"m{i}")).pk
+        for i in range(14)
+    ]
+    layer = get_channel_layer()
+    await layer.group_send(events.room_group(group.pk), message_from_another_process(group, ids[0], 0))
+    assert await message_ids(room, 1) == [ids[0]]
+    read_before = metrics.totals[metrics.LATE_MESSAGES_READ]
+
+    lost = {1, 2, 11, 12}  # the layer brings the others, each naming the one before it
+    for i in range(len(ids) - 1, 0, -1):
+        if i not in lost:
+            event = message_from_another_process(group, ids[i], ids[i - 1])
+            await layer.group_send(events.room_group(group.pk), event)
+    frames = [await receive_until(room, "chat.message") for _ in range(len(ids) - 1)]
+
+    assert [(frame["message_id"], frame["prev_id"]) for frame in frames] == list(zip(ids[1:], ids, strict=False))
+    assert metrics.totals[metrics.LATE_MESSAGES_READ] - read_before == len(lost)
+
+
 async def test_a_change_coming_while_late_messages_are_read_goes_after_them(connect, alice, bob, group, monkeypatch):
     """A reaction to a message whose wait ran out, arriving while the hub reads the one
     before it from the database, still reaches the pages after its message (a page ignores
