@@ -41,7 +41,7 @@ from chat.forms import (
 )
 from chat.models import Membership, whole_number
 from chat.ratelimit import RateLimited, RateLimitUnavailable, check_rate
-from chat.realtime.database import one_line
+from chat.realtime.database import database_busy, one_line
 from chat.realtime.sends import Busy, refusing_sends
 
 DATABASE_RETRY_AFTER_SECONDS = 1
@@ -85,6 +85,8 @@ def chat_view(*methods: str):
                 response = error_response(request, str(exc), status=status)
                 response["Retry-After"] = str(exc.retry_after)
             except OperationalError as exc:
+                if not database_busy(exc):  # a missing table, a wrong password: a 500, which monitoring sees
+                    raise
                 response = database_unavailable(request, exc)
             patch_vary_headers(response, ["HX-Request", "HX-Target"])
             add_never_cache_headers(response)

@@ -19,6 +19,9 @@ a connection when it is taken again, which is how a restarted server is noticed.
 
 The open file is the one the server started with: replacing `db.sqlite3` under a running
 server (`rm db.sqlite3 && manage.py migrate`) needs a restart, or its sockets keep the old one.
+
+`database_busy` tells a database that cannot answer for now (worth a 503 and a retry) from
+one that answered with an error: for the chat's views and the project's error handler.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 from asgiref.sync import SyncToAsync, sync_to_async
-from django.db import connections
+from django.db import OperationalError, connections
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -70,3 +73,32 @@ def one_line(exc: Exception) -> str:
     """A database error's text for one log line (libpq's messages run to several): what a
     busy server logs for each request or socket it turns away, instead of a traceback each."""
     return " ".join(str(exc).split())
+
+
+# PostgreSQL's codes for a server that is shutting down, starting up or out of connections
+# (57P01, 57P02, 57P03, 53300), and the class of lost or refused connections (08).
+POSTGRESQL_UNAVAILABLE = {"57P01", "57P02", "57P03", "53300"}
+SQLITE_BUSY = ("database is locked", "database table is locked")
+# What PostgreSQL says when it refuses a connection for a while ("the database system is
+# starting up", "... shutting down", "... in recovery mode"; too many clients), as against
+# a wrong password or a database that does not exist.
+POSTGRESQL_REFUSING_FOR_NOW = ("the database system is", "too many clients", "remaining connection slots")
+
+
+def database_busy(exc: BaseException | None) -> bool:
+    """Whether a database error means "try again in a moment": no pooled connection free in
+    time, SQLite's writer lock held past its timeout, PostgreSQL restarting or out of
+    connections. Not a missing table, a wrong password or a database that does not exist:
+    those stay 500s, which monitoring sees, rather than a "busy" that never ends."""
+    if not isinstance(exc, OperationalError):
+        return False
+    cause = exc.__cause__
+    if type(cause).__name__ == "PoolTimeout":  # psycopg_pool's, when the pool is on
+        return True
+    if any(text in str(exc) for text in SQLITE_BUSY):
+        return True
+    sqlstate = getattr(cause, "sqlstate", "")
+    if sqlstate is None:  # psycopg could not connect: nobody answered, or the server said why
+        text = str(cause)
+        return "FATAL" not in text or any(reason in text for reason in POSTGRESQL_REFUSING_FOR_NOW)
+    return sqlstate in POSTGRESQL_UNAVAILABLE or sqlstate.startswith("08")

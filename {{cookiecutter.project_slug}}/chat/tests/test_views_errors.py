@@ -3,6 +3,7 @@
 import re
 
 import pytest
+from django.db import connection
 from django.urls import reverse
 
 from chat import services
@@ -145,3 +146,17 @@ def test_group_name_fields_have_no_maxlength_that_would_cut_a_paste(alice_client
         field = re.search(r'<input[^>]*name="name"[^>]*>', content).group(0)
         assert "maxlength" not in field
         assert 'data-max-length="100"' in field
+
+
+def test_a_database_error_that_is_not_busy_is_a_500_not_a_busy_page(client, alice, group_chat):
+    """A table missing (a `migrate` not run; on SQLite an OperationalError, as a busy
+    database is) is a 500, which monitoring sees: a 503 "busy, try again" would never end."""
+    client.force_login(alice)
+    client.raise_request_exception = False
+    with connection.cursor() as cursor:  # undone with the test's transaction
+        cursor.execute(f"ALTER TABLE {Message._meta.db_table} RENAME TO chat_message_gone")
+
+    response = client.get(reverse("chat:room", args=[group_chat.pk]))
+
+    assert response.status_code == 500
+    assert "Retry-After" not in response
