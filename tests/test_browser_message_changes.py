@@ -7,6 +7,10 @@ Shares the served project and the Chromium of test_browser (its fixtures are imp
 
 from __future__ import annotations
 
+import json
+import re
+import time
+
 import pytest
 import test_browser
 from test_browser import PHONE, goto_with_socket, room_path, shoot, until_socket_speaks
@@ -148,6 +152,47 @@ def test_reactions_toggled_from_both_sides_show_counts_and_who_live(server, open
     expect(jon_chip).to_have_attribute("aria-pressed", "true")
     expect(ivy_chip).to_be_focused()  # the swap kept the keyboard where it was
     shoot(jon, "message-changes-reactions-phone")
+
+
+def test_changes_that_cross_on_their_way_are_shown_in_order_without_a_fetch(server, open_as):
+    """Changes made on two server processes can reach a page in the wrong order. The page
+    waits a moment for the one it skipped instead of fetching at once (every page of a
+    busy room would, each time), and shows the newest version of the bubble."""
+    chat_id = server.set_up(users=["ned", "ola"], chats=[("ned", "ola", ["cross me"])])["chats"]["ned:ola"]
+    ned, ola = open_as("ned"), open_as("ola")
+    held, fetches = [], []
+
+    def relay(ws):
+        """Ola's room socket, its first change frame held until the second has gone."""
+        upstream = ws.connect_to_server()
+
+        def from_server(message):
+            frame = json.loads(message)
+            if frame.get("type") == "chat.reacted" and frame["change_seq"] == 1:
+                held.append(message)
+                return
+            ws.send(message)
+            if frame.get("type") == "chat.reacted" and held:
+                ws.send(held.pop())
+
+        upstream.on_message(from_server)
+
+    ola.route_web_socket(re.compile(r".*/ws/chat/\d+/(\?|$)"), relay)
+    ola.on("request", lambda request: "changed_since" in request.url and fetches.append(request.url))
+    for page in (ned, ola):
+        goto_with_socket(page, room_path(chat_id), f"/ws/chat/{chat_id}/")
+
+    open_menu(ned, "cross me").get_by_role("button", name=f"React with {THUMBS}").click()
+    ned_chip = ned.locator("main [data-reaction]")
+    expect(ned_chip).to_have_attribute("aria-label", f"{THUMBS} 1")
+    ned_chip.click()  # taken back: change 2, which reaches Ola first
+    expect(ned_chip).to_have_count(0)
+    open_menu(ned, "cross me").get_by_role("button", name="React with ❤️").click()  # change 3, in order
+
+    expect(ola.locator("main [data-reaction]")).to_have_attribute("aria-label", "❤️ 1")
+    time.sleep(0.6)  # past the wait for a skipped change
+    assert fetches == []
+    expect(ola.locator("main [data-reaction]")).to_have_count(1)
 
 
 def test_a_report_reaches_the_admin_where_staff_delete_the_message_for_everyone(server, open_as):

@@ -4,9 +4,10 @@
 // Every change of a chat's messages takes the chat's next change cursor (1, 2, 3, …); its
 // frame carries it and so does the bubble (data-change-seq). The room starts from the
 // cursor the page was rendered with (data-change-seq on the room) and keeps the highest it
-// has seen in order. A frame that skips a number, or a socket (re)open greeting with a
-// higher cursor, fetches `messages/?changed_since=<cursor>`: the current bubbles of the
-// messages changed since.
+// has seen in order. A frame that skips a number waits REORDER_GRACE_MS for the ones it
+// skipped (changes made on two server processes can cross on their way), then fetches
+// `messages/?changed_since=<cursor>`: the current bubbles of the messages changed since. So
+// does a socket (re)open greeting with a higher cursor.
 // A bubble is only replaced by a newer version of itself, and not while its edit form is
 // open (the newer version waits until the form closes).
 
@@ -15,6 +16,9 @@ import { openMenu } from "./message-actions.js";
 export const CHANGE_FRAMES = new Set(["chat.edited", "chat.deleted", "chat.reacted"]);
 const MAX_PAGES = 20;
 const RETRY_MAX_MS = 30000;
+// As long as message-send.js waits for a message frame overtaken by the next one: fetching
+// at once, every page of a busy room would fetch each time two changes cross.
+const REORDER_GRACE_MS = 400;
 
 function changeSeq(bubble) {
   return Number(bubble.dataset.changeSeq) || 0;
@@ -41,6 +45,7 @@ export class MessageChanges {
     this.room = room;
     this.cursor = cursor;
     this.waiting = new Map(); // message id -> newer bubble, held while its edit form is open
+    this.ahead = new Set(); // change cursors of frames that came before one they follow
     this.fetching = null;
     this.retryMs = 0;
     room.list.addEventListener("htmx:beforeSwap", (event) => this.keepNewer(event));
@@ -49,13 +54,32 @@ export class MessageChanges {
 
   stop() {
     clearTimeout(this.retryTimer);
+    clearTimeout(this.graceTimer);
     this.stopped = true;
   }
 
+  // A frame's bubble is shown at once (only ever over an older version); the cursor moves
+  // over the frames that came in order, and a skipped one is fetched if it has not come
+  // within REORDER_GRACE_MS.
   onFrame(frame) {
     this.apply(parseBubbles(frame.html));
-    if (frame.change_seq === this.cursor + 1) this.cursor = frame.change_seq;
-    else if (frame.change_seq > this.cursor) this.catchUp(); // one or more frames were missed
+    if (frame.change_seq > this.cursor) this.ahead.add(frame.change_seq);
+    this.advance();
+    if (this.ahead.size && !this.graceTimer) {
+      this.graceTimer = setTimeout(() => {
+        this.graceTimer = null;
+        if (this.ahead.size) this.catchUp(); // one or more frames were missed
+      }, REORDER_GRACE_MS);
+    }
+  }
+
+  advance() {
+    while (this.ahead.delete(this.cursor + 1)) this.cursor += 1;
+    for (const seq of this.ahead) if (seq <= this.cursor) this.ahead.delete(seq);
+    if (!this.ahead.size) {
+      clearTimeout(this.graceTimer);
+      this.graceTimer = null;
+    }
   }
 
   // The room's cursor when the socket (re)opened (its `chat.sync` greeting).
@@ -151,6 +175,7 @@ export class MessageChanges {
       const seqs = [...fragment.querySelectorAll("[data-message-id]")].map(changeSeq);
       this.apply(fragment);
       this.cursor = Math.max(this.cursor, ...seqs);
+      this.advance();
       if (fragment.querySelector("[data-changes-page]")?.dataset.hasMore !== "true") return;
     }
   }
