@@ -227,25 +227,22 @@ def room_message_event(*, message, prev_id: int) -> dict:
 MAX_LATE_MESSAGES = 500
 
 
-def late_message_events(asks: list[tuple[int, tuple[tuple[int, int], ...]]]) -> dict[tuple, list[dict]]:
-    """By (chat id, gaps): the room events of the chat's messages in each gap, an (after,
-    up to) pair of ids, oldest first, each naming the one before it. For the room hubs,
+def late_message_events(asks: list[tuple[int, int, int, tuple[int, ...]]]) -> dict[tuple, list[dict]]:
+    """By (chat id, after id, up to id, waiting ids): the room events of the chat's messages
+    after the first id, up to the second, but those waiting at the hub already, oldest
+    first, each naming the one before it in the chat (read or waiting). For the room hubs,
     which read what the layer brought late or lost instead of letting every page fetch it
     (`RoomHub.hand_late`): one query for all the chats of a trip, one for their reactions,
-    each bubble rendered once. Only the gaps: the messages waiting between them are at the
-    hub already. At most MAX_LATE_MESSAGES a chat."""
-    ranges = [(chat_id, after, up_to) for chat_id, gaps in asks for after, up_to in gaps]
-    by_chat = selectors.messages_between(ranges, limit=MAX_LATE_MESSAGES)
+    each bubble rendered once. At most MAX_LATE_MESSAGES a chat: the messages waiting are
+    not read again, so however many wait between the gaps, the gaps are what is read."""
+    by_chat = selectors.messages_between(asks, limit=MAX_LATE_MESSAGES)
     late = {}
-    for chat_id, gaps in asks:
-        chain = []
-        for after, up_to in gaps:
-            prev_id = after
-            for message in by_chat.get(chat_id, ()):
-                if after < message.pk <= up_to:
-                    chain.append(room_message_event(message=message, prev_id=prev_id))
-                    prev_id = message.pk
-        late[(chat_id, gaps)] = chain
+    for ask in asks:
+        chat_id, after, up_to, waiting = ask
+        read = [message for message in by_chat.get(chat_id, ()) if after < message.pk <= up_to]
+        known = sorted({after, *waiting, *(message.pk for message in read)})
+        before = dict(zip(known[1:], known, strict=False))
+        late[ask] = [room_message_event(message=message, prev_id=before[message.pk]) for message in read]
     return late
 
 

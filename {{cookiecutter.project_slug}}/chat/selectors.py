@@ -199,12 +199,12 @@ def newest_messages_after(after_by_chat: dict[int, int], *, limit: int) -> dict[
     return first_messages_by_chat(missed, order_by=F("pk").desc(), limit=limit) if after_by_chat else {}
 
 
-def messages_between(ranges: list[tuple[int, int, int]], *, limit: int) -> dict[int, list[Message]]:
-    """By chat, the oldest `limit` of its messages in these (chat id, after id, up to id)
-    ranges, oldest first, with their reactions."""
+def messages_between(ranges: list[tuple[int, int, int, tuple[int, ...]]], *, limit: int) -> dict[int, list[Message]]:
+    """By chat, the oldest `limit` of its messages in these (chat id, after id, up to id,
+    ids left out) ranges, oldest first, with their reactions."""
     wanted = Q()
-    for chat_id, after, up_to in ranges:
-        wanted |= Q(chat_id=chat_id, pk__gt=after, pk__lte=up_to)
+    for chat_id, after, up_to, left_out in ranges:
+        wanted |= Q(chat_id=chat_id, pk__gt=after, pk__lte=up_to) & ~Q(pk__in=left_out)
     return first_messages_by_chat(wanted, order_by=F("pk").asc(), limit=limit) if ranges else {}
 
 

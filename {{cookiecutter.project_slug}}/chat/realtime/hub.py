@@ -451,13 +451,16 @@ class RoomHub(ProcessHub):
         return True
 
     async def read_late(self, chat_id: int, waiting: dict[int, WaitingMessage]) -> list[dict]:
-        """The events of the chat's messages the waiting ones wait for (`gaps_waited_for`), oldest
-        first; none if that read fails."""
+        """The events of the chat's messages after the newest handed here, up to the newest a
+        waiting message waits for, but the waiting ones, oldest first; none if that read
+        fails. Read with them, the messages waiting between two gaps took the read's room
+        (a page, then), and the gaps past them were left for every page to fetch."""
         newest = self.newest_handed.get(chat_id)
         if newest is None or chat_id not in self.sockets:
             return []
         try:
-            ask = (chat_id, gaps_waited_for(newest, waiting))
+            waiting_ids = tuple(sorted(waiting_message.event["message_id"] for waiting_message in waiting.values()))
+            ask = (chat_id, newest, max(waiting), waiting_ids)
             return await handshakes.in_shared_batch(events.late_message_events, ask, socket_open=True)
         except Exception:
             logger.warning("Messages of chat %s waited for here could not be read", chat_id, exc_info=True)
@@ -485,20 +488,6 @@ class RoomHub(ProcessHub):
             for consumer in consumers:
                 await self.leave(consumer)
         await self.hand_over(event, consumers)
-
-
-def gaps_waited_for(newest: int, waiting: dict[int, WaitingMessage]) -> tuple[tuple[int, int], ...]:
-    """The (after, up to) id ranges of a chat's messages neither handed here (up to
-    `newest`) nor waiting: each ends at the message a waiting one follows, and starts
-    after the last message before it known here. Read as one range from `newest` on, the
-    messages waiting between the gaps took a page's worth of the read, and the gaps past
-    them were left for every page to fetch."""
-    gaps, known = [], newest
-    for prev_id in sorted(waiting):
-        if prev_id > known:
-            gaps.append((known, prev_id))
-        known = max(known, waiting[prev_id].event["message_id"])
-    return tuple(gaps)
 
 
 async def send_to_room(layer, event: dict, outsiders: frozenset[int] | None) -> None:

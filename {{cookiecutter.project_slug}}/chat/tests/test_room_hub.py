@@ -596,13 +596,13 @@ async def test_messages_whose_events_came_too_late_are_read_here_and_handed_in_o
 
 
 async def test_only_the_gaps_between_waiting_messages_are_read_however_many_wait_between(
-    connect, alice, bob, group, monkeypatch, settings
+    connect, alice, bob, group, monkeypatch
 ):
-    """Two gaps, with more messages waiting between them than a page holds: the hub reads
-    the gaps alone and hands everything in order (read as one range, the waiting messages
-    took the page, and every page of the room fetched the second gap)."""
+    """Two gaps, with more messages waiting between them than one read takes: the hub reads
+    the gaps alone and hands everything in order (read with the waiting messages, the read
+    was full before the second gap, and every page of the room fetched it)."""
     monkeypatch.setattr(hub_module, "HOLD_FOR_PREVIOUS_SECONDS", 0.3)
-    settings.CHAT_PAGE_SIZE = 5
+    monkeypatch.setattr(events, "MAX_LATE_MESSAGES", 5)  # fewer than wait between the gaps
     room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
     ids = [
         (await database_sync_to_async(Message.objects.create)(chat=group, sender=bob, body=f"m{i}")).pk
@@ -622,6 +622,25 @@ async def test_only_the_gaps_between_waiting_messages_are_read_however_many_wait
 
     assert [(frame["message_id"], frame["prev_id"]) for frame in frames] == list(zip(ids[1:], ids, strict=False))
     assert metrics.totals[metrics.LATE_MESSAGES_READ] - read_before == len(lost)
+
+
+def test_a_late_read_names_each_messages_previous_one_in_its_chat_waiting_or_read(alice, bob, group):
+    """Messages of another chat between this one's do not break the chain, and a message
+    read after a waiting one names that one."""
+    elsewhere = services.create_group_chat(creator=bob, name="Elsewhere", members=[alice])
+    ids = []
+    for i in range(6):
+        ids.append(Message.objects.create(chat=group, sender=bob, body=f"m{i}").pk)
+        Message.objects.create(chat=elsewhere, sender=bob, body=f"other {i}")
+    ask = (group.pk, ids[0], ids[4], (ids[2], ids[5]))  # 2 and 5 wait at the hub; 5 follows 4
+
+    events_read = events.late_message_events([ask])[ask]
+
+    assert [(event["message_id"], event["prev_id"]) for event in events_read] == [
+        (ids[1], ids[0]),
+        (ids[3], ids[2]),
+        (ids[4], ids[3]),
+    ]
 
 
 async def test_a_change_coming_while_late_messages_are_read_goes_after_them(connect, alice, bob, group, monkeypatch):

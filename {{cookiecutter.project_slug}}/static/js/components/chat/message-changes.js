@@ -65,20 +65,23 @@ export class MessageChanges {
     this.apply(parseBubbles(frame.html));
     if (frame.change_seq > this.cursor) this.ahead.add(frame.change_seq);
     this.advance();
+  }
+
+  // Move the cursor over the changes now in order. A skip still ahead gets its own full
+  // wait: one that follows a filled skip is not fetched on the earlier one's timer.
+  advance() {
+    const before = this.cursor;
+    while (this.ahead.delete(this.cursor + 1)) this.cursor += 1;
+    for (const seq of this.ahead) if (seq <= this.cursor) this.ahead.delete(seq);
+    if (!this.ahead.size || this.cursor > before) {
+      clearTimeout(this.graceTimer);
+      this.graceTimer = null;
+    }
     if (this.ahead.size && !this.graceTimer) {
       this.graceTimer = setTimeout(() => {
         this.graceTimer = null;
         if (this.ahead.size) this.catchUp(); // one or more frames were missed
       }, REORDER_GRACE_MS);
-    }
-  }
-
-  advance() {
-    while (this.ahead.delete(this.cursor + 1)) this.cursor += 1;
-    for (const seq of this.ahead) if (seq <= this.cursor) this.ahead.delete(seq);
-    if (!this.ahead.size) {
-      clearTimeout(this.graceTimer);
-      this.graceTimer = null;
     }
   }
 
