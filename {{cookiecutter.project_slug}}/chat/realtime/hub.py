@@ -416,7 +416,7 @@ class RoomHub(ProcessHub):
     async def hand_late_messages(self, chat_id: int, waiting: dict[int, WaitingMessage]) -> None:
         by_id = {waiting_message.event["message_id"]: waiting_message for waiting_message in waiting.values()}
         read = {}
-        for event in await self.read_late(chat_id, waiting):
+        for event in await self.read_late(chat_id, up_to=max(waiting), waiting_ids=tuple(sorted(by_id))):
             if event["message_id"] not in by_id:
                 read[event["message_id"]] = by_id[event["message_id"]] = WaitingMessage(event, frozenset(), [])
         if chat_id not in self.sockets:
@@ -450,17 +450,16 @@ class RoomHub(ProcessHub):
         read.discard(message_id)
         return True
 
-    async def read_late(self, chat_id: int, waiting: dict[int, WaitingMessage]) -> list[dict]:
-        """The events of the chat's messages after the newest handed here, up to the newest a
-        waiting message waits for, but the waiting ones, oldest first; none if that read
-        fails. Read with them, the messages waiting between two gaps took the read's room
+    async def read_late(self, chat_id: int, *, up_to: int, waiting_ids: tuple[int, ...]) -> list[dict]:
+        """The events of the chat's messages after the newest handed here, up to `up_to` (the
+        newest a waiting message waits for), but the waiting ones, oldest first; none if that
+        read fails. Read with them, the messages waiting between two gaps took the read's room
         (a page, then), and the gaps past them were left for every page to fetch."""
         newest = self.newest_handed.get(chat_id)
         if newest is None or chat_id not in self.sockets:
             return []
         try:
-            waiting_ids = tuple(sorted(waiting_message.event["message_id"] for waiting_message in waiting.values()))
-            ask = (chat_id, newest, max(waiting), waiting_ids)
+            ask = (chat_id, newest, up_to, waiting_ids)
             return await handshakes.in_shared_batch(events.late_message_events, ask, socket_open=True)
         except Exception:
             logger.warning("Messages of chat %s waited for here could not be read", chat_id, exc_info=True)

@@ -16,9 +16,10 @@ import { openMenu } from "./message-actions.js";
 export const CHANGE_FRAMES = new Set(["chat.edited", "chat.deleted", "chat.reacted"]);
 const MAX_PAGES = 20;
 const RETRY_MAX_MS = 30000;
-// As long as message-send.js waits for a message frame overtaken by the next one: fetching
-// at once, every page of a busy room would fetch each time two changes cross.
-const REORDER_GRACE_MS = 400;
+// How long a frame that skips one waits for it before the page fetches (change frames
+// here, message frames in message-send.js): fetching at once, every page of a busy room
+// would fetch each time two frames cross.
+export const REORDER_GRACE_MS = 400;
 
 function changeSeq(bubble) {
   return Number(bubble.dataset.changeSeq) || 0;

@@ -18,7 +18,7 @@ import { checkLength, tooLongMessage } from "./length-limit.js";
 import { MentionAutocomplete } from "./mention-autocomplete.js";
 import { markOwnMentions } from "./mention-highlight.js";
 import "./message-actions.js";
-import { CHANGE_FRAMES, MessageChanges } from "./message-changes.js";
+import { CHANGE_FRAMES, MessageChanges, REORDER_GRACE_MS } from "./message-changes.js";
 import { MessageOutbox } from "./message-outbox.js";
 import { clockTime, dayLabel } from "./relative-time.js";
 import { ReplyComposer } from "./reply-quote.js";
@@ -27,7 +27,6 @@ import "./blocked-messages.js";
 import { ReadingPosition } from "./unread-divider.js";
 
 const NEAR_BOTTOM_PX = 120;
-const REORDER_GRACE_MS = 400;
 // A server that sends no greeting (the previous version, during a rolling deploy): catch up
 // anyway this long after the socket opened.
 const SYNC_WAIT_MS = 5000;
