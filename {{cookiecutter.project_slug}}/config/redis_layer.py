@@ -1,7 +1,19 @@
-"""The channel layer: channels_redis's, starting its connections over after a failure and
-stopping its receives for sure when they are cancelled."""
+"""The channel layer: channels_redis's, starting its connections over after a failure,
+stopping its receives for sure when they are cancelled, and making fewer round trips.
+
+Each message to a busy room is a group send from the process that stored it and a receive
+in every process with someone in the room. channels_redis makes four round trips for the
+one and four for each of the other, one after the other, and each costs the event loop a
+task and a system call or two. Here a group send is two round trips and a process takes
+everything queued for it in one. At 100 messages a second into a room of 100 on two
+processes (`benchmarks/bench_fanout.py --processes 2 --rates 100`) this took the slowest
+deliveries (p99) from 0.5 to 1.7 s down to 0.3 to 0.4 s.
+"""
 
 import asyncio
+import collections
+import logging
+import time
 from contextlib import suppress
 
 from channels_redis.core import RedisChannelLayer
@@ -14,6 +26,30 @@ from chat.realtime.loop import cancel_until_done, stop_if_cancelled
 # Connections per process (channels_redis's default), and how long a command waits for one.
 POOL_SIZE = 100
 POOL_WAIT_SECONDS = 20
+# The most messages of the process's channels taken off Redis in one round trip.
+RECEIVE_BATCH = 100
+
+logger = logging.getLogger(__name__)
+
+# A group send's pushes to its members' keys, in one script: each key's expired messages
+# dropped, then the message pushed unless the key is at its capacity. KEYS: the members'
+# keys; ARGV: a message for each, a capacity for each, the time, the oldest time kept, the
+# keys' expiry. Returns how many keys were full.
+GROUP_PUSH = """
+local count = #KEYS
+local now, oldest, expiry = ARGV[2 * count + 1], ARGV[2 * count + 2], ARGV[2 * count + 3]
+local full = 0
+for i = 1, count do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, oldest)
+    if redis.call('ZCARD', KEYS[i]) < tonumber(ARGV[count + i]) then
+        redis.call('ZADD', KEYS[i], now, ARGV[i])
+        redis.call('EXPIRE', KEYS[i], expiry)
+    else
+        full = full + 1
+    end
+end
+return full
+"""
 
 
 class ReconnectingRedisChannelLayer(RedisChannelLayer):
@@ -27,6 +63,10 @@ class ReconnectingRedisChannelLayer(RedisChannelLayer):
     A broken connection always lets them go (after a restart the idle ones are broken too);
     a read that timed out only through Sentinel, since one Redis may just be slow.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.taken: dict[str, collections.deque] = {}  # popped off a process's channel, not handed out yet
 
     def create_pool(self, index):
         """A pool that makes a command wait for a free connection when all are busy, where
@@ -58,6 +98,60 @@ class ReconnectingRedisChannelLayer(RedisChannelLayer):
             with suppress(BaseException):
                 receiving.result()  # retrieved, so asyncio does not report it
             raise
+
+    async def receive_single(self, channel):
+        """The next message of a channel; for this process's channel (the one Redis key that
+        every local channel shares: "specific.<id>!"), taken off Redis with those behind it,
+        up to RECEIVE_BATCH in one round trip.
+
+        channels_redis makes four round trips a message there, one after the other (its
+        backup queue's clean-up script, the pop, the backup's write, the backup's clean-up),
+        so a busy room's events queued behind Redis round trips. The backup re-delivers a
+        message whose receive was cancelled between the pop and its return; here that
+        message is lost, as any frame may be: a receive is cancelled when its room hub has
+        no socket left to hand the message to, and pages fetch what they missed.
+        """
+        if not channel.endswith("!"):
+            return await super().receive_single(channel)
+        assert self.require_valid_channel_name(channel, receive=True), "Channel name invalid"
+        taken = self.taken.setdefault(channel, collections.deque())
+        if not taken:
+            connection = self.connection(self.consistent_hash(channel))
+            key = self.prefix + channel
+            popped = await connection.zpopmin(key, RECEIVE_BATCH)
+            while not popped:
+                result = await connection.bzpopmin(key, timeout=self.brpop_timeout)
+                popped = [result[1:]] if result is not None else []
+            taken.extend(member for member, _ in popped)
+        message = self.deserialize(taken.popleft())
+        return message.pop("__asgi_channel__", channel), message
+
+    async def group_send(self, group, message):
+        """channels_redis's group send in two round trips instead of four: the group's members
+        read in one (its expired members dropped first, in the same pipeline), and the
+        message pushed to their keys in one script a shard (each key's expired messages
+        dropped in it). A message to a room is one group send; each round trip saved is one
+        less wait for the event queue sending it."""
+        assert self.require_valid_group_name(group), "Group name not valid"
+        key = self._group_key(group)
+        connection = self.connection(self.consistent_hash(group))
+        async with connection.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(key, min=0, max=int(time.time()) - self.group_expiry)
+            pipe.zrange(key, 0, -1)
+            _, members = await pipe.execute()
+        channels = [member.decode("utf8") for member in members]
+        keys_by_shard, messages, capacities = self._map_channel_keys_to_connection(channels, message)
+        for index, keys in keys_by_shard.items():
+            now = time.time()
+            args = [messages[key] for key in keys] + [capacities[key] for key in keys]
+            args += [now, int(now) - int(self.expiry), self.expiry]
+            full = await self.connection(index).eval(GROUP_PUSH, len(keys), *keys, *args)
+            if full:
+                logger.info("%s of %s channels over capacity in group %s", full, len(channels), group)
+
+    async def flush(self):
+        self.taken.clear()
+        await super().flush()
 
     async def receive_reconnecting(self, channel):
         try:
