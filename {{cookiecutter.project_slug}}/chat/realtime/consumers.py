@@ -130,7 +130,7 @@ from chat.conf import chat_setting
 from chat.models import Membership, whole_number
 from chat.ratelimit import RateLimited, check_rate
 from chat.realtime import handshakes, presence, read_marks
-from chat.realtime.database import database_trip, one_line
+from chat.realtime.database import changes_trip, database_trip, one_line
 from chat.realtime.hub import RoomHub, UserHub
 from chat.realtime.loop import note_serving_loop, stop_if_cancelled
 from chat.realtime.sends import Busy, Send, SendQueue
@@ -763,7 +763,7 @@ class RoomConsumer(ChatConsumer):
             return await self.send_error("malformed", f"{action} needs an integer message_id.", action=action)
         about = {"action": action, "message_id": message_id}
         try:
-            change_seq = await database_trip(self.apply_change)(action, message_id, frame)
+            change_seq = await changes_trip(self.apply_change)(action, message_id, frame)
         except Http404:
             return await self.send_error("not_found", "No such message in this chat.", **about)
         except PermissionDenied as exc:

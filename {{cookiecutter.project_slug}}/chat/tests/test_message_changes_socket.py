@@ -5,13 +5,16 @@ Runs on the in-memory layer and, with REDIS_URL, on Redis (the `connect` fixture
 test_consumers).
 """
 
+import asyncio
 import json
+import threading
 
 import pytest
 from channels.db import database_sync_to_async
+from django.db import connection, transaction
 
 from chat import services
-from chat.models import Message
+from chat.models import Chat, Message
 from chat.realtime import consumers
 from chat.tests import test_consumers
 from chat.tests.test_consumers import expect_close, receive_until
@@ -70,6 +73,48 @@ async def test_reactions_from_two_people_reach_the_room_with_counts(connect, gro
     assert [f["change_seq"] for f in frames] == [1, 2]
     assert f'data-reactor-ids="{alice.pk} {carol.pk}"' in frames[1]["html"]
     assert "Alice, Carol" in frames[1]["html"]
+
+
+@pytest.mark.skipif(connection.vendor == "sqlite", reason="on SQLite changes share the sockets' database thread")
+async def test_a_reaction_waiting_for_its_chats_lock_holds_up_no_send_of_the_process(
+    connect, group, alice, bob, bobs_message
+):
+    """Every send and change of a chat takes its row's lock, on every server process. A
+    reaction waiting for it (another process's sends hold it) waits on a thread of its own:
+    a send to another chat from this process is stored and acked meanwhile."""
+    other = await database_sync_to_async(services.create_group_chat)(creator=alice, name="Other", members=[bob])
+    alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    alice_other, _, _ = await connect(alice, f"/ws/chat/{other.pk}/")
+    await receive_until(alice_other, "chat.sync")
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_chats_row():
+        try:
+            with transaction.atomic():
+                Chat.objects.select_for_update().get(pk=group.pk)
+                locked.set()
+                release.wait(5)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_the_chats_row)
+    holder.start()
+    try:
+        assert await asyncio.to_thread(locked.wait, 5)
+        await alice_room.send_to(text_data=frame(type="react", message_id=bobs_message.pk, emoji=THUMBS))
+        await asyncio.sleep(0.2)  # the reaction is waiting for the lock
+        await alice_other.send_to(text_data=frame(type="send", client_id="meanwhile", body="still here"))
+        sent = await asyncio.wait_for(receive_until(alice_other, "ack"), 2)
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join)
+    reacted = await receive_until(alice_room, "ack")
+
+    assert sent["client_id"] == "meanwhile"
+    assert (reacted["action"], reacted["message_id"]) == ("react", bobs_message.pk)
+    assert await database_sync_to_async(lambda: list(bobs_message.reactions.values_list("emoji", flat=True)))() == [
+        THUMBS
+    ]
 
 
 async def test_a_delete_frame_blanks_the_message_for_the_room(connect, group, alice, bob, bobs_message):
