@@ -3,6 +3,9 @@
 import asyncio
 import json
 import threading
+{%- if cookiecutter.channel_layer == "redis" %}
+import uuid
+{%- endif %}
 
 import pytest
 from channels.db import database_sync_to_async
@@ -24,9 +27,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True, params=["redis", "memory"])
 def channel_layer(request, settings):
-    """The project's own layer on Redis, new for each test's event loop; then the in-memory one."""
+    """The project's own layer on Redis, new for each test's event loop, its keys its own (tests
+    run side by side on one Redis, and a group such as the inboxes' would reach every test's
+    channels in it); then the in-memory one."""
     if request.param == "memory":
         settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    else:
+        layer = settings.CHANNEL_LAYERS["default"]
+        config = {**layer["CONFIG"], "prefix": f"test-{uuid.uuid4().hex[:8]}"}
+        settings.CHANNEL_LAYERS = {"default": {**layer, "CONFIG": config}}
     channel_layers.backends.clear()
     yield request.param
     channel_layers.backends.clear()
