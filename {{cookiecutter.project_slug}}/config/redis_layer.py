@@ -4,10 +4,10 @@ stopping its receives for sure when they are cancelled, and making fewer round t
 Each message to a busy room is a group send from the process that stored it and a receive
 in every process with someone in the room. channels_redis makes four round trips for the
 one and four for each of the other, one after the other, and each costs the event loop a
-task and a system call or two. Here a group send is two round trips and a process takes
-everything queued for it in one. At 100 messages a second into a room of 100 on two
-processes (`benchmarks/bench_fanout.py --processes 2 --rates 100`) this took the slowest
-deliveries (p99) from 0.5 to 1.7 s down to 0.3 to 0.4 s.
+task and a system call or two. Here a group send is two round trips (on one Redis) and a
+process takes up to RECEIVE_BATCH events queued for it in one. At 100 messages a second into
+a room of 100 on two processes (`benchmarks/bench_fanout.py --processes 2 --rates 100`) this
+took the slowest deliveries (p99) from 0.5 to 1.7 s down to 0.2 to 0.6 s.
 """
 
 import asyncio
@@ -66,7 +66,11 @@ class ReconnectingRedisChannelLayer(RedisChannelLayer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.taken: dict[str, collections.deque] = {}  # popped off a process's channel, not handed out yet
+        # Events popped off a process's key, each with the time it was sent, not handed out yet.
+        self.taken: dict[str, collections.deque[tuple[bytes, float]]] = {}
+        # The pop under way for each such key: it outlives a receive cancelled meanwhile.
+        self.popping: dict[str, asyncio.Task] = {}
+        self.group_push = None  # GROUP_PUSH, registered: sent by its digest after the first time
 
     def create_pool(self, index):
         """A pool that makes a command wait for a free connection when all are busy, where
@@ -106,32 +110,54 @@ class ReconnectingRedisChannelLayer(RedisChannelLayer):
 
         channels_redis makes four round trips a message there, one after the other (its
         backup queue's clean-up script, the pop, the backup's write, the backup's clean-up),
-        so a busy room's events queued behind Redis round trips. The backup re-delivers a
-        message whose receive was cancelled between the pop and its return; here that
-        message is lost, as any frame may be: a receive is cancelled when its room hub has
-        no socket left to hand the message to, and pages fetch what they missed.
+        so a busy room's events queued behind Redis round trips. Here the pop runs in a task
+        of its own (`pop_under_way`): a receive cancelled while it waits (a hub whose last
+        socket left) leaves it running, and what it took waits here for the next receive,
+        whichever local channel it is for. An event that waited here longer than the layer's
+        `expiry` is dropped, as Redis would have dropped it.
         """
         if not channel.endswith("!"):
             return await super().receive_single(channel)
         assert self.require_valid_channel_name(channel, receive=True), "Channel name invalid"
         taken = self.taken.setdefault(channel, collections.deque())
-        if not taken:
-            connection = self.connection(self.consistent_hash(channel))
-            key = self.prefix + channel
-            popped = await connection.zpopmin(key, RECEIVE_BATCH)
-            while not popped:
-                result = await connection.bzpopmin(key, timeout=self.brpop_timeout)
-                popped = [result[1:]] if result is not None else []
-            taken.extend(member for member, _ in popped)
-        message = self.deserialize(taken.popleft())
+        while True:
+            oldest = time.time() - self.expiry
+            while taken and taken[0][1] < oldest:
+                taken.popleft()
+            if taken:
+                break
+            await asyncio.shield(self.pop_under_way(channel))
+        member, _ = taken.popleft()
+        message = self.deserialize(member)
         return message.pop("__asgi_channel__", channel), message
 
+    def pop_under_way(self, channel) -> asyncio.Task:
+        """The pop of the channel's events under way in this event loop, or a new one."""
+        popping = self.popping.get(channel)
+        if popping is None or popping.done() or popping.get_loop() is not asyncio.get_running_loop():
+            popping = self.popping[channel] = asyncio.ensure_future(self.pop(channel))
+            popping.add_done_callback(retrieved)  # the receive that started it may be gone
+        return popping
+
+    async def pop(self, channel) -> None:
+        """Whatever is queued for the channel (up to RECEIVE_BATCH), else the first event to
+        come within channels_redis's blocking time, or none: kept in `taken`."""
+        connection = self.connection(self.consistent_hash(channel))
+        key = self.prefix + channel
+        popped = await connection.zpopmin(key, RECEIVE_BATCH)
+        if not popped:
+            result = await connection.bzpopmin(key, timeout=self.brpop_timeout)
+            popped = [result[1:]] if result is not None else []
+        taken = self.taken.setdefault(channel, collections.deque())
+        taken.extend((member, float(sent_at)) for member, sent_at in popped)
+
     async def group_send(self, group, message):
-        """channels_redis's group send in two round trips instead of four: the group's members
-        read in one (its expired members dropped first, in the same pipeline), and the
-        message pushed to their keys in one script a shard (each key's expired messages
-        dropped in it). A message to a room is one group send; each round trip saved is one
-        less wait for the event queue sending it."""
+        """channels_redis's group send in two round trips instead of four (on one Redis; one
+        more for each further shard with members): the group's members read in one (its
+        expired members dropped first, in the same pipeline), and the message pushed to
+        their keys in one script a shard (each key's expired messages dropped in it). A
+        message to a room is one group send; each round trip saved is one less wait for the
+        event queue sending it."""
         assert self.require_valid_group_name(group), "Group name not valid"
         key = self._group_key(group)
         connection = self.connection(self.consistent_hash(group))
@@ -144,13 +170,19 @@ class ReconnectingRedisChannelLayer(RedisChannelLayer):
         for index, keys in keys_by_shard.items():
             now = time.time()
             args = [messages[key] for key in keys] + [capacities[key] for key in keys]
-            args += [now, int(now) - int(self.expiry), self.expiry]
-            full = await self.connection(index).eval(GROUP_PUSH, len(keys), *keys, *args)
+            args += [now, int(now) - int(self.expiry), int(self.expiry)]
+            shard = self.connection(index)
+            if self.group_push is None:
+                self.group_push = shard.register_script(GROUP_PUSH)
+            full = await self.group_push(keys=keys, args=args, client=shard)
             if full:
                 logger.info("%s of %s channels over capacity in group %s", full, len(channels), group)
 
     async def flush(self):
         self.taken.clear()
+        for popping in self.popping.values():
+            popping.cancel()
+        self.popping.clear()
         await super().flush()
 
     async def receive_reconnecting(self, channel):
@@ -167,3 +199,10 @@ class ReconnectingRedisChannelLayer(RedisChannelLayer):
     @property
     def through_sentinel(self) -> bool:
         return any("master_name" in host for host in self.hosts)
+
+
+def retrieved(task: asyncio.Task) -> None:
+    """Mark a task's exception as seen: a pop whose receive was cancelled has nobody to raise
+    it to (the next receive starts a pop of its own), and asyncio would report it."""
+    if not task.cancelled():
+        task.exception()

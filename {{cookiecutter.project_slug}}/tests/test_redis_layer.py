@@ -164,6 +164,8 @@ async def test_a_group_send_is_one_script_and_leaves_full_channels_out(redis, se
     channel_layers.backends.clear()
     layer = get_channel_layer()
     local = await layer.new_channel()
+    await layer.group_add("warm-up", local)
+    await layer.group_send("warm-up", {"type": "warm.up"})  # the script is loaded once
     for channel in ("slow-reader", "other-reader", local):
         await layer.group_add("room", channel)
     before = await asyncio.to_thread(command_calls, redis)
@@ -174,10 +176,57 @@ async def test_a_group_send_is_one_script_and_leaves_full_channels_out(redis, se
     async with asyncio.timeout(TIMEOUT):
         slow = [(await layer.receive("slow-reader"))["number"] for _ in range(2)]
         other = [(await layer.receive("other-reader"))["number"] for _ in range(3)]
+        assert await layer.receive(local) == {"type": "warm.up"}
         here = [(await layer.receive(local))["number"] for _ in range(3)]
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.3):
                 await layer.receive("slow-reader")
     assert (slow, other, here) == ([0, 1], [0, 1, 2], [0, 1, 2])
-    assert sent["eval"] == 3 and sent["zrange"] == 3, sent
-    assert sent["multi"] == sent["exec"] == 0, sent
+    assert sent["evalsha"] == 3 and sent["zrange"] == 3, sent
+    assert sent["eval"] == sent["multi"] == sent["exec"] == 0, sent
+
+
+async def test_events_popped_for_a_receive_cancelled_meanwhile_go_to_the_next_receive(redis, monkeypatch):
+    """A receive is cancelled when its hub's last socket leaves, perhaps while its pop's
+    answer is on its way: the events Redis gave it, any local channel's, are not lost."""
+    from redis.asyncio import Redis
+
+    layer = get_channel_layer()
+    room, people = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("room", room)
+    await layer.group_add("people", people)
+    zpopmin, answered = Redis.zpopmin, asyncio.Event()
+
+    async def answer_on_its_way(self, *args, **kwargs):
+        popped = await zpopmin(self, *args, **kwargs)
+        if popped:
+            answered.set()
+        await asyncio.sleep(0.3)
+        return popped
+
+    monkeypatch.setattr(Redis, "zpopmin", answer_on_its_way)
+    await layer.group_send("people", {"type": "session.ended"})
+    await layer.group_send("room", {"type": "room.event"})
+    receiving = asyncio.create_task(layer.receive(room))
+    await asyncio.wait_for(answered.wait(), TIMEOUT)  # Redis has answered; the answer is not in yet
+    receiving.cancel()
+    async with asyncio.timeout(TIMEOUT):
+        assert await layer.receive(people) == {"type": "session.ended"}
+        assert await layer.receive(room) == {"type": "room.event"}
+
+
+async def test_an_event_that_waited_in_the_process_past_the_layers_expiry_is_dropped(redis, settings):
+    """As Redis drops an event left unread past `expiry`, so does the process with one it
+    popped along with others and did not hand out in time."""
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["expiry"] = 1
+    channel_layers.backends.clear()
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add("room", channel)
+    await layer.group_send("room", {"type": "room.event", "number": 1})
+    await layer.group_send("room", {"type": "room.event", "number": 2})
+    async with asyncio.timeout(TIMEOUT):
+        assert (await layer.receive(channel))["number"] == 1  # the second popped with it
+        await asyncio.sleep(1.2)
+        await layer.group_send("room", {"type": "room.event", "number": 3})
+        assert (await layer.receive(channel))["number"] == 3

@@ -75,7 +75,9 @@ def changes_trip(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     --processes 2`: p99 0.7 to 3.9 s, from 1.6 to 9.5 s in runs alternating with it). On
     SQLite they stay on the sockets' thread: its one writer takes one transaction at a time
     anyway, and a second connection would wait for it in SQLite's busy handler, polling,
-    instead of in line.
+    instead of in line. It is one thread for the process: a change waiting for one chat's
+    lock holds up the changes to others (not their sends), and a stopping process waits
+    for the change under way.
     """
     if connections[DEFAULT_DB_ALIAS].vendor == "sqlite":
         return database_trip(func)

@@ -25,7 +25,7 @@ from django.utils.text import Truncator
 from chat import selectors, services
 from chat.models import Membership, RoomPresence
 from chat.realtime import consumers, presence, read_marks, shutdown
-from chat.realtime.database import database_trip
+from chat.realtime.database import changes_trip, database_trip
 from chat.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -115,6 +115,7 @@ async def connect(channel_layer):
     # database thread (one thread, in turn: an empty trip ends after it). A trip cancelled
     # on the loop's side still runs there, and on a loaded machine it outlived the above.
     await asyncio.sleep(2 * (presence.RECOUNT_DELAY_SECONDS + presence.RECOUNT_INTERVAL_SECONDS))
+    await changes_trip(lambda: None)()  # a message change of theirs, on its own thread on a database server
     await database_trip(lambda: None)()
 
 
