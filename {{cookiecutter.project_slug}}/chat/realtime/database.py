@@ -44,16 +44,21 @@ R = TypeVar("R")
 
 def database_trip(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """`func` on Django's database thread, as Channels' `database_sync_to_async` runs it."""
+    return sync_to_async(spent_connections_let_go(func), thread_sensitive=True)
+
+
+def spent_connections_let_go(func: Callable[P, R]) -> Callable[P, R]:
+    """`func`, with the thread's spent connections let go before and after it, as Channels does."""
 
     @functools.wraps(func)
-    def on_the_database_thread(*args: P.args, **kwargs: P.kwargs) -> R:
+    def trip(*args: P.args, **kwargs: P.kwargs) -> R:
         let_go_of_spent_connections()
         try:
             return func(*args, **kwargs)
         finally:
             let_go_of_spent_connections()
 
-    return sync_to_async(on_the_database_thread, thread_sensitive=True)
+    return trip
 
 
 # The one thread of `changes_trip`: a socket's changes keep their order, and take one more
@@ -81,16 +86,7 @@ def changes_trip(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """
     if connections[DEFAULT_DB_ALIAS].vendor == "sqlite":
         return database_trip(func)
-
-    @functools.wraps(func)
-    def on_the_changes_thread(*args: P.args, **kwargs: P.kwargs) -> R:
-        let_go_of_spent_connections()
-        try:
-            return func(*args, **kwargs)
-        finally:
-            let_go_of_spent_connections()
-
-    return sync_to_async(on_the_changes_thread, thread_sensitive=False, executor=CHANGES_THREAD)
+    return sync_to_async(spent_connections_let_go(func), thread_sensitive=False, executor=CHANGES_THREAD)
 
 
 def let_go_of_spent_connections() -> None:
