@@ -16,7 +16,7 @@ import logging
 import time
 from contextlib import suppress
 
-from channels_redis.core import RedisChannelLayer
+from channels_redis.core import BoundedQueue, RedisChannelLayer
 from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -66,6 +66,7 @@ class ReconnectingRedisChannelLayer(RedisChannelLayer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.receive_buffer = ReceiveBuffers(self.get_capacity)
         # Events popped off a process's key, each with the time it was sent, not handed out yet.
         self.taken: dict[str, collections.deque[tuple[bytes, float]]] = {}
         # The pop under way for each such key: it outlives a receive cancelled meanwhile.
@@ -206,3 +207,22 @@ def retrieved(task: asyncio.Task) -> None:
     it to (the next receive starts a pop of its own), and asyncio would report it."""
     if not task.cancelled():
         task.exception()
+
+
+class ReceiveBuffers(dict):
+    """The events taken off Redis for each local channel, not received yet, each channel
+    holding as many as its capacity on Redis (CHANNEL_LAYERS' `channel_capacity`).
+
+    channels_redis holds the layer's default capacity (100) for every channel and drops the
+    oldest past it. Whichever local channel's receive takes a pop's events hands the others'
+    to their channels here; a room hub busy handing out a burst of its own would lose events
+    that Redis had kept for it (its capacity there is 10,000).
+    """
+
+    def __init__(self, capacity_of):
+        super().__init__()
+        self.capacity_of = capacity_of
+
+    def __missing__(self, channel):
+        buffer = self[channel] = BoundedQueue(self.capacity_of(channel))
+        return buffer

@@ -13,6 +13,7 @@ import shutil
 import pytest
 from channels.layers import channel_layers, get_channel_layer
 
+from chat.realtime.hub import hub_channel_name
 from chat.tests.test_ratelimit import RedisProcess
 
 TIMEOUT = 5
@@ -230,3 +231,22 @@ async def test_an_event_that_waited_in_the_process_past_the_layers_expiry_is_dro
         await asyncio.sleep(1.2)
         await layer.group_send("room", {"type": "room.event", "number": 3})
         assert (await layer.receive(channel))["number"] == 3
+
+
+async def test_a_local_channel_holds_as_many_events_in_the_process_as_its_capacity_on_redis(redis, settings):
+    """Another local channel's receive took a burst of a hub's events off Redis while the hub
+    was busy: the hub gets them all when it reads again, up to its channel's capacity, not
+    only the last 100 (channels_redis's default for every channel, in the process)."""
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["channel_capacity"] = {"*!chat-hub-*": 1000}
+    channel_layers.backends.clear()
+    layer = get_channel_layer()
+    busy_hub, people = [hub_channel_name(await layer.new_channel()) for _ in range(2)]  # a room hub, a user hub
+    await layer.group_add("room", busy_hub)
+    await layer.group_add("people", people)
+    for number in range(150):
+        await layer.group_send("room", {"type": "room.event", "number": number})
+    await layer.group_send("people", {"type": "session.ended"})
+    async with asyncio.timeout(TIMEOUT):
+        assert await layer.receive(people) == {"type": "session.ended"}  # after the room's 150
+        numbers = [(await layer.receive(busy_hub))["number"] for _ in range(150)]
+    assert numbers == list(range(150))
