@@ -68,7 +68,7 @@ class ReconnectingRedisChannelLayer(RedisChannelLayer):
         super().__init__(*args, **kwargs)
         self.receive_buffer = ReceiveBuffers(self.get_capacity)
         # Events popped off a process's key, each with the time it was sent, not handed out yet.
-        self.taken: dict[str, collections.deque[tuple[bytes, float]]] = {}
+        self.taken: dict[str, collections.deque[tuple[bytes, float]]] = collections.defaultdict(collections.deque)
         # The pop under way for each such key: it outlives a receive cancelled meanwhile.
         self.popping: dict[str, asyncio.Task] = {}
         self.group_push = None  # GROUP_PUSH, registered: sent by its digest after the first time
@@ -120,9 +120,8 @@ class ReconnectingRedisChannelLayer(RedisChannelLayer):
         if not channel.endswith("!"):
             return await super().receive_single(channel)
         assert self.require_valid_channel_name(channel, receive=True), "Channel name invalid"
-        taken = self.taken.setdefault(channel, collections.deque())
         while True:
-            oldest = time.time() - self.expiry
+            taken, oldest = self.taken[channel], time.time() - self.expiry
             while taken and taken[0][1] < oldest:
                 taken.popleft()
             if taken:
@@ -149,8 +148,7 @@ class ReconnectingRedisChannelLayer(RedisChannelLayer):
         if not popped:
             result = await connection.bzpopmin(key, timeout=self.brpop_timeout)
             popped = [result[1:]] if result is not None else []
-        taken = self.taken.setdefault(channel, collections.deque())
-        taken.extend((member, float(sent_at)) for member, sent_at in popped)
+        self.taken[channel].extend((member, float(sent_at)) for member, sent_at in popped)
 
     async def group_send(self, group, message):
         """channels_redis's group send in two round trips instead of four (on one Redis; one
