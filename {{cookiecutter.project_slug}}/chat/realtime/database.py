@@ -22,7 +22,8 @@ server (`rm db.sqlite3 && manage.py migrate`) needs a restart, or its sockets ke
 
 Message changes from room sockets (edits, deletes, reactions) take `changes_trip`: on a
 database server, a thread of their own, so that one waiting for its chat's row lock does
-not hold up every other socket's trip (see there).
+not hold up every other socket's trip (see there). The process's own batches (read marks,
+presence rows and counts) take `background_trip`, a thread of theirs, for the same reason.
 
 `database_busy` tells a database that cannot answer for now (worth a 503 and a retry) from
 one that answered with an error: for the chat's views and the project's error handler.
@@ -64,6 +65,9 @@ def spent_connections_let_go(func: Callable[P, R]) -> Callable[P, R]:
 # The one thread of `changes_trip`: a socket's changes keep their order, and take one more
 # connection at most.
 CHANGES_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-changes")
+# The one thread of `background_trip`: the process's own batches keep their order (a
+# socket's presence row is deleted before its room is recounted), one more connection.
+BACKGROUND_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-background")
 
 
 def changes_trip(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
@@ -84,9 +88,28 @@ def changes_trip(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     lock holds up the changes to others (not their sends), and a stopping process waits
     for the change under way.
     """
+    return on_a_thread_of_its_own(func, CHANGES_THREAD)
+
+
+def background_trip(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """`func` for what the process does for all its sockets at once, with no socket waiting
+    for it: the read marks it collected (`read_marks`), its presence rows and room counts
+    (`presence`). On a database server, on a thread of its own, as `changes_trip`.
+
+    A batch of read marks locks the memberships it moves, and a send to their chat updates
+    the same rows: while messages flow, the batch waits for the sends' transactions. On the
+    sockets' thread, 5,000 sockets reopening after a restart (each marking its room read)
+    waited behind those batches and the rooms' recounts, up to the whole second of the thread
+    in the second (`benchmarks/bench_fanout.py --storm 5000`), and the handshakes queued
+    behind them. On SQLite, the sockets' thread, for the reason `changes_trip` gives.
+    """
+    return on_a_thread_of_its_own(func, BACKGROUND_THREAD)
+
+
+def on_a_thread_of_its_own(func: Callable[P, R], executor: ThreadPoolExecutor) -> Callable[P, Awaitable[R]]:
     if connections[DEFAULT_DB_ALIAS].vendor == "sqlite":
         return database_trip(func)
-    return sync_to_async(spent_connections_let_go(func), thread_sensitive=False, executor=CHANGES_THREAD)
+    return sync_to_async(spent_connections_let_go(func), thread_sensitive=False, executor=executor)
 
 
 def let_go_of_spent_connections() -> None:

@@ -7,6 +7,8 @@ sockets in one UPDATE every `HEARTBEAT_SECONDS`; rows not refreshed within
 A join or leave asks for a recount of its room (`recount_soon`): each process counts a
 room once per burst of changes and sends the number to the room's sockets, instead of
 every socket counting on every change (a room of N sockets joined by N more: N x N queries).
+The rooms due together are counted in one query: after a restart, a process's rooms all
+recount at once, every second while their sockets come back.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import asyncio
 import logging
 from datetime import timedelta
 
+from django.db.models import Count
 from django.utils import timezone
 
 from chat import events
 from chat.models import RoomPresence
-from chat.realtime.database import database_trip
+from chat.realtime.database import background_trip
 from chat.realtime.loop import LoopTask
 
 logger = logging.getLogger(__name__)
@@ -38,23 +41,30 @@ LEAVE_BATCH = 500
 
 _local_channels: set[str] = set()
 _leaving: dict[str, asyncio.Future] = {}  # channel name -> resolved once its row is deleted
-_recount_wanted: set[int] = set()
-_recounts: dict[int, LoopTask] = {}
+_recount_wanted: dict[int, float] = {}  # chat id -> loop time its recount was first asked for
+_counted_at: dict[int, float] = {}  # chat id -> loop time of its last count, within the last interval
 
 
-def live_sockets(*, chat_id: int):
-    """The room's sockets whose process refreshed them recently (not a crashed one's)."""
-    return RoomPresence.objects.filter(chat_id=chat_id, seen_at__gte=timezone.now() - STALE_AFTER)
+def live_sockets(*, chat_ids: list[int]):
+    """The rooms' sockets whose process refreshed them recently (not a crashed one's)."""
+    return RoomPresence.objects.filter(chat_id__in=chat_ids, seen_at__gte=timezone.now() - STALE_AFTER)
 
 
-def online_count(*, chat_id: int) -> int:
-    """Distinct people with at least one live socket in the room (tabs count once)."""
-    return live_sockets(chat_id=chat_id).values("user_id").distinct().count()
+def online_counts(*, chat_ids: list[int]) -> dict[int, int]:
+    """Distinct people with at least one live socket in each of these rooms (tabs count
+    once), in one query."""
+    counted = (
+        live_sockets(chat_ids=chat_ids)
+        .values("chat_id")
+        .annotate(online=Count("user_id", distinct=True))
+        .values_list("chat_id", "online")
+    )
+    return dict.fromkeys(chat_ids, 0) | dict(counted)
 
 
 def viewer_ids(*, chat_id: int) -> set[int]:
     """The people reading the room right now (open in a tab that is not in the background)."""
-    return set(live_sockets(chat_id=chat_id).filter(visible=True).values_list("user_id", flat=True))
+    return set(live_sockets(chat_ids=[chat_id]).filter(visible=True).values_list("user_id", flat=True))
 
 
 def set_visible(*, channel_name: str, visible: bool) -> None:
@@ -115,7 +125,7 @@ async def _remove_leavers() -> None:
     while _leaving:
         batch = {name: _leaving.pop(name) for name in list(_leaving)[:LEAVE_BATCH]}
         try:
-            await database_trip(remove)(channel_names=list(batch))
+            await background_trip(remove)(channel_names=list(batch))
         except Exception as exc:
             _settle(batch.values(), exc)
         else:
@@ -136,7 +146,7 @@ async def _beat_while_tracking() -> None:
     while _local_channels:
         await asyncio.sleep(HEARTBEAT_SECONDS)
         try:
-            await database_trip(refresh)(sorted(_local_channels))
+            await background_trip(refresh)(sorted(_local_channels))
         except Exception:  # a failed beat (database restarting) is retried at the next one
             logger.exception("Room presence heartbeat failed")
 
@@ -147,26 +157,42 @@ _remover = LoopTask(_remove_leavers)
 
 def recount_soon(chat_id: int) -> None:
     """Count the room's people shortly (once for all changes until then) and tell its sockets."""
-    _recount_wanted.add(chat_id)
-    if chat_id not in _recounts:
-        _recounts[chat_id] = LoopTask(lambda: _recount(chat_id))
-    _recounts[chat_id].ensure_running()
+    _recount_wanted.setdefault(chat_id, asyncio.get_running_loop().time())
+    _recounter.ensure_running()
 
 
-async def _recount(chat_id: int) -> None:
-    # A change while counting is counted again: the room's last number is never stale.
+def recount_due_at(chat_id: int, wanted_at: float) -> float:
+    """RECOUNT_DELAY_SECONDS after the first change (a burst of joins is counted once), and
+    RECOUNT_INTERVAL_SECONDS after the room's last count."""
+    return max(wanted_at + RECOUNT_DELAY_SECONDS, _counted_at.get(chat_id, float("-inf")) + RECOUNT_INTERVAL_SECONDS)
+
+
+async def _recount_while_wanted() -> None:
+    # A change while counting asks again: the room's last number is never stale.
     loop = asyncio.get_running_loop()
-    counted_at = float("-inf")
-    try:
-        while chat_id in _recount_wanted:
-            await asyncio.sleep(max(RECOUNT_DELAY_SECONDS, counted_at + RECOUNT_INTERVAL_SECONDS - loop.time()))
-            _recount_wanted.discard(chat_id)
-            counted_at = loop.time()
-            try:
-                online = await database_trip(online_count)(chat_id=chat_id)
-                await events.presence_changed(chat_id=chat_id, online=online)
-            except Exception:  # the database or the layer is restarting; the next change recounts
-                logger.exception("Recounting presence in chat %s failed", chat_id)
-    finally:
-        if chat_id in _recounts and _recounts[chat_id].is_current():
-            del _recounts[chat_id]
+    while _recount_wanted:
+        now = loop.time()
+        due_at = {chat_id: recount_due_at(chat_id, wanted_at) for chat_id, wanted_at in _recount_wanted.items()}
+        first = min(due_at.values())
+        if first > now:
+            # Never past RECOUNT_DELAY_SECONDS: a room asking meanwhile is due no sooner.
+            await asyncio.sleep(min(first - now, RECOUNT_DELAY_SECONDS))
+            continue
+        # The rooms due within RECOUNT_DELAY_SECONDS come along, a little early: rooms counted
+        # together stay together, one query for all of them instead of one each, spread over
+        # every second.
+        due = sorted(chat_id for chat_id, at in due_at.items() if at <= now + RECOUNT_DELAY_SECONDS)
+        for chat_id in due:
+            del _recount_wanted[chat_id]
+            _counted_at[chat_id] = now
+        for chat_id in [chat_id for chat_id, at in _counted_at.items() if at < now - RECOUNT_INTERVAL_SECONDS]:
+            del _counted_at[chat_id]
+        try:
+            online = await background_trip(online_counts)(chat_ids=due)
+            for chat_id in due:
+                await events.presence_changed(chat_id=chat_id, online=online[chat_id])
+        except Exception:  # the database or the layer is restarting; the next change recounts
+            logger.exception("Recounting presence in chats %s failed", due)
+
+
+_recounter = LoopTask(_recount_while_wanted)

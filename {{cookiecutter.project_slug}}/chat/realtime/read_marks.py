@@ -14,7 +14,7 @@ import contextlib
 import logging
 
 from chat import services
-from chat.realtime.database import database_trip
+from chat.realtime.database import background_trip
 from chat.realtime.loop import LoopTask
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _take_pending() -> dict[tuple[int, int], int]:
 
 async def _write(batch: dict[tuple[int, int], int]) -> None:
     try:
-        await database_trip(services.mark_read_many)(marks=batch)
+        await background_trip(services.mark_read_many)(marks=batch)
     except Exception:  # the database is restarting; viewers mark read again on their next message
         logger.exception("Writing %d read marks failed", len(batch))
 

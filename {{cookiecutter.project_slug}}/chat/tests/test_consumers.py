@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import threading
 import uuid
 from importlib import import_module
 
@@ -17,7 +18,7 @@ from channels.layers import channel_layers
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
-from django.db import OperationalError
+from django.db import OperationalError, connection, transaction
 from django.urls import reverse
 from django.utils.module_loading import import_string
 from django.utils.text import Truncator
@@ -25,7 +26,7 @@ from django.utils.text import Truncator
 from chat import selectors, services
 from chat.models import Membership, RoomPresence
 from chat.realtime import consumers, presence, read_marks, shutdown
-from chat.realtime.database import changes_trip, database_trip
+from chat.realtime.database import background_trip, changes_trip, database_trip
 from chat.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -116,6 +117,7 @@ async def connect(channel_layer):
     # on the loop's side still runs there, and on a loaded machine it outlived the above.
     await asyncio.sleep(2 * (presence.RECOUNT_DELAY_SECONDS + presence.RECOUNT_INTERVAL_SECONDS))
     await changes_trip(lambda: None)()  # a message change of theirs, on its own thread on a database server
+    await background_trip(lambda: None)()  # their presence rows' deletion and recount, the same
     await database_trip(lambda: None)()
 
 
@@ -633,6 +635,68 @@ async def test_the_frame_budget_is_shared_by_a_users_sockets(connect, alice, bob
     assert await next_reply(bob_room) == "pong"
 
 
+async def test_rooms_recounting_together_are_counted_in_one_query(connect, alice, bob, carol, group, monkeypatch):
+    other = await database_sync_to_async(services.create_group_chat)(creator=bob, name="Other", members=[carol])
+    counts = []
+    real_online_counts = presence.online_counts
+
+    def counted_online_counts(**kwargs):
+        counts.append(kwargs)
+        return real_online_counts(**kwargs)
+
+    monkeypatch.setattr(presence, "online_counts", counted_online_counts)
+    monkeypatch.setattr(presence, "RECOUNT_DELAY_SECONDS", 0.5)  # both joins come within it
+    alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    bob_room, _, _ = await connect(bob, f"/ws/chat/{other.pk}/")
+
+    await presence_becomes(alice_room, 1)
+    await presence_becomes(bob_room, 1)
+    assert counts == [{"chat_ids": sorted([group.pk, other.pk])}]
+
+
+@pytest.mark.skipif(connection.vendor == "sqlite", reason="on SQLite read marks share the sockets' database thread")
+async def test_read_marks_waiting_for_their_rows_hold_up_no_handshake_or_send(connect, alice, bob, carol, group):
+    """A batch of read marks locks the memberships it moves, as a send to their chat does on
+    every server process. Waiting for that lock, it waits on a thread of its own: a socket
+    opens and a send is acked meanwhile, and the mark is written once the lock goes."""
+    message = await database_sync_to_async(services.send_message)(chat=group, sender=bob, body="read me")
+    other = await database_sync_to_async(services.create_group_chat)(creator=carol, name="Other", members=[bob])
+    alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await receive_until(alice_room, "chat.sync")
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_alices_membership():
+        try:
+            with transaction.atomic():
+                Membership.objects.select_for_update().get(chat=group, user=alice)
+                locked.set()
+                release.wait(5)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_alices_membership)
+    holder.start()
+    try:
+        assert await asyncio.to_thread(locked.wait, 5)
+        await alice_room.send_to(text_data=json.dumps({"type": "read", "message_id": message.pk}))
+        await asyncio.sleep(0.2)  # the batch is waiting for the lock
+        carol_other, connected, _ = await asyncio.wait_for(connect(carol, f"/ws/chat/{other.pk}/"), 2)
+        await asyncio.wait_for(receive_until(carol_other, "chat.sync"), 2)
+        await carol_other.send_to(text_data=json.dumps({"type": "send", "client_id": "meanwhile", "body": "here"}))
+        sent = await asyncio.wait_for(receive_until(carol_other, "ack"), 2)
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join)
+
+    assert connected and sent["client_id"] == "meanwhile"
+    read_up_to = database_sync_to_async(lambda: Membership.objects.get(chat=group, user=alice).last_read_message_id)
+    for _ in range(50):
+        if await read_up_to() == message.pk:
+            break
+        await asyncio.sleep(0.1)
+    assert await read_up_to() == message.pk
+
+
 async def counts_settle(counts: list, quiet: float = 0.3) -> None:
     while True:
         seen = len(counts)
@@ -643,13 +707,13 @@ async def counts_settle(counts: list, quiet: float = 0.3) -> None:
 
 async def test_presence_is_counted_once_per_change_not_once_per_socket(connect, alice, bob, carol, group, monkeypatch):
     counts = []
-    real_online_count = presence.online_count
+    real_online_counts = presence.online_counts
 
-    def counted_online_count(**kwargs):
+    def counted_online_counts(**kwargs):
         counts.append(kwargs)
-        return real_online_count(**kwargs)
+        return real_online_counts(**kwargs)
 
-    monkeypatch.setattr(presence, "online_count", counted_online_count)
+    monkeypatch.setattr(presence, "online_counts", counted_online_counts)
     sockets = [(await connect(user, f"/ws/chat/{group.pk}/"))[0] for user in [alice, bob] * 4]
     for socket in sockets:
         await presence_becomes(socket, 2)
@@ -660,4 +724,4 @@ async def test_presence_is_counted_once_per_change_not_once_per_socket(connect, 
 
     for socket in sockets:
         await presence_becomes(socket, 3)
-    assert counts == [{"chat_id": group.pk}]
+    assert counts == [{"chat_ids": [group.pk]}]
