@@ -676,7 +676,7 @@ def mark_read_many(*, marks: dict[tuple[int, int], int]) -> dict[tuple[int, int]
         by_chat.setdefault(chat_id, {})[user_id] = up_to
     unread_by_key, changed = {}, []
     with transaction.atomic():
-        for chat_id, up_to_by_user in by_chat.items():
+        for chat_id, up_to_by_user in sorted(by_chat.items()):  # chats locked in id order, as sends lock them
             for membership, unread in read_positions(chat_id=chat_id, up_to_by_user=up_to_by_user):
                 unread_by_key[(chat_id, membership.user_id)] = unread
                 if (membership.new_read_id, unread) != (membership.last_read_message_id, membership.unread_count):
@@ -703,9 +703,16 @@ def save_read_positions(memberships: list[Membership]) -> None:
 
 
 def read_positions(*, chat_id: int, up_to_by_user: dict[int, int]):
-    """(locked membership with `new_read_id`, its unread count) for these members of a chat."""
+    """(locked membership with `new_read_id`, its unread count) for these members of a chat.
+
+    The chat's row is locked first, as a send to the chat locks it before the memberships it
+    updates (the senders' read marks, everyone else's unread count): the two wait for each
+    other in turn. Locking the memberships first, a batch of read marks could hold one that
+    a send was about to update while waiting for one the send held, a deadlock that
+    PostgreSQL breaks after a second by failing one of them.
+    """
+    latest = Chat.objects.select_for_update().filter(pk=chat_id).values_list("last_message_id", flat=True).first() or 0
     memberships = list(Membership.objects.select_for_update().filter(chat_id=chat_id, user_id__in=up_to_by_user))
-    latest = Chat.objects.filter(pk=chat_id).values_list("last_message_id", flat=True).first() or 0
     for membership in memberships:
         target = min(up_to_by_user[membership.user_id], latest)
         membership.new_read_id = max(membership.last_read_message_id, target)

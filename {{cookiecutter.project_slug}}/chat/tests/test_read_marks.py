@@ -1,12 +1,17 @@
-"""Read marks a server process holds reach the database, also when the process is stopping."""
+"""Read marks a server process holds reach the database, also when the process is stopping,
+and never deadlock with a send to their chat."""
 
 import asyncio
+import threading
+import time
 
 import pytest
 from channels.db import database_sync_to_async
+from django.db import connection, transaction
+from django.db.models import F
 
 from chat import services
-from chat.models import Membership
+from chat.models import Chat, Membership
 from chat.realtime import read_marks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -51,3 +56,49 @@ async def test_marks_are_written_in_one_batch_per_flush(group_chat, alice, monke
             break
         await asyncio.sleep(0.02)
     assert (bob.last_read_message_id, bob.unread_count) == (second.pk, 0)
+
+
+@pytest.mark.skipif(connection.vendor == "sqlite", reason="SQLite has one writer: nothing to deadlock")
+def test_a_batch_of_read_marks_and_a_send_to_the_chat_wait_for_each_other_without_deadlock(group_chat, alice, carol):
+    """A send locks its chat's row, then updates memberships (the sender's read mark, the
+    others' unread counts). A batch of read marks that locked a membership first, while the
+    send held another, would wait for the send while the send waited for it."""
+    message = services.send_message(chat=group_chat, sender=carol, body="read me")
+    alice_membership = Membership.objects.get(chat=group_chat, user=alice)
+    bob = bob_membership(group_chat)
+    send_holds_the_chat, marks_started = threading.Event(), threading.Event()
+    errors = []
+
+    def send_to_the_chat():
+        try:
+            with transaction.atomic():
+                Chat.objects.select_for_update().get(pk=group_chat.pk)
+                Membership.objects.filter(pk=bob.pk).update(unread_count=F("unread_count") + 1)
+                send_holds_the_chat.set()
+                marks_started.wait(5)
+                time.sleep(0.3)  # the batch is waiting by now
+                Membership.objects.filter(pk=alice_membership.pk).update(unread_count=F("unread_count") + 1)
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def mark_both_read():
+        try:
+            assert send_holds_the_chat.wait(5)
+            marks_started.set()
+            services.mark_read_many(marks={(group_chat.pk, alice.pk): message.pk, (group_chat.pk, bob.user_id): message.pk})
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send_to_the_chat), threading.Thread(target=mark_both_read)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert errors == []
+    read = dict(Membership.objects.filter(chat=group_chat).values_list("user_id", "last_read_message_id"))
+    assert (read[alice.pk], read[bob.user_id]) == (message.pk, message.pk)
