@@ -87,7 +87,8 @@ def test_a_batch_of_read_marks_and_a_send_to_the_chat_wait_for_each_other_withou
         try:
             assert send_holds_the_chat.wait(5)
             marks_started.set()
-            services.mark_read_many(marks={(group_chat.pk, alice.pk): message.pk, (group_chat.pk, bob.user_id): message.pk})
+            marks = {(group_chat.pk, alice.pk): message.pk, (group_chat.pk, bob.user_id): message.pk}
+            services.mark_read_many(marks=marks)
         except Exception as exc:
             errors.append(exc)
         finally:
