@@ -5,6 +5,7 @@ installed, again on Redis (through the project's own Redis layer if it has one).
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -24,7 +25,7 @@ from django.utils.module_loading import import_string
 from django.utils.text import Truncator
 
 from chat import selectors, services
-from chat.models import Membership, RoomPresence
+from chat.models import Chat, Membership, RoomPresence
 from chat.realtime import consumers, presence, read_marks, shutdown
 from chat.realtime.database import background_trip, changes_trip, database_trip
 from chat.routing import websocket_urlpatterns
@@ -635,16 +636,24 @@ async def test_the_frame_budget_is_shared_by_a_users_sockets(connect, alice, bob
     assert await next_reply(bob_room) == "pong"
 
 
-async def test_rooms_recounting_together_are_counted_in_one_query(connect, alice, bob, carol, group, monkeypatch):
-    other = await database_sync_to_async(services.create_group_chat)(creator=bob, name="Other", members=[carol])
-    counts = []
+@pytest.fixture
+def counts(monkeypatch):
+    """The arguments of each presence count the process makes, in order."""
+    asked = []
     real_online_counts = presence.online_counts
 
     def counted_online_counts(**kwargs):
-        counts.append(kwargs)
+        asked.append(kwargs)
         return real_online_counts(**kwargs)
 
     monkeypatch.setattr(presence, "online_counts", counted_online_counts)
+    return asked
+
+
+async def test_rooms_recounting_together_are_counted_in_one_query(
+    connect, alice, bob, carol, group, counts, monkeypatch
+):
+    other = await database_sync_to_async(services.create_group_chat)(creator=bob, name="Other", members=[carol])
     monkeypatch.setattr(presence, "RECOUNT_DELAY_SECONDS", 0.5)  # both joins come within it
     alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
     bob_room, _, _ = await connect(bob, f"/ws/chat/{other.pk}/")
@@ -654,39 +663,48 @@ async def test_rooms_recounting_together_are_counted_in_one_query(connect, alice
     assert counts == [{"chat_ids": sorted([group.pk, other.pk])}]
 
 
-@pytest.mark.skipif(connection.vendor == "sqlite", reason="on SQLite read marks share the sockets' database thread")
-async def test_read_marks_waiting_for_their_rows_hold_up_no_handshake_or_send(connect, alice, bob, carol, group):
-    """A batch of read marks locks the memberships it moves, as a send to their chat does on
-    every server process. Waiting for that lock, it waits on a thread of its own: a socket
-    opens and a send is acked meanwhile, and the mark is written once the lock goes."""
-    message = await database_sync_to_async(services.send_message)(chat=group, sender=bob, body="read me")
-    other = await database_sync_to_async(services.create_group_chat)(creator=carol, name="Other", members=[bob])
-    alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
-    await receive_until(alice_room, "chat.sync")
+@contextlib.asynccontextmanager
+async def chat_row_locked(chat_id: int):
+    """The chat's row locked by another connection meanwhile, as a send to the chat on another
+    server process holds it."""
     locked, release = threading.Event(), threading.Event()
 
-    def hold_alices_membership():
+    def hold_the_chats_row():
         try:
             with transaction.atomic():
-                Membership.objects.select_for_update().get(chat=group, user=alice)
+                Chat.objects.select_for_update().get(pk=chat_id)
                 locked.set()
                 release.wait(5)
         finally:
             connection.close()
 
-    holder = threading.Thread(target=hold_alices_membership)
+    holder = threading.Thread(target=hold_the_chats_row)
     holder.start()
     try:
         assert await asyncio.to_thread(locked.wait, 5)
+        yield
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join)
+
+
+@pytest.mark.skipif(connection.vendor == "sqlite", reason="on SQLite read marks share the sockets' database thread")
+async def test_read_marks_waiting_for_their_chats_lock_hold_up_no_handshake_or_send(connect, alice, bob, carol, group):
+    """A batch of read marks locks its chat's row, as a send to the chat does on every server
+    process. Waiting for that lock, it waits on a thread of its own: a socket opens and a send
+    is acked meanwhile, and the mark is written once the lock goes."""
+    message = await database_sync_to_async(services.send_message)(chat=group, sender=bob, body="read me")
+    other = await database_sync_to_async(services.create_group_chat)(creator=carol, name="Other", members=[bob])
+    alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await receive_until(alice_room, "chat.sync")
+
+    async with chat_row_locked(group.pk):
         await alice_room.send_to(text_data=json.dumps({"type": "read", "message_id": message.pk}))
         await asyncio.sleep(0.2)  # the batch is waiting for the lock
         carol_other, connected, _ = await asyncio.wait_for(connect(carol, f"/ws/chat/{other.pk}/"), 2)
         await asyncio.wait_for(receive_until(carol_other, "chat.sync"), 2)
         await carol_other.send_to(text_data=json.dumps({"type": "send", "client_id": "meanwhile", "body": "here"}))
         sent = await asyncio.wait_for(receive_until(carol_other, "ack"), 2)
-    finally:
-        release.set()
-        await asyncio.to_thread(holder.join)
 
     assert connected and sent["client_id"] == "meanwhile"
     read_up_to = database_sync_to_async(lambda: Membership.objects.get(chat=group, user=alice).last_read_message_id)
@@ -705,15 +723,7 @@ async def counts_settle(counts: list, quiet: float = 0.3) -> None:
             return
 
 
-async def test_presence_is_counted_once_per_change_not_once_per_socket(connect, alice, bob, carol, group, monkeypatch):
-    counts = []
-    real_online_counts = presence.online_counts
-
-    def counted_online_counts(**kwargs):
-        counts.append(kwargs)
-        return real_online_counts(**kwargs)
-
-    monkeypatch.setattr(presence, "online_counts", counted_online_counts)
+async def test_presence_is_counted_once_per_change_not_once_per_socket(connect, alice, bob, carol, group, counts):
     sockets = [(await connect(user, f"/ws/chat/{group.pk}/"))[0] for user in [alice, bob] * 4]
     for socket in sockets:
         await presence_becomes(socket, 2)

@@ -7,14 +7,13 @@ test_consumers).
 
 import asyncio
 import json
-import threading
 
 import pytest
 from channels.db import database_sync_to_async
-from django.db import connection, transaction
+from django.db import connection
 
 from chat import services
-from chat.models import Chat, Message
+from chat.models import Message
 from chat.realtime import consumers
 from chat.tests import test_consumers
 from chat.tests.test_consumers import expect_close, receive_until
@@ -86,28 +85,12 @@ async def test_a_reaction_waiting_for_its_chats_lock_holds_up_no_send_of_the_pro
     alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
     alice_other, _, _ = await connect(alice, f"/ws/chat/{other.pk}/")
     await receive_until(alice_other, "chat.sync")
-    locked, release = threading.Event(), threading.Event()
 
-    def hold_the_chats_row():
-        try:
-            with transaction.atomic():
-                Chat.objects.select_for_update().get(pk=group.pk)
-                locked.set()
-                release.wait(5)
-        finally:
-            connection.close()
-
-    holder = threading.Thread(target=hold_the_chats_row)
-    holder.start()
-    try:
-        assert await asyncio.to_thread(locked.wait, 5)
+    async with test_consumers.chat_row_locked(group.pk):
         await alice_room.send_to(text_data=frame(type="react", message_id=bobs_message.pk, emoji=THUMBS))
         await asyncio.sleep(0.2)  # the reaction is waiting for the lock
         await alice_other.send_to(text_data=frame(type="send", client_id="meanwhile", body="still here"))
         sent = await asyncio.wait_for(receive_until(alice_other, "ack"), 2)
-    finally:
-        release.set()
-        await asyncio.to_thread(holder.join)
     reacted = await receive_until(alice_room, "ack")
 
     assert sent["client_id"] == "meanwhile"
