@@ -96,8 +96,8 @@ def background_trip(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     for it: the read marks it collected (`read_marks`), its presence rows and room counts
     (`presence`). On a database server, on a thread of its own, as `changes_trip`.
 
-    A batch of read marks locks the memberships it moves, and a send to their chat updates
-    the same rows: while messages flow, the batch waits for the sends' transactions. On the
+    A batch of read marks locks its chats' rows and the memberships it moves, as a send to
+    the chat does: while messages flow, the batch waits for the sends' transactions. On the
     sockets' thread, 5,000 sockets reopening after a restart (each marking its room read)
     waited behind those batches and the rooms' recounts, up to the whole second of the thread
     in the second (`benchmarks/bench_fanout.py --storm 5000`), and the handshakes queued
