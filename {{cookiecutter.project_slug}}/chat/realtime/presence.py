@@ -178,10 +178,16 @@ async def _recount_while_wanted() -> None:
             # Never past RECOUNT_DELAY_SECONDS: a room asking meanwhile is due no sooner.
             await asyncio.sleep(min(first - now, RECOUNT_DELAY_SECONDS))
             continue
-        # The rooms due within RECOUNT_DELAY_SECONDS come along, a little early: rooms counted
-        # together stay together, one query for all of them instead of one each, spread over
-        # every second.
-        due = sorted(chat_id for chat_id, at in due_at.items() if at <= now + RECOUNT_DELAY_SECONDS)
+        # The rooms due, and with them those past their delay that are due within
+        # RECOUNT_DELAY_SECONDS of their interval, a little early: rooms counted together stay
+        # together, one query for all of them instead of one each, spread over every second.
+        # Never a room before its delay: a socket's greeting comes before the count its join
+        # asked for.
+        due = sorted(
+            chat_id
+            for chat_id, at in due_at.items()
+            if at <= now + RECOUNT_DELAY_SECONDS and _recount_wanted[chat_id] + RECOUNT_DELAY_SECONDS <= now
+        )
         for chat_id in due:
             del _recount_wanted[chat_id]
             _counted_at[chat_id] = now

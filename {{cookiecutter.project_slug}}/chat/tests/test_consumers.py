@@ -650,17 +650,34 @@ def counts(monkeypatch):
     return asked
 
 
-async def test_rooms_recounting_together_are_counted_in_one_query(
+async def test_rooms_due_while_a_count_goes_out_are_counted_in_one_query(
     connect, alice, bob, carol, group, counts, monkeypatch
 ):
     other = await database_sync_to_async(services.create_group_chat)(creator=bob, name="Other", members=[carol])
-    monkeypatch.setattr(presence, "RECOUNT_DELAY_SECONDS", 0.5)  # both joins come within it
-    alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
-    bob_room, _, _ = await connect(bob, f"/ws/chat/{other.pk}/")
+    both_joined = asyncio.Event()
+    held = []
+    real_presence_changed = presence.events.presence_changed
 
-    await presence_becomes(alice_room, 1)
+    async def first_held_until_both_joined(**kwargs):
+        if not held:
+            held.append(kwargs)
+            await asyncio.wait_for(both_joined.wait(), TIMEOUT)
+        await real_presence_changed(**kwargs)
+
+    monkeypatch.setattr(presence.events, "presence_changed", first_held_until_both_joined)
+    alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    while not held:
+        await asyncio.sleep(0.01)
+    bob_room, _, _ = await connect(bob, f"/ws/chat/{other.pk}/")
+    carol_room, _, _ = await connect(carol, f"/ws/chat/{group.pk}/")
+    await receive_until(bob_room, "chat.sync")
+    await receive_until(carol_room, "chat.sync")  # their joins asked for their rooms' counts
+    await asyncio.sleep(2 * presence.RECOUNT_DELAY_SECONDS)  # both counts are due once the first is out
+    both_joined.set()
+
+    await presence_becomes(carol_room, 2)
     await presence_becomes(bob_room, 1)
-    assert counts == [{"chat_ids": sorted([group.pk, other.pk])}]
+    assert counts[:2] == [{"chat_ids": [group.pk]}, {"chat_ids": sorted([group.pk, other.pk])}]
 
 
 @contextlib.asynccontextmanager
