@@ -137,9 +137,6 @@ class LoopTask:
         if self.task is None or self.task.done() or self.task.get_loop() is not loop:
             self.task = loop.create_task(self.run())
 
-    def is_current(self) -> bool:
-        return self.task is asyncio.current_task()
-
 
 # Between two cancels of a task that has not stopped yet (see `cancel_until_done`).
 CANCEL_AGAIN_AFTER = 0.1
