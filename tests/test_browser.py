@@ -9,6 +9,7 @@ Screenshots land in test-artifacts/browser/ (git-ignored).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -396,6 +397,50 @@ def test_message_sent_between_page_load_and_socket_open_appears(server, open_as)
     umar.route_web_socket(re.compile(rf"/ws/chat/{chat_id}/(\?|$)"), send_then_connect)
     umar.goto(room_path(chat_id))
     expect(umar.locator("main .bubble-body")).to_have_text(["Rendered with the page", "Sent before the socket opened"])
+
+
+def test_a_greeting_behind_while_a_frame_waits_out_the_reorder_grace_fetches_the_gap_once(server, open_as):
+    """A frame that skips a message waits a moment for the one it skipped, then the page
+    fetches the gap. A catch-up that starts meanwhile (here a greeting naming a newer message
+    than the page shows, as after a restart that missed more than a page) fetches it already:
+    the grace's timer must not ask for the same again once that fetch is under way."""
+    ids = server.set_up(users=["vera", "wim"], chats=[("vera", "wim", ["Shown with the page"])])
+    chat_id = ids["chats"]["vera:wim"]
+    wim, vera = open_as("wim"), open_as("vera")
+    queries = []
+
+    def relay(ws):
+        """Wim's room socket: after the frame that skips one, a greeting still behind."""
+        upstream = ws.connect_to_server()
+
+        def from_server(message):
+            ws.send(message)
+            frame = json.loads(message)
+            if frame.get("type") == "chat.message":
+                greeting = {"type": "chat.sync", "chat_id": chat_id, "last_message_id": frame["message_id"]}
+                ws.send(json.dumps({**greeting, "change_seq": 0}))
+
+        upstream.on_message(from_server)
+
+    def slow_fetch(route):
+        """Each catch-up request answered a second late, past the reorder grace (0.4 s)."""
+        queries.append(urlsplit(route.request.url).query)
+        time.sleep(1)
+        route.continue_()
+
+    wim.route_web_socket(re.compile(rf"/ws/chat/{chat_id}/(\?|$)"), relay)
+    wim.route(re.compile(rf"/chat/{chat_id}/messages/\?after="), slow_fetch)
+    for page in (wim, vera):
+        goto_with_socket(page, room_path(chat_id), f"/ws/chat/{chat_id}/")
+    server.send(sender="vera", receiver="wim", bodies=["Stored without a frame"])  # outside the server
+    send(vera, "Sent live")
+
+    shown_bodies = ["Shown with the page", "Stored without a frame", "Sent live"]
+    expect(wim.locator("main .bubble-body")).to_have_text(shown_bodies)
+    wim.wait_for_timeout(2500)  # past the grace and one more slow answer, had one been asked for
+    shown = wim.locator("main [data-message-id]").evaluate_all("els => els.map(e => e.dataset.messageId)")
+    first, _, live = shown
+    assert queries == [f"after={first}&before={live}", f"after={live}"]
 
 
 # --- XSS -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Faults and load on real services: Redis stops and comes back, a server is killed, 50 users chat.
+"""Faults and load on real services: Redis stops and comes back, a server is killed, one freezes, 50 users chat.
 
 One redis + postgresql project (module scope) on a PostgreSQL database and a Redis of its
 own (started here, so stopping it disturbs no other test), served by two daphne processes
@@ -345,14 +345,21 @@ def test_redis_outage_keeps_sends_saving_and_clients_catch_up(project, redis_ser
 # 2. A server process is killed mid-conversation
 
 
-async def server_killed(servers: list[Server], seeded: dict) -> dict:
-    chat_id, members = seeded["group_id"], seeded["members"]
-    victim, survivor = servers
+def failover_clients(servers: list[Server], seeded: dict, **options) -> list:
+    """The group's members, the even ones on the first server and the odd ones on the second,
+    each moving to the other server when its own refuses them or restarts."""
+    first, second = servers
     clients = []
-    for number, member in enumerate(members):
-        own = [victim, survivor] if number % 2 == 0 else [survivor, victim]
-        clients.append(new_client(member, chat_id, own, failover=True))
+    for number, member in enumerate(seeded["members"]):
+        own = [first, second] if number % 2 == 0 else [second, first]
+        clients.append(new_client(member, seeded["group_id"], own, failover=True, **options))
         clients[-1].start()
+    return clients
+
+
+async def server_killed(servers: list[Server], seeded: dict) -> dict:
+    victim, survivor = servers
+    clients = failover_clients(servers, seeded)
     sends = Sends()
 
     async def converse(stop: asyncio.Event) -> None:
@@ -402,7 +409,54 @@ def test_killed_server_clients_move_to_the_other_and_miss_nothing(project, redis
     assert_exactly_once(clients, sends, state)
 
 
-# 3. Sends whose answer is lost or refused for now are retried, and stored once
+# 3. A server process freezes: no close, no refusal, only silence (a VM paused, a network cut)
+
+# socket-heartbeat.js pings after 25 s of quiet and gives up 10 s after; shorter here.
+HEARTBEAT = (1.0, 1.0)
+FROZEN_OPEN_TIMEOUT = 2.0  # a handshake the frozen server never answers
+
+
+async def server_frozen(servers: list[Server], seeded: dict) -> dict:
+    victim, survivor = servers
+    clients = failover_clients(servers, seeded, heartbeat=HEARTBEAT, open_timeout=FROZEN_OPEN_TIMEOUT)
+    on_victim, on_survivor = clients[::2], clients[1::2]
+    sends = Sends()
+    try:
+        await all_connected(clients)
+        await asyncio.sleep(3 * HEARTBEAT[0])  # a quiet room: every socket pings and is answered
+        quiet = [Counter(client.counts) for client in clients]
+        victim.process.send_signal(signal.SIGSTOP)
+        for number in range(8):
+            await sends.send(on_survivor[number % len(on_survivor)], f"while one server is frozen {number}")
+            await asyncio.sleep(0.5)
+        await settle(clients, sends)
+    finally:
+        await stop_all(clients)
+        victim.kill()
+    return {"clients": clients, "sends": sends, "quiet": quiet, "on_victim": on_victim, "on_survivor": on_survivor}
+
+
+def test_a_frozen_servers_clients_notice_its_silence_move_to_the_other_and_miss_nothing(project, redis_server, request):
+    """SIGSTOP one of two servers: its sockets get no close and no error, only silence. The
+    heartbeat's unanswered ping drops each of them, their reconnects to the frozen server time
+    out, and they move to the other server and catch up. In a quiet room before that, every
+    socket pinged, was answered, and stayed open."""
+    redis_server.ensure_running()
+    servers = serve(project, "server_frozen", request)
+    seeded = seed(project, prefix="frozen", users=6)
+    result = asyncio.run(server_frozen(servers, seeded))
+    clients, sends = result["clients"], result["sends"]
+    state = database_state(project, [seeded["group_id"]])
+    tally("server_frozen", clients, sends, state)
+    for counts in result["quiet"]:
+        assert counts["ping_sent"] >= 1 and counts["silent_drop"] == 0 and counts["open"] == 1, dict(counts)
+    for client in result["on_victim"]:
+        assert client.counts["silent_drop"] == 1 and client.server == servers[1].base_url, dict(client.counts)
+    assert all(client.counts["silent_drop"] == 0 for client in result["on_survivor"])
+    assert_exactly_once(clients, sends, state)
+
+
+# 4. Sends whose answer is lost or refused for now are retried, and stored once
 
 
 BURST = 6  # messages typed at once by each of two senders
@@ -473,7 +527,7 @@ def test_lost_acks_and_rate_limits_are_retried_and_stored_once(project, redis_se
     assert_exactly_once(clients, sends, state)
 
 
-# 4. Fifty users send to one group and to direct chats for 30 s, over two servers
+# 5. Fifty users send to one group and to direct chats for 30 s, over two servers
 
 
 async def load(servers: list[Server], seeded: dict) -> dict:

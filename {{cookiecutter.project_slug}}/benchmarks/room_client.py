@@ -2,7 +2,8 @@
 
 It follows the room's JavaScript (static/js/components/chat/): `chat-websocket.js`
 (`ReconnectingSocket`: reconnect with full jitter, within a second when the server restarts
-(1012), stop on 4401/4403), `chat-inbox.js` (`InboxClient`: the inbox socket every page
+(1012), stop on 4401/4403; and `socket-heartbeat.js`: a ping when quiet, a silent socket
+dropped and reconnected), `chat-inbox.js` (`InboxClient`: the inbox socket every page
 opens), `message-send.js` (frames chained by `prev_id`, an early frame held for the reorder
 grace, each open asking after the newest message shown (`?after=<id>`, answered with the
 missed bubbles in the greeting), catch-up over HTTP with `messages/?after=<id>`, and
@@ -39,6 +40,9 @@ SERVICE_RESTART = 1012  # the server process is stopping (a deploy): another one
 RECONNECT_BASE_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 15.0
 RESTART_JITTER_SECONDS = 1.0
+# socket-heartbeat.js
+HEARTBEAT_SECONDS = 25.0  # a ping after this long without a frame
+PONG_TIMEOUT_SECONDS = 10.0  # nothing heard this long after the ping: the socket is dead
 # message-send.js
 REORDER_GRACE_SECONDS = 0.4
 SYNC_WAIT_SECONDS = 5.0  # no greeting this long after an open (an older server): catch up anyway
@@ -60,6 +64,8 @@ class ReconnectingSocket:
 
     A failed attempt and a dropped socket both wait `random.uniform(0, min(max, base * 2**attempts))`
     before the next attempt; an open resets `attempts`; 4401/4403 end it for good.
+    While open, it keeps a heartbeat (`heartbeat`: the quiet and the silence it allows,
+    in seconds, as socket-heartbeat.js).
     Subclasses give the `path` and react in `on_open`, `on_text` and `on_closed`.
     """
 
@@ -74,8 +80,11 @@ class ReconnectingSocket:
         reconnect_delays: tuple[float, float] = (RECONNECT_BASE_SECONDS, RECONNECT_MAX_SECONDS),
         open_timeout: float = 15,
         connect_gate: asyncio.Semaphore | None = None,
+        heartbeat: tuple[float, float] = (HEARTBEAT_SECONDS, PONG_TIMEOUT_SECONDS),
     ):
         self.member = member
+        self.heartbeat_delays = heartbeat
+        self.last_heard = 0.0  # time.monotonic() of the last frame heard
         self.servers, self.server_index, self.failover = servers, 0, failover
         self.reconnect_delays, self.open_timeout, self.connect_gate = reconnect_delays, open_timeout, connect_gate
         self.counts: Counter[str] = Counter()  # open, drop, failed_connect, frame, catch_up, gap, sent_*, ...
@@ -134,12 +143,16 @@ class ReconnectingSocket:
             self.counts["open"] += 1
             self.opened_at.append(time.monotonic())
             self.connected.set()
+            self.last_heard = time.monotonic()
+            heartbeat = self.spawn(self.keep_heartbeat(ws))
             self.on_open()
             try:
                 async for text in ws:
+                    self.last_heard = time.monotonic()
                     self.on_text(text)
             except (OSError, WebSocketException) as exc:
                 self.counts[f"closed_{type(exc).__name__}"] += 1
+            heartbeat.cancel()
             self.ws = None
             self.connected.clear()
             self.closed_at.append(time.monotonic())
@@ -169,6 +182,27 @@ class ReconnectingSocket:
                 max_queue=None,
                 open_timeout=self.open_timeout,
             )
+
+    async def keep_heartbeat(self, ws: ClientConnection) -> None:
+        """socket-heartbeat.js: after `quiet` seconds without a frame, {"type": "ping"} (the
+        server answers "pong"; any frame counts as heard). A socket still silent `silent`
+        seconds after its ping is dead (a network gone, a server frozen or cut off without a
+        close): dropped at once, without waiting for a close that may take minutes, and
+        reconnected as from any other drop."""
+        quiet, silent = self.heartbeat_delays
+        while True:
+            wait = self.last_heard + quiet - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            pinged_at = time.monotonic()
+            self.counts["ping_sent"] += 1
+            self.spawn(send_quietly(ws, '{"type": "ping"}'))
+            await asyncio.sleep(silent)
+            if self.last_heard < pinged_at:
+                self.counts["silent_drop"] += 1
+                ws.transport.abort()  # the read loop ends now, with no close frame (1006)
+                return
 
     async def reconnect_pause(self, attempts: int, *, restarting: bool = False) -> None:
         """Full jitter: exponential backoff, or at most a second when the server restarts
@@ -244,6 +278,7 @@ class RoomClient(ReconnectingSocket):
         http_timeout: float = 60,
         open_timeout: float = 15,
         connect_gate: asyncio.Semaphore | None = None,
+        heartbeat: tuple[float, float] = (HEARTBEAT_SECONDS, PONG_TIMEOUT_SECONDS),
     ):
         super().__init__(
             member=member,
@@ -252,6 +287,7 @@ class RoomClient(ReconnectingSocket):
             reconnect_delays=reconnect_delays,
             open_timeout=open_timeout,
             connect_gate=connect_gate,
+            heartbeat=heartbeat,
         )
         self.chat_id = chat_id
         self.path = f"/ws/chat/{chat_id}/"
@@ -416,7 +452,11 @@ class RoomClient(ReconnectingSocket):
             self.grace_timer = None
 
     def catch_up(self) -> asyncio.Task:
-        """Fetch what is missing; while a fetch runs, one more follows it."""
+        """Fetch what is missing; while a fetch runs, one more follows it. A fetch now fills
+        every gap the reorder grace waits on: its timer, were it left, would only ask again."""
+        if self.grace_timer is not None:
+            self.grace_timer.cancel()
+            self.grace_timer = None
         if self.catching_up is not None:
             self.catch_up_again = True
             return self.catching_up

@@ -4,6 +4,7 @@ import sys
 
 from django.http import HttpResponse
 from django.template.loader import render_to_string
+from django.utils.cache import add_never_cache_headers, patch_vary_headers
 from django.utils.http import escape_leading_slashes
 from django.views.defaults import server_error as page_for_a_server_error
 
@@ -22,9 +23,19 @@ def server_error(request) -> HttpResponse:
     session). Django logs it as an error with its traceback, as any 500: it is rare, and
     where it is not, the pool or the database needs attention. Rendered without the
     database or a session, as the 500 page is. (With DEBUG on, Django shows its own page.)"""
-    if not database_busy(sys.exc_info()[1]):
-        return page_for_a_server_error(request)
-    again = escape_leading_slashes(request.get_full_path()) if request.method in ("GET", "HEAD") else None
-    response = HttpResponse(render_to_string("503.html", {"again": again}), status=503)
-    response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    if database_busy(sys.exc_info()[1]):
+        again = escape_leading_slashes(request.get_full_path()) if request.method in ("GET", "HEAD") else None
+        response = HttpResponse(render_to_string("503.html", {"again": again}), status=503)
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    else:
+        response = page_for_a_server_error(request)
+    return never_kept(response)
+
+
+def never_kept(response: HttpResponse) -> HttpResponse:
+    """Marked as the chat's own answers are: never stored (an error is of its moment, and a
+    browser that kept it would show it again on Back), and varying with the htmx headers, so
+    that no cache hands a page's request what a fragment's got, or the reverse."""
+    add_never_cache_headers(response)
+    patch_vary_headers(response, ["HX-Request", "HX-Target"])
     return response

@@ -11,6 +11,9 @@ Close codes (the socket is accepted first so browsers can read them):
           hubs let their sockets go; reconnect with backoff and catch up (`chat.realtime.hub`)
     1013  try again later: the database was busy or restarting when the socket opened (no pooled
           connection free within DB_POOL_TIMEOUT); reconnect with backoff
+    1011  the server failed to open the socket: its database answered with an error that waiting
+          does not mend (a missing table, a wrong password), logged as an error; reconnect
+          with backoff
     1012  the server process is restarting (SIGTERM: a deploy; sent by the production server,
           config/gunicorn.py): reconnect at once, with up to a second of jitter, which lands on
           another process behind the proxy, and catch up (`?after=<id>`: the greeting brings it)
@@ -73,7 +76,8 @@ Frames a client may send to a room:
         chat.deleted or chat.reacted frame), or with an error frame carrying the same
         "action" and "message_id": "not_found" (not a message of this chat),
         "forbidden" (not yours, not your role, edit window over), "invalid" (bad body,
-        unknown emoji, a deleted message), "rate_limited"/"busy" (with "retry_after").
+        unknown emoji, a deleted message), "rate_limited"/"busy" (with "retry_after"),
+        "failed" (the server could not store it: a fault of its own, logged).
     {"type": "read", "message_id": N}
     {"type": "visibility", "visible": bool}
     {"type": "ping"}
@@ -122,7 +126,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import DatabaseError, OperationalError
+from django.db import DatabaseError
 from django.http import Http404
 
 from chat import events, metrics, selectors, services
@@ -130,7 +134,7 @@ from chat.conf import chat_setting
 from chat.models import Membership, whole_number
 from chat.ratelimit import RateLimited, check_rate
 from chat.realtime import handshakes, presence, read_marks
-from chat.realtime.database import changes_trip, database_trip, one_line
+from chat.realtime.database import changes_trip, database_busy, database_trip, log_database_error, one_line
 from chat.realtime.hub import RoomHub, UserHub
 from chat.realtime.loop import note_serving_loop, stop_if_cancelled
 from chat.realtime.sends import Busy, Send, SendQueue
@@ -152,6 +156,9 @@ CLOSE_TOO_SLOW = 4008
 # The database is busy (no pooled connection free within its timeout) or restarting: the
 # socket is let in later; the page reconnects with backoff, as from any other close.
 CLOSE_TRY_AGAIN_LATER = 1013
+# The database answered the handshake's reads with an error that waiting will not mend (a
+# missing table, a wrong password): logged as an error; the page reconnects with backoff.
+CLOSE_SERVER_ERROR = 1011
 
 # A room socket's sends stored or waiting to be, at most: past them it reads no more frames
 # until one is answered. A page has as many out at most (message-outbox.js, MAX_OUT).
@@ -241,7 +248,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             refusal = await handshakes.in_shared_trip(self.look_up, scope=self.scope)
             if refusal is None:
                 refusal = await self.may_open()
-        except OperationalError as exc:
+        except DatabaseError as exc:
+            if not database_busy(exc):  # a missing table, a wrong password: the server's fault
+                logger.exception("Refusing %s: the database failed", self)
+                return CLOSE_SERVER_ERROR
             logger.warning("Refusing %s for now, the database is unavailable: %s", self, one_line(exc))
             return CLOSE_TRY_AGAIN_LATER
         if refusal is not None:
@@ -568,8 +578,8 @@ class RoomConsumer(ChatConsumer):
             after = max(after, self.cleared_message_id)
         try:
             greeting = await handshakes.in_shared_batch(events.room_greetings, (self.chat_id, after), socket_open=True)
-        except DatabaseError:
-            logger.warning("No greeting for %s: its room could not be read", self, exc_info=True)
+        except DatabaseError as exc:
+            log_database_error(logger, exc, "No greeting for %s: its room could not be read", self)
             return
         if greeting is not None:  # a deleted chat: its revocation closes the socket
             await self.send(text_data=greeting.text)
@@ -738,8 +748,8 @@ class RoomConsumer(ChatConsumer):
             await database_trip(services.signal_typing)(chat_id=self.chat_id, user=self.user, here=here)
         except RateLimited:
             return  # dropped silently: the page signals again while its person keeps typing
-        except OperationalError:  # the database is restarting: one "is typing" less
-            logger.warning("Database unavailable for a typing signal in chat %s", self.chat_id, exc_info=True)
+        except DatabaseError as exc:  # busy or restarting: one "is typing" less
+            log_database_error(logger, exc, "No typing signal in chat %s", self.chat_id)
         except Membership.DoesNotExist:
             await self.send_error("forbidden", "You are no longer a member of this chat.")
             await self.end(CLOSE_FORBIDDEN)
@@ -772,9 +782,11 @@ class RoomConsumer(ChatConsumer):
             return await self.send_error("invalid", " ".join(exc.messages), **about)
         except RateLimited as exc:
             return await self.send_error("rate_limited", str(exc), retry_after=exc.retry_after, **about)
-        except OperationalError:
-            logger.warning("Database unavailable for a change in chat %s", self.chat_id, exc_info=True)
-            return await self.send_error("busy", "The server is busy; try again.", retry_after=1, **about)
+        except DatabaseError as exc:
+            log_database_error(logger, exc, "A message change in chat %s was not saved", self.chat_id)
+            if database_busy(exc):
+                return await self.send_error("busy", "The server is busy; try again.", retry_after=1, **about)
+            return await self.send_error("failed", "The change could not be saved.", **about)
         except Membership.DoesNotExist:
             await self.send_error("forbidden", "You are no longer a member of this chat.", **about)
             return await self.end(CLOSE_FORBIDDEN)

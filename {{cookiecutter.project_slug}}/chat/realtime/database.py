@@ -26,12 +26,15 @@ not hold up every other socket's trip (see there). The process's own batches (re
 presence rows and counts) take `background_trip`, a thread of theirs, for the same reason.
 
 `database_busy` tells a database that cannot answer for now (worth a 503 and a retry) from
-one that answered with an error: for the chat's views and the project's error handler.
+one that answered with an error: for the chat's views, the project's error handler and the
+sockets (a busy database is answered "busy" or 1013, and retried; any other error is the
+server's fault, answered "failed" or 1011, and logged as an error).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -130,6 +133,17 @@ def in_a_requests_thread() -> bool:
     return context is None or context.get(None) is not None
 
 
+def log_database_error(log: logging.Logger, exc: BaseException, what: str, *args) -> None:
+    """A database error met on a socket's path, logged as the chat's views log theirs: a busy
+    database as a warning on one line (expected under overload, when a traceback for each
+    socket would cost the busy process more), any other as an error with its traceback,
+    which monitoring sees."""
+    if database_busy(exc):
+        log.warning(what + ": %s", *args, one_line(exc))
+    else:
+        log.error(what, *args, exc_info=exc)
+
+
 def one_line(exc: Exception) -> str:
     """A database error's text for one log line (libpq's messages run to several): what a
     busy server logs for each request or socket it turns away, instead of a traceback each."""
@@ -137,8 +151,11 @@ def one_line(exc: Exception) -> str:
 
 
 # PostgreSQL's codes for a server that is shutting down, starting up or out of connections
-# (57P01, 57P02, 57P03, 53300), and the class of lost or refused connections (08).
-POSTGRESQL_UNAVAILABLE = {"57P01", "57P02", "57P03", "53300"}
+# (57P01, 57P02, 57P03, 53300), for a transaction rolled back by a deadlock or a
+# serialization failure (40P01, 40001: running it again is the prescribed remedy), for a
+# lock or a statement that ran out of time (55P03 lock_timeout, 57014 statement_timeout),
+# and the class of lost or refused connections (08).
+POSTGRESQL_UNAVAILABLE = {"57P01", "57P02", "57P03", "53300", "40P01", "40001", "55P03", "57014"}
 SQLITE_BUSY = ("database is locked", "database table is locked")
 # What PostgreSQL says when it refuses a connection for a while ("the database system is
 # starting up", "... shutting down", "... in recovery mode"; too many clients), as against
@@ -149,8 +166,9 @@ POSTGRESQL_REFUSING_FOR_NOW = ("the database system is", "too many clients", "re
 def database_busy(exc: BaseException | None) -> bool:
     """Whether a database error means "try again in a moment": no pooled connection free in
     time, SQLite's writer lock held past its timeout, PostgreSQL restarting or out of
-    connections. Not a missing table, a wrong password or a database that does not exist:
-    those stay 500s, which monitoring sees, rather than a "busy" that never ends."""
+    connections, a deadlock or a lock wait that ran out. Not a missing table, a wrong
+    password or a database that does not exist: those stay 500s (and the sockets' "failed"
+    and 1011), which monitoring sees, rather than a "busy" that never ends."""
     if not isinstance(exc, OperationalError):
         return False
     cause = exc.__cause__

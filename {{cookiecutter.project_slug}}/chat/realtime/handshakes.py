@@ -36,7 +36,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from django.utils.functional import LazyObject
 
-from chat.realtime.database import database_trip
+from chat.realtime.database import database_trip, log_database_error
 from chat.realtime.loop import LoopTask
 
 T = TypeVar("T")
@@ -209,8 +209,8 @@ def _run_all(trip: list[_Ask]) -> list[tuple[Any, BaseException | None]]:
     try:
         load_sessions(scope["session"] for scope in scopes if scope.get("session") is not None)
         load_users(scopes)
-    except Exception:  # each socket's own work then loads its session and user itself, and fails alone
-        logger.warning("Loading the sessions and users of %d handshakes together failed", len(trip), exc_info=True)
+    except Exception as exc:  # each socket's own work then loads its session and user itself, and fails alone
+        log_database_error(logger, exc, "Loading the sessions and users of %d handshakes together failed", len(trip))
     batches: dict[Callable, list[int]] = {}
     for index, ask in enumerate(trip):
         if ask.read_many is not None:

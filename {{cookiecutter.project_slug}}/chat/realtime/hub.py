@@ -40,6 +40,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from chat import events, metrics
 from chat.realtime import handshakes
+from chat.realtime.database import log_database_error
 from chat.realtime.loop import PerLoop, cancel_until_done, group_add, group_discard, stop_if_cancelled
 
 logger = logging.getLogger(__name__)
@@ -461,8 +462,8 @@ class RoomHub(ProcessHub):
         try:
             ask = (chat_id, newest, up_to, waiting_ids)
             return await handshakes.in_shared_batch(events.late_message_events, ask, socket_open=True)
-        except Exception:
-            logger.warning("Messages of chat %s waited for here could not be read", chat_id, exc_info=True)
+        except Exception as exc:
+            log_database_error(logger, exc, "Messages of chat %s waited for here could not be read", chat_id)
             return []
 
     def stop_waiting(self, chat_id: int) -> None:

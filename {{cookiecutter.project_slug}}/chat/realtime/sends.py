@@ -33,7 +33,7 @@ from django.db import IntegrityError, OperationalError, transaction
 from chat import services
 from chat.models import Chat, Membership, Message
 from chat.ratelimit import RateLimited
-from chat.realtime.database import database_trip
+from chat.realtime.database import database_busy, database_trip, one_line
 from chat.realtime.hub import RoomHub
 from chat.realtime.loop import PerLoop
 
@@ -148,16 +148,17 @@ def refusing_sends() -> bool:
 
 
 async def store_group(sends: list[Send], here: dict[int, frozenset[int]]) -> list[int | Exception]:
-    """`store_together` on the database thread. The database unavailable: every send is
-    answered Busy. Should it fail on something it did not expect (a bug), each send is
-    stored again in a trip of its own: one send's fault is then only its own, and the
-    sockets of the others get their acks."""
+    """`store_together` on the database thread. The database busy or restarting: every
+    send is answered Busy (by `store_together`). Should it fail on something it did not
+    expect (a bug, or a database error that waiting does not mend), each send is stored
+    again in a trip of its own: one send's fault is then only its own, and the sockets of
+    the others get their acks."""
     try:
         return await database_trip(store_together)(sends, here)
-    except OperationalError:
-        logger.warning("Database unavailable for %d sends", len(sends), exc_info=True)
-        return [Busy() for _ in sends]
     except Exception as exc:
+        if database_busy(exc):  # met outside the transaction (the rate's count, a connection)
+            logger.warning("Database unavailable for %d sends: %s", len(sends), one_line(exc))
+            return [Busy() for _ in sends]
         logger.exception("Storing %d sends failed", len(sends))
         if len(sends) == 1:
             return [exc]
@@ -185,8 +186,11 @@ def store_together(sends: list[Send], here: dict[int, frozenset[int]] | None = N
         except IntegrityError:  # a client id taken meanwhile: each send in a savepoint of its own
             results, stored_now = store_one_by_one(sends, counted)
         committed = True
-    except OperationalError:  # SQLite's writer lock, a deadlock, a database restarting
-        logger.warning("Database unavailable for %d sends", len(sends), exc_info=True)
+    except OperationalError as exc:
+        if not database_busy(exc):  # a missing table, a wrong password: the server's fault, not "busy"
+            raise
+        # SQLite's writer lock, a deadlock, a database restarting: one line, as the views log it
+        logger.warning("Database unavailable for %d sends: %s", len(sends), one_line(exc))
         results = [Busy() for _ in sends]
     finally:
         services.refund_sends(

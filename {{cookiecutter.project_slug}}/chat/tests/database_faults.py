@@ -1,10 +1,12 @@
 """A database that cannot answer for a moment, as tests make it: SQLite's one writer lock
-held by another connection, or every connection of PostgreSQL's pool taken."""
+held by another connection, or every connection of PostgreSQL's pool taken. And one that
+answers with an error no wait mends: a table missing."""
 
 import contextlib
 import sqlite3
 
 import pytest
+from channels.db import database_sync_to_async
 from django.db import connection
 
 needs_sqlite_writer_lock = pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's writer lock")
@@ -53,3 +55,22 @@ def every_pooled_connection_taken(wait: float = 0.2):
         yield give_back
     finally:
         give_back()
+
+
+@contextlib.asynccontextmanager
+async def table_missing(model):
+    """The model's table renamed away, as a `migrate` not run leaves it: every query of it
+    fails (SQLite's OperationalError, as a busy database's; PostgreSQL's ProgrammingError),
+    on every connection. Put back at the end."""
+    table = model._meta.db_table
+    await database_sync_to_async(rename_table)(table, f"{table}_gone")
+    try:
+        yield
+    finally:
+        await database_sync_to_async(rename_table)(f"{table}_gone", table)
+
+
+def rename_table(old: str, new: str) -> None:
+    quote = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {quote(old)} RENAME TO {quote(new)}")

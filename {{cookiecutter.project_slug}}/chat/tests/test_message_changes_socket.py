@@ -13,9 +13,10 @@ from channels.db import database_sync_to_async
 from django.db import connection
 
 from chat import services
-from chat.models import Message
+from chat.models import Message, Reaction
 from chat.realtime import consumers
 from chat.tests import test_consumers
+from chat.tests.database_faults import table_missing
 from chat.tests.test_consumers import expect_close, receive_until
 
 channel_layer = test_consumers.channel_layer
@@ -72,6 +73,22 @@ async def test_reactions_from_two_people_reach_the_room_with_counts(connect, gro
     assert [f["change_seq"] for f in frames] == [1, 2]
     assert f'data-reactor-ids="{alice.pk} {carol.pk}"' in frames[1]["html"]
     assert "Alice, Carol" in frames[1]["html"]
+
+
+async def test_a_change_meeting_a_database_error_that_waiting_does_not_mend_is_failed_not_busy(
+    connect, group, alice, bobs_message, caplog
+):
+    """A missing table is the server's fault: "failed", logged as an error, not a "busy"
+    that the page would try again for ever."""
+    alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await receive_until(alice_room, "chat.sync")
+    async with table_missing(Reaction):
+        await alice_room.send_to(text_data=frame(type="react", message_id=bobs_message.pk, emoji=THUMBS))
+        error = await receive_until(alice_room, "error")
+    assert (error["code"], error["action"], error["message_id"]) == ("failed", "react", bobs_message.pk)
+    assert "retry_after" not in error
+    [record] = [record for record in caplog.records if record.name == "chat.realtime.consumers"]
+    assert (record.levelname, record.exc_info is not None) == ("ERROR", True)
 
 
 @pytest.mark.skipif(connection.vendor == "sqlite", reason="on SQLite changes share the sockets' database thread")

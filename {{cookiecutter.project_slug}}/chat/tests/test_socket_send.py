@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from chat import services
-from chat.models import Message
+from chat.models import Membership, Message
 from chat.realtime import consumers, sends
 from chat.realtime.hub import RoomHub
 from chat.realtime.loop import EventQueue
@@ -27,6 +27,7 @@ from chat.tests.database_faults import (
     needs_connection_pool,
     needs_sqlite_writer_lock,
     release_lock,
+    table_missing,
 )
 from chat.tests.test_consumers import expect_close, receive_until
 from chat.tests.test_events_retry import eventually
@@ -454,6 +455,38 @@ def test_with_every_pooled_connection_taken_chat_requests_are_503_with_retry_aft
     retried = client.post(send_url, {"body": "wait", "client_id": "pool-1"}, headers={"HX-Request": "true"})
     assert retried.status_code == 200
     assert list(Message.objects.values_list("body", flat=True)) == ["wait"]
+
+
+async def test_a_send_meeting_a_database_error_that_waiting_does_not_mend_is_failed_not_busy(
+    connect, alice, group, caplog
+):
+    """A missing table (a `migrate` not run) is the server's fault: "busy" would have the page
+    send again every second for ever. It is "failed", logged as an error with its traceback."""
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await receive_until(room, "chat.sync")
+    async with table_missing(Message):
+        await room.send_to(text_data=send_frame("broken-1", "no table for me"))
+        error = await receive_until(room, "error")
+    assert (error["code"], error["client_id"]) == ("failed", "broken-1")
+    assert "retry_after" not in error
+    assert [record.levelname for record in caplog.records if record.name == "chat.realtime.sends"] == ["ERROR"]
+    assert await stored(chat=group) == []
+    await room.send_to(text_data=send_frame("broken-1", "no table for me"))  # the table back: stored
+    assert (await receive_until(room, "ack"))["client_id"] == "broken-1"
+
+
+async def test_a_socket_whose_handshake_meets_a_database_error_that_waiting_does_not_mend_is_closed_with_1011(
+    connect, alice, group, caplog
+):
+    async with table_missing(Membership):
+        refused, connected, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+        assert connected
+        await expect_close(refused, consumers.CLOSE_SERVER_ERROR)
+    [record] = [record for record in caplog.records if "Refusing" in record.getMessage()]
+    assert (record.levelname, record.exc_info is not None) == ("ERROR", True)
+
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    assert (await receive_until(room, "chat.sync"))["chat_id"] == group.pk
 
 
 @needs_connection_pool

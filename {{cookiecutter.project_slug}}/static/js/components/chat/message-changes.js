@@ -146,7 +146,11 @@ export class MessageChanges {
     else if (key) focusKey(element, key);
   }
 
+  // A fetch now (the greeting's cursor, a retry) brings every change the reorder grace
+  // waits on: the grace's timer would only ask for the same again.
   catchUp() {
+    clearTimeout(this.graceTimer);
+    this.graceTimer = null;
     if (this.fetching) {
       this.again = true;
       return this.fetching;

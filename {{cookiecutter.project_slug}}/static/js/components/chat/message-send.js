@@ -226,7 +226,11 @@ class ChatRoom {
     }
   }
 
+  // A fetch now (a greeting still behind, a late greeting, a retry) fills every gap the
+  // reorder grace waits on: the grace's timer would only ask for the same again.
   async catchUp() {
+    clearTimeout(this.graceTimer);
+    this.graceTimer = null;
     if (this.catchingUp) {
       this.catchUpAgain = true;
       return this.catchingUp;
