@@ -399,37 +399,48 @@ def test_message_sent_between_page_load_and_socket_open_appears(server, open_as)
     expect(umar.locator("main .bubble-body")).to_have_text(["Rendered with the page", "Sent before the socket opened"])
 
 
-def test_a_greeting_behind_while_a_frame_waits_out_the_reorder_grace_fetches_the_gap_once(server, open_as):
-    """A frame that skips a message waits a moment for the one it skipped, then the page
-    fetches the gap. A catch-up that starts meanwhile (here a greeting naming a newer message
-    than the page shows, as after a restart that missed more than a page) fetches it already:
-    the grace's timer must not ask for the same again once that fetch is under way."""
-    ids = server.set_up(users=["vera", "wim"], chats=[("vera", "wim", ["Shown with the page"])])
-    chat_id = ids["chats"]["vera:wim"]
-    wim, vera = open_as("wim"), open_as("vera")
-    queries = []
+def greeting_after_each(page: Page, chat_id: int, frame_type: str, greeting) -> None:
+    """The page's room socket relayed, with a greeting after each frame of this type, still
+    behind (`greeting(frame)`: its last_message_id and change_seq), as a reopened socket's
+    greeting is when the room missed more than a page."""
 
     def relay(ws):
-        """Wim's room socket: after the frame that skips one, a greeting still behind."""
         upstream = ws.connect_to_server()
 
         def from_server(message):
             ws.send(message)
             frame = json.loads(message)
-            if frame.get("type") == "chat.message":
-                greeting = {"type": "chat.sync", "chat_id": chat_id, "last_message_id": frame["message_id"]}
-                ws.send(json.dumps({**greeting, "change_seq": 0}))
+            if frame.get("type") == frame_type:
+                ws.send(json.dumps({"type": "chat.sync", "chat_id": chat_id, "change_seq": 0, **greeting(frame)}))
 
         upstream.on_message(from_server)
 
-    def slow_fetch(route):
-        """Each catch-up request answered a second late, past the reorder grace (0.4 s)."""
+    page.route_web_socket(re.compile(rf"/ws/chat/{chat_id}/(\?|$)"), relay)
+
+
+def slow_catch_ups(page: Page, chat_id: int, parameter: str) -> list[str]:
+    """The page's catch-up requests (`messages/?<parameter>=...`) answered a second late, past
+    the reorder grace (0.4 s): their queries, in the order asked."""
+    queries = []
+
+    def answer_late(route):
         queries.append(urlsplit(route.request.url).query)
         time.sleep(1)
         route.continue_()
 
-    wim.route_web_socket(re.compile(rf"/ws/chat/{chat_id}/(\?|$)"), relay)
-    wim.route(re.compile(rf"/chat/{chat_id}/messages/\?after="), slow_fetch)
+    page.route(re.compile(rf"/chat/{chat_id}/messages/\?{parameter}="), answer_late)
+    return queries
+
+
+def test_a_greeting_behind_while_a_frame_waits_out_the_reorder_grace_fetches_the_gap_once(server, open_as):
+    """A frame that skips a message waits a moment for the one it skipped, then the page
+    fetches the gap. A catch-up that starts meanwhile (here a greeting naming a newer message
+    than the page shows) fetches it already: the grace's timer must not ask again."""
+    ids = server.set_up(users=["vera", "wim"], chats=[("vera", "wim", ["Shown with the page"])])
+    chat_id = ids["chats"]["vera:wim"]
+    wim, vera = open_as("wim"), open_as("vera")
+    greeting_after_each(wim, chat_id, "chat.message", lambda frame: {"last_message_id": frame["message_id"]})
+    queries = slow_catch_ups(wim, chat_id, "after")
     for page in (wim, vera):
         goto_with_socket(page, room_path(chat_id), f"/ws/chat/{chat_id}/")
     server.send(sender="vera", receiver="wim", bodies=["Stored without a frame"])  # outside the server

@@ -12,7 +12,15 @@ import re
 
 import pytest
 import test_browser
-from test_browser import PHONE, goto_with_socket, room_path, shoot, until_socket_speaks
+from test_browser import (
+    PHONE,
+    goto_with_socket,
+    greeting_after_each,
+    room_path,
+    shoot,
+    slow_catch_ups,
+    until_socket_speaks,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -192,6 +200,29 @@ def test_changes_that_cross_on_their_way_are_shown_in_order_without_a_fetch(serv
     ola.wait_for_timeout(600)  # past the wait for a skipped change (events keep coming meanwhile)
     assert fetches == []
     expect(ola.locator("main [data-reaction]")).to_have_count(1)
+
+
+def test_a_greeting_behind_while_a_change_waits_out_the_reorder_grace_fetches_the_changes_once(server, open_as):
+    """A change frame that skips one waits a moment for it, then the page fetches the changes.
+    A fetch that starts meanwhile (a greeting whose change cursor is ahead) brings them
+    already: the grace's timer must not ask again."""
+    chat_id = server.set_up(users=["uma", "vic"], chats=[("uma", "vic", ["typo hre"])])["chats"]["uma:vic"]
+    uma, vic = open_as("uma"), open_as("vic")
+    newest = {}
+    greeting_after_each(
+        vic, chat_id, "chat.reacted", lambda frame: {"last_message_id": newest["id"], "change_seq": frame["change_seq"]}
+    )
+    queries = slow_catch_ups(vic, chat_id, "changed_since")
+    for page in (uma, vic):
+        goto_with_socket(page, room_path(chat_id), f"/ws/chat/{chat_id}/")
+    newest["id"] = int(bubble(vic, "typo hre").get_attribute("data-message-id"))
+
+    assert server.shell(EDIT_UNHEARD_SCRIPT, CHAT_ID=chat_id, BODY="typo hre", NEW_BODY="typo here") == 1
+    open_menu(uma, "typo hre").get_by_role("button", name=f"React with {THUMBS}").click()  # change 2, live
+
+    expect(bubble(vic, "typo here").locator("[data-reaction]")).to_have_attribute("aria-label", f"{THUMBS} 1")
+    vic.wait_for_timeout(2500)  # past the grace and one more slow answer, had one been asked for
+    assert queries == ["changed_since=0"]
 
 
 def test_a_report_reaches_the_admin_where_staff_delete_the_message_for_everyone(server, open_as):

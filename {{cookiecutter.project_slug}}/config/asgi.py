@@ -11,11 +11,11 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import WebsocketDenier  # noqa: E402
-from channels.sessions import SessionMiddlewareStack  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 import chat.routing  # noqa: E402
 from chat.origins import SameOriginValidator  # noqa: E402
+from chat.realtime.sessions import SocketSessionMiddlewareStack  # noqa: E402
 from chat.realtime.shutdown import Lifespan  # noqa: E402
 from config.collector import tune_after_startup  # noqa: E402
 
@@ -25,7 +25,8 @@ websocket_urlpatterns = [
     re_path(r"", WebsocketDenier.as_asgi()),
 ]
 
-# Sockets get the session; the chat's consumers load the user from it themselves, as
+# Sockets get the session (as Channels' SessionMiddlewareStack gives it, without its wrapper
+# around every frame they send: chat/realtime/sessions.py); the chat's consumers load the user from it themselves, as
 # Channels' AuthMiddleware would, in the one trip to the database thread their handshake
 # makes anyway (chat/realtime/handshakes.py). A consumer of your own that reads
 # scope["user"] wraps its route in channels.auth.AuthMiddleware.
@@ -34,7 +35,7 @@ websocket_urlpatterns = [
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": SameOriginValidator(SessionMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": SameOriginValidator(SocketSessionMiddlewareStack(URLRouter(websocket_urlpatterns))),
         "lifespan": Lifespan(),
     }
 )

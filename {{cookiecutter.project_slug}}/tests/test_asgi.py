@@ -8,7 +8,9 @@ import uuid
 {%- endif %}
 
 import pytest
+from channels.auth import AuthMiddleware
 from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import channel_layers, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
@@ -17,6 +19,7 @@ from django.contrib.auth import get_user_model
 from chat import events, services
 from chat.realtime import mailbox
 from chat.realtime.loop import note_serving_loop
+from chat.realtime.sessions import SocketSessionMiddlewareStack
 from config.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -75,6 +78,28 @@ async def test_logged_in_session_reaches_the_inbox(client):
     assert connected
     assert json.loads(await socket.receive_from())["type"] == "inbox.sync"
     await socket.disconnect()
+
+
+class WhoAmI(AsyncWebsocketConsumer):
+    """A consumer of your own that reads `scope["user"]`."""
+
+    async def connect(self):
+        await self.accept()
+        await self.send(text_data=self.scope["user"].get_username() or "anonymous")
+
+
+async def test_a_consumer_of_your_own_behind_auth_middleware_gets_the_user_of_the_sockets_session(client):
+    """The project's stack for sockets gives the session (chat.realtime.sessions); Channels'
+    AuthMiddleware on a route of yours loads its user from it, as under Channels' own stack."""
+    user = await get_user_model().objects.acreate(username="enzo", email="enzo@example.com")
+    cookie = await _sync(session_cookie_for, client, user)
+    app = SocketSessionMiddlewareStack(AuthMiddleware(WhoAmI.as_asgi()))
+    for headers, expected in (([(b"cookie", cookie)], "enzo"), ([], "anonymous")):
+        socket = WebsocketCommunicator(app, "/ws/whoami/", headers=headers)
+        connected, _ = await socket.connect()
+        assert connected
+        assert await socket.receive_from() == expected
+        await socket.disconnect()
 
 
 async def test_anonymous_socket_is_closed_with_4401():

@@ -9,11 +9,12 @@ Close codes (the socket is accepted first so browsers can read them):
           reconnect and catch up (`chat.realtime.writer`)
     4011  the server process lost its channel layer (Redis restarting or failing over): its
           hubs let their sockets go; reconnect with backoff and catch up (`chat.realtime.hub`)
-    1013  try again later: the database was busy or restarting when the socket opened (no pooled
-          connection free within DB_POOL_TIMEOUT); reconnect with backoff
-    1011  the server failed to open the socket: its database answered with an error that waiting
-          does not mend (a missing table, a wrong password), logged as an error; reconnect
-          with backoff
+    1013  try again later: the database was busy or restarting when the socket opened, or when
+          it had to write the socket's state (its presence, what it views; no pooled connection
+          free within DB_POOL_TIMEOUT); reconnect with backoff
+    1011  the server failed: its database answered the socket's reads or writes with an error
+          that waiting does not mend (a missing table, a wrong password), logged as an error;
+          reconnect with backoff
     1012  the server process is restarting (SIGTERM: a deploy; sent by the production server,
           config/gunicorn.py): reconnect at once, with up to a second of jitter, which lands on
           another process behind the proxy, and catch up (`?after=<id>`: the greeting brings it)
@@ -188,6 +189,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     takes_inbox_events = False  # its person's inbox events: only inbox sockets handle them
     writer: SocketWriter | None = None  # frames go out through a task of their own (see writer.py)
     cleaned_up = False
+    accepted = False
     warned_window = -1.0
 
     async def __call__(self, scope, receive, send):
@@ -231,7 +233,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+        try:
+            await handler(message)
+        except DatabaseError as exc:
+            await self.database_failed(exc)
         # A cancel (the server stopping) lost inside the handler's layer calls must still
         # end the socket, not leave it waiting for the next message.
         stop_if_cancelled()
@@ -288,7 +293,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def accept_held(self) -> None:
         await self.accept()  # straight to the server: Channels' accept does not go through `send`
-        self.writer.release()
+        self.accepted = True
+        if self.writer is not None:
+            self.writer.release()
+
+    async def database_failed(self, exc: DatabaseError) -> None:
+        """A database error that no handler answered (the room's presence row or the inbox's
+        total at the open, a visibility change): the socket closes, with 1013 if the database
+        is busy or restarting, else 1011, logged as such. The page reconnects with backoff and
+        catches up, and what failed is done again on the new socket."""
+        log_database_error(logger, exc, "Closing %s: the database failed", self)
+        if not self.accepted:  # browsers can read a close code, not a refused handshake's reason
+            await self.accept_held()
+        await self.end(CLOSE_TRY_AGAIN_LATER if database_busy(exc) else CLOSE_SERVER_ERROR)
 
     def fell_behind(self) -> None:
         """Its writer gave up on it: out of its hubs now, closed once the clean-up is done."""

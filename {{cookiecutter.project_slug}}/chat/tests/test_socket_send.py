@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from chat import services
-from chat.models import Membership, Message
+from chat.models import Membership, Message, RoomPresence
 from chat.realtime import consumers, sends
 from chat.realtime.hub import RoomHub
 from chat.realtime.loop import EventQueue
@@ -487,6 +487,29 @@ async def test_a_socket_whose_handshake_meets_a_database_error_that_waiting_does
 
     room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
     assert (await receive_until(room, "chat.sync"))["chat_id"] == group.pk
+
+
+@pytest.mark.parametrize("failing", ["room presence", "inbox total", "visibility"])
+async def test_a_database_error_after_the_handshake_closes_the_socket_with_1011_not_a_crash(
+    connect, alice, group, caplog, failing
+):
+    """What a socket writes or reads once let in (its presence row, the inbox's unread total,
+    a change of what it views) failing: closed with a code the page reconnects from, logged
+    once as what it is, instead of an exception out of the consumer."""
+    path = "/ws/chat/inbox/" if failing == "inbox total" else f"/ws/chat/{group.pk}/"
+    if failing == "visibility":
+        socket, _, _ = await connect(alice, path)
+        await receive_until(socket, "chat.sync")
+        async with table_missing(RoomPresence):
+            await socket.send_to(text_data='{"type": "visibility", "visible": false}')
+            await expect_close(socket, consumers.CLOSE_SERVER_ERROR)
+    else:
+        async with table_missing(Membership if failing == "inbox total" else RoomPresence):
+            socket, connected, _ = await connect(alice, path)
+            assert connected
+            await expect_close(socket, consumers.CLOSE_SERVER_ERROR)
+    [record] = [record for record in caplog.records if record.getMessage().startswith("Closing")]
+    assert (record.levelname, record.exc_info is not None) == ("ERROR", True)
 
 
 @needs_connection_pool
