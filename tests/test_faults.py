@@ -357,6 +357,16 @@ def failover_clients(servers: list[Server], seeded: dict, **options) -> list:
     return clients
 
 
+def play_on_two_servers(project: Project, redis_server, request, scenario, *, prefix: str):
+    """`scenario` played by six members of a group on two servers of their own: what it
+    returned, the database's state after it, and the servers."""
+    redis_server.ensure_running()
+    servers = serve(project, scenario.__name__, request)
+    seeded = seed(project, prefix=prefix, users=6)
+    result = asyncio.run(scenario(servers, seeded))
+    return result, database_state(project, [seeded["group_id"]]), servers
+
+
 async def server_killed(servers: list[Server], seeded: dict) -> dict:
     victim, survivor = servers
     clients = failover_clients(servers, seeded)
@@ -395,12 +405,8 @@ async def server_killed(servers: list[Server], seeded: dict) -> dict:
 def test_killed_server_clients_move_to_the_other_and_miss_nothing(project, redis_server, request):
     """SIGKILL one of two servers mid-conversation: its clients reconnect to the other, resend what was
     not acknowledged, and catch up; nothing is lost or stored twice."""
-    redis_server.ensure_running()
-    servers = serve(project, "server_killed", request)
-    seeded = seed(project, prefix="killed", users=6)
-    result = asyncio.run(server_killed(servers, seeded))
+    result, state, _ = play_on_two_servers(project, redis_server, request, server_killed, prefix="killed")
     clients, sends = result["clients"], result["sends"]
-    state = database_state(project, [seeded["group_id"]])
     tally("server_killed", clients, sends, state, moved_to_survivor=result["moved"])
     unanswered = result["unanswered"]
     assert unanswered.tries[0] == "socket" and len(unanswered.tries) > 1, unanswered
@@ -441,12 +447,8 @@ def test_a_frozen_servers_clients_notice_its_silence_move_to_the_other_and_miss_
     heartbeat's unanswered ping drops each of them, their reconnects to the frozen server time
     out, and they move to the other server and catch up. In a quiet room before that, every
     socket pinged, was answered, and stayed open."""
-    redis_server.ensure_running()
-    servers = serve(project, "server_frozen", request)
-    seeded = seed(project, prefix="frozen", users=6)
-    result = asyncio.run(server_frozen(servers, seeded))
+    result, state, servers = play_on_two_servers(project, redis_server, request, server_frozen, prefix="frozen")
     clients, sends = result["clients"], result["sends"]
-    state = database_state(project, [seeded["group_id"]])
     tally("server_frozen", clients, sends, state)
     for counts in result["quiet"]:
         assert counts["ping_sent"] >= 1 and counts["silent_drop"] == 0 and counts["open"] == 1, dict(counts)
