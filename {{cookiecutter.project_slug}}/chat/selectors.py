@@ -3,6 +3,7 @@ number of chats, members or messages."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
@@ -467,9 +468,21 @@ def members_among(*, chat_id: int, user_ids, here: frozenset[int] | None) -> tup
     """Which of `user_ids` are members of the chat, read in one query with the people with a
     socket of it in this server process (`here`); and the outsiders, those of `here` who
     are not (None when `here` is None: nobody looked). One query."""
-    asked = set(user_ids) | (here or frozenset())
-    members = set(Membership.objects.filter(chat_id=chat_id, user_id__in=asked).values_list("user_id", flat=True))
+    members = members_of_chats({chat_id: set(user_ids) | (here or frozenset())}).get(chat_id, set())
     return members, (None if here is None else frozenset(here - members))
+
+
+def members_of_chats(asked: dict[int, set[int]]) -> dict[int, set[int]]:
+    """Which of the people asked about in each chat are its members, by chat. One query."""
+    if not asked:
+        return {}
+    everyone = set().union(*asked.values())
+    rows = Membership.objects.filter(chat_id__in=asked, user_id__in=everyone).values_list("chat_id", "user_id")
+    members: dict[int, set[int]] = defaultdict(set)
+    for chat_id, user_id in rows:
+        if user_id in asked[chat_id]:
+            members[chat_id].add(user_id)
+    return members
 
 
 def member_ids(*, chat_id: int) -> list[int]:

@@ -760,14 +760,17 @@ class RoomConsumer(ChatConsumer):
                     waiter.set_result(None)
 
     async def client_typing(self, frame: dict) -> None:
+        """Sent with the signals of the other sockets typing meanwhile, in one trip to the
+        database thread (`services.signal_typing_many`); waited for, so that this person's
+        next message, read after it, never overtakes it."""
+        here = RoomHub.for_running_loop().user_ids_by_chat({self.chat_id}).get(self.chat_id)
+        signal = services.Typing(self.chat_id, self.user, here)
         try:
-            here = RoomHub.for_running_loop().user_ids_by_chat({self.chat_id}).get(self.chat_id)
-            await database_trip(services.signal_typing)(chat_id=self.chat_id, user=self.user, here=here)
-        except RateLimited:
-            return  # dropped silently: the page signals again while its person keeps typing
+            refusal = await handshakes.in_shared_batch(services.signal_typing_many, signal, socket_open=True)
         except DatabaseError as exc:  # busy or restarting: one "is typing" less
-            log_database_error(logger, exc, "No typing signal in chat %s", self.chat_id)
-        except Membership.DoesNotExist:
+            return log_database_error(logger, exc, "No typing signal in chat %s", self.chat_id)
+        # Past the rate it is dropped silently: the page signals again while its person types.
+        if isinstance(refusal, Membership.DoesNotExist):
             await self.send_error("forbidden", "You are no longer a member of this chat.")
             await self.end(CLOSE_FORBIDDEN)
 

@@ -348,6 +348,29 @@ async def test_a_typing_frame_from_someone_no_longer_a_member_closes_the_socket(
     assert await room_frames_until_message(carol_room) == []
 
 
+@pytest.mark.django_db
+def test_the_typing_signals_of_many_sockets_are_checked_in_one_query(
+    alice, bob, dave, group_chat, direct_chat, settings, django_assert_num_queries
+):
+    """A busy room's typists in one trip (`signal_typing_many`, as the sockets' batches send
+    them): one round trip to the rate's cache, one query for every chat's members."""
+    settings.CHAT_RATE_LIMITS = {"typing": "1/m"}
+    signals = [
+        services.Typing(group_chat.pk, alice, frozenset({alice.pk, bob.pk, dave.pk})),  # Dave's socket here too
+        services.Typing(group_chat.pk, bob),
+        services.Typing(group_chat.pk, dave),  # not a member
+        services.Typing(direct_chat.pk, alice),  # Alice's second signal this minute
+    ]
+    with django_assert_num_queries(1):
+        refusals = services.signal_typing_many(signals)
+    assert [type(refusals[signal]).__name__ for signal in signals] == [
+        "NoneType",
+        "NoneType",
+        "DoesNotExist",
+        "RateLimited",
+    ]
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_a_non_member_cannot_open_the_room_to_signal_typing(connect, dave, group_chat):
     room, connected, _ = await connect(dave, f"/ws/chat/{group_chat.pk}/")
