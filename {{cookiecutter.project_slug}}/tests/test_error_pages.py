@@ -69,6 +69,14 @@ def test_an_error_of_a_database_that_answers_is_still_a_500(rf):
 
     assert response.status_code == 500
     assert "Retry-After" not in response
+    assert_never_kept(response)
+
+
+def assert_never_kept(response) -> None:
+    """Marked as every answer of the chat's views is: never stored, varying with htmx's headers
+    (a chat view's error is re-raised to this handler, which monitoring then sees)."""
+    assert "no-store" in response["Cache-Control"]
+    assert {"HX-Request", "HX-Target"} <= {name.strip() for name in response["Vary"].split(",")}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -85,6 +93,7 @@ def test_the_busy_page_links_back_to_this_site_only(rf):
 
     assert response.status_code == 503
     assert '<a href="/%2Fexample.org/login/">Try again</a>' in response.content.decode()
+    assert_never_kept(response)
 
 
 def test_a_form_sent_without_a_valid_csrf_token_gets_a_page_saying_what_to_do(django_user_model):
