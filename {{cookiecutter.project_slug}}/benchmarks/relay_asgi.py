@@ -2,10 +2,11 @@
 
 `RelayConsumer` is the Channels tutorial's chat: receive a frame, `group_send` it to the
 room, send each group event back out. It authorizes nothing and stores nothing, which
-makes it the floor our consumers are measured against. Both share the session stack,
-the channel layer and the process, so the comparison is like for like; the relay loads its
-user through Channels' AuthMiddleware as the tutorial does, ours in their own handshake
-(config/asgi.py).
+makes it the floor our consumers are measured against. Both share the channel layer and
+the process, so the comparison is like for like; each has its own websocket stack, as it
+is served: the relay the tutorial's (Channels' session middleware, its user loaded by
+Channels' AuthMiddleware), ours the project's (config/asgi.py: the session without
+Channels' wrapper around every frame sent, the user loaded in the socket's own handshake).
 
 With BENCH_TRACEMALLOC=<frames> (benchmarks.settings), GET /bench/tracemalloc/ reports the
 allocations since the previous such GET: where idle sockets' memory goes.
@@ -33,6 +34,7 @@ from channels.sessions import SessionMiddlewareStack  # noqa: E402
 from django.urls import path  # noqa: E402
 
 import chat.routing  # noqa: E402
+from chat.realtime.sessions import SocketSessionMiddlewareStack  # noqa: E402
 from chat.realtime.shutdown import Lifespan  # noqa: E402
 from config.collector import tune_after_startup  # noqa: E402
 
@@ -54,10 +56,16 @@ class RelayConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps({"message": event["message"]}))
 
 
-websocket_urlpatterns = [
-    path("ws/bench/relay/<slug:room>/", AuthMiddleware(RelayConsumer.as_asgi())),  # as the tutorial's stack
-    *chat.routing.websocket_urlpatterns,
-]
+RELAY_PATH = "/ws/bench/relay/"
+relay_stack = SessionMiddlewareStack(  # the tutorial's AuthMiddlewareStack
+    URLRouter([path(f"{RELAY_PATH[1:]}<slug:room>/", AuthMiddleware(RelayConsumer.as_asgi()))])
+)
+chat_stack = SocketSessionMiddlewareStack(URLRouter(chat.routing.websocket_urlpatterns))  # as config/asgi.py
+
+
+async def relay_or_chat(scope, receive, send):
+    stack = relay_stack if scope["path"].startswith(RELAY_PATH) else chat_stack
+    return await stack(scope, receive, send)
 
 
 class AllocationsSince:
@@ -99,7 +107,7 @@ def short_path(filename: str) -> str:
 application = ProtocolTypeRouter(
     {
         "http": AllocationsSince(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(SessionMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": AllowedHostsOriginValidator(relay_or_chat),
         "lifespan": Lifespan(),  # as config/asgi.py
     }
 )
