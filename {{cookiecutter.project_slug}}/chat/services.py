@@ -36,6 +36,19 @@ def direct_key_for(user_a, user_b) -> str:
     return f"{low}:{high}"
 
 
+def locked_chats():
+    """Chats read with their rows locked until the transaction ends, as every send, read mark
+    and message change locks its chat: they take their turns, chat by chat.
+
+    FOR NO KEY UPDATE (on PostgreSQL; SQLite's one writer takes the turns there): a row that
+    only points at the chat (a socket's presence row, a membership, a message) is inserted
+    without waiting for the lock, as with an UPDATE of the chat's own columns. Under FOR
+    UPDATE, a batch of presence rows inserted for several rooms held one room's row while
+    waiting for another's that a batch of read marks held, which waited for the first: a
+    deadlock, seen in a restart's reconnect storm."""
+    return Chat.objects.select_for_update(no_key=True)
+
+
 def get_or_create_direct_chat(*, user, other) -> tuple[Chat, bool]:
     """Open the one direct chat between two people, creating it if needed.
 
@@ -314,7 +327,7 @@ def store_message(
 ) -> Message:
     locked = group.locked_chat(chat.pk) if group is not None else None
     if locked is None:
-        locked = Chat.objects.select_for_update().only("id", "last_message_id", "direct_key").filter(pk=chat.pk).first()
+        locked = locked_chats().only("id", "last_message_id", "direct_key").filter(pk=chat.pk).first()
         if locked is None:  # deleted since the caller looked
             raise Membership.DoesNotExist("Not a member of this chat.")
     refuse_direct_message_if_blocked(direct_key=locked.direct_key, sender=sender)
@@ -417,7 +430,7 @@ def store_sends_together(
         prepared.append((index, sender, body, client_id, reply_to, mentions, after))
     if not prepared:
         return results
-    locked = Chat.objects.select_for_update().only("id", "last_message_id", "direct_key").filter(pk=chat_id).first()
+    locked = locked_chats().only("id", "last_message_id", "direct_key").filter(pk=chat_id).first()
     senders = {sender.pk for _, sender, *_ in prepared}
     members, outsiders = selectors.members_among(chat_id=chat_id, user_ids=senders, here=here)
     client_ids = {name for _, _, _, client_id, _, _, after in prepared for name in (client_id, after) if name}
@@ -742,7 +755,7 @@ def read_positions(*, chat_id: int, up_to_by_user: dict[int, int]):
     a send was about to update while waiting for one the send held, a deadlock that
     PostgreSQL breaks after a second by failing one of them.
     """
-    latest = Chat.objects.select_for_update().filter(pk=chat_id).values_list("last_message_id", flat=True).first() or 0
+    latest = locked_chats().filter(pk=chat_id).values_list("last_message_id", flat=True).first() or 0
     memberships = list(Membership.objects.select_for_update().filter(chat_id=chat_id, user_id__in=up_to_by_user))
     for membership in memberships:
         target = min(up_to_by_user[membership.user_id], latest)
@@ -847,7 +860,7 @@ def soft_delete_chat(*, chat: Chat, user) -> None:
     with transaction.atomic():
         # Locked like send_message does, so a message sent meanwhile is either hidden with
         # the rest or arrives after and shows the chat again, never hidden unread.
-        locked = Chat.objects.select_for_update().only("id", "last_message_id").get(pk=chat.pk)
+        locked = locked_chats().only("id", "last_message_id").get(pk=chat.pk)
         last_id = locked.last_message_id or 0
         Membership.objects.filter(chat=chat, user=user).update(
             is_hidden=True, cleared_message_id=last_id, last_read_message_id=last_id, unread_count=0
@@ -1130,7 +1143,7 @@ def lock_for_change(message: Message, *, member=None) -> tuple[Message, Chat]:
     with `member`, only while they are still a member of the chat (in the same query: the
     lock is held by every other change and send of the chat meanwhile)."""
     chat = (
-        Chat.objects.select_for_update()
+        locked_chats()
         .only("id", "kind", "change_seq", "last_message_id")
         .filter(pk=message.chat_id)
         .first()

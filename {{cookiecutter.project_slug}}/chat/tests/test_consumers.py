@@ -25,7 +25,7 @@ from django.utils.module_loading import import_string
 from django.utils.text import Truncator
 
 from chat import selectors, services
-from chat.models import Chat, Membership, RoomPresence
+from chat.models import Membership, RoomPresence
 from chat.realtime import consumers, presence, read_marks, shutdown
 from chat.realtime.database import background_trip, changes_trip, database_trip
 from chat.routing import websocket_urlpatterns
@@ -683,13 +683,13 @@ async def test_rooms_due_while_a_count_goes_out_are_counted_in_one_query(
 @contextlib.asynccontextmanager
 async def chat_row_locked(chat_id: int):
     """The chat's row locked by another connection meanwhile, as a send to the chat on another
-    server process holds it."""
+    server process holds it (`services.locked_chats`)."""
     locked, release = threading.Event(), threading.Event()
 
     def hold_the_chats_row():
         try:
             with transaction.atomic():
-                Chat.objects.select_for_update().get(pk=chat_id)
+                services.locked_chats().get(pk=chat_id)
                 locked.set()
                 release.wait(5)
         finally:
@@ -703,6 +703,18 @@ async def chat_row_locked(chat_id: int):
     finally:
         release.set()
         await asyncio.to_thread(holder.join)
+
+
+@pytest.mark.skipif(connection.vendor == "sqlite", reason="PostgreSQL's row locks")
+async def test_a_room_socket_opens_while_a_send_holds_its_chats_row(connect, alice, group):
+    """Its presence row points at the chat, and is inserted without waiting for the lock that
+    sends, read marks and changes take. Under a lock that made it wait, the presence rows of
+    sockets opening in several rooms at once (a restart) deadlocked with batches of read
+    marks, each holding a room's row the other wanted."""
+    async with chat_row_locked(group.pk):
+        room, connected, _ = await asyncio.wait_for(connect(alice, f"/ws/chat/{group.pk}/"), 2)
+        assert connected
+        await receive_until(room, "chat.sync", timeout=2)
 
 
 @pytest.mark.skipif(connection.vendor == "sqlite", reason="on SQLite read marks share the sockets' database thread")
