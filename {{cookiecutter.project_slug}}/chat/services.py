@@ -1142,12 +1142,7 @@ def lock_for_change(message: Message, *, member=None) -> tuple[Message, Chat]:
     """Lock the message's chat (the order of its changes) and read the message again under it;
     with `member`, only while they are still a member of the chat (in the same query: the
     lock is held by every other change and send of the chat meanwhile)."""
-    chat = (
-        locked_chats()
-        .only("id", "kind", "change_seq", "last_message_id")
-        .filter(pk=message.chat_id)
-        .first()
-    )
+    chat = locked_chats().only("id", "kind", "change_seq", "last_message_id").filter(pk=message.chat_id).first()
     fresh = Message.objects.select_related("sender").filter(pk=message.pk, chat_id=message.chat_id)
     if member is not None:
         fresh = fresh.filter(chat__memberships__user=member)
