@@ -454,6 +454,25 @@ def test_a_greeting_behind_while_a_frame_waits_out_the_reorder_grace_fetches_the
     assert queries == [f"after={first}&before={live}", f"after={live}"]
 
 
+def test_a_socket_closed_at_once_after_its_open_reconnects_with_growing_waits(server, open_as):
+    """Let in and closed before a frame (1013: the database busy), as a server under strain
+    does: the waits grow as after a refused connection, instead of starting over at each
+    open and trying again every half second for as long as the fault lasts."""
+    chat_id = server.set_up(users=["yara", "zeke"], chats=[("yara", "zeke", ["Hello"])])["chats"]["yara:zeke"]
+    zeke = open_as("zeke")
+    attempts = []
+
+    def busy(ws):
+        """Open (the page reports what it views on each open), then closed at its first frame."""
+        attempts.append(time.monotonic())
+        ws.on_message(lambda _: ws.close(code=1013, reason="Try again later"))
+
+    zeke.route_web_socket(re.compile(rf"/ws/chat/{chat_id}/(\?|$)"), busy)
+    zeke.goto(room_path(chat_id))
+    zeke.wait_for_timeout(6000)  # half-second waits would make about 24 attempts by now
+    assert 2 <= len(attempts) <= 10, [round(at - attempts[0], 2) for at in attempts]
+
+
 # --- XSS -----------------------------------------------------------------------------
 
 

@@ -63,7 +63,9 @@ class ReconnectingSocket:
     """chat-websocket.js: one socket kept open, reconnecting with full jitter backoff.
 
     A failed attempt and a dropped socket both wait `random.uniform(0, min(max, base * 2**attempts))`
-    before the next attempt; an open resets `attempts`; 4401/4403 end it for good.
+    before the next attempt; the first frame a socket hears resets `attempts` (not its open: a
+    server that accepts only to close at once, busy, must see the waits grow); 4401/4403 end
+    it for good.
     While open, it keeps a heartbeat (`heartbeat`: the quiet and the silence it allows,
     in seconds, as socket-heartbeat.js).
     Subclasses give the `path` and react in `on_open`, `on_text` and `on_closed`.
@@ -138,21 +140,22 @@ class ReconnectingSocket:
                 await self.reconnect_pause(attempts)
                 attempts += 1
                 continue
-            attempts = 0
             self.ws = ws
             self.counts["open"] += 1
             self.opened_at.append(time.monotonic())
             self.connected.set()
             self.last_heard = time.monotonic()
             heartbeat = self.spawn(self.keep_heartbeat(ws))
-            self.on_open()
             try:
+                self.on_open()
                 async for text in ws:
                     self.last_heard = time.monotonic()
+                    attempts = 0  # let in: the backoff starts over at the next drop
                     self.on_text(text)
             except (OSError, WebSocketException) as exc:
                 self.counts[f"closed_{type(exc).__name__}"] += 1
-            heartbeat.cancel()
+            finally:
+                heartbeat.cancel()  # whatever ended the read loop: no ping to a socket nobody reads
             self.ws = None
             self.connected.clear()
             self.closed_at.append(time.monotonic())

@@ -798,11 +798,13 @@ def add_members(*, chat: Chat, actor, users: Iterable) -> list:
     if len(users) > chat_setting("CHAT_MAX_MEMBERS_PER_REQUEST"):
         raise ValidationError(f"Add at most {chat_setting('CHAT_MAX_MEMBERS_PER_REQUEST')} people at a time.")
     with transaction.atomic():
+        # Under the chat's lock, as a send takes it: a message stored meanwhile is either read
+        # below, or stored after the new memberships and counted unread for them.
+        last_id = locked_chats().filter(pk=chat.pk).values_list("last_message_id", flat=True).first() or 0
         existing = set(member_ids(chat))
         new = [user for user in {user.pk: user for user in users}.values() if user.pk not in existing]
         check_group_size(len(existing) + len(new))
         # New members start with everything read: the history is theirs to scroll, not unread.
-        last_id = chat.last_message_id or 0
         Membership.objects.bulk_create(
             [Membership(chat=chat, user=user, last_read_message_id=last_id) for user in new],
             ignore_conflicts=True,

@@ -304,7 +304,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         catches up, and what failed is done again on the new socket."""
         log_database_error(logger, exc, "Closing %s: the database failed", self)
         if not self.accepted:  # browsers can read a close code, not a refused handshake's reason
-            await self.accept_held()
+            with contextlib.suppress(OSError):  # the client went away meanwhile
+                await self.accept_held()
         await self.end(CLOSE_TRY_AGAIN_LATER if database_busy(exc) else CLOSE_SERVER_ERROR)
 
     def fell_behind(self) -> None:
@@ -665,7 +666,14 @@ class RoomConsumer(ChatConsumer):
         viewing = bool(frame.get("visible"))
         if viewing != self.viewing:
             self.viewing = viewing
-            await database_trip(presence.set_visible)(channel_name=self.socket_name, visible=viewing)
+            try:
+                await database_trip(presence.set_visible)(channel_name=self.socket_name, visible=viewing)
+            except DatabaseError as exc:
+                if not database_busy(exc):
+                    raise  # the server's fault: closed with 1011 (`database_failed`)
+                # Busy: the socket stays open, and the page's next report writes it again.
+                log_database_error(logger, exc, "What %s views was not written", self)
+                self.viewing = not viewing
 
     async def client_send(self, frame: dict) -> None:
         client_id, body, after = frame.get("client_id"), frame.get("body"), frame.get("after")

@@ -138,10 +138,12 @@ def log_database_error(log: logging.Logger, exc: BaseException, what: str, *args
     database as a warning on one line (expected under overload, when a traceback for each
     socket would cost the busy process more), any other as an error with its traceback,
     which monitoring sees."""
-    if database_busy(exc):
-        log.warning(what + ": %s", *args, one_line(exc))
-    else:
+    if not database_busy(exc):
         log.error(what, *args, exc_info=exc)
+    elif getattr(exc.__cause__, "sqlstate", None) == DEADLOCK:  # a lock order to mend: its statements
+        log.warning(what, *args, exc_info=exc)
+    else:
+        log.warning(what + ": %s", *args, one_line(exc))
 
 
 def one_line(exc: Exception) -> str:
@@ -153,9 +155,11 @@ def one_line(exc: Exception) -> str:
 # PostgreSQL's codes for a server that is shutting down, starting up or out of connections
 # (57P01, 57P02, 57P03, 53300), for a transaction rolled back by a deadlock or a
 # serialization failure (40P01, 40001: running it again is the prescribed remedy), for a
-# lock or a statement that ran out of time (55P03 lock_timeout, 57014 statement_timeout),
-# and the class of lost or refused connections (08).
-POSTGRESQL_UNAVAILABLE = {"57P01", "57P02", "57P03", "53300", "40P01", "40001", "55P03", "57014"}
+# lock wait that ran out of time (55P03, lock_timeout), and the class of lost or refused
+# connections (08). Not a statement that ran out of time (57014, statement_timeout): a slow
+# query is slow again, and would be "busy" for ever.
+POSTGRESQL_UNAVAILABLE = {"57P01", "57P02", "57P03", "53300", "40P01", "40001", "55P03"}
+DEADLOCK = "40P01"
 SQLITE_BUSY = ("database is locked", "database table is locked")
 # What PostgreSQL says when it refuses a connection for a while ("the database system is
 # starting up", "... shutting down", "... in recovery mode"; too many clients), as against

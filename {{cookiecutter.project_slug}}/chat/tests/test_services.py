@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from chat import selectors, services
@@ -521,3 +522,26 @@ def test_mark_read_many_ignores_people_who_are_not_members(group_chat, alice, ma
 def test_mark_read_of_a_non_member_raises(group_chat, make_user):
     with pytest.raises(Membership.DoesNotExist):
         services.mark_read(chat=group_chat, user=make_user("outsider"))
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's row locks")
+def test_sends_read_marks_changes_and_new_members_lock_the_chat_no_more_than_rows_pointing_at_it_allow(
+    alice, bob, carol, dave, group_chat
+):
+    """Each of them locks the chat's row FOR NO KEY UPDATE, which they all wait for in turn, but
+    which an insert of a row pointing at the chat (a socket's presence row) does not: under FOR
+    UPDATE, presence rows inserted for several rooms at once deadlocked with read marks."""
+    message = services.send_message(chat=group_chat, sender=bob, body="lock me")
+    actions = {
+        "send": lambda: services.send_message(chat=group_chat, sender=alice, body="and me"),
+        "read mark": lambda: services.mark_read(chat=group_chat, user=carol),
+        "reaction": lambda: services.toggle_reaction(message=message, user=carol, emoji="👍"),
+        "new member": lambda: services.add_members(chat=group_chat, actor=alice, users=[dave]),
+        "hide": lambda: services.soft_delete_chat(chat=group_chat, user=carol),
+    }
+    for action, run in actions.items():
+        with CaptureQueriesContext(connection) as queries:
+            run()
+        chat_locks = [q["sql"] for q in queries if 'FROM "chat_chat"' in q["sql"] and " FOR " in q["sql"]]
+        assert chat_locks, action
+        assert all(sql.endswith("FOR NO KEY UPDATE") for sql in chat_locks), (action, chat_locks)

@@ -11,13 +11,13 @@ import time
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from django.db import connection
+from django.db import OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from chat import services
 from chat.models import Membership, Message, RoomPresence
-from chat.realtime import consumers, sends
+from chat.realtime import consumers, presence, sends
 from chat.realtime.hub import RoomHub
 from chat.realtime.loop import EventQueue
 from chat.tests import test_consumers
@@ -510,6 +510,32 @@ async def test_a_database_error_after_the_handshake_closes_the_socket_with_1011_
             await expect_close(socket, consumers.CLOSE_SERVER_ERROR)
     [record] = [record for record in caplog.records if record.getMessage().startswith("Closing")]
     assert (record.levelname, record.exc_info is not None) == ("ERROR", True)
+
+
+async def test_a_visibility_change_meeting_a_busy_database_keeps_the_socket_and_is_written_next_time(
+    connect, alice, group, monkeypatch
+):
+    """What a socket views is a hint: a busy database (here its error, as SQLite's writer lock
+    gives it) loses one report, not the socket, and the page's next report writes it."""
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await receive_until(room, "chat.sync")
+    write_visible, written = presence.set_visible, []
+
+    def busy_once(*, channel_name, visible):
+        if not written:
+            written.append("refused")
+            raise OperationalError("database is locked")
+        written.append(visible)
+        write_visible(channel_name=channel_name, visible=visible)
+
+    monkeypatch.setattr(presence, "set_visible", busy_once)
+    for _ in range(2):
+        await room.send_to(text_data=json.dumps({"type": "visibility", "visible": False}))
+        await room.send_to(text_data='{"type": "ping"}')
+        await receive_until(room, "pong")  # still open
+    assert written == ["refused", False]
+    rows = await database_sync_to_async(lambda: list(RoomPresence.objects.values_list("visible", flat=True)))()
+    assert rows == [False]
 
 
 @needs_connection_pool

@@ -58,7 +58,6 @@ export class ReconnectingSocket {
       onSilent: () => current() && this.drop({ reconnect: true }),
     });
     this.socket.addEventListener("open", () => {
-      this.attempts = 0;
       this.opens += 1;
       heartbeat.start();
       announceStatus(this, true);
@@ -66,6 +65,9 @@ export class ReconnectingSocket {
     });
     this.socket.addEventListener("message", (event) => {
       heartbeat.heard();
+      // Let in: the backoff starts over at the next drop. Not at the open: a server that
+      // accepts only to close at once (1013 busy, 1011, 4429) must see the waits grow.
+      this.attempts = 0;
       let frame;
       try {
         frame = JSON.parse(event.data);
