@@ -10,7 +10,7 @@ Close codes (the socket is accepted first so browsers can read them):
     4011  the server process lost its channel layer (Redis restarting or failing over): its
           hubs let their sockets go; reconnect with backoff and catch up (`chat.realtime.hub`)
     1013  try again later: the database was busy or restarting when the socket opened, or when
-          it had to write the socket's state (its presence, what it views; no pooled connection
+          its presence row or inbox total was written or read just after (no pooled connection
           free within DB_POOL_TIMEOUT); reconnect with backoff
     1011  the server failed: its database answered the socket's reads or writes with an error
           that waiting does not mend (a missing table, a wrong password), logged as an error;
@@ -299,9 +299,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def database_failed(self, exc: DatabaseError) -> None:
         """A database error that no handler answered (the room's presence row or the inbox's
-        total at the open, a visibility change): the socket closes, with 1013 if the database
-        is busy or restarting, else 1011, logged as such. The page reconnects with backoff and
-        catches up, and what failed is done again on the new socket."""
+        total at the open; a visibility change that met an error other than a busy database):
+        the socket closes, with 1013 if the database is busy or restarting, else 1011, logged
+        as such. The page reconnects with backoff and catches up, and what failed is done
+        again on the new socket."""
         log_database_error(logger, exc, "Closing %s: the database failed", self)
         if not self.accepted:  # browsers can read a close code, not a refused handshake's reason
             with contextlib.suppress(OSError):  # the client went away meanwhile
