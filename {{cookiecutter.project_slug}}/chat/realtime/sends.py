@@ -33,7 +33,7 @@ from django.db import IntegrityError, OperationalError, transaction
 from chat import services
 from chat.models import Chat, Membership, Message
 from chat.ratelimit import RateLimited
-from chat.realtime.database import database_busy, database_trip, one_line
+from chat.realtime.database import database_busy, database_trip, log_database_error
 from chat.realtime.hub import RoomHub
 from chat.realtime.loop import PerLoop
 
@@ -157,7 +157,7 @@ async def store_group(sends: list[Send], here: dict[int, frozenset[int]]) -> lis
         return await database_trip(store_together)(sends, here)
     except Exception as exc:
         if database_busy(exc):  # met outside the transaction (the rate's count, a connection)
-            logger.warning("Database unavailable for %d sends: %s", len(sends), one_line(exc))
+            log_database_error(logger, exc, "Database unavailable for %d sends", len(sends))
             return [Busy() for _ in sends]
         logger.exception("Storing %d sends failed", len(sends))
         if len(sends) == 1:
@@ -189,8 +189,8 @@ def store_together(sends: list[Send], here: dict[int, frozenset[int]] | None = N
     except OperationalError as exc:
         if not database_busy(exc):  # a missing table, a wrong password: the server's fault, not "busy"
             raise
-        # SQLite's writer lock, a deadlock, a database restarting: one line, as the views log it
-        logger.warning("Database unavailable for %d sends: %s", len(sends), one_line(exc))
+        # SQLite's writer lock, a deadlock, a database restarting: logged as the sockets log it
+        log_database_error(logger, exc, "Database unavailable for %d sends", len(sends))
         results = [Busy() for _ in sends]
     finally:
         services.refund_sends(
