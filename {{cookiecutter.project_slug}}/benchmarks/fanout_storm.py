@@ -56,7 +56,7 @@ class StormResult:
     unsent: int = 0  # still in a sender's outbox at the end
     lost: int = 0  # stored messages some member does not show after the final catch-up
     failed_connects: int = 0
-    failures: dict | None = None  # failed connects by exception, and the closes seen
+    failures: dict | None = None  # failed connects by exception, the closes seen and their codes, heartbeat drops
     catch_up_requests: int = 0
     # What the room sockets did from the restart until all caught up (or the bound): messages
     # shown from greetings, catch-up GETs, and what set those off (no greeting within the
@@ -265,6 +265,8 @@ class Storm:
         kinds = Counter()
         for client in self.clients:
             kinds.update({k: v for k, v in client.counts.items() if k.startswith(("failed_connect_", "closed_"))})
+            kinds.update({f"close_code_{code}": n for code, n in client.close_codes.items()})
+            kinds["silent_drop"] += client.counts["silent_drop"]
         kinds.update(f"final_close_{c.final_close_code}" for c in self.clients if c.final_close_code)
         result.failures = dict(kinds)
         result.catch_up_requests = sum(c.counts["catch_up_request"] for c in self.room_clients)
