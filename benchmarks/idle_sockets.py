@@ -51,6 +51,7 @@ async def open_all(args: argparse.Namespace, sessions: list[dict], count: int) -
                     compression=None,
                     ping_interval=None,
                     open_timeout=args.timeout,
+                    proxy=None,  # no proxy lookup in the environment on each of thousands of connects
                 )
                 if args.greeting:
                     await asyncio.wait_for(websocket.recv(), args.timeout)

@@ -148,4 +148,5 @@ async def open_socket(server: Server, path: str, member: dict):
         origin=f"http://{HOST}:{server.port}",
         additional_headers={"Cookie": member["cookie"]},
         open_timeout=TIMEOUT,
+        proxy=None,  # the test's own server on 127.0.0.1, whatever proxy the environment names
     )

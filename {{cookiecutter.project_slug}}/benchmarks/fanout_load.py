@@ -76,6 +76,7 @@ async def open_sockets(servers, paths: list[str], cookies: list[str], *, timeout
                 ping_interval=None,
                 max_queue=None,
                 open_timeout=timeout,
+                proxy=None,  # see room_client.ReconnectingSocket.open_socket
             )
 
     pairs = enumerate(zip(paths, cookies, strict=True))

@@ -184,6 +184,10 @@ class ReconnectingSocket:
                 ping_interval=None,
                 max_queue=None,
                 open_timeout=self.open_timeout,
+                # Straight to the server: websockets otherwise looks for a proxy in the
+                # environment on every connect, an eighth of the clients' CPU in a reconnect
+                # storm (on the cores the server uses too).
+                proxy=None,
             )
 
     async def keep_heartbeat(self, ws: ClientConnection) -> None:
