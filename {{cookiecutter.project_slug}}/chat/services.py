@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.validators import ProhibitNullCharactersValidator
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, Count, F, Q, Value, When
+from django.db.models import Case, Count, Exists, F, Q, Value, When
 from django.utils import timezone
 
 from chat import events, metrics, selectors
@@ -1087,18 +1087,69 @@ def uncount_unread(message: Message) -> list[Membership]:
 
 
 def toggle_reaction(*, message: Message, user, emoji: str) -> Message:
-    """Add the person's `emoji` to the message, or take it back; returns the message as now stored."""
+    """Add the person's `emoji` to the message, or take it back; returns the message with its
+    new change cursor.
+
+    Every send and change of the chat waits for the chat's lock, on every server process, so a
+    reaction holds it for as few statements as it can. One added is inserted before the lock:
+    no one else waits for a row only this transaction sees. Under the lock the change cursor is
+    taken and the message stamped with it, by a statement that finds it only while it is not
+    deleted and the reactor is a member: run after the lock, it sees a deletion or a removal
+    that came meanwhile, and then nothing is kept. One taken back is deleted under the lock, as
+    a deleted message's reactions are (before it, the two could wait for each other).
+    """
     emoji = clean_reaction(emoji)
+    if message.deleted_at is not None:
+        raise ValidationError("This message was deleted.")
+    mine = Reaction.objects.filter(message_id=message.pk, user=user, emoji=emoji)
     with transaction.atomic():
-        message, chat = lock_for_change(message, member=user)
-        if message.deleted_at is not None:
-            raise ValidationError("This message was deleted.")
-        removed, _ = Reaction.objects.filter(message=message, user=user, emoji=emoji).delete()
-        if not removed:
-            Reaction.objects.create(message=message, user=user, emoji=emoji)
-        record_change(message, chat)
-        after_commit(lambda: events.reactions_changed(message=message))
+        added = not mine.exists() and reaction_added(message, user, emoji)
+        chat = locked_chats().only("id", "change_seq").filter(pk=message.chat_id).first()
+        if chat is None:
+            raise Membership.DoesNotExist("Not a member of this chat.")
+        if not added and not mine.delete()[0]:  # taken back meanwhile (another tab): added after all
+            Reaction.objects.create(message_id=message.pk, user=user, emoji=emoji)
+        stamp_reaction(message, chat, reactor=user)
+        after_commit(lambda: announce_reactions(message.pk, message.change_seq))
     return message
+
+
+def reaction_added(message: Message, user, emoji: str) -> bool:
+    """Whether this inserted the reaction; False if it was added meanwhile (another tab)."""
+    try:
+        with transaction.atomic():
+            Reaction.objects.create(message_id=message.pk, user=user, emoji=emoji)
+    except IntegrityError:
+        return False
+    return True
+
+
+def stamp_reaction(message: Message, chat: Chat, *, reactor) -> None:
+    """Give the message the chat's next change cursor (the chat is locked), if it is still not
+    deleted and the reactor still a member; else raise what the caller would have."""
+    change_seq = chat.change_seq + 1
+    stamped = Message.objects.filter(
+        Exists(Membership.objects.filter(chat_id=chat.pk, user=reactor)),
+        pk=message.pk,
+        chat_id=chat.pk,
+        deleted_at__isnull=True,
+    ).update(change_seq=change_seq)
+    if not stamped:
+        if Message.objects.filter(pk=message.pk, deleted_at__isnull=False).exists():
+            raise ValidationError("This message was deleted.")
+        raise Membership.DoesNotExist("Not a member of this chat.")
+    Chat.objects.filter(pk=chat.pk).update(change_seq=change_seq)
+    chat.change_seq = message.change_seq = change_seq
+
+
+def announce_reactions(message_id: int, change_seq: int) -> None:
+    """The room's frame of a reaction change: the message as stored now, under that change's
+    cursor, so its text is no older than the change (an edit may have come between the
+    reactor's read of it and the lock)."""
+    message = Message.objects.select_related("sender").filter(pk=message_id).first()
+    if message is not None:  # gone with its chat since
+        message.change_seq = change_seq
+        events.reactions_changed(message=message)
 
 
 def clean_reaction(emoji) -> str:
