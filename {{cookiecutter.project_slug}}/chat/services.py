@@ -1127,19 +1127,14 @@ def reaction_added(message: Message, user, emoji: str) -> bool:
 def stamp_reaction(message: Message, chat: Chat, *, reactor) -> None:
     """Give the message the chat's next change cursor (the chat is locked), if it is still not
     deleted and the reactor still a member; else raise what the caller would have."""
-    change_seq = chat.change_seq + 1
-    stamped = Message.objects.filter(
+    still_there = (
         Exists(Membership.objects.filter(chat_id=chat.pk, user=reactor)),
-        pk=message.pk,
-        chat_id=chat.pk,
-        deleted_at__isnull=True,
-    ).update(change_seq=change_seq)
-    if not stamped:
+        Q(chat_id=chat.pk, deleted_at__isnull=True),
+    )
+    if not record_change(message, chat, only_if=still_there):
         if Message.objects.filter(pk=message.pk, deleted_at__isnull=False).exists():
             raise ValidationError("This message was deleted.")
         raise Membership.DoesNotExist("Not a member of this chat.")
-    Chat.objects.filter(pk=chat.pk).update(change_seq=change_seq)
-    chat.change_seq = message.change_seq = change_seq
 
 
 def announce_reactions(message_id: int, change_seq: int) -> None:
@@ -1212,11 +1207,15 @@ def require_member(*, chat_id: int, user) -> Membership:
     return membership
 
 
-def record_change(message: Message, chat: Chat, **fields) -> None:
-    """Store `fields` on the message with the chat's next change cursor (the chat is locked)."""
-    chat.change_seq += 1
-    Chat.objects.filter(pk=chat.pk).update(change_seq=chat.change_seq)
-    Message.objects.filter(pk=message.pk).update(change_seq=chat.change_seq, **fields)
-    message.change_seq = chat.change_seq
+def record_change(message: Message, chat: Chat, *, only_if: tuple = (), **fields) -> bool:
+    """Store `fields` on the message with the chat's next change cursor (the chat is locked).
+    With `only_if` (conditions on the message, checked by the same statement): only if the
+    message still meets them; else nothing is stored, no cursor is taken, and it returns False."""
+    change_seq = chat.change_seq + 1
+    if not Message.objects.filter(*only_if, pk=message.pk).update(change_seq=change_seq, **fields):
+        return False
+    Chat.objects.filter(pk=chat.pk).update(change_seq=change_seq)
+    chat.change_seq = message.change_seq = change_seq
     for name, value in fields.items():
         setattr(message, name, value)
+    return True
