@@ -18,7 +18,7 @@ from chat.realtime import hub as hub_module
 from chat.realtime.hub import CLOSE_LAYER_LOST, RoomHub, UserHub
 from chat.routing import websocket_urlpatterns
 from chat.tests import test_consumers
-from chat.tests.test_consumers import UNASKED, expect_close, logged_in_session, receive_until
+from chat.tests.test_consumers import expect_close, gets_only_unasked_frames, logged_in_session, receive_until
 from chat.tests.test_socket_send import send_frame
 
 # The socket fixtures of test_consumers: each test on the in-memory layer and on Redis, with
@@ -127,17 +127,6 @@ class RoomSendsHeldBack:
                 self.failing -= 1
                 raise ConnectionError("Redis is restarting")
         await self.group_send(group, event)
-
-
-async def gets_only_unasked_frames(communicator, timeout: float) -> bool:
-    """Whether the socket gets no frame within `timeout` but its greeting and presence counts,
-    which come in any order as the sockets join (at once, with `fast_debounce`)."""
-    await asyncio.sleep(timeout)
-    while not communicator.output_queue.empty():
-        output = communicator.output_queue.get_nowait()
-        if output["type"] != "websocket.send" or json.loads(output["text"])["type"] not in UNASKED:
-            return False
-    return True
 
 
 async def layer_event(layer, channel: str, event_type: str) -> dict:
