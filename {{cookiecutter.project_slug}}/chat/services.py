@@ -1092,11 +1092,12 @@ def toggle_reaction(*, message: Message, user, emoji: str) -> Message:
 
     Every send and change of the chat waits for the chat's lock, on every server process, so a
     reaction holds it for as few statements as it can. One added is inserted before the lock:
-    no one else waits for a row only this transaction sees. Under the lock the change cursor is
-    taken and the message stamped with it, by a statement that finds it only while it is not
-    deleted and the reactor is a member: run after the lock, it sees a deletion or a removal
-    that came meanwhile, and then nothing is kept. One taken back is deleted under the lock, as
-    a deleted message's reactions are (before it, the two could wait for each other).
+    no one else waits for a row only this transaction sees. The lock is taken by the statement
+    that takes the chat's next change cursor. Then the message is stamped with it, by a
+    statement that finds it only while it is not deleted and the reactor is a member: run after
+    the lock, it sees a deletion or a removal that came meanwhile, and then nothing is kept.
+    One taken back is deleted under the lock, as a deleted message's reactions are (before it,
+    the two could wait for each other).
     """
     emoji = clean_reaction(emoji)
     if message.deleted_at is not None:
@@ -1104,12 +1105,12 @@ def toggle_reaction(*, message: Message, user, emoji: str) -> Message:
     mine = Reaction.objects.filter(message_id=message.pk, user=user, emoji=emoji)
     with transaction.atomic():
         added = not mine.exists() and reaction_added(message, user, emoji)
-        chat = locked_chats().only("id", "change_seq").filter(pk=message.chat_id).first()
-        if chat is None:
+        change_seq = take_change_cursor(message.chat_id)
+        if change_seq is None:
             raise Membership.DoesNotExist("Not a member of this chat.")
         if not added and not mine.delete()[0]:  # taken back meanwhile (another tab): added after all
             Reaction.objects.create(message_id=message.pk, user=user, emoji=emoji)
-        stamp_reaction(message, chat, reactor=user)
+        stamp_reaction(message, change_seq, reactor=user)
         after_commit(lambda: announce_reactions(message.pk, message.change_seq))
     return message
 
@@ -1124,14 +1125,14 @@ def reaction_added(message: Message, user, emoji: str) -> bool:
     return True
 
 
-def stamp_reaction(message: Message, chat: Chat, *, reactor) -> None:
-    """Give the message the chat's next change cursor (the chat is locked), if it is still not
-    deleted and the reactor still a member; else raise what the caller would have."""
+def stamp_reaction(message: Message, change_seq: int, *, reactor) -> None:
+    """Give the message the change cursor just taken, if it is still not deleted and the
+    reactor still a member; else raise what the caller would have (which rolls the cursor back)."""
     still_there = (
-        Exists(Membership.objects.filter(chat_id=chat.pk, user=reactor)),
-        Q(chat_id=chat.pk, deleted_at__isnull=True),
+        Exists(Membership.objects.filter(chat_id=message.chat_id, user=reactor)),
+        Q(chat_id=message.chat_id, deleted_at__isnull=True),
     )
-    if not record_change(message, chat, only_if=still_there):
+    if not stamp_message(message, change_seq, only_if=still_there):
         if Message.objects.filter(pk=message.pk, deleted_at__isnull=False).exists():
             raise ValidationError("This message was deleted.")
         raise Membership.DoesNotExist("Not a member of this chat.")
@@ -1207,15 +1208,34 @@ def require_member(*, chat_id: int, user) -> Membership:
     return membership
 
 
-def record_change(message: Message, chat: Chat, *, only_if: tuple = (), **fields) -> bool:
-    """Store `fields` on the message with the chat's next change cursor (the chat is locked).
-    With `only_if` (conditions on the message, checked by the same statement): only if the
-    message still meets them; else nothing is stored, no cursor is taken, and it returns False."""
-    change_seq = chat.change_seq + 1
+def record_change(message: Message, chat: Chat, **fields) -> None:
+    """Store `fields` on the message with the chat's next change cursor (the chat is locked)."""
+    chat.change_seq = take_change_cursor(chat.pk)
+    stamp_message(message, chat.change_seq, **fields)
+
+
+def take_change_cursor(chat_id: int) -> int | None:
+    """The chat's next change cursor, taken with the chat's row lock (or under it, if held):
+    one statement where the database returns the updated value (PostgreSQL; SQLite 3.35 and
+    later). None if the chat is gone."""
+    chats = Chat.objects.filter(pk=chat_id)
+    if not connection.features.can_return_rows_from_bulk_insert:
+        chats.update(change_seq=F("change_seq") + 1)
+        return chats.values_list("change_seq", flat=True).first()
+    table, seq, pk = (connection.ops.quote_name(name) for name in (Chat._meta.db_table, "change_seq", "id"))
+    with connection.cursor() as cursor:  # Django's update() returns a count, not the values
+        sql = f"UPDATE {table} SET {seq} = {seq} + 1 WHERE {pk} = %s RETURNING {seq}"  # noqa: S608 - the model's names
+        cursor.execute(sql, [chat_id])
+        row = cursor.fetchone()
+    return None if row is None else row[0]
+
+
+def stamp_message(message: Message, change_seq: int, *, only_if: tuple = (), **fields) -> bool:
+    """Store `fields` and the change cursor on the message; with `only_if` (conditions on the
+    message, checked by the same statement), only if it still meets them, else False."""
     if not Message.objects.filter(*only_if, pk=message.pk).update(change_seq=change_seq, **fields):
         return False
-    Chat.objects.filter(pk=chat.pk).update(change_seq=change_seq)
-    chat.change_seq = message.change_seq = change_seq
+    message.change_seq = change_seq
     for name, value in fields.items():
         setattr(message, name, value)
     return True
