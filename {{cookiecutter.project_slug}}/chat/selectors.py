@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
-from django.db.models import F, Q, QuerySet, Sum, Window
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, Sum, Window
 from django.db.models.functions import RowNumber
 from django.http import Http404
 
@@ -433,6 +433,20 @@ def message_or_404(*, membership: Membership, message_id, reactions: bool = True
     if message is None:
         raise Http404("No such message.")
     return with_reactions([message])[0] if reactions else message
+
+
+def message_of_member_or_404(*, user, chat_id: int, message_id: int) -> Message:
+    """`message_or_404` for someone whose membership is not at hand (a room socket's change),
+    read with it in one query; Membership.DoesNotExist if they are no longer a member."""
+    if message_id > MAX_ID:
+        raise Http404("No such message.")
+    visible = Membership.objects.filter(chat_id=chat_id, user=user, cleared_message_id__lt=OuterRef("pk"))
+    message = Message.objects.select_related("sender").filter(Exists(visible), pk=message_id, chat_id=chat_id).first()
+    if message is not None:
+        return message
+    if membership_for(user=user, chat_id=chat_id) is None:
+        raise Membership.DoesNotExist("Not a member of this chat.")
+    raise Http404("No such message.")
 
 
 @dataclass(frozen=True)

@@ -1102,12 +1102,12 @@ def toggle_reaction(*, message: Message, user, emoji: str) -> Message:
     emoji = clean_reaction(emoji)
     if message.deleted_at is not None:
         raise ValidationError("This message was deleted.")
-    mine = Reaction.objects.filter(message_id=message.pk, user=user, emoji=emoji)
     with transaction.atomic():
-        added = not mine.exists() and reaction_added(message, user, emoji)
+        added = reaction_added(message, user, emoji)
         change_seq = take_change_cursor(message.chat_id)
         if change_seq is None:
             raise Membership.DoesNotExist("Not a member of this chat.")
+        mine = Reaction.objects.filter(message_id=message.pk, user=user, emoji=emoji)
         if not added and not mine.delete()[0]:  # taken back meanwhile (another tab): added after all
             Reaction.objects.create(message_id=message.pk, user=user, emoji=emoji)
         stamp_reaction(message, change_seq, reactor=user)
@@ -1116,13 +1116,29 @@ def toggle_reaction(*, message: Message, user, emoji: str) -> Message:
 
 
 def reaction_added(message: Message, user, emoji: str) -> bool:
-    """Whether this inserted the reaction; False if it was added meanwhile (another tab)."""
-    try:
-        with transaction.atomic():
-            Reaction.objects.create(message_id=message.pk, user=user, emoji=emoji)
-    except IntegrityError:
-        return False
-    return True
+    """Add the reaction unless the person has it already: whether this added it (False: they
+    are taking it back, or another tab of theirs just added it).
+
+    One statement where the database can tell (INSERT ... ON CONFLICT DO NOTHING RETURNING:
+    PostgreSQL, SQLite 3.35 and later), instead of a read, a savepoint, the insert and the
+    savepoint's release: each a round trip on the thread every room socket's changes wait for.
+    """
+    if not connection.features.can_return_rows_from_bulk_insert:
+        try:
+            with transaction.atomic():
+                Reaction.objects.create(message_id=message.pk, user=user, emoji=emoji)
+        except IntegrityError:
+            return False
+        return True
+    created_at = connection.ops.adapt_datetimefield_value(timezone.now())
+    table = connection.ops.quote_name(Reaction._meta.db_table)
+    with connection.cursor() as cursor:  # bulk_create(ignore_conflicts=True) does not say what it inserted
+        sql = (
+            f"INSERT INTO {table} (message_id, user_id, emoji, created_at) VALUES (%s, %s, %s, %s) "  # noqa: S608 - the model's names
+            "ON CONFLICT DO NOTHING RETURNING id"
+        )
+        cursor.execute(sql, [message.pk, user.pk, emoji, created_at])
+        return cursor.fetchone() is not None
 
 
 def stamp_reaction(message: Message, change_seq: int, *, reactor) -> None:

@@ -823,10 +823,7 @@ class RoomConsumer(ChatConsumer):
 
     def apply_change(self, action: str, message_id: int, frame: dict) -> int:
         """As the routes: the member's message of this chat (Http404), within the rate, the one service."""
-        membership = selectors.membership_for(user=self.user, chat_id=self.chat_id)
-        if membership is None:
-            raise Membership.DoesNotExist("Not a member of this chat.")
-        message = selectors.message_or_404(membership=membership, message_id=message_id, reactions=False)
+        message = selectors.message_of_member_or_404(user=self.user, chat_id=self.chat_id, message_id=message_id)
         check_rate(action="react" if action == "react" else "edit", key=self.user_id)
         if action == "edit":
             message = services.edit_message(message=message, user=self.user, body=frame["body"])

@@ -172,6 +172,18 @@ async def test_another_chats_message_is_not_found(connect, group, alice, bob, ca
     assert (await stored(theirs)).body == "not here"
 
 
+async def test_a_message_before_the_members_cleared_history_is_not_found(connect, group, carol, bobs_message):
+    """As on the routes: what a member deleted for themselves ("delete chat") is gone for them."""
+    await database_sync_to_async(services.soft_delete_chat)(chat=group, user=carol)
+    room, _, _ = await connect(carol, f"/ws/chat/{group.pk}/")
+
+    await room.send_to(text_data=frame(type="react", message_id=bobs_message.pk, emoji=THUMBS))
+
+    error = await receive_until(room, "error")
+    assert (error["code"], error["message_id"]) == ("not_found", bobs_message.pk)
+    assert not await database_sync_to_async(Reaction.objects.exists)()
+
+
 async def test_the_edit_window_is_enforced_on_the_socket(connect, group, bob, bobs_message, settings):
     settings.CHAT_EDIT_WINDOW_SECONDS = 1
     await database_sync_to_async(
