@@ -416,10 +416,9 @@ def with_reactions(messages: list[Message]) -> list[Message]:
     return messages
 
 
-def message_or_404(*, membership: Membership, message_id, reactions: bool = True) -> Message:
-    """A message of the member's chat that they can see; a 404 for any other id (another
-    chat's message, one before their "delete for me", one that does not exist). With its
-    reactions unless `reactions` is False (a change that reads it again under its lock)."""
+def message_or_404(*, membership: Membership, message_id) -> Message:
+    """A message of the member's chat that they can see, with its reactions; a 404 for any
+    other id (another chat's message, one before their "delete for me", one that does not exist)."""
     try:
         if int(message_id) > MAX_ID:
             raise Http404("No such message.")
@@ -432,16 +431,15 @@ def message_or_404(*, membership: Membership, message_id, reactions: bool = True
     )
     if message is None:
         raise Http404("No such message.")
-    return with_reactions([message])[0] if reactions else message
+    return with_reactions([message])[0]
 
 
 def message_of_member_or_404(*, user, chat_id: int, message_id: int) -> Message:
     """`message_or_404` for someone whose membership is not at hand (a room socket's change),
     read with it in one query; Membership.DoesNotExist if they are no longer a member."""
-    if message_id > MAX_ID:
-        raise Http404("No such message.")
     visible = Membership.objects.filter(chat_id=chat_id, user=user, cleared_message_id__lt=OuterRef("pk"))
-    message = Message.objects.select_related("sender").filter(Exists(visible), pk=message_id, chat_id=chat_id).first()
+    messages = Message.objects.select_related("sender").filter(Exists(visible), pk=message_id, chat_id=chat_id)
+    message = messages.first() if message_id <= MAX_ID else None
     if message is not None:
         return message
     if membership_for(user=user, chat_id=chat_id) is None:

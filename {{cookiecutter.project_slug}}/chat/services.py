@@ -1123,7 +1123,7 @@ def reaction_added(message: Message, user, emoji: str) -> bool:
     PostgreSQL, SQLite 3.35 and later), instead of a read, a savepoint, the insert and the
     savepoint's release: each a round trip on the thread every room socket's changes wait for.
     """
-    if not connection.features.can_return_rows_from_bulk_insert:
+    if not returns_rows_from_writes():
         try:
             with transaction.atomic():
                 Reaction.objects.create(message_id=message.pk, user=user, emoji=emoji)
@@ -1135,7 +1135,7 @@ def reaction_added(message: Message, user, emoji: str) -> bool:
     with connection.cursor() as cursor:  # bulk_create(ignore_conflicts=True) does not say what it inserted
         sql = (
             f"INSERT INTO {table} (message_id, user_id, emoji, created_at) VALUES (%s, %s, %s, %s) "  # noqa: S608 - the model's names
-            "ON CONFLICT DO NOTHING RETURNING id"
+            "ON CONFLICT (message_id, user_id, emoji) DO NOTHING RETURNING id"
         )
         cursor.execute(sql, [message.pk, user.pk, emoji, created_at])
         return cursor.fetchone() is not None
@@ -1207,7 +1207,7 @@ def lock_for_change(message: Message, *, member=None) -> tuple[Message, Chat]:
     """Lock the message's chat (the order of its changes) and read the message again under it;
     with `member`, only while they are still a member of the chat (in the same query: the
     lock is held by every other change and send of the chat meanwhile)."""
-    chat = locked_chats().only("id", "kind", "change_seq", "last_message_id").filter(pk=message.chat_id).first()
+    chat = locked_chats().only("id", "kind", "last_message_id").filter(pk=message.chat_id).first()
     fresh = Message.objects.select_related("sender").filter(pk=message.pk, chat_id=message.chat_id)
     if member is not None:
         fresh = fresh.filter(chat__memberships__user=member)
@@ -1225,9 +1225,17 @@ def require_member(*, chat_id: int, user) -> Membership:
 
 
 def record_change(message: Message, chat: Chat, **fields) -> None:
-    """Store `fields` on the message with the chat's next change cursor (the chat is locked)."""
+    """Store `fields` on the message with the chat's next change cursor (the chat is locked).
+    A message gone meanwhile (deleted outright, from the admin) raises, which rolls the cursor back."""
     chat.change_seq = take_change_cursor(chat.pk)
-    stamp_message(message, chat.change_seq, **fields)
+    if not stamp_message(message, chat.change_seq, **fields):
+        raise ValidationError("This message was deleted.")
+
+
+def returns_rows_from_writes() -> bool:
+    """Whether the database returns rows from INSERT and UPDATE, and takes ON CONFLICT:
+    PostgreSQL, and SQLite from 3.35 (Django's flag for returning rows from inserts)."""
+    return connection.vendor in ("postgresql", "sqlite") and connection.features.can_return_rows_from_bulk_insert
 
 
 def take_change_cursor(chat_id: int) -> int | None:
@@ -1235,7 +1243,7 @@ def take_change_cursor(chat_id: int) -> int | None:
     one statement where the database returns the updated value (PostgreSQL; SQLite 3.35 and
     later). None if the chat is gone."""
     chats = Chat.objects.filter(pk=chat_id)
-    if not connection.features.can_return_rows_from_bulk_insert:
+    if not returns_rows_from_writes():
         chats.update(change_seq=F("change_seq") + 1)
         return chats.values_list("change_seq", flat=True).first()
     table, seq, pk = (connection.ops.quote_name(name) for name in (Chat._meta.db_table, "change_seq", "id"))

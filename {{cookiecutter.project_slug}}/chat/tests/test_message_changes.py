@@ -42,6 +42,10 @@ def refreshed(message) -> Message:
     return Message.objects.get(pk=message.pk)
 
 
+def chat_cursor(message) -> int:
+    return Chat.objects.get(pk=message.chat_id).change_seq
+
+
 def unread(chat, user) -> int:
     return Membership.objects.get(chat=chat, user=user).unread_count
 
@@ -157,6 +161,7 @@ def test_a_deleted_message_cannot_be_edited_reacted_to_or_reported(bob_says, bob
     ):
         with pytest.raises(ValidationError):
             change()
+    assert chat_cursor(bob_says) == 1  # the delete's: the refused changes took none
 
 
 def test_staff_delete_from_the_admin_needs_staff_rights(bob_says, make_user):
@@ -187,28 +192,43 @@ def test_a_former_member_cannot_react(bob_says, alice, group_chat):
     with pytest.raises(Membership.DoesNotExist):  # found out under the chat's lock: nothing kept
         services.toggle_reaction(message=bob_says, user=alice, emoji=THUMBS)
     assert not Reaction.objects.exists()
-    assert refreshed(bob_says).change_seq == 0
+    assert refreshed(bob_says).change_seq == chat_cursor(bob_says) == 0
 
 
-def test_a_reaction_holds_its_chats_lock_for_as_few_statements_as_it_can(bob_says, alice):
+def test_a_reaction_to_a_message_whose_chat_is_gone_keeps_nothing(bob_says, alice, group_chat):
+    Chat.objects.filter(pk=group_chat.pk).delete()
+    with pytest.raises(Membership.DoesNotExist):
+        services.toggle_reaction(message=bob_says, user=alice, emoji=THUMBS)
+    assert not Reaction.objects.exists()
+
+
+@pytest.mark.parametrize("rows_returned", [True, False], ids=["rows returned", "read after"])
+def test_a_reaction_holds_its_chats_lock_for_as_few_statements_as_it_can(bob_says, alice, rows_returned, monkeypatch):
     """Every send and change of the chat, on every server process, waits for that lock. Before
     it, one statement inserts the reaction unless the person has it already. The lock is
     taken by the statement taking the chat's next change cursor, and under it only the
     message is stamped with that cursor (if not deleted and the reactor a member). One taken
-    back is deleted under it, as a deleted message's reactions are."""
-    # Where the database cannot return the cursor from its UPDATE (SQLite before 3.35), it is read after it.
-    cursor = ["UPDATE"] if connection.features.can_return_rows_from_bulk_insert else ["UPDATE", "SELECT"]
+    back is deleted under it, as a deleted message's reactions are. Where the database returns
+    no rows from writes (SQLite before 3.35), the cursor is read after its UPDATE, and the
+    insert is tried in a savepoint."""
+    if rows_returned and not services.returns_rows_from_writes():
+        pytest.skip("this database returns no rows from writes")
+    monkeypatch.setattr(services, "returns_rows_from_writes", lambda: rows_returned)
+    cursor = ["UPDATE"] if rows_returned else ["UPDATE", "SELECT"]
     for toggle, before, under in [
         ("added", ["INSERT"], [*cursor, "UPDATE"]),
         ("taken back", ["INSERT"], [*cursor, "DELETE", "UPDATE"]),
     ]:
         with CaptureQueriesContext(connection) as queries:
             services.toggle_reaction(message=bob_says, user=alice, emoji=THUMBS)
-        statements = [q["sql"] for q in queries.captured_queries if q["sql"].split()[0] not in ("SAVEPOINT", "RELEASE")]
+        savepoints = ("SAVEPOINT", "RELEASE", "ROLLBACK")  # the fallback's, around its insert
+        statements = [q["sql"] for q in queries.captured_queries if q["sql"].split()[0] not in savepoints]
         lock = next(i for i, sql in enumerate(statements) if '"chat_chat"' in sql)
         assert [sql.split()[0] for sql in statements[:lock]] == before, toggle
         assert [sql.split()[0] for sql in statements[lock:]] == under, toggle
-    assert refreshed(bob_says).change_seq == 2
+        assert Reaction.objects.filter(user=alice).exists() == (toggle == "added")
+    services.edit_message(message=bob_says, user=bob_says.sender, body="and edited")
+    assert refreshed(bob_says).change_seq == chat_cursor(bob_says) == 3
 
 
 @pytest.mark.parametrize("emoji", ["🦄", "", None, 7, THUMBS * 2])
