@@ -156,7 +156,10 @@ async def fire(server: Server, requests: list) -> list[tuple[int, str]]:
             headers = {"Cookie": member["cookie"], "X-CSRFToken": member["csrf"]}
             if body is not None:
                 headers |= {"Content-Type": "application/x-www-form-urlencoded", "HX-Request": "true"}
-            response = await client.request(method, path, content=body, headers=headers)
+            try:
+                response = await client.request(method, path, content=body, headers=headers)
+            except httpx.TransportError as exc:  # counted with the failed answers, beside the server's log
+                return 0, f"{method} {path}: {exc!r}"
             return response.status_code, f"{method} {path}: {response.text[:300]}"
 
         return await asyncio.gather(*(one(*request) for request in requests))
