@@ -61,12 +61,18 @@ def raise_open_files_limit() -> None:
 
 
 SERVERS = ("gunicorn", "daphne")
+# Connections the kernel holds for the server until it accepts them. daphne's -b/-p listen
+# with Twisted's 50: a burst of hundreds of connections on a busy process overflows that,
+# and the kernel drops the overflow after its SYN-ACK retries (a reset, a minute later).
+# gunicorn's default, 2048, is the production server's.
+DAPHNE_BACKLOG = 2048
 
 
 def server_command(server: str, *, python: str, port: int, application: str) -> list[str]:
     """The command line of one app process on HOST:port."""
     if server == "daphne":
-        return [python, "-m", "daphne", "-b", HOST, "-p", str(port), application]
+        endpoint = f"tcp:port={port}:interface={HOST}:backlog={DAPHNE_BACKLOG}"
+        return [python, "-m", "daphne", "-e", endpoint, application]
     if server == "gunicorn":  # as `make serve-prod`, on this port
         return [python, "-m", "gunicorn", "-c", "python:config.gunicorn", "--bind", f"{HOST}:{port}", application]
     raise ValueError(f"unknown server {server!r}: daphne or gunicorn")
