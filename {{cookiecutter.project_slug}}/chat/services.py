@@ -1098,6 +1098,10 @@ def toggle_reaction(*, message: Message, user, emoji: str) -> Message:
     the lock, it sees a deletion or a removal that came meanwhile, and then nothing is kept.
     One taken back is deleted under the lock, as a deleted message's reactions are (before it,
     the two could wait for each other).
+
+    The message returned, and the one the room's frame shows, is the message as the stamp
+    stored it: its text is no older than this change (an edit may have come between the
+    caller's read and the lock), and the frame needs no read of it after the commit.
     """
     emoji = clean_reaction(emoji)
     if message.deleted_at is not None:
@@ -1110,9 +1114,9 @@ def toggle_reaction(*, message: Message, user, emoji: str) -> Message:
         mine = Reaction.objects.filter(message_id=message.pk, user=user, emoji=emoji)
         if not added and not mine.delete()[0]:  # taken back meanwhile (another tab): added after all
             Reaction.objects.create(message_id=message.pk, user=user, emoji=emoji)
-        stamp_reaction(message, change_seq, reactor=user)
-        after_commit(lambda: announce_reactions(message.pk, message.change_seq))
-    return message
+        stored = stamp_reaction(message, change_seq, reactor=user)
+        after_commit(lambda: events.reactions_changed(message=stored))
+    return stored
 
 
 def reaction_added(message: Message, user, emoji: str) -> bool:
@@ -1141,27 +1145,46 @@ def reaction_added(message: Message, user, emoji: str) -> bool:
         return cursor.fetchone() is not None
 
 
-def stamp_reaction(message: Message, change_seq: int, *, reactor) -> None:
+def stamp_reaction(message: Message, change_seq: int, *, reactor) -> Message:
     """Give the message the change cursor just taken, if it is still not deleted and the
-    reactor still a member; else raise what the caller would have (which rolls the cursor back)."""
-    still_there = (
-        Exists(Membership.objects.filter(chat_id=message.chat_id, user=reactor)),
-        Q(chat_id=message.chat_id, deleted_at__isnull=True),
-    )
-    if not stamp_message(message, change_seq, only_if=still_there):
+    reactor still a member, and return it as stored now (the chat is locked: no edit comes
+    between); else raise what the caller would have (which rolls the cursor back).
+
+    Where the database returns rows from writes, the stamp's own UPDATE returns the row;
+    elsewhere (SQLite before 3.35, whose one writer serializes the chat's changes anyway)
+    it is read after the stamp."""
+    if returns_rows_from_writes():
+        stored = next(iter(Message.objects.raw(*stamp_returning_message(message, change_seq, reactor))), None)
+    else:
+        still_there = (
+            Exists(Membership.objects.filter(chat_id=message.chat_id, user=reactor)),
+            Q(chat_id=message.chat_id, deleted_at__isnull=True),
+        )
+        stamped = stamp_message(message, change_seq, only_if=still_there)
+        stored = Message.objects.get(pk=message.pk) if stamped else None
+    if stored is None:
         if Message.objects.filter(pk=message.pk, deleted_at__isnull=False).exists():
             raise ValidationError("This message was deleted.")
         raise Membership.DoesNotExist("Not a member of this chat.")
+    if stored.sender_id == message.sender_id and Message.sender.is_cached(message):
+        stored.sender = message.sender  # the frame's name without reading the sender again
+    return stored
 
 
-def announce_reactions(message_id: int, change_seq: int) -> None:
-    """The room's frame of a reaction change: the message as stored now, under that change's
-    cursor, so its text is no older than the change (an edit may have come between the
-    reactor's read of it and the lock)."""
-    message = Message.objects.select_related("sender").filter(pk=message_id).first()
-    if message is not None:  # gone with its chat since
-        message.change_seq = change_seq
-        events.reactions_changed(message=message)
+def stamp_returning_message(message: Message, change_seq: int, reactor) -> tuple[str, list]:
+    """The stamp of `stamp_reaction` as one UPDATE ... RETURNING every column of the message,
+    for Message.objects.raw (which converts the columns as a query's): Django's update()
+    returns a count."""
+    quote = connection.ops.quote_name
+    messages, memberships = quote(Message._meta.db_table), quote(Membership._meta.db_table)
+    columns = ", ".join(quote(field.column) for field in Message._meta.concrete_fields)
+    sql = (
+        f"UPDATE {messages} SET {quote('change_seq')} = %s "  # noqa: S608 - the models' names
+        f"WHERE {quote('id')} = %s AND {quote('chat_id')} = %s AND {quote('deleted_at')} IS NULL "
+        f"AND EXISTS (SELECT 1 FROM {memberships} WHERE {memberships}.{quote('chat_id')} = %s "
+        f"AND {memberships}.{quote('user_id')} = %s) RETURNING {columns}"
+    )
+    return sql, [change_seq, message.pk, message.chat_id, message.chat_id, reactor.pk]
 
 
 def clean_reaction(emoji) -> str:

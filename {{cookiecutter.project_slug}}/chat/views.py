@@ -733,13 +733,13 @@ def react(request, pk, message_id):
     membership, message = message_of(request, pk, message_id)
     try:
         check_rate(action="react", key=request.user.pk)
-        services.toggle_reaction(message=message, user=request.user, emoji=request.POST.get("emoji"))
+        # As stored under the reaction's change (an edit may have come since the read above).
+        message = services.toggle_reaction(message=message, user=request.user, emoji=request.POST.get("emoji"))
     except (ValidationError, RateLimited) as exc:
         return refused(request, membership, message, exc)
     if not request.htmx:
         return back_to_message(message)
-    # Read again: the bubble as stored now (an edit may have come since the read above).
-    return bubble(request, membership, selectors.message_or_404(membership=membership, message_id=message_id))
+    return bubble(request, membership, message)
 
 
 @chat_view("GET", "POST")
