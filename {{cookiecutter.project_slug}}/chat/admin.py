@@ -35,6 +35,13 @@ class ChatAdmin(admin.ModelAdmin):
         queryset, _ = super().get_search_results(request, queryset, search_term)
         return queryset, True
 
+    # Deleted as a group's admin deletes one: the chat locked first, its open rooms closed.
+    def delete_model(self, request, obj):
+        services.delete_chats(chat_ids=[obj.pk])
+
+    def delete_queryset(self, request, queryset):
+        services.delete_chats(chat_ids=queryset.values_list("pk", flat=True))
+
 
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):
@@ -56,6 +63,13 @@ class MessageAdmin(admin.ModelAdmin):
     readonly_fields = ["chat", "sender", "created_at", "edited_at", "deleted_at"]
     date_hierarchy = "created_at"
     actions = ["delete_for_everyone"]
+
+    # Deleted outright with their chats locked first, as every change of a message locks it.
+    def delete_model(self, request, obj):
+        services.delete_messages(message_ids=[obj.pk])
+
+    def delete_queryset(self, request, queryset):
+        services.delete_messages(message_ids=queryset.values_list("pk", flat=True))
 
     @admin.display(description="Message")
     def preview(self, message):

@@ -873,9 +873,36 @@ def soft_delete_chat(*, chat: Chat, user) -> None:
 def delete_group(*, chat: Chat, actor) -> None:
     """Delete a group and its messages for everyone (admins only)."""
     require_group_admin(chat=chat, user=actor)
+    delete_chats(chat_ids=[chat.pk])
+
+
+def delete_chats(*, chat_ids: Iterable[int]) -> None:
+    """Delete chats outright, with their messages, for everyone (a group's admin, the site's
+    staff in the admin); their open rooms are closed as for a removed member.
+
+    Each chat's row is locked first, as every send and change of it locks it first: a change
+    holding the lock and waiting for a message row this had already deleted would otherwise
+    wait for it while it waits for the lock (a deadlock, which PostgreSQL breaks by failing
+    one). In id order, so two deletions of the same chats take their turns too."""
     with transaction.atomic():
-        revoke_access(chat_id=chat.pk, user_ids=member_ids(chat), deleted=True)
-        chat.delete()
+        for chat in lock_chats_to_delete(chat_ids):
+            revoke_access(chat_id=chat.pk, user_ids=member_ids(chat), deleted=True)
+            chat.delete()
+
+
+def lock_chats_to_delete(chat_ids: Iterable[int]) -> list[Chat]:
+    """The chats that still exist, their rows locked FOR UPDATE (as a row's deletion does), in id order."""
+    return list(Chat.objects.select_for_update().filter(pk__in=list(chat_ids)).order_by("pk").only("id"))
+
+
+def delete_messages(*, message_ids: Iterable[int]) -> None:
+    """Delete messages outright (the site's staff, in the admin), each chat's row locked
+    first, as a change of one of its messages locks it first (see `delete_chats`)."""
+    message_ids = list(message_ids)
+    with transaction.atomic():
+        chat_ids = Message.objects.filter(pk__in=message_ids).values_list("chat_id", flat=True).distinct()
+        lock_chats_to_delete(chat_ids)
+        Message.objects.filter(pk__in=message_ids).delete()
 
 
 def purge_deleted_chats(*, older_than_days: int = 0, dry_run: bool = False) -> list[int]:
@@ -894,7 +921,7 @@ def purge_deleted_chats(*, older_than_days: int = 0, dry_run: bool = False) -> l
         with transaction.atomic():
             # Lock the chats (as send_message does) and check again: a message since the
             # first look has un-hidden its chat, and one sent now waits for this to finish.
-            list(Chat.objects.select_for_update().filter(pk__in=ids).values_list("pk", flat=True))
+            lock_chats_to_delete(ids)
             still_deleted = Chat.objects.filter(pk__in=ids, last_activity_at__lte=cutoff).exclude(
                 memberships__is_hidden=False
             )
@@ -1097,7 +1124,9 @@ def toggle_reaction(*, message: Message, user, emoji: str) -> Message:
     statement that finds it only while it is not deleted and the reactor is a member: run after
     the lock, it sees a deletion or a removal that came meanwhile, and then nothing is kept.
     One taken back is deleted under the lock, as a deleted message's reactions are (before it,
-    the two could wait for each other).
+    the two could wait for each other). Found gone by then (another tab of the person's took it
+    back meanwhile), it stays gone: both meant to take it back. Adding it again there would
+    also wait, under the lock, for a third tab's insert of it, which waits for the lock.
 
     The message returned, and the one the room's frame shows, is the message as the stamp
     stored it: its text is no older than this change (an edit may have come between the
@@ -1111,9 +1140,8 @@ def toggle_reaction(*, message: Message, user, emoji: str) -> Message:
         change_seq = take_change_cursor(message.chat_id)
         if change_seq is None:
             raise Membership.DoesNotExist("Not a member of this chat.")
-        mine = Reaction.objects.filter(message_id=message.pk, user=user, emoji=emoji)
-        if not added and not mine.delete()[0]:  # taken back meanwhile (another tab): added after all
-            Reaction.objects.create(message_id=message.pk, user=user, emoji=emoji)
+        if not added:
+            Reaction.objects.filter(message_id=message.pk, user=user, emoji=emoji).delete()
         stored = stamp_reaction(message, change_seq, reactor=user)
         after_commit(lambda: events.reactions_changed(message=stored))
     return stored

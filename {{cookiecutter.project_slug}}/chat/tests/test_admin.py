@@ -1,9 +1,12 @@
 """The admin lists, filters and searches chats, memberships and messages."""
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from chat import services
+from chat.models import Chat, Message
 
 
 @pytest.fixture
@@ -40,3 +43,42 @@ def test_admin_chat_page_shows_its_members_inline(admin_client_with_chats, group
 
     assert response.status_code == 200
     assert response.content.decode().count('name="memberships-') > 3
+
+
+def chat_locked_before_any_delete(statements: list[str]) -> bool:
+    """Whether the chat's row was locked (FOR UPDATE on PostgreSQL; SQLite has one writer)
+    before the first DELETE: as every send and change of the chat locks it first."""
+    for_update = " FOR UPDATE" if connection.vendor == "postgresql" else ""
+    lock = next(i for i, sql in enumerate(statements) if 'FROM "chat_chat"' in sql and for_update in sql)
+    return lock < next(i for i, sql in enumerate(statements) if sql.startswith("DELETE"))
+
+
+@pytest.mark.parametrize("how", ["its page", "the list's action"])
+@pytest.mark.parametrize("model", ["chat", "message"])
+def test_deletes_from_the_admin_lock_the_chat_before_deleting_anything(admin_client, group_chat, bob, model, how):
+    message = services.send_message(chat=group_chat, sender=bob, body="soon gone")
+    pk = group_chat.pk if model == "chat" else message.pk
+    if how == "its page":
+        url, form = reverse(f"admin:chat_{model}_delete", args=[pk]), {"post": "yes"}
+    else:
+        url = reverse(f"admin:chat_{model}_changelist")
+        form = {"action": "delete_selected", "_selected_action": [pk], "post": "yes"}
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.post(url, form)
+
+    assert response.status_code == 302
+    assert chat_locked_before_any_delete([q["sql"] for q in queries.captured_queries])
+    assert not Message.objects.filter(pk=message.pk).exists()
+    assert Chat.objects.filter(pk=group_chat.pk).exists() == (model == "message")
+
+
+def test_a_chat_deleted_from_the_admin_closes_its_rooms_as_a_groups_admin_deleting_it_does(
+    admin_client, group_chat, monkeypatch
+):
+    revoked = []
+    monkeypatch.setattr(services, "revoke_access", lambda **access: revoked.append(access))
+    admin_client.post(reverse("admin:chat_chat_delete", args=[group_chat.pk]), {"post": "yes"})
+    [access] = revoked
+    assert (access["chat_id"], access["deleted"]) == (group_chat.pk, True)
+    assert len(access["user_ids"]) == 3

@@ -233,6 +233,22 @@ def test_a_reaction_holds_its_chats_lock_for_as_few_statements_as_it_can(bob_say
     assert refreshed(bob_says).change_seq == chat_cursor(bob_says) == 3
 
 
+def test_a_reaction_taken_back_from_two_tabs_at_once_stays_taken_back(bob_says, alice, monkeypatch):
+    """Both tabs showed it, both take it back: the second finds it gone when its turn at the
+    chat's lock comes, and leaves it gone instead of adding it again."""
+    services.toggle_reaction(message=bob_says, user=alice, emoji=THUMBS)
+    take_change_cursor = services.take_change_cursor
+
+    def the_other_tab_first(chat_id):
+        Reaction.objects.filter(message=bob_says, user=alice).delete()  # its commit, just before this lock
+        return take_change_cursor(chat_id)
+
+    monkeypatch.setattr(services, "take_change_cursor", the_other_tab_first)
+    services.toggle_reaction(message=bob_says, user=alice, emoji=THUMBS)
+    assert not Reaction.objects.exists()
+    assert refreshed(bob_says).change_seq == chat_cursor(bob_says) == 2
+
+
 @pytest.mark.parametrize("rows_returned", [True, False], ids=["rows returned", "read after"])
 def test_a_reactions_frame_shows_the_message_as_its_change_stored_it_without_reading_it_again(
     bob_says, alice, bob, rows_returned, monkeypatch, django_capture_on_commit_callbacks

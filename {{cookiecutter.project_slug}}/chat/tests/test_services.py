@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from chat import selectors, services
 from chat.models import Chat, Membership, Message
+from chat.tests.test_admin import chat_locked_before_any_delete
 
 
 def membership(chat, user) -> Membership:
@@ -522,6 +523,16 @@ def test_mark_read_many_ignores_people_who_are_not_members(group_chat, alice, ma
 def test_mark_read_of_a_non_member_raises(group_chat, make_user):
     with pytest.raises(Membership.DoesNotExist):
         services.mark_read(chat=group_chat, user=make_user("outsider"))
+
+
+def test_a_groups_deletion_locks_its_chat_before_it_deletes_anything(group_chat, alice, bob):
+    """As every send and change of the chat locks it first: a reaction holding the lock and
+    waiting for a message row the deletion had already deleted would deadlock with it."""
+    services.send_message(chat=group_chat, sender=bob, body="soon gone")
+    with CaptureQueriesContext(connection) as queries:
+        services.delete_group(chat=group_chat, actor=alice)
+    assert chat_locked_before_any_delete([q["sql"] for q in queries.captured_queries])
+    assert not Chat.objects.filter(pk=group_chat.pk).exists()
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's row locks")
