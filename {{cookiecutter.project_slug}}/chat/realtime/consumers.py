@@ -664,7 +664,9 @@ class RoomConsumer(ChatConsumer):
         self.schedule_read(message_id)
 
     async def client_visibility(self, frame: dict) -> None:
-        viewing = bool(frame.get("visible"))
+        viewing = frame.get("visible")
+        if not isinstance(viewing, bool):
+            return await self.send_error("malformed", "visibility needs visible: true or false.")
         if viewing != self.viewing:
             self.viewing = viewing
             try:
@@ -794,6 +796,8 @@ class RoomConsumer(ChatConsumer):
         await self.change_message("delete", frame)
 
     async def client_react(self, frame: dict) -> None:
+        if not isinstance(frame.get("emoji"), str):
+            return await self.send_error("malformed", "react needs an emoji.", action="react")
         await self.change_message("react", frame)
 
     async def change_message(self, action: str, frame: dict) -> None:

@@ -439,6 +439,8 @@ async def test_new_group_appears_in_every_members_list(connect, alice, bob, caro
         ("[" * 4000, "malformed"),
         ('{"type": "edit", "message_id": 1, "body": "a\\ud800b"}', "malformed"),
         ('{"type": "react", "message_id": 1, "emoji": "\\udfff"}', "malformed"),
+        ('{"type": "visibility", "visible": "no"}', "malformed"),
+        ('{"type": "visibility"}', "malformed"),
     ],
 )
 async def test_bad_frames_get_an_error_and_the_socket_stays_open(connect, alice, group, frame, code):

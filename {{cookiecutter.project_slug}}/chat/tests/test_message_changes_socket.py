@@ -138,7 +138,8 @@ async def test_a_delete_frame_blanks_the_message_for_the_room(connect, group, al
         ("bob", {"type": "edit", "body": ""}, "invalid"),
         ("bob", {"type": "edit", "body": None}, "malformed"),
         ("carol", {"type": "react", "emoji": "🦄"}, "invalid"),
-        ("carol", {"type": "react"}, "invalid"),
+        ("carol", {"type": "react"}, "malformed"),
+        ("carol", {"type": "react", "emoji": ["👍"]}, "malformed"),
     ],
 )
 async def test_refused_changes_get_error_frames_and_change_nothing(
