@@ -378,15 +378,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.writer.put_close(None if close is True else close)
 
     async def send_text_now(self, text: str) -> None:
-        await self.send_now(text_data=text)
+        """A text frame straight to the server, as Channels' `send` would hand it: what the
+        socket's writer sends (a busy room's frames, thousands a second) without the two
+        layers of `send` between, a few microseconds each."""
+        try:
+            await self.base_send({"type": "websocket.send", "text": text})
+        except OSError:
+            self.not_sent()
 
     async def send_now(self, text_data=None, bytes_data=None, close=False):
         try:
             await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
         except OSError:
-            # The client is gone or the server is closing the socket (uvicorn raises, daphne drops
-            # the frame); the disconnect that follows cleans up.
-            logger.debug("A frame to %s was not sent: the socket is closed", self)
+            self.not_sent()
+
+    def not_sent(self) -> None:
+        # The client is gone or the server is closing the socket (uvicorn raises, daphne drops
+        # the frame); the disconnect that follows cleans up.
+        logger.debug("A frame to %s was not sent: the socket is closed", self)
 
     async def close(self, code=None, reason=None):
         """After the frames already queued for the socket, if it has a writer."""
