@@ -1182,7 +1182,9 @@ def stamp_reaction(message: Message, change_seq: int, *, reactor) -> Message:
     elsewhere (SQLite before 3.35, whose one writer serializes the chat's changes anyway)
     it is read after the stamp."""
     if returns_rows_from_writes():
-        stored = next(iter(Message.objects.raw(*stamp_returning_message(message, change_seq, reactor))), None)
+        # On the transaction's connection: raw() would ask the router for a database to read.
+        stamp = Message.objects.raw(*stamp_returning_message(message, change_seq, reactor), using=connection.alias)
+        stored = next(iter(stamp), None)
     else:
         still_there = (
             Exists(Membership.objects.filter(chat_id=message.chat_id, user=reactor)),
