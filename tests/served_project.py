@@ -113,7 +113,7 @@ class ServedProject:
                 # scripts name the interpreter of the tree that built it, which may be gone.
                 [
                     *(str(self.venv / "bin" / "python"), "-m", "daphne"),
-                    *("-b", "127.0.0.1", "-p", str(self.port), "config.asgi:application"),
+                    *("-e", f"tcp:port={self.port}:interface=127.0.0.1:backlog=2048", "config.asgi:application"),
                 ],
                 cwd=self.path,
                 env=clean_env(**self.env),

@@ -21,7 +21,7 @@ from .fanout_report import Result, percentile
 from .room_client import Member, RoomClient
 from .seeding import Room
 
-CONNECT_CONCURRENCY = 25  # handshakes at a time: the listen backlog is small
+CONNECT_CONCURRENCY = 25  # handshakes at a time while a run sets up: its clients and the server share the cores
 
 
 async def offer_load(*, rate: float, duration: float, send) -> float:

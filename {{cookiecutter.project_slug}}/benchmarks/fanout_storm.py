@@ -76,7 +76,7 @@ class Storm:
         self.rooms, self.server, self.stop_server, self.start_server = rooms, server, stop, start
         self.rate, self.timeout = rate, timeout
         self.http = new_http_client(timeout=timeout, connections=100)
-        # The first opening a few handshakes at a time (the listen backlog is small); the
+        # The first opening a few handshakes at a time (as a run sets up its sockets); the
         # reconnect without a gate, as browsers do: only their backoff spreads them out.
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
         shared = {"servers": [server.base_url], "open_timeout": timeout}

@@ -40,7 +40,7 @@ class ChatAdmin(admin.ModelAdmin):
         services.delete_chats(chat_ids=[obj.pk])
 
     def delete_queryset(self, request, queryset):
-        services.delete_chats(chat_ids=queryset.values_list("pk", flat=True))
+        services.delete_chats(chat_ids=queryset.values("pk"))
 
 
 @admin.register(Membership)
@@ -69,7 +69,7 @@ class MessageAdmin(admin.ModelAdmin):
         services.delete_messages(message_ids=[obj.pk])
 
     def delete_queryset(self, request, queryset):
-        services.delete_messages(message_ids=queryset.values_list("pk", flat=True))
+        services.delete_messages(message_ids=queryset.values("pk"))
 
     @admin.display(description="Message")
     def preview(self, message):

@@ -821,6 +821,9 @@ def remove_member(*, chat: Chat, actor, user) -> None:
     if user.pk == actor.pk:
         raise ValidationError("Use “Leave group” to leave.")
     with transaction.atomic():
+        # As a send or a change locks it first: the group's deletion, which locks it and then
+        # deletes the memberships, waits for this rather than for the membership it deletes.
+        locked_chats().only("id").filter(pk=chat.pk).first()
         deleted, _ = Membership.objects.filter(chat=chat, user=user).delete()
         if deleted:
             record_departure(chat=chat, user=user, reason=FormerMembership.Reason.REMOVED)
@@ -880,29 +883,26 @@ def delete_chats(*, chat_ids: Iterable[int]) -> None:
     """Delete chats outright, with their messages, for everyone (a group's admin, the site's
     staff in the admin); their open rooms are closed as for a removed member.
 
-    Each chat's row is locked first, as every send and change of it locks it first: a change
+    Each chat's row is locked first, as sends, changes and removals lock it first: a change
     holding the lock and waiting for a message row this had already deleted would otherwise
     wait for it while it waits for the lock (a deadlock, which PostgreSQL breaks by failing
-    one). In id order, so two deletions of the same chats take their turns too."""
+    one). FOR UPDATE, as the row's deletion locks it in the end: a row pointing at the chat
+    inserted meanwhile (a socket's presence) waits, and then finds the chat gone, instead of
+    failing this deletion. In id order, so two deletions of the same chats take turns."""
     with transaction.atomic():
-        for chat in lock_chats_to_delete(chat_ids):
+        for chat in Chat.objects.select_for_update().filter(pk__in=chat_ids).order_by("pk").only("id"):
             revoke_access(chat_id=chat.pk, user_ids=member_ids(chat), deleted=True)
             chat.delete()
 
 
-def lock_chats_to_delete(chat_ids: Iterable[int]) -> list[Chat]:
-    """The chats that still exist, their rows locked FOR UPDATE (as a row's deletion does), in id order."""
-    return list(Chat.objects.select_for_update().filter(pk__in=list(chat_ids)).order_by("pk").only("id"))
-
-
 def delete_messages(*, message_ids: Iterable[int]) -> None:
-    """Delete messages outright (the site's staff, in the admin), each chat's row locked
-    first, as a change of one of its messages locks it first (see `delete_chats`)."""
-    message_ids = list(message_ids)
+    """Delete messages outright (the site's staff, in the admin). Their chats are locked
+    first, in id order, as a change of one of their messages locks its chat first (see
+    `delete_chats`); FOR NO KEY UPDATE, as a change: the chats stay."""
     with transaction.atomic():
-        chat_ids = Message.objects.filter(pk__in=message_ids).values_list("chat_id", flat=True).distinct()
-        lock_chats_to_delete(chat_ids)
-        Message.objects.filter(pk__in=message_ids).delete()
+        messages = Message.objects.filter(pk__in=message_ids)
+        list(locked_chats().filter(pk__in=messages.values("chat_id")).order_by("pk").values_list("pk", flat=True))
+        messages.delete()
 
 
 def purge_deleted_chats(*, older_than_days: int = 0, dry_run: bool = False) -> list[int]:
@@ -921,7 +921,7 @@ def purge_deleted_chats(*, older_than_days: int = 0, dry_run: bool = False) -> l
         with transaction.atomic():
             # Lock the chats (as send_message does) and check again: a message since the
             # first look has un-hidden its chat, and one sent now waits for this to finish.
-            lock_chats_to_delete(ids)
+            list(Chat.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
             still_deleted = Chat.objects.filter(pk__in=ids, last_activity_at__lte=cutoff).exclude(
                 memberships__is_hidden=False
             )
@@ -1191,9 +1191,9 @@ def stamp_reaction(message: Message, change_seq: int, *, reactor) -> Message:
             Q(chat_id=message.chat_id, deleted_at__isnull=True),
         )
         stamped = stamp_message(message, change_seq, only_if=still_there)
-        stored = Message.objects.get(pk=message.pk) if stamped else None
+        stored = Message.objects.using(connection.alias).get(pk=message.pk) if stamped else None
     if stored is None:
-        if Message.objects.filter(pk=message.pk, deleted_at__isnull=False).exists():
+        if not Message.objects.filter(pk=message.pk, deleted_at__isnull=True).exists():  # or deleted outright
             raise ValidationError("This message was deleted.")
         raise Membership.DoesNotExist("Not a member of this chat.")
     if stored.sender_id == message.sender_id and Message.sender.is_cached(message):

@@ -797,23 +797,25 @@ class RoomConsumer(ChatConsumer):
     # Message changes: edit, delete, react (the same services and limits as their routes)
 
     async def client_edit(self, frame: dict) -> None:
-        if not isinstance(frame.get("body"), str):
-            return await self.send_error("malformed", "edit needs a text body.", action="edit")
         await self.change_message("edit", frame)
 
     async def client_delete(self, frame: dict) -> None:
         await self.change_message("delete", frame)
 
     async def client_react(self, frame: dict) -> None:
-        if not isinstance(frame.get("emoji"), str):
-            return await self.send_error("malformed", "react needs an emoji.", action="react")
         await self.change_message("react", frame)
+
+    # The field each change needs besides message_id, and the sentence of its error frame.
+    CHANGE_TEXT_FIELDS = {"edit": ("body", "edit needs a text body."), "react": ("emoji", "react needs an emoji.")}
 
     async def change_message(self, action: str, frame: dict) -> None:
         message_id = frame.get("message_id")
         if not isinstance(message_id, int) or isinstance(message_id, bool) or message_id <= 0:
             return await self.send_error("malformed", f"{action} needs an integer message_id.", action=action)
         about = {"action": action, "message_id": message_id}
+        field, needs = self.CHANGE_TEXT_FIELDS.get(action, (None, ""))
+        if field and not isinstance(frame.get(field), str):
+            return await self.send_error("malformed", needs, **about)
         try:
             change_seq = await changes_trip(self.apply_change)(action, message_id, frame)
         except Http404:

@@ -17,11 +17,12 @@ import asyncio
 import logging
 from datetime import timedelta
 
+from django.db import IntegrityError, transaction
 from django.db.models import Count
 from django.utils import timezone
 
 from chat import events
-from chat.models import RoomPresence
+from chat.models import Chat, RoomPresence
 from chat.realtime.database import background_trip
 from chat.realtime.loop import LoopTask
 
@@ -82,10 +83,19 @@ def room_user_ids(*, chat_id: int, user_ids: list[int] | None = None) -> list[in
 def join_many(sockets) -> dict:
     """The presence rows of sockets opening together, (channel name, chat id, user id) each,
     in one INSERT (`chat.realtime.handshakes.in_shared_batch`); a channel name is new with
-    each socket, so there is no row to update first."""
+    each socket, so there is no row to update first.
+
+    A chat deleted meanwhile fails the INSERT (its row would point nowhere): then the other
+    sockets' rows go in without it, and its socket is closed by the deletion, as the rest of
+    its room's."""
     now = timezone.now()
     rows = [RoomPresence(channel_name=name, chat_id=chat, user_id=user, seen_at=now) for name, chat, user in sockets]
-    RoomPresence.objects.bulk_create(rows)
+    try:
+        with transaction.atomic():
+            RoomPresence.objects.bulk_create(rows)
+    except IntegrityError:
+        chats = set(Chat.objects.filter(pk__in={row.chat_id for row in rows}).values_list("pk", flat=True))
+        RoomPresence.objects.bulk_create([row for row in rows if row.chat_id in chats])
     return {}
 
 

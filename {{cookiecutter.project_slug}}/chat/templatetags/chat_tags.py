@@ -84,7 +84,8 @@ def unread_count(value) -> str:
 def quoted(original):
     """The original of a reply as its quote shows it, or None when it is gone: deleted
     for everyone (its body blanked) or removed from the database."""
-    if original is None or not original.body or getattr(original, "deleted_at", None):
+    # Removed from the database: None, or "" where a template looked it up and found nothing.
+    if not original or not original.body or getattr(original, "deleted_at", None):
         return None
     return original
 

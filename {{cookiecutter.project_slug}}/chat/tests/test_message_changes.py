@@ -249,6 +249,32 @@ def test_a_reaction_taken_back_from_two_tabs_at_once_stays_taken_back(bob_says, 
     assert refreshed(bob_says).change_seq == chat_cursor(bob_says) == 2
 
 
+def test_a_reaction_to_a_message_deleted_outright_meanwhile_is_refused_as_deleted(bob_says, alice):
+    """Deleted from the admin after the reactor read it: they are still a member."""
+    services.delete_messages(message_ids=[bob_says.pk])
+    with pytest.raises(ValidationError, match="deleted"):
+        services.toggle_reaction(message=bob_says, user=alice, emoji=THUMBS)
+    assert not Reaction.objects.exists()
+
+
+def test_a_reaction_to_a_reply_whose_original_was_deleted_outright_shows_the_original_deleted(
+    group_chat, alice, bob, bob_says, monkeypatch, django_capture_on_commit_callbacks
+):
+    """One bubble alone (the room's frame, the react route's answer) looks its original up."""
+    reply = services.send_message(chat=group_chat, sender=alice, body="an answer", reply_to_id=bob_says.pk)
+    services.delete_messages(message_ids=[bob_says.pk])
+    frames = []
+    monkeypatch.setattr(events, "send", lambda group, event: frames.append(json.loads(event["text"])))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = logged_in(bob).post(message_url("react", reply), {"emoji": THUMBS}, headers=HTMX)
+
+    assert response.status_code == 200
+    [frame] = frames
+    for html in (response.content.decode(), frame["html"]):
+        assert "Message deleted" in html and "an answer" in html
+
+
 @pytest.mark.parametrize("rows_returned", [True, False], ids=["rows returned", "read after"])
 def test_a_reactions_frame_shows_the_message_as_its_change_stored_it_without_reading_it_again(
     bob_says, alice, bob, rows_returned, monkeypatch, django_capture_on_commit_callbacks

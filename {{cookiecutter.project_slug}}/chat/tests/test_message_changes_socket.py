@@ -150,7 +150,7 @@ async def test_refused_changes_get_error_frames_and_change_nothing(
     await room.send_to(text_data=frame(message_id=bobs_message.pk, **fields))
 
     error = await receive_until(room, "error")
-    assert (error["code"], error["action"]) == (code, fields["type"])
+    assert (error["code"], error["action"], error["message_id"]) == (code, fields["type"], bobs_message.pk)
     assert (await stored(bobs_message)).change_seq == 0
 
 

@@ -6,7 +6,8 @@ import asyncio
 import pytest
 from channels.db import database_sync_to_async
 
-from chat.models import RoomPresence
+from chat import services
+from chat.models import Chat, RoomPresence
 from chat.realtime import presence
 from chat.tests import test_consumers
 from chat.tests.test_consumers import TIMEOUT, presence_becomes
@@ -51,3 +52,12 @@ async def test_more_sockets_leaving_than_one_statement_takes_all_leave(connect, 
 
     await presence_becomes(watcher, 1)
     assert await rows_of(bob) == []
+
+
+def test_sockets_joining_together_join_though_one_of_their_chats_was_deleted_meanwhile(group, alice, bob):
+    """Their presence rows go in one INSERT, which a row pointing at a chat deleted since its
+    socket was let in would fail: the other sockets of the batch join all the same."""
+    gone = services.create_group_chat(creator=alice, name="Soon gone", members=[bob])
+    Chat.objects.filter(pk=gone.pk).delete()
+    presence.join_many([("kept", group.pk, alice.pk), ("gone", gone.pk, alice.pk), ("also kept", group.pk, bob.pk)])
+    assert sorted(RoomPresence.objects.values_list("channel_name", flat=True)) == ["also kept", "kept"]

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from chat import selectors, services
 from chat.models import Chat, Membership, Message
-from chat.tests.test_admin import chat_locked_before_any_delete
+from chat.tests.test_admin import chat_lock_before_any_delete
 
 
 def membership(chat, user) -> Membership:
@@ -525,13 +525,19 @@ def test_mark_read_of_a_non_member_raises(group_chat, make_user):
         services.mark_read(chat=group_chat, user=make_user("outsider"))
 
 
-def test_a_groups_deletion_locks_its_chat_before_it_deletes_anything(group_chat, alice, bob):
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's row locks")
+def test_a_groups_deletion_and_a_members_removal_lock_the_chat_before_they_delete_anything(group_chat, alice, bob):
     """As every send and change of the chat locks it first: a reaction holding the lock and
-    waiting for a message row the deletion had already deleted would deadlock with it."""
+    waiting for a message row the deletion had already deleted would deadlock with it, and so
+    would a removal that deleted its membership row before waiting for the deletion's lock."""
     services.send_message(chat=group_chat, sender=bob, body="soon gone")
-    with CaptureQueriesContext(connection) as queries:
-        services.delete_group(chat=group_chat, actor=alice)
-    assert chat_locked_before_any_delete([q["sql"] for q in queries.captured_queries])
+    for action, run, lock in [
+        ("removal", lambda: services.remove_member(chat=group_chat, actor=alice, user=bob), "FOR NO KEY UPDATE"),
+        ("deletion", lambda: services.delete_group(chat=group_chat, actor=alice), "FOR UPDATE"),
+    ]:
+        with CaptureQueriesContext(connection) as queries:
+            run()
+        assert chat_lock_before_any_delete([q["sql"] for q in queries.captured_queries]) == lock, action
     assert not Chat.objects.filter(pk=group_chat.pk).exists()
 
 
