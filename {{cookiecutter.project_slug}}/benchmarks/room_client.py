@@ -588,4 +588,27 @@ def new_http_client(*, timeout: float, connections: int = 4) -> httpx.AsyncClien
     """A client for room requests; identities go in each request's Cookie header, not a jar."""
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-    return httpx.AsyncClient(timeout=timeout, limits=limits, cookies=no_cookies)
+    return GatedClient(timeout=timeout, limits=limits, cookies=no_cookies)
+
+
+class GatedClient(httpx.AsyncClient):
+    """Requests wait at a gate as wide as the pool, not in the pool. httpcore's pool looks
+    through every waiting request each time it hands out a connection: thousands of
+    clients' catch-ups waiting in one pool (a reconnect storm on a slow machine) made the
+    benchmark's own process spend minutes of CPU there, on the cores the server uses. Each
+    browser has a pool of its own. The wait is bounded by the pool timeout, as in the pool."""
+
+    def __init__(self, *, limits: httpx.Limits, **options):
+        super().__init__(limits=limits, **options)
+        self.gate = asyncio.Semaphore(limits.max_connections or 100)
+
+    async def send(self, request: httpx.Request, **options) -> httpx.Response:
+        try:
+            async with asyncio.timeout(self.timeout.pool):
+                await self.gate.acquire()
+        except TimeoutError:
+            raise httpx.PoolTimeout("No connection of the pool came free in time", request=request) from None
+        try:
+            return await super().send(request, **options)
+        finally:
+            self.gate.release()
