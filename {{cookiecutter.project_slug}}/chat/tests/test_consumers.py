@@ -453,6 +453,20 @@ async def test_bad_frames_get_an_error_and_the_socket_stays_open(connect, alice,
     await room.disconnect()
 
 
+@pytest.mark.parametrize("send", ["send_text_now", "send_now"])
+async def test_a_frame_to_a_socket_the_server_has_closed_meanwhile_is_dropped_quietly(send, caplog):
+    """The server raises (uvicorn) or drops it (daphne): the disconnect that follows cleans up."""
+    consumer = consumers.RoomConsumer()
+
+    async def closed(message):
+        raise OSError("the socket is closed")
+
+    consumer.base_send = closed
+    with caplog.at_level("DEBUG", logger="chat.realtime.consumers"):
+        await getattr(consumer, send)('{"type": "pong"}')
+    assert [record.levelname for record in caplog.records if "was not sent" in record.getMessage()] == ["DEBUG"]
+
+
 async def test_binary_frames_get_an_error(connect, alice):
     inbox, _, _ = await connect(alice, "/ws/chat/inbox/")
     await inbox.send_to(bytes_data=b"\x00\x01")
