@@ -1113,9 +1113,14 @@ def uncount_unread(message: Message) -> list[Membership]:
     return list(Membership.objects.filter(pk__in=ids))
 
 
-def toggle_reaction(*, message: Message, user, emoji: str) -> Message:
+def toggle_reaction(*, message: Message, user, emoji: str, on: bool | None = None) -> Message:
     """Add the person's `emoji` to the message, or take it back; returns the message with its
     new change cursor.
+
+    `on` says which (True: add it, False: take it back), so that the same request sent twice
+    (a retry whose answer was lost, two tabs) ends as the person meant: a reaction already so
+    changes nothing (no cursor taken, no frame), and the message is returned as given.
+    Without it, the reaction is toggled.
 
     Every send and change of the chat waits for the chat's lock, on every server process, so a
     reaction holds it for as few statements as it can. One added is inserted before the lock:
@@ -1135,13 +1140,18 @@ def toggle_reaction(*, message: Message, user, emoji: str) -> Message:
     emoji = clean_reaction(emoji)
     if message.deleted_at is not None:
         raise ValidationError("This message was deleted.")
+    mine = Reaction.objects.filter(message_id=message.pk, user=user, emoji=emoji)
+    if on is False and not mine.exists():
+        return message  # taken back already
     with transaction.atomic():
-        added = reaction_added(message, user, emoji)
+        added = on is not False and reaction_added(message, user, emoji)
+        if on is True and not added:
+            return message  # there already: nothing inserted, nothing to roll back
         change_seq = take_change_cursor(message.chat_id)
         if change_seq is None:
             raise Membership.DoesNotExist("Not a member of this chat.")
         if not added:
-            Reaction.objects.filter(message_id=message.pk, user=user, emoji=emoji).delete()
+            mine.delete()
         stored = stamp_reaction(message, change_seq, reactor=user)
         after_commit(lambda: events.reactions_changed(message=stored))
     return stored

@@ -69,7 +69,11 @@ Frames a client may send to a room:
         with 4403.
     {"type": "edit", "message_id": N, "body": "..."}
     {"type": "delete", "message_id": N}
-    {"type": "react", "message_id": N, "emoji": "<one of CHAT_REACTIONS>"}
+    {"type": "react", "message_id": N, "emoji": "<one of CHAT_REACTIONS>", "on": true|false}
+        "on" (optional) says whether the person's reaction should be there afterwards: sent
+        again (a retry whose ack was lost, a second tab) it changes nothing more, and a
+        reaction already so is acked without a change or frame. Without it, the reaction
+        is toggled, as the route's button does.
         Change a message, as the `messages/<id>/edit/`, `delete/` and `react/` routes do
         (same checks, same rate limits: "edit" counts edits and deletes, "react"
         reactions). Answered with {"type": "ack", "action": "edit", "message_id": N,
@@ -816,6 +820,8 @@ class RoomConsumer(ChatConsumer):
         field, needs = self.CHANGE_TEXT_FIELDS.get(action, (None, ""))
         if field and not isinstance(frame.get(field), str):
             return await self.send_error("malformed", needs, **about)
+        if action == "react" and not isinstance(frame.get("on", False), bool):
+            return await self.send_error("malformed", "on must be true or false.", **about)
         try:
             change_seq = await changes_trip(self.apply_change)(action, message_id, frame)
         except Http404:
@@ -845,7 +851,9 @@ class RoomConsumer(ChatConsumer):
         elif action == "delete":
             message = services.delete_message(message=message, actor=self.user)
         else:
-            message = services.toggle_reaction(message=message, user=self.user, emoji=frame.get("emoji"))
+            message = services.toggle_reaction(
+                message=message, user=self.user, emoji=frame.get("emoji"), on=frame.get("on")
+            )
         return message.change_seq
 
     def schedule_read(self, message_id: int) -> None:

@@ -233,6 +233,18 @@ def test_a_reaction_holds_its_chats_lock_for_as_few_statements_as_it_can(bob_say
     assert refreshed(bob_says).change_seq == chat_cursor(bob_says) == 3
 
 
+def test_a_reaction_with_its_intent_ends_as_meant_however_often_it_is_sent(bob_says, alice, carol):
+    services.toggle_reaction(message=bob_says, user=carol, emoji=THUMBS)  # someone else's stays
+    for on in (True, True):
+        services.toggle_reaction(message=bob_says, user=alice, emoji=THUMBS, on=on)
+    assert Reaction.objects.filter(user=alice).count() == 1
+    assert chat_cursor(bob_says) == 2  # the second took no cursor
+    for on in (False, False):
+        services.toggle_reaction(message=bob_says, user=alice, emoji=THUMBS, on=on)
+    assert not Reaction.objects.filter(user=alice).exists() and Reaction.objects.filter(user=carol).exists()
+    assert refreshed(bob_says).change_seq == chat_cursor(bob_says) == 3
+
+
 def test_a_reaction_taken_back_from_two_tabs_at_once_stays_taken_back(bob_says, alice, monkeypatch):
     """Both tabs showed it, both take it back: the second finds it gone when its turn at the
     chat's lock comes, and leaves it gone instead of adding it again."""

@@ -17,7 +17,7 @@ from chat.models import Message, Reaction
 from chat.realtime import consumers
 from chat.tests import test_consumers
 from chat.tests.database_faults import table_missing
-from chat.tests.test_consumers import expect_close, receive_until
+from chat.tests.test_consumers import expect_close, gets_only_unasked_frames, receive_until
 
 channel_layer = test_consumers.channel_layer
 connect = test_consumers.connect
@@ -73,6 +73,23 @@ async def test_reactions_from_two_people_reach_the_room_with_counts(connect, gro
     assert [f["change_seq"] for f in frames] == [1, 2]
     assert f'data-reactor-ids="{alice.pk} {carol.pk}"' in frames[1]["html"]
     assert "Alice, Carol" in frames[1]["html"]
+
+
+async def test_a_reaction_sent_again_with_its_intent_changes_nothing_more(connect, group, alice, bob, bobs_message):
+    """A retry whose ack was lost, or a second tab: with "on" the reaction ends as meant, and
+    what is already so is acked without a change or a frame."""
+    alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    bob_room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
+    acks, frames = [], []
+    for on, changes in [(True, True), (True, False), (False, True), (False, False)]:
+        await alice_room.send_to(text_data=frame(type="react", message_id=bobs_message.pk, emoji=THUMBS, on=on))
+        acks.append((await receive_until(alice_room, "ack"))["change_seq"])
+        if changes:
+            frames.append(await receive_until(bob_room, "chat.reacted"))
+    assert acks == [1, 1, 2, 2]
+    assert [f["change_seq"] for f in frames] == [1, 2]
+    assert await gets_only_unasked_frames(bob_room, 0.3)
+    assert not await database_sync_to_async(Reaction.objects.exists)()
 
 
 async def test_a_change_meeting_a_database_error_that_waiting_does_not_mend_is_failed_not_busy(
@@ -140,6 +157,7 @@ async def test_a_delete_frame_blanks_the_message_for_the_room(connect, group, al
         ("carol", {"type": "react", "emoji": "🦄"}, "invalid"),
         ("carol", {"type": "react"}, "malformed"),
         ("carol", {"type": "react", "emoji": ["👍"]}, "malformed"),
+        ("carol", {"type": "react", "emoji": "👍", "on": "yes"}, "malformed"),
     ],
 )
 async def test_refused_changes_get_error_frames_and_change_nothing(
