@@ -49,8 +49,10 @@ import gc
 import json
 import os
 import secrets
+import shutil
 import sys
 import tempfile
+import time
 from contextlib import suppress
 from pathlib import Path
 
@@ -68,7 +70,7 @@ from benchmarks.fanout_report import Result, print_table, report  # noqa: E402
 from benchmarks.fanout_storm import StormResult, print_storm, run_storm  # noqa: E402
 from benchmarks.room_client import REORDER_GRACE_SECONDS, new_http_client  # noqa: E402
 from benchmarks.seeding import Room, Seed, seed, seed_rooms, server_env, setup_django  # noqa: E402
-from benchmarks.tooling import SERVERS, ServerProcess, raise_open_files_limit  # noqa: E402
+from benchmarks.tooling import PROJECT_DIR, SERVERS, ServerProcess, raise_open_files_limit  # noqa: E402
 
 ASGI_APPLICATION = "benchmarks.relay_asgi:application"
 
@@ -213,6 +215,12 @@ async def storm_layer(args, layer: str, redis_url: str | None, workdir: Path, ro
     server.stop()
     if result.error:
         print(f"    failed: {result.error} (server logs in {workdir})", flush=True)
+    unexpected = {kind: n for kind, n in (result.failures or {}).items() if kind.startswith("close_code_")}
+    unexpected.pop("close_code_1012", None)  # the restart's
+    if (unexpected or result.down_at_end) and not args.logs:  # kept, or the temporary directory takes them
+        kept = PROJECT_DIR / "test-artifacts" / f"storm-logs-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.copytree(workdir, kept, ignore=shutil.ignore_patterns("*.sqlite3*"))
+        print(f"    closes other than the restart's {unexpected}: server logs kept in {kept}", flush=True)
     return result
 
 
