@@ -729,12 +729,18 @@ def delete_message(request, pk, message_id):
 
 @chat_view("POST")
 def react(request, pk, message_id):
-    """Toggle one of CHAT_REACTIONS on the message (the button pressed names it)."""
+    """Toggle one of CHAT_REACTIONS on the message (the button pressed names it), or with
+    `on=true`/`on=false` make it so, as the room socket's react frame can."""
     membership, message = message_of(request, pk, message_id)
     try:
         check_rate(action="react", key=request.user.pk)
+        on = request.POST.get("on")
+        if on not in (None, "true", "false"):
+            raise ValidationError("on must be true or false.")
         # As stored under the reaction's change (an edit may have come since the read above).
-        message = services.toggle_reaction(message=message, user=request.user, emoji=request.POST.get("emoji"))
+        message = services.toggle_reaction(
+            message=message, user=request.user, emoji=request.POST.get("emoji"), on=None if on is None else on == "true"
+        )
     except (ValidationError, RateLimited) as exc:
         return refused(request, membership, message, exc)
     if not request.htmx:

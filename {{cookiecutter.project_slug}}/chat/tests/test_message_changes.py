@@ -245,6 +245,17 @@ def test_a_reaction_with_its_intent_ends_as_meant_however_often_it_is_sent(bob_s
     assert refreshed(bob_says).change_seq == chat_cursor(bob_says) == 3
 
 
+def test_the_react_route_takes_the_same_intent(bob_says, alice):
+    client = logged_in(alice)
+    for on in ("true", "true"):
+        assert client.post(message_url("react", bob_says), {"emoji": THUMBS, "on": on}, headers=HTMX).status_code == 200
+    assert Reaction.objects.filter(user=alice).count() == 1
+    refused = client.post(message_url("react", bob_says), {"emoji": THUMBS, "on": "maybe"}, headers=HTMX)
+    assert refused.status_code == 400 and "on must be true or false" in refused.content.decode()
+    client.post(message_url("react", bob_says), {"emoji": THUMBS, "on": "false"}, headers=HTMX)
+    assert not Reaction.objects.exists()
+
+
 def test_a_reaction_taken_back_from_two_tabs_at_once_stays_taken_back(bob_says, alice, monkeypatch):
     """Both tabs showed it, both take it back: the second finds it gone when its turn at the
     chat's lock comes, and leaves it gone instead of adding it again."""
