@@ -86,8 +86,8 @@ def join_many(sockets) -> dict:
     each socket, so there is no row to update first.
 
     A chat deleted meanwhile fails the INSERT (its row would point nowhere): then the other
-    sockets' rows go in without it, and its socket is closed by the deletion, as the rest of
-    its room's."""
+    sockets' rows go in without it. A socket whose chat is gone must not close the others
+    opening with it (each would close with 1011 and reconnect)."""
     now = timezone.now()
     rows = [RoomPresence(channel_name=name, chat_id=chat, user_id=user, seen_at=now) for name, chat, user in sockets]
     try:
