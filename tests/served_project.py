@@ -111,10 +111,12 @@ class ServedProject:
             self.process = subprocess.Popen(
                 # `-m daphne`, as the project's benchmarks start it: a shared venv's console
                 # scripts name the interpreter of the tree that built it, which may be gone.
-                [
-                    *(str(self.venv / "bin" / "python"), "-m", "daphne"),
-                    *("-e", f"tcp:port={self.port}:interface=127.0.0.1:backlog=2048", "config.asgi:application"),
-                ],
+                tooling.server_command(
+                    "daphne",
+                    python=str(self.venv / "bin" / "python"),
+                    port=self.port,
+                    application="config.asgi:application",
+                ),
                 cwd=self.path,
                 env=clean_env(**self.env),
                 stdout=log_file,

@@ -24,6 +24,14 @@ def bob_says(group_chat, bob):
     return services.send_message(chat=group_chat, sender=bob, body="original words")
 
 
+@pytest.fixture
+def frames(monkeypatch) -> list[dict]:
+    """The room frames the services send, decoded, instead of through the channel layer."""
+    sent = []
+    monkeypatch.setattr(events, "send", lambda group, event: sent.append(json.loads(event["text"])))
+    return sent
+
+
 def logged_in(user, **options) -> Client:
     client = Client(**options)
     client.force_login(user)
@@ -215,11 +223,11 @@ def test_a_reaction_holds_its_chats_lock_for_as_few_statements_as_it_can(bob_say
     if rows_returned and not services.returns_rows_from_writes():
         pytest.skip("this database returns no rows from writes")
     monkeypatch.setattr(services, "returns_rows_from_writes", lambda: rows_returned)
-    cursor = ["UPDATE"] if rows_returned else ["UPDATE", "SELECT"]
-    stamp = ["UPDATE"] if rows_returned else ["UPDATE", "SELECT"]  # returning the message, or read after
+    # The cursor's UPDATE and the message's stamp each return their row, or are read after.
+    update = ["UPDATE"] if rows_returned else ["UPDATE", "SELECT"]
     for toggle, before, under in [
-        ("added", ["INSERT"], [*cursor, *stamp]),
-        ("taken back", ["INSERT"], [*cursor, "DELETE", *stamp]),
+        ("added", ["INSERT"], [*update, *update]),
+        ("taken back", ["INSERT"], [*update, "DELETE", *update]),
     ]:
         with CaptureQueriesContext(connection) as queries:
             services.toggle_reaction(message=bob_says, user=alice, emoji=THUMBS)
@@ -281,13 +289,11 @@ def test_a_reaction_to_a_message_deleted_outright_meanwhile_is_refused_as_delete
 
 
 def test_a_reaction_to_a_reply_whose_original_was_deleted_outright_shows_the_original_deleted(
-    group_chat, alice, bob, bob_says, monkeypatch, django_capture_on_commit_callbacks
+    group_chat, alice, bob, bob_says, frames, django_capture_on_commit_callbacks
 ):
     """One bubble alone (the room's frame, the react route's answer) looks its original up."""
     reply = services.send_message(chat=group_chat, sender=alice, body="an answer", reply_to_id=bob_says.pk)
     services.delete_messages(message_ids=[bob_says.pk])
-    frames = []
-    monkeypatch.setattr(events, "send", lambda group, event: frames.append(json.loads(event["text"])))
 
     with django_capture_on_commit_callbacks(execute=True):
         response = logged_in(bob).post(message_url("react", reply), {"emoji": THUMBS}, headers=HTMX)
@@ -300,7 +306,7 @@ def test_a_reaction_to_a_reply_whose_original_was_deleted_outright_shows_the_ori
 
 @pytest.mark.parametrize("rows_returned", [True, False], ids=["rows returned", "read after"])
 def test_a_reactions_frame_shows_the_message_as_its_change_stored_it_without_reading_it_again(
-    bob_says, alice, bob, rows_returned, monkeypatch, django_capture_on_commit_callbacks
+    bob_says, alice, bob, rows_returned, monkeypatch, frames, django_capture_on_commit_callbacks
 ):
     """The reactor's read of the message can be older than an edit that took the chat's
     lock first. The message returned and the room's frame show the text as stored under the
@@ -308,8 +314,6 @@ def test_a_reactions_frame_shows_the_message_as_its_change_stored_it_without_rea
     if rows_returned and not services.returns_rows_from_writes():
         pytest.skip("this database returns no rows from writes")
     monkeypatch.setattr(services, "returns_rows_from_writes", lambda: rows_returned)
-    frames = []
-    monkeypatch.setattr(events, "send", lambda group, event: frames.append(json.loads(event["text"])))
     read_before_the_edit = Message.objects.select_related("sender").get(pk=bob_says.pk)
     services.edit_message(message=bob_says, user=bob, body="edited words")
 
