@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import time
 
 import pytest
 import test_browser
@@ -30,17 +31,24 @@ except ImportError:  # the `browser` fixture skips or fails
     expect = None
 
 SERVICE_RESTART = 1012
-# Every close code the page's sockets saw, in window.closeCodes, and the type of every frame
-# they received, in window.frameTypes (test instrumentation only).
+# chat-websocket.js: after a 1012 a socket that cannot connect tries again within this long
+# (for 30 s), instead of backing off towards 15 s; the margin covers a busy test machine.
+RESTART_RETRY_MS = 2000
+RETRY_MARGIN_MS = 700
+# Every close code the page's sockets saw, in window.closeCodes, the type of every frame
+# they received, in window.frameTypes, and the URL (and time) of every socket the page
+# opened, in window.socketUrls and window.socketTimes (test instrumentation only).
 RECORD_SOCKETS = """
 window.closeCodes = [];
 window.frameTypes = [];
 window.socketUrls = [];
+window.socketTimes = [];
 const PageWebSocket = window.WebSocket;
 window.WebSocket = class extends PageWebSocket {
   constructor(...args) {
     super(...args);
     window.socketUrls.push(String(args[0]));
+    window.socketTimes.push([String(args[0]), performance.now()]);
     this.addEventListener("close", (event) => window.closeCodes.push(event.code));
     this.addEventListener("message", (event) => window.frameTypes.push(JSON.parse(event.data).type));
   }
@@ -144,3 +152,30 @@ def test_a_reopened_room_gets_what_it_missed_with_its_greeting_and_fetches_only_
     room_socket_urls = [url for url in yuri.evaluate("window.socketUrls") if f"/ws/chat/{chat_id}/" in url]
     assert room_socket_urls[-1].endswith(f"/ws/chat/{chat_id}/?after={first_id}")
     assert [url.partition("?")[2] for url in fetched] == ["changed_since=0"]
+
+
+def test_a_page_keeps_trying_every_couple_of_seconds_while_the_restarted_server_is_down(server, open_as):
+    """A single process restarting: no other one takes the socket, and the page keeps trying
+    at most RESTART_RETRY_MS apart, so it is back within seconds of the server. Backing off as
+    after any other failure, it would be waiting 4, 8, then up to 15 s by now."""
+    ids = server.set_up(users=["zack", "abby"], chats=[("zack", "abby", ["Before a slow deploy"])])
+    chat_id = ids["chats"]["zack:abby"]
+    abby = open_as("abby")
+    abby.add_init_script(RECORD_SOCKETS)
+    goto_with_socket(abby, room_path(chat_id), f"/ws/chat/{chat_id}/")
+
+    assert server.terminate() == 0
+    abby.wait_for_function(f"window.closeCodes.includes({SERVICE_RESTART})")
+    restarted_at = abby.evaluate("performance.now()")
+    time.sleep(12)  # past where the backoff would wait 4, then 8 s
+    down_until = abby.evaluate("performance.now()")
+    room_sockets = [(url, at) for url, at in abby.evaluate("window.socketTimes") if f"/ws/chat/{chat_id}/" in url]
+    tries = [at for _, at in room_sockets if at > restarted_at]
+    gaps = [later - earlier for earlier, later in zip([restarted_at, *tries], [*tries, down_until], strict=True)]
+    assert len(tries) >= 5, tries
+    assert max(gaps) < RESTART_RETRY_MS + RETRY_MARGIN_MS, [round(gap) for gap in gaps]
+
+    server.send(sender="zack", receiver="abby", bodies=["Sent while it was down"])
+    server.start()
+    expect(abby.locator("main [data-connection-status]")).to_be_hidden(timeout=REOPENED_WITHIN_MS)
+    expect(abby.locator("main .bubble-body")).to_have_text(["Before a slow deploy", "Sent while it was down"])

@@ -2,16 +2,16 @@
 
 It follows the room's JavaScript (static/js/components/chat/): `chat-websocket.js`
 (`ReconnectingSocket`: reconnect with full jitter, within a second when the server restarts
-(1012), stop on 4401/4403; and `socket-heartbeat.js`: a ping when quiet, a silent socket
-dropped and reconnected), `chat-inbox.js` (`InboxClient`: the inbox socket every page
-opens), `message-send.js` (frames chained by `prev_id`, an early frame held for the reorder
-grace, each open asking after the newest message shown (`?after=<id>`, answered with the
-missed bubbles in the greeting), catch-up over HTTP with `messages/?after=<id>`, and
-`&before=<id>` while frames past a gap are held, when a frame skips one or the greeting
-still names a newer message) and, in room_outbox.py, `message-outbox.js`
-(sends over the socket with an ack, over HTTP when the socket is down or the ack is late,
-overload answers waited out, always with the message's client id). The protocol itself is
-documented in `chat/realtime/consumers.py`.
+(1012) and at most RESTART_RETRY_SECONDS apart while it is still down, stop on 4401/4403;
+and `socket-heartbeat.js`: a ping when quiet, a silent socket dropped and reconnected),
+`chat-inbox.js` (`InboxClient`: the inbox socket every page opens), `message-send.js`
+(frames chained by `prev_id`, an early frame held for the reorder grace, each open asking
+after the newest message shown (`?after=<id>`, answered with the missed bubbles in the
+greeting), catch-up over HTTP with `messages/?after=<id>`, and `&before=<id>` while frames
+past a gap are held, when a frame skips one or the greeting still names a newer message)
+and, in room_outbox.py, `message-outbox.js` (sends over the socket with an ack, over HTTP
+when the socket is down or the ack is late, overload answers waited out, always with the
+message's client id). The protocol itself is documented in `chat/realtime/consumers.py`.
 
 Everything shown is recorded (`shown`, `shown_at`, `framed_at`, `counts`) for a benchmark
 to time and a test to compare with the database. Needs `websockets` and `httpx` (the dev extra).
@@ -40,6 +40,8 @@ SERVICE_RESTART = 1012  # the server process is stopping (a deploy): another one
 RECONNECT_BASE_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 15.0
 RESTART_JITTER_SECONDS = 1.0
+RESTART_WINDOW_SECONDS = 30.0  # after a 1012, a socket that cannot connect retries
+RESTART_RETRY_SECONDS = 2.0  # at most this far apart for this long
 # socket-heartbeat.js
 HEARTBEAT_SECONDS = 25.0  # a ping after this long without a frame
 PONG_TIMEOUT_SECONDS = 10.0  # nothing heard this long after the ping: the socket is dead
@@ -65,7 +67,9 @@ class ReconnectingSocket:
     A failed attempt and a dropped socket both wait `random.uniform(0, min(max, base * 2**attempts))`
     before the next attempt; the first frame a socket hears resets `attempts` (not its open: a
     server that accepts only to close at once, busy, must see the waits grow); 4401/4403 end
-    it for good.
+    it for good. A restart (1012) is reconnected within RESTART_JITTER_SECONDS, and for
+    RESTART_WINDOW_SECONDS after it an attempt that cannot connect waits at most
+    RESTART_RETRY_SECONDS: the process is expected back within seconds.
     While open, it keeps a heartbeat (`heartbeat`: the quiet and the silence it allows,
     in seconds, as socket-heartbeat.js).
     Subclasses give the `path` and react in `on_open`, `on_text` and `on_closed`.
@@ -94,6 +98,7 @@ class ReconnectingSocket:
         self.closed_at: list[float] = []  # time.monotonic() of each close, for a test to time the reconnects
         self.close_codes: Counter[int] = Counter()  # how the server closed the socket, each time
         self.connected = asyncio.Event()
+        self.restarted_at: float | None = None  # time.monotonic() of the last 1012, until a frame is heard
         self.final_close_code: int | None = None
         self.stopped = False
         self.ws: ClientConnection | None = None
@@ -137,7 +142,7 @@ class ReconnectingSocket:
                 self.counts[f"failed_connect_{type(exc).__name__}"] += 1
                 if self.failover:
                     self.server_index = (self.server_index + 1) % len(self.servers)
-                await self.reconnect_pause(attempts)
+                await self.reconnect_pause(attempts, server_restarting=self.server_restarting())
                 attempts += 1
                 continue
             self.ws = ws
@@ -151,6 +156,7 @@ class ReconnectingSocket:
                 async for text in ws:
                     self.last_heard = time.monotonic()
                     attempts = 0  # let in: the backoff starts over at the next drop
+                    self.restarted_at = None
                     self.on_text(text)
             except (OSError, WebSocketException) as exc:
                 self.counts[f"closed_{type(exc).__name__}"] += 1
@@ -161,6 +167,8 @@ class ReconnectingSocket:
             self.closed_at.append(time.monotonic())
             self.close_codes[ws.close_code] += 1
             restarting = ws.close_code == SERVICE_RESTART
+            if restarting:
+                self.restarted_at = time.monotonic()
             if restarting and self.failover:
                 self.server_index = (self.server_index + 1) % len(self.servers)
             self.on_closed()
@@ -211,12 +219,23 @@ class ReconnectingSocket:
                 ws.transport.abort()  # the read loop ends now, with no close frame (1006)
                 return
 
-    async def reconnect_pause(self, attempts: int, *, restarting: bool = False) -> None:
+    async def reconnect_pause(
+        self, attempts: int, *, restarting: bool = False, server_restarting: bool = False
+    ) -> None:
         """Full jitter: exponential backoff, or at most a second when the server restarts
-        (its sockets all reconnect at once, spread over that second)."""
+        (its sockets all reconnect at once, spread over that second), and at most
+        RESTART_RETRY_SECONDS while a restarted server does not take connections yet."""
         base, ceiling = self.reconnect_delays
-        longest = RESTART_JITTER_SECONDS if restarting else min(ceiling, base * 2**attempts)
+        longest = min(ceiling, base * 2**attempts)
+        if restarting:
+            longest = RESTART_JITTER_SECONDS
+        elif server_restarting:
+            longest = min(longest, RESTART_RETRY_SECONDS)
         await asyncio.sleep(random.uniform(0, longest))  # noqa: S311 - jitter
+
+    def server_restarting(self) -> bool:
+        """Whether the last close was a restart (1012) under RESTART_WINDOW_SECONDS ago, with no frame heard since."""
+        return self.restarted_at is not None and time.monotonic() - self.restarted_at < RESTART_WINDOW_SECONDS
 
     def socket_path(self) -> str:
         """The path to open, asked on every (re)connect."""

@@ -2,8 +2,10 @@
 // the page is hidden or the browser offline, and no retry after the server says "not
 // allowed" (4401/4403). Back online, back from the back/forward cache, or told that the
 // server restarts (1012: a deploy; the proxy sends the new socket to another process), it
-// reconnects at once (and the page catches up in onOpen). While open it pings when quiet,
-// and a socket that stops answering is dropped and reconnected (socket-heartbeat.js).
+// reconnects at once (and the page catches up in onOpen); with no other process to take it,
+// it keeps trying every second or two until the restarted one is back. While open it pings
+// when quiet, and a socket that stops answering is dropped and reconnected
+// (socket-heartbeat.js).
 
 import { Heartbeat } from "./socket-heartbeat.js";
 
@@ -13,6 +15,12 @@ const FINAL_CLOSE_CODES = new Set([4401, 4403]);
 const SERVICE_RESTART = 1012;
 // A restarting process closes all its sockets together: their reconnects spread over a second.
 const RESTART_JITTER_MS = 1000;
+// A restarted process is back within seconds: for this long after a 1012, a socket that
+// cannot connect tries again at most RESTART_RETRY_MS later, not up to MAX_DELAY_MS, so the
+// page is back within a couple of seconds of the server. One that opens and is closed at
+// once (1013 busy) backs off as usual.
+const RESTART_WINDOW_MS = 30000;
+const RESTART_RETRY_MS = 2000;
 
 export function socketUrl(path) {
   const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
@@ -28,6 +36,7 @@ export class ReconnectingSocket {
     this.onFinalClose = onFinalClose || (() => {});
     this.attempts = 0;
     this.opens = 0;
+    this.restartedAt = null; // Date.now() of the last 1012, until a frame is heard
     this.stopped = false;
     this.timer = null;
     this.onVisible = () => {
@@ -57,7 +66,9 @@ export class ReconnectingSocket {
       ping: () => current() && socket.send(JSON.stringify({ type: "ping" })),
       onSilent: () => current() && this.drop({ reconnect: true }),
     });
+    let opened = false;
     this.socket.addEventListener("open", () => {
+      opened = true;
       this.opens += 1;
       heartbeat.start();
       announceStatus(this, true);
@@ -68,6 +79,7 @@ export class ReconnectingSocket {
       // Let in: the backoff starts over at the next drop. Not at the open: a server that
       // accepts only to close at once (1013 busy, 1011, 4429) must see the waits grow.
       this.attempts = 0;
+      this.restartedAt = null;
       let frame;
       try {
         frame = JSON.parse(event.data);
@@ -88,16 +100,22 @@ export class ReconnectingSocket {
         return;
       }
       announceStatus(this, false);
-      this.scheduleReconnect(event.code);
+      this.scheduleReconnect(event.code, { opened });
     });
   }
 
-  scheduleReconnect(closeCode) {
+  scheduleReconnect(closeCode, { opened = true } = {}) {
+    if (closeCode === SERVICE_RESTART) this.restartedAt = Date.now();
     if (document.hidden || !navigator.onLine) return; // onVisible and onOnline reconnect
-    const backoff = Math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** this.attempts);
-    const ceiling = closeCode === SERVICE_RESTART ? RESTART_JITTER_MS : backoff;
+    let ceiling = Math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** this.attempts);
+    if (closeCode === SERVICE_RESTART) ceiling = RESTART_JITTER_MS;
+    else if (!opened && this.serverRestarting()) ceiling = Math.min(ceiling, RESTART_RETRY_MS);
     this.attempts += 1;
     this.timer = setTimeout(() => this.connect(), Math.random() * ceiling);
+  }
+
+  serverRestarting() {
+    return this.restartedAt !== null && Date.now() - this.restartedAt < RESTART_WINDOW_MS;
   }
 
   isOpen() {
