@@ -161,6 +161,38 @@ def test_reactions_toggled_from_both_sides_show_counts_and_who_live(server, open
     shoot(jon, "message-changes-reactions-phone")
 
 
+def test_a_tab_that_has_not_heard_of_a_reaction_yet_does_not_undo_it(server, open_as):
+    """The page's reaction buttons send what the viewer wants (`on`), as their page shows
+    it. A second tab that has not heard of the first tab's reaction yet, picking the same
+    one, asks for it to be there: it stays, where a toggle would have taken it back."""
+    chat_id, (kit, _) = open_chat(server, open_as, "kit", "lee", ["react once"])
+    behind = open_as("kit")
+
+    def without_reaction_frames(ws):
+        upstream = ws.connect_to_server()
+        upstream.on_message(lambda message: None if '"chat.reacted"' in message else ws.send(message))
+
+    behind.route_web_socket(re.compile(r".*/ws/chat/\d+/(\?|$)"), without_reaction_frames)
+    goto_with_socket(behind, room_path(chat_id), f"/ws/chat/{chat_id}/")
+    posted = []
+    behind.on("request", lambda request: "/react/" in request.url and posted.append(request.post_data))
+
+    open_menu(kit, "react once").get_by_role("button", name=f"React with {THUMBS}").click()
+    expect(kit.locator("main [data-reaction]")).to_have_attribute("aria-label", f"{THUMBS} 1")
+    open_menu(behind, "react once").get_by_role("button", name=f"React with {THUMBS}").click()
+    behind_chip = behind.locator("main [data-reaction]")
+    expect(behind_chip).to_have_attribute("aria-label", f"{THUMBS} 1")  # the answer: there, once
+    expect(behind_chip).to_have_attribute("aria-pressed", "true")
+    assert len(posted) == 1 and "on=true" in posted[0], posted
+
+    behind_chip.click()  # shown pressed now: taken back
+    expect(behind_chip).to_have_count(0)
+    assert "on=false" in posted[-1], posted
+    kit.reload()
+    expect(kit.locator("main [data-message-id]", has_text="react once")).to_be_visible()
+    expect(kit.locator("main [data-reaction]")).to_have_count(0)
+
+
 def test_changes_that_cross_on_their_way_are_shown_in_order_without_a_fetch(server, open_as):
     """Changes made on two server processes can reach a page in the wrong order. The page
     waits a moment for the one it skipped instead of fetching at once (every page of a

@@ -40,6 +40,21 @@ export function markOwnReactions(root) {
   });
 }
 
+// A reaction's form (a bubble's reaction or the menu's choice) says what the viewer wants,
+// `on` (add it) or not (take it back), as their page shows it: a page behind another tab's
+// change (its frame not here yet) then asks for the state it shows the opposite of, instead
+// of undoing that change. Without JavaScript the form toggles.
+document.addEventListener("htmx:configRequest", (event) => {
+  const form = event.detail.elt;
+  const bubble = form?.closest?.("[data-message-id]");
+  const emoji = event.detail.parameters.emoji;
+  if (!bubble || !form.matches('form[action$="/react/"]') || typeof emoji !== "string") return;
+  const mine = [...bubble.querySelectorAll("[data-reaction]")].some(
+    (button) => button.value === emoji && button.getAttribute("aria-pressed") === "true",
+  );
+  event.detail.parameters.on = String(!mine);
+});
+
 export class MessageChanges {
   // room: the ChatRoom (its list, messagesUrl, decorate(bubble)); cursor: the page's.
   constructor(room, cursor) {
