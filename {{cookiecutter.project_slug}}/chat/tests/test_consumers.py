@@ -772,6 +772,47 @@ async def test_read_marks_waiting_for_their_chats_lock_hold_up_no_handshake_or_s
     assert await read_up_to() == message.pk
 
 
+@contextlib.asynccontextmanager
+async def sockets_thread_held():
+    """The sockets' database thread busy meanwhile, as with a long trip of handshakes."""
+    busy, release = threading.Event(), threading.Event()
+
+    def hold():
+        busy.set()
+        release.wait(5)
+
+    trip = asyncio.ensure_future(database_trip(hold)())
+    try:
+        assert await asyncio.to_thread(busy.wait, 5)
+        yield
+    finally:
+        release.set()
+        await trip
+
+
+def send_from_a_request_thread(**kwargs):
+    try:
+        return services.send_message(**kwargs)
+    finally:
+        connection.close()
+
+
+@pytest.mark.skipif(connection.vendor == "sqlite", reason="on SQLite fan-outs share the sockets' database thread")
+async def test_a_messages_inbox_fan_out_does_not_wait_for_the_sockets_database_thread(connect, alice, carol, group):
+    """A message's inbox fan-out counts unread messages for its whole room, a few queries, on
+    the process's background thread: it does not wait behind the handshakes and sends queued
+    on the sockets' thread, nor do they wait behind it (after a restart under load, fan-outs
+    took most of that thread's time while thousands of sockets waited to open)."""
+    inbox, _, _ = await connect(carol, "/ws/chat/inbox/")
+    await receive_until(inbox, "inbox.sync")
+    async with sockets_thread_held():
+        body = "sent while the sockets' thread is busy"
+        message = await asyncio.to_thread(send_from_a_request_thread, chat=group, sender=alice, body=body)
+        frame = await receive_until(inbox, "inbox.message", timeout=3)
+    assert (frame["message_id"], frame["unread"], frame["total_unread"]) == (message.pk, 1, 1)
+    await inbox.disconnect()
+
+
 async def counts_settle(counts: list, quiet: float = 0.3) -> None:
     while True:
         seen = len(counts)
