@@ -2,7 +2,7 @@
 
 It follows the room's JavaScript (static/js/components/chat/): `chat-websocket.js`
 (`ReconnectingSocket`: reconnect with full jitter, within a second when the server restarts
-(1012) and at most RESTART_RETRY_SECONDS apart while it is still down, stop on 4401/4403;
+(1012) and at most RESTART_RETRY_SECONDS apart for 30 s while it is down, stop on 4401/4403;
 and `socket-heartbeat.js`: a ping when quiet, a silent socket dropped and reconnected),
 `chat-inbox.js` (`InboxClient`: the inbox socket every page opens), `message-send.js`
 (frames chained by `prev_id`, an early frame held for the reorder grace, each open asking
@@ -142,7 +142,10 @@ class ReconnectingSocket:
                 self.counts[f"failed_connect_{type(exc).__name__}"] += 1
                 if self.failover:
                     self.server_index = (self.server_index + 1) % len(self.servers)
-                await self.reconnect_pause(attempts, server_restarting=self.server_restarting())
+                # A handshake that timed out found the server up (a browser would still be
+                # waiting for it): it backs off, where a refused one tries again soon.
+                down = self.server_restarting() and not isinstance(exc, TimeoutError)
+                await self.reconnect_pause(attempts, server_restarting=down)
                 attempts += 1
                 continue
             self.ws = ws

@@ -24,6 +24,7 @@ Message changes from room sockets (edits, deletes, reactions) take `changes_trip
 database server, a thread of their own, so that one waiting for its chat's row lock does
 not hold up every other socket's trip (see there). The process's own batches (read marks,
 presence rows and counts) take `background_trip`, a thread of theirs, for the same reason.
+New messages' inbox counts take `fan_out_trip`, one more, for their volume (see there).
 
 `database_busy` tells a database that cannot answer for now (worth a 503 and a retry) from
 one that answered with an error: for the chat's views, the project's error handler and the
@@ -71,6 +72,8 @@ CHANGES_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-chan
 # The one thread of `background_trip`: the process's own batches keep their order (a
 # socket's presence row is deleted before its room is recounted), one more connection.
 BACKGROUND_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-background")
+# The one thread of `fan_out_trip`: new messages' inbox counts, one more connection.
+FAN_OUT_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-fan-out")
 
 
 def changes_trip(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
@@ -107,6 +110,20 @@ def background_trip(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     behind them. On SQLite, the sockets' thread, for the reason `changes_trip` gives.
     """
     return on_a_thread_of_its_own(func, BACKGROUND_THREAD)
+
+
+def fan_out_trip(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """`func` for a new message's inbox counts (`events.inbox_message_events`, a few queries
+    over its whole room): on a database server, on a thread of its own, as `changes_trip`.
+
+    They take no lock; they moved for their volume. On the sockets' thread, after a restart
+    under 10 messages a second, they took most of that thread's time while thousands of
+    handshakes queued behind them (`benchmarks/bench_fanout.py --storm 5000`). On the
+    background thread they would wait behind read marks waiting for their chats' locks, and
+    the presence rows of closing sockets behind them. On SQLite, the sockets' thread, for
+    the reason `changes_trip` gives.
+    """
+    return on_a_thread_of_its_own(func, FAN_OUT_THREAD)
 
 
 def on_a_thread_of_its_own(func: Callable[P, R], executor: ThreadPoolExecutor) -> Callable[P, Awaitable[R]]:

@@ -17,7 +17,7 @@ from asgiref.sync import sync_to_async
 
 from chat import events
 from chat.realtime import hub
-from chat.realtime.database import background_trip
+from chat.realtime.database import fan_out_trip
 from chat.realtime.loop import PerLoop, serving_here
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class InboxFanout(PerLoop):
         self.last_run[chat_id] = self.loop.time()
         self.prune()
         try:
-            inbox_events = await fan_out_trip(self.loop)(events.inbox_message_events)(message=message)
+            inbox_events = await counts_trip(self.loop)(events.inbox_message_events)(message=message)
             await post_to_mailbox(self.layer, inbox_events)
         except Exception:  # a database or layer that is down: the next message's fan-out carries the counts
             logger.exception("Inbox fan-out for chat %s failed", chat_id)
@@ -111,14 +111,12 @@ class InboxFanout(PerLoop):
             self.last_run = {c: at for c, at in self.last_run.items() if now - at < INBOX_UPDATE_INTERVAL}
 
 
-def fan_out_trip(loop: asyncio.AbstractEventLoop):
-    """Where a fan-out reads its counts. On the server's loop, the process's background thread
-    (`background_trip`), as its read marks: a fan-out is a few queries over the whole room,
-    and on the sockets' thread the handshakes and sends queued behind them (after a restart
-    under 10 messages a second, most of that thread's time went to fan-outs while thousands
-    of sockets waited to open). Elsewhere, plain sync_to_async: the caller's thread (a
-    command's, a test's) and its transaction, with no closing of "old" connections."""
-    return background_trip if serving_here(loop) else sync_to_async
+def counts_trip(loop: asyncio.AbstractEventLoop):
+    """Where a fan-out reads its counts: on the server's loop, a thread of their own
+    (`fan_out_trip`), not the sockets' thread that handshakes and sends wait for. Elsewhere,
+    plain sync_to_async: the caller's thread (a command's, a test's) and its transaction,
+    with no closing of "old" connections."""
+    return fan_out_trip if serving_here(loop) else sync_to_async
 
 
 async def post_to_mailbox(layer, inbox_events: list[dict]) -> None:

@@ -3,7 +3,7 @@
 // allowed" (4401/4403). Back online, back from the back/forward cache, or told that the
 // server restarts (1012: a deploy; the proxy sends the new socket to another process), it
 // reconnects at once (and the page catches up in onOpen); with no other process to take it,
-// it keeps trying every second or two until the restarted one is back. While open it pings
+// it keeps trying every second or two, for up to 30 s, until the restarted one is back. While open it pings
 // when quiet, and a socket that stops answering is dropped and reconnected
 // (socket-heartbeat.js).
 
