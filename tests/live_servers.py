@@ -70,6 +70,28 @@ class Project:
         return json.loads(self.run("manage.py", "shell", "-c", code).stdout.strip().splitlines()[-1])
 
 
+# Run by the project's Python (the template suite's venv has no PostgreSQL driver). DROP
+# DATABASE ... WITH (FORCE) is refused while an autovacuum worker is on the database (it
+# belongs to no role the test's may signal), so the drop is tried again for a few seconds.
+DROP_DATABASE = """
+import sys, time
+import psycopg
+for attempt in range(20):
+    try:
+        with psycopg.connect(sys.argv[1], autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{sys.argv[2]}" WITH (FORCE)')
+        break
+    except psycopg.errors.InsufficientPrivilege:
+        if attempt == 19:
+            raise
+        time.sleep(0.5)
+"""
+
+
+def drop_database_at_teardown(project: Project, request, postgres_url: str, name: str) -> None:
+    request.addfinalizer(lambda: project.run("-c", DROP_DATABASE, postgres_url, name))
+
+
 def bake_project(cookies_session, request, *, postgres_url: str, redis_url: str, name: str) -> Project:
     """Bake the redis + postgresql project and migrate a fresh database, dropped at teardown."""
     result = cookies_session.bake(extra_context={"setup_environment": False, **ANSWERS})
@@ -81,7 +103,7 @@ def bake_project(cookies_session, request, *, postgres_url: str, redis_url: str,
     # The test suite's venv has no PostgreSQL driver; the project's has psycopg.
     admin = ["-c", "import psycopg, sys; psycopg.connect(sys.argv[1], autocommit=True).execute(sys.argv[2])"]
     baked.run(*admin, postgres_url, f'CREATE DATABASE "{name}"')
-    request.addfinalizer(lambda: baked.run(*admin, postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    drop_database_at_teardown(baked, request, postgres_url, name)
     baked.run("manage.py", "migrate", "--no-input")
     return baked
 

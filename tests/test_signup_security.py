@@ -23,7 +23,7 @@ from urllib.request import HTTPCookieProcessor, build_opener
 import pytest
 from baking import clean_env
 from conftest import unavailable
-from live_servers import HOST, Project, free_port, start_servers, with_database
+from live_servers import HOST, Project, drop_database_at_teardown, free_port, start_servers, with_database
 from project_venvs import venv_for
 
 pytestmark = pytest.mark.slow
@@ -109,7 +109,7 @@ def create_database(project: Project, request, postgres_url: str, name: str) -> 
     # The template suite's venv has no PostgreSQL driver; the project's has psycopg.
     admin = ["-c", "import psycopg, sys; psycopg.connect(sys.argv[1], autocommit=True).execute(sys.argv[2])"]
     project.run(*admin, postgres_url, f'CREATE DATABASE "{name}"')
-    request.addfinalizer(lambda: project.run(*admin, postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    drop_database_at_teardown(project, request, postgres_url, name)
 
 
 class Browser:
