@@ -124,6 +124,8 @@ import math
 import time
 import uuid
 from collections import Counter
+from collections.abc import Generator
+from typing import Any
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
@@ -174,6 +176,15 @@ ACK_WAITS_FOR_FRAME_SECONDS = 2.0
 
 # This process's open sockets per user id, and each user's frame window [started, frames].
 _open_sockets: Counter[int] = Counter()
+
+
+def at_socket_cap(user_id: int) -> bool:
+    """Whether the user has CHAT_MAX_SOCKETS_PER_USER sockets open on this process already.
+    Only reads (no key added for a user with none), so a handshake's trip may ask it on the
+    database thread; admission asks again on the event loop, where the count changes."""
+    return _open_sockets.get(user_id, 0) >= chat_setting("CHAT_MAX_SOCKETS_PER_USER")
+
+
 _frame_windows: dict[int, list[float]] = {}
 
 
@@ -255,8 +266,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """
         try:
             refusal = await handshakes.in_shared_trip(self.look_up, scope=self.scope)
-            if refusal is None:
-                refusal = await self.may_open()
         except DatabaseError as exc:
             if not database_busy(exc):  # a missing table, a wrong password: the server's fault
                 logger.exception("Refusing %s: the database failed", self)
@@ -265,7 +274,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return CLOSE_TRY_AGAIN_LATER
         if refusal is not None:
             return refusal
-        if _open_sockets[self.user.pk] >= chat_setting("CHAT_MAX_SOCKETS_PER_USER"):
+        if at_socket_cap(self.user.pk):
             return CLOSE_TOO_MANY_SOCKETS
         self.user_id = self.user.pk
         _open_sockets[self.user_id] += 1
@@ -275,16 +284,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return None
 
     def look_up(self) -> int | None:
-        """On the database thread: the user; None if logged in, else the close code refusing them."""
+        """On the database thread: the user; None if logged in, else the close code refusing them.
+        A socket type that needs more before it opens extends it, as a generator of the
+        trip's steps if it reads with the other sockets (`handshakes.Batch`)."""
         user = handshakes.user_for_scope(self.scope)
         if not user.is_authenticated:
             return CLOSE_UNAUTHENTICATED
         self.user = user
-        return None
-
-    async def may_open(self) -> int | None:
-        """What the socket type checks of a logged-in user before their socket cap: None if
-        the socket may open, else the close code refusing it."""
         return None
 
     def hold_frames_until_accepted(self) -> None:
@@ -561,30 +567,30 @@ class RoomConsumer(ChatConsumer):
     newest_framed_id = 0  # the newest message this socket has had: by its greeting or a frame
     frame_waiters: dict[int, list[asyncio.Future]]  # its acks waiting for their message's frame, by id
 
-    def look_up(self) -> int | None:
+    def look_up(self) -> Generator[handshakes.Batch, Any, int | None]:
+        """In one trip with the other sockets opening: the user, the membership (read with
+        those of the other rooms opening, in one query; not kept: every later use checks it
+        again, as it may have ended since) and the presence row (written with theirs)."""
         refusal = super().look_up()
         if refusal is not None:
             return refusal
         self.chat_id = self.scope["url_route"]["kwargs"]["chat_id"]
         self.asked_after = after_in_query(self.scope.get("query_string", b""))
-        # The key of its presence row (`RoomPresence.channel_name`): unique among every
-        # process's sockets.
-        self.socket_name = f"chat-room-socket.{uuid.uuid4().hex}"
-        return None
-
-    async def may_open(self) -> int | None:
-        # Read with the memberships of the other rooms opening meanwhile, in one query. Not
-        # kept: every later use checks the membership again (it may have ended since).
-        membership = await handshakes.in_shared_batch(selectors.memberships_by_pair, (self.user.pk, self.chat_id))
+        membership = yield handshakes.Batch(selectors.memberships_by_pair, (self.user.pk, self.chat_id))
         if membership is None:
             return CLOSE_FORBIDDEN
         self.cleared_message_id = membership.cleared_message_id  # what its greeting leaves out
+        if at_socket_cap(self.user.pk):  # no row to write and delete again (admission checks it for good)
+            return CLOSE_TOO_MANY_SOCKETS
+        # The key of its presence row (`RoomPresence.channel_name`): unique among every
+        # process's sockets.
+        self.socket_name = f"chat-room-socket.{uuid.uuid4().hex}"
+        yield handshakes.Batch(presence.join_many, (self.socket_name, self.chat_id, self.user.pk))
+        self.present = True  # its presence row exists: clean_up removes it, whatever happens next
         return None
 
     async def connect(self):
         self.viewing = True
-        await handshakes.in_shared_batch(presence.join_many, (self.socket_name, self.chat_id, self.user_id))
-        self.present = True  # its presence row exists: clean_up removes it, whatever happens next
         self.hold_frames_until_accepted()
         await self.join_user_hub()
         await RoomHub.for_running_loop().join(self)

@@ -26,7 +26,7 @@ from django.utils.text import Truncator
 
 from chat import selectors, services
 from chat.models import Membership, RoomPresence
-from chat.realtime import consumers, presence, read_marks, shutdown
+from chat.realtime import consumers, handshakes, presence, read_marks, shutdown
 from chat.realtime.database import background_trip, changes_trip, database_trip, fan_out_trip
 from chat.routing import websocket_urlpatterns
 
@@ -642,6 +642,49 @@ async def test_sockets_past_the_per_user_cap_are_closed_with_4429(connect, setti
     await sockets[0].disconnect()
     again, _, _ = await connect(alice, "/ws/chat/inbox/")
     assert (await receive_until(again, "inbox.sync"))["type"] == "inbox.sync"
+
+
+async def test_a_room_socket_opens_in_one_trip_to_the_database_thread(connect, alice, group, monkeypatch):
+    """Its user, membership and presence row in one trip shared with the other sockets opening
+    (after a restart, asked one after another, each step waited behind every handshake that
+    came meanwhile), then its greeting in a second."""
+    trips = []
+    run_all = handshakes._run_all
+    monkeypatch.setattr(handshakes, "_run_all", lambda trip: trips.append(len(trip)) or run_all(trip))
+
+    room, connected, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+
+    assert connected
+    await receive_until(room, "chat.sync")
+    assert trips == [1, 1]
+    assert await database_sync_to_async(RoomPresence.objects.filter(user=alice).count)() == 1
+
+
+async def test_a_room_socket_refused_at_the_cap_after_its_trip_leaves_no_presence(connect, settings, alice, group):
+    """Two rooms of one person open together, one under the cap: both pass the trip's look
+    at the count and write their presence rows; the event loop lets one in, and the other
+    takes its row away as it closes."""
+    settings.CHAT_MAX_SOCKETS_PER_USER = 1
+    path = f"/ws/chat/{group.pk}/"
+
+    opened = await asyncio.gather(connect(alice, path), connect(alice, path))
+
+    async def close_codes() -> list:
+        await asyncio.sleep(0.05)
+        codes = []
+        for communicator, _, _ in opened:
+            outputs = [communicator.output_queue.get_nowait() for _ in range(communicator.output_queue.qsize())]
+            codes += [output["code"] for output in outputs if output["type"] == "websocket.close"]
+        return codes
+
+    codes, rows = [], None
+    for _ in range(100):
+        codes += await close_codes()
+        rows = await database_sync_to_async(RoomPresence.objects.filter(user=alice).count)()
+        if codes and rows == 1:
+            break
+    assert codes == [consumers.CLOSE_TOO_MANY_SOCKETS]
+    assert rows == 1
 
 
 async def next_reply(communicator) -> str:

@@ -52,6 +52,45 @@ async def test_what_a_batch_raised_reaches_each_of_its_askers_and_no_other():
     assert results[2:] == [25, "fine"]
 
 
+def doubles(numbers):
+    batches.append(numbers)
+    return {number: 2 * number for number in numbers}
+
+
+def square_then_double(number):
+    """A socket's own work in steps: each step read with the other sockets' in the same trip."""
+    square = yield handshakes.Batch(squares, number, default="none")
+    if square == "none":
+        return "refused"
+    return (yield handshakes.Batch(doubles, square))
+
+
+def recovers_from_a_failed_batch():
+    try:
+        yield handshakes.Batch(fails, 1)
+    except LookupError:
+        return "recovered"
+
+
+async def test_a_sockets_own_work_goes_on_from_its_batches_in_the_same_trip(monkeypatch):
+    trips = []
+    run_all = handshakes._run_all
+    monkeypatch.setattr(handshakes, "_run_all", lambda trip: trips.append(len(trip)) or run_all(trip))
+
+    results = await asyncio.gather(
+        handshakes.in_shared_trip(lambda: square_then_double(2)),
+        handshakes.in_shared_trip(lambda: square_then_double(3)),
+        handshakes.in_shared_batch(squares, 5),  # another socket's single batch, read in the first round
+        handshakes.in_shared_trip(lambda: square_then_double(-1)),  # ends after one step
+        handshakes.in_shared_trip(recovers_from_a_failed_batch),
+        handshakes.in_shared_trip(lambda: "a socket's own"),
+    )
+
+    assert results == [8, 18, 25, "refused", "recovered", "a socket's own"]
+    assert trips == [6]
+    assert batches == [[2, 3, 5, -1], [4, 9]]
+
+
 async def test_the_asks_of_open_sockets_go_in_the_next_trip_ahead_of_waiting_handshakes(monkeypatch):
     monkeypatch.setattr(handshakes, "TRIP_SIZE", 3)
 

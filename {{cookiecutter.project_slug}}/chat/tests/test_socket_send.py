@@ -493,9 +493,10 @@ async def test_a_socket_whose_handshake_meets_a_database_error_that_waiting_does
 async def test_a_database_error_after_the_handshake_closes_the_socket_with_1011_not_a_crash(
     connect, alice, group, caplog, failing
 ):
-    """What a socket writes or reads once let in (its presence row, the inbox's unread total,
-    a change of what it views) failing: closed with a code the page reconnects from, logged
-    once as what it is, instead of an exception out of the consumer."""
+    """What a socket writes or reads as it opens or once let in (a room's presence row, written
+    in its handshake's trip; the inbox's unread total; a change of what it views) failing:
+    closed with a code the page reconnects from, logged once as what it is, instead of an
+    exception out of the consumer."""
     path = "/ws/chat/inbox/" if failing == "inbox total" else f"/ws/chat/{group.pk}/"
     if failing == "visibility":
         socket, _, _ = await connect(alice, path)
@@ -508,7 +509,8 @@ async def test_a_database_error_after_the_handshake_closes_the_socket_with_1011_
             socket, connected, _ = await connect(alice, path)
             assert connected
             await expect_close(socket, consumers.CLOSE_SERVER_ERROR)
-    [record] = [record for record in caplog.records if record.getMessage().startswith("Closing")]
+    logged_as = "Refusing" if failing == "room presence" else "Closing"  # refused in its handshake
+    [record] = [record for record in caplog.records if record.getMessage().startswith(logged_as)]
     assert (record.levelname, record.exc_info is not None) == ("ERROR", True)
 
 
