@@ -174,6 +174,10 @@ MAX_SENDS_IN_FLIGHT = 16
 # socket, at most (see RoomConsumer.own_frame_sent).
 ACK_WAITS_FOR_FRAME_SECONDS = 2.0
 
+# How long a socket's clean-up waits for its handshake's trip, at most: a trip takes a
+# second or two when thousands of sockets open at once.
+LOOK_UP_WAIT_SECONDS = 30.0
+
 # This process's open sockets per user id, and each user's frame window [started, frames].
 _open_sockets: Counter[int] = Counter()
 
@@ -205,6 +209,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     writer: SocketWriter | None = None  # frames go out through a task of their own (see writer.py)
     cleaned_up = False
     accepted = False
+    looking_up: asyncio.Future | None = None  # its handshake's work in a shared trip (`look_up`)
     warned_window = -1.0
 
     async def __call__(self, scope, receive, send):
@@ -265,7 +270,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         database thread shared with the other sockets opening meanwhile (`handshakes`).
         """
         try:
-            refusal = await handshakes.in_shared_trip(self.look_up, scope=self.scope)
+            self.looking_up = handshakes.shared_trip(self.look_up, scope=self.scope)
+            refusal = await asyncio.shield(self.looking_up)
         except DatabaseError as exc:
             if not database_busy(exc):  # a missing table, a wrong password: the server's fault
                 logger.exception("Refusing %s: the database failed", self)
@@ -282,6 +288,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         session = self.scope.get("session")
         self.session_tag = events.session_tag(getattr(session, "session_key", None))
         return None
+
+    async def looked_up(self) -> None:
+        """Return once the handshake's trip has run, should the socket have been cancelled while
+        it waited for the database thread (a client that gave up in a restart's queue): what
+        the trip wrote for it (a room's presence row) is then known, and cleaned up with the rest.
+        Bounded, for a loop that is stopping and will run no more trips."""
+        if self.looking_up is not None and not self.looking_up.done():
+            await asyncio.wait([self.looking_up], timeout=LOOK_UP_WAIT_SECONDS)
 
     def look_up(self) -> int | None:
         """On the database thread: the user; None if logged in, else the close code refusing them.
@@ -630,6 +644,7 @@ class RoomConsumer(ChatConsumer):
         if self.in_hub:
             await RoomHub.for_running_loop().leave(self)
         await super().clean_up()
+        await self.looked_up()
         if not self.present:
             return
         try:

@@ -93,6 +93,20 @@ async def in_shared_trip(work: Callable[[], T], *, scope: dict | None = None) ->
     return await _ask(work=work, scope=scope)
 
 
+def shared_trip(work: Callable[[], T], *, scope: dict | None = None) -> asyncio.Future[T]:
+    """`in_shared_trip`, as a future that the caller's cancellation does not cancel (await it
+    through `asyncio.shield`): a socket that goes away while its work waits for the thread can
+    still learn when that work ran, and clean up what it wrote."""
+    done = _enqueue(work=work, scope=scope)
+    done.add_done_callback(_retrieved)  # its caller may be gone: an error is not "never retrieved"
+    return done
+
+
+def _retrieved(done: asyncio.Future) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
 async def in_shared_batch(
     read_many: Callable[[list], dict], item: Hashable, default: Any = None, *, socket_open: bool = False
 ) -> Any:
@@ -108,11 +122,15 @@ async def in_shared_batch(
     return await _ask(read_many=read_many, item=item, default=default, first=socket_open)
 
 
-async def _ask(*, first: bool = False, **ask) -> Any:
+async def _ask(**ask) -> Any:
+    return await _enqueue(**ask)
+
+
+def _enqueue(*, first: bool = False, **ask) -> asyncio.Future:
     done = asyncio.get_running_loop().create_future()
     (_waiting_first if first else _waiting).append(_Ask(done=done, **ask))
     _trips.ensure_running()
-    return await done
+    return done
 
 
 def user_for_scope(scope):

@@ -687,6 +687,28 @@ async def test_a_room_socket_refused_at_the_cap_after_its_trip_leaves_no_presenc
     assert rows == 1
 
 
+async def test_a_room_socket_given_up_while_its_handshake_waits_leaves_no_presence(connect, alice, group):
+    """A client that gives up while its handshake waits for the database thread (after a
+    restart, behind thousands of others) is cancelled before its trip runs; the trip still
+    writes its presence row, which the clean-up then removes: nobody sees them in the room
+    until the row would expire (90 s). (`connect` for its clean-up after the test.)"""
+    socket = WebsocketCommunicator(URLRouter(websocket_urlpatterns), f"/ws/chat/{group.pk}/")
+    socket.scope["user"] = alice
+    async with sockets_thread_held():
+        await socket.send_input({"type": "websocket.connect"})
+        await asyncio.sleep(0.2)  # its handshake's work queued behind the trip holding the thread
+        socket.future.cancel()
+    await database_trip(lambda: None)()  # its handshake's trip has run: the row was written
+
+    rows = None
+    for _ in range(100):
+        rows = await database_sync_to_async(RoomPresence.objects.filter(user=alice).count)()
+        if rows == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert rows == 0
+
+
 async def next_reply(communicator) -> str:
     """The type of the next frame that is not a greeting or a presence count (or the error's code)."""
     while (frame := json.loads(await communicator.receive_from(timeout=TIMEOUT)))["type"] in UNASKED:
