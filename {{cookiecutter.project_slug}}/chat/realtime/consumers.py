@@ -9,9 +9,9 @@ Close codes (the socket is accepted first so browsers can read them):
           reconnect and catch up (`chat.realtime.writer`)
     4011  the server process lost its channel layer (Redis restarting or failing over): its
           hubs let their sockets go; reconnect with backoff and catch up (`chat.realtime.hub`)
-    1013  try again later: the database was busy or restarting when the socket opened, or when
-          its presence row or inbox total was written or read just after (no pooled connection
-          free within DB_POOL_TIMEOUT); reconnect with backoff
+    1013  try again later: the database was busy or restarting when the socket opened (its
+          user, membership and presence row) or when its inbox total was read just after (no
+          pooled connection free within DB_POOL_TIMEOUT); reconnect with backoff
     1011  the server failed: its database answered the socket's reads or writes with an error
           that waiting does not mend (a missing table, a wrong password), logged as an error;
           reconnect with backoff
@@ -174,8 +174,9 @@ MAX_SENDS_IN_FLIGHT = 16
 # socket, at most (see RoomConsumer.own_frame_sent).
 ACK_WAITS_FOR_FRAME_SECONDS = 2.0
 
-# How long a socket's clean-up waits for its handshake's trip, at most: a trip takes a
-# second or two when thousands of sockets open at once.
+# How long a socket's clean-up waits for the trip its handshake's work is in, at most (work
+# still queued is withdrawn instead): a trip takes a second or so when thousands of sockets
+# open at once.
 LOOK_UP_WAIT_SECONDS = 30.0
 
 # This process's open sockets per user id, and each user's frame window [started, frames].
@@ -265,9 +266,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Let in a logged-in user under their socket cap: None, or the close code refusing them.
 
         The user (from the session, read with the other sockets' users of its trip, unless
-        Channels' AuthMiddleware loaded it already) and
-        whatever the socket type needs to know before it accepts are read in trips to the
-        database thread shared with the other sockets opening meanwhile (`handshakes`).
+        Channels' AuthMiddleware loaded it already) and whatever the socket type needs before
+        it accepts (`look_up`: a room's membership and presence row) are read and written in
+        one trip to the database thread, shared with the other sockets opening meanwhile
+        (`handshakes`).
         """
         try:
             self.looking_up = handshakes.shared_trip(self.look_up, scope=self.scope)
@@ -290,17 +292,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return None
 
     async def looked_up(self) -> None:
-        """Return once the handshake's trip has run, should the socket have been cancelled while
-        it waited for the database thread (a client that gave up in a restart's queue): what
-        the trip wrote for it (a room's presence row) is then known, and cleaned up with the rest.
-        Bounded, for a loop that is stopping and will run no more trips."""
-        if self.looking_up is not None and not self.looking_up.done():
+        """Should the socket have been cancelled during its handshake (a client that gave up in
+        a restart's queue): its work withdrawn if still queued, else its trip waited for, so
+        that what the trip wrote for it (a room's presence row) is known and cleaned up with
+        the rest. Bounded, for a loop that is stopping and will run no more trips."""
+        if self.looking_up is not None and not handshakes.withdraw(self.looking_up):
             await asyncio.wait([self.looking_up], timeout=LOOK_UP_WAIT_SECONDS)
 
     def look_up(self) -> int | None:
         """On the database thread: the user; None if logged in, else the close code refusing them.
-        A socket type that needs more before it opens extends it, as a generator of the
-        trip's steps if it reads with the other sockets (`handshakes.Batch`)."""
+
+        A socket type that needs more before it opens extends it, in the same trip: as a
+        generator of its steps if it reads or writes with the other sockets opening
+        (`handshakes.Batch`; RoomConsumer's is one, so extend that with
+        `refusal = yield from super().look_up()`). It runs on the database thread: of the
+        event loop's state it may only read (as `at_socket_cap` does)."""
         user = handshakes.user_for_scope(self.scope)
         if not user.is_authenticated:
             return CLOSE_UNAUTHENTICATED
@@ -322,8 +328,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.writer.release()
 
     async def database_failed(self, exc: DatabaseError) -> None:
-        """A database error that no handler answered (the room's presence row or the inbox's
-        total at the open; a visibility change that met an error other than a busy database):
+        """A database error that no handler answered (the inbox's total at the open; a
+        visibility change that met an error other than a busy database):
         the socket closes, with 1013 if the database is busy or restarting, else 1011, logged
         as such. The page reconnects with backoff and catches up, and what failed is done
         again on the new socket."""

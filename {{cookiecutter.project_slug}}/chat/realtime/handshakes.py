@@ -94,17 +94,24 @@ async def in_shared_trip(work: Callable[[], T], *, scope: dict | None = None) ->
 
 
 def shared_trip(work: Callable[[], T], *, scope: dict | None = None) -> asyncio.Future[T]:
-    """`in_shared_trip`, as a future that the caller's cancellation does not cancel (await it
-    through `asyncio.shield`): a socket that goes away while its work waits for the thread can
-    still learn when that work ran, and clean up what it wrote."""
-    done = _enqueue(work=work, scope=scope)
-    done.add_done_callback(_retrieved)  # its caller may be gone: an error is not "never retrieved"
-    return done
+    """`in_shared_trip`, as a future to await through `asyncio.shield`: awaited directly, the
+    caller's cancellation would cancel it while its work may still run. A socket that goes
+    away meanwhile can then `withdraw` the work if it is still queued, or else wait for its
+    trip, and clean up what it wrote."""
+    return _enqueue(work=work, scope=scope)
 
 
-def _retrieved(done: asyncio.Future) -> None:
-    if not done.cancelled():
-        done.exception()
+def withdraw(done: asyncio.Future) -> bool:
+    """Take the work of this `shared_trip` future out of the queue, if it still waits there
+    (its future is cancelled): whether it did, and so the work will never run. False if its
+    trip has taken it (wait for the future) or it is done."""
+    for waiting in (_waiting_first, _waiting):
+        for index, ask in enumerate(waiting):
+            if ask.done is done:
+                del waiting[index]
+                done.cancel()
+                return True
+    return False
 
 
 async def in_shared_batch(
@@ -257,6 +264,7 @@ def _run_all(trip: list[_Ask]) -> list[tuple[Any, BaseException | None]]:
         try:
             step = steps[index].send(value) if error is None else steps[index].throw(error)
             if not isinstance(step, Batch):
+                steps[index].close()
                 raise TypeError(f"a handshake's steps yield a Batch, not {step!r}")
             asked[index] = step
         except StopIteration as done:
@@ -293,8 +301,11 @@ def _run_all(trip: list[_Ask]) -> list[tuple[Any, BaseException | None]]:
             try:
                 found = read_many(list(dict.fromkeys(this_round[index].item for index in indexes)))
             except Exception as exc:
+                trace = exc.__traceback__
                 for index in indexes:
-                    answer(index, error=exc)
+                    # Raised in each generator with the traceback it came with, not one grown
+                    # by every generator it passed through (logged for each socket).
+                    answer(index, error=exc.with_traceback(trace))
                 continue
             for index in indexes:
                 answer(index, found.get(this_round[index].item, this_round[index].default))

@@ -82,12 +82,12 @@ def room_user_ids(*, chat_id: int, user_ids: list[int] | None = None) -> list[in
 
 def join_many(sockets) -> dict:
     """The presence rows of sockets opening together, (channel name, chat id, user id) each,
-    in one INSERT (`chat.realtime.handshakes.in_shared_batch`); a channel name is new with
-    each socket, so there is no row to update first.
+    in one INSERT (a `chat.realtime.handshakes.Batch` of their handshakes' trip); a channel
+    name is new with each socket, so there is no row to update first.
 
     A chat deleted meanwhile fails the INSERT (its row would point nowhere): then the other
-    sockets' rows go in without it. A socket whose chat is gone must not close the others
-    opening with it (each would close with 1011 and reconnect)."""
+    sockets' rows go in without it. A socket whose chat is gone must not refuse the others
+    opening with it (each would be refused with 1011 and reconnect)."""
     now = timezone.now()
     rows = [RoomPresence(channel_name=name, chat_id=chat, user_id=user, seen_at=now) for name, chat, user in sockets]
     try:

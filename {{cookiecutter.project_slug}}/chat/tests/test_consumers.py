@@ -660,12 +660,16 @@ async def test_a_room_socket_opens_in_one_trip_to_the_database_thread(connect, a
     assert await database_sync_to_async(RoomPresence.objects.filter(user=alice).count)() == 1
 
 
-async def test_a_room_socket_refused_at_the_cap_after_its_trip_leaves_no_presence(connect, settings, alice, group):
+async def test_a_room_socket_refused_at_the_cap_after_its_trip_leaves_no_presence(
+    connect, settings, alice, group, monkeypatch
+):
     """Two rooms of one person open together, one under the cap: both pass the trip's look
     at the count and write their presence rows; the event loop lets one in, and the other
     takes its row away as it closes."""
     settings.CHAT_MAX_SOCKETS_PER_USER = 1
     path = f"/ws/chat/{group.pk}/"
+    join_many, joined = presence.join_many, []
+    monkeypatch.setattr(presence, "join_many", lambda sockets: joined.append(len(sockets)) or join_many(sockets))
 
     opened = await asyncio.gather(connect(alice, path), connect(alice, path))
 
@@ -683,6 +687,7 @@ async def test_a_room_socket_refused_at_the_cap_after_its_trip_leaves_no_presenc
         rows = await database_sync_to_async(RoomPresence.objects.filter(user=alice).count)()
         if codes and rows == 1:
             break
+    assert joined == [2]  # both rows written in the one trip
     assert codes == [consumers.CLOSE_TOO_MANY_SOCKETS]
     assert rows == 1
 
@@ -691,7 +696,8 @@ async def test_a_room_socket_given_up_while_its_handshake_waits_leaves_no_presen
     """A client that gives up while its handshake waits for the database thread (after a
     restart, behind thousands of others) is cancelled before its trip runs; the trip still
     writes its presence row, which the clean-up then removes: nobody sees them in the room
-    until the row would expire (90 s). (`connect` for its clean-up after the test.)"""
+    until the row would expire (90 s). (`connect`: its teardown waits for the database
+    threads, which the clean-up's last steps use.)"""
     socket = WebsocketCommunicator(URLRouter(websocket_urlpatterns), f"/ws/chat/{group.pk}/")
     socket.scope["user"] = alice
     async with sockets_thread_held():

@@ -65,6 +65,17 @@ def square_then_double(number):
     return (yield handshakes.Batch(doubles, square))
 
 
+def fails_in_its_second_step():
+    yield handshakes.Batch(squares, 1)
+    yield handshakes.Batch(fails, 1)
+    return "not reached"
+
+
+def no_steps_needed():
+    return "refused at once"
+    yield  # a generator all the same
+
+
 def recovers_from_a_failed_batch():
     try:
         yield handshakes.Batch(fails, 1)
@@ -89,6 +100,38 @@ async def test_a_sockets_own_work_goes_on_from_its_batches_in_the_same_trip(monk
     assert results == [8, 18, 25, "refused", "recovered", "a socket's own"]
     assert trips == [6]
     assert batches == [[2, 3, 5, -1], [4, 9]]
+
+
+async def test_a_failed_batch_reaches_each_step_that_asked_for_it_with_the_traceback_it_came_with():
+    results = await asyncio.gather(
+        *(handshakes.in_shared_trip(fails_in_its_second_step) for _ in range(20)),
+        handshakes.in_shared_trip(no_steps_needed),
+        return_exceptions=True,
+    )
+
+    assert {type(result) for result in results[:20]} == {LookupError}
+    assert results[20] == "refused at once"
+    error = results[0]
+    frames = []
+    trace = error.__traceback__
+    while trace is not None:
+        frames.append(trace.tb_frame.f_code.co_name)
+        trace = trace.tb_next
+    # Raised in each of the 20 steps, yet its traceback goes through one of them, not all.
+    assert frames.count("fails_in_its_second_step") == 1
+
+
+async def test_work_withdrawn_while_queued_never_runs_and_work_in_a_trip_runs_to_its_end():
+    ran = []
+    first = handshakes.shared_trip(lambda: ran.append("first"))
+    second = handshakes.shared_trip(lambda: ran.append("second"))
+
+    assert handshakes.withdraw(second)
+    await asyncio.shield(first)
+
+    assert ran == ["first"]
+    assert second.cancelled()
+    assert not handshakes.withdraw(first)  # done: nothing to take back
 
 
 async def test_the_asks_of_open_sockets_go_in_the_next_trip_ahead_of_waiting_handshakes(monkeypatch):

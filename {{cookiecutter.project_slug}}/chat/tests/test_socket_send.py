@@ -490,7 +490,7 @@ async def test_a_socket_whose_handshake_meets_a_database_error_that_waiting_does
 
 
 @pytest.mark.parametrize("failing", ["room presence", "inbox total", "visibility"])
-async def test_a_database_error_after_the_handshake_closes_the_socket_with_1011_not_a_crash(
+async def test_a_database_error_at_or_after_the_handshake_closes_the_socket_with_1011_not_a_crash(
     connect, alice, group, caplog, failing
 ):
     """What a socket writes or reads as it opens or once let in (a room's presence row, written
