@@ -177,7 +177,7 @@ ACK_WAITS_FOR_FRAME_SECONDS = 2.0
 # How long a socket's clean-up waits for the trip its handshake's work is in, at most (work
 # still queued is withdrawn instead): a trip takes a second or so when thousands of sockets
 # open at once.
-LOOK_UP_WAIT_SECONDS = 30.0
+HANDSHAKE_WORK_WAIT_SECONDS = 30.0
 
 # This process's open sockets per user id, and each user's frame window [started, frames].
 _open_sockets: Counter[int] = Counter()
@@ -210,7 +210,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     writer: SocketWriter | None = None  # frames go out through a task of their own (see writer.py)
     cleaned_up = False
     accepted = False
-    looking_up: asyncio.Future | None = None  # its handshake's work in a shared trip (`look_up`)
+    handshake_work: asyncio.Future | None = None  # its handshake's work in a shared trip (`look_up`)
     warned_window = -1.0
 
     async def __call__(self, scope, receive, send):
@@ -272,8 +272,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         (`handshakes`).
         """
         try:
-            self.looking_up = handshakes.shared_trip(self.look_up, scope=self.scope)
-            refusal = await asyncio.shield(self.looking_up)
+            self.handshake_work = handshakes.shared_trip(self.look_up, scope=self.scope)
+            refusal = await asyncio.shield(self.handshake_work)
         except DatabaseError as exc:
             if not database_busy(exc):  # a missing table, a wrong password: the server's fault
                 logger.exception("Refusing %s: the database failed", self)
@@ -291,13 +291,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.session_tag = events.session_tag(getattr(session, "session_key", None))
         return None
 
-    async def looked_up(self) -> None:
+    async def handshake_work_settled(self) -> None:
         """Should the socket have been cancelled during its handshake (a client that gave up in
         a restart's queue): its work withdrawn if still queued, else its trip waited for, so
         that what the trip wrote for it (a room's presence row) is known and cleaned up with
         the rest. Bounded, for a loop that is stopping and will run no more trips."""
-        if self.looking_up is not None and not handshakes.withdraw(self.looking_up):
-            await asyncio.wait([self.looking_up], timeout=LOOK_UP_WAIT_SECONDS)
+        if self.handshake_work is not None and not handshakes.withdraw(self.handshake_work):
+            await asyncio.wait([self.handshake_work], timeout=HANDSHAKE_WORK_WAIT_SECONDS)
 
     def look_up(self) -> int | None:
         """On the database thread: the user; None if logged in, else the close code refusing them.
@@ -650,7 +650,7 @@ class RoomConsumer(ChatConsumer):
         if self.in_hub:
             await RoomHub.for_running_loop().leave(self)
         await super().clean_up()
-        await self.looked_up()
+        await self.handshake_work_settled()
         if not self.present:
             return
         try:

@@ -78,10 +78,14 @@ class _Ask:
     read_many: Callable[[list], dict] | None = None  # a batched one, for
     item: Hashable = None  # this socket's item of it,
     default: Any = None  # and its result when the batch has none for the item
+    withdrawn: bool = False  # taken back while queued (`withdraw`): left out of the trip
 
 
 _waiting: list[_Ask] = []
 _waiting_first: list[_Ask] = []  # the asks of sockets already open: in the next trip
+# The queued asks of `shared_trip`, by future: found at once when withdrawn (thousands queue
+# after a restart, and a client that gives up then is one of many).
+_withdrawable: dict[asyncio.Future, _Ask] = {}
 
 
 async def in_shared_trip(work: Callable[[], T], *, scope: dict | None = None) -> T:
@@ -90,7 +94,7 @@ async def in_shared_trip(work: Callable[[], T], *, scope: dict | None = None) ->
     or its user (`user_for_scope`): the trip loads the sessions, then the users, of all its
     sockets in one query each. A `work` that is a generator function goes on in the same
     trip with each `Batch` it yields; what it returns is the result."""
-    return await _ask(work=work, scope=scope)
+    return await _enqueue(work=work, scope=scope).done
 
 
 def shared_trip(work: Callable[[], T], *, scope: dict | None = None) -> asyncio.Future[T]:
@@ -98,20 +102,21 @@ def shared_trip(work: Callable[[], T], *, scope: dict | None = None) -> asyncio.
     caller's cancellation would cancel it while its work may still run. A socket that goes
     away meanwhile can then `withdraw` the work if it is still queued, or else wait for its
     trip, and clean up what it wrote."""
-    return _enqueue(work=work, scope=scope)
+    ask = _enqueue(work=work, scope=scope)
+    _withdrawable[ask.done] = ask
+    return ask.done
 
 
 def withdraw(done: asyncio.Future) -> bool:
-    """Take the work of this `shared_trip` future out of the queue, if it still waits there
-    (its future is cancelled): whether it did, and so the work will never run. False if its
-    trip has taken it (wait for the future) or it is done."""
-    for waiting in (_waiting_first, _waiting):
-        for index, ask in enumerate(waiting):
-            if ask.done is done:
-                del waiting[index]
-                done.cancel()
-                return True
-    return False
+    """Take the work of this `shared_trip` future back, if it is still queued (its future is
+    cancelled, and its trip will leave it out): whether it did, and so the work will never
+    run. False if its trip has taken it (wait for the future) or it is done."""
+    ask = _withdrawable.pop(done, None)
+    if ask is None:
+        return False
+    ask.withdrawn = True
+    done.cancel()
+    return True
 
 
 async def in_shared_batch(
@@ -126,18 +131,14 @@ async def in_shared_batch(
     whose client now waits for it: it goes in the next trip, ahead of the handshakes still waiting. After a
     restart thousands of those queue up, and a page whose greeting is late fetches instead.
     """
-    return await _ask(read_many=read_many, item=item, default=default, first=socket_open)
+    return await _enqueue(read_many=read_many, item=item, default=default, first=socket_open).done
 
 
-async def _ask(**ask) -> Any:
-    return await _enqueue(**ask)
-
-
-def _enqueue(*, first: bool = False, **ask) -> asyncio.Future:
-    done = asyncio.get_running_loop().create_future()
-    (_waiting_first if first else _waiting).append(_Ask(done=done, **ask))
+def _enqueue(*, first: bool = False, **fields) -> _Ask:
+    ask = _Ask(done=asyncio.get_running_loop().create_future(), **fields)
+    (_waiting_first if first else _waiting).append(ask)
     _trips.ensure_running()
-    return done
+    return ask
 
 
 def user_for_scope(scope):
@@ -151,17 +152,23 @@ def user_for_scope(scope):
 
 
 def _next_trip() -> list[_Ask]:
-    trip = _waiting_first[:TRIP_SIZE]
-    del _waiting_first[:TRIP_SIZE]
-    room = TRIP_SIZE - len(trip)
-    trip += _waiting[:room]
-    del _waiting[:room]
+    """Up to TRIP_SIZE asks, those of open sockets first; the withdrawn ones left out."""
+    trip: list[_Ask] = []
+    for waiting in (_waiting_first, _waiting):
+        while waiting and len(trip) < TRIP_SIZE:
+            taken = waiting[: TRIP_SIZE - len(trip)]
+            del waiting[: len(taken)]
+            for ask in taken:
+                _withdrawable.pop(ask.done, None)  # in a trip now: to be waited for
+            trip += [ask for ask in taken if not ask.withdrawn]
     return trip
 
 
 async def _run_trips() -> None:
     while _waiting_first or _waiting:
         trip = _next_trip()
+        if not trip:  # every ask left was withdrawn
+            continue
         try:
             outcomes = await database_trip(_run_all)(trip)
         except Exception as exc:  # the trip itself failed: each of its handshakes fails with it
