@@ -84,6 +84,19 @@ def print_fanout(runs: list[dict], server: str) -> None:
     print("lost: deliveries that never arrived as frames; lost*: still missing after the room's catch-up GETs")
 
 
+def print_busy(entries: list[dict], server: str) -> None:
+    """Each busy-room run against its target (the chat's own verdicts, from bench_fanout.py)."""
+    print(f"\nBusy rooms: 100 members, 10 senders, one {server} process unless stated; beside the relay of each run")
+    for entry in entries:
+        label = f"{entry['setting']}, run {entry['run']}"
+        if "error" in entry:
+            print(f"{label}: {entry['what']}: FAILED\n{entry['error']}")
+        for verdict in entry.get("verdicts", []):
+            met = "met" if verdict["met"] else "NOT met"
+            note = f" ({verdict['note']})" if verdict["note"] else ""
+            print(f"{label}: {verdict['load']}: {verdict['figures']}; {verdict['target']}: {met}{note}")
+
+
 def print_idle(results: dict, server: str) -> None:
     print("\nIdle websockets held by one process")
     rows = []
@@ -121,5 +134,7 @@ def print_tables(report: dict) -> None:
         print_http(report["http"], server)
     if "fanout" in report:
         print_fanout(report["fanout"], server)
+    if "busy" in report:
+        print_busy(report["busy"], server)
     if "idle" in report:
         print_idle(report["idle"], server)

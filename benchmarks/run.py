@@ -11,6 +11,12 @@ Phases, each figure beside its reference measured in the same run:
   beside a trivial Django view (the login page) and a static file on the same server.
 - fanout: bench_fanout.py (our room vs the Channels relay, in-memory and Redis layers) per
   room size, beside a bare `websockets` broadcast server (raw_broadcast.py).
+- busy: the busy-room targets (docs/performance.md, "Busy rooms"), each against the relay of
+  the same run, on SQLite with the in-memory layer and on PostgreSQL with Redis: 100 members
+  at 100 and 200 msg/s with typing and reactions, at 20 msg/s messages only (as the relay
+  carries), at 100 msg/s on two processes (Redis), and a reconnect storm of --storm sockets.
+  Each prints whether it met its target (`--busy-repeats` runs each again: one run on a
+  shared machine proves little).
 - idle: --idle-sockets idle inbox sockets to one server process, then as many room sockets
   to another, beside the raw server.
 
@@ -53,7 +59,7 @@ from projects import (
 from report import print_tables
 from services import HOST, free_port, postgres_server, redis_server, tooling, wait_for_port
 
-PHASES = ("generation", "http", "fanout", "idle")
+PHASES = ("generation", "http", "fanout", "busy", "idle")
 RESULTS_DIR = TEMPLATE_DIR / "bench-results"
 HTTP_TARGETS = ("login", "static", "inbox", "room", "load-older", "widget-list", "send")
 # The limiter still runs on every send; the benchmark's client is one user sending flat out.
@@ -228,6 +234,71 @@ def raw_fanout(args: argparse.Namespace, project: Project, *, members: int, send
         server.wait(timeout=10)
 
 
+# --- busy rooms ------------------------------------------------------------------------------
+
+# The relay carries messages alone: beside it at 20 msg/s, so does the chat.
+MESSAGES_ONLY = ["--typing-per-message", "0", "--reactions-per-message", "0"]
+
+
+def busy_runs(args: argparse.Namespace, *, redis: bool) -> list[tuple[str, list[str]]]:
+    """(what, bench_fanout.py arguments): 100 members, 10 senders, one process unless stated."""
+    runs = [
+        ("100 and 200 msg/s, typing and reactions", ["--rates", "100", "200"]),
+        ("20 msg/s, messages only", ["--rates", "20", "--duration", "30", *MESSAGES_ONLY]),
+    ]
+    if redis:  # processes share nothing else
+        runs.append(("100 msg/s on two processes", ["--processes", "2", "--rates", "100"]))
+    if not args.quick:
+        runs.append((f"reconnect storm of {args.storm:,}", ["--storm", str(args.storm), "--storm-rate", "10"]))
+    return runs
+
+
+def bench_busy(args: argparse.Namespace, services: Services) -> list[dict]:
+    """Each busy-room run's verdicts and figures, SQLite + in memory, then PostgreSQL + Redis."""
+    print("==> busy rooms", flush=True)
+    project = Project("busy", REDIS_PG, database_url="", redis_url=None)
+    del project.env["DATABASE_URL"]  # bench_fanout.py: a throwaway SQLite file unless --database-url
+    settings = [("sqlite, in memory", [])]
+    if "postgresql" in args.databases:
+        database = services.database(project, f"bench_busy_{secrets.token_hex(4)}")
+        redis = ["--no-memory-layer", "--redis", services.redis, "--database-url", database]
+        settings.append(("postgresql, redis", redis))
+    entries = []
+    for repeat in range(1, args.busy_repeats + 1):
+        for setting, setting_args in settings:
+            for what, run_args in busy_runs(args, redis=bool(setting_args)):
+                print(f"  {setting}: {what} (run {repeat}) ...", flush=True)
+                entry = {"setting": setting, "what": what, "run": repeat}
+                entry.update(busy_run(args, project, [*setting_args, *run_args]))
+                for verdict in entry.get("verdicts", []):
+                    print(f"    {'met' if verdict['met'] else 'NOT met'}: {verdict['target']}", flush=True)
+                entries.append(entry)
+    return entries
+
+
+def busy_run(args: argparse.Namespace, project: Project, run_args: list[str]) -> dict:
+    """One bench_fanout.py run's JSON report, or the error it ended with."""
+    out = BUILD_DIR / "busy.json"
+    out.unlink(missing_ok=True)
+    command = [project.python, "benchmarks/bench_fanout.py", "--members", "100", "--senders", "10"]
+    command += ["--duration", str(args.fanout_duration), "--idle-sockets", "0", "--server", args.server]
+    command += ["--phase-timeout", "60", "--json", str(out), *run_args]
+    result = subprocess.run(
+        command,
+        cwd=project.path,
+        env=project.env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+        preexec_fn=tooling.raise_open_files_limit,
+    )
+    if result.returncode != 0 or not out.is_file():
+        print(f"    bench_fanout.py failed:\n{tail(result.stdout + result.stderr, 20)}", flush=True)
+        return {"error": tail(result.stdout + result.stderr, 20)}
+    return json.loads(out.read_text())
+
+
 # --- idle sockets --------------------------------------------------------------------------------
 
 
@@ -311,6 +382,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=20.0, help="msg/s offered to rooms under 500 members")
     parser.add_argument("--rate-large", type=float, default=5.0, help="msg/s offered to rooms of 500 or more")
     parser.add_argument("--fanout-duration", type=float, default=None, help="seconds of sending per run")
+    parser.add_argument("--busy-repeats", type=int, default=1, help="busy rooms: run each this many times")
+    parser.add_argument("--storm", type=int, default=5000, help="busy rooms: sockets in the reconnect storm")
     parser.add_argument("--idle-sockets", type=int, default=None)
     parser.add_argument("--idle-hold", type=float, default=5.0)
     parser.add_argument("--bakes", type=int, default=None, help="bakes to take the median of")
@@ -344,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             report["http"] = bench_http(args, services)
         if "fanout" in args.only:
             report["fanout"] = bench_fanout(args, services)
+        if "busy" in args.only:
+            report["busy"] = bench_busy(args, services)
         if "idle" in args.only:
             report["idle"] = bench_idle(args)
     report["total_s"] = round(time.perf_counter() - started, 1)

@@ -29,9 +29,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .fanout_load import CONNECT_CONCURRENCY, drain
+from .fanout_report import Verdict
 from .room_client import InboxClient, RoomClient, new_http_client
 from .seeding import Room
 
+# The storm's target: every socket of one process back and caught up this soon after the stop.
+CAUGHT_UP_TARGET_S = 15.0
 RECONNECT_COUNTS = ("greeting", "catch_up", "catch_up_request", "no_greeting", "greeting_behind", "grace_over")
 
 
@@ -67,6 +70,18 @@ class StormResult:
 
     def figures(self) -> dict:
         return asdict(self)
+
+    def verdict(self) -> Verdict:
+        caught_up = self.caught_up_s is not None and self.caught_up_s <= CAUGHT_UP_TARGET_S
+        met = caught_up and not (self.error or self.lost or self.down_at_end or self.unsent)
+        figures = f"caught up in {seconds(self.caught_up_s)} s; lost {self.lost}; down at the end {self.down_at_end}"
+        return Verdict(
+            load=f"reconnect storm of {self.sockets}",
+            layer=self.layer,
+            target=f"caught up <= {CAUGHT_UP_TARGET_S:g} s, none lost",
+            met=met,
+            figures=figures + (f"; {self.error}" if self.error else ""),
+        )
 
 
 class Storm:
@@ -372,3 +387,5 @@ def print_storm(results: list[StormResult]) -> None:
             print(f"{r.layer}: failed connects and closes by kind: {r.failures}")
         if r.reconnect_counts:
             print(f"{r.layer}: room sockets from the restart until caught up: {r.reconnect_counts}")
+    for r in results:
+        print(r.verdict().line())
