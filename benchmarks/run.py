@@ -1,6 +1,6 @@
 """`make bench`: bake the projects, start their services and servers on 127.0.0.1, measure.
 
-    python benchmarks/run.py                       # everything (about 13 minutes on 2 cores)
+    python benchmarks/run.py                       # everything (about 17 minutes on 2 cores)
     python benchmarks/run.py --quick               # a smaller subset (about 4 minutes)
     python benchmarks/run.py --only http fanout    # some phases
 
@@ -238,38 +238,42 @@ def raw_fanout(args: argparse.Namespace, project: Project, *, members: int, send
 
 # The relay carries messages alone: beside it at 20 msg/s, so does the chat.
 MESSAGES_ONLY = ["--typing-per-message", "0", "--reactions-per-message", "0"]
+BUSY_RUN_TIMEOUT_S = 1200
 
 
 def busy_runs(args: argparse.Namespace, *, redis: bool) -> list[tuple[str, list[str]]]:
     """(what, bench_fanout.py arguments): 100 members, 10 senders, one process unless stated."""
     runs = [
-        ("100 and 200 msg/s, typing and reactions", ["--rates", "100", "200"]),
-        ("20 msg/s, messages only", ["--rates", "20", "--duration", "30", *MESSAGES_ONLY]),
+        ("100 and 200 msg/s for 10 s, typing and reactions", ["--rates", "100", "200", "--duration", "10"]),
+        ("20 msg/s for 30 s, messages only", ["--rates", "20", "--duration", "30", *MESSAGES_ONLY]),
     ]
     if redis:  # processes share nothing else
-        runs.append(("100 msg/s on two processes", ["--processes", "2", "--rates", "100"]))
+        runs.append(("100 msg/s for 10 s on two processes", ["--processes", "2", "--rates", "100", "--duration", "10"]))
     if not args.quick:
         runs.append((f"reconnect storm of {args.storm:,}", ["--storm", str(args.storm), "--storm-rate", "10"]))
     return runs
 
 
 def bench_busy(args: argparse.Namespace, services: Services) -> list[dict]:
-    """Each busy-room run's verdicts and figures, SQLite + in memory, then PostgreSQL + Redis."""
-    print("==> busy rooms", flush=True)
-    project = Project("busy", REDIS_PG, database_url="", redis_url=None)
-    del project.env["DATABASE_URL"]  # bench_fanout.py: a throwaway SQLite file unless --database-url
-    settings = [("sqlite, in memory", [])]
+    """Each busy-room run's verdicts and figures, SQLite + in memory, then PostgreSQL + Redis.
+    Every PostgreSQL run on a database of its own: a repeat is not run on a bigger one."""
+    skipped = " (--quick: no reconnect storm)" if args.quick else ""
+    print(f"==> busy rooms{skipped}", flush=True)
+    settings = [("sqlite, in memory", Project("busy-sqlite", {}, database_url="", redis_url=None), False)]
     if "postgresql" in args.databases:
-        database = services.database(project, f"bench_busy_{secrets.token_hex(4)}")
-        redis = ["--no-memory-layer", "--redis", services.redis, "--database-url", database]
-        settings.append(("postgresql, redis", redis))
+        project = Project("busy-postgresql", REDIS_PG, database_url="", redis_url=services.redis)
+        settings.append(("postgresql, redis", project, True))
+    for _, project, _ in settings:
+        del project.env["DATABASE_URL"]  # bench_fanout.py: a throwaway SQLite file unless --database-url
     entries = []
     for repeat in range(1, args.busy_repeats + 1):
-        for setting, setting_args in settings:
-            for what, run_args in busy_runs(args, redis=bool(setting_args)):
+        for setting, project, redis in settings:
+            for what, run_args in busy_runs(args, redis=redis):
                 print(f"  {setting}: {what} (run {repeat}) ...", flush=True)
-                entry = {"setting": setting, "what": what, "run": repeat}
-                entry.update(busy_run(args, project, [*setting_args, *run_args]))
+                if redis:
+                    database = services.database(project, f"bench_busy_{secrets.token_hex(4)}")
+                    run_args = ["--no-memory-layer", "--redis", services.redis, "--database-url", database, *run_args]
+                entry = {"setting": setting, "what": what, "run": repeat, **busy_run(args, project, run_args)}
                 for verdict in entry.get("verdicts", []):
                     print(f"    {'met' if verdict['met'] else 'NOT met'}: {verdict['target']}", flush=True)
                 entries.append(entry)
@@ -281,22 +285,26 @@ def busy_run(args: argparse.Namespace, project: Project, run_args: list[str]) ->
     out = BUILD_DIR / "busy.json"
     out.unlink(missing_ok=True)
     command = [project.python, "benchmarks/bench_fanout.py", "--members", "100", "--senders", "10"]
-    command += ["--duration", str(args.fanout_duration), "--idle-sockets", "0", "--server", args.server]
-    command += ["--phase-timeout", "60", "--json", str(out), *run_args]
-    result = subprocess.run(
-        command,
-        cwd=project.path,
-        env=project.env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-        preexec_fn=tooling.raise_open_files_limit,
-    )
-    if result.returncode != 0 or not out.is_file():
-        print(f"    bench_fanout.py failed:\n{tail(result.stdout + result.stderr, 20)}", flush=True)
-        return {"error": tail(result.stdout + result.stderr, 20)}
-    return json.loads(out.read_text())
+    command += ["--idle-sockets", "0", "--server", args.server, "--phase-timeout", "60", "--json", str(out), *run_args]
+    try:
+        result = subprocess.run(
+            command,
+            cwd=project.path,
+            env=project.env,
+            capture_output=True,
+            text=True,
+            timeout=BUSY_RUN_TIMEOUT_S,
+            check=False,
+            preexec_fn=tooling.raise_open_files_limit,
+        )
+    except subprocess.TimeoutExpired:
+        error = f"bench_fanout.py did not end within {BUSY_RUN_TIMEOUT_S} s"
+    else:
+        if result.returncode == 0 and out.is_file():
+            return json.loads(out.read_text())
+        error = tail(result.stdout + result.stderr, 20)
+    print(f"    FAILED:\n{error}", flush=True)
+    return {"error": error}
 
 
 # --- idle sockets --------------------------------------------------------------------------------

@@ -66,11 +66,20 @@ try:
 except ImportError as exc:  # pragma: no cover - a hint, not a feature
     sys.exit(f"{exc.name} is missing: pip install -e '.[dev]' (the dev extra has websockets and httpx)")
 
-from benchmarks.fanout_load import IDLE_KINDS, IDLE_WARM_UP, idle_memory, run_chat, run_relay  # noqa: E402
+from asgiref.sync import sync_to_async  # noqa: E402
+
+from benchmarks.fanout_load import (  # noqa: E402
+    IDLE_KINDS,
+    IDLE_WARM_UP,
+    MESSAGE_PREFIX,
+    idle_memory,
+    run_chat,
+    run_relay,
+)
 from benchmarks.fanout_report import Result, print_table, report  # noqa: E402
 from benchmarks.fanout_storm import StormResult, print_storm, run_storm  # noqa: E402
 from benchmarks.room_client import REORDER_GRACE_SECONDS, new_http_client  # noqa: E402
-from benchmarks.seeding import Room, Seed, seed, seed_rooms, server_env, setup_django  # noqa: E402
+from benchmarks.seeding import Room, Seed, seed, seed_rooms, server_env, setup_django, stored_twice  # noqa: E402
 from benchmarks.tooling import PROJECT_DIR, SERVERS, ServerProcess, raise_open_files_limit  # noqa: E402
 
 ASGI_APPLICATION = "benchmarks.relay_asgi:application"
@@ -132,6 +141,8 @@ async def bench_layer(args, layer: str, redis_url: str | None, seed_state: Seed,
                     result.processes = len(servers)
                     print(f"  {layer}: {target} at {rate:g} msg/s for {args.duration:g} s ...", flush=True)
                     await run_target(args, servers, http, seed_state, result, chat_id=chat_id)
+                    if target == "chat":
+                        result.stored_twice = await sync_to_async(stored_twice)(chat_id, MESSAGE_PREFIX)
                     results.append(result)
                     await asyncio.sleep(2)  # let the server finish closing the run's sockets
     finally:

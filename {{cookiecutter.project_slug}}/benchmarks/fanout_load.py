@@ -276,7 +276,7 @@ async def send_load(clients: list[RoomClient], result: Result) -> tuple[float, d
     response_times: list[float] = []
 
     async def send(seq: int, scheduled_at: float) -> None:
-        sent = await clients[seq % result.senders].send(f"bench {seq}")
+        sent = await clients[seq % result.senders].send(f"{MESSAGE_PREFIX}{seq}")
         response_times.append((time.monotonic() - scheduled_at) * 1000)
         if sent.message_id is None:
             result.send_errors += 1
@@ -289,6 +289,8 @@ async def send_load(clients: list[RoomClient], result: Result) -> tuple[float, d
     return first_send, send_times, response_times
 
 
+# What the offered messages' bodies start with (then their number: each body is its own).
+MESSAGE_PREFIX = "bench "
 # The page sends at most one typing signal per person this often.
 TYPING_SIGNAL_SECONDS = 3.0
 

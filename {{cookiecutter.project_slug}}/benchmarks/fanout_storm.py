@@ -75,6 +75,7 @@ class StormResult:
         caught_up = self.caught_up_s is not None and self.caught_up_s <= CAUGHT_UP_TARGET_S
         met = caught_up and not (self.error or self.lost or self.down_at_end or self.unsent)
         figures = f"caught up in {seconds(self.caught_up_s)} s; lost {self.lost}; down at the end {self.down_at_end}"
+        figures += f"; unsent {self.unsent}; failed connects {self.failed_connects}"
         return Verdict(
             load=f"reconnect storm of {self.sockets}",
             layer=self.layer,

@@ -96,3 +96,15 @@ def create_users(run_id: str, count: int) -> list:
         user.set_unusable_password()
     User.objects.bulk_create(users, batch_size=500)
     return list(User.objects.filter(username__in=names).order_by("pk"))
+
+
+def stored_twice(chat_id: int, prefix: str) -> int:
+    """Messages of the room whose body (starting with `prefix`) was stored more than once:
+    each offered message's body is its own, so a retried send stored again would show here."""
+    from django.db.models import Count
+
+    from chat.models import Message
+
+    bodies = Message.objects.filter(chat_id=chat_id, body__startswith=prefix).values("body")
+    copies = bodies.annotate(copies=Count("pk")).filter(copies__gt=1).values_list("copies", flat=True)
+    return sum(count - 1 for count in copies)
