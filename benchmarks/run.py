@@ -1,7 +1,7 @@
 """`make bench`: bake the projects, start their services and servers on 127.0.0.1, measure.
 
     python benchmarks/run.py                       # everything (about 17 minutes on 2 cores)
-    python benchmarks/run.py --quick               # a smaller subset (about 4 minutes)
+    python benchmarks/run.py --quick               # a smaller subset (about 7 minutes)
     python benchmarks/run.py --only http fanout    # some phases
 
 Phases, each figure beside its reference measured in the same run:
@@ -379,7 +379,7 @@ def environment() -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=PHASES, default=list(PHASES), help="run these phases")
-    parser.add_argument("--quick", action="store_true", help="a smaller subset (about 4 minutes)")
+    parser.add_argument("--quick", action="store_true", help="a smaller subset (about 7 minutes)")
     parser.add_argument("--databases", nargs="+", choices=["sqlite", "postgresql"], default=None)
     parser.add_argument("--server", choices=tooling.SERVERS, default=tooling.SERVERS[0], help="default: %(default)s")
     parser.add_argument("--chats", type=int, default=1000, help="chats of the benchmark user")
