@@ -194,25 +194,11 @@ def bench_fanout(args: argparse.Namespace, services: Services) -> list[dict]:
     runs = []
     for members in args.members:
         rate, senders = fanout_rate(args, members), min(10, members)
-        out = BUILD_DIR / f"fanout-{members}.json"
-        command = [project.python, "benchmarks/bench_fanout.py", "--members", str(members), "--senders", str(senders)]
-        command += ["--rates", str(rate), "--duration", str(args.fanout_duration), "--idle-sockets", "0"]  # see "idle"
-        command += ["--phase-timeout", "30", "--redis", services.redis, "--json", str(out), "--server", args.server]
+        arguments = ["--members", str(members), "--senders", str(senders), "--rates", str(rate)]
+        arguments += ["--duration", str(args.fanout_duration), "--idle-sockets", "0"]  # see "idle"
+        arguments += ["--phase-timeout", "30", "--redis", services.redis, "--server", args.server]
         print(f"  {members} members at {rate:g} msg/s (bench_fanout.py) ...", flush=True)
-        result = subprocess.run(
-            command,
-            cwd=project.path,
-            env=project.env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-            preexec_fn=tooling.raise_open_files_limit,
-        )
-        if result.returncode != 0 or not out.is_file():
-            print(f"    bench_fanout.py failed:\n{tail(result.stdout + result.stderr, 20)}", flush=True)
-        else:
-            runs += json.loads(out.read_text())["runs"]
+        runs += run_bench_fanout(project, arguments, timeout=900).get("runs", [])
         runs.append(raw_fanout(args, project, members=members, senders=senders, rate=rate))
     return runs
 
@@ -273,19 +259,21 @@ def bench_busy(args: argparse.Namespace, services: Services) -> list[dict]:
                 if redis:
                     database = services.database(project, f"bench_busy_{secrets.token_hex(4)}")
                     run_args = ["--no-memory-layer", "--redis", services.redis, "--database-url", database, *run_args]
-                entry = {"setting": setting, "what": what, "run": repeat, **busy_run(args, project, run_args)}
+                arguments = ["--members", "100", "--senders", "10", "--idle-sockets", "0", "--server", args.server]
+                arguments += ["--phase-timeout", "60", *run_args]
+                report = run_bench_fanout(project, arguments, timeout=BUSY_RUN_TIMEOUT_S)
+                entry = {"setting": setting, "what": what, "run": repeat, **report}
                 for verdict in entry.get("verdicts", []):
                     print(f"    {'met' if verdict['met'] else 'NOT met'}: {verdict['target']}", flush=True)
                 entries.append(entry)
     return entries
 
 
-def busy_run(args: argparse.Namespace, project: Project, run_args: list[str]) -> dict:
-    """One bench_fanout.py run's JSON report, or the error it ended with."""
-    out = BUILD_DIR / "busy.json"
+def run_bench_fanout(project: Project, arguments: list[str], *, timeout: float) -> dict:
+    """bench_fanout.py's JSON report of one run with these arguments, or the error it ended with."""
+    out = BUILD_DIR / "fanout.json"
     out.unlink(missing_ok=True)
-    command = [project.python, "benchmarks/bench_fanout.py", "--members", "100", "--senders", "10"]
-    command += ["--idle-sockets", "0", "--server", args.server, "--phase-timeout", "60", "--json", str(out), *run_args]
+    command = [project.python, "benchmarks/bench_fanout.py", *arguments, "--json", str(out)]
     try:
         result = subprocess.run(
             command,
@@ -293,17 +281,17 @@ def busy_run(args: argparse.Namespace, project: Project, run_args: list[str]) ->
             env=project.env,
             capture_output=True,
             text=True,
-            timeout=BUSY_RUN_TIMEOUT_S,
+            timeout=timeout,
             check=False,
             preexec_fn=tooling.raise_open_files_limit,
         )
     except subprocess.TimeoutExpired:
-        error = f"bench_fanout.py did not end within {BUSY_RUN_TIMEOUT_S} s"
+        error = f"bench_fanout.py did not end within {timeout:g} s"
     else:
         if result.returncode == 0 and out.is_file():
             return json.loads(out.read_text())
         error = tail(result.stdout + result.stderr, 20)
-    print(f"    FAILED:\n{error}", flush=True)
+    print(f"    bench_fanout.py failed:\n{error}", flush=True)
     return {"error": error}
 
 
