@@ -95,9 +95,7 @@ def print_busy(entries: list[dict], server: str) -> None:
         if "error" in entry:
             print(f"{label}: {entry['what']}: FAILED\n{entry['error']}")
         for verdict in entry.get("verdicts", []):
-            met = "met" if verdict["met"] else "NOT met"
-            note = f" ({verdict['note']})" if verdict["note"] else ""
-            print(f"{label}: {verdict['load']}: {verdict['figures']}; {verdict['target']}: {met}{note}")
+            print(f"{label}: {verdict['line']}")
 
 
 def print_idle(results: dict, server: str) -> None:

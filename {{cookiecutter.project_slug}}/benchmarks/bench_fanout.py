@@ -54,7 +54,6 @@ import sys
 import tempfile
 import time
 from contextlib import suppress
-from dataclasses import asdict
 from pathlib import Path
 
 # Run as a script: the project (chat, config, benchmarks) must be importable.
@@ -396,7 +395,7 @@ def main_storm(args) -> None:
             results.append(asyncio.run(storm_layer(args, layer, redis_url, workdir, rooms)))
     if args.json:
         figures = {"settings": {"storm": args.storm, "room_size": args.members, "rate": args.storm_rate}}
-        storms = {"storms": [r.figures() for r in results], "verdicts": [asdict(r.verdict()) for r in results]}
+        storms = {"storms": [r.figures() for r in results], "verdicts": [r.verdict().as_json() for r in results]}
         args.json.write_text(json.dumps({**figures, **storms}, indent=2) + "\n")
     print_storm(results)
 

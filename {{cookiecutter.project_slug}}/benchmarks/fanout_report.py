@@ -167,6 +167,10 @@ class Verdict:
             f" ({self.note})" if self.note else ""
         )
 
+    def as_json(self) -> dict:
+        """Its fields and its printed line (make bench prints the line, not a copy of its format)."""
+        return {**asdict(self), "line": self.line()}
+
 
 def judge(relay: Result, ours: Result) -> Verdict | None:
     """The chat against the relay of the same run, if the run is one that has a target (a
@@ -289,6 +293,6 @@ def report(args, results: list[Result], memory: list[dict]) -> dict:
             "machine": platform.machine(),
         },
         "runs": [r.figures() for r in results],
-        "verdicts": [asdict(verdict) for verdict in verdicts(results)],
+        "verdicts": [verdict.as_json() for verdict in verdicts(results)],
         "idle_memory": memory,
     }
