@@ -177,6 +177,26 @@ class ReconnectingRedisChannelLayer(RedisChannelLayer):
             if full:
                 logger.info("%s of %s channels over capacity in group %s", full, len(channels), group)
 
+    async def change_groups(self, changes: list[tuple[bool, str, str]]) -> None:
+        """Group joins and leaves, (join, group, channel) each, made as `group_add` and
+        `group_discard` make them, in the order given, in one round trip for each Redis
+        they are on. The chat's hubs give the changes asked for together here
+        (chat.realtime.loop.GroupChanges): a process stopping under thousands of sockets
+        leaves the groups of every person and room it served at once, and its successor
+        joins them again as they reconnect."""
+        by_shard = collections.defaultdict(list)
+        for join, group, channel in changes:
+            by_shard[self.consistent_hash(group)].append((join, self._group_key(group), channel))
+        for index, shard_changes in by_shard.items():
+            async with self.connection(index).pipeline(transaction=False) as pipe:
+                for join, key, channel in shard_changes:
+                    if join:
+                        pipe.zadd(key, {channel: time.time()})
+                        pipe.expire(key, self.group_expiry)
+                    else:
+                        pipe.zrem(key, channel)
+                await pipe.execute()
+
     async def flush(self):
         self.taken.clear()
         for popping in self.popping.values():

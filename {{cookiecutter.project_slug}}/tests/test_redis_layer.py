@@ -14,6 +14,7 @@ import pytest
 from channels.layers import channel_layers, get_channel_layer
 
 from chat.realtime.hub import hub_channel_name
+from chat.realtime.loop import group_add, group_discard
 from chat.tests.test_ratelimit import RedisProcess
 
 TIMEOUT = 5
@@ -106,6 +107,44 @@ async def test_commands_wait_for_a_free_connection_rather_than_fail(redis, setti
     channel = await layer.new_channel()
     async with asyncio.timeout(TIMEOUT):
         await asyncio.gather(*(layer.group_add(f"group{n}", channel) for n in range(20)))
+    await layer.flush()
+
+
+def group_members(redis, layer, groups: list[str]) -> dict[str, list[str]]:
+    from redis import Redis
+
+    with Redis(port=redis.port) as probe:
+        return {group: [m.decode() for m in probe.zrange(layer._group_key(group), 0, -1)] for group in groups}
+
+
+async def test_group_changes_asked_together_go_to_redis_together(redis, monkeypatch):
+    """A process that stops leaves the groups of every person and room it served at once, and
+    its successor joins them again as their sockets come back: the joins and leaves asked
+    meanwhile go to Redis in one pipeline, in the order asked. A bad group name fails its
+    own caller, not the others."""
+    layer = get_channel_layer()
+    batches = []
+    change_groups = type(layer).change_groups
+
+    async def counted(self, changes):
+        batches.append(len(changes))
+        await change_groups(self, changes)
+
+    monkeypatch.setattr(type(layer), "change_groups", counted)
+    channel, other = await layer.new_channel(), await layer.new_channel()
+    groups = [f"person.{n}" for n in range(300)]
+    async with asyncio.timeout(TIMEOUT):
+        await asyncio.gather(*(group_add(layer, group, channel) for group in groups), group_add(layer, "room", other))
+        leaving = [group_discard(layer, group, channel) for group in groups[::2]]
+        back = group_add(layer, groups[0], channel)  # asked after its leave: it ends in the group
+        outcomes = await asyncio.gather(*leaving, group_add(layer, "bad name!", channel), back, return_exceptions=True)
+
+    assert batches == [301, 151], "each burst of changes in one call"
+    assert [type(o) for o in outcomes] == [type(None)] * 150 + [TypeError, type(None)]
+    members = await asyncio.to_thread(group_members, redis, layer, [*groups, "room"])
+    assert [group for group in groups if members[group] == [channel]] == [groups[0], *groups[1::2]]
+    assert [group for group in groups if members[group] == []] == groups[2::2]
+    assert members["room"] == [other]
     await layer.flush()
 
 
