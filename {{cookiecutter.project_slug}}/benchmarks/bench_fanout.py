@@ -23,10 +23,11 @@ same load to both targets:
   and toggle reactions on the newest message over the socket, one per five messages
   (`--reactions-per-message`).
 
-With `--processes 2` (Redis only) each layer gets two daphne processes on the same Redis,
+With `--processes 2` (Redis only) each layer gets two server processes on the same Redis,
 as behind a load balancer: members (senders included) are split evenly between them, for
 the relay as for the chat. `--storm N` runs a reconnect storm instead (fanout_storm.py):
-N room and inbox sockets on one process, the process restarted under them.
+N room and inbox sockets on one process, the process restarted under them, beside the same
+people's N sockets on the relay, restarted the same way.
 
 Latency runs from the scheduled send time (open loop: a slow server cannot slow the
 senders down and hide its queueing) to the frame's arrival. "lost" counts deliveries
@@ -76,7 +77,7 @@ from benchmarks.fanout_load import (  # noqa: E402
     run_relay,
 )
 from benchmarks.fanout_report import Result, print_table, report  # noqa: E402
-from benchmarks.fanout_storm import StormResult, print_storm, run_storm  # noqa: E402
+from benchmarks.fanout_storm import StormResult, print_storm, run_storm, storm_verdicts  # noqa: E402
 from benchmarks.room_client import REORDER_GRACE_SECONDS, new_http_client  # noqa: E402
 from benchmarks.seeding import Room, Seed, seed, seed_rooms, server_env, setup_django, stored_twice  # noqa: E402
 from benchmarks.tooling import PROJECT_DIR, SERVERS, ServerProcess, raise_open_files_limit  # noqa: E402
@@ -203,16 +204,29 @@ async def run_target(args, servers, http, seed_state: Seed, result: Result, *, c
         print(f"    failed: {result.error} (server log: {logs})", flush=True)
 
 
-async def storm_layer(args, layer: str, redis_url: str | None, workdir: Path, rooms: list[Room]) -> StormResult:
-    """Open a room and an inbox socket for each member of `rooms`, then restart the server under them."""
+async def storm_layer(args, layer: str, redis_url: str | None, workdir: Path, rooms: list[Room]) -> list[StormResult]:
+    """The relay's storm (the reference), then the chat's: each a server process of its own
+    restarted under the sockets of `rooms`' members."""
+    return [await storm_target(args, layer, redis_url, workdir, rooms, relay=relay) for relay in (True, False)]
+
+
+async def storm_target(
+    args, layer: str, redis_url: str | None, workdir: Path, rooms: list[Room], *, relay: bool
+) -> StormResult:
+    """Open sockets for each member of `rooms` (a room and an inbox socket each, or two on the
+    relay), then restart the server under them."""
+    target = "relay" if relay else "chat"
     prefix = f"bench-{secrets.token_hex(3)}"  # the restarted process finds the same groups on Redis
-    server = start_server(args, workdir, f"storm-{layer}", redis_url, prefix=prefix)
+    name = f"storm-{layer}-{target}"
+    server = start_server(args, workdir, name, redis_url, prefix=prefix)
 
     def start(port: int) -> ServerProcess:
-        return start_server(args, workdir, f"storm-{layer}-restarted", redis_url, prefix=prefix, port=port)
+        return start_server(args, workdir, f"{name}-restarted", redis_url, prefix=prefix, port=port)
 
-    print(f"  {layer}: storm of {args.storm} sockets in {len(rooms)} rooms ...", flush=True)
-    profile = args.profile.with_name(f"{args.profile.stem}-{layer}{args.profile.suffix}") if args.profile else None
+    print(f"  {layer}, {target}: storm of {args.storm} sockets in {len(rooms)} rooms ...", flush=True)
+    profile = None
+    if args.profile:
+        profile = args.profile.with_name(f"{args.profile.stem}-{layer}-{target}{args.profile.suffix}")
     result, server = await run_storm(
         rooms,
         layer=layer,
@@ -221,6 +235,7 @@ async def storm_layer(args, layer: str, redis_url: str | None, workdir: Path, ro
         start=start,
         rate=args.storm_rate,
         timeout=args.phase_timeout,
+        relay=relay,
         profile=profile,
     )
     server.stop()
@@ -392,10 +407,10 @@ def main_storm(args) -> None:
         for layer, redis_url in layers(args):
             # The people of `--storm` sockets (a room and an inbox socket each) in rooms of `--members`.
             rooms = seed_rooms(run_id=secrets.token_hex(3), users=args.storm // 2, room_size=args.members)
-            results.append(asyncio.run(storm_layer(args, layer, redis_url, workdir, rooms)))
+            results += asyncio.run(storm_layer(args, layer, redis_url, workdir, rooms))
     if args.json:
         figures = {"settings": {"storm": args.storm, "room_size": args.members, "rate": args.storm_rate}}
-        storms = {"storms": [r.figures() for r in results], "verdicts": [r.verdict().as_json() for r in results]}
+        storms = {"storms": [r.figures() for r in results], "verdicts": [v.as_json() for v in storm_verdicts(results)]}
         args.json.write_text(json.dumps({**figures, **storms}, indent=2) + "\n")
     print_storm(results)
 

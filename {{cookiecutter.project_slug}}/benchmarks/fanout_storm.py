@@ -11,6 +11,14 @@ server process is stopped and started again on the same port. The figures:
   room socket shows every message its room had stored when it reopened (its catch-up GET
   `messages/?after=` is done) and every inbox socket got its `inbox.sync` greeting;
 - lost: messages stored in a room that a member still does not show at the end.
+
+The reference, in the same run on a server process of its own: the same people, each with
+two sockets on the Channels tutorial relay (benchmarks/relay_asgi.py), one in their room's
+group and one in a group of their own (as the inbox's), reconnecting the same way after the
+same restart. The relay stores nothing, so it has nothing to catch up and takes no load:
+it is back, and so done, once every socket is open again. Its figures are what the
+restart, the clients and the machine cost a plain Channels app; the chat's, beside them,
+what its handshakes, greetings and catch-up add.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from pathlib import Path
 
 from .fanout_load import CONNECT_CONCURRENCY, drain
 from .fanout_report import Verdict
-from .room_client import InboxClient, RoomClient, new_http_client
+from .room_client import InboxClient, ReconnectingSocket, RoomClient, new_http_client
 from .seeding import Room
 
 # The storm's target: every socket of one process back and caught up this soon after the stop.
@@ -41,6 +49,7 @@ RECONNECT_COUNTS = ("greeting", "catch_up", "catch_up_request", "no_greeting", "
 @dataclass
 class StormResult:
     layer: str
+    target: str  # "chat", or "relay": the reference
     sockets: int
     rooms: int
     rate: float
@@ -71,11 +80,14 @@ class StormResult:
     def figures(self) -> dict:
         return asdict(self)
 
-    def verdict(self) -> Verdict:
+    def verdict(self, relay: StormResult | None = None) -> Verdict:
+        """The chat's storm against its target; `relay`, the reference storm of the same run."""
         caught_up = self.caught_up_s is not None and self.caught_up_s <= CAUGHT_UP_TARGET_S
         met = caught_up and not (self.error or self.lost or self.down_at_end or self.unsent)
         figures = f"caught up in {seconds(self.caught_up_s)} s; lost {self.lost}; down at the end {self.down_at_end}"
         figures += f"; unsent {self.unsent}; failed connects {self.failed_connects}"
+        if relay is not None:
+            figures += f"; the relay back in {seconds(relay.back_s)} s" + (" (failed)" if relay.error else "")
         return Verdict(
             load=f"reconnect storm of {self.sockets}",
             layer=self.layer,
@@ -85,24 +97,40 @@ class StormResult:
         )
 
 
-class Storm:
-    """The clients of every room, a sender per room, and the server they reconnect to."""
+class RelaySocket(ReconnectingSocket):
+    """A socket on the tutorial relay in `group`, reconnecting as the chat's sockets do."""
 
-    def __init__(self, rooms: list[Room], *, server, stop, start, rate: float, timeout: float):
+    def __init__(self, *, group: str, **socket_options):
+        super().__init__(**socket_options)
+        self.path = f"/ws/bench/relay/{group}/"
+
+
+class Storm:
+    """The clients of every room, a sender per room, and the server they reconnect to; with
+    `relay`, the same people's two sockets each on the tutorial relay instead, and no load."""
+
+    def __init__(self, rooms: list[Room], *, server, stop, start, rate: float, timeout: float, relay: bool = False):
         self.rooms, self.server, self.stop_server, self.start_server = rooms, server, stop, start
-        self.rate, self.timeout = rate, timeout
+        self.rate, self.timeout = (0.0 if relay else rate), timeout
         self.http = new_http_client(timeout=timeout, connections=100)
         # The first opening a few handshakes at a time (as a run sets up its sockets); the
         # reconnect without a gate, as browsers do: only their backoff spreads them out.
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
         shared = {"servers": [server.base_url], "open_timeout": timeout}
         options = {**shared, "connect_gate": gate}
-        self.room_clients = [
-            RoomClient(member=member, chat_id=room.chat_id, http=self.http, **options)
-            for room in rooms
-            for member in room.members
-        ]
-        self.inbox_clients = [InboxClient(member=member, **options) for room in rooms for member in room.members]
+        people = [(room, member) for room in rooms for member in room.members]
+        self.room_clients, self.inbox_clients, self.relay_clients = [], [], []
+        if relay:
+            self.relay_clients = [
+                RelaySocket(member=member, group=group, **options)
+                for room, member in people
+                for group in (f"storm-{room.chat_id}", f"storm-person-{member.user_id}")
+            ]
+        else:
+            self.room_clients = [
+                RoomClient(member=member, chat_id=room.chat_id, http=self.http, **options) for room, member in people
+            ]
+            self.inbox_clients = [InboxClient(member=member, **options) for _, member in people]
         # The members take turns to send, each from an outbox of their own beside their sockets
         # (as from a second tab with its socket down): its posts wait out the restart as the
         # page's outbox does, one message in flight at a time per sender.
@@ -110,8 +138,8 @@ class Storm:
             (room.chat_id, member.user_id): RoomClient(
                 member=member, chat_id=room.chat_id, send_over="http", http=self.http, **shared
             )
-            for room in rooms
-            for member in room.members
+            for room, member in people
+            if not relay
         }
         self.stored: dict[int, dict[int, float]] = {room.chat_id: {} for room in rooms}  # chat -> id -> acked at
         # Per chat, when each ack came (in order) and the newest id acked by then: what a socket
@@ -124,7 +152,7 @@ class Storm:
 
     @property
     def clients(self) -> list:
-        return [*self.room_clients, *self.inbox_clients]
+        return [*self.room_clients, *self.inbox_clients, *self.relay_clients]
 
     async def run(self, result: StormResult, *, profile: Path | None = None) -> None:
         started = time.monotonic()
@@ -305,10 +333,14 @@ class Storm:
         await self.http.aclose()
 
 
-async def run_storm(rooms: list[Room], *, layer: str, server, stop, start, rate: float, timeout: float, profile=None):
-    """One storm on `server`: `stop(server)` ends it as a deploy does, `start(port)` returns its successor."""
-    storm = Storm(rooms, server=server, stop=stop, start=start, rate=rate, timeout=timeout)
-    result = StormResult(layer=layer, sockets=len(storm.clients), rooms=len(rooms), rate=rate)
+async def run_storm(
+    rooms: list[Room], *, layer: str, server, stop, start, rate: float, timeout: float, relay=False, profile=None
+):
+    """One storm on `server`: `stop(server)` ends it as a deploy does, `start(port)` returns its
+    successor. With `relay`, the reference storm on the tutorial relay."""
+    storm = Storm(rooms, server=server, stop=stop, start=start, rate=rate, timeout=timeout, relay=relay)
+    target = "relay" if relay else "chat"
+    result = StormResult(layer=layer, target=target, sockets=len(storm.clients), rooms=len(rooms), rate=storm.rate)
     try:
         await storm.run(result, profile=profile)
     except (OSError, TimeoutError) as exc:
@@ -344,11 +376,13 @@ def seconds(value: float | None) -> str:
 
 
 def print_storm(results: list[StormResult]) -> None:
-    header = ("layer", "sockets", "rooms", "msg/s", "open s", "open/s", "stop s", "restart s", "back s", "caught up s")
+    header = ("layer", "target", "sockets", "rooms", "msg/s", "open s", "open/s", "stop s", "restart s", "back s")
+    header += ("caught up s",)
     header += ("reopen/s", "server CPU s", "client CPU s", "sent", "lost", "failed connects", "GETs", "")
     rows = [
         (
             r.layer,
+            r.target,
             str(r.sockets),
             str(r.rooms),
             f"{r.rate:g}",
@@ -376,17 +410,24 @@ def print_storm(results: list[StormResult]) -> None:
         print("  ".join(cell.rjust(width) for cell, width in zip(cells, widths, strict=True)))
     print("stop: SIGTERM until the old process exits; restart: until the new one listens on the same port")
     print("back / caught up: seconds from the stop until every socket is open again / and caught up")
-    print("(room sockets: every message stored before they reopened is shown; inbox sockets: greeted);")
+    print("(room sockets: every message stored before they reopened is shown; inbox sockets: greeted;")
+    print("the relay, the reference: two sockets a person, nothing to catch up, no load);")
     print("reopen/s: sockets over (back - restart); lost: stored messages a member lacks after catch-up")
     print("server CPU s: what the restarted process used (user + system) from its start until every socket caught up;")
     print("client CPU s: what the benchmark's own clients used meanwhile (on the same cores)")
     for r in results:
         if r.reopened_quantiles_s:
             reopened = ", ".join(f"{q} {s:g} s" for q, s in r.reopened_quantiles_s.items())
-            print(f"{r.layer}: sockets reopened after the stop by {reopened}")
+            print(f"{r.layer}, {r.target}: sockets reopened after the stop by {reopened}")
         if r.failures:
-            print(f"{r.layer}: failed connects and closes by kind: {r.failures}")
-        if r.reconnect_counts:
-            print(f"{r.layer}: room sockets from the restart until caught up: {r.reconnect_counts}")
-    for r in results:
-        print(r.verdict().line())
+            print(f"{r.layer}, {r.target}: failed connects and closes by kind: {r.failures}")
+        if r.reconnect_counts and r.target == "chat":
+            print(f"{r.layer}, {r.target}: room sockets from the restart until caught up: {r.reconnect_counts}")
+    for verdict in storm_verdicts(results):
+        print(verdict.line())
+
+
+def storm_verdicts(results: list[StormResult]) -> list[Verdict]:
+    """The chat's storms against their target, each beside the relay's of its layer."""
+    relays = {r.layer: r for r in results if r.target == "relay"}
+    return [r.verdict(relays.get(r.layer)) for r in results if r.target == "chat"]

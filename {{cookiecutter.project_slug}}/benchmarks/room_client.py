@@ -30,7 +30,7 @@ from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import InvalidStatus, WebSocketException
 
 from .room_outbox import ACK_TIMEOUT_SECONDS, MESSAGE_ID, Outbox, Sent
 
@@ -139,7 +139,7 @@ class ReconnectingSocket:
                 ws = await self.open_socket()
             except Exception as exc:  # a browser's socket just closes, whatever went wrong
                 self.counts["failed_connect"] += 1
-                self.counts[f"failed_connect_{type(exc).__name__}"] += 1
+                self.counts[f"failed_connect_{failure_kind(exc)}"] += 1
                 if self.failover:
                     self.server_index = (self.server_index + 1) % len(self.servers)
                 # A handshake that timed out found the server up (a browser would still be
@@ -255,6 +255,13 @@ class ReconnectingSocket:
 
     def on_closed(self) -> None:
         pass
+
+
+def failure_kind(exc: BaseException) -> str:
+    """A failed connect's kind: its exception, with the status of a handshake answered without the upgrade."""
+    if isinstance(exc, InvalidStatus):
+        return f"{type(exc).__name__}_{exc.response.status_code}"
+    return type(exc).__name__
 
 
 class InboxClient(ReconnectingSocket):
