@@ -88,7 +88,8 @@ def print_busy(entries: list[dict], server: str) -> None:
     """Each busy-room run against its target (the chat's own verdicts, from bench_fanout.py)."""
     print(
         f"\nBusy rooms, one {server} process unless stated: 100 members (10 senders) beside the relay of "
-        "each run; the storm: a room and an inbox socket a person, in rooms of 100, no relay"
+        "each run; the storm: a room and an inbox socket a person, in rooms of 100, beside the relay restarted "
+        "under two sockets a person"
     )
     for entry in entries:
         label = f"{entry['setting']}, run {entry['run']}"
