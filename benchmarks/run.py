@@ -1,6 +1,6 @@
 """`make bench`: bake the projects, start their services and servers on 127.0.0.1, measure.
 
-    python benchmarks/run.py                       # everything (about 17 minutes on 2 cores)
+    python benchmarks/run.py                       # everything (about 20 minutes on 2 cores)
     python benchmarks/run.py --quick               # a smaller subset (about 7 minutes)
     python benchmarks/run.py --only http fanout    # some phases
 
