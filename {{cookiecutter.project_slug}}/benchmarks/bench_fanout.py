@@ -206,8 +206,19 @@ async def run_target(args, servers, http, seed_state: Seed, result: Result, *, c
 
 async def storm_layer(args, layer: str, redis_url: str | None, workdir: Path, rooms: list[Room]) -> list[StormResult]:
     """The relay's storm (the reference), then the chat's: each a server process of its own
-    restarted under the sockets of `rooms`' members."""
-    return [await storm_target(args, layer, redis_url, workdir, rooms, relay=relay) for relay in (True, False)]
+    restarted under the sockets of `rooms`' members. A storm that breaks off is reported as
+    failed, and the next one still runs."""
+    results = []
+    for relay in (True, False):
+        try:
+            results.append(await storm_target(args, layer, redis_url, workdir, rooms, relay=relay))
+        except (Exception, SystemExit) as exc:  # a server that did not start raises SystemExit
+            target = "relay" if relay else "chat"
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            print(f"    {target}: failed: {error}", flush=True)
+            results.append(StormResult(layer=layer, target=target, sockets=args.storm, rooms=len(rooms), rate=0.0))
+            results[-1].error = error
+    return results
 
 
 async def storm_target(

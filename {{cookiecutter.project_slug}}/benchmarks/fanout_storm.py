@@ -98,11 +98,15 @@ class StormResult:
 
 
 class RelaySocket(ReconnectingSocket):
-    """A socket on the tutorial relay in `group`, reconnecting as the chat's sockets do."""
+    """A socket on the tutorial relay in `group`, reconnecting as the chat's sockets do. No
+    heartbeat: the tutorial's page has none, and its consumer takes every frame for a message."""
 
     def __init__(self, *, group: str, **socket_options):
         super().__init__(**socket_options)
         self.path = f"/ws/bench/relay/{group}/"
+
+    async def keep_heartbeat(self, ws) -> None:
+        return
 
 
 class Storm:

@@ -14,7 +14,7 @@ import pytest
 from channels.layers import channel_layers, get_channel_layer
 
 from chat.realtime.hub import hub_channel_name
-from chat.realtime.loop import group_add, group_discard
+from chat.realtime.loop import GroupChangeFailed, group_add, group_discard
 from chat.tests.test_ratelimit import RedisProcess
 
 TIMEOUT = 5
@@ -117,35 +117,92 @@ def group_members(redis, layer, groups: list[str]) -> dict[str, list[str]]:
         return {group: [m.decode() for m in probe.zrange(layer._group_key(group), 0, -1)] for group in groups}
 
 
+def group_ttl(redis, layer, group: str) -> int:
+    from redis import Redis
+
+    with Redis(port=redis.port) as probe:
+        return probe.ttl(layer._group_key(group))
+
+
 async def test_group_changes_asked_together_go_to_redis_together(redis, monkeypatch):
     """A process that stops leaves the groups of every person and room it served at once, and
     its successor joins them again as their sockets come back: the joins and leaves asked
-    meanwhile go to Redis in one pipeline, in the order asked. A bad group name fails its
-    own caller, not the others."""
+    meanwhile go to Redis in one pipeline, in the order asked, each group with the layer's
+    expiry. A bad group name fails its own caller, not the others."""
     layer = get_channel_layer()
     batches = []
     change_groups = type(layer).change_groups
 
     async def counted(self, changes):
         batches.append(len(changes))
-        await change_groups(self, changes)
+        return await change_groups(self, changes)
 
     monkeypatch.setattr(type(layer), "change_groups", counted)
     channel, other = await layer.new_channel(), await layer.new_channel()
     groups = [f"person.{n}" for n in range(300)]
-    async with asyncio.timeout(TIMEOUT):
-        await asyncio.gather(*(group_add(layer, group, channel) for group in groups), group_add(layer, "room", other))
-        leaving = [group_discard(layer, group, channel) for group in groups[::2]]
-        back = group_add(layer, groups[0], channel)  # asked after its leave: it ends in the group
-        outcomes = await asyncio.gather(*leaving, group_add(layer, "bad name!", channel), back, return_exceptions=True)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await asyncio.gather(*(group_add(layer, g, channel) for g in groups), group_add(layer, "room", other))
+            leaving = [group_discard(layer, group, channel) for group in groups[::2]]
+            back = group_add(layer, groups[0], channel)  # asked after its leave: it ends in the group
+            bad = group_add(layer, "bad name!", channel)
+            outcomes = await asyncio.gather(*leaving, bad, back, return_exceptions=True)
 
-    assert batches == [301, 151], "each burst of changes in one call"
-    assert [type(o) for o in outcomes] == [type(None)] * 150 + [TypeError, type(None)]
-    members = await asyncio.to_thread(group_members, redis, layer, [*groups, "room"])
-    assert [group for group in groups if members[group] == [channel]] == [groups[0], *groups[1::2]]
-    assert [group for group in groups if members[group] == []] == groups[2::2]
-    assert members["room"] == [other]
-    await layer.flush()
+        assert batches == [301, 151], "each burst of changes in one call"
+        assert [type(o) for o in outcomes] == [type(None)] * 150 + [TypeError, type(None)]
+        members = await asyncio.to_thread(group_members, redis, layer, [*groups, "room"])
+        assert [group for group in groups if members[group] == [channel]] == [groups[0], *groups[1::2]]
+        assert [group for group in groups if members[group] == []] == groups[2::2]
+        assert members["room"] == [other]
+        assert 0 < await asyncio.to_thread(group_ttl, redis, layer, "room") <= layer.group_expiry
+    finally:
+        await layer.flush()
+
+
+async def test_a_join_cancelled_before_its_batch_is_not_made(redis):
+    """A socket that goes away while its hub's join waits for the batch under way takes the
+    join back: the hub is not left in a group it has no socket for."""
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            first = asyncio.create_task(group_add(layer, "first", channel))
+            await asyncio.sleep(0)  # queued, and the batch started
+            await asyncio.sleep(0)  # the batch on its way to Redis
+            second = asyncio.create_task(group_add(layer, "second", channel))
+            await asyncio.sleep(0)  # queued behind it
+            second.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await second
+            await first
+            await group_add(layer, "third", channel)  # the next batch: "second" is not in it
+        members = await asyncio.to_thread(group_members, redis, layer, ["first", "second", "third"])
+        assert members == {"first": [channel], "second": [], "third": [channel]}
+    finally:
+        await layer.flush()
+
+
+async def test_group_changes_fail_their_callers_while_redis_is_down_and_work_once_it_is_back(redis):
+    """Each caller gets an error of its own (what Redis raised as its cause), and the changes
+    asked after Redis is back are made."""
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await group_add(layer, "warm-up", channel)
+    await asyncio.to_thread(redis.stop)
+    async with asyncio.timeout(TIMEOUT * 2):
+        outcomes = await asyncio.gather(
+            *(group_add(layer, f"person.{n}", channel) for n in range(3)), return_exceptions=True
+        )
+    assert [type(o) for o in outcomes] == [GroupChangeFailed] * 3
+    assert len({id(o) for o in outcomes}) == 3 and all(o.__cause__ is not None for o in outcomes)
+    await asyncio.to_thread(redis.start)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await group_add(layer, "person.0", channel)
+        members = await asyncio.to_thread(group_members, redis, layer, ["person.0"])
+        assert members == {"person.0": [channel]}
+    finally:
+        await layer.flush()
 
 
 def command_calls(redis) -> collections.Counter:

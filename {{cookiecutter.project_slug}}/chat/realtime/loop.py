@@ -302,18 +302,24 @@ CONCURRENT_GROUP_CHANGES = 32
 GROUP_CHANGE_BATCH = 500
 
 
+class GroupChangeFailed(Exception):
+    """A group join or leave the layer could not make; its cause is what the layer raised."""
+
+
 class GroupChanges(PerLoop):
     """The group joins and leaves of this loop's hubs.
 
     A layer with `change_groups(changes)` (config/redis_layer.py: one pipeline a Redis)
     gets the changes asked for while it makes one batch together in its next, up to
-    GROUP_CHANGE_BATCH, (join, group, channel) each, in the order asked. When a process
-    stops, its hubs leave the groups of every person and room it served, thousands at once;
-    one round trip each held its exit up by a second on Redis, and its successor's joins as
-    long. A layer without it gets each change alone, CONCURRENT_GROUP_CHANGES at a time.
+    GROUP_CHANGE_BATCH, (join, group, channel) each, in the order asked; it returns, for
+    each, None or the exception that failed it. When a process stops, its hubs leave the
+    groups of every person and room it served, thousands at once; one round trip each
+    held its exit up by a second on Redis, and its successor's joins as long. A layer
+    without it gets each change alone, CONCURRENT_GROUP_CHANGES at a time.
 
-    A change is made even if the one who asked for it is cancelled meanwhile: a leave is
-    never lost, and a join left over only costs the hub events nobody there takes.
+    A join whose caller is cancelled while it waits for its batch is taken back; once in a
+    batch, and for a leave always, it is made all the same (a leave whose caller went away
+    still takes the hub out of the group).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
@@ -331,26 +337,34 @@ class GroupChanges(PerLoop):
         # Checked here, as the layer's own group_add would: a bad name fails its caller alone.
         layer.require_valid_group_name(group)
         layer.require_valid_channel_name(channel)
-        done = self.loop.create_future()
-        self.waiting.setdefault(layer, []).append((join, group, channel, done))
+        change = (join, group, channel, self.loop.create_future())
+        self.waiting.setdefault(layer, []).append(change)
         self.batches.ensure_running()
-        await done
+        try:
+            await change[3]
+        except asyncio.CancelledError:
+            waiting = self.waiting.get(layer, [])
+            if join and change in waiting:
+                waiting.remove(change)
+            raise
 
     async def make_batches(self) -> None:
         batch = []
         try:
             while self.waiting:
+                stop_if_cancelled()
                 layer, waiting = next(iter(self.waiting.items()))
                 batch = waiting[:GROUP_CHANGE_BATCH]
                 del waiting[:GROUP_CHANGE_BATCH]
-                if not waiting:
-                    del self.waiting[layer]
+                del self.waiting[layer]
+                if waiting:  # behind the other layers' changes, if any
+                    self.waiting[layer] = waiting
                 try:
-                    await layer.change_groups([(join, group, channel) for join, group, channel, _ in batch])
+                    outcomes = await layer.change_groups([change[:3] for change in batch])
                 except Exception as exc:
-                    settle(batch, exc)
-                else:
-                    settle(batch, None)
+                    outcomes = [exc] * len(batch)
+                settle(batch, outcomes)
+                batch = []
         except asyncio.CancelledError:  # the loop is closing: nobody waits for what is left
             for waiting in [batch, *self.waiting.values()]:
                 for *_, done in waiting:
@@ -359,14 +373,21 @@ class GroupChanges(PerLoop):
             raise
 
 
-def settle(changes: list[tuple[bool, str, str, asyncio.Future]], error: Exception | None) -> None:
-    for *_, done in changes:
+def settle(batch: list[tuple[bool, str, str, asyncio.Future]], outcomes: list[Exception | None]) -> None:
+    """Each caller its change's outcome: its own exception for a change that failed, whose
+    cause is the layer's (one shared by hundreds of callers would gather all their tracebacks)."""
+    failed = [(change, error) for change, error in zip(batch, outcomes, strict=True) if error is not None]
+    if failed:
+        logger.warning("%d of %d group changes failed: %r", len(failed), len(batch), failed[0][1])
+    for (join, group, _, done), error in zip(batch, outcomes, strict=True):
         if done.done():  # its caller was cancelled
             continue
         if error is None:
             done.set_result(None)
         else:
-            done.set_exception(error)
+            failure = GroupChangeFailed(f"{'joining' if join else 'leaving'} {group} failed: {error!r}")
+            failure.__cause__ = error
+            done.set_exception(failure)
 
 
 async def group_add(layer, group: str, channel: str) -> None:
