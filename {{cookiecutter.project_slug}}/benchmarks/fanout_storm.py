@@ -15,7 +15,8 @@ server process is stopped and started again on the same port. The figures:
 The reference, in the same run on a server process of its own: the same people, each with
 two sockets on the Channels tutorial relay (benchmarks/relay_asgi.py), one in their room's
 group and one in a group of their own (as the inbox's), reconnecting the same way after the
-same restart. The relay stores nothing, so it has nothing to catch up and takes no load:
+same restart (without the heartbeat, which the tutorial's page does not have). The relay
+stores nothing, so it has nothing to catch up and takes no messages:
 it is back, and so done, once every socket is open again. Its figures are what the
 restart, the clients and the machine cost a plain Channels app; the chat's, beside them,
 what its handshakes, greetings and catch-up add.
