@@ -209,15 +209,15 @@ async def storm_layer(args, layer: str, redis_url: str | None, workdir: Path, ro
     restarted under the sockets of `rooms`' members. A storm that breaks off is reported as
     failed, and the next one still runs."""
     results = []
-    for relay in (True, False):
+    for target in ("relay", "chat"):
         try:
-            results.append(await storm_target(args, layer, redis_url, workdir, rooms, relay=relay))
+            results.append(await storm_target(args, layer, redis_url, workdir, rooms, relay=target == "relay"))
         except (Exception, SystemExit) as exc:  # a server that did not start raises SystemExit
-            target = "relay" if relay else "chat"
             error = f"{type(exc).__name__}: {exc}"[:300]
             print(f"    {target}: failed: {error}", flush=True)
-            results.append(StormResult(layer=layer, target=target, sockets=args.storm, rooms=len(rooms), rate=0.0))
-            results[-1].error = error
+            results.append(
+                StormResult(layer=layer, target=target, sockets=args.storm, rooms=len(rooms), rate=0.0, error=error)
+            )
     return results
 
 

@@ -206,13 +206,9 @@ class ReconnectingRedisChannelLayer(RedisChannelLayer):
                         else:
                             pipe.zrem(key, channel)
                     replies = iter(await pipe.execute(raise_on_error=False))
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                if attempt == 1:
-                    continue
-                for position, *_ in changes:
-                    outcomes[position] = exc
-                return
             except Exception as exc:
+                if attempt == 1 and isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                    continue
                 for position, *_ in changes:
                     outcomes[position] = exc
                 return

@@ -376,9 +376,9 @@ class GroupChanges(PerLoop):
 def settle(batch: list[tuple[bool, str, str, asyncio.Future]], outcomes: list[Exception | None]) -> None:
     """Each caller its change's outcome: its own exception for a change that failed, whose
     cause is the layer's (one shared by hundreds of callers would gather all their tracebacks)."""
-    failed = [(change, error) for change, error in zip(batch, outcomes, strict=True) if error is not None]
-    if failed:
-        logger.warning("%d of %d group changes failed: %r", len(failed), len(batch), failed[0][1])
+    errors = [error for error in outcomes if error is not None]
+    if errors:
+        logger.warning("%d of %d group changes failed: %r", len(errors), len(batch), errors[0])
     for (join, group, _, done), error in zip(batch, outcomes, strict=True):
         if done.done():  # its caller was cancelled
             continue
