@@ -54,9 +54,9 @@ logger = logging.getLogger(__name__)
 # what it costs whatever its size: each of its queries waits for the event loop, busy with
 # the handshakes themselves, to let go of the interpreter's lock before it can read its answer.
 # After a restart the sessions' query of a trip (1.2 ms in PostgreSQL's EXPLAIN ANALYZE) took
-# 100 ms on average in the server, and trips of 200 took up to 1.3 s, as long as trips of 1,000.
-# With 1,000 instead of 200, 5,000 sockets reopen in 5 trips instead of 25: caught up in
-# 6.0 to 9.2 s instead of 8.5 to 16.5 (`benchmarks/bench_fanout.py --storm 5000`).
+# 40 to 130 ms on average in the server, and trips of 200 took up to 1.3 s, as long as trips of
+# 1,000. With 1,000, 5,000 sockets reopen in 5 trips instead of 25: caught up in 6.0 to 9.2 s
+# instead of 8.5 to 16.5 (`benchmarks/bench_fanout.py --storm 5000`; docs/performance.md).
 TRIP_SIZE = 1000
 
 # Channels' own `get_user` without its trip to the database thread: the same checks
