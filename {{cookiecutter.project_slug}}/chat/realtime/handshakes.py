@@ -27,6 +27,7 @@ import asyncio
 import copy
 import inspect
 import logging
+import sqlite3
 from collections.abc import Callable, Generator, Hashable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -38,6 +39,7 @@ from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import AnonymousUser
 from django.contrib.sessions.backends.db import SessionStore as DatabaseSessionStore
 from django.core.exceptions import ValidationError
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from django.utils.functional import LazyObject
@@ -58,6 +60,11 @@ logger = logging.getLogger(__name__)
 # 1,000. With 1,000, 5,000 sockets reopen in 5 trips instead of 25: caught up in 6.0 to 9.2 s
 # instead of 8.5 to 16.5 (`benchmarks/bench_fanout.py --storm 5000`; docs/performance.md).
 TRIP_SIZE = 1000
+# The variables a query of a trip's batches takes at most for each item it names (a room's
+# membership names a user and a chat, a greeting's missed messages a chat and an id), and
+# those it takes whatever the items.
+VARIABLES_PER_ITEM = 4
+VARIABLES_OF_ITS_OWN = 20
 
 # Channels' own `get_user` without its trip to the database thread: the same checks
 # (the session's auth hash, so a password change logs out; the backend's, so inactive
@@ -259,6 +266,31 @@ def load_users(scopes) -> None:
         scope["user"] = user or AnonymousUser()
 
 
+def items_per_query() -> int:
+    """How many items one query of a trip may name, on the database thread: all of a trip's,
+    but on SQLite as many as the variables it allows a statement leave room for. SQLite
+    allows 32,766 since 3.32 and 999 before (Django supports 3.31), where a trip's batch of
+    1,000 items would fail with "too many SQL variables": its queries then name fewer each."""
+    connection = connections[DEFAULT_DB_ALIAS]
+    if connection.vendor != "sqlite":
+        return TRIP_SIZE
+    connection.ensure_connection()
+    variables = connection.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return max(1, (variables - VARIABLES_OF_ITS_OWN) // VARIABLES_PER_ITEM)
+
+
+def in_chunks(items: list, size: int) -> Generator[list]:
+    return (items[start : start + size] for start in range(0, len(items), size))
+
+
+def read_in_chunks(read_many: Callable[[list], dict], items: list, size: int) -> dict:
+    """`read_many(items)`, as queries of at most `size` items each."""
+    found = {}
+    for chunk in in_chunks(items, size):
+        found.update(read_many(chunk))
+    return found
+
+
 def _run_all(trip: list[_Ask]) -> list[tuple[Any, BaseException | None]]:
     """Each ask's (result, error): the sessions and users first, then every ask's own work,
     then the batches asked, in rounds: those asked by work that went on from a batch of the
@@ -266,8 +298,14 @@ def _run_all(trip: list[_Ask]) -> list[tuple[Any, BaseException | None]]:
     outcomes: list[tuple[Any, BaseException | None]] = [(None, None)] * len(trip)
     scopes = [ask.scope for ask in trip if ask.scope is not None]
     try:
-        load_sessions(scope["session"] for scope in scopes if scope.get("session") is not None)
-        load_users(scopes)
+        per_query = items_per_query()
+    except Exception:  # no connection to ask: each query meets that on its own, as it would alone
+        per_query = TRIP_SIZE
+    try:
+        sessions = [scope["session"] for scope in scopes if scope.get("session") is not None]
+        for chunk in in_chunks(sessions, per_query):
+            load_sessions(chunk)
+        load_users(scopes)  # in batches of Django's own (`in_bulk`)
     except Exception as exc:  # each socket's own work then loads its session and user itself, and fails alone
         log_database_error(logger, exc, "Loading the sessions and users of %d handshakes together failed", len(trip))
     steps: dict[int, Generator] = {}  # by ask: own work that is under way
@@ -312,7 +350,8 @@ def _run_all(trip: list[_Ask]) -> list[tuple[Any, BaseException | None]]:
             batches.setdefault(batch.read_many, []).append(index)
         for read_many, indexes in batches.items():
             try:
-                found = read_many(list(dict.fromkeys(this_round[index].item for index in indexes)))
+                items = list(dict.fromkeys(this_round[index].item for index in indexes))
+                found = read_in_chunks(read_many, items, per_query)
             except Exception as exc:
                 trace = exc.__traceback__
                 for index in indexes:

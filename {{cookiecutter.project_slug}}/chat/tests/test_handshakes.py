@@ -1,10 +1,13 @@
 """The database work of sockets opening together goes in shared trips (`chat.realtime.handshakes`)."""
 
 import asyncio
+import sqlite3
 
 import pytest
 from django.contrib.auth.backends import ModelBackend
+from django.db import connection
 
+from chat import selectors
 from chat.realtime import handshakes
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -143,6 +146,37 @@ async def test_the_asks_of_open_sockets_go_in_the_next_trip_ahead_of_waiting_han
     )
 
     assert batches == [[10, 0, 1], [2, 3, 4]]
+
+
+async def test_a_batch_of_more_items_than_a_query_may_name_is_read_in_several(monkeypatch):
+    monkeypatch.setattr(handshakes, "items_per_query", lambda: 2)
+
+    results = await asyncio.gather(*(handshakes.in_shared_batch(squares, number) for number in range(5)))
+
+    assert results == [0, 1, 4, 9, 16]
+    assert batches == [[0, 1], [2, 3], [4]]
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's limit on a statement's variables")
+async def test_a_trip_names_no_more_items_a_query_than_sqlite_allows_variables():
+    """SQLite before 3.32 allows 999 variables a statement: a trip of 1,000 rooms' memberships
+    (a user and a chat each) would fail. Here the limit is lowered to 40 on the trips' connection."""
+
+    def set_variables_limit(limit):
+        connection.ensure_connection()
+        return connection.connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
+
+    default = await handshakes.in_shared_trip(lambda: set_variables_limit(40))
+    try:
+        per_query = await handshakes.in_shared_trip(handshakes.items_per_query)
+        memberships = await asyncio.gather(
+            *(handshakes.in_shared_batch(selectors.memberships_by_pair, (user_id, 1)) for user_id in range(1, 31))
+        )
+    finally:
+        await handshakes.in_shared_trip(lambda: set_variables_limit(default))
+
+    assert per_query == 5
+    assert memberships == [None] * 30
 
 
 def test_the_sessions_of_a_trip_load_in_one_query_each_as_it_would_alone(alice, bob, django_assert_num_queries):
