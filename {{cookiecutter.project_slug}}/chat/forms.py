@@ -5,6 +5,7 @@ addresses, their shape) and look up only a form that is otherwise valid: each lo
 counts against the person's e-mail lookup limit (selectors.charge_email_lookups).
 """
 
+import hashlib
 import re
 
 from django import forms
@@ -191,12 +192,31 @@ class RemoveMemberForm(forms.Form):
 
 
 class MessageForm(forms.Form):
-    """Only parses; `services.clean_message_body` decides what may be sent."""
+    """Only parses; `services.clean_message_body` decides what may be sent.
+
+    A page's script names each message (`client_id`). Without a script, the rendered form
+    names itself (`form_id`, from the `send_form_id` tag), and its message's client id is that
+    name and the text's digest: a form submitted twice (a double click, a resubmit after a
+    lost answer) stores its message once, and a form used again for other text (the back
+    button) stores the new text."""
 
     body = forms.CharField(required=False, strip=False, widget=forms.Textarea(attrs={"rows": 1}))
     client_id = forms.CharField(required=False, strip=False)
+    form_id = forms.CharField(required=False, strip=False, max_length=32)
     # The id of the message this one replies to; services.send_message checks it is in the chat.
     reply_to = forms.IntegerField(required=False, min_value=1, max_value=MAX_ID)
+
+    def clean(self):
+        cleaned = super().clean()
+        if not cleaned.get("client_id") and cleaned.get("form_id") and "body" in cleaned:
+            cleaned["client_id"] = form_client_id(cleaned["form_id"], cleaned["body"])
+        return cleaned
+
+
+def form_client_id(form_id: str, body: str) -> str:
+    """The client id of `body` sent from the rendered form named `form_id` (at most 54 characters)."""
+    digest = hashlib.blake2b(body.encode(errors="surrogatepass"), digest_size=8).hexdigest()
+    return f"form:{form_id}:{digest}"
 
 
 class CheckUserForm(forms.Form):

@@ -1,5 +1,6 @@
 """Small display filters for the chat templates."""
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -148,6 +149,12 @@ def reacted_by(reaction, user_id) -> bool:
 def editable_now(message) -> bool:
     """Still inside CHAT_EDIT_WINDOW_SECONDS (whose message it is, the page decides)."""
     return services.edit_window_open(message)
+
+
+@register.simple_tag
+def send_form_id() -> str:
+    """A new name for a rendered send form: see `chat.forms.MessageForm`."""
+    return uuid.uuid4().hex
 
 
 @register.simple_tag

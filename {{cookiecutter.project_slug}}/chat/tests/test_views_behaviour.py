@@ -407,6 +407,42 @@ def test_send_without_htmx_goes_back_to_the_room(alice_client, direct_chat):
     assert response["Location"] == reverse("chat:room", args=[direct_chat.pk])
 
 
+def rendered_form_id(client, chat) -> str:
+    room = client.get(reverse("chat:room", args=[chat.pk])).content.decode()
+    return re.search(r'<input type="hidden" name="form_id" value="([0-9a-f]{32})">', room).group(1)
+
+
+def test_a_form_submitted_twice_without_a_script_stores_its_message_once(alice_client, direct_chat):
+    url, form_id = reverse("chat:send", args=[direct_chat.pk]), rendered_form_id(alice_client, direct_chat)
+
+    first = alice_client.post(url, {"body": "see you at 5", "form_id": form_id})
+    again = alice_client.post(url, {"body": "see you at 5", "form_id": form_id})
+
+    assert first.status_code == again.status_code == 302
+    assert list(Message.objects.values_list("body", flat=True)) == ["see you at 5"]
+
+
+def test_a_form_used_again_for_other_text_stores_that_text_too(alice_client, direct_chat):
+    url, form_id = reverse("chat:send", args=[direct_chat.pk]), rendered_form_id(alice_client, direct_chat)
+
+    alice_client.post(url, {"body": "first", "form_id": form_id})
+    alice_client.post(url, {"body": "second", "form_id": form_id})  # back to the old page, new text
+
+    assert list(Message.objects.order_by("pk").values_list("body", flat=True)) == ["first", "second"]
+
+
+def test_each_rendered_send_form_has_a_name_of_its_own(alice_client, direct_chat):
+    assert rendered_form_id(alice_client, direct_chat) != rendered_form_id(alice_client, direct_chat)
+
+
+def test_a_form_id_over_32_characters_is_a_400(alice_client, direct_chat):
+    url = reverse("chat:send", args=[direct_chat.pk])
+    response = alice_client.post(url, {"body": "hi", "form_id": "f" * 33}, headers=HTMX)
+
+    assert response.status_code == 400
+    assert not Message.objects.exists()
+
+
 @pytest.mark.parametrize(
     ("body", "error"), [("", "Write a message"), ("   \n\t", "Write a message"), ("x" * 11, "at most 10")]
 )
