@@ -64,6 +64,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "accounts.middleware.NoStoreWithSessionMiddleware",
+    # Last, and sync-only: every middleware above then runs on the request's thread in one
+    # go (see config/middleware.py). Add yours above it.
     "config.middleware.MethodNotAllowedPageMiddleware",
 ]
 
