@@ -270,7 +270,7 @@ def test_start_script_serves_and_on_sigterm_closes_sockets_with_1012_and_exits(p
     async def frames_over_the_limits() -> tuple[str, int | None]:
         """Over CHAT_WS_MAX_FRAME_BYTES: an error frame; over 1 MiB (ws_max_size): not read, 1009."""
         socket = await open_socket(SimpleNamespace(port=port), f"/ws{room}", member)
-        await socket.send(json.dumps({"type": "ping", "pad": "x" * 40_000}))
+        await socket.send(json.dumps({"type": "ping", "pad": "x" * 60_000}))
         while (frame := json.loads(await asyncio.wait_for(socket.recv(), 10)))["type"] != "error":
             pass
         await socket.send("x" * (1024 * 1024 + 1))

@@ -14,9 +14,9 @@ DEFAULTS = {
     "CHAT_GROUP_NAME_MAX_LENGTH": 100,
     "CHAT_GROUP_MAX_MEMBERS": 256,
     "CHAT_MAX_MEMBERS_PER_REQUEST": 50,
-    # A send frame carries a whole message: room for CHAT_MAX_MESSAGE_LENGTH characters of
-    # up to 4 bytes each, JSON-escaped.
-    "CHAT_WS_MAX_FRAME_BYTES": 32768,
+    # The largest frame a socket reads; None: room for a send of CHAT_MAX_MESSAGE_LENGTH
+    # characters however its client escapes them (chat.realtime.consumers.max_frame_bytes).
+    "CHAT_WS_MAX_FRAME_BYTES": None,
     # A chat POST bigger than this is refused unread (413): the largest form, a message of
     # CHAT_MAX_MESSAGE_LENGTH characters, percent-encoded, fits several times over.
     "CHAT_MAX_REQUEST_BYTES": 64 * 1024,

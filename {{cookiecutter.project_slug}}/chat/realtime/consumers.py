@@ -91,7 +91,7 @@ Frames a client may send to a room:
         drops a socket that stays silent 10 s after it (socket-heartbeat.js).
 
 Anything else gets {"type": "error", "code": ..., "error": "<a sentence>"} back:
-"unknown_type", "binary_frame", "frame_too_large" (over CHAT_WS_MAX_FRAME_BYTES), or
+"unknown_type", "binary_frame", "frame_too_large" (over `max_frame_bytes`, unread), or
 "malformed" (not a JSON object with a string "type", a field of the wrong kind, or text
 that is not valid Unicode: a lone surrogate spelled "\\ud800"). Errors about a send also
 carry its "client_id" (once the frame, or the client id alone, is well formed), and those
@@ -469,8 +469,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         instead of waiting for an ack that will not come)."""
         if text_data is None:
             return None, ("binary_frame", "Send JSON text frames.", {})
-        if len(text_data.encode()) > chat_setting("CHAT_WS_MAX_FRAME_BYTES"):
-            return None, ("frame_too_large", "Frame too large.", {})
+        if len(text_data.encode()) > (limit := max_frame_bytes()):
+            return None, ("frame_too_large", f"Frames may be at most {limit:,} bytes.", {})
         try:
             frame = json.loads(text_data)
         except Exception:  # not only ValueError: 3,000 nested brackets raise RecursionError
@@ -501,6 +501,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def client_ping(self, frame: dict) -> None:
         await self.send_json({"type": "pong"})
+
+
+# A send's body in the worst case of JSON: a character outside the Basic Multilingual Plane
+# escaped as a surrogate pair ("\ud83d\ude00"), as Python's json.dumps writes it by default.
+FRAME_BYTES_PER_CHARACTER = 12
+# The rest of the largest frame: its type, a client id and an "after" of 64 characters (as
+# escaped), a reply's id.
+FRAME_BYTES_BESIDE_THE_BODY = 4096
+
+
+def max_frame_bytes() -> int:
+    """The largest text frame a socket reads (larger ones get "frame_too_large", unread):
+    CHAT_WS_MAX_FRAME_BYTES, or room for a send of CHAT_MAX_MESSAGE_LENGTH characters
+    however its client escapes them (52,096 bytes for 4,000). Any valid send fits, so a
+    frame refused unread was never a message that could be stored."""
+    configured = chat_setting("CHAT_WS_MAX_FRAME_BYTES")
+    if configured is not None:
+        return configured
+    return FRAME_BYTES_PER_CHARACTER * chat_setting("CHAT_MAX_MESSAGE_LENGTH") + FRAME_BYTES_BESIDE_THE_BODY
 
 
 def is_client_id(value) -> bool:

@@ -435,7 +435,7 @@ async def test_new_group_appears_in_every_members_list(connect, alice, bob, caro
         ('{"type": "explode"}', "unknown_type"),
         ('{"type": "read", "message_id": "12"}', "malformed"),
         ('{"type": "read", "message_id": true}', "malformed"),
-        ('{"type": "ping", "pad": "' + "x" * 40_000 + '"}', "frame_too_large"),
+        ('{"type": "ping", "pad": "' + "x" * 60_000 + '"}', "frame_too_large"),
         ('{"type": "ping", "x": ' + "[" * 3000, "malformed"),
         ("[" * 4000, "malformed"),
         ('{"type": "edit", "message_id": 1, "body": "a\\ud800b"}', "malformed"),

@@ -16,6 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from chat import services
+from chat.conf import chat_setting
 from chat.models import Membership, Message, RoomPresence
 from chat.realtime import consumers, presence, sends
 from chat.realtime.hub import RoomHub
@@ -314,6 +315,18 @@ async def test_an_emoji_spelled_as_an_escaped_surrogate_pair_is_stored(connect, 
     await room.send_to(text_data='{"type": "send", "client_id": "pair", "body": "\\ud83d\\ude00 hi"}')
     ack = await receive_until(room, "ack")
     assert [(m.pk, m.body) for m in await stored(chat=group)] == [(ack["message_id"], "\U0001f600 hi")]
+
+
+async def test_the_longest_message_is_read_however_its_client_escapes_it(connect, alice, group):
+    """A send is never refused unread as too large for its escaping: every character of the
+    longest message astral and escaped as a surrogate pair, 12 bytes each as json.dumps
+    writes them by default, with a client id of 64 such characters too."""
+    body, client_id = "\U0001f600" * chat_setting("CHAT_MAX_MESSAGE_LENGTH"), "\U0001f389" * 64
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    await room.send_to(text_data=json.dumps({"type": "send", "client_id": client_id, "body": body}))
+
+    ack = await receive_until(room, "ack")
+    assert [(m.pk, m.body) for m in await stored(chat=group)] == [(ack["message_id"], body)]
 
 
 def recording_trips(monkeypatch, *, first_trip_takes: float = 0.0) -> list[int]:
