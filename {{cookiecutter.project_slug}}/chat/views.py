@@ -39,10 +39,10 @@ from chat.forms import (
     RenameGroupForm,
     ReportForm,
 )
-from chat.models import Membership, whole_number
+from chat.models import Membership, Message, whole_number
 from chat.ratelimit import RateLimited, RateLimitUnavailable, check_rate
 from chat.realtime.database import database_busy, one_line
-from chat.realtime.sends import Busy, refusing_sends
+from chat.realtime.sends import Busy, Send, refusing_sends, store_from_a_request
 
 DATABASE_RETRY_AFTER_SECONDS = 1
 # What a send or a page refused for now (past capacity, the database busy) says; the page retries.
@@ -397,21 +397,11 @@ def send(request, pk):
     if not form.is_valid():  # e.g. a null character, which Django's fields refuse
         return send_error(request, pk, " ".join(message for errors in form.errors.values() for message in errors))
     if refusing_sends():  # past the process's capacity, as its sockets' sends are: nothing stored
-        metrics.count(metrics.SENDS_BUSY)
-        response = send_error(request, pk, SERVER_BUSY, status=503)
-        response["Retry-After"] = str(Busy.retry_after)
-        # Expected under overload, and retried by the page: a warning on Django's request
-        # logger, not the error it logs for other 5xx (which error trackers report).
-        log_response("Busy: %s", request.path, response=response, request=request, level="warning")
-        return response
+        return send_busy(request, pk)
     try:
-        message = services.send_message_within_rate(
-            chat=membership.chat,
-            sender=request.user,
-            body=form.cleaned_data["body"],
-            client_id=form.cleaned_data["client_id"] or None,
-            reply_to_id=form.cleaned_data["reply_to"],
-        )
+        message = stored_message(request, membership, form.cleaned_data)
+    except Busy:  # over capacity while it waited, or the database busy: sent again with its client id
+        return send_busy(request, pk)
     except ValidationError as exc:
         return send_error(request, pk, error_text(exc))
     except services.Blocked as exc:  # a direct chat with a block: said where the message was typed
@@ -424,6 +414,40 @@ def send(request, pk):
         return redirect("chat:room", pk)
     context = {"message": message, "chat": membership.chat, "viewer_id": request.user.pk, "clear_send_error": True}
     return render(request, "chat/partials/message_bubble.html", context)
+
+
+def stored_message(request, membership, fields: dict) -> Message | None:
+    """The message sent, stored with this process's socket sends on its serving loop
+    (`sends.store_from_a_request`: in groups, answered busy past capacity), else here (no
+    server loop runs: a management command, a test); with what its bubble shows, for htmx
+    (None otherwise: the page is rendered again)."""
+    send = Send(
+        chat_id=membership.chat_id,
+        sender=request.user,
+        body=fields["body"],
+        client_id=fields["client_id"],
+        reply_to_id=fields["reply_to"],
+    )
+    message_id = store_from_a_request(send)
+    if message_id is None:
+        return services.send_message_within_rate(
+            chat=membership.chat,
+            sender=send.sender,
+            body=send.body,
+            client_id=send.client_id or None,
+            reply_to_id=send.reply_to_id,
+        )
+    return selectors.message_for_bubble(message_id=message_id) if request.htmx else None
+
+
+def send_busy(request, pk: int) -> HttpResponse:
+    metrics.count(metrics.SENDS_BUSY)
+    response = send_error(request, pk, SERVER_BUSY, status=503)
+    response["Retry-After"] = str(Busy.retry_after)
+    # Expected under overload, and retried by the page: a warning on Django's request
+    # logger, not the error it logs for other 5xx (which error trackers report).
+    log_response("Busy: %s", request.path, response=response, request=request, level="warning")
+    return response
 
 
 def send_error(request, pk: int, error: str, *, status: int = 400) -> HttpResponse:

@@ -144,7 +144,7 @@ from chat.realtime import handshakes, presence, read_marks
 from chat.realtime.database import changes_trip, database_busy, database_trip, log_database_error, one_line
 from chat.realtime.hub import RoomHub, UserHub
 from chat.realtime.loop import note_serving_loop, stop_if_cancelled
-from chat.realtime.sends import Busy, Send, SendQueue
+from chat.realtime.sends import Busy, Send, store_on_this_loop
 from chat.realtime.writer import MAX_QUEUED_FRAMES, SocketWriter
 
 logger = logging.getLogger(__name__)
@@ -777,7 +777,7 @@ class RoomConsumer(ChatConsumer):
     async def store_and_answer(self, send: Send) -> None:
         client_id = send.client_id
         try:
-            message_id = await SendQueue.for_running_loop().store(send, delivery_lag=RoomHub.for_running_loop().lag())
+            message_id = await store_on_this_loop(send)
         except ValidationError as exc:
             return await self.send_error("invalid", " ".join(exc.messages), client_id=client_id)
         except RateLimited as exc:

@@ -31,6 +31,16 @@ def note_serving_loop() -> None:
     _serving_loop = asyncio.get_running_loop()
 
 
+def serving_loop_elsewhere() -> asyncio.AbstractEventLoop | None:
+    """The websocket server's loop, when it runs and the caller is on another thread (one of
+    Django's): work can be handed to it. None in a management command, in a test without
+    sockets, or on the loop itself."""
+    loop = _serving_loop
+    if loop is not None and loop.is_running() and not loop.is_closed() and not on_loop(loop):
+        return loop
+    return None
+
+
 def serving_here(loop: asyncio.AbstractEventLoop) -> bool:
     """Whether this loop is the websocket server's, which lives on (not a short-lived one)."""
     return loop is _serving_loop
@@ -72,8 +82,8 @@ def run_on_serving_loop(send_events, *args, wait: bool = False) -> None:
 
 def run_all_on_serving_loop(sends: list[QueuedSend], *, wait: bool = False) -> None:
     """`run_on_serving_loop` for several sends, queued on the loop together, in order."""
-    loop = _serving_loop
-    if not wait and loop is not None and loop.is_running() and not loop.is_closed() and not on_loop(loop):
+    loop = serving_loop_elsewhere()
+    if not wait and loop is not None:
         # A fresh context: the caller's belongs to its request (and to asgiref's record of
         # the sync thread being busy, which would refuse the sends' own database work).
         loop.call_soon_threadsafe(queue_on_this_loop, sends, context=contextvars.Context())

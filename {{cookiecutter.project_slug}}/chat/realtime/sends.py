@@ -24,18 +24,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import contextvars
 import logging
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 
 from chat import services
 from chat.models import Chat, Membership, Message
 from chat.ratelimit import RateLimited
-from chat.realtime.database import database_busy, database_trip, log_database_error
+from chat.realtime.database import database_busy, database_trip, in_a_requests_thread, log_database_error
 from chat.realtime.hub import RoomHub
-from chat.realtime.loop import PerLoop
+from chat.realtime.loop import PerLoop, serving_loop_elsewhere
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +136,45 @@ class SendQueue(PerLoop):
             for (_, stored, _), result in zip(group, results, strict=True):
                 if not stored.done():  # its socket may have gone meanwhile
                     stored.set_result(result)
+
+
+# How long a request's send waits for its group at most (`store_from_a_request`); past it
+# the request is answered busy, and the page sends again with the same client id.
+REQUEST_WAITS_SECONDS = 30.0
+
+
+async def store_on_this_loop(send: Send) -> int:
+    """`SendQueue.store` on the running loop, against its room hub's delivery lag."""
+    return await SendQueue.for_running_loop().store(send, delivery_lag=RoomHub.for_running_loop().lag())
+
+
+def store_from_a_request(send: Send) -> int | None:
+    """The stored message's id, for a send that came over HTTP: on this process's serving
+    loop, in its `SendQueue` with the sockets' sends. None where no server loop runs (a
+    management command, a test without sockets): the caller stores it itself. Raises what
+    `SendQueue.store` raises; Busy also after REQUEST_WAITS_SECONDS. Also None for a request
+    served on the thread the queue's trips take (Django's test AsyncClient serves them there;
+    its ASGI handler gives each request a thread of its own), which would wait for itself.
+
+    Stored one by one, each in a transaction of its own on a thread of its request, HTTP sends
+    to a busy chat waited for its row lock in turn, and on SQLite for its one writer: at 200
+    messages a second over HTTP, requests waited up to 39 s, and SQLite's 20 s timeout
+    answered some with 503. In the queue they are stored in groups, one writer at a time,
+    and past capacity answered busy within a second, as the sockets are. A pooled connection
+    goes back to the pool meanwhile (a process has DB_POOL_MAX_SIZE of them)."""
+    loop = serving_loop_elsewhere()
+    if loop is None or not in_a_requests_thread():  # on the thread the queue's trips would take
+        return None
+    if connection.settings_dict.get("OPTIONS", {}).get("pool"):
+        connection.close()
+    # A fresh context: the request's would have the queue's trips run on its own thread (asgiref's
+    # thread-sensitive context), which waits here for them.
+    stored = contextvars.Context().run(asyncio.run_coroutine_threadsafe, store_on_this_loop(send), loop)
+    try:
+        return stored.result(timeout=REQUEST_WAITS_SECONDS)
+    except concurrent.futures.TimeoutError:
+        stored.cancel()
+        raise Busy from None
 
 
 def refusing_sends() -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from chat.realtime.loop import EventQueue
+from chat.realtime.loop import EventQueue, note_serving_loop
 from chat.realtime.mailbox import InboxFanout, InboxMailbox
 
 logger = logging.getLogger(__name__)
@@ -48,17 +48,20 @@ async def within(step: str, work) -> None:
 
 
 class Lifespan:
-    """The ASGI lifespan protocol for the chat: at shutdown, `send_what_is_waiting`.
+    """The ASGI lifespan protocol for the chat: at startup, the loop is noted as the one
+    serving (before any socket has opened, the chat's HTTP sends are stored in groups with
+    the sockets' on it); at shutdown, `send_what_is_waiting`.
 
     Route "lifespan" to it in the project's ProtocolTypeRouter (config/asgi.py) and run the
     server with its lifespan on (config/gunicorn.py). A server without lifespan support
-    (daphne, `runserver`) stops as before.
+    (daphne, `runserver`) notes its loop at the first socket, and stops as before.
     """
 
     async def __call__(self, scope, receive, send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                note_serving_loop()  # HTTP sends join the sockets' (sends.store_from_a_request)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send_what_is_waiting()

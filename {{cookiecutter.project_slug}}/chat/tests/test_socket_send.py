@@ -7,18 +7,22 @@ test_consumers).
 import asyncio
 import json
 import time
+from urllib.parse import urlencode
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.conf import settings
+from django.core.handlers.asgi import ASGIHandler
 from django.db import OperationalError, connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from chat import services
 from chat.conf import chat_setting
 from chat.models import Membership, Message, RoomPresence
-from chat.realtime import consumers, presence, sends
+from chat.realtime import consumers, presence, sends, shutdown
 from chat.realtime.hub import RoomHub
 from chat.realtime.loop import EventQueue
 from chat.tests import test_consumers
@@ -1012,3 +1016,138 @@ async def test_past_capacity_an_http_send_is_a_503_with_retry_after_as_socket_se
     accepted = await async_client.post(url, {"body": "over HTTP", "client_id": "h-busy"}, headers=htmx)
     assert accepted.status_code == 200
     assert [m.client_id for m in await stored(chat=group)] == ["h-busy"]
+
+
+# --- sends over HTTP, on a server: stored with the sockets' --------------------------------
+
+CSRF_SECRET = "c" * 32  # a CSRF token as Django's cookie holds it
+
+
+async def logged_in(user) -> str:
+    """A session cookie of `user`'s, made before the test holds the database thread."""
+    client = Client()
+    await database_sync_to_async(client.force_login)(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+
+async def post_on_the_server(path: str, fields: dict, session: str) -> tuple[int, dict, str]:
+    """POST `fields` to `path` as htmx does, through Django's ASGI handler (which serves each
+    request on a thread of its own, as on a server), with the `session` cookie: the status,
+    the headers and the body."""
+    body = urlencode(fields).encode()
+    cookie = f"{session}; {settings.CSRF_COOKIE_NAME}={CSRF_SECRET}"
+    headers = [
+        (b"host", b"testserver"),
+        (b"origin", b"https://testserver"),
+        (b"cookie", cookie.encode()),
+        (b"x-csrftoken", CSRF_SECRET.encode()),
+        (b"hx-request", b"true"),
+        (b"content-type", b"application/x-www-form-urlencoded"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 443),
+    }
+    request_body, sent = [{"type": "http.request", "body": body, "more_body": False}], []
+
+    async def receive():
+        if request_body:
+            return request_body.pop()
+        await asyncio.Event().wait()  # the client stays connected
+
+    async def send(message):
+        sent.append(message)
+
+    await ASGIHandler()(scope, receive, send)
+    start = next(message for message in sent if message["type"] == "http.response.start")
+    content = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
+    return start["status"], {k.decode().lower(): v.decode() for k, v in start["headers"]}, content.decode()
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_an_http_send_is_stored_in_one_group_with_the_socket_sends_waiting_beside_it(
+    connect, alice, bob, carol, group, monkeypatch
+):
+    """On a server, an HTTP send waits in the sockets' queue, and is stored in their group:
+    one transaction, one writer, not a transaction of its own on its request's thread
+    waiting for the chat's row lock (or SQLite's writer) behind theirs."""
+    groups = recording_trips(monkeypatch, first_trip_takes=0.3)
+    rooms = {person: (await connect(person, f"/ws/chat/{group.pk}/"))[0] for person in (alice, bob)}
+    url, session = reverse("chat:send", args=[group.pk]), await logged_in(carol)
+
+    await rooms[alice].send_to(text_data=send_frame("first", "first"))
+    await asyncio.sleep(0.1)  # during the first trip: the next two wait, and go together
+    await rooms[bob].send_to(text_data=send_frame("second", "second"))
+    status, _, bubble = await post_on_the_server(url, {"body": "over http", "client_id": "http-1"}, session)
+
+    assert status == 200
+    assert groups[:2] == [1, 2]
+    first, second, over_http = await stored(chat=group)
+    assert (second.client_id, over_http.client_id) == ("second", "http-1")
+    assert f'id="message-{over_http.pk}"' in bubble and "over http" in bubble
+    again = await post_on_the_server(url, {"body": "over http", "client_id": "http-1"}, session)
+    assert again[0] == 200 and len(await stored(chat=group)) == 3  # a retry: the same message
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_an_http_send_waiting_past_capacity_is_a_503_within_a_second_and_nothing_is_stored(
+    connect, alice, bob, group, monkeypatch
+):
+    """Behind a group stuck on the database (SQLite's writer held elsewhere, a database
+    restarting), an HTTP send is answered busy once it has waited MAX_WAIT_SECONDS, as a
+    socket's is, not after the database's own timeout (SQLite's 20 s)."""
+    monkeypatch.setattr(sends, "MAX_WAIT_SECONDS", 0.3)
+    recording_trips(monkeypatch, first_trip_takes=1.5)
+    room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
+    url, session = reverse("chat:send", args=[group.pk]), await logged_in(bob)
+
+    await room.send_to(text_data=send_frame("stuck", "stuck"))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    status, headers, _ = await post_on_the_server(url, {"body": "behind", "client_id": "http-busy"}, session)
+    waited = time.monotonic() - started
+
+    assert (status, headers["retry-after"]) == (503, str(sends.BUSY_RETRY_AFTER))
+    assert waited < 1.0
+    await receive_until(room, "ack")
+    assert [m.client_id for m in await stored(chat=group)] == ["stuck"]
+    retried = await post_on_the_server(url, {"body": "behind", "client_id": "http-busy"}, session)
+    assert retried[0] == 200
+    assert [m.client_id for m in await stored(chat=group)] == ["stuck", "http-busy"]
+
+
+async def test_a_server_started_with_its_lifespan_stores_http_sends_in_groups_before_any_socket_opens(
+    alice, group, monkeypatch
+):
+    groups, session = recording_trips(monkeypatch), await logged_in(alice)
+    startup, answers = [{"type": "lifespan.startup"}], []
+
+    async def receive():
+        if startup:
+            return startup.pop()
+        await asyncio.Event().wait()
+
+    async def send(message):
+        answers.append(message["type"])
+
+    lifespan = asyncio.get_running_loop().create_task(shutdown.Lifespan()({"type": "lifespan"}, receive, send))
+    try:
+        await eventually(lambda: answers == ["lifespan.startup.complete"])
+        status, _, _ = await post_on_the_server(reverse("chat:send", args=[group.pk]), {"body": "hello"}, session)
+    finally:
+        lifespan.cancel()
+
+    assert status == 200
+    assert groups == [1]
+    assert [m.body for m in await stored(chat=group)] == ["hello"]
