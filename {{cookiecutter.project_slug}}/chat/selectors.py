@@ -416,13 +416,6 @@ def with_reactions(messages: list[Message]) -> list[Message]:
     return messages
 
 
-def message_for_bubble(*, message_id: int) -> Message:
-    """A message just sent, with what its bubble shows: its sender, the message it replies
-    to and that one's sender, its reactions (a retried send's may have some)."""
-    message = Message.objects.select_related("sender", "reply_to", "reply_to__sender").get(pk=message_id)
-    return with_reactions([message])[0]
-
-
 def message_or_404(*, membership: Membership, message_id) -> Message:
     """A message of the member's chat that they can see, with its reactions; a 404 for any
     other id (another chat's message, one before their "delete for me", one that does not exist)."""

@@ -416,11 +416,10 @@ def send(request, pk):
     return render(request, "chat/partials/message_bubble.html", context)
 
 
-def stored_message(request, membership, fields: dict) -> Message | None:
+def stored_message(request, membership, fields: dict) -> Message:
     """The message sent, stored with this process's socket sends on its serving loop
     (`sends.store_from_a_request`: in groups, answered busy past capacity), else here (no
-    server loop runs: a management command, a test); with what its bubble shows, for htmx
-    (None otherwise: the page is rendered again)."""
+    server loop runs: a management command, a test)."""
     send = Send(
         chat_id=membership.chat_id,
         sender=request.user,
@@ -428,8 +427,8 @@ def stored_message(request, membership, fields: dict) -> Message | None:
         client_id=fields["client_id"],
         reply_to_id=fields["reply_to"],
     )
-    message_id = store_from_a_request(send)
-    if message_id is None:
+    message = store_from_a_request(send)
+    if message is None:
         return services.send_message_within_rate(
             chat=membership.chat,
             sender=send.sender,
@@ -437,7 +436,7 @@ def stored_message(request, membership, fields: dict) -> Message | None:
             client_id=send.client_id or None,
             reply_to_id=send.reply_to_id,
         )
-    return selectors.message_for_bubble(message_id=message_id) if request.htmx else None
+    return message
 
 
 def send_busy(request, pk: int) -> HttpResponse:

@@ -777,7 +777,7 @@ class RoomConsumer(ChatConsumer):
     async def store_and_answer(self, send: Send) -> None:
         client_id = send.client_id
         try:
-            message_id = await store_on_this_loop(send)
+            message_id = (await store_on_this_loop(send)).pk
         except ValidationError as exc:
             return await self.send_error("invalid", " ".join(exc.messages), client_id=client_id)
         except RateLimited as exc:

@@ -75,8 +75,8 @@ class SendQueue(PerLoop):
         self.trip_started: float | None = None  # loop time the group on the database thread left
         self.shedding: asyncio.TimerHandle | None = None
 
-    async def store(self, send: Send, *, delivery_lag: float = 0.0) -> int:
-        """The stored message's id, once its group has committed. Raises what the send
+    async def store(self, send: Send, *, delivery_lag: float = 0.0) -> Message:
+        """The stored message, once its group has committed. Raises what the send
         service raises for it, RateLimited, or Busy (over capacity, or the database is)."""
         if self.over_capacity(delivery_lag):
             raise Busy
@@ -143,13 +143,13 @@ class SendQueue(PerLoop):
 REQUEST_WAITS_SECONDS = 30.0
 
 
-async def store_on_this_loop(send: Send) -> int:
+async def store_on_this_loop(send: Send) -> Message:
     """`SendQueue.store` on the running loop, against its room hub's delivery lag."""
     return await SendQueue.for_running_loop().store(send, delivery_lag=RoomHub.for_running_loop().lag())
 
 
-def store_from_a_request(send: Send) -> int | None:
-    """The stored message's id, for a send that came over HTTP: on this process's serving
+def store_from_a_request(send: Send) -> Message | None:
+    """The stored message, for a send that came over HTTP: on this process's serving
     loop, in its `SendQueue` with the sockets' sends. None where no server loop runs (a
     management command, a test without sockets): the caller stores it itself. Raises what
     `SendQueue.store` raises; Busy also after REQUEST_WAITS_SECONDS. Also None for a request
@@ -188,7 +188,7 @@ def refusing_sends() -> bool:
     return queue.over_capacity(lag)
 
 
-async def store_group(sends: list[Send], here: dict[int, frozenset[int]]) -> list[int | Exception]:
+async def store_group(sends: list[Send], here: dict[int, frozenset[int]]) -> list[Message | Exception]:
     """`store_together` on the database thread. The database busy or restarting: every
     send is answered Busy (by `store_together`). Should it fail on something it did not
     expect (a bug, or a database error that waiting does not mend), each send is stored
@@ -206,8 +206,8 @@ async def store_group(sends: list[Send], here: dict[int, frozenset[int]]) -> lis
     return [(await store_group([send], here))[0] for send in sends]
 
 
-def store_together(sends: list[Send], here: dict[int, frozenset[int]] | None = None) -> list[int | Exception]:
-    """Store the sends in one transaction: a message id, or the exception that refused that
+def store_together(sends: list[Send], here: dict[int, frozenset[int]] | None = None) -> list[Message | Exception]:
+    """Store the sends in one transaction: the message, or the exception that refused that
     send. Chats are locked in id order (a send locks its chat's row until the commit), so
     two processes' groups never wait on each other in a circle; each chat's sends keep
     their arrival order, and are stored together (`services.store_sends_together`, which
@@ -218,7 +218,7 @@ def store_together(sends: list[Send], here: dict[int, frozenset[int]] | None = N
     earlier message, or lost with a group that failed (a client resending through a
     database outage is not pushed into the limit by it)."""
     counted = count_against_rate(sends)
-    results: list[int | Exception] = [Busy() for _ in sends]
+    results: list[Message | Exception] = [Busy() for _ in sends]
     stored_now = [False] * len(sends)
     committed = False
     try:
@@ -246,10 +246,10 @@ def store_together(sends: list[Send], here: dict[int, frozenset[int]] | None = N
 
 def store_in_bulk(
     sends: list[Send], counted: list, here: dict[int, frozenset[int]]
-) -> tuple[list[int | Exception], list[bool]]:
+) -> tuple[list[Message | Exception], list[bool]]:
     """Each chat's sends together (`services.store_sends_together`), chats in id order; each
     send's result and whether it was stored now. IntegrityError: see `store_together`."""
-    results: list[int | Exception] = [Busy() for _ in sends]
+    results: list[Message | Exception] = [Busy() for _ in sends]
     stored_now = [False] * len(sends)
     by_chat: dict[int, list[int]] = collections.defaultdict(list)
     for index, send in enumerate(sends):
@@ -268,14 +268,14 @@ def store_in_bulk(
                 services.store_sends_together(chat_id=chat_id, sends=chat_sends, here=here.get(chat_id)),
                 strict=True,
             ):
-                results[index] = outcome.pk if isinstance(outcome, Message) else outcome
+                results[index] = outcome
                 stored_now[index] = now
     return results, stored_now
 
 
-def store_one_by_one(sends: list[Send], counted: list) -> tuple[list[int | Exception], list[bool]]:
+def store_one_by_one(sends: list[Send], counted: list) -> tuple[list[Message | Exception], list[bool]]:
     """Each send in a savepoint of its own, so one refused send refuses only itself (`services.SendGroup`)."""
-    results: list[int | Exception] = [Busy() for _ in sends]
+    results: list[Message | Exception] = [Busy() for _ in sends]
     stored_now = [False] * len(sends)
     group = services.SendGroup()
     with transaction.atomic():
@@ -309,8 +309,8 @@ def counted_now(count: tuple[str, RateLimited | None] | ValidationError) -> bool
 
 def store_one(
     send: Send, counted: tuple[str, RateLimited | None] | ValidationError, *, group: services.SendGroup | None
-) -> tuple[int | Exception, bool]:
-    """One send, as `count_against_rate` left it: its message id and whether it was stored
+) -> tuple[Message | Exception, bool]:
+    """One send, as `count_against_rate` left it: its message and whether it was stored
     now, or the exception that refused it (its savepoint rolled back)."""
     if isinstance(counted, ValidationError):
         return counted, False
@@ -328,4 +328,4 @@ def store_one(
         )
     except (ValidationError, Membership.DoesNotExist, RateLimited, services.Blocked, services.OutOfOrder) as refused:
         return refused, False
-    return message.pk, stored_now
+    return message, stored_now

@@ -658,7 +658,7 @@ def test_the_statements_of_a_group_of_sends_do_not_grow_with_its_sends(alice, bo
         ]
         with CaptureQueriesContext(connection) as queries:
             results = sends.store_together(group_sends)
-        assert all(isinstance(result, int) for result in results)
+        assert all(isinstance(result, Message) for result in results)
         statements = [query["sql"] for query in queries.captured_queries]
         return next(i for i, sql in enumerate(statements) if sql.startswith("COMMIT"))
 
@@ -674,10 +674,10 @@ def test_a_group_of_one_senders_sends_marks_them_read_up_to_their_last_as_one_by
 
     results = sends.store_together(group_sends)
 
-    assert [message.pk for message in Message.objects.filter(chat=group).order_by("pk")] == [before.pk, *results]
+    assert list(Message.objects.filter(chat=group).order_by("pk")) == [before, *results]
     read = dict(group.memberships.values_list("user_id", "last_read_message_id"))
     unread = dict(group.memberships.values_list("user_id", "unread_count"))
-    assert read[alice.pk] == results[-1]
+    assert read[alice.pk] == results[-1].pk
     assert unread == {alice.pk: 0, bob.pk: 3, carol.pk: 4}
 
 
@@ -721,7 +721,7 @@ def test_a_retry_among_new_sends_is_answered_with_its_first_message_and_the_new_
     assert not [query for query in queries.captured_queries if query["sql"].startswith("ROLLBACK")]  # no retake
     stored = list(Message.objects.filter(chat=group).order_by("pk"))
     assert [message.body for message in stored] == ["first", "new", "also new"]
-    assert results == [stored[1].pk, first, stored[2].pk, stored[2].pk]
+    assert results == [stored[1], first, stored[2], stored[2]]
     assert dict(group.memberships.values_list("user_id", "unread_count")) == {alice.pk: 2, bob.pk: 1, carol.pk: 0}
 
 
@@ -799,7 +799,7 @@ def test_a_group_stores_a_send_after_one_stored_earlier_in_it_and_refuses_one_af
 
     messages = list(Message.objects.filter(chat=group).order_by("pk"))
     assert [m.body for m in messages] == ["stored", "one", "two"]
-    assert results[:2] == [m.pk for m in messages[1:]]
+    assert results[:2] == messages[1:]
     assert isinstance(results[3], services.OutOfOrder) and results[3].after == "b-1"
     assert stored_now == [True, True, False, False]
 
@@ -826,7 +826,7 @@ def test_a_client_id_taken_while_a_group_is_stored_stores_the_group_one_send_at_
 
     stored = list(Message.objects.filter(chat=group).order_by("pk"))
     assert [message.body for message in stored] == ["one", "two"]  # the raced row went with the rollback
-    assert results == [message.pk for message in stored]
+    assert results == stored
     assert dict(group.memberships.values_list("user_id", "unread_count")) == {alice.pk: 1, bob.pk: 0, carol.pk: 2}
 
 
