@@ -54,7 +54,7 @@ HUB_CHANNEL_PATTERN = "*!chat-hub-*"
 # In a message's event sent through the layer: the hub that handed it to its sockets already.
 HANDED_OVER_BY = "handed_over_by"
 # A room with more sockets than this in the process gets its socket-sent messages through the
-# layer, as a message sent over HTTP does: the send's membership check asks about every
+# layer, as a message stored outside the send queue does: the send's membership check asks about every
 # person with a socket here, under the chat's row lock that other processes' sends wait
 # for, and its cost grows with them (on PostgreSQL: 0.2 ms for 1 person, 0.6 for 100, 0.9
 # for 200, 4.1 for 1,000), while the trip through the layer it saves is about 1.3 ms.
@@ -495,7 +495,7 @@ async def send_to_room(layer, event: dict, outsiders: frozenset[int] | None) -> 
     sockets in every process.
 
     `outsiders`: the people with a socket here in that room whom the sender's database trip
-    found not to be members (None: it did not look, as for a message sent over HTTP).
+    found not to be members (None: it did not look, as for a message stored outside the send queue).
     Knowing them, this process's sockets get the event straight from its hub
     (`hand_over_here`), all but theirs, and the layer brings it to the other processes;
     else the layer brings it here too.

@@ -160,8 +160,9 @@ async def test_messages_stored_together_reach_the_sockets_here_before_the_first_
 async def test_a_message_sent_over_http_is_not_overtaken_here_by_a_socket_send_stored_after_it(
     connect, alice, bob, group, monkeypatch
 ):
-    """A message sent over HTTP reaches this process's sockets through the layer only; a socket
-    send stored after it waits for its layer send before going to them straight from the hub."""
+    """A message stored outside the sockets' queue (sent over HTTP where no server loop takes
+    it, as here) reaches this process's sockets through the layer only; a socket send stored
+    after it waits for its layer send before going to them straight from the hub."""
     message_sends, releases = hold_message_sends(monkeypatch, 1, 2)
     alice_room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
     bob_room, _, _ = await connect(bob, f"/ws/chat/{group.pk}/")
