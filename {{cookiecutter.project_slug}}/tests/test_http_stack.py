@@ -12,6 +12,7 @@ from asgiref.sync import SyncToAsync
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
+from chat.tests.asgi_http import over_asgi
 from config.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -19,37 +20,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 # Django's own, which no middleware order removes: its request_started and request_finished
 # signals, the stack's one trip to the request's thread, CSRF's check of the view, the view.
 CROSSINGS_OF_A_PAGE = 5
-
-
-async def served(path: str, cookie: bytes) -> dict:
-    """The response start of a GET of `path` through the project's ASGI application."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "https",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"cookie", cookie)],
-        "client": ("127.0.0.1", 40000),
-        "server": ("testserver", 443),
-    }
-    request_body = [{"type": "http.request", "body": b"", "more_body": False}]
-    sent = []
-
-    async def receive():
-        if request_body:
-            return request_body.pop()
-        await asyncio.Event().wait()  # the client stays connected
-
-    async def send(message):
-        sent.append(message)
-
-    await application(scope, receive, send)
-    return next(message for message in sent if message["type"] == "http.response.start")
 
 
 async def test_a_page_runs_its_middleware_on_its_thread_in_one_crossing(client, monkeypatch):
@@ -69,7 +39,7 @@ async def test_a_page_runs_its_middleware_on_its_thread_in_one_crossing(client, 
 
     monkeypatch.setattr(SyncToAsync, "__call__", counted)
 
-    response = await served("/chat/", cookie)
+    status, _, _ = await over_asgi(application, "GET", "/chat/", [(b"cookie", cookie)])
 
-    assert response["status"] == 200
+    assert status == 200
     assert crossings <= CROSSINGS_OF_A_PAGE

@@ -26,6 +26,7 @@ from chat.realtime import consumers, presence, sends, shutdown
 from chat.realtime.hub import RoomHub
 from chat.realtime.loop import EventQueue
 from chat.tests import test_consumers
+from chat.tests.asgi_http import over_asgi
 from chat.tests.database_faults import (
     every_pooled_connection_taken,
     hold_sqlite_write_lock,
@@ -1036,44 +1037,15 @@ async def post_on_the_server(path: str, fields: dict, session: str) -> tuple[int
     request on a thread of its own, as on a server), with the `session` cookie: the status,
     the headers and the body."""
     body = urlencode(fields).encode()
-    cookie = f"{session}; {settings.CSRF_COOKIE_NAME}={CSRF_SECRET}"
     headers = [
-        (b"host", b"testserver"),
         (b"origin", b"https://testserver"),
-        (b"cookie", cookie.encode()),
+        (b"cookie", f"{session}; {settings.CSRF_COOKIE_NAME}={CSRF_SECRET}".encode()),
         (b"x-csrftoken", CSRF_SECRET.encode()),
         (b"hx-request", b"true"),
         (b"content-type", b"application/x-www-form-urlencoded"),
         (b"content-length", str(len(body)).encode()),
     ]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "https",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 40000),
-        "server": ("testserver", 443),
-    }
-    request_body, sent = [{"type": "http.request", "body": body, "more_body": False}], []
-
-    async def receive():
-        if request_body:
-            return request_body.pop()
-        await asyncio.Event().wait()  # the client stays connected
-
-    async def send(message):
-        sent.append(message)
-
-    await ASGIHandler()(scope, receive, send)
-    start = next(message for message in sent if message["type"] == "http.response.start")
-    content = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
-    return start["status"], {k.decode().lower(): v.decode() for k, v in start["headers"]}, content.decode()
+    return await over_asgi(ASGIHandler(), "POST", path, headers, body)
 
 
 @pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
