@@ -18,7 +18,8 @@ DEFAULTS = {
     # characters however its client escapes them (chat.realtime.consumers.max_frame_bytes).
     "CHAT_WS_MAX_FRAME_BYTES": None,
     # A chat POST bigger than this is refused unread (413): the largest form, a message of
-    # CHAT_MAX_MESSAGE_LENGTH characters, percent-encoded, fits several times over.
+    # CHAT_MAX_MESSAGE_LENGTH characters, percent-encoded (12 bytes for an emoji), fits.
+    # Raise it with a longer CHAT_MAX_MESSAGE_LENGTH.
     "CHAT_MAX_REQUEST_BYTES": 64 * 1024,
     # Open sockets (rooms and inboxes together) one user may hold on one server process;
     # a tab holds one or two. Past it a socket is closed with 4429.

@@ -16,9 +16,9 @@ class MethodNotAllowedPageMiddleware(MiddlewareMixin):
     and the view's handler is async. Below a sync-only one, every middleware above runs on
     the request's thread, in one trip from the event loop. With this one async-capable too,
     each of their hooks (`process_request`, `process_response`) went to the thread and back
-    on its own: 17 crossings for a page instead of 5 (tests/test_http_stack.py). Each
-    crossing waits for the event loop to come round, milliseconds on a server busy
-    delivering frames.
+    on its own: 17 trips to a thread for a page instead of 5 (tests/test_http_stack.py). Each
+    trip waits for the event loop to come round, milliseconds on a server busy delivering
+    frames.
     """
 
     async_capable = False

@@ -21,7 +21,8 @@ from asgiref.sync import async_to_sync
 
 logger = logging.getLogger(__name__)
 
-# The event loop of this process's websocket server, noted by the consumers.
+# The event loop of this process's server, noted by its ASGI lifespan's startup where the
+# server runs one (shutdown.Lifespan), and by the consumers.
 _serving_loop: asyncio.AbstractEventLoop | None = None
 
 

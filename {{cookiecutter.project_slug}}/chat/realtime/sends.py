@@ -18,6 +18,9 @@ late, new sends are answered `busy` with a `retry_after` at once (nothing stored
 client sends again; so are sends that have waited MAX_WAIT_SECONDS (`SendQueue.shed`), and
 the HTTP route answers 503 by the same measure (`refusing_sends`). A message is then either
 stored once and delivered promptly, or not stored and still in the client's outbox.
+
+On a server, HTTP sends join the same queue (`store_from_a_request`): the request's thread
+waits for the send's group on the serving loop.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ import contextvars
 import logging
 from dataclasses import dataclass
 
+from asgiref.sync import SyncToAsync
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, OperationalError, connection, transaction
 
 from chat import services
 from chat.models import Chat, Membership, Message
 from chat.ratelimit import RateLimited
-from chat.realtime.database import database_busy, database_trip, in_a_requests_thread, log_database_error
+from chat.realtime.database import database_busy, database_trip, log_database_error
 from chat.realtime.hub import RoomHub
 from chat.realtime.loop import PerLoop, serving_loop_elsewhere
 
@@ -126,6 +130,9 @@ class SendQueue(PerLoop):
     async def run(self) -> None:
         while self.waiting:
             group = [self.waiting.popleft() for _ in range(min(MAX_GROUP, len(self.waiting)))]
+            group = [waiting for waiting in group if not waiting[1].done()]  # given up by their sender
+            if not group:
+                continue
             sends = [send for send, _, _ in group]
             here = RoomHub.for_running_loop().user_ids_by_chat({send.chat_id for send in sends})
             self.trip_started = self.loop.time()
@@ -139,8 +146,9 @@ class SendQueue(PerLoop):
 
 
 # How long a request's send waits for its group at most (`store_from_a_request`); past it
-# the request is answered busy, and the page sends again with the same client id.
-REQUEST_WAITS_SECONDS = 30.0
+# the request is answered busy, and the page sends again with the same client id. Within
+# the 10 s a stopping server gives its requests.
+REQUEST_WAITS_SECONDS = 9.0
 
 
 async def store_on_this_loop(send: Send) -> Message:
@@ -152,9 +160,12 @@ def store_from_a_request(send: Send) -> Message | None:
     """The stored message, for a send that came over HTTP: on this process's serving
     loop, in its `SendQueue` with the sockets' sends. None where no server loop runs (a
     management command, a test without sockets): the caller stores it itself. Raises what
-    `SendQueue.store` raises; Busy also after REQUEST_WAITS_SECONDS. Also None for a request
-    served on the thread the queue's trips take (Django's test AsyncClient serves them there;
-    its ASGI handler gives each request a thread of its own), which would wait for itself.
+    `SendQueue.store` raises; Busy also when the loop stops meanwhile (the server is stopping),
+    and after REQUEST_WAITS_SECONDS: then the group on its way may still store it, which
+    the client id makes safe to send again. Also None inside a transaction (ATOMIC_REQUESTS:
+    the queue would wait for its locks, or store outside it), and for a request served on the
+    thread the queue's trips take (Django's test AsyncClient serves them there; its ASGI
+    handler gives each request a thread of its own), which would wait for itself.
 
     Stored one by one, each in a transaction of its own on a thread of its request, HTTP sends
     to a busy chat waited for its row lock in turn, and on SQLite for its one writer: at 200
@@ -163,24 +174,37 @@ def store_from_a_request(send: Send) -> Message | None:
     and past capacity answered busy within a second, as the sockets are. A pooled connection
     goes back to the pool meanwhile (a process has DB_POOL_MAX_SIZE of them)."""
     loop = serving_loop_elsewhere()
-    if loop is None or not in_a_requests_thread():  # on the thread the queue's trips would take
+    if loop is None or connection.in_atomic_block or not on_a_requests_own_thread():
         return None
     if connection.settings_dict.get("OPTIONS", {}).get("pool"):
         connection.close()
     # A fresh context: the request's would have the queue's trips run on its own thread (asgiref's
     # thread-sensitive context), which waits here for them.
-    stored = contextvars.Context().run(asyncio.run_coroutine_threadsafe, store_on_this_loop(send), loop)
+    coroutine = store_on_this_loop(send)
+    try:
+        stored = contextvars.Context().run(asyncio.run_coroutine_threadsafe, coroutine, loop)
+    except RuntimeError:  # the loop closed meanwhile: the server is stopping
+        coroutine.close()
+        raise Busy from None
     try:
         return stored.result(timeout=REQUEST_WAITS_SECONDS)
-    except concurrent.futures.TimeoutError:
+    except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):  # slow, or stopping
         stored.cancel()
         raise Busy from None
 
 
+def on_a_requests_own_thread() -> bool:
+    """Whether this runs on a thread Django's ASGI handler gave one request (asgiref's
+    thread-sensitive context is set), not on the thread the sockets' trips take."""
+    context = getattr(SyncToAsync, "thread_sensitive_context", None)
+    return context is not None and context.get(None) is not None
+
+
 def refusing_sends() -> bool:
     """Whether this process refuses new socket sends as over capacity: asked on Django's
-    thread by the HTTP route, so that past capacity it answers 503 as the sockets answer
-    "busy", instead of letting HTTP sends past the sockets' queue."""
+    thread by the HTTP route, so that past capacity it answers 503 at once, as the sockets
+    answer "busy", before the send waits in the queue or (where no server loop takes it)
+    stores itself past it."""
     queue, hub = SendQueue.of_serving_loop(), RoomHub.of_serving_loop()
     lag = hub.lag() if hub is not None else 0.0
     if queue is None:  # no socket sent anything yet

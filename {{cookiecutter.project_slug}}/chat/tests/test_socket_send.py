@@ -14,12 +14,12 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
-from django.db import OperationalError, connection
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connection, connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from chat import services
+from chat import services, views
 from chat.conf import chat_setting
 from chat.models import Membership, Message, RoomPresence
 from chat.realtime import consumers, presence, sends, shutdown
@@ -1081,6 +1081,7 @@ async def test_an_http_send_waiting_past_capacity_is_a_503_within_a_second_and_n
     restarting), an HTTP send is answered busy once it has waited MAX_WAIT_SECONDS, as a
     socket's is, not after the database's own timeout (SQLite's 20 s)."""
     monkeypatch.setattr(sends, "MAX_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(views, "refusing_sends", lambda: False)  # the queue's own shedding answers
     recording_trips(monkeypatch, first_trip_takes=1.5)
     room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
     url, session = reverse("chat:send", args=[group.pk]), await logged_in(bob)
@@ -1124,3 +1125,44 @@ async def test_a_server_started_with_its_lifespan_stores_http_sends_in_groups_be
     assert status == 200
     assert groups == [1]
     assert [m.body for m in await stored(chat=group)] == ["hello"]
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_sends_the_queue_refuses_get_the_answers_of_the_http_route(connect, alice, group, settings, monkeypatch):
+    """A send refused in the queue is answered as the route answers it: a bad body 400 in the
+    form's error slot, past the rate 429 with Retry-After; nothing stored."""
+    groups = recording_trips(monkeypatch)
+    await connect(alice, f"/ws/chat/{group.pk}/")
+    url, session = reverse("chat:send", args=[group.pk]), await logged_in(alice)
+
+    empty = await post_on_the_server(url, {"body": "   ", "client_id": "blank"}, session)
+    settings.CHAT_RATE_LIMITS = {"send": "1/m"}
+    first = await post_on_the_server(url, {"body": "one", "client_id": "one"}, session)
+    over = await post_on_the_server(url, {"body": "two", "client_id": "two"}, session)
+
+    assert len(groups) == 3  # each went through the queue
+    assert (empty[0], empty[1]["hx-retarget"]) == (400, f"#send-error-{group.pk}")
+    assert "Write a message" in empty[2]
+    assert first[0] == 200
+    assert (over[0], int(over[1]["retry-after"]) > 0) == (429, True)
+    assert [m.client_id for m in await stored(chat=group)] == ["one"]
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_with_atomic_requests_an_http_send_is_stored_in_its_requests_transaction(
+    connect, alice, group, monkeypatch
+):
+    """Inside the request's transaction (ATOMIC_REQUESTS) the queue would wait for the locks
+    that transaction holds (SQLite's writer) and store outside it: the send is stored there."""
+    groups = recording_trips(monkeypatch)
+    monkeypatch.setitem(connections.settings[DEFAULT_DB_ALIAS], "ATOMIC_REQUESTS", True)
+    await connect(alice, f"/ws/chat/{group.pk}/")
+    session = await logged_in(alice)
+
+    status, _, _ = await asyncio.wait_for(
+        post_on_the_server(reverse("chat:send", args=[group.pk]), {"body": "atomic", "client_id": "a"}, session), 5
+    )
+
+    assert status == 200
+    assert groups == []
+    assert [m.body for m in await stored(chat=group)] == ["atomic"]
