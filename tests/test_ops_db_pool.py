@@ -6,8 +6,10 @@ superuser): the app's role may open MAX_CONNECTIONS - SUPERUSER_RESERVED at most
 than the pool's POOL_MAX_SIZE and far fewer than the sockets and requests. 100 members
 open 500 sockets (three rooms and two inboxes each), then 200 requests arrive at once
 (sends, room pages and inbox pages). Meanwhile pg_stat_activity is sampled: the app's
-connections never exceed the pool's size, every request is answered 200, every socket
-stays open, and neither the app nor PostgreSQL logs "too many connections".
+connections never exceed the pool's size, every request is answered 200 (a send answered
+busy, 503 with Retry-After, as past capacity, is sent again with its client id after it,
+as the page does), every socket stays open, and neither the app nor PostgreSQL logs "too
+many connections".
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ CONNECTS_AT_ONCE = 10  # handshakes in flight: daphne drops one its app has not 
 # connections; on a loaded CI machine 200 of them may take a minute to drain.
 POOL_TIMEOUT = 90
 REQUEST_TIMEOUT = 180
+BUSY_RETRIES = 60  # a send answered busy is sent again after its Retry-After, this many times at most
 SAMPLE_SECONDS = 0.05
 SERVER_LOG = TEMPLATE_DIR / "test-artifacts" / "ops-db-pool" / "server.log"  # kept after the run
 
@@ -156,10 +159,14 @@ async def fire(server: Server, requests: list) -> list[tuple[int, str]]:
             headers = {"Cookie": member["cookie"], "X-CSRFToken": member["csrf"]}
             if body is not None:
                 headers |= {"Content-Type": "application/x-www-form-urlencoded", "HX-Request": "true"}
-            try:
-                response = await client.request(method, path, content=body, headers=headers)
-            except httpx.TransportError as exc:  # counted with the failed answers, beside the server's log
-                return 0, f"{method} {path}: {exc!r}"
+            for _ in range(BUSY_RETRIES):
+                try:
+                    response = await client.request(method, path, content=body, headers=headers)
+                except httpx.TransportError as exc:  # counted with the failed answers, beside the server's log
+                    return 0, f"{method} {path}: {exc!r}"
+                if not (body is not None and response.status_code == 503 and "Retry-After" in response.headers):
+                    break
+                await asyncio.sleep(float(response.headers["Retry-After"]))  # busy: sent again, as the page does
             return response.status_code, f"{method} {path}: {response.text[:300]}"
 
         return await asyncio.gather(*(one(*request) for request in requests))
