@@ -554,7 +554,8 @@ async def test_messages_whose_events_came_too_late_are_read_here_and_handed_in_o
     lost), then a third whose event came: once the third has waited long enough, the hub
     reads the two from the database and hands all three in their order. The pages see no
     gap, so none of them fetches the same messages over HTTP."""
-    monkeypatch.setattr(hub_module, "HOLD_FOR_PREVIOUS_SECONDS", 0.3)
+    # Long enough that "went at once" below cannot be a busy machine's slow frame.
+    monkeypatch.setattr(hub_module, "HOLD_FOR_PREVIOUS_SECONDS", 1.0)
     room, _, _ = await connect(alice, f"/ws/chat/{group.pk}/")
     first, slow, lost, third = [
         await database_sync_to_async(Message.objects.create)(chat=group, sender=bob, body=body)
@@ -581,7 +582,7 @@ async def test_messages_whose_events_came_too_late_are_read_here_and_handed_in_o
     await layer.group_send(events.room_group(group.pk), message_from_another_process(group, third.pk + 1, third.pk))
     started = asyncio.get_running_loop().time()
     assert await message_ids(room, 1) == [third.pk + 1]
-    assert asyncio.get_running_loop().time() - started < 0.3
+    assert asyncio.get_running_loop().time() - started < 1.0
 
 
 async def test_only_the_gaps_between_waiting_messages_are_read_however_many_wait_between(
