@@ -135,19 +135,22 @@ def on_a_thread_of_its_own(func: Callable[P, R], executor: ThreadPoolExecutor) -
 def let_go_of_spent_connections() -> None:
     """Django's `close_old_connections`, but an SQLite connection outside a request's thread
     has no age limit (see the module's docstring)."""
-    keep_sqlite = not in_a_requests_thread()
+    keep_sqlite = not in_a_requests_thread(if_unknown=True)  # unknown: nothing is kept
     for connection in connections.all(initialized_only=True):
         if keep_sqlite and connection.vendor == "sqlite" and connection.connection is not None:
             connection.close_at = None
         connection.close_if_unusable_or_obsolete()
 
 
-def in_a_requests_thread() -> bool:
-    """Whether this runs on the thread of one request (Django serves each request under
-    asgiref's `ThreadSensitiveContext`, on a thread of its own). Should asgiref stop keeping
-    that context where it does now, every thread counts as one: nothing is kept."""
+def in_a_requests_thread(*, if_unknown: bool) -> bool:
+    """Whether this runs on the thread of one request (Django's ASGI handler serves each
+    request under asgiref's `ThreadSensitiveContext`, on a thread of its own), not on the
+    thread the sockets' trips take. `if_unknown`, should asgiref stop keeping that context
+    where it does now: the caller's safe answer."""
     context = getattr(SyncToAsync, "thread_sensitive_context", None)
-    return context is None or context.get(None) is not None
+    if context is None:
+        return if_unknown
+    return context.get(None) is not None
 
 
 def log_database_error(log: logging.Logger, exc: BaseException, what: str, *args) -> None:

@@ -32,14 +32,13 @@ import contextvars
 import logging
 from dataclasses import dataclass
 
-from asgiref.sync import SyncToAsync
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, OperationalError, connection, transaction
 
 from chat import services
 from chat.models import Chat, Membership, Message
 from chat.ratelimit import RateLimited
-from chat.realtime.database import database_busy, database_trip, log_database_error
+from chat.realtime.database import database_busy, database_trip, in_a_requests_thread, log_database_error
 from chat.realtime.hub import RoomHub
 from chat.realtime.loop import PerLoop, serving_loop_elsewhere
 
@@ -174,7 +173,7 @@ def store_from_a_request(send: Send) -> Message | None:
     and past capacity answered busy within a second, as the sockets are. A pooled connection
     goes back to the pool meanwhile (a process has DB_POOL_MAX_SIZE of them)."""
     loop = serving_loop_elsewhere()
-    if loop is None or connection.in_atomic_block or not on_a_requests_own_thread():
+    if loop is None or connection.in_atomic_block or not in_a_requests_thread(if_unknown=False):
         return None
     if connection.settings_dict.get("OPTIONS", {}).get("pool"):
         connection.close()
@@ -191,13 +190,6 @@ def store_from_a_request(send: Send) -> Message | None:
     except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):  # slow, or stopping
         stored.cancel()
         raise Busy from None
-
-
-def on_a_requests_own_thread() -> bool:
-    """Whether this runs on a thread Django's ASGI handler gave one request (asgiref's
-    thread-sensitive context is set), not on the thread the sockets' trips take."""
-    context = getattr(SyncToAsync, "thread_sensitive_context", None)
-    return context is not None and context.get(None) is not None
 
 
 def refusing_sends() -> bool:
